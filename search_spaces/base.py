@@ -1,0 +1,205 @@
+"""The contract every kernel module keeps, and the frozen keys that name a tuning problem.
+
+Nothing here imports torch or triton: the coordinator and the runtime read keys and
+spaces without a GPU stack. Kernel modules import those themselves.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import json
+import sys
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, ClassVar, Iterator, Mapping
+
+Config = dict[str, Any]
+
+DTYPES = ("float16", "bfloat16", "float32")
+DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+
+
+class SpecError(ValueError):
+    """A request that names a kernel, shape or dtype this module cannot serve.
+
+    The message says what is wrong and how to fix it; the CLI prints it on one line.
+    """
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def stable_hash(value: Any, length: int = 16) -> str:
+    """A hash of the canonical JSON form: the same on every machine and Python version."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class Target:
+    """The hardware limits that constraints are checked against (one per architecture)."""
+
+    vendor: str  # nvidia | amd | cpu
+    arch: str  # sm_90, gfx942, interpreter
+    smem_bytes: int  # shared memory (LDS on AMD) one program may use
+    warp_size: int  # 32 on NVIDIA, 64 (a wavefront) on CDNA
+    max_regs_per_thread: int
+    compute_units: int = 1
+
+    @property
+    def is_hip(self) -> bool:
+        return self.vendor == "amd"
+
+    @property
+    def is_interpreter(self) -> bool:
+        return self.vendor == "cpu"
+
+
+# Per-architecture limits. Shared memory is the per-block opt-in maximum
+# (cudaDevAttrMaxSharedMemoryPerBlockOptin): 227 KiB on Hopper, 163 KiB on A100, 99 KiB on Ada;
+# CDNA2/3 have 64 KiB of LDS per CU.
+_ARCH_LIMITS: dict[str, tuple[str, int, int, int]] = {
+    "sm_90": ("nvidia", 232448, 32, 255),
+    "sm_89": ("nvidia", 101376, 32, 255),
+    "sm_86": ("nvidia", 101376, 32, 255),
+    "sm_80": ("nvidia", 166912, 32, 255),
+    "gfx942": ("amd", 65536, 64, 512),
+    "gfx90a": ("amd", 65536, 64, 512),
+    "gfx950": ("amd", 163840, 64, 512),
+    "interpreter": ("cpu", 1 << 30, 32, 1 << 20),
+}
+
+
+def target_for(arch: str, compute_units: int = 1) -> Target:
+    try:
+        vendor, smem, warp, regs = _ARCH_LIMITS[arch]
+    except KeyError:
+        raise SpecError(f"unknown architecture {arch!r}; known: {', '.join(sorted(_ARCH_LIMITS))}") from None
+    return Target(vendor, arch, smem, warp, regs, compute_units)
+
+
+@dataclass(frozen=True)
+class TuningKey:
+    """What a stored configuration answers: one kernel version, one shape, one dtype."""
+
+    kernel: str
+    version: str
+    dims: tuple[tuple[str, int], ...]
+    dtype: str
+
+    @property
+    def dim_map(self) -> dict[str, int]:
+        return dict(self.dims)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "version": self.version, "dims": dict(self.dims), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "TuningKey":
+        return cls(str(data["kernel"]), str(data["version"]),
+                   tuple((str(k), int(v)) for k, v in data["dims"].items()), str(data["dtype"]))
+
+    @cached_property
+    def stable_hash(self) -> str:
+        return stable_hash(self.to_json())
+
+    def label(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.dims) + f" {self.dtype}"
+
+
+def config_hash(config: Config) -> str:
+    return stable_hash(config, 12)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+class KernelSpec:
+    """One tunable kernel. Subclasses live one per module in search_spaces/ (or a user's package).
+
+    Importing a kernel module must run nothing heavy; torch and triton are imported there,
+    but inputs are made and kernels compiled only when a method is called.
+    """
+
+    name: ClassVar[str]
+    key_names: ClassVar[tuple[str, ...]]
+    dtypes: ClassVar[tuple[str, ...]] = DTYPES
+    # dtype -> (atol, rtol) against the reference
+    tolerances: ClassVar[dict[str, tuple[float, float]]] = {
+        "float16": (1e-2, 1e-2), "bfloat16": (5e-2, 2e-2), "float32": (1e-3, 1e-3)}
+
+    # ---- identity -------------------------------------------------------------------
+    @cached_property
+    def version(self) -> str:
+        """A hash of the module source: the kernel and its space, so an edit gets a new version."""
+        module = sys.modules[type(self).__module__]
+        try:
+            source = inspect.getsource(module)
+        except (OSError, TypeError):
+            source = type(self).__qualname__
+        return hashlib.sha256(source.encode()).hexdigest()[:12]
+
+    def make_key(self, dims: Mapping[str, Any], dtype: str) -> TuningKey:
+        """Validate user-given dims and dtype; raise SpecError with the fix on bad input."""
+        names = set(self.key_names)
+        missing = [n for n in self.key_names if n not in dims]
+        extra = [n for n in dims if n not in names]
+        if missing or extra:
+            want = ",".join(f"{n}=<int>" for n in self.key_names)
+            what = f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(extra)}"
+            raise SpecError(f"shape for {self.name} has {what}; write it as {want}")
+        values = []
+        for n in self.key_names:
+            raw = dims[n]
+            try:
+                v = int(raw)
+                if str(raw).strip() != str(v) and not isinstance(raw, int):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise SpecError(f"shape dim {n}={raw!r} is not an integer; write e.g. {n}=512") from None
+            if v <= 0:
+                raise SpecError(f"shape dim {n}={v} must be a positive integer")
+            values.append((n, v))
+        if dtype not in self.dtypes:
+            raise SpecError(f"dtype {dtype!r} is not supported by {self.name}; use one of {', '.join(self.dtypes)}")
+        return TuningKey(self.name, self.version, tuple(values), dtype)
+
+    # ---- the space ------------------------------------------------------------------
+    def space(self, target: Target) -> dict[str, tuple]:
+        raise NotImplementedError
+
+    def check(self, config: Config, key: TuningKey, target: Target) -> str | None:
+        """None when the configuration can run on target for key, else the reason it cannot."""
+        return None
+
+    def default(self, key: TuningKey, target: Target) -> Config:
+        raise NotImplementedError
+
+    def known_good(self, key: TuningKey, target: Target) -> list[Config]:
+        """Configurations worth trying first (e.g. the Triton tutorial's list); valid ones only are used."""
+        return []
+
+    def configs(self, target: Target) -> Iterator[Config]:
+        """Every point of the cartesian space, valid or not, in a stable order."""
+        space = self.space(target)
+        names = list(space)
+        for values in itertools.product(*(space[n] for n in names)):
+            yield dict(zip(names, values))
+
+    def valid_configs(self, key: TuningKey, target: Target) -> list[Config]:
+        return [c for c in self.configs(target) if self.check(c, key, target) is None]
+
+    # ---- running --------------------------------------------------------------------
+    def make_inputs(self, key: TuningKey, device: str, seed: int) -> Any:
+        raise NotImplementedError
+
+    def launch(self, config: Config, inputs: Any) -> Any:
+        raise NotImplementedError
+
+    def reference(self, inputs: Any) -> Any:
+        raise NotImplementedError
+
+    def flops(self, key: TuningKey) -> float | None:
+        return None

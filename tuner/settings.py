@@ -1,0 +1,75 @@
+"""Every setting of the service, typed, read once from the environment.
+
+Nothing else in the project reads ``os.environ`` for a TUNER_ variable; workers and db get
+the values they need passed in by the CLI, so that they depend on nothing of tuner/.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    db_url: str
+    broker_url: str
+    device: str | None
+    kernel_modules: str
+    config_bundle: Path | None
+    fingerprint_override: str
+    # nightly retune: a cron expression (minute hour day month weekday) and the budget fraction
+    retune_cron: str = "0 3 * * *"
+    retune_budget_fraction: float = 0.25
+    retune_regression_threshold: float = 0.05
+    # cooperative search: trials per task a worker runs before it asks for more
+    batch_trials: int = 4
+    heartbeat_s: float = 10.0
+    worker_dead_after_s: float = 60.0
+    trial_timeout_s: float = 120.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_default_db(self) -> bool:
+        return "TUNER_DB_URL" not in self.extra.get("explicit", ())
+
+
+def _float(env: dict, name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+def from_env(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("TUNER_HOME") or Path.home() / ".tuner").expanduser()
+    bundle = env.get("TUNER_CONFIG_BUNDLE")
+    return Settings(
+        home=home,
+        db_url=env.get("TUNER_DB_URL") or f"sqlite:///{home / 'tuner.db'}",
+        broker_url=env.get("TUNER_BROKER_URL") or f"sqla+sqlite:///{home / 'broker.db'}",
+        device=env.get("TUNER_DEVICE") or None,
+        kernel_modules=env.get("TUNER_KERNEL_MODULES", ""),
+        config_bundle=Path(bundle).expanduser() if bundle else None,
+        fingerprint_override=env.get("TUNER_FINGERPRINT_OVERRIDE", ""),
+        retune_cron=env.get("TUNER_RETUNE_CRON") or "0 3 * * *",
+        retune_budget_fraction=_float(env, "TUNER_RETUNE_BUDGET_FRACTION", 0.25),
+        retune_regression_threshold=_float(env, "TUNER_RETUNE_REGRESSION_THRESHOLD", 0.05),
+        batch_trials=int(_float(env, "TUNER_BATCH_TRIALS", 4)),
+        heartbeat_s=_float(env, "TUNER_HEARTBEAT_S", 10.0),
+        worker_dead_after_s=_float(env, "TUNER_WORKER_DEAD_AFTER_S", 60.0),
+        trial_timeout_s=_float(env, "TUNER_TRIAL_TIMEOUT_S", 120.0),
+        extra={"explicit": tuple(k for k in ("TUNER_DB_URL", "TUNER_BROKER_URL") if env.get(k))},
+    )
+
+
+@lru_cache(maxsize=1)
+def get() -> Settings:
+    """The process's settings, read once."""
+    return from_env()
