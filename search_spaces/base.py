@@ -9,6 +9,7 @@ import hashlib
 import inspect
 import itertools
 import json
+import math
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -116,6 +117,30 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
+def block_limit(values: tuple[int, ...] | list[int], extent: int) -> int:
+    """The largest block worth trying for a problem extent: the smallest candidate that covers
+    the extent padded to a power of two (the largest candidate when none does). A bigger block
+    computes only masked lanes; the smallest candidate is always allowed."""
+    need = next_pow2(extent)
+    return min((v for v in values if v >= need), default=max(values))
+
+
+def require_launchable(on_cpu: bool) -> None:
+    """Raise, saying how to fix it, when a launch cannot work: CPU tensors run only in the Triton
+    interpreter, and the interpreter needs TRITON_INTERPRET=1 before triton is first imported
+    (triton.language's own jit functions, tl.cdiv and tl.sum among them, are wrapped then).
+    Called by kernel modules at launch; triton is imported here only then."""
+    import triton
+
+    interpret = bool(triton.knobs.runtime.interpret)
+    if on_cpu and not interpret:
+        raise RuntimeError("CPU tensors run only in the Triton interpreter: set TRITON_INTERPRET=1 "
+                           "in the environment before triton is imported")
+    if interpret and type(triton.language.standard.cdiv).__name__ != "InterpretedFunction":
+        raise RuntimeError("TRITON_INTERPRET=1 was set after triton was imported; set it in the "
+                           "environment before the first import of triton")
+
+
 class KernelSpec:
     """One tunable kernel. Subclasses live one per module in search_spaces/ (or a user's package).
 
@@ -174,8 +199,34 @@ class KernelSpec:
         """None when the configuration can run on target for key, else the reason it cannot."""
         return None
 
+    def check_space(self, config: Config, target: Target) -> str | None:
+        """The reason config is not a point of space(target) (unknown, missing or out-of-range
+        parameters), else None: the first thing every check() asks."""
+        space = self.space(target)
+        unknown = sorted(set(config) - set(space))
+        missing = [p for p in space if p not in config]
+        if unknown or missing:
+            parts = ([f"unknown {', '.join(unknown)}"] if unknown else []) + \
+                    ([f"missing {', '.join(missing)}"] if missing else [])
+            return f"parameters do not match the {self.name} space on {target.arch}: {'; '.join(parts)}"
+        for p, values in space.items():
+            if config[p] not in values:
+                return f"{p}={config[p]!r} is outside the {target.arch} space {tuple(values)}"
+        return None
+
     def default(self, key: TuningKey, target: Target) -> Config:
         raise NotImplementedError
+
+    def nearest_valid(self, want: Config, key: TuningKey, target: Target) -> Config:
+        """The valid configuration closest to want (in log2 steps per parameter): how a default
+        heuristic repairs itself on a target whose limits it did not foresee."""
+        def distance(c: Config) -> float:
+            return sum(abs(math.log2(max(c.get(p, 1), 1)) - math.log2(max(v, 1)))
+                       for p, v in want.items() if isinstance(v, (int, float)))
+        valid = self.valid_configs(key, target)
+        if not valid:
+            raise SpecError(f"no valid {self.name} configuration for {key.label()} on {target.arch}")
+        return min(valid, key=distance)
 
     def known_good(self, key: TuningKey, target: Target) -> list[Config]:
         """Configurations worth trying first (e.g. the Triton tutorial's list); valid ones only are used."""

@@ -1,0 +1,245 @@
+"""C = A @ B for row-major A (MxK) and B (KxN): the Triton tutorial GEMM with grouped program order.
+
+Any M, N, K (edges are masked); fp32 accumulation; C in the input dtype. fp32 inputs use
+tl.dot's default TF32 on GPUs (what fp32 users of Triton get, and the fast path worth tuning),
+so the fp32 tolerance admits TF32 rounding; the interpreter computes fp32 exactly.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from search_spaces.base import (DTYPE_BYTES, Config, KernelSpec, Target, TuningKey, block_limit,
+                                require_launchable)
+
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+_BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+_DIM_OF = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "K"}
+_AMD_KNOBS = ("waves_per_eu", "matrix_instr_nonkdim", "kpack")
+# fp32 accumulator values one thread may hold before the tile spills: NVIDIA has 255 registers
+# per thread; CDNA adds 256 AGPRs to the 256 VGPRs, and MFMA accumulators live in AGPRs.
+_ACC_PER_THREAD = {"nvidia": 128, "amd": 256}
+_AMD_REGS_PER_LANE = 512
+
+# Triton tutorial (03-matrix-multiplication) starting points.
+_CUDA_GOOD = [  # BM, BN, BK, GROUP_M, stages, warps
+    (128, 256, 64, 8, 3, 8), (64, 256, 32, 8, 4, 4), (128, 128, 32, 8, 4, 4), (128, 64, 32, 8, 4, 4),
+    (64, 128, 32, 8, 4, 4), (128, 32, 32, 8, 4, 4), (64, 32, 32, 8, 5, 2), (32, 64, 32, 8, 5, 2)]
+_HIP_GOOD = [  # BM, BN, BK, GROUP_M, waves_per_eu, warps, stages
+    (128, 256, 16, 1, 2, 4, 2), (256, 256, 16, 4, 2, 8, 2), (128, 128, 32, 1, 2, 8, 2),
+    (64, 128, 32, 8, 3, 4, 2), (64, 64, 32, 1, 8, 4, 2)]
+
+
+@triton.jit
+def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+                   stride_cm, stride_cn, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, DOT_IN_FP32: tl.constexpr):
+    # grouped order: GROUP_M rows of tiles share the B columns they load, for L2 reuse
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    # 64-bit row and column offsets: M*K past 2**31 elements would wrap in int32
+    a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n.to(tl.int64)[None, :] * stride_bn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k * BLOCK_K
+        a = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & (offs_k[None, :] < k_left), other=0.0)
+        b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & (offs_n[None, :] < N), other=0.0)
+        if DOT_IN_FP32:
+            # the interpreter multiplies bf16 bit patterns in tl.dot (triton#11584); bf16
+            # products are exact in fp32, so upcasting gives the GPU's result
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    c = acc.to(c_ptr.dtype.element_ty)
+    c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    tl.store(c_ptrs, c, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+def launch_options(config: Config, hip: bool) -> dict[str, Any]:
+    """The compile options of a launch. The AMD knobs go to the HIP backend only: CUDA's rejects
+    options it does not know."""
+    opts = {"num_warps": config["num_warps"], "num_stages": config["num_stages"]}
+    if hip:
+        opts.update({knob: config[knob] for knob in _AMD_KNOBS if knob in config})
+    return opts
+
+
+class MatmulInputs(NamedTuple):
+    a: torch.Tensor
+    b: torch.Tensor
+
+
+class Matmul(KernelSpec):
+    name = "matmul"
+    key_names = ("M", "N", "K")
+    # Outputs are ~N(0, 1) (see make_inputs), so atol does not grow with K. Measured: fp16 and
+    # bf16 results differ by at most one output ulp between summation orders (2e-3, 7.8e-3);
+    # TF32 vs fp32 at K=64..4096 differs by at most 1.6e-3.
+    tolerances = {"float16": (1e-2, 1e-2), "bfloat16": (3e-2, 2e-2), "float32": (1e-2, 1e-2)}
+
+    # ---- the space ------------------------------------------------------------------
+    def space(self, target: Target) -> dict[str, tuple]:
+        if target.is_interpreter:
+            # the interpreter pays per program and per op: tiles under 32 take seconds a launch
+            return {"BLOCK_M": (32, 64, 128), "BLOCK_N": (32, 64, 128), "BLOCK_K": (32, 64, 128),
+                    "GROUP_M": (1, 4, 8), "num_warps": (2, 4), "num_stages": (1, 2)}
+        common = {"BLOCK_M": (16, 32, 64, 128, 256), "BLOCK_N": (16, 32, 64, 128, 256),
+                  "BLOCK_K": (16, 32, 64, 128), "GROUP_M": (1, 4, 8, 16)}
+        if target.is_hip:
+            # CDNA GEMMs pipeline with num_stages 2 (global loads prefetched into registers)
+            return {**common, "num_warps": (4, 8), "num_stages": (2,), "waves_per_eu": (0, 1, 2, 3, 4, 8),
+                    "matrix_instr_nonkdim": (16, 32), "kpack": (1, 2)}
+        return {**common, "num_warps": (2, 4, 8), "num_stages": (2, 3, 4, 5)}
+
+    def check(self, config: Config, key: TuningKey, target: Target) -> str | None:
+        reason = self.check_space(config, target)
+        if reason:
+            return reason
+        space = self.space(target)
+        dims = key.dim_map
+        bm, bn, bk = (config[b] for b in _BLOCKS)
+        warps, stages = config["num_warps"], config["num_stages"]
+
+        # a block wider than the problem padded to a power of two only computes masked zeros
+        for b in _BLOCKS:
+            dim = _DIM_OF[b]
+            limit = block_limit(space[b], dims[dim])
+            if config[b] > limit:
+                return (f"block larger than the problem: {b}={config[b]} > {limit}, "
+                        f"which covers {dim}={dims[dim]}")
+        if target.is_interpreter:
+            return None  # no shared memory, registers or warps to run out of
+
+        # shared memory: the A and B tiles of every pipeline buffer. NVIDIA keeps num_stages-1
+        # buffers plus one more for wgmma on Hopper, so num_stages; gfx9's synchronous pipeline
+        # holds num_stages-1 tiles in LDS (the next one waits in registers), at least one.
+        elem = DTYPE_BYTES[key.dtype]
+        buffers = max(1, stages - 1) if target.is_hip else stages
+        smem = buffers * (bm * bk + bk * bn) * elem
+        if smem > target.smem_bytes:
+            kind = "LDS" if target.is_hip else "shared memory"
+            return (f"{kind}: {buffers} x ({bm}x{bk} + {bk}x{bn}) x {elem} B = {smem // 1024} KiB > "
+                    f"{target.smem_bytes // 1024} KiB on {target.arch}")
+
+        # registers: the fp32 accumulator is spread over the program's threads
+        acc = bm * bn // (warps * target.warp_size)
+        acc_limit = _ACC_PER_THREAD[target.vendor]
+        if acc > acc_limit:
+            return (f"registers: a {bm}x{bn} fp32 accumulator over {warps} warps is {acc} values per "
+                    f"thread > {acc_limit}; use more warps or a smaller tile")
+        # every warp needs at least one 16x16 MMA tile; the fewest warps always may launch
+        if bm * bn < warps * 256 and warps > min(space["num_warps"]):
+            return f"warps vs tile: {warps} warps for a {bm}x{bn} tile leave warps without a 16x16 tile"
+        if target.is_hip:
+            return self._check_amd(config, key, acc)
+        return None
+
+    def _check_amd(self, config: Config, key: TuningKey, acc: int) -> str | None:
+        bm, bn, bk = (config[b] for b in _BLOCKS)
+        if config["matrix_instr_nonkdim"] == 32 and (bm < 32 or bn < 32):
+            return f"matrix_instr_nonkdim=32 needs BLOCK_M and BLOCK_N >= 32 (got {bm}x{bn})"
+        if config["kpack"] == 2:
+            if DTYPE_BYTES[key.dtype] != 2:
+                return "kpack=2 packs 16-bit MFMA operands; float32 takes kpack=1"
+            if bk < 32:
+                return f"kpack=2 needs BLOCK_K >= 32 (two 16-deep MFMA k-steps), got {bk}"
+        waves = config["waves_per_eu"]
+        # waves_per_eu=w caps a lane at 512/w registers; an accumulator over half of that spills
+        if waves and acc > _AMD_REGS_PER_LANE // waves // 2:
+            return (f"waves_per_eu={waves} leaves {_AMD_REGS_PER_LANE // waves} registers per lane, "
+                    f"too few for {acc} accumulator values: it would spill")
+        return None
+
+    def default(self, key: TuningKey, target: Target) -> Config:
+        if target.is_interpreter:
+            want = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4,
+                    "num_stages": 1}
+        elif target.is_hip:
+            want = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 8,
+                    "num_stages": 2, "waves_per_eu": 2, "matrix_instr_nonkdim": 16, "kpack": 1}
+        else:
+            want = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4,
+                    "num_stages": 4}
+        space = self.space(target)
+        dims = key.dim_map
+        for b in _BLOCKS:  # shrink to the padded problem
+            want[b] = min(want[b], block_limit(space[b], dims[_DIM_OF[b]]))
+        if not target.is_interpreter:
+            # small tiles need fewer warps (and let a tiny problem keep the smallest count)
+            tile = want["BLOCK_M"] * want["BLOCK_N"]
+            while want["num_warps"] > min(space["num_warps"]) and tile < want["num_warps"] * 256:
+                want["num_warps"] //= 2
+        # a GPU with less shared memory than Hopper first loses pipeline stages
+        for stages in sorted((s for s in space["num_stages"] if s <= want["num_stages"]), reverse=True):
+            if self.check({**want, "num_stages": stages}, key, target) is None:
+                return {**want, "num_stages": stages}
+        return self.nearest_valid(want, key, target)
+
+    def known_good(self, key: TuningKey, target: Target) -> list[Config]:
+        if target.is_interpreter:
+            # big tiles: the interpreter's cost is per program and per op (128^3 tiles measured fastest)
+            configs = [{"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": 4,
+                        "num_stages": 1} for bk in (128, 64)]
+        elif target.is_hip:
+            configs = [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": g, "num_warps": w,
+                        "num_stages": s, "waves_per_eu": wpe, "matrix_instr_nonkdim": 16, "kpack": 1}
+                       for bm, bn, bk, g, wpe, w, s in _HIP_GOOD]
+        else:
+            configs = [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": g, "num_warps": w,
+                        "num_stages": s} for bm, bn, bk, g, s, w in _CUDA_GOOD]
+        return [c for c in configs if self.check(c, key, target) is None]
+
+    # ---- running --------------------------------------------------------------------
+    def make_inputs(self, key: TuningKey, device: str, seed: int) -> MatmulInputs:
+        dims, dtype = key.dim_map, TORCH_DTYPES[key.dtype]
+        m, n, k = dims["M"], dims["N"], dims["K"]
+        # drawn on the CPU so a seed gives the same matrices on every device; B is scaled by
+        # 1/sqrt(K) so C ~ N(0, 1) and one atol fits every K
+        gen = torch.Generator().manual_seed(seed)
+        a = torch.randn(m, k, generator=gen)
+        b = torch.randn(k, n, generator=gen) / math.sqrt(k)
+        return MatmulInputs(a.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype))
+
+    def launch(self, config: Config, inputs: MatmulInputs) -> torch.Tensor:
+        a, b = inputs
+        m, k = a.shape
+        n = b.shape[1]
+        # a fresh output per launch: a config that skips tiles can never pass on an earlier one's output
+        c = torch.empty((m, n), device=a.device, dtype=a.dtype)
+        require_launchable(on_cpu=a.device.type == "cpu")
+        interpret = bool(triton.knobs.runtime.interpret)
+        opts = launch_options(config, hip=a.is_cuda and torch.version.hip is not None)
+        grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
+        _matmul_kernel[grid](
+            a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
+            BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_K=config["BLOCK_K"],
+            GROUP_M=config["GROUP_M"], DOT_IN_FP32=interpret and a.dtype == torch.bfloat16, **opts)
+        return c
+
+    def reference(self, inputs: MatmulInputs) -> torch.Tensor:
+        # in fp32: CPU half-precision matmul is slow, and fp32 accumulation is what the kernel does
+        a, b = inputs
+        return torch.matmul(a.float(), b.float()).to(a.dtype)
+
+    def flops(self, key: TuningKey) -> float:
+        d = key.dim_map
+        return 2.0 * d["M"] * d["N"] * d["K"]

@@ -1,0 +1,160 @@
+"""Row-wise softmax of an M x N row-major matrix, ROWS rows per program.
+
+A row that fits in BLOCK_SIZE is read once; a longer row takes two passes over BLOCK_SIZE
+chunks (an online max and sum, then the normalised write), so the space trades the register
+footprint of one wide tile against reading the input twice. Math is in fp32 for every dtype.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from search_spaces.base import Config, KernelSpec, Target, TuningKey, block_limit, require_launchable
+
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+# fp32 row values one thread may hold (with their exponentials) before the tile spills
+_VALUES_PER_THREAD = 64
+# a workgroup is at most 1,024 threads: 32 warps of 32 on NVIDIA, 16 wavefronts of 64 on CDNA
+_MAX_THREADS = 1024
+
+
+@triton.jit
+def _softmax_kernel(x_ptr, y_ptr, M, N, stride_xm, stride_ym, BLOCK_SIZE: tl.constexpr,
+                    ROWS: tl.constexpr, ONE_PASS: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < M
+    # rows past M re-read the last row instead of being masked: a fully masked row would be
+    # -inf - -inf = NaN, harmless as it is never stored but noisy in the interpreter
+    safe_rows = tl.minimum(rows, M - 1)
+    cols = tl.arange(0, BLOCK_SIZE)
+    x_rows = x_ptr + safe_rows.to(tl.int64)[:, None] * stride_xm
+    y_rows = y_ptr + rows.to(tl.int64)[:, None] * stride_ym
+    if ONE_PASS:
+        x = tl.load(x_rows + cols[None, :], mask=cols[None, :] < N, other=-float("inf")).to(tl.float32)
+        e = tl.exp(x - tl.max(x, axis=1)[:, None])
+        y = e / tl.sum(e, axis=1)[:, None]
+        tl.store(y_rows + cols[None, :], y.to(y_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & (cols[None, :] < N))
+    else:
+        m = tl.full((ROWS,), -float("inf"), tl.float32)
+        d = tl.zeros((ROWS,), tl.float32)
+        for start in range(0, N, BLOCK_SIZE):
+            c = start + cols
+            x = tl.load(x_rows + c[None, :], mask=c[None, :] < N, other=-float("inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, axis=1))
+            d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+            m = m_new
+        for start in range(0, N, BLOCK_SIZE):
+            c = start + cols
+            x = tl.load(x_rows + c[None, :], mask=c[None, :] < N, other=-float("inf")).to(tl.float32)
+            y = tl.exp(x - m[:, None]) / d[:, None]
+            tl.store(y_rows + c[None, :], y.to(y_ptr.dtype.element_ty),
+                     mask=row_ok[:, None] & (c[None, :] < N))
+
+
+class SoftmaxInputs(NamedTuple):
+    x: torch.Tensor
+
+
+class Softmax(KernelSpec):
+    name = "softmax"
+    key_names = ("M", "N")
+    # outputs lie in (0, 1]; the kernel and the reference both compute in fp32, so the error is
+    # the output rounding of the dtype (one ulp) plus fp32 exp and summation-order noise
+    tolerances = {"float16": (1e-3, 1e-2), "bfloat16": (4e-3, 2e-2), "float32": (1e-5, 1e-4)}
+
+    def space(self, target: Target) -> dict[str, tuple]:
+        if target.is_interpreter:
+            # the interpreter pays per program and per op: few wide programs are fastest
+            return {"BLOCK_SIZE": (256, 512, 1024, 2048, 4096), "ROWS": (1, 4, 16), "num_warps": (1, 4)}
+        warps = tuple(w for w in (1, 2, 4, 8, 16, 32) if w * target.warp_size <= _MAX_THREADS)
+        return {"BLOCK_SIZE": tuple(1 << p for p in range(7, 17)),  # 128 .. 65536
+                "ROWS": (1, 2, 4, 8, 16), "num_warps": warps}
+
+    def check(self, config: Config, key: TuningKey, target: Target) -> str | None:
+        reason = self.check_space(config, target)
+        if reason:
+            return reason
+        space = self.space(target)
+        m, n = key.dim_map["M"], key.dim_map["N"]
+        block, rows, warps = config["BLOCK_SIZE"], config["ROWS"], config["num_warps"]
+        # a block wider than the problem padded to a power of two only holds masked lanes
+        for param, dim, extent in (("BLOCK_SIZE", "N", n), ("ROWS", "M", m)):
+            limit = block_limit(space[param], extent)
+            if config[param] > limit:
+                return (f"block larger than the problem: {param}={config[param]} > {limit}, "
+                        f"which covers {dim}={extent}")
+        if target.is_interpreter:
+            return None
+        per_thread = rows * block // (warps * target.warp_size)
+        if per_thread > _VALUES_PER_THREAD:
+            return (f"registers: a {rows}x{block} tile over {warps} warps is {per_thread} values per "
+                    f"thread > {_VALUES_PER_THREAD}; use more warps, fewer ROWS or a smaller BLOCK_SIZE")
+        # threads beyond the tile's elements would only hold masked copies; the fewest warps
+        # always may launch
+        if rows * block < warps * target.warp_size and warps > min(space["num_warps"]):
+            return (f"warps vs tile: {warps} warps of {target.warp_size} for a {rows}x{block} tile "
+                    "leave threads idle")
+        return None
+
+    def default(self, key: TuningKey, target: Target) -> Config:
+        space = self.space(target)
+        m, n = key.dim_map["M"], key.dim_map["N"]
+        # one pass while the row fits (the space's widest block holds 64 values a thread at
+        # the most warps); longer rows loop over the widest block
+        block = block_limit(space["BLOCK_SIZE"], n)
+        # short rows: several a program, so that a program has ~2K values to work on (16K in the
+        # interpreter, whose cost is per program: 256x1000 takes 0.68 s with ROWS=1, 0.11 s with 16)
+        per_program = 16384 if target.is_interpreter else 2048
+        rows = max([r for r in space["ROWS"] if r * block <= per_program] or [min(space["ROWS"])])
+        rows = min(rows, block_limit(space["ROWS"], m))
+        if target.is_interpreter:
+            warps = 4
+        else:  # ~8 values a thread
+            fewest, most = min(space["num_warps"]), max(space["num_warps"])
+            warps = min(most, max(fewest, rows * block // (8 * target.warp_size)))
+        want = {"BLOCK_SIZE": block, "ROWS": rows, "num_warps": warps}
+        if self.check(want, key, target) is None:
+            return want
+        return self.nearest_valid(want, key, target)
+
+    def known_good(self, key: TuningKey, target: Target) -> list[Config]:
+        # the Triton tutorial's choice: the whole row in one program, 8 warps (4 wavefronts on CDNA)
+        space = self.space(target)
+        block = block_limit(space["BLOCK_SIZE"], key.dim_map["N"])
+        warps = (4,) if target.is_hip else (8, 16, 32)
+        configs = [{"BLOCK_SIZE": block, "ROWS": 1, "num_warps": w} for w in warps]
+        return [c for c in configs if self.check(c, key, target) is None]
+
+    # ---- running --------------------------------------------------------------------
+    def make_inputs(self, key: TuningKey, device: str, seed: int) -> SoftmaxInputs:
+        m, n = key.dim_map["M"], key.dim_map["N"]
+        # drawn on the CPU so a seed gives the same matrix on every device; scale 3 gives rows
+        # whose maxima matter (a uniform-ish row would hide a missing max subtraction less)
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(m, n, generator=gen) * 3
+        return SoftmaxInputs(x.to(device=device, dtype=TORCH_DTYPES[key.dtype]))
+
+    def launch(self, config: Config, inputs: SoftmaxInputs) -> torch.Tensor:
+        x = inputs.x
+        m, n = x.shape
+        y = torch.empty_like(x)  # fresh per launch, so no config passes on an earlier one's output
+        require_launchable(on_cpu=x.device.type == "cpu")
+        grid = (triton.cdiv(m, config["ROWS"]),)
+        _softmax_kernel[grid](
+            x, y, m, n, x.stride(0), y.stride(0), BLOCK_SIZE=config["BLOCK_SIZE"], ROWS=config["ROWS"],
+            ONE_PASS=config["BLOCK_SIZE"] >= n, num_warps=config["num_warps"])
+        return y
+
+    def reference(self, inputs: SoftmaxInputs) -> torch.Tensor:
+        x = inputs.x
+        return torch.softmax(x.float(), dim=-1).to(x.dtype)
+
+    def flops(self, key: TuningKey) -> float:
+        # max, subtract, exp, sum, divide: ~5 operations an element (exp counted as one)
+        d = key.dim_map
+        return 5.0 * d["M"] * d["N"]
