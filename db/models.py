@@ -1,0 +1,147 @@
+"""The tables of the tuning database (SQLAlchemy 2, typed), portable to SQLite and PostgreSQL.
+
+Optuna's RDB storage lives in the same database and owns `studies`, `trials`, `trial_*`,
+`version_info` and `alembic_version`; ours never use those names.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class DeviceClass(Base):
+    __tablename__ = "device_classes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(80), unique=True)
+    vendor: Mapped[str] = mapped_column(String(16))
+    arch: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(120))
+    compute_units: Mapped[int] = mapped_column(Integer)
+    memory_gb: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StackFingerprint(Base):
+    __tablename__ = "stack_fingerprints"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    hash: Mapped[str] = mapped_column(String(16), unique=True)
+    driver: Mapped[str] = mapped_column(String(64))
+    runtime: Mapped[str] = mapped_column(String(64))
+    triton: Mapped[str] = mapped_column(String(64))
+    torch: Mapped[str] = mapped_column(String(64))
+    fields: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    hostname: Mapped[str | None] = mapped_column(String(200))
+    pid: Mapped[int | None]
+    device: Mapped[str | None] = mapped_column(String(32))
+    device_class_id: Mapped[int | None] = mapped_column(ForeignKey("device_classes.id"))
+    fingerprint_id: Mapped[int | None] = mapped_column(ForeignKey("stack_fingerprints.id"))
+    started_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    stopped_at: Mapped[datetime | None]
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # tune | retune
+    origin: Mapped[str] = mapped_column(String(16))  # local | queued
+    kernel: Mapped[str] = mapped_column(String(100))
+    kernel_version: Mapped[str] = mapped_column(String(32))
+    device_class_id: Mapped[int | None] = mapped_column(ForeignKey("device_classes.id"))
+    device_selector: Mapped[str | None] = mapped_column(String(80))  # alias or slug a queued job targets
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    sampler: Mapped[str] = mapped_column(String(16))
+    seed: Mapped[int | None]
+    budget_trials: Mapped[int]
+    budget_seconds: Mapped[float | None] = mapped_column(Float)
+    request: Mapped[dict[str, Any]]
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class JobKey(Base):
+    __tablename__ = "job_keys"
+    __table_args__ = (UniqueConstraint("job_id", "key_hash"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(16))
+    key: Mapped[dict[str, Any]]
+    study_name: Mapped[str] = mapped_column(String(200), default="")
+    state: Mapped[str] = mapped_column(String(16))  # running | finalizing | done | failed
+    trials_done: Mapped[int] = mapped_column(default=0)
+    enqueued_at: Mapped[datetime | None]  # last time a batch was sent or started: the janitor's clock
+
+
+class TuningTrial(Base):
+    __tablename__ = "tuning_trials"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    job_key_id: Mapped[int | None] = mapped_column(ForeignKey("job_keys.id", ondelete="CASCADE"), index=True)
+    kernel: Mapped[str] = mapped_column(String(100))
+    key_hash: Mapped[str] = mapped_column(String(16), index=True)
+    device_class_id: Mapped[int] = mapped_column(ForeignKey("device_classes.id"))
+    fingerprint_id: Mapped[int] = mapped_column(ForeignKey("stack_fingerprints.id"))
+    worker_id: Mapped[int | None] = mapped_column(ForeignKey("workers.id"))
+    study_name: Mapped[str | None] = mapped_column(String(200), index=True)
+    optuna_number: Mapped[int | None]
+    config: Mapped[dict[str, Any]]
+    config_hash: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(20))
+    message: Mapped[str | None] = mapped_column(Text)
+    median_ms: Mapped[float | None] = mapped_column(Float)
+    p20_ms: Mapped[float | None] = mapped_column(Float)
+    p80_ms: Mapped[float | None] = mapped_column(Float)
+    cv: Mapped[float | None] = mapped_column(Float)
+    reps: Mapped[int | None]
+    compile_s: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BestConfig(Base):
+    """Never overwritten: a new best supersedes the old one (superseded_at), so history stays."""
+    __tablename__ = "best_configs"
+    __table_args__ = (
+        Index("uq_best_current", "kernel", "kernel_version", "key_hash", "device_class_id", "fingerprint_id",
+              unique=True, sqlite_where=text("superseded_at IS NULL"),
+              postgresql_where=text("superseded_at IS NULL")),
+        Index("ix_best_lookup", "kernel", "key_hash", "device_class_id"),
+        Index("ix_best_kernel_class", "kernel", "device_class_id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kernel: Mapped[str] = mapped_column(String(100))
+    kernel_version: Mapped[str] = mapped_column(String(32))
+    key_hash: Mapped[str] = mapped_column(String(16))
+    key: Mapped[dict[str, Any]]
+    dtype: Mapped[str] = mapped_column(String(16))
+    device_class_id: Mapped[int] = mapped_column(ForeignKey("device_classes.id"))
+    fingerprint_id: Mapped[int] = mapped_column(ForeignKey("stack_fingerprints.id"))
+    config: Mapped[dict[str, Any]]
+    config_hash: Mapped[str] = mapped_column(String(16))
+    median_ms: Mapped[float] = mapped_column(Float)
+    default_ms: Mapped[float | None] = mapped_column(Float)
+    speedup: Mapped[float | None] = mapped_column(Float)
+    cv: Mapped[float | None] = mapped_column(Float)
+    trials: Mapped[int]
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    superseded_at: Mapped[datetime | None]

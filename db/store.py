@@ -1,0 +1,80 @@
+"""Plain functions over a Session for the rows every part writes: identity, trials, bests."""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.models import BestConfig, DeviceClass, StackFingerprint, TuningTrial, utcnow
+
+
+def _get_or_create(s: Session, model, unique: dict[str, Any], values: dict[str, Any]):
+    row = s.scalar(select(model).filter_by(**unique))
+    if row is not None:
+        return row
+    try:
+        with s.begin_nested():  # another process may insert the same row between our select and insert
+            row = model(**unique, **values)
+            s.add(row)
+            s.flush()
+        return row
+    except IntegrityError:
+        return s.scalar(select(model).filter_by(**unique))
+
+
+def get_or_create_device_class(s: Session, *, slug: str, vendor: str, arch: str, name: str,
+                               compute_units: int, memory_gb: int) -> DeviceClass:
+    return _get_or_create(s, DeviceClass, {"slug": slug}, dict(vendor=vendor, arch=arch, name=name,
+                                                               compute_units=compute_units, memory_gb=memory_gb))
+
+
+def get_or_create_fingerprint(s: Session, *, hash: str, driver: str, runtime: str, triton: str, torch: str,
+                              fields: dict[str, Any]) -> StackFingerprint:
+    return _get_or_create(s, StackFingerprint, {"hash": hash},
+                          dict(driver=driver, runtime=runtime, triton=triton, torch=torch, fields=fields))
+
+
+def record_trial(s: Session, **fields: Any) -> TuningTrial:
+    row = TuningTrial(**fields)
+    s.add(row)
+    return row
+
+
+def write_best(s: Session, *, kernel: str, kernel_version: str, key_hash: str, key: dict, dtype: str,
+               device_class_id: int, fingerprint_id: int, config: dict, config_hash: str, median_ms: float,
+               default_ms: float | None, speedup: float | None, cv: float | None, trials: int,
+               job_id: str | None) -> BestConfig:
+    """Supersede the current best of this key, class and stack, and insert the new one, in the
+    caller's transaction: readers see the old row or the new one, never none or two."""
+    same = (BestConfig.kernel == kernel, BestConfig.kernel_version == kernel_version,
+            BestConfig.key_hash == key_hash, BestConfig.device_class_id == device_class_id,
+            BestConfig.fingerprint_id == fingerprint_id, BestConfig.superseded_at.is_(None))
+    # lock the current row (PostgreSQL) so two finalizers serialize here
+    s.scalars(select(BestConfig.id).where(*same).with_for_update()).all()
+    s.execute(update(BestConfig).where(*same).values(superseded_at=utcnow()))
+    row = BestConfig(kernel=kernel, kernel_version=kernel_version, key_hash=key_hash, key=key, dtype=dtype,
+                     device_class_id=device_class_id, fingerprint_id=fingerprint_id, config=config,
+                     config_hash=config_hash, median_ms=median_ms, default_ms=default_ms, speedup=speedup,
+                     cv=cv, trials=trials, job_id=job_id)
+    s.add(row)
+    s.flush()
+    return row
+
+
+def current_bests(s: Session, *, kernel: str, device_class_slug: str,
+                  kernel_version: str | None = None) -> list[BestConfig]:
+    q = (select(BestConfig).join(DeviceClass, DeviceClass.id == BestConfig.device_class_id)
+         .where(BestConfig.kernel == kernel, DeviceClass.slug == device_class_slug,
+                BestConfig.superseded_at.is_(None)))
+    if kernel_version is not None:
+        q = q.where(BestConfig.kernel_version == kernel_version)
+    return list(s.scalars(q))
+
+
+def best_history(s: Session, *, kernel: str, key_hash: str, device_class_slug: str) -> list[BestConfig]:
+    q = (select(BestConfig).join(DeviceClass, DeviceClass.id == BestConfig.device_class_id)
+         .where(BestConfig.kernel == kernel, BestConfig.key_hash == key_hash, DeviceClass.slug == device_class_slug)
+         .order_by(BestConfig.created_at.desc(), BestConfig.id.desc()))
+    return list(s.scalars(q))

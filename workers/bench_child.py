@@ -1,0 +1,147 @@
+"""The benchmark child process: runs one trial per JSON line it reads, answers one JSON line.
+
+It is the only process that launches kernels, so a kernel that crashes or hangs takes this
+process down (the parent restarts it) and never the worker. Its real stdout carries only the
+protocol; fd 1 is pointed at stderr so a kernel's prints cannot corrupt it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import OrderedDict
+from typing import Any
+
+from workers.messages import TrialRequest, TrialResult
+
+_inputs: "OrderedDict[tuple, tuple[Any, Any]]" = OrderedDict()
+_targets: dict[str, Any] = {}
+# errors after which this process's CUDA context cannot be trusted: answer, then exit
+_POISON = ("illegal memory access", "unspecified launch failure", "device-side assert", "misaligned address")
+
+
+def _target(device: str):
+    if device not in _targets:
+        from workers.device import probe
+        _targets[device] = probe(device)[0].target
+    return _targets[device]
+
+
+def _classify(exc: BaseException) -> str:
+    try:
+        from triton.compiler.errors import CompilationError
+        from triton.runtime.errors import OutOfResources
+    except ImportError:  # pragma: no cover - triton is a dependency
+        CompilationError = OutOfResources = ()  # type: ignore[assignment]
+    if isinstance(exc, OutOfResources):
+        return "out_of_resources"
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return "out_of_resources"
+    if isinstance(exc, CompilationError):
+        return "compile_error"
+    return "crashed"
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[-1] if text else ''}"[:1000]
+
+
+def _inputs_for(spec, key, device: str, seed: int):
+    k = (key.kernel, key.version, key.stable_hash, device, seed)
+    if k not in _inputs:
+        inputs = spec.make_inputs(key, device, seed)
+        _inputs[k] = (inputs, spec.reference(inputs))
+        while len(_inputs) > 4:
+            _inputs.popitem(last=False)
+    _inputs.move_to_end(k)
+    return _inputs[k]
+
+
+def _sync(device: str) -> None:
+    if device != "cpu":
+        import torch
+        torch.cuda.synchronize()
+
+
+def run_trial(req: TrialRequest) -> TrialResult:
+    from search_spaces import registry
+    from search_spaces.base import SpecError, TuningKey
+    from workers.timing import summarize, time_cpu, time_cuda
+
+    config = req.config
+    try:
+        spec = registry.get(req.kernel)
+        key = TuningKey.from_json(req.key)
+    except (SpecError, KeyError, TypeError, ValueError) as exc:
+        return TrialResult.failed("invalid", f"bad request: {exc}", config)
+    if key.version != spec.version:
+        return TrialResult.failed("invalid", f"kernel changed since the study was created "
+                                             f"(study {key.version}, code {spec.version})", config)
+    reason = spec.check(config, key, _target(req.device))
+    if reason is not None:
+        return TrialResult.failed("invalid", reason, config)
+    try:
+        inputs, ref = _inputs_for(spec, key, req.device, req.seed)
+    except Exception as exc:
+        return TrialResult.failed("crashed", f"making inputs failed: {_message(exc)}", config)
+
+    def launch():
+        return spec.launch(config, inputs)
+
+    try:
+        t = time.perf_counter()
+        out = launch()
+        _sync(req.device)
+        compile_s = time.perf_counter() - t
+    except Exception as exc:
+        return TrialResult.failed(_classify(exc), _message(exc), config)
+    import torch
+
+    atol, rtol = spec.tolerances.get(key.dtype, (1e-3, 1e-3))
+    outs, refs = (out, ref) if isinstance(out, (tuple, list)) else ((out,), (ref,))
+    err = 0.0
+    for o, r in zip(outs, refs):
+        o32, r32 = o.float(), r.float()
+        if o32.shape != r32.shape:
+            return TrialResult.failed("wrong_result", f"output shape {tuple(o32.shape)} != {tuple(r32.shape)}", config)
+        if not torch.isfinite(o32).all():
+            return TrialResult.failed("wrong_result", "output has non-finite values", config)
+        err = max(err, (o32 - r32).abs().max().item() if o32.numel() else 0.0)
+        if not torch.allclose(o32, r32, atol=atol, rtol=rtol):
+            return TrialResult(status="wrong_result", config=config, max_abs_err=err,
+                               message=f"max abs error {err:.3g} beyond atol={atol}, rtol={rtol}")
+    try:
+        timer = time_cpu if req.device == "cpu" else time_cuda
+        samples, stopped = timer(launch, req.warmup, req.reps, req.min_time_s, req.early_stop_ms)
+    except Exception as exc:
+        return TrialResult.failed(_classify(exc), _message(exc), config)
+    median, p20, p80, cv = summarize(samples)
+    return TrialResult(status="ok", median_ms=median, p20_ms=p20, p80_ms=p80, cv=cv, reps=len(samples),
+                       compile_s=compile_s, max_abs_err=err, early_stopped=stopped, config=config)
+
+
+def main() -> None:
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        try:
+            msg = json.loads(line)
+            if msg.get("op") == "ping":
+                proto.write(json.dumps({"op": "pong", "pid": os.getpid()}) + "\n")
+                continue
+            req = TrialRequest.from_json(msg.get("trial"))
+        except (ValueError, AttributeError) as exc:
+            proto.write(json.dumps(TrialResult.failed("invalid", f"bad message: {exc}", {}).to_json()) + "\n")
+            continue
+        result = run_trial(req)
+        proto.write(json.dumps(result.to_json()) + "\n")
+        if result.status == "crashed" and any(p in result.message for p in _POISON):
+            proto.flush()
+            os._exit(3)  # the parent starts a fresh process with a clean context
+
+
+if __name__ == "__main__":
+    main()

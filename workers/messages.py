@@ -1,0 +1,88 @@
+"""The harness protocol: one JSON object per line between a worker and its benchmark child.
+
+Never pickled: a message is a frozen dataclass with a plain-JSON form, validated on receipt.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STATUSES = ("ok", "invalid", "compile_error", "out_of_resources", "wrong_result", "timeout", "crashed")
+
+
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise ValueError(f"malformed harness message: {what}")
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    kernel: str
+    key: dict[str, Any]  # TuningKey JSON
+    config: dict[str, Any]
+    device: str  # cpu | cuda:N
+    arch: str  # interpreter | sm_90 | gfx942 ...
+    seed: int = 0
+    warmup: int = 1
+    reps: int = 10
+    min_time_s: float = 0.0  # keep repeating until this much was timed (up to reps)
+    early_stop_ms: float | None = None  # stop after the first timed rep if it is slower than this
+    timeout_s: float = 120.0  # enforced by the parent
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Any) -> "TrialRequest":
+        _need(isinstance(d, dict), "request must be an object")
+        _need(isinstance(d.get("kernel"), str), "kernel must be a string")
+        _need(isinstance(d.get("key"), dict), "key must be an object")
+        _need(isinstance(d.get("config"), dict), "config must be an object")
+        _need(isinstance(d.get("device"), str) and (d["device"] == "cpu" or d["device"].startswith("cuda")),
+              "device must be cpu or cuda:N")
+        _need(isinstance(d.get("arch"), str), "arch must be a string")
+        for name in ("seed", "warmup", "reps"):
+            _need(type(d.get(name, 0)) is int and d.get(name, 0) >= 0, f"{name} must be a non-negative int")
+        _need(_num(d.get("min_time_s", 0.0)), "min_time_s must be a number")
+        _need(d.get("early_stop_ms") is None or _num(d["early_stop_ms"]), "early_stop_ms must be a number or null")
+        _need(_num(d.get("timeout_s", 1.0)) and d.get("timeout_s", 1.0) > 0, "timeout_s must be > 0")
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        _need(not unknown, f"unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    status: str
+    message: str = ""
+    median_ms: float | None = None
+    p20_ms: float | None = None
+    p80_ms: float | None = None
+    cv: float | None = None
+    reps: int = 0
+    compile_s: float | None = None
+    max_abs_err: float | None = None
+    early_stopped: bool = False
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Any) -> "TrialResult":
+        _need(isinstance(d, dict), "result must be an object")
+        _need(d.get("status") in STATUSES, f"status must be one of {STATUSES}")
+        _need(isinstance(d.get("message", ""), str), "message must be a string")
+        for name in ("median_ms", "p20_ms", "p80_ms", "cv", "compile_s", "max_abs_err"):
+            _need(d.get(name) is None or _num(d[name]), f"{name} must be a number or null")
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        _need(not unknown, f"unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def failed(cls, status: str, message: str, config: dict[str, Any]) -> "TrialResult":
+        return cls(status=status, message=message, config=config)
