@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from tuner.errors import UserError
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -28,6 +30,7 @@ class Settings:
     batch_trials: int = 4
     heartbeat_s: float = 10.0
     worker_dead_after_s: float = 60.0
+    stall_s: float = 120.0  # a running key with no trial for this long is re-sent
     trial_timeout_s: float = 120.0
     extra: dict = field(default_factory=dict)
 
@@ -43,7 +46,7 @@ def _float(env: dict, name: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
+        raise UserError(f"{name}={raw!r} is not a number; unset it or give a number") from None
 
 
 def from_env(env: dict[str, str] | None = None) -> Settings:
@@ -64,6 +67,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         batch_trials=int(_float(env, "TUNER_BATCH_TRIALS", 4)),
         heartbeat_s=_float(env, "TUNER_HEARTBEAT_S", 10.0),
         worker_dead_after_s=_float(env, "TUNER_WORKER_DEAD_AFTER_S", 60.0),
+        stall_s=_float(env, "TUNER_STALL_S", 120.0),
         trial_timeout_s=_float(env, "TUNER_TRIAL_TIMEOUT_S", 120.0),
         extra={"explicit": tuple(k for k in ("TUNER_DB_URL", "TUNER_BROKER_URL") if env.get(k))},
     )

@@ -1,0 +1,68 @@
+"""Bad input: one line naming the problem, exit status 2, nothing written."""
+import sqlite3
+
+import pytest
+
+from tests.cli_helpers import run_tuner
+
+CASES = {
+    "unknown kernel": (["tune", "nosuchkernel", "--shape", "M=64,N=64,K=64"], "unknown kernel 'nosuchkernel'"),
+    "non-integer dim": (["tune", "matmul", "--shape", "M=abc,N=64,K=64"], "M='abc' is not an integer"),
+    "negative dim": (["tune", "matmul", "--shape", "M=-1,N=64,K=64"], "M=-1 must be a positive integer"),
+    "missing dim": (["tune", "matmul", "--shape", "M=64,N=64"], "missing K"),
+    "malformed shape": (["tune", "matmul", "--shape", "M64,N=64,K=64"], "malformed shape"),
+    "unknown dtype": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--dtype", "float8"], "dtype 'float8'"),
+    "zero trials": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--trials", "0"], "--trials 0 is impossible"),
+    "unknown sampler": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--sampler", "magic"], "unknown sampler"),
+    "unknown device": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--device", "tpu"], "unknown --device"),
+}
+
+
+def assert_one_line_error(proc, expected: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path):
+    args, expected = CASES[case]
+    home = tmp_path / "home"
+    proc = run_tuner(args, home)
+    assert_one_line_error(proc, expected)
+    assert not home.exists(), f"{case} created {list(home.rglob('*'))}"
+
+
+def test_unreachable_database(tmp_path):
+    home = tmp_path / "home"
+    proc = run_tuner(["tune", "matmul", "--shape", "M=64,N=64,K=64"], home,
+                     TUNER_DB_URL="postgresql+psycopg://tuner:s3cret@127.0.0.1:1/nowhere")
+    assert_one_line_error(proc, "127.0.0.1:1")
+    assert "s3cret" not in proc.stderr
+    assert not home.exists()
+
+
+def test_sqlite_in_missing_directory(tmp_path):
+    proc = run_tuner(["tune", "matmul", "--shape", "M=64,N=64,K=64"], tmp_path / "home",
+                     TUNER_DB_URL=f"sqlite:///{tmp_path}/no/such/dir/t.db")
+    assert_one_line_error(proc, "does not exist")
+    assert not (tmp_path / "no").exists()
+
+
+def test_bad_input_leaves_no_job_row_in_an_existing_database(tmp_path):
+    home = tmp_path / "home"
+    assert run_tuner(["db", "upgrade"], home).returncode == 0
+    for args, _ in CASES.values():
+        assert run_tuner(args, home).returncode == 2
+    with sqlite3.connect(home / "tuner.db") as conn:
+        assert conn.execute("select count(*) from jobs").fetchone()[0] == 0
+        assert conn.execute("select count(*) from tuning_trials").fetchone()[0] == 0
+
+
+def test_read_commands_without_a_database(tmp_path):
+    home = tmp_path / "home"
+    proc = run_tuner(["best", "matmul", "--shape", "M=64,N=64,K=64"], home)
+    assert_one_line_error(proc, "no tuning database")
+    assert not home.exists()

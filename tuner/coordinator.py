@@ -1,0 +1,172 @@
+"""The coordinator: a request becomes a job row, key rows, and trial-batch messages on the queue
+of the device class that must run them. It needs the broker and the database only.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import func, select, update
+
+from db import models
+from db.session import redact, session_scope
+from search_spaces.base import SpecError
+from tuner.database import open_for_read, open_for_write
+from tuner.errors import UserError
+from tuner.request import TuneRequest
+from tuner.settings import Settings
+
+FINAL = ("done", "failed", "cancelled")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
+
+
+def _app(settings: Settings):
+    from workers.app import check_broker, make_app
+
+    app = make_app(settings.broker_url)
+    try:
+        check_broker(app)
+    except ConnectionError as exc:
+        raise UserError(f"cannot reach broker {redact(settings.broker_url)}: {exc}; start it or set "
+                        "TUNER_BROKER_URL") from None
+    return app
+
+
+def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: int = 2,
+           kind: str = "tune", extra: dict | None = None) -> str:
+    """Queue the request for a device class; returns the job id. Checks broker and database
+    before writing anything, and sends `parallel` batches per key so several workers cooperate."""
+    from workers.batch import BatchMessage
+    from workers.device import queue_for, resolve_device_class
+
+    try:
+        selector = resolve_device_class(device_class)
+    except SpecError as exc:
+        raise UserError(str(exc)) from None
+    if parallel < 1:
+        raise UserError(f"--parallel {parallel} must be at least 1")
+    if settings.broker_url.startswith("sqla+sqlite:///") and "TUNER_BROKER_URL" not in settings.extra["explicit"]:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    app = _app(settings)
+    url = open_for_write(settings)
+    queue = queue_for(selector)
+    job_id = uuid.uuid4().hex
+    batch = min(settings.batch_trials, req.trials)
+    request = {**req.to_json(), "batch_trials": batch, **(extra or {})}
+    with session_scope(url) as s:
+        s.add(models.Job(id=job_id, kind=kind, origin="queued", kernel=req.kernel,
+                         kernel_version=req.keys[0].version, device_class_id=None, device_selector=selector,
+                         state="queued", sampler=req.sampler, seed=req.seed, budget_trials=req.trials,
+                         request=request, created_at=_now()))
+        s.flush()
+        rows = [models.JobKey(job_id=job_id, key_hash=k.stable_hash, key=k.to_json(), study_name="",
+                              state="running", enqueued_at=_now()) for k in req.keys]
+        s.add_all(rows)
+        s.flush()
+        messages = [BatchMessage(job_id=job_id, job_key_id=r.id, key=r.key, sampler=req.sampler, seed=req.seed,
+                                 budget_trials=req.trials, batch_trials=batch, queue=queue) for r in rows]
+    try:
+        for msg in messages:
+            for _ in range(min(parallel, -(-req.trials // batch))):
+                app.send_task("tuner.trial_batch", args=[msg.to_json()], queue=queue)
+    except Exception as exc:
+        with session_scope(url) as s:
+            s.execute(update(models.Job).where(models.Job.id == job_id)
+                      .values(state="failed", error=f"could not queue: {exc}", finished_at=_now()))
+        raise UserError(f"job {job_id} could not be queued on {redact(settings.broker_url)}: {exc}") from None
+    return job_id
+
+
+def cancel(settings: Settings, job_id: str) -> str:
+    url = open_for_read(settings)
+    with session_scope(url) as s:
+        job = _job(s, job_id)
+        if job.state in FINAL:
+            return job.state
+        job.state, job.finished_at, job.error = "cancelled", _now(), "cancelled by user"
+    return "cancelled"
+
+
+def _job(s, job_id: str) -> models.Job:
+    job = s.get(models.Job, job_id)
+    if job is None:
+        matches = s.scalars(select(models.Job).where(models.Job.id.like(f"{job_id}%"))).all() if len(job_id) >= 6 else []
+        if len(matches) != 1:
+            raise UserError(f"no job {job_id!r}; `tuner jobs` lists them")
+        job = matches[0]
+    return job
+
+
+def live_workers(s, selector: str, dead_after_s: float) -> list[models.Worker]:
+    from workers.device import matches
+
+    cutoff = _now() - timedelta(seconds=dead_after_s)
+    rows = s.execute(select(models.Worker, models.DeviceClass.slug)
+                     .join(models.DeviceClass, models.DeviceClass.id == models.Worker.device_class_id)
+                     .where(models.Worker.stopped_at.is_(None))).all()
+    return [w for w, slug in rows if matches(selector, slug) and _aware(w.heartbeat_at) >= cutoff]
+
+
+def status(settings: Settings, job_id: str) -> dict:
+    url = open_for_read(settings)
+    with session_scope(url) as s:
+        job = _job(s, job_id)
+        keys = s.scalars(select(models.JobKey).where(models.JobKey.job_id == job.id).order_by(models.JobKey.id)).all()
+        out_keys = []
+        for k in keys:
+            trials = s.execute(select(models.TuningTrial.status, models.TuningTrial.median_ms,
+                                      models.TuningTrial.config, models.Worker.name)
+                               .outerjoin(models.Worker, models.Worker.id == models.TuningTrial.worker_id)
+                               .where(models.TuningTrial.job_key_id == k.id)).all()
+            ok = [t for t in trials if t.status == "ok" and t.median_ms is not None]
+            best = min(ok, key=lambda t: t.median_ms) if ok else None
+            out_keys.append({
+                "key": k.key["dims"], "dtype": k.key["dtype"], "state": k.state,
+                "trials_done": sum(1 for t in trials if t.status != "invalid"), "budget": job.budget_trials,
+                "failed_trials": sum(1 for t in trials if t.status not in ("ok", "invalid")),
+                "best_ms_so_far": best.median_ms if best else None, "best_config_so_far": best.config if best else None,
+                "workers": sorted({t.name for t in trials if t.name}),
+            })
+        alive = live_workers(s, job.device_selector or "", settings.worker_dead_after_s) if job.device_selector else []
+        note = None
+        if job.state not in FINAL and job.origin == "queued" and not alive:
+            note = f"no worker of class {job.device_selector} is alive; start one with `tuner worker --device ...`"
+        return {"job": job.id, "kind": job.kind, "kernel": job.kernel, "state": job.state,
+                "device_class": job.device_selector, "sampler": job.sampler, "budget_trials": job.budget_trials,
+                "created_at": job.created_at.isoformat(), "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+                "error": job.error, "live_workers": [w.name for w in alive], "note": note, "keys": out_keys}
+
+
+def jobs(settings: Settings, limit: int = 50) -> list[dict]:
+    url = open_for_read(settings)
+    with session_scope(url) as s:
+        rows = s.execute(select(models.Job).order_by(models.Job.created_at.desc()).limit(limit)).scalars().all()
+        counts = dict(s.execute(select(models.TuningTrial.job_id, func.count())
+                                .where(models.TuningTrial.status != "invalid",
+                                       models.TuningTrial.job_id.in_([j.id for j in rows]))
+                                .group_by(models.TuningTrial.job_id)).all())
+        return [{"job": j.id, "kind": j.kind, "origin": j.origin, "kernel": j.kernel, "state": j.state,
+                 "device_class": j.device_selector or "", "trials": counts.get(j.id, 0),
+                 "budget_per_key": j.budget_trials, "keys": len(j.request.get("keys", [])),
+                 "created_at": j.created_at.isoformat()} for j in rows]
+
+
+def wait(settings: Settings, job_id: str, timeout_s: float | None = None, poll_s: float = 1.0, on_poll=None) -> dict:
+    start = time.monotonic()
+    while True:
+        st = status(settings, job_id)
+        if on_poll:
+            on_poll(st)
+        if st["state"] in FINAL:
+            return st
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            return st
+        time.sleep(poll_s)

@@ -1,0 +1,51 @@
+"""Opening the configured database for the CLI: reachable, at the right schema, or a one-line error."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from db.session import DatabaseError, check_reachable, ensure_schema, redact
+from tuner.errors import UserError
+from tuner.settings import Settings
+
+
+def sqlite_path(url: str) -> Path | None:
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def open_for_write(settings: Settings) -> str:
+    """The database URL, reachable and upgraded. The embedded SQLite default is created and
+    upgraded on first use; any other database must be upgraded with `tuner db upgrade`."""
+    url = settings.db_url
+    path = sqlite_path(url)
+    embedded = path is not None and "TUNER_DB_URL" not in settings.extra.get("explicit", ())
+    if embedded:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        check_reachable(url)
+        ensure_schema(url, auto_upgrade=path is not None)
+    except DatabaseError as exc:
+        raise UserError(str(exc)) from None
+    return url
+
+
+def open_for_read(settings: Settings) -> str:
+    """The database URL for a read command; never creates a file."""
+    url = settings.db_url
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        raise UserError(f"no tuning database at {path} yet: run `tuner tune ...` first, "
+                        "or point TUNER_DB_URL at your database")
+    try:
+        check_reachable(url)
+        ensure_schema(url, auto_upgrade=path is not None)
+    except DatabaseError as exc:
+        raise UserError(str(exc)) from None
+    return url
+
+
+__all__ = ["open_for_write", "open_for_read", "sqlite_path", "redact"]

@@ -1,0 +1,62 @@
+"""Parse and validate a tuning request before anything is written anywhere."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from search_spaces import registry
+from search_spaces.base import SpecError, TuningKey
+from tuner.errors import UserError
+
+SAMPLERS = ("tpe", "random", "grid")
+
+
+@dataclass(frozen=True)
+class TuneRequest:
+    kernel: str
+    keys: tuple[TuningKey, ...]
+    trials: int
+    sampler: str = "tpe"
+    seed: int | None = None
+
+    def to_json(self) -> dict:
+        return {"kernel": self.kernel, "keys": [k.to_json() for k in self.keys], "trials": self.trials,
+                "sampler": self.sampler, "seed": self.seed}
+
+
+def parse_shape(text: str) -> dict[str, str]:
+    """'M=512,N=512,K=512' -> {'M': '512', ...}; values are checked by the kernel's make_key."""
+    dims: dict[str, str] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise UserError(f"malformed shape {text!r}: write it as NAME=INT pairs, e.g. M=512,N=512,K=512")
+        if name in dims:
+            raise UserError(f"shape {text!r} gives {name} twice")
+        dims[name] = value
+    return dims
+
+
+def build_request(kernel: str, shapes: list[str], dtypes: list[str], trials: int,
+                  sampler: str = "tpe", seed: int | None = None) -> TuneRequest:
+    try:
+        spec = registry.get(kernel)
+    except SpecError as exc:
+        raise UserError(str(exc)) from None
+    if not shapes:
+        want = ",".join(f"{n}=<int>" for n in spec.key_names)
+        raise UserError(f"give at least one --shape {want}")
+    if trials < 1:
+        raise UserError(f"--trials {trials} is impossible: a search needs at least 1 trial")
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+    keys = []
+    for shape in shapes:
+        dims = parse_shape(shape)
+        for dtype in dtypes or ["float32"]:
+            try:
+                keys.append(spec.make_key(dims, dtype))
+            except SpecError as exc:
+                raise UserError(str(exc)) from None
+    unique = tuple(dict.fromkeys(keys))
+    return TuneRequest(kernel, unique, trials, sampler, seed)

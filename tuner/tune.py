@@ -1,0 +1,123 @@
+"""`tuner tune`: the local path, in-process, no broker: job -> key studies -> trials -> best."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from db import models
+from db.session import session_scope
+from search_spaces import registry
+from search_spaces.base import Config, SpecError, TuningKey
+from tuner.database import open_for_write
+from tuner.errors import UserError
+from tuner.request import TuneRequest
+from tuner.settings import Settings
+
+
+@dataclass(frozen=True)
+class KeyOutcome:
+    key: TuningKey
+    trials: int
+    config: Config | None
+    median_ms: float | None
+    default_ms: float | None
+    speedup: float | None
+
+
+@dataclass(frozen=True)
+class TuneOutcome:
+    job_id: str
+    device_class: str
+    fingerprint: str
+    interpreter: bool
+    keys: tuple[KeyOutcome, ...]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """A request checked against the live device and an open database; nothing written yet."""
+    req: TuneRequest
+    url: str
+    device: str
+    dc: object
+    fp: object
+    trial_timeout_s: float
+
+
+def prepare(req: TuneRequest, settings: Settings, device: str | None) -> LocalPlan:
+    from workers.device import probe
+    from workers.fingerprint import live_fingerprint
+
+    try:
+        dc, _ = probe(device or settings.device)
+        fp = live_fingerprint(dc, settings.fingerprint_override)
+    except SpecError as exc:
+        raise UserError(str(exc)) from None
+    url = open_for_write(settings)
+    device_str = "cpu" if dc.target.is_interpreter else (device if device and ":" in device else "cuda:0")
+    return LocalPlan(req, url, device_str, dc, fp, settings.trial_timeout_s)
+
+
+def tune_local(plan: LocalPlan, progress=None) -> TuneOutcome:
+    """Run the plan's searches here. `progress(n)` is called once per counted trial."""
+    req, url, dc, fp = plan.req, plan.url, plan.dc, plan.fp
+    from workers.finalize import finalize
+    from workers.harness import Harness
+    from workers.identity import store_identity
+    from workers.search import SearchContext, open_study, run_batch, study_name
+
+    spec = registry.get(req.kernel)
+    target = dc.target
+    job_id = uuid.uuid4().hex
+    with session_scope(url) as s:
+        dc_id, fp_id = store_identity(s, dc, fp)
+        s.add(models.Job(id=job_id, kind="tune", origin="local", kernel=req.kernel,
+                         kernel_version=spec.version, device_class_id=dc_id, state="running",
+                         sampler=req.sampler, seed=req.seed, budget_trials=req.trials,
+                         request=req.to_json(), created_at=_now(), started_at=_now()))
+        s.flush()
+        key_rows = []
+        for key in req.keys:
+            row = models.JobKey(job_id=job_id, key_hash=key.stable_hash, key=key.to_json(),
+                                study_name=study_name(key, dc.slug, fp.hash), state="running")
+            s.add(row)
+            key_rows.append(row)
+        s.flush()
+        key_ids = [r.id for r in key_rows]
+
+    outcomes = []
+    state, error = "done", None
+    try:
+        with Harness() as harness:
+            for key, key_id in zip(req.keys, key_ids):
+                ctx = SearchContext(db_url=url, job_id=job_id, job_key_id=key_id, key=key,
+                                    device=plan.device, target=target, device_class_id=dc_id,
+                                    fingerprint_id=fp_id, study_name=study_name(key, dc.slug, fp.hash),
+                                    sampler=req.sampler, seed=req.seed, budget_trials=req.trials,
+                                    trial_timeout_s=plan.trial_timeout_s)
+                seeds = [spec.default(key, target)] + spec.known_good(key, target)
+                open_study(ctx, seeds=[c for c in seeds if spec.check(c, key, target) is None])
+                ran = run_batch(ctx, harness, req.trials,
+                                on_trial=(lambda c, r: progress(1)) if progress else None)
+                done = finalize(ctx, harness, dc.slug)
+                with session_scope(url) as s:
+                    row = s.get(models.JobKey, key_id)
+                    row.trials_done = ran
+                    row.state = "done" if done else "failed"
+                outcomes.append(KeyOutcome(key, ran, done.config if done else None,
+                                           done.median_ms if done else None,
+                                           done.default_ms if done else None,
+                                           done.speedup if done else None))
+    except BaseException as exc:
+        state, error = ("cancelled", "interrupted") if isinstance(exc, KeyboardInterrupt) else ("failed", repr(exc))
+        raise
+    finally:
+        with session_scope(url) as s:
+            job = s.get(models.Job, job_id)
+            job.state, job.error, job.finished_at = state, error, _now()
+    return TuneOutcome(job_id, dc.slug, fp.hash, target.is_interpreter, tuple(outcomes))
