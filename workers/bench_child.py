@@ -40,6 +40,12 @@ def _classify(exc: BaseException) -> str:
         return "out_of_resources"
     if isinstance(exc, CompilationError):
         return "compile_error"
+    cause = exc.__cause__
+    if type(exc).__name__ == "InterpreterError" and isinstance(cause, (NameError, SyntaxError, TypeError,
+                                                                        AttributeError, CompilationError)):
+        # the interpreter has no compile step: what a GPU backend rejects at compile time
+        # (an undefined name, a bad tl call) surfaces here wrapped in InterpreterError
+        return "compile_error"
     return "crashed"
 
 

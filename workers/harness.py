@@ -81,6 +81,7 @@ class Harness:
 
     def __init__(self) -> None:
         self._children: dict[str, _Child] = {}
+        self._started: set[str] = set()
         self.restarts = 0
 
     def __enter__(self) -> "Harness":
@@ -93,8 +94,6 @@ class Harness:
         child = self._children.get(device)
         if child is not None and child.proc.poll() is None:
             return child
-        if child is not None:
-            self.restarts += 1
         child = _Child(device)
         child.send({"op": "ping"})
         line = child.read_line(STARTUP_TIMEOUT_S)
@@ -102,6 +101,9 @@ class Harness:
             reason = child.death() if line == b"" else "no answer to ping"
             child.kill()
             raise RuntimeError(f"benchmark process for {device} failed to start: {reason}")
+        if device in self._started:
+            self.restarts += 1
+        self._started.add(device)
         self._children[device] = child
         return child
 
