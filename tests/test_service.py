@@ -1,0 +1,208 @@
+"""The distributed service against the real Redis, PostgreSQL and `tuner worker` processes.
+
+No fakes, no eager mode: jobs go through Celery over Redis to worker processes that run the
+trivial registered kernel (tests/kernels/trivial.py) in the Triton interpreter.
+"""
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.cli_helpers import ROOT
+from tests.services import (WorkerProc, pg_database, redis_url, restart_redis, service_env)
+
+pytestmark = pytest.mark.integration
+SHAPE = ["--shape", "N=16", "--dtype", "float32"]
+
+
+def tuner(env, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def submit(env, *extra, trials=12, seed=0):
+    proc = tuner(env, "submit", "trivial", *SHAPE, "--device-class", "cpu", "--trials", str(trials),
+                 "--seed", str(seed), "--json", *extra)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["job"]
+
+
+def status(env, job):
+    proc = tuner(env, "status", job, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def wait_state(env, job, states=("done", "failed", "cancelled"), timeout=240):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        st = status(env, job)
+        if st["state"] in states:
+            return st
+        time.sleep(1)
+    raise AssertionError(f"job {job} still {st['state']} after {timeout}s: {st}")
+
+
+def wait_for(cond, timeout=120, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("svc")
+    with pg_database() as db_url:
+        env = service_env(home, db_url, redis_url())
+        assert tuner(env, "db", "upgrade").returncode == 0
+        engine = create_engine(db_url)
+        workers: list[WorkerProc] = []
+
+        def start(name):
+            w = WorkerProc(name, env, home)
+            workers.append(w)
+            return w
+
+        def live_names():
+            with engine.connect() as c:
+                return {r[0] for r in c.execute(text(
+                    "select name from workers where stopped_at is null and heartbeat_at > now() - interval '5 seconds'"))}
+
+        def ensure(n):
+            alive = [w for w in workers if w.alive()]
+            for i in range(n - len(alive)):
+                start(f"w{len(workers) + 1}")
+            alive = [w for w in workers if w.alive()][:n]
+            wait_for(lambda: {f"{w.name}@test" for w in alive} <= live_names(), 180, "workers to register")
+            return alive
+
+        yield {"env": env, "engine": engine, "ensure": ensure, "home": home, "workers": workers}
+        for w in workers:
+            w.stop()
+        engine.dispose()
+
+
+def counts(engine, job):
+    with engine.connect() as c:
+        trials = c.execute(text("select count(*) from tuning_trials where job_id=:j and status != 'invalid'"),
+                           {"j": job}).scalar()
+        # later jobs on the same key supersede this job's row, so count rows, current or not
+        best = c.execute(text("select count(*) from best_configs where job_id=:j"), {"j": job}).scalar()
+    return trials, best
+
+
+def test_workers_cooperate_on_one_study(stack):
+    stack["ensure"](2)
+    job = submit(stack["env"], "--parallel", "2", trials=18)
+    st = wait_state(stack["env"], job)
+    assert st["state"] == "done", st
+    (key,) = st["keys"]
+    assert 18 <= key["trials_done"] <= 18 + 3
+    assert len(key["workers"]) == 2, key["workers"]
+    trials, best = counts(stack["engine"], job)
+    assert best == 1
+
+
+def test_sigkill_mid_job_completes_on_the_other_worker(stack):
+    w1, w2 = stack["ensure"](2)
+    job = submit(stack["env"], "--parallel", "2", trials=45, seed=3)
+    wait_for(lambda: status(stack["env"], job)["keys"][0]["trials_done"] >= 6, 120, "trials to start")
+    victim = next(w for w in (w1, w2) if f"{w.name}@test" in status(stack["env"], job)["keys"][0]["workers"])
+    before, _ = counts(stack["engine"], job)
+    assert before < 45, "the job ended before the kill: make it longer"
+    victim.kill()
+    st = wait_state(stack["env"], job, timeout=300)
+    assert st["state"] == "done", st
+    after, best = counts(stack["engine"], job)
+    assert after >= before  # no finished trial lost
+    assert 45 <= after <= 45 + 3, after  # at most one batch over budget
+    assert best == 1
+
+
+def test_redis_restart_mid_job(stack):
+    stack["ensure"](2)
+    job = submit(stack["env"], "--parallel", "2", trials=40, seed=5)
+    wait_for(lambda: status(stack["env"], job)["keys"][0]["trials_done"] >= 4, 120, "trials to start")
+    assert status(stack["env"], job)["state"] == "running"
+    restart_redis()
+    st = wait_state(stack["env"], job, timeout=300)
+    assert st["state"] == "done", st
+    assert all(w.alive() for w in stack["workers"][-2:])
+
+
+def test_job_for_a_class_without_workers_stays_queued(stack):
+    proc = tuner(stack["env"], "submit", "trivial", *SHAPE, "--device-class", "mi300x", "--trials", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    job = json.loads(proc.stdout)["job"]
+    time.sleep(3)
+    st = status(stack["env"], job)
+    assert st["state"] == "queued"
+    assert "no worker of class mi300x is alive" in st["note"]
+    human = tuner(stack["env"], "status", job)
+    assert "no worker of class mi300x is alive" in human.stderr
+    assert tuner(stack["env"], "cancel", job).returncode == 0
+    assert status(stack["env"], job)["state"] == "cancelled"
+
+
+def test_malformed_and_unknown_kernel_messages_are_rejected(stack):
+    (w1, *_) = stack["ensure"](1)
+    from workers.app import make_app
+
+    app = make_app(stack["env"]["TUNER_BROKER_URL"])
+    good = {"job_id": "0" * 32, "job_key_id": 1, "key": {"kernel": "nosuch", "version": "x", "dims": {"N": 1},
+                                                           "dtype": "float32"},
+            "sampler": "tpe", "seed": None, "budget_trials": 1, "batch_trials": 1, "queue": "tune.cpu"}
+    for payload in ({"hello": "world"}, "not an object", good):
+        app.send_task("tuner.trial_batch", args=[payload], queue="tune.cpu")
+    alive = [w for w in stack["workers"] if w.alive()]  # any live worker may take them
+    logs = lambda: "".join(w.text() for w in alive)  # noqa: E731
+    wait_for(lambda: logs().count("rejected message") >= 3, 60, "three rejections in the worker logs")
+    assert "unknown kernel 'nosuch'" in logs()
+    assert all(w.alive() for w in alive)
+    job = submit(stack["env"], trials=3, seed=9)
+    assert wait_state(stack["env"], job)["state"] == "done"
+
+
+def test_two_coordinators_four_workers(stack):
+    stack["ensure"](4)
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def coordinator(offset):
+        for i in range(4):
+            job = submit(stack["env"], trials=6, seed=100 + offset + i)
+            with lock:
+                ids.append(job)
+
+    threads = [threading.Thread(target=coordinator, args=(n * 10,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == len(set(ids)) == 8
+    for job in ids:
+        assert wait_state(stack["env"], job)["state"] == "done"
+    with stack["engine"].connect() as c:
+        found = {r[0] for r in c.execute(text("select id from jobs where id = any(:ids)"), {"ids": ids})}
+    assert found == set(ids)
+    for job in ids:
+        assert counts(stack["engine"], job)[1] == 1
+
+
+def test_embedded_default_sqlite_broker_and_database(tmp_path):
+    env = service_env(tmp_path / "home", None, None)
+    w = WorkerProc("embedded", env, tmp_path)
+    try:
+        job = submit(env, trials=4, seed=1)
+        st = wait_state(env, job, timeout=240)
+        assert st["state"] == "done", (st, w.text()[-3000:])
+        assert (tmp_path / "home" / "tuner.db").exists() and (tmp_path / "home" / "broker.db").exists()
+    finally:
+        w.stop()

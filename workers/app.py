@@ -1,0 +1,45 @@
+"""The Celery app: JSON only, late acks, one message at a time per worker.
+
+The coordinator builds the same app with only a broker URL and sends tasks by name, so a
+machine that submits jobs imports no kernel, no torch and no GPU stack.
+"""
+from __future__ import annotations
+
+from celery import Celery
+
+BATCH_TASK = "tuner.trial_batch"
+QUEUE_PREFIX = "tune."
+
+
+def make_app(broker_url: str) -> Celery:
+    app = Celery("tuner", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json", result_serializer="json", accept_content=["json"],
+        event_serializer="json",
+        task_acks_late=True,  # a batch killed with its worker is delivered again
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # a worker holds one batch; others take the rest
+        task_ignore_result=True,  # state lives in the database, not in a result backend
+        task_default_queue=f"{QUEUE_PREFIX}default",
+        broker_connection_retry=True, broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # survive a broker restart
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5,
+                                   "interval_max": 2.0},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True, task_send_sent_event=True,  # for Flower
+    )
+    if broker_url.startswith(("redis://", "rediss://")):
+        # an unacked message of a worker killed with SIGKILL comes back after this; the
+        # janitor (workers/service.py) re-sends stalled keys sooner
+        app.conf.broker_transport_options = {"visibility_timeout": 300}
+    return app
+
+
+def check_broker(app: Celery, timeout: float = 3.0) -> None:
+    """Raise ConnectionError with a one-line reason when the broker cannot be reached."""
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+    except Exception as exc:  # kombu raises transport-specific types
+        raise ConnectionError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None

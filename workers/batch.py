@@ -1,0 +1,75 @@
+"""The trial-batch message: what the coordinator and workers send each other, schema-checked.
+
+A message names a registered kernel and a key; it never carries code. Anything that does
+not validate is rejected before it is used.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from search_spaces import registry
+from search_spaces.base import SpecError, TuningKey
+
+SCHEMA = 1
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_SAMPLERS = ("tpe", "random", "grid")
+
+
+@dataclass(frozen=True)
+class BatchMessage:
+    job_id: str
+    job_key_id: int
+    key: dict[str, Any]  # TuningKey JSON
+    sampler: str
+    seed: int | None
+    budget_trials: int
+    batch_trials: int
+    queue: str
+    schema: int = SCHEMA
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def tuning_key(self) -> TuningKey:
+        return TuningKey.from_json(self.key)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "BatchMessage":
+        """Validate a received payload; ValueError says what is wrong with it."""
+        if not isinstance(data, dict):
+            raise ValueError(f"batch message must be a JSON object, got {type(data).__name__}")
+        fields = set(cls.__dataclass_fields__)
+        missing, extra = fields - set(data) - {"schema"}, set(data) - fields
+        if missing or extra:
+            raise ValueError(f"batch message fields: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        if data.get("schema", SCHEMA) != SCHEMA:
+            raise ValueError(f"batch message schema {data.get('schema')!r}, this worker speaks {SCHEMA}")
+        checks = [
+            (isinstance(data["job_id"], str) and _JOB_ID.match(data["job_id"]), "job_id must be 32 hex chars"),
+            (type(data["job_key_id"]) is int and data["job_key_id"] > 0, "job_key_id must be a positive int"),
+            (data["sampler"] in _SAMPLERS, f"sampler must be one of {_SAMPLERS}"),
+            (data["seed"] is None or type(data["seed"]) is int, "seed must be an int or null"),
+            (type(data["budget_trials"]) is int and data["budget_trials"] > 0, "budget_trials must be > 0"),
+            (type(data["batch_trials"]) is int and 0 < data["batch_trials"] <= 1000, "batch_trials out of range"),
+            (isinstance(data["queue"], str) and data["queue"].startswith("tune."), "queue must be tune.<class>"),
+            (isinstance(data["key"], dict), "key must be an object"),
+        ]
+        for ok, why in checks:
+            if not ok:
+                raise ValueError(f"malformed batch message: {why}")
+        try:
+            key = TuningKey.from_json(data["key"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"malformed batch message key: {exc!r}") from None
+        try:
+            spec = registry.get(key.kernel)  # only registered kernels ever run
+            spec.make_key(key.dim_map, key.dtype)
+        except SpecError as exc:
+            raise ValueError(f"rejected batch message: {exc}") from None
+        if key.version != spec.version:
+            raise ValueError(f"rejected batch message: kernel {key.kernel} version {key.version} is not the "
+                             f"version this worker runs ({spec.version}); deploy the same kernel code")
+        return cls(**{k: data[k] for k in fields if k in data})

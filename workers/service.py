@@ -1,0 +1,199 @@
+"""A worker process: its identity row, heartbeat, janitor, and the handling of trial batches.
+
+Cooperation: every worker of a class works on the same Optuna study per key (ask/tell on
+the shared RDB storage), a batch at a time. A batch that leaves budget sends the next batch
+to the same queue; the worker that spends the budget claims the key's finalization with one
+conditional UPDATE, so exactly one best row is written per key. A key with no trial activity
+for `stall_s` (its message lost with a killed worker or a restarted broker) is re-sent by the
+janitor of any live worker of the class.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import func, select, update
+
+from db import models
+from db.session import session_scope
+from search_spaces import registry
+from workers.batch import BatchMessage
+from workers.device import DeviceClass, matches
+from workers.fingerprint import StackFingerprint
+from workers.harness import Harness
+from workers.identity import store_identity
+
+log = logging.getLogger("tuner.worker")
+FINAL_JOB_STATES = ("done", "failed", "cancelled")
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def aware(t: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back naive; they were written in UTC."""
+    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    db_url: str
+    device: str  # cpu | cuda:N
+    name: str
+    heartbeat_s: float = 10.0
+    stall_s: float = 60.0
+    trial_timeout_s: float = 120.0
+
+
+class WorkerService:
+    def __init__(self, cfg: WorkerConfig, dc: DeviceClass, fp: StackFingerprint, send):
+        self.cfg, self.dc, self.fp, self.send = cfg, dc, fp, send
+        self.harness = Harness()
+        self._stop = threading.Event()
+        with session_scope(cfg.db_url) as s:
+            self.dc_id, self.fp_id = store_identity(s, dc, fp)
+            row = s.scalar(select(models.Worker).where(models.Worker.name == cfg.name))
+            if row is None:
+                row = models.Worker(name=cfg.name)
+                s.add(row)
+            row.hostname, row.pid, row.device = socket.gethostname(), os.getpid(), cfg.device
+            row.device_class_id, row.fingerprint_id = self.dc_id, self.fp_id
+            row.started_at = row.heartbeat_at = now()
+            row.stopped_at = None
+            s.flush()
+            self.worker_id = row.id
+        self._thread = threading.Thread(target=self._beat, name="tuner-heartbeat", daemon=True)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.harness.close()
+        with session_scope(self.cfg.db_url) as s:
+            s.execute(update(models.Worker).where(models.Worker.id == self.worker_id).values(stopped_at=now()))
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.cfg.heartbeat_s):
+            try:
+                with session_scope(self.cfg.db_url) as s:
+                    s.execute(update(models.Worker).where(models.Worker.id == self.worker_id)
+                              .values(heartbeat_at=now(), fingerprint_id=self.fp_id))
+                self.resend_stalled()
+            except Exception:  # a database blip must not end the heartbeat thread
+                log.exception("heartbeat failed")
+
+    # ---- the janitor -------------------------------------------------------------------
+    def resend_stalled(self) -> int:
+        """Re-send a batch for every running key of our class with no recent activity."""
+        cutoff = now() - timedelta(seconds=self.cfg.stall_s)
+        sent = 0
+        with session_scope(self.cfg.db_url) as s:
+            rows = s.execute(
+                select(models.JobKey, models.Job)
+                .join(models.Job, models.Job.id == models.JobKey.job_id)
+                .where(models.Job.state.in_(("queued", "running")), models.Job.origin == "queued",
+                       models.JobKey.state.in_(("running", "finalizing")))).all()
+            for key_row, job in rows:
+                if not matches(job.device_selector, self.dc.slug):
+                    continue
+                if key_row.state == "finalizing":
+                    # a finalizer that died: give the key back; its next batch finalizes it again
+                    if aware(key_row.enqueued_at) and aware(key_row.enqueued_at) < cutoff - 2 * (now() - cutoff):
+                        key_row.state = "running"
+                    else:
+                        continue
+                last = s.scalar(select(func.max(models.TuningTrial.created_at))
+                                .where(models.TuningTrial.job_key_id == key_row.id))
+                latest = max(t for t in (aware(last), aware(key_row.enqueued_at), aware(job.created_at)) if t)
+                if latest > cutoff:
+                    continue
+                claimed = s.execute(update(models.JobKey).where(
+                    models.JobKey.id == key_row.id,
+                    (models.JobKey.enqueued_at.is_(None)) | (models.JobKey.enqueued_at == key_row.enqueued_at))
+                    .values(enqueued_at=now())).rowcount
+                if claimed:
+                    s.commit()
+                    self.send(batch_message(job, key_row))
+                    log.warning("re-sent stalled key %s of job %s", key_row.id, job.id)
+                    sent += 1
+        return sent
+
+    # ---- a batch -----------------------------------------------------------------------
+    def handle(self, msg: BatchMessage, batch_trials: int) -> str:
+        from workers.finalize import finalize
+        from workers.search import SearchContext, open_study, run_batch, study_name
+
+        key = msg.tuning_key
+        spec = registry.get(key.kernel)
+        target = self.dc.target
+        with session_scope(self.cfg.db_url) as s:
+            job = s.get(models.Job, msg.job_id)
+            key_row = s.get(models.JobKey, msg.job_key_id)
+            if job is None or key_row is None or key_row.job_id != job.id:
+                return "unknown job"
+            if job.state in FINAL_JOB_STATES or key_row.state != "running":
+                return f"job {job.state}, key {key_row.state}"
+            s.execute(update(models.Job).where(models.Job.id == job.id, models.Job.state == "queued")
+                      .values(state="running", started_at=now()))
+            name = study_name(key, self.dc.slug, self.fp.hash)
+            if key_row.study_name != name:
+                key_row.study_name = name
+            key_row.enqueued_at = now()
+        ctx = SearchContext(db_url=self.cfg.db_url, job_id=msg.job_id, job_key_id=msg.job_key_id, key=key,
+                            device=self.cfg.device, target=target, device_class_id=self.dc_id,
+                            fingerprint_id=self.fp_id, study_name=name, sampler=msg.sampler, seed=msg.seed,
+                            budget_trials=msg.budget_trials, trial_timeout_s=self.cfg.trial_timeout_s,
+                            worker_id=self.worker_id)
+        seeds = [spec.default(key, target)] + spec.known_good(key, target)
+        open_study(ctx, seeds=[c for c in seeds if spec.check(c, key, target) is None])
+        ran = run_batch(ctx, self.harness, batch_trials, should_stop=lambda: self._cancelled(msg.job_id))
+        if self._cancelled(msg.job_id):
+            return "cancelled"
+        from workers.search import counted_trials
+        exhausted = ran < batch_trials  # the budget is spent, or the space has nothing left
+        if not exhausted and counted_trials(self.cfg.db_url, msg.job_key_id) < msg.budget_trials:
+            self.send(msg)
+            return f"ran {ran}, next batch sent"
+        if not self._claim_finalize(msg.job_key_id):
+            return f"ran {ran}, another worker finalizes"
+        result = finalize(ctx, self.harness, self.dc.slug)
+        with session_scope(self.cfg.db_url) as s:
+            key_row = s.get(models.JobKey, msg.job_key_id)
+            key_row.state = "done" if result else "failed"
+            key_row.trials_done = counted_trials(self.cfg.db_url, msg.job_key_id)
+        self._finish_job(msg.job_id)
+        return f"ran {ran}, finalized"
+
+    def _cancelled(self, job_id: str) -> bool:
+        with session_scope(self.cfg.db_url) as s:
+            return s.scalar(select(models.Job.state).where(models.Job.id == job_id)) == "cancelled"
+
+    def _claim_finalize(self, job_key_id: int) -> bool:
+        with session_scope(self.cfg.db_url) as s:
+            return s.execute(update(models.JobKey).where(models.JobKey.id == job_key_id,
+                                                         models.JobKey.state == "running")
+                             .values(state="finalizing", enqueued_at=now())).rowcount == 1
+
+    def _finish_job(self, job_id: str) -> None:
+        with session_scope(self.cfg.db_url) as s:
+            states = s.scalars(select(models.JobKey.state).where(models.JobKey.job_id == job_id)).all()
+            if all(st in ("done", "failed") for st in states):
+                final = "done" if any(st == "done" for st in states) else "failed"
+                s.execute(update(models.Job).where(models.Job.id == job_id, models.Job.state == "running")
+                          .values(state=final, finished_at=now(),
+                                  error=None if final == "done" else "no configuration ran correctly"))
+
+
+def batch_message(job, key_row, batch_trials: int = 4) -> BatchMessage:
+    from workers.device import queue_for
+    return BatchMessage(job_id=job.id, job_key_id=key_row.id, key=key_row.key, sampler=job.sampler,
+                        seed=job.seed, budget_trials=job.budget_trials,
+                        batch_trials=job.request.get("batch_trials", batch_trials),
+                        queue=queue_for(job.device_selector))
