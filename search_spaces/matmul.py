@@ -36,7 +36,7 @@ _HIP_GOOD = [  # BM, BN, BK, GROUP_M, waves_per_eu, warps, stages
 
 
 @triton.jit
-def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
                    stride_cm, stride_cn, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, DOT_IN_FP32: tl.constexpr):
     # grouped order: GROUP_M rows of tiles share the B columns they load, for L2 reuse
@@ -229,7 +229,7 @@ class Matmul(KernelSpec):
         interpret = bool(triton.knobs.runtime.interpret)
         opts = launch_options(config, hip=a.is_cuda and torch.version.hip is not None)
         grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
-        _matmul_kernel[grid](
+        matmul_kernel[grid](
             a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
             BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_K=config["BLOCK_K"],
             GROUP_M=config["GROUP_M"], DOT_IN_FP32=interpret and a.dtype == torch.bfloat16, **opts)
