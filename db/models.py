@@ -145,3 +145,11 @@ class BestConfig(Base):
     job_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     superseded_at: Mapped[datetime | None]
+
+
+class Lock(Base):
+    """A named lease in the database (e.g. the nightly retune), so two schedulers never both act."""
+    __tablename__ = "tuner_locks"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime]

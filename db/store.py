@@ -78,3 +78,34 @@ def best_history(s: Session, *, kernel: str, key_hash: str, device_class_slug: s
          .where(BestConfig.kernel == kernel, BestConfig.key_hash == key_hash, DeviceClass.slug == device_class_slug)
          .order_by(BestConfig.created_at.desc(), BestConfig.id.desc()))
     return list(s.scalars(q))
+
+
+def acquire_lock(s: Session, name: str, holder: str, ttl_s: float) -> bool:
+    """Take the named lease if it is free or expired; True when this holder now has it.
+
+    Works the same on SQLite and PostgreSQL: an INSERT that only one writer can win, or an
+    UPDATE of an expired lease that only one writer can match."""
+    from datetime import timedelta
+
+    from db.models import Lock
+
+    now = utcnow()
+    expires = now + timedelta(seconds=ttl_s)
+    try:
+        with s.begin_nested():
+            s.add(Lock(name=name, holder=holder, expires_at=expires))
+            s.flush()
+        return True
+    except IntegrityError:
+        pass
+    took = s.execute(update(Lock).where(Lock.name == name, (Lock.expires_at < now) | (Lock.holder == holder))
+                     .values(holder=holder, expires_at=expires)).rowcount
+    return took == 1
+
+
+def release_lock(s: Session, name: str, holder: str) -> None:
+    from sqlalchemy import delete
+
+    from db.models import Lock
+
+    s.execute(delete(Lock).where(Lock.name == name, Lock.holder == holder))

@@ -286,9 +286,7 @@ def _tuner_words(services) -> dict[str, list[str]]:
 def _service_params():
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     for name, words in _tuner_words(services).items():
-        marks = [pytest.mark.xfail(reason="worker/scheduler commands not built yet", strict=True)] \
-            if words[:1] == ["scheduler"] else []
-        yield pytest.param(name, words, id=name, marks=marks)
+        yield pytest.param(name, words, id=name)
 
 
 @pytest.mark.parametrize("service,words", list(_service_params()))

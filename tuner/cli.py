@@ -19,6 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Tune Triton kernels per device class and stack; look the results up at load time.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema commands.")
 app.add_typer(db_app, name="db")
+report_app = typer.Typer(no_args_is_help=True, help="Reports over stored results.")
+app.add_typer(report_app, name="report")
 out = Console()
 err = Console(stderr=True)
 
@@ -224,6 +226,79 @@ def cancel(job: str = typer.Argument(...)) -> None:
     from tuner.coordinator import cancel as do_cancel
 
     err.print(f"job {job}: {do_cancel(settings_mod.get(), job)}")
+
+
+@app.command()
+def retune(device_class: Optional[str] = typer.Option(None, "--device-class"),
+           kernel: Optional[str] = typer.Option(None, "--kernel"),
+           stale_only: bool = typer.Option(True, "--stale-only/--all",
+                                           help="Only keys whose stack changed (default), or every current key."),
+           dry_run: bool = typer.Option(False, "--dry-run", help="List what would be queued; queue nothing."),
+           as_json: bool = JsonOpt) -> None:
+    """Queue warm-started retune jobs for configurations tuned under another stack than live workers run."""
+    from tuner.retune import retune as do_retune
+
+    result = do_retune(settings_mod.get(), device_class, kernel, stale_only, dry_run)
+    if as_json:
+        return _print_json(result)
+    if result.get("locked_by_other"):
+        err.print("another retune holds the lease; nothing queued")
+    t = Table("job", "kernel", "device class", "keys", "budgets", "old -> new fingerprint",
+              title=f"retune run {result['run']}" + (" (dry run)" if dry_run else ""))
+    for j in result["jobs"]:
+        t.add_row(j.get("job", "-"), j["kernel"], j["device_class"], str(len(j["keys"])), ",".join(map(str, j["budgets"])),
+                  f"{','.join(j['old_fingerprint'])} -> {','.join(j['new_fingerprint'])}")
+    out.print(t)
+    if not result["jobs"]:
+        err.print("nothing stale: every current configuration was tuned under a stack that live workers run")
+
+
+@report_app.command("retune")
+def report_retune(run: Optional[str] = typer.Argument(None, help="Retune run id (default: the latest)."),
+                  plot: Optional[str] = typer.Option(None, "--plot", help="Write a PNG plot here."),
+                  as_json: bool = JsonOpt) -> None:
+    """Per key: old best on the old stack, old best on the new stack, new best, trials; regressions flagged."""
+    from tuner.retune import plot as draw
+    from tuner.retune import report
+
+    result = report(settings_mod.get(), run)
+    if plot:
+        draw(result, plot)
+    if as_json:
+        return _print_json(result)
+    t = Table("key", "class", "old best / old stack ms", "old best / new stack ms", "new best / new stack ms",
+              "trials (orig)", "flags", title=f"retune run {result['run']}", caption=f"timings: {result['timing']}")
+    for r in result["keys"]:
+        t.add_row(",".join(f"{k}={v}" for k, v in r["key"].items()) + f" {r['dtype']}", r["device_class"],
+                  _ms(r["old_best_ms_old_stack"]), _ms(r["old_best_ms_new_stack"]), _ms(r["new_best_ms_new_stack"]),
+                  f"{r['trials_spent']} ({r['original_trials']})", "; ".join(r["flags"]) or "-")
+    out.print(t)
+    if plot:
+        err.print(f"plot written to {plot}")
+
+
+@app.command()
+def history(kernel: str = typer.Argument(...), shape: list[str] = ShapeOpt, dtype: list[str] = DtypeOpt,
+            device_class: Optional[str] = typer.Option(None, "--device-class"), as_json: bool = JsonOpt) -> None:
+    """Every best configuration a key has had, newest first (superseded ones included)."""
+    from tuner.retune import history as key_history
+
+    rows = key_history(settings_mod.get(), kernel, shape, dtype, device_class)
+    if as_json:
+        return _print_json(rows)
+    t = Table("key", "class", "fingerprint", "config", "ms", "tuned at", "superseded at")
+    for r in rows:
+        t.add_row(r["key"], r["device_class"], r["fingerprint"], json.dumps(r["config"]), _ms(r["median_ms"]),
+                  r["created_at"], r["superseded_at"] or "current")
+    out.print(t)
+
+
+@app.command()
+def scheduler(loglevel: str = typer.Option("INFO", "--loglevel")) -> None:
+    """Run Celery beat: the nightly retune at TUNER_RETUNE_CRON (default '0 3 * * *', UTC)."""
+    from tuner.scheduler import run_scheduler
+
+    run_scheduler(settings_mod.get(), loglevel)
 
 
 @db_app.command("upgrade")

@@ -116,6 +116,8 @@ def live_workers(s, selector: str, dead_after_s: float) -> list[models.Worker]:
 
 
 def status(settings: Settings, job_id: str) -> dict:
+    from workers.retune import key_budget
+
     url = open_for_read(settings)
     with session_scope(url) as s:
         job = _job(s, job_id)
@@ -130,7 +132,7 @@ def status(settings: Settings, job_id: str) -> dict:
             best = min(ok, key=lambda t: t.median_ms) if ok else None
             out_keys.append({
                 "key": k.key["dims"], "dtype": k.key["dtype"], "state": k.state,
-                "trials_done": sum(1 for t in trials if t.status != "invalid"), "budget": job.budget_trials,
+                "trials_done": sum(1 for t in trials if t.status != "invalid"), "budget": key_budget(job, k.key_hash),
                 "failed_trials": sum(1 for t in trials if t.status not in ("ok", "invalid")),
                 "best_ms_so_far": best.median_ms if best else None, "best_config_so_far": best.config if best else None,
                 "workers": sorted({t.name for t in trials if t.name}),

@@ -12,7 +12,7 @@ from tuner.settings import Settings
 
 
 def run_worker(settings: Settings, device: str | None, name: str | None, loglevel: str = "INFO") -> None:
-    from workers.app import make_app
+    from workers.app import CONTROL_QUEUE, make_app
     from workers.device import probe, queue_names
     from workers.fingerprint import live_fingerprint
 
@@ -44,7 +44,7 @@ def run_worker(settings: Settings, device: str | None, name: str | None, logleve
     service.start()
     try:
         # solo pool: the task runs in this process, the kernel in the harness's child process
-        app.worker_main(["worker", "--pool", "solo", "--queues", ",".join(queue_names(dc)),
+        app.worker_main(["worker", "--pool", "solo", "--queues", ",".join((*queue_names(dc), CONTROL_QUEUE)),
                          "--hostname", node, "--loglevel", loglevel, "--without-mingle",
                          "--without-gossip"])
     finally:

@@ -8,7 +8,9 @@ from __future__ import annotations
 from celery import Celery
 
 BATCH_TASK = "tuner.trial_batch"
+RETUNE_TASK = "tuner.retune_stale"
 QUEUE_PREFIX = "tune."
+CONTROL_QUEUE = "tune.control"  # every worker listens: the nightly retune lands on any of them
 
 
 def make_app(broker_url: str) -> Celery:

@@ -26,6 +26,7 @@ from workers.device import DeviceClass, matches
 from workers.fingerprint import StackFingerprint
 from workers.harness import Harness
 from workers.identity import store_identity
+from workers.retune import key_budget, warm_seeds
 
 log = logging.getLogger("tuner.worker")
 FINAL_JOB_STATES = ("done", "failed", "cancelled")
@@ -146,12 +147,13 @@ class WorkerService:
             if key_row.study_name != name:
                 key_row.study_name = name
             key_row.enqueued_at = now()
+            job_request = job.request
         ctx = SearchContext(db_url=self.cfg.db_url, job_id=msg.job_id, job_key_id=msg.job_key_id, key=key,
                             device=self.cfg.device, target=target, device_class_id=self.dc_id,
                             fingerprint_id=self.fp_id, study_name=name, sampler=msg.sampler, seed=msg.seed,
                             budget_trials=msg.budget_trials, trial_timeout_s=self.cfg.trial_timeout_s,
                             worker_id=self.worker_id)
-        seeds = [spec.default(key, target)] + spec.known_good(key, target)
+        seeds = warm_seeds(job_request, key.stable_hash) + [spec.default(key, target)] + spec.known_good(key, target)
         open_study(ctx, seeds=[c for c in seeds if spec.check(c, key, target) is None])
         ran = run_batch(ctx, self.harness, batch_trials, should_stop=lambda: self._cancelled(msg.job_id))
         if self._cancelled(msg.job_id):
@@ -194,6 +196,6 @@ class WorkerService:
 def batch_message(job, key_row, batch_trials: int = 4) -> BatchMessage:
     from workers.device import queue_for
     return BatchMessage(job_id=job.id, job_key_id=key_row.id, key=key_row.key, sampler=job.sampler,
-                        seed=job.seed, budget_trials=job.budget_trials,
+                        seed=job.seed, budget_trials=key_budget(job, key_row.key_hash),
                         batch_trials=job.request.get("batch_trials", batch_trials),
                         queue=queue_for(job.device_selector))

@@ -5,7 +5,7 @@ import logging
 
 from celery import Celery
 
-from workers.app import BATCH_TASK
+from workers.app import BATCH_TASK, RETUNE_TASK
 from workers.batch import BatchMessage
 
 log = logging.getLogger("tuner.worker")
@@ -25,3 +25,25 @@ def register(app: Celery, service) -> None:
         outcome = service.handle(msg, msg.batch_trials)
         log.info("job %s key %s: %s", msg.job_id, msg.job_key_id, outcome)
         return {"outcome": outcome}
+
+    @app.task(name=RETUNE_TASK, bind=True)
+    def retune_stale(task, dead_after_s=60.0, budget_fraction=0.25, batch_trials=4, **unknown):
+        """The nightly retune, sent by `tuner scheduler`; idempotent and safe to run twice at once."""
+        from workers.retune import enqueue_stale
+
+        try:
+            if unknown:
+                raise ValueError(f"unexpected fields {sorted(unknown)}")
+            dead_after_s, budget_fraction = float(dead_after_s), float(budget_fraction)
+            batch_trials = int(batch_trials)
+            if not (0 < budget_fraction <= 1 and dead_after_s > 0 and 0 < batch_trials <= 1000):
+                raise ValueError("values out of range")
+        except (TypeError, ValueError) as exc:
+            log.error("rejected message %s: malformed retune message: %s", task.request.id, exc)
+            return {"rejected": str(exc)}
+        result = enqueue_stale(service.cfg.db_url, service.send, holder=service.cfg.name,
+                               dead_after_s=dead_after_s, budget_fraction=budget_fraction,
+                               batch_trials=batch_trials)
+        log.info("nightly retune %s: %d job(s)%s", result["run"], len(result["jobs"]),
+                 " (another scheduler holds the lease)" if result.get("locked_by_other") else "")
+        return {"run": result["run"], "jobs": [j.get("job") for j in result["jobs"]]}

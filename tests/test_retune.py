@@ -1,0 +1,165 @@
+"""Nightly retune, proved on this machine: tune, simulate a driver update with
+TUNER_FINGERPRINT_OVERRIDE, retune through a real worker, and check rows, report and runtime."""
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.cli_helpers import ROOT
+from tests.services import WorkerProc, pg_database, redis_url, service_env
+
+pytestmark = pytest.mark.integration
+KEYS = ["--shape", "N=16", "--shape", "N=64", "--dtype", "float32"]
+
+
+def tuner(env, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def tuner_json(env, *args):
+    proc = tuner(env, *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def wait_for(cond, timeout=180, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def fingerprints(engine):
+    with engine.connect() as c:
+        return dict(c.execute(text("select f.driver, count(*) from best_configs b join stack_fingerprints f "
+                                   "on f.id = b.fingerprint_id where b.superseded_at is null group by f.driver")).all())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    home = tmp_path_factory.mktemp("retune")
+    with pg_database() as db_url:
+        env = service_env(home, db_url, redis_url())
+        assert tuner(env, "db", "upgrade").returncode == 0
+        engine = create_engine(db_url)
+        workers = []
+        yield {"env": env, "engine": engine, "home": home, "workers": workers, "db_url": db_url}
+        for w in workers:
+            w.stop()
+        engine.dispose()
+
+
+def _start_worker(world, name, driver):
+    env = dict(world["env"], TUNER_FINGERPRINT_OVERRIDE=f"driver={driver}")
+    w = WorkerProc(name, env, world["home"])
+    world["workers"].append(w)
+    with world["engine"].connect() as c:
+        pass
+    wait_for(lambda: _registered(world, f"{name}@test", driver), 180, f"worker {name} to register")
+    return w
+
+
+def _registered(world, name, driver):
+    with world["engine"].connect() as c:
+        return c.execute(text("select count(*) from workers w join stack_fingerprints f on f.id = w.fingerprint_id "
+                              "where w.name = :n and f.driver = :d and w.heartbeat_at > now() - interval '5 seconds'"),
+                         {"n": name, "d": driver}).scalar() == 1
+
+
+def test_driver_update_is_retuned_once_warm_started_and_reported(world, tmp_path):
+    env, engine = world["env"], world["engine"]
+    tuned = tuner_json(env, "tune", "trivial", *KEYS, "--trials", "16", "--seed", "0", "--device", "cpu")
+    assert all(k["config"] for k in tuned["keys"])
+    assert fingerprints(engine) == {"none": 2}
+
+    # nothing is stale while no worker runs another stack
+    assert tuner_json(env, "retune", "--stale-only")["jobs"] == []
+    _start_worker(world, "new-driver", "999.1")
+
+    dry = tuner_json(env, "retune", "--stale-only", "--dry-run")
+    assert len(dry["jobs"]) == 1 and len(dry["jobs"][0]["keys"]) == 2
+    with engine.connect() as c:
+        assert c.execute(text("select count(*) from jobs where kind='retune'")).scalar() == 0
+
+    first = tuner_json(env, "retune", "--stale-only")
+    assert len(first["jobs"]) == 1
+    assert tuner_json(env, "retune", "--stale-only")["jobs"] == []  # already queued: nothing twice
+    job = first["jobs"][0]["job"]
+    wait_for(lambda: tuner_json(env, "status", job)["state"] in ("done", "failed"), 240, "the retune job")
+    assert tuner_json(env, "status", job)["state"] == "done"
+
+    assert fingerprints(engine) == {"none": 2, "999.1": 2}  # new rows, and the old ones kept
+    assert tuner_json(env, "retune", "--stale-only")["jobs"] == []  # repaired: not stale any more
+
+    plot = tmp_path / "retune.png"
+    rep = tuner_json(env, "report", "retune", "--plot", str(plot))
+    assert rep["run"] == first["run"] and len(rep["keys"]) == 2
+    for r in rep["keys"]:
+        assert r["old_best_ms_old_stack"] and r["old_best_ms_new_stack"] and r["new_best_ms_new_stack"]
+        assert r["trials_spent"] < r["original_trials"]  # warm start: a fraction of the cold budget
+        # the old best is measured first on the new stack, so the retune is never slower than it
+        assert r["new_best_ms_new_stack"] <= r["old_best_ms_new_stack"] * 1.5
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = tuner(env, "report", "retune")
+    assert table.returncode == 0 and "old best" in table.stdout
+
+    hist = tuner_json(env, "history", "trivial", "--shape", "N=16", "--dtype", "float32", "--device-class", "cpu")
+    assert {h["fingerprint"] for h in hist} and len(hist) == 2
+
+    code = ("import json; from tuner.runtime import lookup; "
+            "print(json.dumps(lookup('trivial', N=16, dtype='float32')))")
+    with engine.connect() as c:
+        new_cfg = c.execute(text("select b.config from best_configs b join stack_fingerprints f on f.id=b.fingerprint_id "
+                                 "where f.driver='999.1' and b.key->'dims'->>'N' = '16'")).scalar()
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env=dict(env, TUNER_DEVICE="cpu", TUNER_FINGERPRINT_OVERRIDE="driver=999.1"))
+    assert json.loads(out.stdout) == (json.loads(new_cfg) if isinstance(new_cfg, str) else new_cfg)
+
+
+def test_two_schedulers_at_once_queue_each_key_once(world):
+    env, engine = world["env"], world["engine"]
+    _start_worker(world, "newer-driver", "999.2")  # every current key is stale for this stack
+    results = []
+
+    def run():
+        results.append(tuner_json(env, "retune", "--stale-only"))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    queued = [j for r in results for j in r["jobs"]]
+    assert len(queued) == 1, results
+    with engine.connect() as c:
+        keys = c.execute(text("select k.key_hash from job_keys k join jobs j on j.id=k.job_id "
+                              "where j.kind='retune' and j.state in ('queued','running')")).scalars().all()
+    assert len(keys) == len(set(keys))
+    job = queued[0]["job"]
+    wait_for(lambda: tuner_json(env, "status", job)["state"] in ("done", "failed"), 240, "the second retune")
+
+
+def test_scheduler_sends_the_nightly_retune(world):
+    env = dict(world["env"], TUNER_RETUNE_CRON="* * * * *")
+    log = world["home"] / "beat.log"
+    with open(log, "w") as f:
+        beat = subprocess.Popen([sys.executable, "-m", "tuner.cli", "scheduler"], env=env, cwd=ROOT,
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        logs = lambda: "".join(w.text() for w in world["workers"] if w.alive())  # noqa: E731
+        wait_for(lambda: "nightly retune" in logs(), 90, "a worker to run the scheduled retune")
+    finally:
+        beat.terminate()
+        beat.wait(20)
+
+
+def test_bad_cron_is_one_line_exit_2(world):
+    proc = tuner(dict(world["env"], TUNER_RETUNE_CRON="every night"), "scheduler")
+    assert proc.returncode == 2 and "must have 5 fields" in proc.stderr

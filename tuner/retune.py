@@ -1,0 +1,146 @@
+"""`tuner retune`, `tuner report retune` and `tuner history`: repairing configurations after a
+driver, runtime, Triton or torch update, and showing what it changed."""
+from __future__ import annotations
+
+import os
+import socket
+
+from sqlalchemy import select
+
+from db import models
+from db.session import session_scope
+from search_spaces.base import SpecError, config_hash
+from tuner.database import open_for_read, open_for_write
+from tuner.errors import UserError
+from tuner.settings import Settings
+
+
+def _class_filter(device_class: str | None):
+    if device_class is None:
+        return None
+    from workers.device import matches, resolve_device_class
+
+    try:
+        selector = resolve_device_class(device_class)
+    except SpecError as exc:
+        raise UserError(str(exc)) from None
+    return lambda slug: matches(selector, slug)
+
+
+def retune(settings: Settings, device_class: str | None, kernel: str | None, stale_only: bool,
+           dry_run: bool, holder: str | None = None) -> dict:
+    """Queue warm-started retune jobs for the keys whose stack changed (see workers/retune.py)."""
+    from workers.retune import enqueue_stale
+
+    match = _class_filter(device_class)
+    if dry_run:
+        url = open_for_read(settings)
+        send = None
+    else:
+        from tuner.coordinator import _app
+
+        app = _app(settings)  # the broker is checked before anything is written
+        url = open_for_write(settings)
+
+        def send(msg) -> None:
+            app.send_task("tuner.trial_batch", args=[msg.to_json()], queue=msg.queue)
+
+    return enqueue_stale(url, send, holder=holder or f"cli-{socket.gethostname()}-{os.getpid()}",
+                         dead_after_s=settings.worker_dead_after_s,
+                         budget_fraction=settings.retune_budget_fraction, device_class=match, kernel=kernel,
+                         stale_only=stale_only, dry_run=dry_run, batch_trials=settings.batch_trials)
+
+
+def report(settings: Settings, run: str | None) -> dict:
+    url = open_for_read(settings)
+    threshold = settings.retune_regression_threshold
+    with session_scope(url) as s:
+        jobs = s.scalars(select(models.Job).where(models.Job.kind == "retune")
+                         .order_by(models.Job.created_at.desc())).all()
+        if not jobs:
+            raise UserError("no retune has run yet: `tuner retune --stale-only` queues one")
+        run = run or jobs[0].request.get("retune_run")
+        jobs = [j for j in jobs if j.request.get("retune_run") == run or j.id.startswith(run)]
+        if not jobs:
+            raise UserError(f"no retune run {run!r}; `tuner report retune` shows the latest")
+        rows = []
+        for job in jobs:
+            for key in s.scalars(select(models.JobKey).where(models.JobKey.job_id == job.id)).all():
+                warm = job.request.get("warm", {}).get(key.key_hash, {})
+                old_hash = config_hash(warm["old_config"]) if warm.get("old_config") else None
+                trials = s.execute(select(models.TuningTrial.config_hash, models.TuningTrial.median_ms,
+                                          models.TuningTrial.status)
+                                   .where(models.TuningTrial.job_key_id == key.id)).all()
+                old_on_new = min((m for h, m, st in trials if h == old_hash and st == "ok" and m), default=None)
+                new = s.scalar(select(models.BestConfig).where(models.BestConfig.job_id == job.id,
+                                                               models.BestConfig.key_hash == key.key_hash))
+                old_ms = warm.get("old_ms")
+                new_ms = new.median_ms if new else None
+                flags = []
+                if old_ms and new_ms and new_ms > old_ms * (1 + threshold):
+                    flags.append(f"regression: new stack {new_ms / old_ms:.2f}x slower than the old")
+                if old_ms and old_on_new and old_on_new > old_ms * (1 + threshold):
+                    flags.append(f"old config {old_on_new / old_ms:.2f}x slower on the new stack")
+                rows.append({"job": job.id, "kernel": job.kernel, "device_class": job.device_selector,
+                             "key": key.key["dims"], "dtype": key.key["dtype"], "state": key.state,
+                             "old_fingerprint": warm.get("old_fingerprint"), "new_fingerprint": warm.get("new_fingerprint"),
+                             "old_best_ms_old_stack": old_ms, "old_best_ms_new_stack": old_on_new,
+                             "new_best_ms_new_stack": new_ms, "new_config": new.config if new else None,
+                             "trials_spent": sum(1 for _, _, st in trials if st != "invalid"),
+                             "original_trials": warm.get("old_trials"),
+                             "regression": bool(flags and flags[0].startswith("regression")), "flags": flags})
+    return {"run": run, "threshold": threshold, "timing": _timing_label(rows), "keys": rows}
+
+
+def _timing_label(rows: list[dict]) -> str:
+    return "triton-interpreter (CPU; not GPU figures)" if any(
+        r["device_class"] and r["device_class"].startswith("cpu") for r in rows) else "gpu"
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["keys"]
+    labels = [",".join(f"{k}={v}" for k, v in r["key"].items()) + f"\n{r['dtype']}" for r in rows]
+    series = [("old best, old stack", "old_best_ms_old_stack"), ("old best, new stack", "old_best_ms_new_stack"),
+              ("new best, new stack", "new_best_ms_new_stack")]
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(rows)), 4))
+    width = 0.27
+    for i, (name, field) in enumerate(series):
+        ax.bar([x + (i - 1) * width for x in range(len(rows))], [r[field] or 0 for r in rows], width, label=name)
+    for x, r in enumerate(rows):
+        if r["regression"]:
+            ax.annotate("regression", (x, (r["new_best_ms_new_stack"] or 0)), ha="center", va="bottom", color="red")
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel("median ms")
+    ax.set_title(f"retune run {result['run']} ({result['timing']})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def history(settings: Settings, kernel: str, shapes: list[str], dtypes: list[str], device_class: str | None) -> list[dict]:
+    from tuner.queries import device_class_slugs
+    from tuner.request import build_request
+
+    req = build_request(kernel, shapes, dtypes, trials=1)
+    url = open_for_read(settings)
+    slugs = device_class_slugs(url, device_class, settings)
+    out = []
+    with session_scope(url) as s:
+        for key in req.keys:
+            q = (select(models.BestConfig, models.DeviceClass.slug, models.StackFingerprint.hash)
+                 .join(models.DeviceClass, models.DeviceClass.id == models.BestConfig.device_class_id)
+                 .join(models.StackFingerprint, models.StackFingerprint.id == models.BestConfig.fingerprint_id)
+                 .where(models.BestConfig.kernel == kernel, models.BestConfig.key_hash == key.stable_hash,
+                        models.DeviceClass.slug.in_(slugs))
+                 .order_by(models.BestConfig.created_at.desc(), models.BestConfig.id.desc()))
+            for b, slug, fp in s.execute(q).all():
+                out.append({"key": key.label(), "device_class": slug, "fingerprint": fp, "config": b.config,
+                            "median_ms": b.median_ms, "speedup": b.speedup, "trials": b.trials, "job": b.job_id,
+                            "created_at": b.created_at.isoformat(),
+                            "superseded_at": b.superseded_at.isoformat() if b.superseded_at else None})
+    return out

@@ -1,0 +1,188 @@
+"""Nightly retune: find best configurations tuned under a stack that live workers no longer run,
+and queue warm-started retune jobs for them, once.
+
+A best row is stale for a device class when a live worker of that class reports a stack
+fingerprint other than the row's, and no current best for the same kernel version and key
+exists under the worker's fingerprint yet. A retune job for such a key re-measures the old best
+first, then the old top-k, then searches with a fraction of the original budget.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+from sqlalchemy import select
+
+from db import models, store
+from db.session import session_scope
+from workers.batch import BatchMessage
+
+LOCK = "retune"
+TOP_K = 3
+
+
+@dataclass(frozen=True)
+class StaleKey:
+    kernel: str
+    kernel_version: str
+    key_hash: str
+    key: dict
+    device_class: str  # slug
+    old_fingerprint: str
+    new_fingerprint: str
+    old_best_id: int
+    old_config: dict
+    old_ms: float
+    old_trials: int
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
+
+
+def live_stacks(s, dead_after_s: float) -> dict[str, set[str]]:
+    """device-class slug -> fingerprint hashes that live workers of the class report now."""
+    cutoff = _now() - timedelta(seconds=dead_after_s)
+    rows = s.execute(select(models.DeviceClass.slug, models.StackFingerprint.hash, models.Worker.heartbeat_at)
+                     .join(models.Worker, models.Worker.device_class_id == models.DeviceClass.id)
+                     .join(models.StackFingerprint, models.StackFingerprint.id == models.Worker.fingerprint_id)
+                     .where(models.Worker.stopped_at.is_(None))).all()
+    out: dict[str, set[str]] = {}
+    for slug, fp, beat in rows:
+        if _aware(beat) and _aware(beat) >= cutoff:
+            out.setdefault(slug, set()).add(fp)
+    return out
+
+
+def _active_retunes(s) -> set[tuple[str, str]]:
+    """(key_hash, device_selector) of keys in retune jobs that are queued or running."""
+    rows = s.execute(select(models.JobKey.key_hash, models.Job.device_selector)
+                     .join(models.Job, models.Job.id == models.JobKey.job_id)
+                     .where(models.Job.kind == "retune", models.Job.state.in_(("queued", "running")))).all()
+    return {(h, sel) for h, sel in rows}
+
+
+def find_stale(s, *, dead_after_s: float, device_class: Callable[[str], bool] | None = None,
+               kernel: str | None = None, stale_only: bool = True) -> list[StaleKey]:
+    stacks = live_stacks(s, dead_after_s)
+    q = (select(models.BestConfig, models.DeviceClass.slug, models.StackFingerprint.hash)
+         .join(models.DeviceClass, models.DeviceClass.id == models.BestConfig.device_class_id)
+         .join(models.StackFingerprint, models.StackFingerprint.id == models.BestConfig.fingerprint_id)
+         .where(models.BestConfig.superseded_at.is_(None)).order_by(models.BestConfig.id))
+    if kernel:
+        q = q.where(models.BestConfig.kernel == kernel)
+    rows = s.execute(q).all()
+    current = {(b.kernel, b.kernel_version, b.key_hash, slug, fp) for b, slug, fp in rows}
+    active = _active_retunes(s)
+    out: dict[tuple, StaleKey] = {}
+    for b, slug, fp in rows:
+        if device_class is not None and not device_class(slug):
+            continue
+        for live in sorted(stacks.get(slug, ())):
+            if live == fp and stale_only:
+                continue
+            if stale_only and (b.kernel, b.kernel_version, b.key_hash, slug, live) in current:
+                continue  # already tuned under the live stack
+            if (b.key_hash, slug) in active:
+                continue  # a retune of this key is already queued or running
+            k = (b.kernel, b.kernel_version, b.key_hash, slug, live)
+            out[k] = StaleKey(b.kernel, b.kernel_version, b.key_hash, b.key, slug, fp, live, b.id, b.config,
+                                  b.median_ms, b.trials)
+    return list(out.values())
+
+
+def top_configs(s, stale: StaleKey, k: int = TOP_K) -> list[dict]:
+    """The old study's k fastest distinct configurations (ok trials), for the warm start."""
+    rows = s.execute(select(models.TuningTrial.config, models.TuningTrial.config_hash, models.TuningTrial.median_ms)
+                     .join(models.DeviceClass, models.DeviceClass.id == models.TuningTrial.device_class_id)
+                     .join(models.StackFingerprint, models.StackFingerprint.id == models.TuningTrial.fingerprint_id)
+                     .where(models.TuningTrial.kernel == stale.kernel, models.TuningTrial.key_hash == stale.key_hash,
+                            models.DeviceClass.slug == stale.device_class,
+                            models.StackFingerprint.hash == stale.old_fingerprint,
+                            models.TuningTrial.status == "ok")
+                     .order_by(models.TuningTrial.median_ms)).all()
+    seen, out = set(), []
+    for config, h, _ in rows:
+        if h not in seen:
+            seen.add(h)
+            out.append(config)
+        if len(out) == k:
+            break
+    return out
+
+
+def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: str, dead_after_s: float,
+                  budget_fraction: float, device_class: Callable[[str], bool] | None = None,
+                  kernel: str | None = None, stale_only: bool = True, dry_run: bool = False,
+                  min_budget: int = 4, parallel: int = 2, batch_trials: int = 4,
+                  run_id: str | None = None) -> dict:
+    """Queue one retune job per (kernel, device class); returns what was (or would be) queued.
+
+    The lease makes concurrent schedulers safe: the second waits nothing and finds the keys
+    already active, so it queues nothing."""
+    run_id = run_id or uuid.uuid4().hex[:12]
+    with session_scope(db_url) as s:
+        if not dry_run and not store.acquire_lock(s, LOCK, holder, ttl_s=300):
+            return {"run": run_id, "locked_by_other": True, "jobs": []}
+    try:
+        with session_scope(db_url) as s:
+            stale = find_stale(s, dead_after_s=dead_after_s, device_class=device_class, kernel=kernel,
+                               stale_only=stale_only)
+            groups: dict[tuple[str, str, str], list[StaleKey]] = {}
+            for st in stale:
+                groups.setdefault((st.kernel, st.kernel_version, st.device_class), []).append(st)
+            planned, messages = [], []
+            for (kern, version, slug), keys in groups.items():
+                budgets = {st.key_hash: max(min_budget, int(round(st.old_trials * budget_fraction))) for st in keys}
+                warm = {st.key_hash: {"old_best_id": st.old_best_id, "old_config": st.old_config,
+                                      "old_ms": st.old_ms, "old_fingerprint": st.old_fingerprint,
+                                      "new_fingerprint": st.new_fingerprint, "old_trials": st.old_trials,
+                                      "top": top_configs(s, st)} for st in keys}
+                planned.append({"kernel": kern, "device_class": slug, "keys": [st.key["dims"] | {"dtype": st.key["dtype"]}
+                                                                                for st in keys],
+                                "budgets": list(budgets.values()), "old_fingerprint": sorted({st.old_fingerprint for st in keys}),
+                                "new_fingerprint": sorted({st.new_fingerprint for st in keys})})
+                if dry_run:
+                    continue
+                job_id = uuid.uuid4().hex
+                request = {"kernel": kern, "keys": [st.key for st in keys], "retune_run": run_id, "budgets": budgets,
+                           "warm": warm, "batch_trials": batch_trials, "sampler": "tpe"}
+                s.add(models.Job(id=job_id, kind="retune", origin="queued", kernel=kern, kernel_version=version,
+                                 device_class_id=None, device_selector=slug, state="queued", sampler="tpe", seed=0,
+                                 budget_trials=max(budgets.values()), request=request, created_at=_now()))
+                s.flush()
+                for st in keys:
+                    row = models.JobKey(job_id=job_id, key_hash=st.key_hash, key=st.key, study_name="",
+                                        state="running", enqueued_at=_now())
+                    s.add(row)
+                    s.flush()
+                    msg = BatchMessage(job_id=job_id, job_key_id=row.id, key=st.key, sampler="tpe", seed=0,
+                                       budget_trials=budgets[st.key_hash], batch_trials=min(batch_trials, budgets[st.key_hash]),
+                                       queue=f"tune.{slug}")
+                    messages += [msg] * parallel
+                planned[-1]["job"] = job_id
+        for msg in messages:  # after commit, so a worker never sees a message before its rows
+            send(msg)
+        return {"run": run_id, "locked_by_other": False, "dry_run": dry_run, "jobs": planned}
+    finally:
+        if not dry_run:
+            with session_scope(db_url) as s:
+                store.release_lock(s, LOCK, holder)
+
+
+def warm_seeds(job_request: dict, key_hash: str) -> list[dict]:
+    """The retune's first configurations: the old best, then the old top-k."""
+    warm = (job_request or {}).get("warm", {}).get(key_hash)
+    if not warm:
+        return []
+    return [warm["old_config"], *warm.get("top", [])]
+
+
+def key_budget(job, key_hash: str) -> int:
+    return int((job.request or {}).get("budgets", {}).get(key_hash, job.budget_trials))
