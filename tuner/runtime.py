@@ -57,6 +57,7 @@ def clear_cache() -> None:
         _cache.clear()
         _state.clear()
         _warned.clear()
+        _shape_index.clear()
 
 
 def dtype_name(dtype: Any) -> str:
@@ -131,18 +132,33 @@ def _stored(source, tkey, slug: str, fp: str) -> dict | None:
     return _nearest(tkey.dim_map, candidates, fp)
 
 
-def _nearest(dims: dict[str, int], candidates: Iterable[tuple[dict, str, dict]], fp: str) -> dict | None:
+def _nearest(dims: dict[str, int], candidates: list[tuple[dict, str, dict]], fp: str) -> dict | None:
     """The stored shape closest in log2 space (a 2x change in any dim counts 1); ties prefer the live stack."""
-    best, best_d = None, math.inf
-    for cand_dims, cand_fp, config in candidates:
-        try:
-            d = sum(abs(math.log2(dims[n]) - math.log2(int(cand_dims[n]))) for n in dims)
-        except (KeyError, ValueError):
-            continue
-        d += 0.0 if cand_fp == fp else 1e-6
-        if d < best_d:
-            best, best_d = config, d
-    return best
+    if not candidates:
+        return None
+    index = _shape_index.get(id(candidates))
+    if index is None or index[0] is not candidates:
+        import numpy as np
+
+        names = list(dims)
+        rows = [(i, [math.log2(max(1, int(c[0][n]))) for n in names]) for i, c in enumerate(candidates)
+                if all(n in c[0] for n in names)]
+        index = (candidates, names, np.array([r[1] for r in rows], dtype=np.float64).reshape(len(rows), len(names)),
+                 [r[0] for r in rows], np.array([candidates[r[0]][1] for r in rows], dtype=object))
+        _shape_index[id(candidates)] = index
+    _, names, logs, positions, fps = index
+    if not positions:
+        return None
+    import numpy as np
+
+    want = np.array([math.log2(dims[n]) for n in names])
+    dist = np.abs(logs - want).sum(axis=1)
+    dist += (fps != fp) * 1e-6
+    return candidates[positions[int(dist.argmin())]][2]
+
+
+# id(candidate list) -> (the list, dim names, log2 dims, positions, fingerprints): built once per list
+_shape_index: dict[int, tuple] = {}
 
 
 class DatabaseSource:
