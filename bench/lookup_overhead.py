@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import timeit
 from datetime import datetime, timezone
 from pathlib import Path

@@ -1,8 +1,6 @@
-import uuid
-
 import pytest
 
-from tests.services import PG_ADMIN, ensure_postgres
+from tests.services import pg_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -11,19 +9,10 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/tuner.db"
         return
-    from sqlalchemy import create_engine, text
-
     from db.session import dispose_all
 
-    ensure_postgres()
-    name = f"tuner_t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        dispose_all()
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+    with pg_database() as url:
+        try:
+            yield url
+        finally:
+            dispose_all()  # pooled connections would keep the database from being dropped

@@ -4,21 +4,18 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from tests.cli_helpers import ROOT
-from tests.services import WorkerProc, pg_database, redis_url, service_env
+from tests.services import WorkerProc, pg_database, redis_url, run_cli, service_env, wait_for
 
 pytestmark = pytest.mark.integration
 KEYS = ["--shape", "N=16", "--shape", "N=64", "--dtype", "float32"]
 
 
-def tuner(env, *args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+tuner = run_cli
 
 
 def tuner_json(env, *args):
@@ -27,13 +24,6 @@ def tuner_json(env, *args):
     return json.loads(proc.stdout)
 
 
-def wait_for(cond, timeout=180, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def fingerprints(engine):
@@ -60,8 +50,6 @@ def _start_worker(world, name, driver):
     env = dict(world["env"], TUNER_FINGERPRINT_OVERRIDE=f"driver={driver}")
     w = WorkerProc(name, env, world["home"])
     world["workers"].append(w)
-    with world["engine"].connect() as c:
-        pass
     wait_for(lambda: _registered(world, f"{name}@test", driver), 180, f"worker {name} to register")
     return w
 

@@ -28,7 +28,7 @@ def _aware(t: datetime | None) -> datetime | None:
     return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
 
 
-def _app(settings: Settings):
+def broker_app(settings: Settings):
     from workers.app import check_broker, make_app
 
     app = make_app(settings.broker_url)
@@ -55,7 +55,7 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
         raise UserError(f"--parallel {parallel} must be at least 1")
     if settings.broker_url.startswith("sqla+sqlite:///") and "TUNER_BROKER_URL" not in settings.extra["explicit"]:
         settings.home.mkdir(parents=True, exist_ok=True)
-    app = _app(settings)
+    app = broker_app(settings)
     url = open_for_write(settings)
     queue = queue_for(selector)
     job_id = uuid.uuid4().hex

@@ -25,9 +25,13 @@ def open_for_write(settings: Settings) -> str:
     embedded = path is not None and "TUNER_DB_URL" not in settings.extra.get("explicit", ())
     if embedded:
         path.parent.mkdir(parents=True, exist_ok=True)
+    return _checked(url, auto_upgrade=path is not None)
+
+
+def _checked(url: str, auto_upgrade: bool) -> str:
     try:
         check_reachable(url)
-        ensure_schema(url, auto_upgrade=path is not None)
+        ensure_schema(url, auto_upgrade=auto_upgrade)
     except DatabaseError as exc:
         raise UserError(str(exc)) from None
     return url
@@ -40,12 +44,7 @@ def open_for_read(settings: Settings) -> str:
     if path is not None and not path.exists():
         raise UserError(f"no tuning database at {path} yet: run `tuner tune ...` first, "
                         "or point TUNER_DB_URL at your database")
-    try:
-        check_reachable(url)
-        ensure_schema(url, auto_upgrade=path is not None)
-    except DatabaseError as exc:
-        raise UserError(str(exc)) from None
-    return url
+    return _checked(url, auto_upgrade=path is not None)
 
 
 __all__ = ["open_for_write", "open_for_read", "sqlite_path", "redact"]

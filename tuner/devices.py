@@ -1,7 +1,24 @@
 """`tuner devices`: what this machine can tune on."""
 from __future__ import annotations
 
+from search_spaces.base import SpecError
+from tuner.errors import UserError
 from tuner.settings import Settings
+
+
+def live_identity(settings: Settings, device: str | None):
+    """(DeviceClass, StackFingerprint, device string "cpu" | "cuda:N") of the device to run on."""
+    from workers.device import probe
+    from workers.fingerprint import live_fingerprint
+
+    try:
+        dc, _ = probe(device or settings.device)
+        fp = live_fingerprint(dc, settings.fingerprint_override)
+    except SpecError as exc:
+        raise UserError(str(exc)) from None
+    wanted = device or settings.device
+    device_str = "cpu" if dc.target.is_interpreter else (wanted if wanted and ":" in wanted else "cuda:0")
+    return dc, fp, device_str
 
 
 def live_devices(settings: Settings) -> list[dict]:

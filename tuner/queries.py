@@ -27,6 +27,17 @@ def device_class_slugs(url: str, device_class: str | None, settings: Settings) -
     return [slug for slug in slugs if matches(device_class, slug)] or [device_class]
 
 
+def best_query(kernel: str, key, slugs: list[str], current_only: bool):
+    """Best rows of one key on the given device classes, newest first, with class slug and fingerprint."""
+    q = (select(models.BestConfig, models.DeviceClass.slug, models.StackFingerprint.hash)
+         .join(models.DeviceClass, models.DeviceClass.id == models.BestConfig.device_class_id)
+         .join(models.StackFingerprint, models.StackFingerprint.id == models.BestConfig.fingerprint_id)
+         .where(models.BestConfig.kernel == kernel, models.BestConfig.kernel_version == key.version,
+                models.BestConfig.key_hash == key.stable_hash, models.DeviceClass.slug.in_(slugs))
+         .order_by(models.BestConfig.created_at.desc(), models.BestConfig.id.desc()))
+    return q.where(models.BestConfig.superseded_at.is_(None)) if current_only else q
+
+
 def best_rows(settings: Settings, kernel: str, shapes: list[str], dtypes: list[str],
               device_class: str | None) -> list[dict]:
     req = build_request(kernel, shapes, dtypes, trials=1)
@@ -35,14 +46,7 @@ def best_rows(settings: Settings, kernel: str, shapes: list[str], dtypes: list[s
     out = []
     with session_scope(url) as s:
         for key in req.keys:
-            q = (select(models.BestConfig, models.DeviceClass.slug, models.StackFingerprint.hash)
-                 .join(models.DeviceClass, models.DeviceClass.id == models.BestConfig.device_class_id)
-                 .join(models.StackFingerprint, models.StackFingerprint.id == models.BestConfig.fingerprint_id)
-                 .where(models.BestConfig.kernel == kernel, models.BestConfig.kernel_version == key.version,
-                        models.BestConfig.key_hash == key.stable_hash, models.BestConfig.superseded_at.is_(None),
-                        models.DeviceClass.slug.in_(slugs))
-                 .order_by(models.BestConfig.created_at.desc()))
-            found = s.execute(q).all()
+            found = s.execute(best_query(kernel, key, slugs, current_only=True)).all()
             if not found:
                 out.append({"key": key.label(), "device_class": ",".join(slugs), "fingerprint": None,
                             "config": None, "median_ms": None})

@@ -37,9 +37,9 @@ def retune(settings: Settings, device_class: str | None, kernel: str | None, sta
         url = open_for_read(settings)
         send = None
     else:
-        from tuner.coordinator import _app
+        from tuner.coordinator import broker_app
 
-        app = _app(settings)  # the broker is checked before anything is written
+        app = broker_app(settings)  # the broker is checked before anything is written
         url = open_for_write(settings)
 
         def send(msg) -> None:
@@ -123,7 +123,7 @@ def plot(result: dict, path: str) -> None:
 
 
 def history(settings: Settings, kernel: str, shapes: list[str], dtypes: list[str], device_class: str | None) -> list[dict]:
-    from tuner.queries import device_class_slugs
+    from tuner.queries import best_query, device_class_slugs
     from tuner.request import build_request
 
     req = build_request(kernel, shapes, dtypes, trials=1)
@@ -132,13 +132,7 @@ def history(settings: Settings, kernel: str, shapes: list[str], dtypes: list[str
     out = []
     with session_scope(url) as s:
         for key in req.keys:
-            q = (select(models.BestConfig, models.DeviceClass.slug, models.StackFingerprint.hash)
-                 .join(models.DeviceClass, models.DeviceClass.id == models.BestConfig.device_class_id)
-                 .join(models.StackFingerprint, models.StackFingerprint.id == models.BestConfig.fingerprint_id)
-                 .where(models.BestConfig.kernel == kernel, models.BestConfig.key_hash == key.stable_hash,
-                        models.DeviceClass.slug.in_(slugs))
-                 .order_by(models.BestConfig.created_at.desc(), models.BestConfig.id.desc()))
-            for b, slug, fp in s.execute(q).all():
+            for b, slug, fp in s.execute(best_query(kernel, key, slugs, current_only=False)).all():
                 out.append({"key": key.label(), "device_class": slug, "fingerprint": fp, "config": b.config,
                             "median_ms": b.median_ms, "speedup": b.speedup, "trials": b.trials, "job": b.job_id,
                             "created_at": b.created_at.isoformat(),

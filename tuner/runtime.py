@@ -20,7 +20,7 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 log = logging.getLogger("tuner.runtime")
 

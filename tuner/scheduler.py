@@ -31,10 +31,10 @@ def retune_args(settings: Settings) -> dict:
 
 
 def run_scheduler(settings: Settings, loglevel: str = "INFO") -> None:
-    from tuner.coordinator import _app
+    from tuner.coordinator import broker_app
 
     schedule = parse_cron(settings.retune_cron)
-    app = _app(settings)
+    app = broker_app(settings)
     app.conf.beat_schedule = {"nightly-retune": {"task": RETUNE_TASK, "schedule": schedule,
                                                  "kwargs": retune_args(settings),
                                                  "options": {"queue": CONTROL_QUEUE}}}

@@ -8,9 +8,8 @@ from datetime import datetime, timezone
 from db import models
 from db.session import session_scope
 from search_spaces import registry
-from search_spaces.base import Config, SpecError, TuningKey
+from search_spaces.base import Config, TuningKey
 from tuner.database import open_for_write
-from tuner.errors import UserError
 from tuner.request import TuneRequest
 from tuner.settings import Settings
 
@@ -50,16 +49,10 @@ class LocalPlan:
 
 
 def prepare(req: TuneRequest, settings: Settings, device: str | None) -> LocalPlan:
-    from workers.device import probe
-    from workers.fingerprint import live_fingerprint
+    from tuner.devices import live_identity
 
-    try:
-        dc, _ = probe(device or settings.device)
-        fp = live_fingerprint(dc, settings.fingerprint_override)
-    except SpecError as exc:
-        raise UserError(str(exc)) from None
+    dc, fp, device_str = live_identity(settings, device)
     url = open_for_write(settings)
-    device_str = "cpu" if dc.target.is_interpreter else (device if device and ":" in device else "cuda:0")
     return LocalPlan(req, url, device_str, dc, fp, settings.trial_timeout_s)
 
 

@@ -5,30 +5,23 @@ import logging
 import os
 import socket
 
-from search_spaces.base import SpecError
 from tuner.database import open_for_write
-from tuner.errors import UserError
 from tuner.settings import Settings
 
 
 def run_worker(settings: Settings, device: str | None, name: str | None, loglevel: str = "INFO") -> None:
-    from workers.app import CONTROL_QUEUE, make_app
-    from workers.device import probe, queue_names
-    from workers.fingerprint import live_fingerprint
+    from tuner.coordinator import broker_app
+    from tuner.devices import live_identity
+    from workers.app import CONTROL_QUEUE
+    from workers.device import queue_names
 
-    try:
-        dc, _ = probe(device or settings.device)
-        fp = live_fingerprint(dc, settings.fingerprint_override)
-    except SpecError as exc:
-        raise UserError(str(exc)) from None
+    dc, fp, device_str = live_identity(settings, device)
+    app = broker_app(settings)
     db_url = open_for_write(settings)
-    app = make_app(settings.broker_url)
-    _check_broker(app, settings)
 
     from workers import tasks
     from workers.service import WorkerConfig, WorkerService
 
-    device_str = "cpu" if dc.target.is_interpreter else (device if device and ":" in device else "cuda:0")
     node = name or f"{dc.slug}-{device_str.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
     cfg = WorkerConfig(db_url=db_url, device=device_str, name=node, heartbeat_s=settings.heartbeat_s,
                        stall_s=settings.stall_s, trial_timeout_s=settings.trial_timeout_s)
@@ -49,14 +42,3 @@ def run_worker(settings: Settings, device: str | None, name: str | None, logleve
                          "--without-gossip"])
     finally:
         service.stop()
-
-
-def _check_broker(app, settings: Settings) -> None:
-    from db.session import redact
-    from workers.app import check_broker
-
-    try:
-        check_broker(app)
-    except ConnectionError as exc:
-        raise UserError(f"cannot reach broker {redact(settings.broker_url)}: {exc}; start it or set "
-                        "TUNER_BROKER_URL") from None
