@@ -15,6 +15,7 @@ from tests.services import (WorkerProc, pg_database, redis_url, restart_redis, r
 
 pytestmark = pytest.mark.integration
 SHAPE = ["--shape", "N=16", "--dtype", "float32"]
+SECRET = "s3cret-pw"
 
 
 tuner = run_cli
@@ -49,6 +50,8 @@ def wait_state(env, job, states=("done", "failed", "cancelled"), timeout=240):
 def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("svc")
     with pg_database() as db_url:
+        # trust auth accepts any password: one in the URL proves it never reaches logs or output
+        db_url = db_url.replace("postgres@", f"postgres:{SECRET}@")
         env = service_env(home, db_url, redis_url())
         assert tuner(env, "db", "upgrade").returncode == 0
         engine = create_engine(db_url)
@@ -204,3 +207,14 @@ def test_embedded_default_sqlite_broker_and_database(tmp_path):
         assert (tmp_path / "home" / "tuner.db").exists() and (tmp_path / "home" / "broker.db").exists()
     finally:
         w.stop()
+
+
+def test_credentials_never_reach_logs_or_output(stack):
+    stack["ensure"](1)
+    job = submit(stack["env"], trials=3, seed=11)
+    wait_state(stack["env"], job)
+    outputs = [tuner(stack["env"], *args).stdout + tuner(stack["env"], *args).stderr
+               for args in (["status", job], ["status", job, "--json"], ["jobs"], ["jobs", "--json"])]
+    logs = "".join(w.text() for w in stack["workers"])
+    assert logs and all(out for out in outputs)
+    assert SECRET not in logs and not any(SECRET in out for out in outputs)
