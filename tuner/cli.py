@@ -78,7 +78,7 @@ def devices(as_json: bool = JsonOpt) -> None:
 def tune(kernel: str = typer.Argument(..., help="A registered kernel (see `tuner kernels`)."),
          shape: list[str] = ShapeOpt, dtype: list[str] = DtypeOpt,
          trials: int = typer.Option(20, "--trials", help="Measured trials per key."),
-         sampler: str = typer.Option("tpe", "--sampler", help="tpe | random | grid"),
+         sampler: str = typer.Option("auto", "--sampler", help="auto | tpe | random | grid"),
          seed: Optional[int] = typer.Option(None, "--seed"),
          device: Optional[str] = typer.Option(None, "--device", help="cpu (Triton interpreter) | cuda | cuda:N"),
          as_json: bool = JsonOpt) -> None:
@@ -150,7 +150,7 @@ def export(fmt: str = typer.Option("bundle", "--format", help="bundle (for TUNER
 def submit(kernel: str = typer.Argument(...), shape: list[str] = ShapeOpt, dtype: list[str] = DtypeOpt,
            device_class: str = typer.Option(..., "--device-class", help="h100 | mi300x | cpu | a slug"),
            trials: int = typer.Option(20, "--trials", help="Measured trials per key, across all workers."),
-           sampler: str = typer.Option("tpe", "--sampler"), seed: Optional[int] = typer.Option(None, "--seed"),
+           sampler: str = typer.Option("auto", "--sampler", help="auto | tpe | random | grid"), seed: Optional[int] = typer.Option(None, "--seed"),
            parallel: int = typer.Option(2, "--parallel", help="Batches in flight per key (workers that cooperate)."),
            wait_: bool = typer.Option(False, "--wait", help="Wait until the job ends and print its status."),
            timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to --wait at most."),

@@ -7,7 +7,7 @@ from search_spaces import registry
 from search_spaces.base import SpecError, TuningKey
 from tuner.errors import UserError
 
-SAMPLERS = ("tpe", "random", "grid")
+SAMPLERS = ("auto", "tpe", "random", "grid")  # workers/strategies.py STRATEGIES; a test keeps them equal
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,7 @@ class TuneRequest:
     kernel: str
     keys: tuple[TuningKey, ...]
     trials: int
-    sampler: str = "tpe"
+    sampler: str = "auto"
     seed: int | None = None
 
     def to_json(self) -> dict:
@@ -38,7 +38,7 @@ def parse_shape(text: str) -> dict[str, str]:
 
 
 def build_request(kernel: str, shapes: list[str], dtypes: list[str], trials: int,
-                  sampler: str = "tpe", seed: int | None = None) -> TuneRequest:
+                  sampler: str = "auto", seed: int | None = None) -> TuneRequest:
     try:
         spec = registry.get(kernel)
     except SpecError as exc:

@@ -62,7 +62,7 @@ def tune_local(plan: LocalPlan, progress=None) -> TuneOutcome:
     from workers.finalize import finalize
     from workers.harness import Harness
     from workers.identity import store_identity
-    from workers.search import SearchContext, open_study, run_batch, study_name
+    from workers.search import SearchContext, open_study, run_batch, seed_configs, study_name
 
     spec = registry.get(req.kernel)
     target = dc.target
@@ -93,8 +93,7 @@ def tune_local(plan: LocalPlan, progress=None) -> TuneOutcome:
                                     fingerprint_id=fp_id, study_name=study_name(key, dc.slug, fp.hash),
                                     sampler=req.sampler, seed=req.seed, budget_trials=req.trials,
                                     trial_timeout_s=plan.trial_timeout_s)
-                seeds = [spec.default(key, target)] + spec.known_good(key, target)
-                open_study(ctx, seeds=[c for c in seeds if spec.check(c, key, target) is None])
+                open_study(ctx, seeds=seed_configs(ctx))
                 ran = run_batch(ctx, harness, req.trials,
                                 on_trial=(lambda c, r: progress(1)) if progress else None)
                 done = finalize(ctx, harness, dc.slug)

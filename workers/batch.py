@@ -14,7 +14,7 @@ from search_spaces.base import SpecError, TuningKey
 
 SCHEMA = 1
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-_SAMPLERS = ("tpe", "random", "grid")
+_SAMPLERS = ("auto", "tpe", "random", "grid")
 
 
 @dataclass(frozen=True)

@@ -152,9 +152,9 @@ def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: 
                     continue
                 job_id = uuid.uuid4().hex
                 request = {"kernel": kern, "keys": [st.key for st in keys], "retune_run": run_id, "budgets": budgets,
-                           "warm": warm, "batch_trials": batch_trials, "sampler": "tpe"}
+                           "warm": warm, "batch_trials": batch_trials, "sampler": "auto"}
                 s.add(models.Job(id=job_id, kind="retune", origin="queued", kernel=kern, kernel_version=version,
-                                 device_class_id=None, device_selector=slug, state="queued", sampler="tpe", seed=0,
+                                 device_class_id=None, device_selector=slug, state="queued", sampler="auto", seed=0,
                                  budget_trials=max(budgets.values()), request=request, created_at=_now()))
                 s.flush()
                 for st in keys:
@@ -162,7 +162,7 @@ def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: 
                                         state="running", enqueued_at=_now())
                     s.add(row)
                     s.flush()
-                    msg = BatchMessage(job_id=job_id, job_key_id=row.id, key=st.key, sampler="tpe", seed=0,
+                    msg = BatchMessage(job_id=job_id, job_key_id=row.id, key=st.key, sampler="auto", seed=0,
                                        budget_trials=budgets[st.key_hash], batch_trials=min(batch_trials, budgets[st.key_hash]),
                                        queue=f"tune.{slug}")
                     messages += [msg] * parallel

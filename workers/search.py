@@ -8,8 +8,7 @@ configuration that the kernel's `check` rejects is stored as `invalid` but costs
 from __future__ import annotations
 
 import logging
-import random
-import time
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,13 +21,11 @@ from search_spaces import registry
 from search_spaces.base import Config, Target, TuningKey, config_hash
 from workers.harness import Harness
 from workers.messages import TrialRequest, TrialResult
+from workers.strategies import Strategy, propose
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-SAMPLERS = ("tpe", "random", "grid")
-# a run of proposals that are invalid or already measured means the space is (nearly) exhausted
-MAX_IDLE_PROPOSALS = 200
 EARLY_STOP_FACTOR = 3.0
 
 
@@ -43,7 +40,7 @@ class SearchContext:
     device_class_id: int
     fingerprint_id: int
     study_name: str
-    sampler: str = "tpe"
+    sampler: str = "auto"
     seed: int | None = None
     budget_trials: int = 20
     trial_timeout_s: float = 120.0
@@ -60,23 +57,12 @@ def storage(db_url: str) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(db_url, engine_kwargs=kwargs)
 
 
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        # multivariate TPE models the interaction of tile sizes; constant_liar keeps
-        # cooperating workers from proposing the same point while a trial is running
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
-                                          n_startup_trials=8)
-    # grid is driven by enqueue_trial over the valid configurations (see _grid_next)
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
 def open_study(ctx: SearchContext, seeds: list[Config] | None = None) -> optuna.Study:
     """Create or load the key's study; a new study gets the seed configurations enqueued first."""
     st = storage(ctx.db_url)
-    sampler = make_sampler(ctx.sampler, ctx.seed)
+    sampler = Strategy(ctx.sampler, ctx.seed).sampler()
     try:
-        study = optuna.load_study(study_name=ctx.study_name, storage=st, sampler=sampler)
-        return study
+        return optuna.load_study(study_name=ctx.study_name, storage=st, sampler=sampler)
     except KeyError:
         pass
     try:
@@ -89,8 +75,36 @@ def open_study(ctx: SearchContext, seeds: list[Config] | None = None) -> optuna.
     return study
 
 
-def suggest(trial: optuna.Trial, space: dict[str, tuple]) -> Config:
-    return {name: trial.suggest_categorical(name, list(values)) for name, values in space.items()}
+def seed_configs(ctx: SearchContext, first: list[Config] = ()) -> list[Config]:
+    """What a new study measures first: `first` (a retune's old best and top-k) whatever the
+    strategy, then the strategy's own seeds (for auto: the default, the nearest stored shapes'
+    bests, the kernel's known-good configurations). Valid ones only, each once."""
+    spec = registry.get(ctx.key.kernel)
+    strategy = Strategy(ctx.sampler, ctx.seed)
+    near = nearest_bests(ctx.db_url, ctx.key, ctx.device_class_id) if ctx.sampler == "auto" else []
+    out, hashes = [], set()
+    for c in [*first, *strategy.seeds(spec, ctx.key, ctx.target, near)]:
+        if config_hash(c) not in hashes and spec.check(c, ctx.key, ctx.target) is None:
+            hashes.add(config_hash(c))
+            out.append(c)
+    return out
+
+
+def nearest_bests(db_url: str, key: TuningKey, device_class_id: int, k: int = 3) -> list[Config]:
+    """The current best configurations of the k stored shapes nearest to key (log2 distance) on
+    the same device class, kernel version and dtype: the warm start of a new shape."""
+    with session_scope(db_url) as s:
+        rows = s.execute(select(models.BestConfig.key, models.BestConfig.config).where(
+            models.BestConfig.kernel == key.kernel, models.BestConfig.kernel_version == key.version,
+            models.BestConfig.dtype == key.dtype, models.BestConfig.device_class_id == device_class_id,
+            models.BestConfig.superseded_at.is_(None), models.BestConfig.key_hash != key.stable_hash)).all()
+    want = key.dim_map
+
+    def distance(dims: dict) -> float:
+        return sum(abs(math.log2(want[n]) - math.log2(max(1, int(dims.get(n, 1))))) for n in want)
+
+    ranked = sorted(rows, key=lambda r: distance(r[0]["dims"]))
+    return [config for _, config in ranked[:k]]
 
 
 def counted_trials(db_url: str, job_key_id: int) -> int:
@@ -135,16 +149,6 @@ def store_trial(ctx: SearchContext, trial_number: int | None, config: Config, re
             reps=result.reps, compile_s=result.compile_s)
 
 
-def _grid_next(ctx: SearchContext, seen: dict[str, tuple[str, float | None]]) -> Config | None:
-    spec = registry.get(ctx.key.kernel)
-    configs = spec.valid_configs(ctx.key, ctx.target)
-    random.Random(ctx.seed or 0).shuffle(configs)  # a seeded order, so a budget < grid is unbiased
-    for config in configs:
-        if config_hash(config) not in seen:
-            return config
-    return None
-
-
 def run_batch(ctx: SearchContext, harness: Harness, max_trials: int,
               on_trial: Callable[[Config, TrialResult], None] | None = None,
               should_stop: Callable[[], bool] | None = None) -> int:
@@ -154,45 +158,32 @@ def run_batch(ctx: SearchContext, harness: Harness, max_trials: int,
     before every trial, so cooperating workers overshoot it by at most one trial each.
     """
     spec = registry.get(ctx.key.kernel)
-    space = spec.space(ctx.target)
+    strategy = Strategy(ctx.sampler, ctx.seed)
     study = open_study(ctx)
     seen = measured(ctx.db_url, ctx.study_name)
-    ran = idle = 0
-    while ran < max_trials and idle < MAX_IDLE_PROPOSALS:
+
+    def invalid(number: int, config: Config, reason: str) -> None:
+        store_trial(ctx, number, config, TrialResult.failed("invalid", reason, config))
+
+    ran = 0
+    while ran < max_trials:
         if should_stop and should_stop():
             break
-        if counted_trials(ctx.db_url, ctx.job_key_id) >= ctx.budget_trials:
+        counted = counted_trials(ctx.db_url, ctx.job_key_id)
+        if counted >= ctx.budget_trials:
             break
-        if ctx.sampler == "grid":
-            nxt = _grid_next(ctx, seen)
-            if nxt is None:
-                break
-            study.enqueue_trial(nxt)
-        trial = study.ask()
-        config = suggest(trial, space)
-        h = config_hash(config)
-        if h in seen:  # measured before (by us or another worker): tell what we know, spend nothing
-            status, median = seen[h]
-            study.tell(trial, median if status == "ok" else None,
-                       state=None if status == "ok" else optuna.trial.TrialState.FAIL)
-            idle += 1
-            continue
-        reason = spec.check(config, ctx.key, ctx.target)
-        if reason is not None:
-            result = TrialResult.failed("invalid", reason, config)
-        else:
-            best = min((m for s, m in seen.values() if s == "ok" and m is not None), default=None)
-            result = harness.run(request_for(ctx, config, best * EARLY_STOP_FACTOR if best else None))
+        proposal = propose(study, strategy, spec, ctx.key, ctx.target, seen, counted, invalid)
+        if proposal is None:
+            break  # the space has nothing left worth measuring
+        trial, config = proposal
+        best = min((m for s, m in seen.values() if s == "ok" and m is not None), default=None)
+        result = harness.run(request_for(ctx, config, best * EARLY_STOP_FACTOR if best else None))
         store_trial(ctx, trial.number, config, result)
-        seen[h] = (result.status, result.median_ms)
+        seen[config_hash(config)] = (result.status, result.median_ms)
         if result.status == "ok":
             study.tell(trial, result.median_ms)
         else:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        if result.status == "invalid":
-            idle += 1
-            continue
-        idle = 0
         ran += 1
         if on_trial:
             on_trial(config, result)

@@ -20,7 +20,6 @@ from sqlalchemy import func, select, update
 
 from db import models
 from db.session import session_scope
-from search_spaces import registry
 from workers.batch import BatchMessage
 from workers.device import DeviceClass, matches
 from workers.fingerprint import StackFingerprint
@@ -129,10 +128,9 @@ class WorkerService:
     # ---- a batch -----------------------------------------------------------------------
     def handle(self, msg: BatchMessage, batch_trials: int) -> str:
         from workers.finalize import finalize
-        from workers.search import SearchContext, open_study, run_batch, study_name
+        from workers.search import SearchContext, open_study, run_batch, seed_configs, study_name
 
         key = msg.tuning_key
-        spec = registry.get(key.kernel)
         target = self.dc.target
         with session_scope(self.cfg.db_url) as s:
             job = s.get(models.Job, msg.job_id)
@@ -153,8 +151,7 @@ class WorkerService:
                             fingerprint_id=self.fp_id, study_name=name, sampler=msg.sampler, seed=msg.seed,
                             budget_trials=msg.budget_trials, trial_timeout_s=self.cfg.trial_timeout_s,
                             worker_id=self.worker_id)
-        seeds = warm_seeds(job_request, key.stable_hash) + [spec.default(key, target)] + spec.known_good(key, target)
-        open_study(ctx, seeds=[c for c in seeds if spec.check(c, key, target) is None])
+        open_study(ctx, seeds=seed_configs(ctx, first=warm_seeds(job_request, key.stable_hash)))
         ran = run_batch(ctx, self.harness, batch_trials, should_stop=lambda: self._cancelled(msg.job_id))
         if self._cancelled(msg.job_id):
             return "cancelled"

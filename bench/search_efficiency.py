@@ -1,0 +1,218 @@
+"""How fast each search strategy finds the optimum, replayed offline on recorded sweeps.
+
+    .venv/bin/python bench/search_efficiency.py --record matmul --shape M=128,N=128,K=128 --dtype float32
+    .venv/bin/python bench/search_efficiency.py --replay [--seeds 50]
+
+--record measures every valid configuration of the live device's space through the real
+harness and stores the sweep under bench/data/ (gzip JSON, with device class, stack
+fingerprint and date). --replay runs every strategy of workers/strategies.py, through the same
+`propose` the live search uses, against every stored sweep, with --seeds seeds each, and writes
+bench/results/search_efficiency.{json,md}: per strategy the median fraction of the optimum
+reached after 10, 20, 50 and 100 evaluations, and the evaluations needed for 95% and 99%.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATA = ROOT / "bench" / "data"
+RESULTS = ROOT / "bench" / "results"
+BUDGETS = (10, 20, 50, 100)
+
+
+def record(kernel: str, shape: str, dtype: str, device: str) -> Path:
+    from search_spaces import registry
+    from tuner.request import parse_shape
+    from workers.device import probe
+    from workers.fingerprint import live_fingerprint
+    from workers.harness import Harness
+    from workers.messages import TrialRequest
+
+    spec = registry.get(kernel)
+    key = spec.make_key(parse_shape(shape), dtype)
+    dc, _ = probe(device)
+    fp = live_fingerprint(dc)
+    configs = spec.valid_configs(key, dc.target)
+    names = list(spec.space(dc.target))
+    rows, t0 = [], time.perf_counter()
+    with Harness() as h:
+        for i, config in enumerate(configs):
+            r = h.run(TrialRequest(kernel=kernel, key=key.to_json(), config=config, device=device,
+                                   arch=dc.target.arch, warmup=0 if device == "cpu" else 3,
+                                   reps=3 if device == "cpu" else 20, timeout_s=300))
+            rows.append([config[n] for n in names] + [r.median_ms, r.status])
+            print(f"{i + 1}/{len(configs)} {config} {r.status} {r.median_ms}", flush=True)
+    doc = {"format": "tuner-sweep", "version": 1, "kernel": kernel, "kernel_version": key.version,
+           "key": key.to_json(), "device_class": dc.slug, "fingerprint": fp.to_json() | {"hash": fp.hash},
+           "date": datetime.now(timezone.utc).isoformat(), "sweep_s": round(time.perf_counter() - t0, 1),
+           "timing": "triton-interpreter (CPU)" if dc.target.is_interpreter else "cuda events, L2 flushed",
+           "params": names, "columns": names + ["median_ms", "status"], "rows": rows}
+    DATA.mkdir(parents=True, exist_ok=True)
+    dims = "x".join(str(v) for _, v in key.dims)
+    path = DATA / f"sweep-{kernel}-{dc.slug}-{dims}-{dtype}-{doc['date'][:10]}.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump(doc, f, separators=(",", ":"))
+    return path
+
+
+class SweepSpec:
+    """A kernel whose space, validity and timings come from a recorded sweep (for the replay)."""
+
+    def __init__(self, doc: dict):
+        from search_spaces.base import config_hash
+
+        self.name = doc["kernel"]
+        self.params = doc["params"]
+        self.times = {}
+        values: dict[str, list] = {p: [] for p in self.params}
+        for row in doc["rows"]:
+            config = dict(zip(self.params, row[:len(self.params)]))
+            self.times[config_hash(config)] = row[-2] if row[-1] == "ok" else None
+            for p in self.params:
+                if config[p] not in values[p]:
+                    values[p].append(config[p])
+        self._space = {p: tuple(sorted(v)) for p, v in values.items()}
+        from search_spaces import registry
+        self.real = registry.get(self.name)
+
+    def space(self, target):
+        return self._space
+
+    def check(self, config, key, target):
+        from search_spaces.base import config_hash
+        return None if config_hash(config) in self.times else "not a valid point of the recorded sweep"
+
+    def valid_configs(self, key, target):
+        import itertools
+        out = []
+        for vals in itertools.product(*self._space.values()):
+            c = dict(zip(self._space, vals))
+            if self.check(c, key, target) is None:
+                out.append(c)
+        return out
+
+    def default(self, key, target):
+        return self.real.default(key, target)
+
+    def known_good(self, key, target):
+        return self.real.known_good(key, target)
+
+
+def replay_one(spec: SweepSpec, key, target, strategy_name: str, seed: int, budget: int) -> list[float]:
+    """Best time after each counted evaluation (failed evaluations count, never become best)."""
+    import optuna
+
+    from search_spaces.base import config_hash
+    from workers.strategies import Strategy, propose
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    strategy = Strategy(strategy_name, seed)
+    study = optuna.create_study(sampler=strategy.sampler(), direction="minimize")
+    for c in strategy.seeds(spec, key, target):
+        study.enqueue_trial(c, skip_if_exists=True)
+    seen: dict = {}
+    best, curve = float("inf"), []
+    while len(curve) < budget:
+        proposal = propose(study, strategy, spec, key, target, seen, len(curve))
+        if proposal is None:
+            break
+        trial, config = proposal
+        t = spec.times.get(config_hash(config))
+        seen[config_hash(config)] = ("ok", t) if t is not None else ("crashed", None)
+        if t is None:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, t)
+            best = min(best, t)
+        curve.append(best)
+    while len(curve) < budget:  # the space ran out: the best stays
+        curve.append(best)
+    return curve
+
+
+def replay(seeds: int, strategies: list[str]) -> dict:
+    from search_spaces.base import TuningKey, target_for
+
+    out = {"date": datetime.now(timezone.utc).isoformat(), "seeds": seeds, "budgets": list(BUDGETS), "sweeps": []}
+    for path in sorted(DATA.glob("sweep-*.json.gz")):
+        doc = json.load(gzip.open(path, "rt"))
+        spec = SweepSpec(doc)
+        key = TuningKey.from_json(doc["key"])
+        target = target_for("interpreter" if doc["device_class"].startswith("cpu") else
+                            {"h100": "sm_90", "h200": "sm_90", "mi300x": "gfx942"}.get(doc["device_class"].split("-")[0], "sm_90"))
+        opt = min(t for t in spec.times.values() if t is not None)
+        n_valid = len(spec.times)
+        entry = {"sweep": path.name, "device_class": doc["device_class"], "key": doc["key"], "timing": doc["timing"],
+                 "valid_configs": n_valid, "optimum_ms": opt, "strategies": {}}
+        budget = max(max(BUDGETS), n_valid // 10)
+        for name in strategies:
+            t0 = time.perf_counter()
+            curves = [replay_one(spec, key, target, name, seed, budget) for seed in range(seeds)]
+            fr = lambda c, n: opt / c[min(n, len(c)) - 1] if c[min(n, len(c)) - 1] != float("inf") else 0.0  # noqa: E731
+
+            def evals_to(c, q):
+                return next((i + 1 for i, v in enumerate(c) if opt / v >= q), None)
+            to95 = [evals_to(c, 0.95) for c in curves]
+            to99 = [evals_to(c, 0.99) for c in curves]
+            entry["strategies"][name] = {
+                "median_fraction_of_optimum": {str(n): round(statistics.median(fr(c, n) for c in curves), 4)
+                                               for n in (*BUDGETS, max(1, n_valid // 10))},
+                "median_evals_to_95pct": _median_or_none(to95), "median_evals_to_99pct": _median_or_none(to99),
+                "runs_reaching_99pct": sum(v is not None for v in to99), "replay_s": round(time.perf_counter() - t0, 1)}
+            print(path.name, name, entry["strategies"][name], flush=True)
+        out["sweeps"].append(entry)
+    return out
+
+
+def _median_or_none(values):
+    got = sorted(v for v in values if v is not None)
+    return statistics.median(got) if len(got) * 2 > len(values) else None  # a median of the runs that got there, if most did
+
+
+def write_markdown(result: dict) -> str:
+    lines = [f"# Search efficiency (replayed on recorded sweeps, {result['seeds']} seeds)", ""]
+    for s in result["sweeps"]:
+        tenth = max(1, s["valid_configs"] // 10)
+        lines += [f"## {s['sweep']}", f"{s['valid_configs']} valid configurations, optimum {s['optimum_ms']:.3f} ms "
+                  f"({s['timing']}); 10% of the space = {tenth} evaluations", "",
+                  "| strategy | @10 | @20 | @50 | @100 | @10% space | evals to 95% | evals to 99% |", "|---|---|---|---|---|---|---|---|"]
+        for name, r in s["strategies"].items():
+            f = r["median_fraction_of_optimum"]
+            lines.append(f"| {name} | {f['10']} | {f['20']} | {f['50']} | {f['100']} | {f[str(tenth)]} | "
+                         f"{r['median_evals_to_95pct']} | {r['median_evals_to_99pct']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--record")
+    ap.add_argument("--shape")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--replay", action="store_true")
+    ap.add_argument("--seeds", type=int, default=50)
+    ap.add_argument("--strategies", default="auto,tpe,random,grid")
+    args = ap.parse_args()
+    if args.record:
+        print(record(args.record, args.shape, args.dtype, args.device))
+    if args.replay:
+        result = replay(args.seeds, args.strategies.split(","))
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "search_efficiency.json").write_text(json.dumps(result, indent=1) + "\n")
+        (RESULTS / "search_efficiency.md").write_text(write_markdown(result) + "\n")
+        print(write_markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Search strategies through the same `propose` the live search uses, on a synthetic sweep."""
+import importlib.util
+import statistics
+
+import pytest
+
+from search_spaces.base import TuningKey, target_for
+from tuner.request import SAMPLERS
+from workers.batch import _SAMPLERS
+from workers.strategies import STRATEGIES
+
+spec_ = importlib.util.spec_from_file_location("search_efficiency", "bench/search_efficiency.py")
+bench = importlib.util.module_from_spec(spec_)
+spec_.loader.exec_module(bench)
+
+
+@pytest.fixture(scope="module")
+def sweep(monkeypatch_module=None):
+    import os
+    os.environ["TUNER_KERNEL_MODULES"] = "tests.kernels.trivial"
+    rows = []
+    for p in range(1, 13):
+        for q in range(1, 13):
+            if (p + q) % 7 == 0:
+                continue  # not valid on this "device": absent from the sweep
+            status = "crashed" if (p, q) == (2, 2) else "ok"
+            rows.append([p, q, 1, 1.0 + (p - 9) ** 2 + 0.5 * (q - 4) ** 2 + 0.1 * p * q, status])
+    doc = {"kernel": "trivial", "params": ["P", "Q", "num_warps"], "rows": rows,
+           "key": {"kernel": "trivial", "version": "x", "dims": {"N": 16}, "dtype": "float32"}}
+    spec = bench.SweepSpec(doc)
+    return spec, TuningKey.from_json(doc["key"]), target_for("interpreter")
+
+
+def test_strategy_names_agree():
+    assert set(SAMPLERS) == set(STRATEGIES) == set(_SAMPLERS)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_only_valid_points_are_evaluated_and_replay_is_deterministic(sweep, name):
+    spec, key, target = sweep
+    a = bench.replay_one(spec, key, target, name, seed=3, budget=30)
+    b = bench.replay_one(spec, key, target, name, seed=3, budget=30)
+    assert a == b and len(a) == 30
+    assert all(x >= y for x, y in zip(a, a[1:]))  # best-so-far never gets worse
+
+
+def test_grid_covers_the_valid_space(sweep):
+    spec, key, target = sweep
+    curve = bench.replay_one(spec, key, target, "grid", seed=0, budget=len(spec.times))
+    assert curve[-1] == min(t for t in spec.times.values() if t is not None)
+
+
+def test_auto_beats_random(sweep):
+    spec, key, target = sweep
+    opt = min(t for t in spec.times.values() if t is not None)
+
+    def median_at(name, n):
+        return statistics.median(opt / bench.replay_one(spec, key, target, name, s, n)[-1] for s in range(8))
+    assert median_at("auto", 20) > median_at("random", 20)
+
+
+def test_warm_start_takes_the_nearest_stored_shapes(tmp_path):
+    from db import store
+    from db.session import session_scope, upgrade
+    from search_spaces import registry
+    from workers.search import nearest_bests
+
+    url = f"sqlite:///{tmp_path}/t.db"
+    upgrade(url)
+    spec = registry.get("matmul")
+    with session_scope(url) as s:
+        dc = store.get_or_create_device_class(s, slug="cpu-interpreter", vendor="cpu", arch="interpreter",
+                                              name="cpu", compute_units=1, memory_gb=0)
+        fp = store.get_or_create_fingerprint(s, hash="f" * 16, driver="none", runtime="none", triton="3.6",
+                                             torch="2.13", fields={})
+        s.flush()
+        for m in (64, 256, 1024, 4096):
+            key = spec.make_key({"M": m, "N": 512, "K": 512}, "float32")
+            store.write_best(s, kernel="matmul", kernel_version=key.version, key_hash=key.stable_hash,
+                             key=key.to_json(), dtype="float32", device_class_id=dc.id, fingerprint_id=fp.id,
+                             config={"M_was": m}, config_hash=str(m), median_ms=1.0, default_ms=None,
+                             speedup=None, cv=None, trials=1, job_id=None)
+        dc_id = dc.id
+    want = spec.make_key({"M": 300, "N": 512, "K": 512}, "float32")
+    assert [c["M_was"] for c in nearest_bests(url, want, dc_id, k=2)] == [256, 1024]
+    assert nearest_bests(url, spec.make_key({"M": 300, "N": 512, "K": 512}, "float16"), dc_id) == []

@@ -1,0 +1,140 @@
+"""Search strategies: how the next configuration of a key's study is chosen.
+
+One code path serves the live search (workers/search.py, on the shared RDB study, several
+workers at once) and the offline replay (bench/search_efficiency.py, on recorded sweeps), so
+what is replayed is what runs. A strategy's state is derived from the study's trials only,
+which keeps it cooperative: any worker can take the next step.
+
+  random  Optuna's RandomSampler.
+  grid    the valid configurations in a seeded shuffled order.
+  tpe     Optuna's multivariate TPE.
+  auto    (default) the kernel's default and known-good configurations and the best of the
+          nearest stored shapes first, then TPE alternating with a pattern step: the best
+          unmeasured neighbour (one parameter one step away) of the incumbent.
+Every strategy is constraint-aware in the same way: a proposal that the kernel's `check`
+rejects, or one already measured, is told to Optuna at once and costs no trial.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import optuna
+
+from search_spaces.base import Config, KernelSpec, Target, TuningKey, config_hash
+
+STRATEGIES = ("auto", "tpe", "random", "grid")
+MAX_IDLE_PROPOSALS = 200
+Seen = dict[str, tuple[str, "float | None"]]  # config_hash -> (status, median_ms)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    seed: int | None
+
+    def sampler(self) -> optuna.samplers.BaseSampler:
+        if self.name in ("tpe", "auto"):
+            # multivariate TPE models the interaction of tile sizes; constant_liar keeps
+            # cooperating workers from proposing the point another is measuring
+            return optuna.samplers.TPESampler(seed=self.seed, multivariate=True, constant_liar=True,
+                                              n_startup_trials=8)
+        return optuna.samplers.RandomSampler(seed=self.seed)
+
+    def seeds(self, spec: KernelSpec, key: TuningKey, target: Target, warm: list[Config] = ()) -> list[Config]:
+        """Configurations enqueued when the study is created (valid ones, in order, no repeats)."""
+        if self.name != "auto":
+            return []
+        out, hashes = [], set()
+        for c in [spec.default(key, target), *warm, *spec.known_good(key, target)]:
+            if config_hash(c) not in hashes and spec.check(c, key, target) is None:
+                hashes.add(config_hash(c))
+                out.append(c)
+        return out
+
+    def next_config(self, spec: KernelSpec, key: TuningKey, target: Target, seen: Seen,
+                    counted: int) -> Config | None:
+        """A configuration to enqueue before the next ask, or None to let the sampler propose."""
+        if self.name == "grid":
+            configs = list(valid_configs(spec, key, target))
+            random.Random(self.seed or 0).shuffle(configs)  # seeded, so a budget < grid is unbiased
+            return next((c for c in configs if config_hash(c) not in seen), None)
+        if self.name == "auto" and counted >= 8 and counted % 2 == 0:
+            return pattern_step(spec, key, target, seen, random.Random((self.seed or 0) * 7919 + counted))
+        return None
+
+    def exhausted(self, spec: KernelSpec, key: TuningKey, target: Target, seen: Seen) -> bool:
+        return self.name == "grid" and self.next_config(spec, key, target, seen, 0) is None
+
+
+_valid_cache: dict[tuple, list[Config]] = {}
+
+
+def valid_configs(spec: KernelSpec, key: TuningKey, target: Target) -> list[Config]:
+    """The key's valid configurations, computed once per process (a GPU space has thousands)."""
+    k = (spec.name, key.stable_hash, target)
+    if k not in _valid_cache:
+        _valid_cache[k] = spec.valid_configs(key, target)
+    return _valid_cache[k]
+
+
+def _incumbent(seen: Seen, configs: dict[str, Config]) -> Config | None:
+    ok = [(m, h) for h, (s, m) in seen.items() if s == "ok" and m is not None and h in configs]
+    return configs[min(ok)[1]] if ok else None
+
+
+def pattern_step(spec: KernelSpec, key: TuningKey, target: Target, seen: Seen, rng: random.Random) -> Config | None:
+    """An unmeasured valid neighbour of the incumbent: one parameter moved one step in its value list."""
+    space = spec.space(target)
+    valid = {config_hash(c): c for c in valid_configs(spec, key, target)}
+    best = _incumbent(seen, valid)
+    if best is None:
+        return None
+    neighbours = []
+    for name, values in space.items():
+        values = list(values)
+        i = values.index(best[name]) if best[name] in values else None
+        for j in ((i - 1, i + 1) if i is not None else ()):
+            if 0 <= j < len(values):
+                c = dict(best, **{name: values[j]})
+                if config_hash(c) in valid and config_hash(c) not in seen:
+                    neighbours.append(c)
+    return rng.choice(neighbours) if neighbours else None
+
+
+def suggest(trial: optuna.Trial, space: dict[str, tuple]) -> Config:
+    return {name: trial.suggest_categorical(name, list(values)) for name, values in space.items()}
+
+
+def propose(study: optuna.Study, strategy: Strategy, spec: KernelSpec, key: TuningKey, target: Target,
+            seen: Seen, counted: int, on_invalid: Callable[[int, Config, str], None] | None = None
+            ) -> tuple[optuna.Trial, Config] | None:
+    """The next configuration worth measuring, with its Optuna trial; None when the space has
+    nothing left. Invalid and already-measured proposals are told at once and cost no trial."""
+    space = spec.space(target)
+    for _ in range(MAX_IDLE_PROPOSALS):
+        nxt = strategy.next_config(spec, key, target, seen, counted)
+        if nxt is None and strategy.exhausted(spec, key, target, seen):
+            return None
+        if nxt is not None:
+            study.enqueue_trial(nxt)
+        trial = study.ask()
+        config = suggest(trial, space)
+        h = config_hash(config)
+        if h in seen:
+            status, median = seen[h]
+            if status == "ok":
+                study.tell(trial, median)
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        reason = spec.check(config, key, target)
+        if reason is not None:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            seen[h] = ("invalid", None)
+            if on_invalid:
+                on_invalid(trial.number, config, reason)
+            continue
+        return trial, config
+    return None
