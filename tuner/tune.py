@@ -62,7 +62,7 @@ def tune_local(plan: LocalPlan, progress=None) -> TuneOutcome:
     from workers.finalize import finalize
     from workers.harness import Harness
     from workers.identity import store_identity
-    from workers.search import SearchContext, open_study, run_batch, seed_configs, study_name
+    from workers.search import SearchContext, run_batch, seed_configs, study_name
 
     spec = registry.get(req.kernel)
     target = dc.target
@@ -93,8 +93,7 @@ def tune_local(plan: LocalPlan, progress=None) -> TuneOutcome:
                                     fingerprint_id=fp_id, study_name=study_name(key, dc.slug, fp.hash),
                                     sampler=req.sampler, seed=req.seed, budget_trials=req.trials,
                                     trial_timeout_s=plan.trial_timeout_s)
-                open_study(ctx, seeds=seed_configs(ctx))
-                ran = run_batch(ctx, harness, req.trials,
+                ran = run_batch(ctx, harness, req.trials, seeds=lambda: seed_configs(ctx),
                                 on_trial=(lambda c, r: progress(1)) if progress else None)
                 done = finalize(ctx, harness, dc.slug)
                 with session_scope(url) as s:

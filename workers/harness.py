@@ -4,7 +4,9 @@ crash or a hang, so a bad kernel costs one trial and never the worker.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
+import logging
 import os
 import selectors
 import signal
@@ -13,18 +15,23 @@ import sys
 import threading
 import time
 
+from search_spaces.base import canonical_json, config_hash
 from workers.messages import TrialRequest, TrialResult
 
+log = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 180.0  # importing torch and triton on a busy 2-core machine is slow
 
 
 class _Child:
-    def __init__(self, device: str):
+    """A child process speaking one JSON object per line on its stdin and stdout."""
+
+    def __init__(self, device: str, module: str = "workers.bench_child"):
         env = dict(os.environ)
         if device == "cpu":
             env["TRITON_INTERPRET"] = "1"  # must precede the child's first triton import
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-        self.proc = subprocess.Popen([sys.executable, "-m", "workers.bench_child"], stdin=subprocess.PIPE,
+        self.role = "compile process" if module == "workers.precompile" else "benchmark process"
+        self.proc = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                      start_new_session=True)
         self.stderr: collections.deque[str] = collections.deque(maxlen=40)
@@ -65,6 +72,15 @@ class _Child:
         self.proc.wait()
         self._sel.close()
 
+    def close(self) -> None:
+        """End it politely (stdin closed), then for sure."""
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except Exception:
+            pass
+        self.kill()
+
     def death(self) -> str:
         try:
             rc = self.proc.wait(timeout=5)
@@ -73,16 +89,54 @@ class _Child:
             rc = self.proc.returncode
         how = f"killed by signal {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
         tail = " | ".join(list(self.stderr)[-3:])
-        return f"benchmark process died ({how}){': ' + tail if tail else ''}"
+        return f"{self.role} died ({how}){': ' + tail if tail else ''}"
+
+
+def start_children(device: str, module: str, n: int) -> list[_Child]:
+    """n children started together (their imports overlap) and each answered a ping; the ones
+    that did not are killed. Raises RuntimeError when none started."""
+    children = [_Child(device, module) for _ in range(n)]
+    for child in children:
+        try:
+            child.send({"op": "ping"})
+        except (BrokenPipeError, OSError):
+            pass
+    end = time.monotonic() + STARTUP_TIMEOUT_S
+    ok, reasons = [], []
+    for child in children:
+        line = child.read_line(max(0.0, end - time.monotonic()))
+        if line:
+            ok.append(child)
+            continue
+        reasons.append(child.death() if line == b"" else "no answer to ping")
+        child.kill()
+    if not ok:
+        raise RuntimeError(f"{children[0].role} for {device} failed to start: {reasons[0]}")
+    if reasons:
+        log.warning("%d of %d %ses for %s failed to start: %s", len(reasons), n, children[0].role, device,
+                    reasons[0])
+    return ok
 
 
 class Harness:
-    """Runs TrialRequests in isolated child processes; `run` never raises for a kernel's fault."""
+    """Runs TrialRequests in isolated child processes; `run` never raises for a kernel's fault.
 
-    def __init__(self) -> None:
+    `run_many` runs a batch: on a GPU it compiles the batch in parallel compile processes while
+    the benchmark process measures the configurations already built, benchmarks once each
+    distinct binary (and on the interpreter each distinct request), and answers in order.
+    """
+
+    def __init__(self, compile_workers: int | None = None, precompile: bool | None = None) -> None:
+        """compile_workers: the size of each device's compile pool (default: cores - 2, at most 8).
+        precompile: None compiles ahead on GPUs only (the interpreter has nothing to compile);
+        True forces the pool on the CPU too (tests drive it there); False never uses it."""
         self._children: dict[str, _Child] = {}
         self._started: set[str] = set()
+        self._pools: dict[str, object] = {}
+        self._compile_workers = compile_workers
+        self._precompile = precompile
         self.restarts = 0
+        self.benchmarked = 0  # trials sent to a benchmark process
 
     def __enter__(self) -> "Harness":
         return self
@@ -90,25 +144,42 @@ class Harness:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def start(self, device: str, precompile: bool = True) -> None:
+        """Start the device's benchmark process (and compile pool, where run_many would use one)
+        now rather than on the first trial: startup (importing torch and triton) is seconds."""
+        self._child(device)
+        if precompile:
+            self._pool(device)
+
     def _child(self, device: str) -> _Child:
         child = self._children.get(device)
         if child is not None and child.proc.poll() is None:
             return child
-        child = _Child(device)
-        child.send({"op": "ping"})
-        line = child.read_line(STARTUP_TIMEOUT_S)
-        if not line:
-            reason = child.death() if line == b"" else "no answer to ping"
-            child.kill()
-            raise RuntimeError(f"benchmark process for {device} failed to start: {reason}")
+        (child,) = start_children(device, "workers.bench_child", 1)
         if device in self._started:
             self.restarts += 1
         self._started.add(device)
         self._children[device] = child
         return child
 
+    def _pool(self, device: str):
+        """The device's compile pool, started on first use; None where run_many compiles nothing
+        ahead (the interpreter, unless forced) or the pool would not start (then never retried)."""
+        wanted = self._precompile if self._precompile is not None else device != "cpu"
+        if not wanted:
+            return None
+        if device not in self._pools:
+            from workers.precompile import CompilePool, default_workers
+            try:
+                self._pools[device] = CompilePool(device, self._compile_workers or default_workers())
+            except RuntimeError as exc:
+                log.warning("compiling ahead is off for %s: %s", device, exc)
+                self._pools[device] = None
+        return self._pools[device]
+
     def run(self, req: TrialRequest) -> TrialResult:
         child = self._child(req.device)
+        self.benchmarked += 1
         try:
             child.send({"op": "trial", "trial": req.to_json()})
         except (BrokenPipeError, OSError):
@@ -130,12 +201,78 @@ class Harness:
             self._children.pop(req.device, None)
             return TrialResult.failed("crashed", f"unreadable answer from benchmark process: {exc}", req.config)
 
+    def run_many(self, requests: list[TrialRequest], early_stop_factor: float | None = None,
+                 precompile: bool = True) -> list[TrialResult]:
+        """The results of requests, in their order.
+
+        With a compile pool (GPUs; `precompile`), every request is submitted to the pool at once
+        and each is benchmarked as soon as it and those before it are built, so compiling the
+        rest overlaps the benchmark. A configuration the pool finds invalid, uncompilable, out
+        of resources or too slow to compile is answered from there and never launched; one
+        whose compile process crashed is still sent to the benchmark process, which decides.
+
+        Requests that differ only in config (and early_stop_ms, timeout_s) and build the same
+        binary, or on the interpreter are the same request, are benchmarked once: the others
+        get the first one's result with their own config and a note in the message.
+
+        early_stop_factor: each request's early stop is tightened to this multiple of the best
+        median measured so far in the batch (the search's rule, applied within the batch).
+        """
+        pool = self._pool(requests[0].device) if precompile and requests else None
+        if pool is not None and any(r.device != pool.device for r in requests):
+            pool = None  # a mixed batch (never sent by the search) is measured plainly
+        built = [pool.submit(r) for r in requests] if pool is not None else [None] * len(requests)
+        results: list[TrialResult] = []
+        first: dict[str, int] = {}
+        best: float | None = None
+        try:
+            for i, req in enumerate(requests):
+                answer = built[i].result() if built[i] is not None else None
+                if answer is not None and answer["status"] not in ("ok", "crashed"):
+                    results.append(TrialResult.failed(answer["status"], answer["message"], req.config))
+                    continue
+                binary = answer.get("binary") if answer is not None and answer["status"] == "ok" else None
+                same = _dedup_key(req, binary)
+                if same in first:
+                    prior = results[first[same]]
+                    what = "binary" if binary is not None else "configuration"
+                    note = f"same compiled {what} as {prior.config}: measured once"
+                    results.append(dataclasses.replace(
+                        prior, config=req.config, message="; ".join(m for m in (prior.message, note) if m)))
+                    continue
+                if early_stop_factor is not None and best is not None:
+                    limit = best * early_stop_factor
+                    req = dataclasses.replace(req, early_stop_ms=min(limit, req.early_stop_ms or limit))
+                result = self.run(req)
+                if answer is not None and answer["status"] == "ok" and result.status == "ok":
+                    # the launch loaded a cached binary: the compile time is the pool's
+                    result = dataclasses.replace(result, compile_s=answer["compile_s"])
+                if result.status == "ok" and result.median_ms is not None:
+                    best = result.median_ms if best is None else min(best, result.median_ms)
+                first[same] = i
+                results.append(result)
+        finally:
+            for f in built:
+                if f is not None:
+                    f.cancel()
+        return results
+
     def close(self) -> None:
+        for pool in self._pools.values():
+            if pool is not None:
+                pool.close()
+        self._pools.clear()
         for child in self._children.values():
-            try:
-                child.proc.stdin.close()
-                child.proc.wait(timeout=5)
-            except Exception:
-                pass
-            child.kill()
+            child.close()
         self._children.clear()
+
+
+def _dedup_key(req: TrialRequest, binary: str | None) -> str:
+    """What decides a measurement: the request without its config, stopping and timeout, and
+    what the config builds (its binary where the pool built one, else the config itself)."""
+    d = req.to_json()
+    config = d.pop("config")
+    d.pop("early_stop_ms")
+    d.pop("timeout_s")
+    d["built"] = ["binary", binary] if binary is not None else ["config", config_hash(config)]
+    return canonical_json(d)

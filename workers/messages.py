@@ -32,6 +32,10 @@ class TrialRequest:
     min_time_s: float = 0.0  # keep repeating until this much was timed (up to reps)
     early_stop_ms: float | None = None  # stop after the first timed rep if it is slower than this
     timeout_s: float = 120.0  # enforced by the parent
+    # measurement quality (all optional: a message without them means what it meant before)
+    rotate_buffers: int = 1  # input sets cycled through, one per repetition, so no cache keeps them
+    cuda_graph: bool = False  # time replays of a captured CUDA graph (GPU only; ignored on the CPU)
+    max_cv: float | None = None  # above this cv, measure once more with twice the reps; keep the steadier
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,6 +54,10 @@ class TrialRequest:
         _need(_num(d.get("min_time_s", 0.0)), "min_time_s must be a number")
         _need(d.get("early_stop_ms") is None or _num(d["early_stop_ms"]), "early_stop_ms must be a number or null")
         _need(_num(d.get("timeout_s", 1.0)) and d.get("timeout_s", 1.0) > 0, "timeout_s must be > 0")
+        _need(type(d.get("rotate_buffers", 1)) is int and d.get("rotate_buffers", 1) >= 1,
+              "rotate_buffers must be an int >= 1")
+        _need(isinstance(d.get("cuda_graph", False), bool), "cuda_graph must be true or false")
+        _need(d.get("max_cv") is None or (_num(d["max_cv"]) and d["max_cv"] > 0), "max_cv must be > 0 or null")
         unknown = set(d) - set(cls.__dataclass_fields__)
         _need(not unknown, f"unknown fields {sorted(unknown)}")
         return cls(**d)
@@ -68,6 +76,7 @@ class TrialResult:
     max_abs_err: float | None = None
     early_stopped: bool = False
     config: dict[str, Any] = field(default_factory=dict)
+    remeasured: int = 0  # measurements repeated because the first one's cv exceeded max_cv
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +88,7 @@ class TrialResult:
         _need(isinstance(d.get("message", ""), str), "message must be a string")
         for name in ("median_ms", "p20_ms", "p80_ms", "cv", "compile_s", "max_abs_err"):
             _need(d.get(name) is None or _num(d[name]), f"{name} must be a number or null")
+        _need(type(d.get("remeasured", 0)) is int and d.get("remeasured", 0) >= 0, "remeasured must be an int >= 0")
         unknown = set(d) - set(cls.__dataclass_fields__)
         _need(not unknown, f"unknown fields {sorted(unknown)}")
         return cls(**d)

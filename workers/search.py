@@ -7,6 +7,7 @@ configuration that the kernel's `check` rejects is stored as `invalid` but costs
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -52,13 +53,17 @@ def study_name(key: TuningKey, device_class_slug: str, fingerprint_hash: str) ->
     return f"{key.kernel}:{key.version}:{key.stable_hash}:{device_class_slug}:{fingerprint_hash}"
 
 
+@functools.lru_cache(maxsize=8)
 def storage(db_url: str) -> optuna.storages.RDBStorage:
+    """One storage (one connection pool) per database and process: a worker opens a study per
+    batch, and a new pool each time would leak connections until PostgreSQL refuses more."""
     kwargs = {"connect_args": {"timeout": 30}} if db_url.startswith("sqlite") else {"pool_pre_ping": True}
     return optuna.storages.RDBStorage(db_url, engine_kwargs=kwargs)
 
 
-def open_study(ctx: SearchContext, seeds: list[Config] | None = None) -> optuna.Study:
-    """Create or load the key's study; a new study gets the seed configurations enqueued first."""
+def open_study(ctx: SearchContext, seeds: Callable[[], list[Config]] | None = None) -> optuna.Study:
+    """Load the key's study, or create it with `seeds()` enqueued first (computed only then: a
+    worker opens the study once per batch)."""
     st = storage(ctx.db_url)
     sampler = Strategy(ctx.sampler, ctx.seed).sampler()
     try:
@@ -70,7 +75,7 @@ def open_study(ctx: SearchContext, seeds: list[Config] | None = None) -> optuna.
                                     direction="minimize")
     except optuna.exceptions.DuplicatedStudyError:  # another worker created it first
         return optuna.load_study(study_name=ctx.study_name, storage=st, sampler=sampler)
-    for config in seeds or []:
+    for config in seeds() if seeds else []:
         study.enqueue_trial(config, skip_if_exists=True)
     return study
 
@@ -151,7 +156,8 @@ def store_trial(ctx: SearchContext, trial_number: int | None, config: Config, re
 
 def run_batch(ctx: SearchContext, harness: Harness, max_trials: int,
               on_trial: Callable[[Config, TrialResult], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> int:
+              should_stop: Callable[[], bool] | None = None,
+              seeds: Callable[[], list[Config]] | None = None) -> int:
     """Run up to max_trials counted trials of the key's study, within the key's budget.
 
     Returns how many counted trials this call ran. The budget is re-read from the database
@@ -159,7 +165,7 @@ def run_batch(ctx: SearchContext, harness: Harness, max_trials: int,
     """
     spec = registry.get(ctx.key.kernel)
     strategy = Strategy(ctx.sampler, ctx.seed)
-    study = open_study(ctx)
+    study = open_study(ctx, seeds)
     seen = measured(ctx.db_url, ctx.study_name)
 
     def invalid(number: int, config: Config, reason: str) -> None:

@@ -128,7 +128,7 @@ class WorkerService:
     # ---- a batch -----------------------------------------------------------------------
     def handle(self, msg: BatchMessage, batch_trials: int) -> str:
         from workers.finalize import finalize
-        from workers.search import SearchContext, open_study, run_batch, seed_configs, study_name
+        from workers.search import SearchContext, run_batch, seed_configs, study_name
 
         key = msg.tuning_key
         target = self.dc.target
@@ -151,8 +151,8 @@ class WorkerService:
                             fingerprint_id=self.fp_id, study_name=name, sampler=msg.sampler, seed=msg.seed,
                             budget_trials=msg.budget_trials, trial_timeout_s=self.cfg.trial_timeout_s,
                             worker_id=self.worker_id)
-        open_study(ctx, seeds=seed_configs(ctx, first=warm_seeds(job_request, key.stable_hash)))
-        ran = run_batch(ctx, self.harness, batch_trials, should_stop=lambda: self._cancelled(msg.job_id))
+        ran = run_batch(ctx, self.harness, batch_trials, should_stop=lambda: self._cancelled(msg.job_id),
+                        seeds=lambda: seed_configs(ctx, first=warm_seeds(job_request, key.stable_hash)))
         if self._cancelled(msg.job_id):
             return "cancelled"
         from workers.search import counted_trials

@@ -1,9 +1,11 @@
-"""Timing a launch: warm-up, repetitions until a minimum time, early stop, robust statistics."""
+"""Timing a launch: warm-up, repetitions until a minimum time, early stop, robust statistics,
+rotating input sets, and (on a GPU) CUDA-graph replays."""
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 
 def summarize(samples_ms: list[float]) -> tuple[float, float, float, float]:
@@ -39,15 +41,30 @@ def _repeat(run_once: Callable[[], float], reps: int, min_time_s: float,
     return samples, False
 
 
-def time_cpu(fn: Callable[[], object], warmup: int, reps: int, min_time_s: float = 0.0,
+Launch = Callable[[], object]
+
+
+def _rotation(fn: Launch | Sequence[Launch]) -> Iterator[Launch]:
+    """One launch per repetition, cycling through the input sets (a single callable: one set)."""
+    fns = list(fn) if isinstance(fn, (list, tuple)) else [fn]
+    if not fns:
+        raise ValueError("nothing to time: no launch given")
+    return itertools.cycle(fns)
+
+
+def time_cpu(fn: Launch | Sequence[Launch], warmup: int, reps: int, min_time_s: float = 0.0,
              early_stop_ms: float | None = None) -> tuple[list[float], bool]:
-    """Wall time of fn with perf_counter (the Triton interpreter runs synchronously)."""
+    """Wall time of fn with perf_counter (the Triton interpreter runs synchronously).
+
+    fn may be a list of launches, one per input set: repetitions take them in turn."""
+    launches = _rotation(fn)
     for _ in range(warmup):
-        fn()
+        next(launches)()
 
     def once() -> float:
+        f = next(launches)
         t = time.perf_counter()
-        fn()
+        f()
         return (time.perf_counter() - t) * 1e3
 
     return _repeat(once, reps, min_time_s, early_stop_ms)
@@ -56,27 +73,65 @@ def time_cpu(fn: Callable[[], object], warmup: int, reps: int, min_time_s: float
 _flush_buffers: dict[str, object] = {}
 
 
-def time_cuda(fn: Callable[[], object], warmup: int, reps: int, min_time_s: float = 0.0,
-              early_stop_ms: float | None = None, device: str = "cuda") -> tuple[list[float], bool]:
+def capture_graphs(fns: Sequence[Launch], device: str = "cuda") -> list[Launch]:
+    """One CUDA graph per launch, returned as their replay functions (GPU only).
+
+    Every launch runs once on a side stream first, so compilation, module loading and the
+    caching allocator's first allocation happen outside the capture (as torch's docs and
+    Triton's do_bench_cudagraph do); the output a launch allocates during capture lives in the
+    graph's private pool, and its pointers are baked into the graph, so a rotated input set
+    needs a graph of its own.
+    """
+    import torch
+
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for f in fns:
+            f()
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+    graphs = []
+    for f in fns:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            f()
+        graphs.append(g)
+    torch.cuda.synchronize(device)
+    return [g.replay for g in graphs]
+
+
+def time_cuda(fn: Launch | Sequence[Launch], warmup: int, reps: int, min_time_s: float = 0.0,
+              early_stop_ms: float | None = None, device: str = "cuda",
+              cuda_graph: bool = False) -> tuple[list[float], bool]:
     """Device time of fn with CUDA events, L2 flushed before every repetition (not timed).
 
-    Written to the CUDA event API as Triton's do_bench uses it; this machine has no GPU, so it
-    runs only where the device tool lends one.
+    fn may be a list of launches, one per input set: repetitions take them in turn. With
+    cuda_graph, each launch is captured once and its replays are timed, which leaves out the
+    host-side launch cost (Python, argument packing) that eager timing of a short kernel includes.
+
+    Written to the CUDA event and graph APIs as Triton's do_bench and do_bench_cudagraph use
+    them; this machine has no GPU, so it runs only where the device tool lends one.
     """
     import torch
 
     if device not in _flush_buffers:  # larger than any L2 (H100: 50 MB, MI300X: 256 MB Infinity Cache)
         _flush_buffers[device] = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device=device)
     flush = _flush_buffers[device]
+    fns = list(fn) if isinstance(fn, (list, tuple)) else [fn]
+    if cuda_graph:
+        fns = capture_graphs(fns, device)
+    launches = _rotation(fns)
     for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
+        next(launches)()
+    torch.cuda.synchronize(device)
 
     def once() -> float:
+        f = next(launches)
         flush.zero_()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        f()
         end.record()
         end.synchronize()
         return start.elapsed_time(end)
