@@ -128,9 +128,9 @@ class WorkerProc:
 
 
 def service_env(home: Path, db_url: str | None, broker_url: str | None, **extra: str) -> dict:
-    env = tuner_env(home, TUNER_KERNEL_MODULES="tests.kernels.trivial", TUNER_HEARTBEAT_S="1",
-                    TUNER_STALL_S="8", TUNER_WORKER_DEAD_AFTER_S="6", TUNER_BATCH_TRIALS="3",
-                    TRITON_INTERPRET="1", **extra)
+    settings = dict(TUNER_KERNEL_MODULES="tests.kernels.trivial", TUNER_HEARTBEAT_S="1", TUNER_STALL_S="8",
+                    TUNER_WORKER_DEAD_AFTER_S="6", TUNER_BATCH_TRIALS="3", TRITON_INTERPRET="1")
+    env = tuner_env(home, **{**settings, **extra})
     if db_url:
         env["TUNER_DB_URL"] = db_url
     if broker_url:
