@@ -138,7 +138,9 @@ def main() -> None:
     ap.add_argument("--load-jobs", type=int, default=40, help="jobs in the four-worker run")
     ap.add_argument("--load-trials", type=int, default=25, help="trials per job in the four-worker run")
     ap.add_argument("--brokers", default="redis+postgresql,sqlite")
+    ap.add_argument("--out", default=str(RESULTS), help="results file")
     args = ap.parse_args()
+    results = Path(args.out)
     small, large = (int(x) for x in args.trials.split(","))
     out = {"benchmark": "queue_throughput", "date": datetime.now(timezone.utc).isoformat(),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -162,8 +164,8 @@ def main() -> None:
             "coordinator_and_broker_overhead_ms_per_trial": round((slope(svc) - slope(loc)) * 1e3, 2),
         }
         print(json.dumps({kind: out["results"][kind]}, indent=1), flush=True)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
