@@ -113,6 +113,16 @@ def config_hash(config: Config) -> str:
     return stable_hash(config, 12)
 
 
+def compiled_identity(kernel: Any, **launch: Any) -> str:
+    """A hash of a Triton CompiledKernel's binary (cubin, hsaco), the launch metadata that is
+    not in it (warps, CTAs, dynamic shared memory), and `launch`: whatever else decides what a
+    launch does (the grid, runtime arguments taken from the config). Equal hashes, same work."""
+    md = kernel.metadata
+    binary = kernel.kernel if isinstance(kernel.kernel, bytes) else str(kernel.kernel).encode()
+    meta = {name: repr(getattr(md, name, None)) for name in ("num_warps", "num_ctas", "shared", "cluster_dims")}
+    return hashlib.sha256(binary + canonical_json({"meta": meta, "launch": launch}).encode()).hexdigest()[:24]
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -251,6 +261,18 @@ class KernelSpec:
 
     def reference(self, inputs: Any) -> Any:
         raise NotImplementedError
+
+    def compile(self, config: Config, key: TuningKey, target: Target) -> str | None:
+        """Compile config for key on the current device ahead of its first launch, and return
+        the identity of what was built (see `compiled_identity`), or None when there is nothing
+        to compile (the interpreter) or the kernel has no hook.
+
+        The harness calls it in parallel compile processes: Triton writes the binary to its
+        on-disk cache, so the benchmark process's first launch loads it instead of compiling,
+        and configurations with equal identities are benchmarked once. Raise what a launch
+        would raise for a configuration that cannot be built (CompilationError, OutOfResources).
+        """
+        return None
 
     def flops(self, key: TuningKey) -> float | None:
         return None

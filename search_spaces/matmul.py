@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from search_spaces.base import (DTYPE_BYTES, Config, KernelSpec, Target, TuningKey, block_limit,
-                                require_launchable)
+                                compiled_identity, require_launchable)
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -81,6 +81,17 @@ def launch_options(config: Config, hip: bool) -> dict[str, Any]:
     if hip:
         opts.update({knob: config[knob] for knob in _AMD_KNOBS if knob in config})
     return opts
+
+
+def _meta(config: Config, hip: bool, dot_in_fp32: bool) -> dict[str, Any]:
+    """The constexpr and compile-option arguments of a launch, shared by launch and compile so
+    that a precompiled binary is the one the launch looks up."""
+    return {"BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"], "BLOCK_K": config["BLOCK_K"],
+            "GROUP_M": config["GROUP_M"], "DOT_IN_FP32": dot_in_fp32, **launch_options(config, hip)}
+
+
+def _grid(config: Config, m: int, n: int) -> tuple[int]:
+    return (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
 
 
 class MatmulInputs(NamedTuple):
@@ -227,13 +238,27 @@ class Matmul(KernelSpec):
         c = torch.empty((m, n), device=a.device, dtype=a.dtype)
         require_launchable(on_cpu=a.device.type == "cpu")
         interpret = bool(triton.knobs.runtime.interpret)
-        opts = launch_options(config, hip=a.is_cuda and torch.version.hip is not None)
-        grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
-        matmul_kernel[grid](
-            a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-            BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_K=config["BLOCK_K"],
-            GROUP_M=config["GROUP_M"], DOT_IN_FP32=interpret and a.dtype == torch.bfloat16, **opts)
+        meta = _meta(config, hip=a.is_cuda and torch.version.hip is not None,
+                     dot_in_fp32=interpret and a.dtype == torch.bfloat16)
+        matmul_kernel[_grid(config, m, n)](
+            a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), **meta)
         return c
+
+    def compile(self, config: Config, key: TuningKey, target: Target) -> str | None:
+        """Build the launch's exact specialization without inputs: Triton's warmup with dtypes
+        for the pointers (aligned, as torch's allocations are) and the launch's own integer
+        arguments and strides, so the benchmark process's launch hits the same cache entry."""
+        if target.is_interpreter:
+            return None
+        dims, dtype = key.dim_map, TORCH_DTYPES[key.dtype]
+        m, n, k = dims["M"], dims["N"], dims["K"]
+        # the strides of contiguous tensors of these shapes, without allocating them
+        sa, sb, sc = (torch.empty(shape, device="meta").stride() for shape in ((m, k), (k, n), (m, n)))
+        grid = _grid(config, m, n)
+        kernel = matmul_kernel.warmup(dtype, dtype, dtype, m, n, k, *sa, *sb, *sc, grid=grid,
+                                      **_meta(config, hip=target.is_hip, dot_in_fp32=False))
+        kernel._init_handles()  # load it as a launch would: raises OutOfResources (shared memory, threads)
+        return compiled_identity(kernel, grid=grid)
 
     def reference(self, inputs: MatmulInputs) -> torch.Tensor:
         # in fp32: CPU half-precision matmul is slow, and fp32 accumulation is what the kernel does

@@ -12,8 +12,9 @@ MODULES = "tests.kernels.broken"
 def request(kernel, config=None, timeout_s=60.0, **kw):
     spec = registry.get(kernel, modules=MODULES)
     key = spec.make_key({"N": 1000}, "float32")
+    kw = {"warmup": 1, "reps": 3, **kw}
     return TrialRequest(kernel=kernel, key=key.to_json(), config=config or {"BLOCK": 64}, device="cpu",
-                        arch="interpreter", warmup=1, reps=3, timeout_s=timeout_s, **kw)
+                        arch="interpreter", timeout_s=timeout_s, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_crash_restarts_the_child(harness):
 
 def test_hang_times_out_and_restarts(harness):
     r = harness.run(request("broken_hang", timeout_s=3.0))
-    assert r.status == "timeout" and "3 s" in r.message
+    assert r.status == "timeout" and "3 s" in r.message, r
     assert harness.run(request("good_add")).status == "ok"
 
 
@@ -86,3 +87,82 @@ def test_summarize():
     median, p20, p80, cv = summarize([1.0, 2.0, 3.0, 4.0, 5.0])
     assert (median, p20, p80) == (3.0, 1.8, 4.2)
     assert cv == pytest.approx(0.4714, rel=1e-3)
+
+
+# ---- batches: run_many on the interpreter (no compile pool) ----------------------------------
+def test_run_many_answers_in_order_and_measures_a_repeated_config_once(harness):
+    before = harness.benchmarked
+    reqs = [request("good_add", {"BLOCK": 64}), request("good_add", {"BLOCK": 128}),
+            request("good_add", {"BLOCK": 64}), request("broken_raise"), request("good_add", {"BLOCK": 999})]
+    results = harness.run_many(reqs)
+    assert [r.status for r in results] == ["ok", "ok", "ok", "crashed", "invalid"]
+    assert [r.config for r in results] == [r.config for r in reqs]
+    assert harness.benchmarked - before == 4  # the repeated BLOCK=64 was not measured again
+    assert results[2].median_ms == results[0].median_ms and "measured once" in results[2].message
+    assert harness.run_many([]) == []
+
+
+def test_run_many_tightens_early_stop_to_the_best_so_far(harness):
+    reqs = [request("good_add", {"BLOCK": 64}), request("slow_add", {"BLOCK": 64})]
+    fast, slow = harness.run_many(reqs, early_stop_factor=1.5)
+    assert fast.status == slow.status == "ok"
+    assert slow.early_stopped and slow.reps == 1  # its first 100 ms rep is far beyond 1.5x good_add
+
+
+# ---- measurement quality ---------------------------------------------------------------------
+def test_rotating_input_sets_are_timed(harness):
+    r = harness.run(request("good_add", rotate_buffers=3))
+    assert r.status == "ok" and r.reps >= 3 and "3 rotating input sets" in r.message, r
+
+
+def test_rotation_launches_each_input_set_in_turn(monkeypatch):
+    from tests.kernels.broken import SpyAdd
+    from workers.bench_child import run_trial
+
+    monkeypatch.setenv("TUNER_KERNEL_MODULES", MODULES)
+    SpyAdd.seen.clear()
+    r = run_trial(request("spy_add", warmup=0, reps=6, rotate_buffers=3))
+    assert r.status == "ok", r.message
+    check, *timed = SpyAdd.seen
+    assert len(timed) == 6 and len(set(timed)) == 3 and timed[:3] == timed[3:]
+    assert check == timed[0]  # the output is checked on the first set
+
+
+def test_time_cpu_cycles_through_launches():
+    from workers.timing import time_cpu
+
+    calls = []
+    samples, stopped = time_cpu([lambda: calls.append("a"), lambda: calls.append("b")], warmup=1, reps=4)
+    assert calls == ["a", "b", "a", "b", "a"] and len(samples) == 4 and not stopped
+
+
+def test_noisy_trial_is_remeasured_once(harness):
+    r = harness.run(request("noisy_add", max_cv=0.05))
+    assert r.status == "ok" and r.remeasured == 1 and "re-measured: cv" in r.message, r
+    assert r.reps in (3, 6)  # the first measurement or the second, twice as long
+    steady = harness.run(request("noisy_add", max_cv=100.0))
+    assert steady.remeasured == 0 and "re-measured" not in steady.message
+    assert harness.run(request("noisy_add")).remeasured == 0  # no max_cv: never
+
+
+def test_cuda_graph_is_ignored_on_the_cpu_with_a_note(harness):
+    r = harness.run(request("good_add", cuda_graph=True))
+    assert r.status == "ok" and "cuda_graph ignored" in r.message
+
+
+def test_messages_without_the_new_fields_still_parse():
+    old_req = {"kernel": "good_add", "key": {"kernel": "good_add", "version": "x", "dims": {"N": 8},
+                                             "dtype": "float32"},
+               "config": {"BLOCK": 64}, "device": "cpu", "arch": "interpreter", "seed": 0, "warmup": 1,
+               "reps": 10, "min_time_s": 0.0, "early_stop_ms": None, "timeout_s": 120.0}
+    req = TrialRequest.from_json(old_req)
+    assert (req.rotate_buffers, req.cuda_graph, req.max_cv) == (1, False, None)
+    old_res = {"status": "ok", "message": "", "median_ms": 1.0, "p20_ms": 0.9, "p80_ms": 1.1, "cv": 0.01,
+               "reps": 10, "compile_s": 0.1, "max_abs_err": 0.0, "early_stopped": False, "config": {"BLOCK": 64}}
+    assert TrialResult.from_json(old_res).remeasured == 0
+    for bad in ({"rotate_buffers": 0}, {"rotate_buffers": 1.5}, {"cuda_graph": "yes"}, {"max_cv": 0},
+                {"max_cv": "high"}):
+        with pytest.raises(ValueError):
+            TrialRequest.from_json({**old_req, **bad})
+    with pytest.raises(ValueError):
+        TrialResult.from_json({**old_res, "remeasured": -1})

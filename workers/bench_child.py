@@ -171,15 +171,38 @@ def run_trial(req: TrialRequest) -> TrialResult:
                        remeasured=remeasured, message="; ".join(notes))
 
 
+def preload() -> None:
+    """Import what every trial needs before answering the first ping, so that startup (seconds
+    of torch and triton imports) is paid when the process starts, not inside the first trial."""
+    import importlib
+
+    for name in ("torch", "triton", "search_spaces.registry", "workers.timing"):
+        importlib.import_module(name)
+
+
+def pong(msg: dict) -> dict:
+    """The answer to a ping; a ping naming a device also opens it (the CUDA context, the probe),
+    so that is startup too. A device that fails here fails again, with its message, in a trial."""
+    device = msg.get("device")
+    if isinstance(device, str) and device != "cpu":
+        try:
+            _use_device(device)
+            _target(device)
+        except Exception as exc:
+            print(f"opening {device} failed: {_message(exc)}", file=sys.stderr)
+    return {"op": "pong", "pid": os.getpid()}
+
+
 def main() -> None:
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    preload()
     for line in sys.stdin:
         try:
             msg = json.loads(line)
             if msg.get("op") == "ping":
-                proto.write(json.dumps({"op": "pong", "pid": os.getpid()}) + "\n")
+                proto.write(json.dumps(pong(msg)) + "\n")
                 continue
             req = TrialRequest.from_json(msg.get("trial"))
         except (ValueError, AttributeError) as exc:

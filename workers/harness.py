@@ -1,5 +1,10 @@
 """The parent side of the benchmark: one persistent child process per device, restarted after a
 crash or a hang, so a bad kernel costs one trial and never the worker.
+
+`Harness.run` measures one request. `Harness.run_many` measures a batch: on a GPU a pool of
+compile processes (workers/precompile.py) builds the batch into Triton's on-disk cache while
+the benchmark process measures what is already built; configurations that build the same
+binary are measured once; results come back in the order of the requests.
 """
 from __future__ import annotations
 
@@ -98,7 +103,7 @@ def start_children(device: str, module: str, n: int) -> list[_Child]:
     children = [_Child(device, module) for _ in range(n)]
     for child in children:
         try:
-            child.send({"op": "ping"})
+            child.send({"op": "ping", "device": device})
         except (BrokenPipeError, OSError):
             pass
     end = time.monotonic() + STARTUP_TIMEOUT_S
@@ -244,8 +249,8 @@ class Harness:
                     limit = best * early_stop_factor
                     req = dataclasses.replace(req, early_stop_ms=min(limit, req.early_stop_ms or limit))
                 result = self.run(req)
-                if answer is not None and answer["status"] == "ok" and result.status == "ok":
-                    # the launch loaded a cached binary: the compile time is the pool's
+                if binary is not None and result.status == "ok":
+                    # the launch loaded the binary the pool built: the compile time is the pool's
                     result = dataclasses.replace(result, compile_s=answer["compile_s"])
                 if result.status == "ok" and result.median_ms is not None:
                     best = result.median_ms if best is None else min(best, result.median_ms)

@@ -72,11 +72,13 @@ def main() -> None:
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # a compiler's or kernel module's prints go to stderr, never into the protocol
     sys.stdout = sys.stderr
+    from workers.bench_child import pong, preload
+    preload()
     for line in sys.stdin:
         try:
             msg = json.loads(line)
             if msg.get("op") == "ping":
-                proto.write(json.dumps({"op": "pong", "pid": os.getpid()}) + "\n")
+                proto.write(json.dumps(pong(msg)) + "\n")
                 continue
             req = TrialRequest.from_json(msg.get("trial"))
         except (ValueError, AttributeError) as exc:
@@ -164,7 +166,8 @@ class CompilePool:
         return child
 
     def close(self) -> None:
-        self._threads.shutdown(wait=True, cancel_futures=True)
+        # a thread still waiting on a child (only after an interrupted run_many) sees it die below
+        self._threads.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             children, self._all = self._all, []
         for child in children:

@@ -1,0 +1,93 @@
+"""The compile pool of Harness.run_many, driven on the CPU by kernels with a `compile` hook
+(real kernels have nothing to compile in the interpreter, so run_many skips the pool there).
+On a GPU the same code paths run with Triton compiling into its on-disk cache."""
+import pytest
+
+from search_spaces import registry
+from workers.harness import Harness
+from workers.messages import TrialRequest
+
+MODULES = "tests.kernels.broken"
+
+
+def request(kernel, config, timeout_s=60.0, **kw):
+    key = registry.get(kernel, modules=MODULES).make_key({"N": 1000}, "float32")
+    return TrialRequest(kernel=kernel, key=key.to_json(), config=config, device="cpu", arch="interpreter",
+                        warmup=0, reps=2, timeout_s=timeout_s, **kw)
+
+
+@pytest.fixture(scope="module")
+def harness():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TUNER_KERNEL_MODULES", MODULES)
+    with Harness(compile_workers=2, precompile=True) as h:
+        h.start("cpu")
+        yield h
+    mp.undo()
+
+
+def test_same_binary_is_benchmarked_once_and_failures_never_launch(harness):
+    before = harness.benchmarked
+    reqs = [request("twin_add", {"BLOCK": 64, "SKEW": 0}),
+            request("twin_add", {"BLOCK": 128, "SKEW": 0}),
+            request("twin_add", {"BLOCK": 64, "SKEW": 1}),  # builds what the first built
+            request("broken_oor_compile", {"BLOCK": 64}),
+            request("twin_add", {"BLOCK": 999, "SKEW": 0})]
+    results = harness.run_many(reqs)
+    assert [r.status for r in results] == ["ok", "ok", "ok", "out_of_resources", "invalid"]
+    assert [r.config for r in results] == [r.config for r in reqs]
+    assert harness.benchmarked - before == 2  # the twin, the OOR and the invalid one never launched
+    assert "same compiled binary" in results[2].message and results[2].median_ms == results[0].median_ms
+    assert "shared memory" in results[3].message and "BLOCK" in results[4].message
+    assert results[0].compile_s is not None
+
+
+def test_a_crashed_compiler_leaves_the_verdict_to_the_benchmark(harness):
+    pool = harness._pool("cpu")
+    restarts = pool.restarts
+    crashed, after = harness.run_many([request("crash_compile", {"BLOCK": 64, "SKEW": 0}),
+                                       request("twin_add", {"BLOCK": 128, "SKEW": 1})])
+    assert crashed.status == "ok" and after.status == "ok"  # the launch itself is fine
+    harness.run_many([request("twin_add", {"BLOCK": 64, "SKEW": 1}), request("twin_add", {"BLOCK": 64, "SKEW": 0})])
+    assert pool.restarts == restarts + 1  # the dead compile process was replaced on its next use
+
+
+def test_a_hanging_compile_times_out(harness):
+    (r,) = harness.run_many([request("hang_compile", {"BLOCK": 64, "SKEW": 0}, timeout_s=2.0)])
+    assert r.status == "timeout" and "compiling took longer than 2 s" in r.message
+
+
+def test_matmul_compile_builds_the_specialization_its_launch_uses(monkeypatch):
+    """No GPU here: a stand-in kernel records what launch passes and what compile warms up with;
+    they must agree argument for argument (tensors by dtype), or the launch would miss the cache."""
+    import types
+
+    import torch
+
+    from search_spaces import matmul
+    from search_spaces.base import target_for
+
+    calls = {}
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: calls.update(launch=(grid, args, kw))
+
+        def warmup(self, *args, grid, **kw):
+            calls["warmup"] = (grid, args, kw)
+            md = types.SimpleNamespace(num_warps=kw["num_warps"], num_ctas=1, shared=0, cluster_dims=(1, 1, 1))
+            return types.SimpleNamespace(kernel=repr((args, kw)).encode(), metadata=md, _init_handles=lambda: None)
+
+    monkeypatch.setattr(matmul, "matmul_kernel", Recorder())
+    monkeypatch.setattr(matmul, "require_launchable", lambda on_cpu: None)
+    spec = matmul.Matmul()
+    key = spec.make_key({"M": 300, "N": 200, "K": 100}, "float16")
+    config = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
+    spec.launch(config, spec.make_inputs(key, "cpu", 0))
+    ident = spec.compile(config, key, target_for("sm_90"))
+    (lgrid, largs, lkw), (wgrid, wargs, wkw) = calls["launch"], calls["warmup"]
+    assert lgrid == wgrid and lkw == wkw
+    assert [a.dtype if isinstance(a, torch.Tensor) else a for a in largs] == list(wargs)
+    assert ident == spec.compile(config, key, target_for("sm_90"))
+    assert ident != spec.compile({**config, "GROUP_M": 4}, key, target_for("sm_90"))
+    assert spec.compile(config, key, target_for("interpreter")) is None
