@@ -281,9 +281,9 @@ def report_retune(run: Optional[str] = typer.Argument(None, help="Retune run id 
 def history(kernel: str = typer.Argument(...), shape: list[str] = ShapeOpt, dtype: list[str] = DtypeOpt,
             device_class: Optional[str] = typer.Option(None, "--device-class"), as_json: bool = JsonOpt) -> None:
     """Every best configuration a key has had, newest first (superseded ones included)."""
-    from tuner.retune import history as key_history
+    from tuner.queries import best_rows
 
-    rows = key_history(settings_mod.get(), kernel, shape, dtype, device_class)
+    rows = best_rows(settings_mod.get(), kernel, shape, dtype, device_class, current_only=False)
     if as_json:
         return _print_json(rows)
     t = Table("key", "class", "fingerprint", "config", "ms", "tuned at", "superseded at")

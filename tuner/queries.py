@@ -39,19 +39,22 @@ def best_query(kernel: str, key, slugs: list[str], current_only: bool):
 
 
 def best_rows(settings: Settings, kernel: str, shapes: list[str], dtypes: list[str],
-              device_class: str | None) -> list[dict]:
+              device_class: str | None, current_only: bool = True) -> list[dict]:
+    """`tuner best` (current rows; a row with config None when nothing is stored) and
+    `tuner history` (every row, superseded ones too), newest first."""
     req = build_request(kernel, shapes, dtypes, trials=1)
     url = open_for_read(settings)
     slugs = device_class_slugs(url, device_class, settings)
     out = []
     with session_scope(url) as s:
         for key in req.keys:
-            found = s.execute(best_query(kernel, key, slugs, current_only=True)).all()
-            if not found:
+            found = s.execute(best_query(kernel, key, slugs, current_only)).all()
+            if not found and current_only:
                 out.append({"key": key.label(), "device_class": ",".join(slugs), "fingerprint": None,
                             "config": None, "median_ms": None})
             for b, slug, fp in found:
                 out.append({"key": key.label(), "device_class": slug, "fingerprint": fp, "config": b.config,
                             "median_ms": b.median_ms, "default_ms": b.default_ms, "speedup": b.speedup,
-                            "trials": b.trials, "job": b.job_id, "created_at": b.created_at.isoformat()})
+                            "trials": b.trials, "job": b.job_id, "created_at": b.created_at.isoformat(),
+                            "superseded_at": b.superseded_at.isoformat() if b.superseded_at else None})
     return out

@@ -120,21 +120,3 @@ def plot(result: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def history(settings: Settings, kernel: str, shapes: list[str], dtypes: list[str], device_class: str | None) -> list[dict]:
-    from tuner.queries import best_query, device_class_slugs
-    from tuner.request import build_request
-
-    req = build_request(kernel, shapes, dtypes, trials=1)
-    url = open_for_read(settings)
-    slugs = device_class_slugs(url, device_class, settings)
-    out = []
-    with session_scope(url) as s:
-        for key in req.keys:
-            for b, slug, fp in s.execute(best_query(kernel, key, slugs, current_only=False)).all():
-                out.append({"key": key.label(), "device_class": slug, "fingerprint": fp, "config": b.config,
-                            "median_ms": b.median_ms, "speedup": b.speedup, "trials": b.trials, "job": b.job_id,
-                            "created_at": b.created_at.isoformat(),
-                            "superseded_at": b.superseded_at.isoformat() if b.superseded_at else None})
-    return out

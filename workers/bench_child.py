@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 from workers.messages import TrialRequest, TrialResult
 
@@ -193,7 +193,11 @@ def pong(msg: dict) -> dict:
     return {"op": "pong", "pid": os.getpid()}
 
 
-def main() -> None:
+def serve(handle: Callable[[TrialRequest], dict], bad: Callable[[str], dict],
+          exit_after: Callable[[dict], bool] = lambda answer: False) -> None:
+    """The JSON-lines loop of a child process: one request per line in, one answer per line out.
+    The real stdout carries only the protocol; fd 1 is pointed at stderr so that prints of a
+    kernel, a compiler or a kernel module cannot corrupt it."""
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
@@ -206,13 +210,22 @@ def main() -> None:
                 continue
             req = TrialRequest.from_json(msg.get("trial"))
         except (ValueError, AttributeError) as exc:
-            proto.write(json.dumps(TrialResult.failed("invalid", f"bad message: {exc}", {}).to_json()) + "\n")
+            proto.write(json.dumps(bad(f"bad message: {exc}")) + "\n")
             continue
-        result = run_trial(req)
-        proto.write(json.dumps(result.to_json()) + "\n")
-        if result.status == "crashed" and any(p in result.message for p in _POISON):
+        answer = handle(req)
+        proto.write(json.dumps(answer) + "\n")
+        if exit_after(answer):
             proto.flush()
             os._exit(3)  # the parent starts a fresh process with a clean context
+
+
+def _poisoned(answer: dict) -> bool:
+    return answer["status"] == "crashed" and any(p in answer["message"] for p in _POISON)
+
+
+def main() -> None:
+    serve(lambda req: run_trial(req).to_json(), lambda why: TrialResult.failed("invalid", why, {}).to_json(),
+          exit_after=_poisoned)
 
 
 if __name__ == "__main__":

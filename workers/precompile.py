@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import queue
-import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -69,22 +68,8 @@ def compile_one(req: TrialRequest) -> dict[str, Any]:
 
 
 def main() -> None:
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # a compiler's or kernel module's prints go to stderr, never into the protocol
-    sys.stdout = sys.stderr
-    from workers.bench_child import pong, preload
-    preload()
-    for line in sys.stdin:
-        try:
-            msg = json.loads(line)
-            if msg.get("op") == "ping":
-                proto.write(json.dumps(pong(msg)) + "\n")
-                continue
-            req = TrialRequest.from_json(msg.get("trial"))
-        except (ValueError, AttributeError) as exc:
-            proto.write(json.dumps({"status": "invalid", "message": f"bad message: {exc}"}) + "\n")
-            continue
-        proto.write(json.dumps(compile_one(req)) + "\n")
+    from workers.bench_child import serve
+    serve(compile_one, lambda why: {"status": "invalid", "message": why})
 
 
 # ---- the parent side ------------------------------------------------------------------
