@@ -50,12 +50,54 @@ def test_invalid_config_never_launches(harness):
     assert r.status == "invalid" and "BLOCK" in r.message
 
 
-def test_crash_restarts_the_child(harness):
+def test_stale_kernel_version_is_refused(harness):
+    req = request("good_add")
+    r = harness.run(TrialRequest.from_json({**req.to_json(), "key": {**req.key, "version": "0" * 12}}))
+    assert r.status == "invalid" and "kernel changed since the study was created" in r.message
+
+
+def test_request_for_another_arch_is_refused(harness):
+    r = harness.run(TrialRequest.from_json({**request("good_add").to_json(), "arch": "sm_90"}))
+    assert r.status == "invalid" and "request for arch sm_90 reached a interpreter device" in r.message
+
+
+def test_kernel_prints_never_reach_the_protocol(harness):
+    r = harness.run(request("chatty_add"))
+    assert r.status == "ok" and r.median_ms > 0 and "forged" not in r.message, r
+
+
+@pytest.mark.parametrize("kernel,how", [("broken_crash", "killed by signal SIGSEGV"),
+                                        ("broken_exit", "exit status 7")])
+def test_a_dead_child_costs_one_trial_and_is_restarted(harness, kernel, how):
     before = harness.restarts
-    r = harness.run(request("broken_crash"))
-    assert r.status == "crashed" and "SIGSEGV" in r.message
+    r = harness.run(request(kernel))
+    assert r.status == "crashed" and how in r.message, r
+    if kernel == "broken_crash":
+        assert "about to crash" in r.message  # the last lines of the child's stderr
     assert harness.run(request("good_add")).status == "ok"
     assert harness.restarts == before + 1
+
+
+def test_error_messages_keep_the_line_that_says_what_went_wrong():
+    import ast
+
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources
+
+    from workers.bench_child import _classify, _message
+
+    cuda = RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be "
+                        "asynchronously reported\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\n"
+                        "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.")
+    assert (_classify(cuda), _message(cuda)) == (
+        "crashed", "RuntimeError: CUDA error: an illegal memory access was encountered")
+    node = ast.parse("y = undefined_name").body[0]
+    compile_error = CompilationError("y = undefined_name", node, "NameError('undefined_name is not defined')")
+    assert (_classify(compile_error), _message(compile_error)) == (
+        "compile_error", "CompilationError: NameError('undefined_name is not defined')")
+    assert _classify(OutOfResources(300000, 232448, "shared memory")) == "out_of_resources"
+    assert _classify(RuntimeError("CUDA error: too many resources requested for launch")) == "out_of_resources"
+    assert _classify(RuntimeError("Triton Error [CUDA]: out of memory")) == "out_of_resources"
 
 
 def test_hang_times_out_and_restarts(harness):
@@ -166,3 +208,56 @@ def test_messages_without_the_new_fields_still_parse():
             TrialRequest.from_json({**old_req, **bad})
     with pytest.raises(ValueError):
         TrialResult.from_json({**old_res, "remeasured": -1})
+
+
+# ---- the GPU paths: run where a GPU is visible, skipped elsewhere -----------------------------
+def _gpu() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+gpu = pytest.mark.skipif(not _gpu(), reason="needs a CUDA/ROCm GPU")
+
+
+def gpu_request(kernel, n=1 << 20, **kw):
+    from workers.device import probe
+
+    key = registry.get(kernel, modules=MODULES).make_key({"N": n}, "float32")
+    kw = {"warmup": 3, "reps": 20, "config": {"BLOCK": 128}, "timeout_s": 120.0, **kw}
+    return TrialRequest(kernel=kernel, key=key.to_json(), device="cuda:0", arch=probe("cuda:0")[0].arch, **kw)
+
+
+@pytest.fixture(scope="module")
+def gpu_harness():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TUNER_KERNEL_MODULES", MODULES)
+    with Harness(precompile=False) as h:
+        yield h
+    mp.undo()
+
+
+@gpu
+def test_gpu_trial_is_timed_with_events_graphs_and_rotation(gpu_harness):
+    for extra in ({}, {"cuda_graph": True}, {"rotate_buffers": 3}, {"cuda_graph": True, "rotate_buffers": 2}):
+        r = gpu_harness.run(gpu_request("good_add", **extra))
+        assert r.status == "ok" and r.reps >= 20 and 0 < r.p20_ms <= r.median_ms <= r.p80_ms, (extra, r)
+        assert "ignored" not in r.message and r.max_abs_err == 0.0
+        print(extra, f"median {r.median_ms * 1e3:.1f} us, cv {r.cv:.3f}, compile {r.compile_s:.3f} s")
+
+
+@gpu
+def test_gpu_compiler_failures_are_classified(gpu_harness):
+    r = gpu_harness.run(gpu_request("broken_compile"))
+    assert r.status == "compile_error" and "undefined_name" in r.message, r
+    r = gpu_harness.run(gpu_request("greedy_dot", n=1024))
+    assert r.status == "out_of_resources" and "shared memory" in r.message, r
+
+
+@gpu
+def test_gpu_illegal_access_crashes_one_trial_and_the_context_is_replaced(gpu_harness):
+    gpu_harness.run(gpu_request("good_add"))
+    before = gpu_harness.restarts
+    r = gpu_harness.run(gpu_request("broken_illegal"))
+    assert r.status == "crashed" and "illegal memory access" in r.message, r
+    assert gpu_harness.run(gpu_request("good_add")).status == "ok"
+    assert gpu_harness.restarts == before + 1  # the poisoned process exited after answering

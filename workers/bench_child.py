@@ -20,6 +20,7 @@ _inputs: "OrderedDict[tuple, tuple[Any, Any]]" = OrderedDict()
 _targets: dict[str, Any] = {}
 # errors after which this process's CUDA context cannot be trusted: answer, then exit
 _POISON = ("illegal memory access", "unspecified launch failure", "device-side assert", "misaligned address")
+_RESOURCE_TEXT = ("out of memory", "out of resource", "too many resources requested")
 
 
 def _target(device: str):
@@ -37,7 +38,9 @@ def _classify(exc: BaseException) -> str:
         CompilationError = OutOfResources = ()  # type: ignore[assignment]
     if isinstance(exc, OutOfResources):
         return "out_of_resources"
-    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+    text = str(exc).lower()
+    # torch's CUDA OOM, and the driver's launch refusal (too many registers or threads a block)
+    if type(exc).__name__ == "OutOfMemoryError" or any(s in text for s in _RESOURCE_TEXT):
         return "out_of_resources"
     if isinstance(exc, CompilationError):
         return "compile_error"
@@ -51,8 +54,13 @@ def _classify(exc: BaseException) -> str:
 
 
 def _message(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[-1] if text else ''}"[:1000]
+    """"Type: the line that says what went wrong". Triton's compile errors print the source
+    excerpt first and the reason last; every other error (torch's CUDA errors among them, which
+    follow the reason with four lines of debugging advice) leads with the reason."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    compile_error = _classify(exc) == "compile_error"
+    reason = (lines[-1] if compile_error else lines[0]) if lines else ""
+    return f"{type(exc).__name__}: {reason}"[:1000]
 
 
 def _inputs_for(spec, key, device: str, seed: int, keep: int = 4, reference: bool = True):
@@ -97,7 +105,15 @@ def run_trial(req: TrialRequest) -> TrialResult:
     if key.version != spec.version:
         return TrialResult.failed("invalid", f"kernel changed since the study was created "
                                              f"(study {key.version}, code {spec.version})", config)
-    reason = spec.check(config, key, _target(req.device))
+    try:
+        target = _target(req.device)
+    except Exception as exc:
+        return TrialResult.failed("crashed", f"cannot open {req.device}: {_message(exc)}", config)
+    if target.arch != req.arch:
+        # a message routed to the wrong device class: its checks were for other limits
+        return TrialResult.failed("invalid", f"request for arch {req.arch} reached a {target.arch} device "
+                                             f"({req.device})", config)
+    reason = spec.check(config, key, target)
     if reason is not None:
         return TrialResult.failed("invalid", reason, config)
     rotate = max(1, req.rotate_buffers)

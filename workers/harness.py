@@ -43,7 +43,8 @@ class _Child:
         self._buf = b""
         self._sel = selectors.DefaultSelector()
         self._sel.register(self.proc.stdout, selectors.EVENT_READ)
-        threading.Thread(target=self._drain, daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
 
     def _drain(self) -> None:
         for raw in iter(self.proc.stderr.readline, b""):
@@ -92,9 +93,19 @@ class _Child:
         except subprocess.TimeoutExpired:
             self.kill()
             rc = self.proc.returncode
-        how = f"killed by signal {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
+        # the last lines (a fatal error's own report) may still be in the pipe: read them first;
+        # bounded, since a grandchild in the session could hold stderr open
+        self._drainer.join(timeout=2.0)
+        how = f"killed by signal {_signal_name(-rc)}" if rc < 0 else f"exit status {rc}"
         tail = " | ".join(list(self.stderr)[-3:])
         return f"{self.role} died ({how}){': ' + tail if tail else ''}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal has no name
+        return str(number)
 
 
 def start_children(device: str, module: str, n: int) -> list[_Child]:

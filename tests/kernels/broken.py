@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
-
-from search_spaces.base import stable_hash
 
 import torch
 import triton
 import triton.language as tl
 
-from search_spaces.base import Config, KernelSpec, Target, TuningKey
+from search_spaces.base import Config, KernelSpec, Target, TuningKey, stable_hash
 
 
 @triton.jit
@@ -30,6 +29,24 @@ def _add_kernel(x_ptr, y_ptr, out_ptr, N, BLOCK: tl.constexpr):
 def _bad_kernel(x_ptr, out_ptr, N, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     tl.store(out_ptr + offs, tl.load(x_ptr + offs) + undefined_name)  # noqa: F821 - meant to fail
+
+
+@triton.jit
+def _wild_kernel(x_ptr, out_ptr, N, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    far = offs.to(tl.int64) + (1 << 40)  # 4 TiB past the input: an illegal address on a GPU
+    tl.store(out_ptr + offs, tl.load(x_ptr + far), mask=offs < N)
+
+
+@triton.jit
+def _greedy_kernel(a_ptr, b_ptr, c_ptr, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    rm, rn, rk = tl.arange(0, BM), tl.arange(0, BN), tl.arange(0, BK)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in range(0, K, BK):
+        a = tl.load(a_ptr + rm[:, None] * K + (k + rk)[None, :])
+        b = tl.load(b_ptr + (k + rk)[:, None] * BN + rn[None, :])
+        acc += tl.dot(a, b)
+    tl.store(c_ptr + rm[:, None] * BN + rn[None, :], acc)
 
 
 class GoodAdd(KernelSpec):
@@ -48,7 +65,8 @@ class GoodAdd(KernelSpec):
 
     def make_inputs(self, key: TuningKey, device: str, seed: int):
         g = torch.Generator().manual_seed(seed)
-        return torch.randn(key.dim_map["N"], generator=g), torch.randn(key.dim_map["N"], generator=g)
+        n = key.dim_map["N"]
+        return torch.randn(n, generator=g).to(device), torch.randn(n, generator=g).to(device)
 
     def launch(self, config: Config, inputs):
         x, y = inputs
@@ -79,7 +97,59 @@ class BrokenCrash(GoodAdd):
     name = "broken_crash"
 
     def launch(self, config, inputs):
+        print("about to crash", file=sys.stderr, flush=True)  # the harness reports stderr's last lines
         os.kill(os.getpid(), signal.SIGSEGV)
+
+
+class BrokenExit(GoodAdd):
+    name = "broken_exit"
+
+    def launch(self, config, inputs):
+        os._exit(7)
+
+
+class ChattyAdd(GoodAdd):
+    """Correct, and writes to stdout every way a kernel module can: none of it may reach the protocol."""
+    name = "chatty_add"
+
+    def launch(self, config, inputs):
+        print("chatty: print to sys.stdout")
+        sys.stdout.flush()
+        os.write(1, b'{"status": "ok", "message": "forged by the kernel"}\n')
+        return super().launch(config, inputs)
+
+
+class BrokenIllegal(GoodAdd):
+    """Reads far outside its input: an illegal memory access on a GPU (GPU tests only: the
+    interpreter would read the parent's own memory)."""
+    name = "broken_illegal"
+
+    def launch(self, config, inputs):
+        x, _ = inputs
+        out = torch.empty_like(x)
+        _wild_kernel[(triton.cdiv(x.numel(), config["BLOCK"]),)](x, out, x.numel(), BLOCK=config["BLOCK"])
+        return out
+
+
+class GreedyDot(GoodAdd):
+    """A 256x256x128 fp16 tile pipelined over 6 stages: far more shared memory than any GPU has,
+    so the real compiler's launch raises OutOfResources (GPU tests only)."""
+    name = "greedy_dot"
+
+    def make_inputs(self, key, device, seed):
+        g = torch.Generator().manual_seed(seed)
+        k = key.dim_map["N"]
+        return (torch.randn(256, k, generator=g).half().to(device),
+                torch.randn(k, 256, generator=g).half().to(device))
+
+    def launch(self, config, inputs):
+        a, b = inputs
+        c = torch.empty(256, 256, dtype=torch.float32, device=a.device)
+        _greedy_kernel[(1,)](a, b, c, a.shape[1], BM=256, BN=256, BK=128, num_warps=8, num_stages=6)
+        return c
+
+    def reference(self, inputs):
+        return inputs[0].float() @ inputs[1].float()
 
 
 class BrokenWrong(GoodAdd):
