@@ -7,15 +7,17 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-from sqlalchemy import create_engine, event, inspect
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "tuner_alembic_version"  # Optuna's own Alembic uses alembic_version
+# pg_advisory_xact_lock key that serializes concurrent `upgrade` calls (any constant of our own)
+_MIGRATION_LOCK = 0x74756E6572  # "tuner"
 
 _engines: dict[str, Engine] = {}
 _makers: dict[str, sessionmaker] = {}
@@ -25,27 +27,34 @@ class DatabaseError(RuntimeError):
     """A database that cannot be used as configured; the message says what to do."""
 
 
-def redact(url: str) -> str:
+def redact(url: str | URL) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        return url.split("@")[-1] if "@" in url else url
+        return str(url).split("@")[-1] if "@" in str(url) else str(url)
 
 
-def _sqlite_path(url) -> Path | None:
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return Path(url.database)
-
-
-def make_engine(url: str) -> Engine:
-    if url in _engines:
-        return _engines[url]
+def _parse(url: str) -> URL:
     try:
-        u = make_url(url)
+        return make_url(url)
     except ArgumentError:
         raise DatabaseError(f"malformed database URL {redact(url)!r}; write e.g. "
                             "postgresql+psycopg://user@host:5432/db or sqlite:////path/tuner.db") from None
+
+
+def sqlite_path(url: str | URL) -> Path | None:
+    """The file of a SQLite URL; None for other backends and in-memory databases."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def make_engine(url: str) -> Engine:
+    """The process's engine for url (one per URL, so pools are shared)."""
+    if url in _engines:
+        return _engines[url]
+    u = _parse(url)
     try:
         if u.get_backend_name() == "sqlite":
             engine = create_engine(url, connect_args={"timeout": 30})
@@ -61,72 +70,156 @@ def make_engine(url: str) -> Engine:
             args = {"connect_timeout": 3} if u.get_backend_name() == "postgresql" else {}
             engine = create_engine(url, pool_pre_ping=True, connect_args=args)
     except (NoSuchModuleError, ImportError) as exc:
-        raise DatabaseError(f"unsupported database URL {redact(url)}: {exc}") from None
+        raise DatabaseError(f"unsupported database URL {redact(url)}: {exc}; "
+                            "use sqlite:///... or postgresql+psycopg://...") from None
     _engines[url] = engine
     return engine
 
 
 def dispose_all() -> None:
+    """Close every pooled connection (before a test drops its database, or after a fork)."""
     for engine in _engines.values():
         engine.dispose()
     _engines.clear()
     _makers.clear()
 
 
-def check_reachable(url: str) -> None:
-    """Connect once; DatabaseError with the reason when the database cannot be used."""
+def _hint(reason: str, sqlite: bool) -> str:
+    low = reason.lower()
+    if sqlite:
+        return "check that the file and its directory are writable, or set TUNER_DB_URL"
+    if "password" in low or "role" in low or "authentication" in low:
+        return "check the user and password in TUNER_DB_URL"
+    if "database" in low and "does not exist" in low:
+        return "create the database (createdb NAME) or set TUNER_DB_URL"
+    return "start the database server or set TUNER_DB_URL"
+
+
+@contextmanager
+def _translated(url: str) -> Iterator[None]:
+    """Driver errors about the connection become one-line DatabaseErrors."""
     try:
-        u = make_url(url)
-    except ArgumentError:
-        raise DatabaseError(f"malformed database URL {redact(url)!r}") from None
-    path = _sqlite_path(u)
-    if path is not None and not path.parent.exists():
-        raise DatabaseError(f"cannot open database {redact(url)}: directory {path.parent} does not exist; "
-                            "create it or set TUNER_DB_URL")
-    try:
-        with make_engine(url).connect():
-            pass
+        yield
     except OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
-        raise DatabaseError(f"cannot reach database {redact(url)}: {reason}; start it or set TUNER_DB_URL") from None
+        lines = str(exc.orig).strip().splitlines() if exc.orig is not None else []
+        reason = lines[0] if lines else "connection failed"
+        password = make_url(url).password
+        if password:  # drivers do not echo it today; make sure no future one does either
+            reason = reason.replace(str(password), "***")
+        sqlite = sqlite_path(url) is not None
+        raise DatabaseError(f"cannot use database {redact(url)}: {reason}; {_hint(reason, sqlite)}") from None
+
+
+def check_reachable(url: str, *, create_dir: bool = False) -> None:
+    """Connect once; DatabaseError with the reason when the database cannot be used.
+
+    create_dir: make the directory of a SQLite file first. Only for the embedded default:
+    an explicit URL that names a missing directory is a typo, not a request to create it."""
+    u = _parse(url)
+    path = sqlite_path(u)
+    if path is not None and not path.parent.exists():
+        if create_dir:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            raise DatabaseError(f"cannot open database {redact(url)}: directory {path.parent} does not exist; "
+                                "create it or set TUNER_DB_URL")
+    try:
+        with _translated(url), make_engine(url).connect():
+            pass
+    except DatabaseError:
+        raise
     except SQLAlchemyError as exc:
-        raise DatabaseError(f"cannot use database {redact(url)}: {type(exc).__name__}") from None
+        raise DatabaseError(f"cannot use database {redact(url)}: {type(exc).__name__}; "
+                            "check TUNER_DB_URL") from None
 
 
-def _alembic_config(connection):
-    from alembic.config import Config
+def _scripts():
+    from alembic.script import ScriptDirectory
 
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.attributes["connection"] = connection
-    return cfg
-
-
-def upgrade(url: str, revision: str = "head") -> None:
-    from alembic import command
-
-    with make_engine(url).begin() as conn:
-        command.upgrade(_alembic_config(conn), revision)
-
-
-def downgrade(url: str, revision: str) -> None:
-    from alembic import command
-
-    with make_engine(url).begin() as conn:
-        command.downgrade(_alembic_config(conn), revision)
+    return ScriptDirectory(str(MIGRATIONS))
 
 
 def head_revision() -> str:
-    from alembic.script import ScriptDirectory
+    return _scripts().get_current_head()
 
-    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+def _read_revision(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
 
 def current_revision(url: str) -> str | None:
-    from alembic.runtime.migration import MigrationContext
+    with _translated(url), make_engine(url).connect() as conn:
+        return _read_revision(conn)
 
-    with make_engine(url).connect() as conn:
-        return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+def _require_known(url: str, current: str | None) -> None:
+    from alembic.util import CommandError
+
+    if current is None:
+        return
+    try:
+        _scripts().get_revision(current)
+    except CommandError:
+        raise DatabaseError(f"database {redact(url)} is at schema revision {current}, which this tuner does "
+                            f"not know (its newest is {head_revision()}): upgrade tuner to the release "
+                            "that wrote it") from None
+
+
+def _migrate(url: str, step: Callable[[Connection], None]) -> None:
+    """Run an Alembic command in one transaction that concurrent callers wait for in turn:
+    the second finds the schema already at its target and does nothing."""
+    engine = make_engine(url)
+    sqlite = engine.dialect.name == "sqlite"
+    with _translated(url), engine.connect() as conn:
+        if sqlite:
+            # must precede BEGIN (a no-op inside a transaction): a batch migration copies a table
+            # and drops the original, and with foreign keys on that drop cascades to child rows
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first: a second caller waits here
+        elif engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+        try:
+            _require_known(url, _read_revision(conn))
+            step(conn)
+            if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                raise DatabaseError(f"migrating {redact(url)} would break foreign keys; nothing was changed")
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
+
+
+def _alembic(url: str, name: str, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from alembic.util import CommandError
+
+    def step(conn: Connection) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        getattr(command, name)(cfg, revision)
+
+    try:
+        _migrate(url, step)
+    except CommandError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseError(f"cannot {name} {redact(url)} to {revision!r}: {reason}; "
+                            f"give a revision between base and {head_revision()}") from None
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    _alembic(url, "upgrade", revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    _alembic(url, "downgrade", revision)
 
 
 def ensure_schema(url: str, auto_upgrade: bool) -> None:
@@ -134,16 +227,12 @@ def ensure_schema(url: str, auto_upgrade: bool) -> None:
     current, head = current_revision(url), head_revision()
     if current == head:
         return
+    _require_known(url, current)
     if auto_upgrade:
         upgrade(url)
         return
     where = "empty" if current is None else f"at revision {current}"
     raise DatabaseError(f"database {redact(url)} is {where}, this tuner needs {head}: run `tuner db upgrade`")
-
-
-def has_table(url: str, name: str) -> bool:
-    with make_engine(url).connect() as conn:
-        return inspect(conn).has_table(name)
 
 
 @contextmanager

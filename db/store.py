@@ -1,13 +1,14 @@
 """Plain functions over a Session for the rows every part writes: identity, trials, bests."""
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import BestConfig, DeviceClass, StackFingerprint, TuningTrial, utcnow
+from db.models import BestConfig, DeviceClass, Lock, StackFingerprint, TuningTrial, utcnow
 
 
 def _get_or_create(s: Session, model, unique: dict[str, Any], values: dict[str, Any]):
@@ -51,15 +52,27 @@ def write_best(s: Session, *, kernel: str, kernel_version: str, key_hash: str, k
     same = (BestConfig.kernel == kernel, BestConfig.kernel_version == kernel_version,
             BestConfig.key_hash == key_hash, BestConfig.device_class_id == device_class_id,
             BestConfig.fingerprint_id == fingerprint_id, BestConfig.superseded_at.is_(None))
-    # lock the current row (PostgreSQL) so two finalizers serialize here
-    s.scalars(select(BestConfig.id).where(*same).with_for_update()).all()
-    s.execute(update(BestConfig).where(*same).values(superseded_at=utcnow()))
     row = BestConfig(kernel=kernel, kernel_version=kernel_version, key_hash=key_hash, key=key, dtype=dtype,
                      device_class_id=device_class_id, fingerprint_id=fingerprint_id, config=config,
                      config_hash=config_hash, median_ms=median_ms, default_ms=default_ms, speedup=speedup,
                      cv=cv, trials=trials, job_id=job_id)
-    s.add(row)
-    s.flush()
+
+    def supersede() -> None:
+        # lock the current row (PostgreSQL) so two finalizers of one key serialize here
+        s.scalars(select(BestConfig.id).where(*same).with_for_update()).all()
+        s.execute(update(BestConfig).where(*same).values(superseded_at=utcnow()))
+
+    supersede()
+    try:
+        with s.begin_nested():
+            s.add(row)
+            s.flush()
+    except IntegrityError:
+        # a key's first best has no row to lock: a concurrent writer inserted one after our
+        # select, and the unique index made us wait for its commit; supersede that one too
+        supersede()
+        s.add(row)
+        s.flush()
     return row
 
 
@@ -85,10 +98,6 @@ def acquire_lock(s: Session, name: str, holder: str, ttl_s: float) -> bool:
 
     Works the same on SQLite and PostgreSQL: an INSERT that only one writer can win, or an
     UPDATE of an expired lease that only one writer can match."""
-    from datetime import timedelta
-
-    from db.models import Lock
-
     now = utcnow()
     expires = now + timedelta(seconds=ttl_s)
     try:
@@ -104,8 +113,4 @@ def acquire_lock(s: Session, name: str, holder: str, ttl_s: float) -> bool:
 
 
 def release_lock(s: Session, name: str, holder: str) -> None:
-    from sqlalchemy import delete
-
-    from db.models import Lock
-
     s.execute(delete(Lock).where(Lock.name == name, Lock.holder == holder))

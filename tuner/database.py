@@ -1,20 +1,9 @@
 """Opening the configured database for the CLI: reachable, at the right schema, or a one-line error."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from sqlalchemy.engine import make_url
-
-from db.session import DatabaseError, check_reachable, ensure_schema, redact
+from db.session import DatabaseError, check_reachable, ensure_schema, redact, sqlite_path
 from tuner.errors import UserError
 from tuner.settings import Settings
-
-
-def sqlite_path(url: str) -> Path | None:
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
-        return None
-    return Path(u.database)
 
 
 def open_for_write(settings: Settings) -> str:
@@ -23,14 +12,12 @@ def open_for_write(settings: Settings) -> str:
     url = settings.db_url
     path = sqlite_path(url)
     embedded = path is not None and "TUNER_DB_URL" not in settings.extra.get("explicit", ())
-    if embedded:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    return _checked(url, auto_upgrade=path is not None)
+    return _checked(url, auto_upgrade=path is not None, create_dir=embedded)
 
 
-def _checked(url: str, auto_upgrade: bool) -> str:
+def _checked(url: str, auto_upgrade: bool, create_dir: bool = False) -> str:
     try:
-        check_reachable(url)
+        check_reachable(url, create_dir=create_dir)
         ensure_schema(url, auto_upgrade=auto_upgrade)
     except DatabaseError as exc:
         raise UserError(str(exc)) from None
