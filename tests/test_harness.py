@@ -1,4 +1,6 @@
 """Every way a kernel can fail costs one trial with its status, and the harness goes on."""
+from pathlib import Path
+
 import pytest
 
 from search_spaces import registry
@@ -7,6 +9,7 @@ from workers.messages import STATUSES, TrialRequest, TrialResult
 from workers.timing import summarize
 
 MODULES = "tests.kernels.broken"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def request(kernel, config=None, timeout_s=60.0, **kw):
@@ -78,6 +81,37 @@ def test_a_dead_child_costs_one_trial_and_is_restarted(harness, kernel, how):
     assert harness.restarts == before + 1
 
 
+def test_a_poisoned_context_is_replaced_before_the_next_trial(harness):
+    before = harness.restarts
+    for _ in range(3):  # the next trial never meets the exiting process
+        r = harness.run(request("broken_poison"))
+        assert r.status == "crashed" and r.message == ("RuntimeError: CUDA error: an illegal memory access "
+                                                       "was encountered"), r
+        assert harness.run(request("good_add")).status == "ok"
+    assert harness.restarts == before + 3
+
+
+def test_child_environment(monkeypatch):
+    import workers.harness as harness_module
+
+    envs = {}
+
+    def popen(args, env, **kw):
+        envs[args[-1], env.get("TRITON_INTERPRET")] = env
+        raise OSError("not started in this test")
+
+    monkeypatch.setattr(harness_module.subprocess, "Popen", popen)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("TUNER_KERNEL_MODULES", MODULES)
+    for device in ("cpu", "cuda:0"):
+        with pytest.raises(OSError):
+            harness_module._Child(device)
+    assert set(envs) == {("workers.bench_child", "1"), ("workers.bench_child", None)}
+    for env in envs.values():  # a GPU child compiles for real; both find the test kernels
+        assert env["TUNER_KERNEL_MODULES"] == MODULES
+        assert str(ROOT) in env["PYTHONPATH"].split(harness_module.os.pathsep)
+
+
 def test_error_messages_keep_the_line_that_says_what_went_wrong():
     import ast
 
@@ -120,8 +154,10 @@ def test_messages_round_trip_and_reject_malformed():
                 {**req.to_json(), "extra": 1}, "text"):
         with pytest.raises(ValueError):
             TrialRequest.from_json(bad)
-    with pytest.raises(ValueError):
-        TrialResult.from_json({"status": "great"})
+    for bad in ({"status": "great"}, {"status": "ok", "reps": "3"}, {"status": "ok", "early_stopped": 1},
+                {"status": "ok", "config": [64]}, {"status": "ok", "median_ms": "1.0"}, ["ok"]):
+        with pytest.raises(ValueError):
+            TrialResult.from_json(bad)
     assert set(STATUSES) == {"ok", "invalid", "compile_error", "out_of_resources", "wrong_result", "timeout", "crashed"}
 
 

@@ -235,13 +235,14 @@ def serve(handle: Callable[[TrialRequest], dict], bad: Callable[[str], dict],
             os._exit(3)  # the parent starts a fresh process with a clean context
 
 
-def _poisoned(answer: dict) -> bool:
-    return answer["status"] == "crashed" and any(p in answer["message"] for p in _POISON)
+def poisoned(status: str, message: str) -> bool:
+    """Whether the process that gave this answer exits after it (its CUDA context is unusable)."""
+    return status == "crashed" and any(p in message for p in _POISON)
 
 
 def main() -> None:
     serve(lambda req: run_trial(req).to_json(), lambda why: TrialResult.failed("invalid", why, {}).to_json(),
-          exit_after=_poisoned)
+          exit_after=lambda answer: poisoned(answer["status"], answer["message"]))
 
 
 if __name__ == "__main__":

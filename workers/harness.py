@@ -21,6 +21,7 @@ import threading
 import time
 
 from search_spaces.base import canonical_json, config_hash
+from workers.bench_child import poisoned
 from workers.messages import TrialRequest, TrialResult
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ class _Child:
         env = dict(os.environ)
         if device == "cpu":
             env["TRITON_INTERPRET"] = "1"  # must precede the child's first triton import
+        else:
+            env.pop("TRITON_INTERPRET", None)  # inherited from a CPU setup, it would run GPU kernels interpreted
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
         self.role = "compile process" if module == "workers.precompile" else "benchmark process"
         self.proc = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE,
@@ -211,11 +214,17 @@ class Harness:
             self._children.pop(req.device, None)
             return TrialResult.failed("crashed", child.death(), req.config)
         try:
-            return TrialResult.from_json(json.loads(line))
+            result = TrialResult.from_json(json.loads(line))
         except ValueError as exc:
             child.kill()
             self._children.pop(req.device, None)
             return TrialResult.failed("crashed", f"unreadable answer from benchmark process: {exc}", req.config)
+        if poisoned(result.status, result.message):
+            # the child exits after this answer; tearing down a CUDA context takes a while, and a
+            # trial sent meanwhile would meet a closing pipe and be reported as a crash of its own
+            child.close()
+            self._children.pop(req.device, None)
+        return result
 
     def run_many(self, requests: list[TrialRequest], early_stop_factor: float | None = None,
                  precompile: bool = True) -> list[TrialResult]:

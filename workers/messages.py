@@ -88,6 +88,9 @@ class TrialResult:
         _need(isinstance(d.get("message", ""), str), "message must be a string")
         for name in ("median_ms", "p20_ms", "p80_ms", "cv", "compile_s", "max_abs_err"):
             _need(d.get(name) is None or _num(d[name]), f"{name} must be a number or null")
+        _need(type(d.get("reps", 0)) is int and d.get("reps", 0) >= 0, "reps must be an int >= 0")
+        _need(isinstance(d.get("early_stopped", False), bool), "early_stopped must be true or false")
+        _need(isinstance(d.get("config", {}), dict), "config must be an object")
         _need(type(d.get("remeasured", 0)) is int and d.get("remeasured", 0) >= 0, "remeasured must be an int >= 0")
         unknown = set(d) - set(cls.__dataclass_fields__)
         _need(not unknown, f"unknown fields {sorted(unknown)}")

@@ -108,6 +108,18 @@ class BrokenExit(GoodAdd):
         os._exit(7)
 
 
+class BrokenPoison(GoodAdd):
+    """Fails as torch reports an illegal memory access (reason first, then advice): the process
+    that saw it must not run another trial, on the CPU as on a GPU."""
+    name = "broken_poison"
+
+    def launch(self, config, inputs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\n"
+                           "CUDA kernel errors might be asynchronously reported at some other API call\n"
+                           "For debugging consider passing CUDA_LAUNCH_BLOCKING=1\n"
+                           "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.")
+
+
 class ChattyAdd(GoodAdd):
     """Correct, and writes to stdout every way a kernel module can: none of it may reach the protocol."""
     name = "chatty_add"
