@@ -91,3 +91,45 @@ def test_matmul_compile_builds_the_specialization_its_launch_uses(monkeypatch):
     assert ident == spec.compile(config, key, target_for("sm_90"))
     assert ident != spec.compile({**config, "GROUP_M": 4}, key, target_for("sm_90"))
     assert spec.compile(config, key, target_for("interpreter")) is None
+
+
+def test_the_search_hands_the_pool_groups_as_wide_as_it(harness, tmp_path):
+    """run_batch asks for as many trials as the pool compiles at once and stores each result."""
+    from sqlalchemy import select
+
+    from db import models, store
+    from db.session import session_scope, upgrade
+    from search_spaces.base import target_for
+    from workers.search import SearchContext, run_batch
+
+    url = f"sqlite:///{tmp_path}/t.db"
+    upgrade(url)
+    key = registry.get("twin_add", modules=MODULES).make_key({"N": 1000}, "float32")
+    with session_scope(url) as s:
+        dc = store.get_or_create_device_class(s, slug="cpu-interpreter", vendor="cpu", arch="interpreter",
+                                              name="cpu", compute_units=1, memory_gb=1)
+        fp = store.get_or_create_fingerprint(s, hash="f" * 16, driver="none", runtime="none", triton="3.6.0",
+                                             torch="2.13.0", fields={})
+        s.add(models.Job(id="j", kind="tune", origin="local", kernel="twin_add", kernel_version=key.version,
+                         state="running", sampler="grid", budget_trials=4, request={}, created_at=models.utcnow()))
+        s.flush()
+        job_key = models.JobKey(job_id="j", key_hash=key.stable_hash, key=key.to_json(), study_name="s",
+                                state="running")
+        s.add(job_key)
+        s.flush()
+        ids = dc.id, fp.id, job_key.id
+    ctx = SearchContext(db_url=url, job_id="j", job_key_id=ids[2], key=key, device="cpu",
+                        target=target_for("interpreter"), device_class_id=ids[0], fingerprint_id=ids[1],
+                        study_name="s", sampler="grid", seed=0, budget_trials=4)
+    widths, run_many = [], harness.run_many
+    harness.run_many = lambda reqs, **kw: widths.append(len(reqs)) or run_many(reqs, **kw)
+    try:
+        assert harness.width("cpu") == 2
+        assert run_batch(ctx, harness, max_trials=10) == 4  # the budget, not max_trials, ends it
+    finally:
+        del harness.run_many
+    assert widths == [2, 2]
+    with session_scope(url) as s:
+        rows = s.execute(select(models.TuningTrial.config, models.TuningTrial.status)).all()
+    assert sorted((c["BLOCK"], c["SKEW"]) for c, _ in rows) == [(64, 0), (64, 1), (128, 0), (128, 1)]
+    assert {status for _, status in rows} == {"ok"}

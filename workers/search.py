@@ -160,13 +160,17 @@ def run_batch(ctx: SearchContext, harness: Harness, max_trials: int,
               seeds: Callable[[], list[Config]] | None = None) -> int:
     """Run up to max_trials counted trials of the key's study, within the key's budget.
 
-    Returns how many counted trials this call ran. The budget is re-read from the database
-    before every trial, so cooperating workers overshoot it by at most one trial each.
+    Returns how many counted trials this call ran. Trials are asked for in groups as wide as
+    the harness compiles ahead (one on the interpreter), so that on a GPU the group compiles in
+    parallel while its first members are benchmarked; constant-liar TPE keeps the members of a
+    group apart. The budget is re-read from the database before every group, so cooperating
+    workers overshoot it by at most one group each.
     """
     spec = registry.get(ctx.key.kernel)
     strategy = Strategy(ctx.sampler, ctx.seed)
     study = open_study(ctx, seeds)
     seen = measured(ctx.db_url, ctx.study_name)
+    width = harness.width(ctx.device)
 
     def invalid(number: int, config: Config, reason: str) -> None:
         store_trial(ctx, number, config, TrialResult.failed("invalid", reason, config))
@@ -176,21 +180,28 @@ def run_batch(ctx: SearchContext, harness: Harness, max_trials: int,
         if should_stop and should_stop():
             break
         counted = counted_trials(ctx.db_url, ctx.job_key_id)
-        if counted >= ctx.budget_trials:
+        room = min(width, max_trials - ran, ctx.budget_trials - counted)
+        group: list[tuple[optuna.Trial, Config]] = []
+        while len(group) < room:
+            proposal = propose(study, strategy, spec, ctx.key, ctx.target, seen, counted + len(group), invalid)
+            if proposal is None:
+                break  # the space has nothing left worth measuring
+            group.append(proposal)
+            seen[config_hash(proposal[1])] = ("pending", None)  # not proposed twice in one group
+        if not group:
             break
-        proposal = propose(study, strategy, spec, ctx.key, ctx.target, seen, counted, invalid)
-        if proposal is None:
-            break  # the space has nothing left worth measuring
-        trial, config = proposal
         best = min((m for s, m in seen.values() if s == "ok" and m is not None), default=None)
-        result = harness.run(request_for(ctx, config, best * EARLY_STOP_FACTOR if best else None))
-        store_trial(ctx, trial.number, config, result)
-        seen[config_hash(config)] = (result.status, result.median_ms)
-        if result.status == "ok":
-            study.tell(trial, result.median_ms)
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        ran += 1
-        if on_trial:
-            on_trial(config, result)
+        requests = [request_for(ctx, config, best * EARLY_STOP_FACTOR if best else None) for _, config in group]
+        results = (harness.run_many(requests, early_stop_factor=EARLY_STOP_FACTOR) if len(requests) > 1
+                   else [harness.run(requests[0])])
+        for (trial, config), result in zip(group, results):
+            store_trial(ctx, trial.number, config, result)
+            seen[config_hash(config)] = (result.status, result.median_ms)
+            if result.status == "ok":
+                study.tell(trial, result.median_ms)
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            ran += 1
+            if on_trial:
+                on_trial(config, result)
     return ran
