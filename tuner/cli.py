@@ -277,6 +277,24 @@ def report_retune(run: Optional[str] = typer.Argument(None, help="Retune run id 
         err.print(f"plot written to {plot}")
 
 
+@report_app.command("suite")
+def report_suite(results: str = typer.Argument(..., help="A results file of bench/gpu_suite.py (JSON)."),
+                 plot: Optional[str] = typer.Option(None, "--plot", help="Write a PNG plot here."),
+                 as_json: bool = JsonOpt) -> None:
+    """Per shape: tuned vs the kernel's default vs triton.autotune vs torch.matmul, ms and TFLOP/s."""
+    from tuner import suite
+
+    doc = suite.load(results)
+    doc["summary"] = suite.summary(doc)
+    if plot:
+        suite.plot(doc, plot)
+    if as_json:
+        return _print_json(doc)
+    out.print(suite.markdown(doc), markup=False, highlight=False)
+    if plot:
+        err.print(f"plot written to {plot}")
+
+
 @app.command()
 def history(kernel: str = typer.Argument(...), shape: list[str] = ShapeOpt, dtype: list[str] = DtypeOpt,
             device_class: Optional[str] = typer.Option(None, "--device-class"), as_json: bool = JsonOpt) -> None:
