@@ -1,6 +1,7 @@
 """The LLM shape suite: the tuned matmul vs its default, vs triton.autotune, vs torch.matmul.
 
     .venv/bin/python bench/gpu_suite.py --device cuda:0 [--trials 200] [--dtype bfloat16]
+    .venv/bin/python bench/gpu_suite.py --device cuda:0 --shapes 16x4096x4096,4096x4096x4096 --append
     .venv/bin/python bench/gpu_suite.py --device cpu --smoke   # the interpreter, small shapes
 
 Shapes: M in {16, 128, 1024, 4096} against the (N, K) of Llama-3-8B's projections:
@@ -39,7 +40,9 @@ SMOKE_SHAPES = ((32, 128, 128), (64, 256, 128))
 CONTENDERS = ("tuned", "default", "autotune", "torch")
 
 
-def shapes(smoke: bool) -> list[tuple[int, int, int]]:
+def shapes(smoke: bool, only: str | None) -> list[tuple[int, int, int]]:
+    if only:  # "16x4096x4096,128x4096x4096": a part of the suite (one device call is 10 minutes)
+        return [tuple(int(v) for v in s.split("x")) for s in only.split(",")]
     return list(SMOKE_SHAPES) if smoke else [(m, n, k) for n, k in LLAMA3_8B_NK for m in MS]
 
 
@@ -168,7 +171,10 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=None, help="tuner budget per shape (default 200; smoke 12)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--smoke", action="store_true", help="two small shapes: checks the script on the interpreter")
+    ap.add_argument("--shapes", default=None, help="MxNxK,... instead of the whole suite")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--append", action="store_true",
+                    help="merge into --out's rows (a shape measured again replaces its row)")
     args = ap.parse_args()
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"
@@ -189,9 +195,13 @@ def main() -> None:
               "timing": "triton-interpreter (CPU; not GPU figures)" if dc.target.is_interpreter
               else "CUDA events, L2 flushed, median of 50+ reps per round",
               "dtype": args.dtype, "trials": args.trials, "rounds": args.rounds,
-              "rows": [run_shape(m, n, k, args) for m, n, k in shapes(args.smoke)]}
-    result["summary"] = suite.summary(result)
+              "rows": [run_shape(m, n, k, args) for m, n, k in shapes(args.smoke, args.shapes)]}
     out = Path(args.out) if args.out else RESULTS / f"gpu_suite-{dc.slug}{'-smoke' if args.smoke else ''}.json"
+    if args.append and out.exists():
+        new = {(r["M"], r["N"], r["K"]) for r in result["rows"]}
+        old = [r for r in suite.load(str(out))["rows"] if (r["M"], r["N"], r["K"]) not in new]
+        result["rows"] = sorted(old + result["rows"], key=lambda r: (r["N"], r["K"], r["M"]))
+    result["summary"] = suite.summary(result)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(suite.markdown(result) + "\n")

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU measurements of issues 6 and 7, each step sized for one 10-minute call of the
+# `device` tool. Before the first call, here: ../shared/scripts/device-wheels  (fills .whl/)
+# Then each call: carry [".whl"], command  `bash bench/gpu_run.sh STEP [ARG]`; results land in
+# bench/results/ and bench/data/ there and are copied to $OUT (commit them from files_at).
+#   suite NK        tuned/default/autotune/torch for M in 16,128,1024,4096 at N x K = NK
+#                   (4096x4096, 14336x4096, 4096x14336), appended to bench/results/gpu_suite-<class>.json
+#   sweep SHAPE     an exhaustive sweep of the bf16 matmul space, e.g. M=4096,N=4096,K=4096
+#   throughput      harness vs serial triton.autotune, trials per minute (bench/throughput.py --device cuda)
+#   replay          every strategy on every stored sweep (CPU work; may run here instead)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+unset TRITON_INTERPRET
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader || true
+out=${OUT:-/tmp/out}; mkdir -p "$out"
+case "${1:-}" in
+  suite)
+    nk=${2:?give N x K, e.g. 4096x4096}
+    python3 bench/gpu_suite.py --device cuda:0 --trials "${TRIALS:-150}" --append \
+      --shapes "16x$nk,128x$nk,1024x$nk,4096x$nk"
+    cp bench/results/gpu_suite-*.json bench/results/gpu_suite-*.md "$out"/ ;;
+  sweep)
+    python3 bench/search_efficiency.py --record matmul --shape "${2:?give a shape}" --dtype bfloat16 \
+      --device cuda:0 --rounds "${ROUNDS:-2}"
+    cp "$(ls -t bench/data/sweep-*.json.gz | head -1)" "$out"/ ;;
+  throughput)
+    python3 bench/throughput.py --device cuda
+    cp bench/results/throughput.json bench/results/throughput.md "$out"/ ;;
+  replay)
+    python3 bench/search_efficiency.py --replay --seeds 50
+    cp bench/results/search_efficiency.json bench/results/search_efficiency.md "$out"/ ;;
+  *) echo "usage: bash bench/gpu_run.sh suite NK | sweep SHAPE | throughput | replay" >&2; exit 2 ;;
+esac
