@@ -1,6 +1,6 @@
 """How fast each search strategy finds the optimum, replayed offline on recorded sweeps.
 
-    .venv/bin/python bench/search_efficiency.py --record matmul --shape M=128,N=128,K=128 --dtype float32
+    .venv/bin/python bench/search_efficiency.py --record matmul --shape M=128,N=128,K=128 --dtype float32 [--rounds 5]
     .venv/bin/python bench/search_efficiency.py --replay [--seeds 50]
 
 --record measures every valid configuration of the live device's space through the real
@@ -9,6 +9,8 @@ fingerprint and date). --replay runs every strategy of workers/strategies.py, th
 `propose` the live search uses, against every stored sweep, with --seeds seeds each, and writes
 bench/results/search_efficiency.{json,md}: per strategy the median fraction of the optimum
 reached after 10, 20, 50 and 100 evaluations, and the evaluations needed for 95% and 99%.
+`auto-cold` is the default strategy with the kernel's known-good list withheld: how well the
+search does on its own when the author's hints do not fit the device.
 """
 from __future__ import annotations
 
@@ -30,8 +32,14 @@ RESULTS = ROOT / "bench" / "results"
 BUDGETS = (10, 20, 50, 100)
 
 
-def record(kernel: str, shape: str, dtype: str, device: str) -> Path:
+def record(kernel: str, shape: str, dtype: str, device: str, rounds: int) -> Path:
+    """Measure every valid configuration `rounds` times, each round in a fresh shuffled order,
+    and keep the median of the round medians: drift and background load then fall on every
+    configuration alike instead of crowning whichever point ran in a quiet moment."""
+    import random
+
     from search_spaces import registry
+    from search_spaces.base import config_hash
     from tuner.request import parse_shape
     from workers.device import probe
     from workers.fingerprint import live_fingerprint
@@ -44,19 +52,36 @@ def record(kernel: str, shape: str, dtype: str, device: str) -> Path:
     fp = live_fingerprint(dc)
     configs = spec.valid_configs(key, dc.target)
     names = list(spec.space(dc.target))
-    rows, t0 = [], time.perf_counter()
+    cpu = device == "cpu"
+    times: dict[str, list[float]] = {config_hash(c): [] for c in configs}
+    status: dict[str, str] = {}
+    rng, t0 = random.Random(0), time.perf_counter()
     with Harness() as h:
-        for i, config in enumerate(configs):
-            r = h.run(TrialRequest(kernel=kernel, key=key.to_json(), config=config, device=device,
-                                   arch=dc.target.arch, warmup=0 if device == "cpu" else 3,
-                                   reps=3 if device == "cpu" else 20, timeout_s=300))
-            rows.append([config[n] for n in names] + [r.median_ms, r.status])
-            print(f"{i + 1}/{len(configs)} {config} {r.status} {r.median_ms}", flush=True)
-    doc = {"format": "tuner-sweep", "version": 1, "kernel": kernel, "kernel_version": key.version,
+        for round_ in range(rounds):
+            order = [c for c in configs if status.get(config_hash(c), "ok") == "ok"]
+            rng.shuffle(order)
+            for i, config in enumerate(order):
+                r = h.run(TrialRequest(kernel=kernel, key=key.to_json(), config=config, device=device,
+                                       arch=dc.target.arch, warmup=1 if cpu else 3, reps=3 if cpu else 20,
+                                       timeout_s=300))
+                status[config_hash(config)] = r.status
+                if r.status == "ok":
+                    times[config_hash(config)].append(r.median_ms)
+                print(f"round {round_ + 1}/{rounds} {i + 1}/{len(order)} {config} {r.status} {r.median_ms}",
+                      flush=True)
+    rows = []
+    for c in configs:
+        got = times[config_hash(c)]
+        med = statistics.median(got) if got and status[config_hash(c)] == "ok" else None
+        spread = round(statistics.pstdev(got) / statistics.mean(got), 4) if med and len(got) > 1 else None
+        rows.append([c[n] for n in names] + [med, spread, status[config_hash(c)]])
+    doc = {"format": "tuner-sweep", "version": 2, "kernel": kernel, "kernel_version": key.version,
            "key": key.to_json(), "device_class": dc.slug, "fingerprint": fp.to_json() | {"hash": fp.hash},
            "date": datetime.now(timezone.utc).isoformat(), "sweep_s": round(time.perf_counter() - t0, 1),
            "timing": "triton-interpreter (CPU)" if dc.target.is_interpreter else "cuda events, L2 flushed",
-           "params": names, "columns": names + ["median_ms", "status"], "rows": rows}
+           "rounds": rounds, "params": names,
+           # median_ms: median over rounds of each round's median; cv: across the round medians
+           "columns": names + ["median_ms", "cv", "status"], "rows": rows}
     DATA.mkdir(parents=True, exist_ok=True)
     dims = "x".join(str(v) for _, v in key.dims)
     path = DATA / f"sweep-{kernel}-{dc.slug}-{dims}-{dtype}-{doc['date'][:10]}.json.gz"
@@ -75,15 +100,18 @@ class SweepSpec:
         self.params = doc["params"]
         self.times = {}
         values: dict[str, list] = {p: [] for p in self.params}
+        columns = doc.get("columns", self.params + ["median_ms", "status"])  # version 1 had no cv
+        ms, status = columns.index("median_ms"), columns.index("status")
         for row in doc["rows"]:
             config = dict(zip(self.params, row[:len(self.params)]))
-            self.times[config_hash(config)] = row[-2] if row[-1] == "ok" else None
+            self.times[config_hash(config)] = row[ms] if row[status] == "ok" else None
             for p in self.params:
                 if config[p] not in values[p]:
                     values[p].append(config[p])
         self._space = {p: tuple(sorted(v)) for p, v in values.items()}
         from search_spaces import registry
         self.real = registry.get(self.name)
+        self.use_known_good = True
 
     def space(self, target):
         return self._space
@@ -105,7 +133,7 @@ class SweepSpec:
         return self.real.default(key, target)
 
     def known_good(self, key, target):
-        return self.real.known_good(key, target)
+        return self.real.known_good(key, target) if self.use_known_good else []
 
 
 def replay_one(spec: SweepSpec, key, target, strategy_name: str, seed: int, budget: int) -> list[float]:
@@ -116,7 +144,10 @@ def replay_one(spec: SweepSpec, key, target, strategy_name: str, seed: int, budg
     from workers.strategies import Strategy, propose
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    strategy = Strategy(strategy_name, seed)
+    # auto-cold: the default strategy without the kernel's known-good list, i.e. what the search
+    # itself finds when the kernel author's hints do not fit the device
+    spec.use_known_good = strategy_name != "auto-cold"
+    strategy = Strategy(strategy_name.removesuffix("-cold"), seed)
     study = optuna.create_study(sampler=strategy.sampler(), direction="minimize")
     for c in strategy.seeds(spec, key, target):
         study.enqueue_trial(c, skip_if_exists=True)
@@ -200,12 +231,13 @@ def main() -> None:
     ap.add_argument("--shape")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rounds", type=int, default=5, help="measurements of each configuration, interleaved")
     ap.add_argument("--replay", action="store_true")
     ap.add_argument("--seeds", type=int, default=50)
-    ap.add_argument("--strategies", default="auto,tpe,random,grid")
+    ap.add_argument("--strategies", default="auto,auto-cold,tpe,random,grid")
     args = ap.parse_args()
     if args.record:
-        print(record(args.record, args.shape, args.dtype, args.device))
+        print(record(args.record, args.shape, args.dtype, args.device, args.rounds))
     if args.replay:
         result = replay(args.seeds, args.strategies.split(","))
         RESULTS.mkdir(parents=True, exist_ok=True)

@@ -109,6 +109,12 @@ class TuningKey:
         return ",".join(f"{k}={v}" for k, v in self.dims) + f" {self.dtype}"
 
 
+def log2_distance(config: Config, want: Config) -> float:
+    """How far config is from want, in doublings summed over want's numeric parameters."""
+    return sum(abs(math.log2(max(config.get(p, 1), 1)) - math.log2(max(v, 1)))
+               for p, v in want.items() if isinstance(v, (int, float)))
+
+
 def config_hash(config: Config) -> str:
     return stable_hash(config, 12)
 
@@ -230,13 +236,10 @@ class KernelSpec:
     def nearest_valid(self, want: Config, key: TuningKey, target: Target) -> Config:
         """The valid configuration closest to want (in log2 steps per parameter): how a default
         heuristic repairs itself on a target whose limits it did not foresee."""
-        def distance(c: Config) -> float:
-            return sum(abs(math.log2(max(c.get(p, 1), 1)) - math.log2(max(v, 1)))
-                       for p, v in want.items() if isinstance(v, (int, float)))
         valid = self.valid_configs(key, target)
         if not valid:
             raise SpecError(f"no valid {self.name} configuration for {key.label()} on {target.arch}")
-        return min(valid, key=distance)
+        return min(valid, key=lambda c: log2_distance(c, want))
 
     def known_good(self, key: TuningKey, target: Target) -> list[Config]:
         """Configurations worth trying first (e.g. the Triton tutorial's list); valid ones only are used."""

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from search_spaces.base import (DTYPE_BYTES, Config, KernelSpec, Target, TuningKey, block_limit,
-                                compiled_identity, require_launchable)
+                                compiled_identity, config_hash, require_launchable)
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -92,6 +92,12 @@ def _meta(config: Config, hip: bool, dot_in_fp32: bool) -> dict[str, Any]:
 
 def _grid(config: Config, m: int, n: int) -> tuple[int]:
     return (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
+
+
+def _shrunk(config: Config, space: dict[str, tuple], key: TuningKey) -> Config:
+    """config with each block no larger than the smallest value covering its padded dimension."""
+    dims = key.dim_map
+    return {**config, **{b: min(config[b], block_limit(space[b], dims[_DIM_OF[b]])) for b in _BLOCKS}}
 
 
 class MatmulInputs(NamedTuple):
@@ -191,9 +197,7 @@ class Matmul(KernelSpec):
             want = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4,
                     "num_stages": 4}
         space = self.space(target)
-        dims = key.dim_map
-        for b in _BLOCKS:  # shrink to the padded problem
-            want[b] = min(want[b], block_limit(space[b], dims[_DIM_OF[b]]))
+        want = _shrunk(want, space, key)
         if not target.is_interpreter:
             # small tiles need fewer warps (and let a tiny problem keep the smallest count)
             tile = want["BLOCK_M"] * want["BLOCK_N"]
@@ -217,7 +221,14 @@ class Matmul(KernelSpec):
         else:
             configs = [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": g, "num_warps": w,
                         "num_stages": s} for bm, bn, bk, g, s, w in _CUDA_GOOD]
-        return [c for c in configs if self.check(c, key, target) is None]
+        # a tile larger than the padded problem only wastes lanes: shrink it as default() does,
+        # so a small problem starts from the list's shapes instead of losing them
+        out, seen = [], set()
+        for c in (_shrunk(c, self.space(target), key) for c in configs):
+            if self.check(c, key, target) is None and config_hash(c) not in seen:
+                seen.add(config_hash(c))
+                out.append(c)
+        return out
 
     # ---- running --------------------------------------------------------------------
     def make_inputs(self, key: TuningKey, device: str, seed: int) -> MatmulInputs:

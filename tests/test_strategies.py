@@ -15,9 +15,9 @@ spec_.loader.exec_module(bench)
 
 
 @pytest.fixture(scope="module")
-def sweep(monkeypatch_module=None):
-    import os
-    os.environ["TUNER_KERNEL_MODULES"] = "tests.kernels.trivial"
+def sweep():
+    mp = pytest.MonkeyPatch()  # module-scoped: later test modules must not inherit it
+    mp.setenv("TUNER_KERNEL_MODULES", "tests.kernels.trivial")
     rows = []
     for p in range(1, 13):
         for q in range(1, 13):
@@ -28,7 +28,8 @@ def sweep(monkeypatch_module=None):
     doc = {"kernel": "trivial", "params": ["P", "Q", "num_warps"], "rows": rows,
            "key": {"kernel": "trivial", "version": "x", "dims": {"N": 16}, "dtype": "float32"}}
     spec = bench.SweepSpec(doc)
-    return spec, TuningKey.from_json(doc["key"]), target_for("interpreter")
+    yield spec, TuningKey.from_json(doc["key"]), target_for("interpreter")
+    mp.undo()
 
 
 def test_strategy_names_agree():
@@ -84,3 +85,18 @@ def test_warm_start_takes_the_nearest_stored_shapes(tmp_path):
     want = spec.make_key({"M": 300, "N": 512, "K": 512}, "float32")
     assert [c["M_was"] for c in nearest_bests(url, want, dc_id, k=2)] == [256, 1024]
     assert nearest_bests(url, spec.make_key({"M": 300, "N": 512, "K": 512}, "float16"), dc_id) == []
+
+
+def test_seeds_that_do_not_fit_the_shape_start_from_their_nearest_fit():
+    from search_spaces import registry
+    from workers.strategies import Strategy
+
+    spec, target = registry.get("matmul"), target_for("sm_90")
+    key = spec.make_key({"M": 16, "N": 4096, "K": 4096}, "bfloat16")
+    warm = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+    assert spec.check(warm, key, target) is not None  # a tile eight times taller than the problem
+    seeds = Strategy("auto", 0).seeds(spec, key, target, [warm])
+    assert all(spec.check(c, key, target) is None for c in seeds)
+    assert seeds[1] == {**warm, "BLOCK_M": 16}  # after the default: the warm start, shrunk to fit
+    # the tutorial's list, shrunk the same way, follows instead of being dropped
+    assert len(seeds) >= 6 and all(c["BLOCK_M"] == 16 for c in seeds[1:])

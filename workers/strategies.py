@@ -22,7 +22,7 @@ from typing import Callable
 
 import optuna
 
-from search_spaces.base import Config, KernelSpec, Target, TuningKey, config_hash
+from search_spaces.base import Config, KernelSpec, Target, TuningKey, config_hash, log2_distance
 
 STRATEGIES = ("auto", "tpe", "random", "grid")
 MAX_IDLE_PROPOSALS = 200
@@ -48,7 +48,13 @@ class Strategy:
             return []
         out, hashes = [], set()
         for c in [spec.default(key, target), *warm, *spec.known_good(key, target)]:
-            if config_hash(c) not in hashes and spec.check(c, key, target) is None:
+            if spec.check(c, key, target) is not None:
+                # the best of a neighbouring shape may not fit this one: start from its nearest fit
+                valid = valid_configs(spec, key, target)
+                if not valid:
+                    continue
+                c = min(valid, key=lambda v: log2_distance(v, c))
+            if config_hash(c) not in hashes:
                 hashes.add(config_hash(c))
                 out.append(c)
         return out
