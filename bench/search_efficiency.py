@@ -34,8 +34,10 @@ BUDGETS = (10, 20, 50, 100)
 
 def record(kernel: str, shape: str, dtype: str, device: str, rounds: int) -> Path:
     """Measure every valid configuration `rounds` times, each round in a fresh shuffled order,
-    and keep the median of the round medians: drift and background load then fall on every
-    configuration alike instead of crowning whichever point ran in a quiet moment."""
+    and keep the fastest round's median. A shared machine slows a process in phases of a few
+    seconds (measured here: one launch repeated 20 times took 64 to 128 ms, in runs); that
+    only ever adds time, so the quietest round is the estimate, and shuffling the rounds puts
+    every configuration in quiet and busy phases alike. Every round's median is kept."""
     import random
 
     from search_spaces import registry
@@ -62,7 +64,7 @@ def record(kernel: str, shape: str, dtype: str, device: str, rounds: int) -> Pat
             rng.shuffle(order)
             for i, config in enumerate(order):
                 r = h.run(TrialRequest(kernel=kernel, key=key.to_json(), config=config, device=device,
-                                       arch=dc.target.arch, warmup=1 if cpu else 3, reps=3 if cpu else 20,
+                                       arch=dc.target.arch, warmup=0 if cpu else 3, reps=3 if cpu else 20,
                                        timeout_s=300))
                 status[config_hash(config)] = r.status
                 if r.status == "ok":
@@ -72,16 +74,16 @@ def record(kernel: str, shape: str, dtype: str, device: str, rounds: int) -> Pat
     rows = []
     for c in configs:
         got = times[config_hash(c)]
-        med = statistics.median(got) if got and status[config_hash(c)] == "ok" else None
-        spread = round(statistics.pstdev(got) / statistics.mean(got), 4) if med and len(got) > 1 else None
-        rows.append([c[n] for n in names] + [med, spread, status[config_hash(c)]])
+        ok = got and status[config_hash(c)] == "ok"
+        rows.append([c[n] for n in names] + [min(got) if ok else None, status[config_hash(c)],
+                                             [round(t, 4) for t in got]])
     doc = {"format": "tuner-sweep", "version": 2, "kernel": kernel, "kernel_version": key.version,
            "key": key.to_json(), "device_class": dc.slug, "fingerprint": fp.to_json() | {"hash": fp.hash},
            "date": datetime.now(timezone.utc).isoformat(), "sweep_s": round(time.perf_counter() - t0, 1),
            "timing": "triton-interpreter (CPU)" if dc.target.is_interpreter else "cuda events, L2 flushed",
            "rounds": rounds, "params": names,
-           # median_ms: median over rounds of each round's median; cv: across the round medians
-           "columns": names + ["median_ms", "cv", "status"], "rows": rows}
+           # ms: the fastest round's median; round_ms: every round's median, in round order
+           "columns": names + ["ms", "status", "round_ms"], "rows": rows}
     DATA.mkdir(parents=True, exist_ok=True)
     dims = "x".join(str(v) for _, v in key.dims)
     path = DATA / f"sweep-{kernel}-{dc.slug}-{dims}-{dtype}-{doc['date'][:10]}.json.gz"
@@ -100,8 +102,9 @@ class SweepSpec:
         self.params = doc["params"]
         self.times = {}
         values: dict[str, list] = {p: [] for p in self.params}
-        columns = doc.get("columns", self.params + ["median_ms", "status"])  # version 1 had no cv
-        ms, status = columns.index("median_ms"), columns.index("status")
+        columns = doc.get("columns", self.params + ["median_ms", "status"])
+        ms = columns.index("ms" if "ms" in columns else "median_ms")  # version 1 named it median_ms
+        status = columns.index("status")
         for row in doc["rows"]:
             config = dict(zip(self.params, row[:len(self.params)]))
             self.times[config_hash(config)] = row[ms] if row[status] == "ok" else None
@@ -184,7 +187,7 @@ def replay(seeds: int, strategies: list[str]) -> dict:
         opt = min(t for t in spec.times.values() if t is not None)
         n_valid = len(spec.times)
         entry = {"sweep": path.name, "device_class": doc["device_class"], "key": doc["key"], "timing": doc["timing"],
-                 "valid_configs": n_valid, "optimum_ms": opt, "strategies": {}}
+                 "valid_configs": n_valid, "optimum_ms": opt, "noise": noise(doc), "strategies": {}}
         budget = max(max(BUDGETS), n_valid // 10)
         for name in strategies:
             t0 = time.perf_counter()
@@ -205,6 +208,16 @@ def replay(seeds: int, strategies: list[str]) -> dict:
     return out
 
 
+def noise(doc: dict) -> dict | None:
+    """How far a configuration's rounds differ (slowest over fastest round, median over the
+    configurations): a fraction of the optimum finer than this is the machine, not the search."""
+    if "round_ms" not in doc.get("columns", []):
+        return None
+    i = doc["columns"].index("round_ms")
+    spreads = sorted(max(r[i]) / min(r[i]) - 1 for r in doc["rows"] if len(r[i]) > 1 and min(r[i]) > 0)
+    return {"rounds": doc.get("rounds"), "median_round_spread": round(statistics.median(spreads), 4)} if spreads else None
+
+
 def _median_or_none(values):
     got = sorted(v for v in values if v is not None)
     return statistics.median(got) if len(got) * 2 > len(values) else None  # a median of the runs that got there, if most did
@@ -215,7 +228,9 @@ def write_markdown(result: dict) -> str:
     for s in result["sweeps"]:
         tenth = max(1, s["valid_configs"] // 10)
         lines += [f"## {s['sweep']}", f"{s['valid_configs']} valid configurations, optimum {s['optimum_ms']:.3f} ms "
-                  f"({s['timing']}); 10% of the space = {tenth} evaluations", "",
+                  f"({s['timing']}); 10% of the space = {tenth} evaluations"
+                  + (f"; a configuration's slowest round is {s['noise']['median_round_spread']:.0%} over its fastest "
+                     f"(median of {s['noise']['rounds']} rounds)" if s.get("noise") else ""), "",
                   "| strategy | @10 | @20 | @50 | @100 | @10% space | evals to 95% | evals to 99% |", "|---|---|---|---|---|---|---|---|"]
         for name, r in s["strategies"].items():
             f = r["median_fraction_of_optimum"]

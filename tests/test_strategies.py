@@ -100,3 +100,12 @@ def test_seeds_that_do_not_fit_the_shape_start_from_their_nearest_fit():
     assert seeds[1] == {**warm, "BLOCK_M": 16}  # after the default: the warm start, shrunk to fit
     # the tutorial's list, shrunk the same way, follows instead of being dropped
     assert len(seeds) >= 6 and all(c["BLOCK_M"] == 16 for c in seeds[1:])
+
+
+def test_a_sweep_of_format_2_keeps_every_round_and_reports_the_noise(sweep):
+    doc = {"kernel": "trivial", "params": ["P", "Q", "num_warps"], "rounds": 2,
+           "columns": ["P", "Q", "num_warps", "ms", "status", "round_ms"],
+           "rows": [[1, 1, 1, 2.0, "ok", [2.0, 3.0]], [1, 2, 1, 1.0, "ok", [1.0, 1.1]], [2, 1, 1, None, "crashed", []]]}
+    spec = bench.SweepSpec(doc)
+    assert sorted(spec.times.values(), key=str) == [1.0, 2.0, None]
+    assert bench.noise(doc) == {"rounds": 2, "median_round_spread": 0.3}
