@@ -223,6 +223,26 @@ def _median_or_none(values):
     return statistics.median(got) if len(got) * 2 > len(values) else None  # a median of the runs that got there, if most did
 
 
+def verdict(sweep: dict, strategy: str = "auto") -> list[str]:
+    """The targets of the default strategy on one sweep: >= 0.97 of the optimum within 10% of
+    the valid space, and ahead of random search at every budget."""
+    got = sweep["strategies"].get(strategy, {}).get("median_fraction_of_optimum")
+    rnd = sweep["strategies"].get("random", {}).get("median_fraction_of_optimum")
+    if not got or not rnd:
+        return []
+    tenth = str(max(1, sweep["valid_configs"] // 10))
+    budgets = [str(b) for b in BUDGETS]
+    ahead = [b for b in budgets if got[b] > rnd[b]]
+    tied = [b for b in budgets if got[b] == rnd[b]]
+    behind = [b for b in budgets if got[b] < rnd[b]]
+    return [f"- target {strategy} >= 0.97 of the optimum at 10% of the space: {got[tenth]} -> "
+            f"{'met' if got[tenth] >= 0.97 else 'NOT met'}",
+            f"- target {strategy} better than random at every budget: ahead at {', '.join(ahead) or 'none'}"
+            + (f"; tied at {', '.join(tied)} (both at the optimum)" if tied and all(got[b] == 1.0 for b in tied)
+               else (f"; tied at {', '.join(tied)}" if tied else ""))
+            + (f"; BEHIND at {', '.join(behind)}" if behind else "")]
+
+
 def write_markdown(result: dict) -> str:
     lines = [f"# Search efficiency (replayed on recorded sweeps, {result['seeds']} seeds)", ""]
     for s in result["sweeps"]:
@@ -236,7 +256,7 @@ def write_markdown(result: dict) -> str:
             f = r["median_fraction_of_optimum"]
             lines.append(f"| {name} | {f['10']} | {f['20']} | {f['50']} | {f['100']} | {f[str(tenth)]} | "
                          f"{r['median_evals_to_95pct']} | {r['median_evals_to_99pct']} |")
-        lines.append("")
+        lines += ["", *verdict(s), ""]
     return "\n".join(lines)
 
 
