@@ -10,7 +10,8 @@ fingerprint and date). --replay runs every strategy of workers/strategies.py, th
 bench/results/search_efficiency.{json,md}: per strategy the median fraction of the optimum
 reached after 10, 20, 50 and 100 evaluations, and the evaluations needed for 95% and 99%.
 `auto-cold` is the default strategy with the kernel's known-good list withheld: how well the
-search does on its own when the author's hints do not fit the device.
+search does on its own when the author's hints do not fit the device. `auto@8` asks for eight
+proposals at a time before telling any, as the live search does for a GPU's compile pool.
 """
 from __future__ import annotations
 
@@ -139,12 +140,16 @@ class SweepSpec:
         return self.real.known_good(key, target) if self.use_known_good else []
 
 
-def replay_one(spec: SweepSpec, key, target, strategy_name: str, seed: int, budget: int) -> list[float]:
-    """Best time after each counted evaluation (failed evaluations count, never become best)."""
+def replay_one(spec: SweepSpec, key, target, strategy_name: str, seed: int, budget: int,
+               width: int = 1) -> list[float]:
+    """Best time after each counted evaluation (failed evaluations count, never become best).
+
+    width: proposals asked for together before any is told, as the live search does on a GPU
+    (workers/search.py hands the compile pool groups of its width)."""
     import optuna
 
     from search_spaces.base import config_hash
-    from workers.strategies import Strategy, propose
+    from workers.strategies import Strategy, propose_group
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # auto-cold: the default strategy without the kernel's known-good list, i.e. what the search
@@ -157,18 +162,18 @@ def replay_one(spec: SweepSpec, key, target, strategy_name: str, seed: int, budg
     seen: dict = {}
     best, curve = float("inf"), []
     while len(curve) < budget:
-        proposal = propose(study, strategy, spec, key, target, seen, len(curve))
-        if proposal is None:
+        group = propose_group(study, strategy, spec, key, target, seen, len(curve), min(width, budget - len(curve)))
+        if not group:
             break
-        trial, config = proposal
-        t = spec.times.get(config_hash(config))
-        seen[config_hash(config)] = ("ok", t) if t is not None else ("crashed", None)
-        if t is None:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        else:
-            study.tell(trial, t)
-            best = min(best, t)
-        curve.append(best)
+        for trial, config in group:
+            t = spec.times.get(config_hash(config))
+            seen[config_hash(config)] = ("ok", t) if t is not None else ("crashed", None)
+            if t is None:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                study.tell(trial, t)
+                best = min(best, t)
+            curve.append(best)
     while len(curve) < budget:  # the space ran out: the best stays
         curve.append(best)
     return curve
@@ -191,7 +196,8 @@ def replay(seeds: int, strategies: list[str]) -> dict:
         budget = max(max(BUDGETS), n_valid // 10)
         for name in strategies:
             t0 = time.perf_counter()
-            curves = [replay_one(spec, key, target, name, seed, budget) for seed in range(seeds)]
+            base, _, width = name.partition("@")
+            curves = [replay_one(spec, key, target, base, seed, budget, int(width or 1)) for seed in range(seeds)]
             fr = lambda c, n: opt / c[min(n, len(c)) - 1] if c[min(n, len(c)) - 1] != float("inf") else 0.0  # noqa: E731
 
             def evals_to(c, q):
@@ -269,7 +275,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="measurements of each configuration, interleaved")
     ap.add_argument("--replay", action="store_true")
     ap.add_argument("--seeds", type=int, default=50)
-    ap.add_argument("--strategies", default="auto,auto-cold,tpe,random,grid")
+    ap.add_argument("--strategies", default="auto,auto@8,auto-cold,tpe,random,grid",
+                    help="NAME[@WIDTH]: WIDTH proposals asked for together, as on a GPU's compile pool")
     args = ap.parse_args()
     if args.record:
         print(record(args.record, args.shape, args.dtype, args.device, args.rounds))

@@ -109,3 +109,11 @@ def test_a_sweep_of_format_2_keeps_every_round_and_reports_the_noise(sweep):
     spec = bench.SweepSpec(doc)
     assert sorted(spec.times.values(), key=str) == [1.0, 2.0, None]
     assert bench.noise(doc) == {"rounds": 2, "median_round_spread": 0.3}
+
+
+def test_grouped_proposals_never_repeat_within_a_group(sweep):
+    spec, key, target = sweep
+    curve = bench.replay_one(spec, key, target, "auto", seed=1, budget=40, width=8)
+    assert len(curve) == 40 and all(x >= y for x, y in zip(curve, curve[1:]))
+    grid = bench.replay_one(spec, key, target, "grid", seed=0, budget=len(spec.times), width=8)
+    assert grid[-1] == min(t for t in spec.times.values() if t is not None)  # every point, each once

@@ -22,7 +22,7 @@ from search_spaces import registry
 from search_spaces.base import Config, Target, TuningKey, config_hash
 from workers.harness import Harness
 from workers.messages import TrialRequest, TrialResult
-from workers.strategies import Strategy, propose
+from workers.strategies import Strategy, propose_group
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -181,15 +181,9 @@ def run_batch(ctx: SearchContext, harness: Harness, max_trials: int,
             break
         counted = counted_trials(ctx.db_url, ctx.job_key_id)
         room = min(width, max_trials - ran, ctx.budget_trials - counted)
-        group: list[tuple[optuna.Trial, Config]] = []
-        while len(group) < room:
-            proposal = propose(study, strategy, spec, ctx.key, ctx.target, seen, counted + len(group), invalid)
-            if proposal is None:
-                break  # the space has nothing left worth measuring
-            group.append(proposal)
-            seen[config_hash(proposal[1])] = ("pending", None)  # not proposed twice in one group
+        group = propose_group(study, strategy, spec, ctx.key, ctx.target, seen, counted, room, invalid)
         if not group:
-            break
+            break  # the budget is spent, or the space has nothing left worth measuring
         best = min((m for s, m in seen.values() if s == "ok" and m is not None), default=None)
         requests = [request_for(ctx, config, best * EARLY_STOP_FACTOR if best else None) for _, config in group]
         results = (harness.run_many(requests, early_stop_factor=EARLY_STOP_FACTOR) if len(requests) > 1

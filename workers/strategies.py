@@ -144,3 +144,18 @@ def propose(study: optuna.Study, strategy: Strategy, spec: KernelSpec, key: Tuni
             continue
         return trial, config
     return None
+
+
+def propose_group(study: optuna.Study, strategy: Strategy, spec: KernelSpec, key: TuningKey, target: Target,
+                  seen: Seen, counted: int, width: int,
+                  on_invalid: Callable[[int, Config, str], None] | None = None) -> list[tuple[optuna.Trial, Config]]:
+    """Up to width proposals to measure together (fewer when the space runs out). Each is marked
+    pending in seen, so no group holds a configuration twice; the caller tells every trial."""
+    group: list[tuple[optuna.Trial, Config]] = []
+    while len(group) < width:
+        proposal = propose(study, strategy, spec, key, target, seen, counted + len(group), on_invalid)
+        if proposal is None:
+            break
+        group.append(proposal)
+        seen[config_hash(proposal[1])] = ("pending", None)
+    return group
