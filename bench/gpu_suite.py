@@ -37,7 +37,6 @@ RESULTS = ROOT / "bench" / "results"
 LLAMA3_8B_NK = ((4096, 4096), (14336, 4096), (4096, 14336))
 MS = (16, 128, 1024, 4096)
 SMOKE_SHAPES = ((32, 128, 128), (64, 256, 128))
-CONTENDERS = ("tuned", "default", "autotune", "torch")
 
 
 def shapes(smoke: bool, only: str | None) -> list[tuple[int, int, int]]:
@@ -46,19 +45,15 @@ def shapes(smoke: bool, only: str | None) -> list[tuple[int, int, int]]:
     return list(SMOKE_SHAPES) if smoke else [(m, n, k) for n, k in LLAMA3_8B_NK for m in MS]
 
 
-def tune(m: int, n: int, k: int, dtype: str, trials: int, device: str) -> dict:
+def tune(key, trials: int, device: str) -> dict:
     """`tuner tune` for one shape (in-process, the CLI's code path): best config and wall time."""
     from tuner import settings as settings_mod
     from tuner.request import TuneRequest
     from tuner.tune import prepare, tune_local
-    from search_spaces import registry
 
-    spec = registry.get("matmul")
-    key = spec.make_key({"M": m, "N": n, "K": k}, dtype)
     t0 = time.perf_counter()
     plan = prepare(TuneRequest(kernel="matmul", keys=(key,), trials=trials), settings_mod.get(), device)
-    outcome = tune_local(plan)
-    (key_outcome,) = outcome.keys
+    (key_outcome,) = tune_local(plan).keys
     return {"config": key_outcome.config, "tuning_s": time.perf_counter() - t0, "trials": key_outcome.trials,
             "tuner_ms": key_outcome.median_ms}
 
@@ -134,18 +129,16 @@ def measure(launch: dict, device: str, rounds: int) -> dict[str, list[float]]:
     return per_round
 
 
-def run_shape(m, n, k, args) -> dict:
+def run_shape(m, n, k, target, args) -> dict:
     import torch
 
     from search_spaces import registry
-    from workers.device import probe
 
     spec = registry.get("matmul")
     key = spec.make_key({"M": m, "N": n, "K": k}, args.dtype)
-    tuned = tune(m, n, k, args.dtype, args.trials, args.device)
+    tuned = tune(key, args.trials, args.device)
     if tuned["config"] is None:
         sys.exit(f"tuning M={m},N={n},K={k} stored no best configuration (every trial failed?): see `tuner status`")
-    target = probe(args.device)[0].target
     inputs = spec.make_inputs(key, args.device, 0)
     launch, facts = launchers(spec, key, target, inputs, tuned["config"], args.device)
     facts["tuned"] = {kk: tuned[kk] for kk in ("config", "tuning_s", "trials", "tuner_ms")}
@@ -195,7 +188,7 @@ def main() -> None:
               "timing": "triton-interpreter (CPU; not GPU figures)" if dc.target.is_interpreter
               else "CUDA events, L2 flushed, median of 50+ reps per round",
               "dtype": args.dtype, "trials": args.trials, "rounds": args.rounds,
-              "rows": [run_shape(m, n, k, args) for m, n, k in shapes(args.smoke, args.shapes)]}
+              "rows": [run_shape(m, n, k, dc.target, args) for m, n, k in shapes(args.smoke, args.shapes)]}
     out = Path(args.out) if args.out else RESULTS / f"gpu_suite-{dc.slug}{'-smoke' if args.smoke else ''}.json"
     if args.append and out.exists():
         new = {(r["M"], r["N"], r["K"]) for r in result["rows"]}

@@ -223,8 +223,8 @@ class Matmul(KernelSpec):
                         "num_stages": s} for bm, bn, bk, g, s, w in _CUDA_GOOD]
         # a tile larger than the padded problem only wastes lanes: shrink it as default() does,
         # so a small problem starts from the list's shapes instead of losing them
-        out, seen = [], set()
-        for c in (_shrunk(c, self.space(target), key) for c in configs):
+        out, seen, space = [], set(), self.space(target)
+        for c in (_shrunk(c, space, key) for c in configs):
             if self.check(c, key, target) is None and config_hash(c) not in seen:
                 seen.add(config_hash(c))
                 out.append(c)

@@ -183,12 +183,9 @@ class Harness:
 
     def width(self, device: str) -> int:
         """How many trials run_many should be given at once for device: the compile pool's size
-        where configurations are compiled ahead, else 1 (nothing would overlap)."""
-        wanted = self._precompile if self._precompile is not None else device != "cpu"
-        if not wanted or self._pools.get(device, True) is None:
-            return 1
-        from workers.precompile import default_workers
-        return self._compile_workers or default_workers()
+        where configurations are compiled ahead (the pool is started here), else 1."""
+        pool = self._pool(device)
+        return pool.size if pool is not None else 1
 
     def _pool(self, device: str):
         """The device's compile pool, started on first use; None where run_many compiles nothing
