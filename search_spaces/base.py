@@ -157,6 +157,20 @@ def require_launchable(on_cpu: bool) -> None:
                            "environment before the first import of triton")
 
 
+@dataclass(frozen=True)
+class Specialization:
+    """A launch's exact specialization without inputs, in the form Triton's `warmup` takes:
+    the @triton.jit function, its positional arguments with a torch dtype standing for each
+    tensor (Triton assumes 16-byte alignment, as torch's allocations have), the constexpr and
+    compile-option keywords, and the grid. The same object compiles on the live device
+    (`KernelSpec.compile`) and, for any architecture, on a machine without it (cross_compile)."""
+
+    fn: Any
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    grid: tuple[int, ...]
+
+
 class KernelSpec:
     """One tunable kernel. Subclasses live one per module in search_spaces/ (or a user's package).
 
@@ -265,17 +279,28 @@ class KernelSpec:
     def reference(self, inputs: Any) -> Any:
         raise NotImplementedError
 
+    def specialization(self, config: Config, key: TuningKey, target: Target) -> Specialization | None:
+        """What the launch of config for key compiles, without inputs (see Specialization), or
+        None when the kernel cannot say. It must agree with launch() argument for argument, or
+        a precompiled binary is not the one the launch looks up."""
+        return None
+
     def compile(self, config: Config, key: TuningKey, target: Target) -> str | None:
         """Compile config for key on the current device ahead of its first launch, and return
         the identity of what was built (see `compiled_identity`), or None when there is nothing
-        to compile (the interpreter) or the kernel has no hook.
+        to compile (the interpreter) or the kernel has no specialization.
 
         The harness calls it in parallel compile processes: Triton writes the binary to its
         on-disk cache, so the benchmark process's first launch loads it instead of compiling,
-        and configurations with equal identities are benchmarked once. Raise what a launch
+        and configurations with equal identities are benchmarked once. Raises what a launch
         would raise for a configuration that cannot be built (CompilationError, OutOfResources).
         """
-        return None
+        spec = None if target.is_interpreter else self.specialization(config, key, target)
+        if spec is None:
+            return None
+        kernel = spec.fn.warmup(*spec.args, grid=spec.grid, **spec.kwargs)
+        kernel._init_handles()  # load it as a launch would: raises OutOfResources (shared memory, threads)
+        return compiled_identity(kernel, grid=spec.grid)
 
     def flops(self, key: TuningKey) -> float | None:
         return None

@@ -13,18 +13,23 @@ import torch
 import triton
 import triton.language as tl
 
-from search_spaces.base import (DTYPE_BYTES, Config, KernelSpec, Target, TuningKey, block_limit,
-                                compiled_identity, config_hash, require_launchable)
+from search_spaces.base import (DTYPE_BYTES, Config, KernelSpec, Specialization, Target, TuningKey,
+                                block_limit, config_hash, require_launchable)
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 _BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
 _DIM_OF = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "K"}
 _AMD_KNOBS = ("waves_per_eu", "matrix_instr_nonkdim", "kpack")
-# fp32 accumulator values one thread may hold before the tile spills: NVIDIA has 255 registers
-# per thread; CDNA adds 256 AGPRs to the 256 VGPRs, and MFMA accumulators live in AGPRs.
-_ACC_PER_THREAD = {"nvidia": 128, "amd": 256}
-_AMD_REGS_PER_LANE = 512
+# Registers a thread needs: the fp32 accumulator, plus `operands` copies of the thread's share of
+# the A and B tiles where they pass through registers, plus `fixed` for addressing; refused
+# above `limit`. Fitted to Triton 3.6's sm_90 and gfx942 builds of the 4096^3 space
+# (bench/constraint_check.py; spilling = more than 16 bytes a thread): wgmma reads both operands
+# from shared memory, so the accumulator alone decides (at most 128 values of 255 registers);
+# mma.sync loads fragments (0.5 copies); gfx9 prefetches the next tiles into VGPRs and reads
+# fragments from LDS (3 copies), within 512 registers a lane or 512 / waves_per_eu when capped.
+_REGISTERS = {"wgmma": (0.0, 0, 128), "mma": (0.5, 32, 255), "mfma": (3.0, 24, 512)}
+_AMD_ACC_LIMIT = 256  # MFMA accumulators live in the 256 AGPRs
 
 # Triton tutorial (03-matrix-multiplication) starting points.
 _CUDA_GOOD = [  # BM, BN, BK, GROUP_M, stages, warps
@@ -94,6 +99,35 @@ def _grid(config: Config, m: int, n: int) -> tuple[int]:
     return (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
 
 
+def _mma_path(config: Config, target: Target) -> str:
+    """Which matrix instructions a build uses: Hopper's wgmma needs a warpgroup (4 warps) and a
+    64-row tile; anything else on NVIDIA is mma.sync. Matches every sm_90 build of the
+    constraint check."""
+    if target.is_hip:
+        return "mfma"
+    if target.arch == "sm_90" and config["num_warps"] >= 4 and config["BLOCK_M"] >= 64:
+        return "wgmma"
+    return "mma"
+
+
+def _registers(config: Config, key: TuningKey, target: Target, path: str) -> str | None:
+    bm, bn, bk = (config[b] for b in _BLOCKS)
+    warps = config["num_warps"]
+    threads = warps * target.warp_size
+    acc = bm * bn / threads
+    operands = (bm * bk + bk * bn) * DTYPE_BYTES[key.dtype] / 4 / threads
+    copies, fixed, limit = _REGISTERS[path]
+    waves = config.get("waves_per_eu", 0)
+    if path == "mfma" and waves:
+        limit //= waves
+    need = acc + copies * operands + fixed
+    if need > limit or (path == "mfma" and acc > _AMD_ACC_LIMIT):
+        cap = f" (waves_per_eu={waves})" if path == "mfma" and waves else ""
+        return (f"registers: a {bm}x{bn}x{bk} tile over {warps} warps needs about {need:.0f} registers a "
+                f"thread ({acc:.0f} accumulator) > {limit}{cap}; it would spill")
+    return None
+
+
 def _shrunk(config: Config, space: dict[str, tuple], key: TuningKey) -> Config:
     """config with each block no larger than the smallest value covering its padded dimension."""
     dims = key.dim_map
@@ -146,44 +180,39 @@ class Matmul(KernelSpec):
         if target.is_interpreter:
             return None  # no shared memory, registers or warps to run out of
 
-        # shared memory: the A and B tiles of every pipeline buffer. NVIDIA keeps num_stages-1
-        # buffers plus one more for wgmma on Hopper, so num_stages; gfx9's synchronous pipeline
-        # holds num_stages-1 tiles in LDS (the next one waits in registers), at least one.
+        # shared memory: the A and B tiles of every pipeline buffer. Hopper's wgmma pipeline keeps
+        # num_stages buffers; the mma.sync/cp.async one (fewer than 4 warps, BLOCK_M < 64, or
+        # pre-Hopper) and gfx9's synchronous one keep num_stages-1 (the next tile waits in
+        # flight or in registers), at least one. Matches every sm_90 and gfx942 build of
+        # bench/constraint_check.py that fits (plus 1 KiB of static shared memory on sm_90).
         elem = DTYPE_BYTES[key.dtype]
-        buffers = max(1, stages - 1) if target.is_hip else stages
+        path = _mma_path(config, target)
+        buffers = stages if path == "wgmma" else max(1, stages - 1)
         smem = buffers * (bm * bk + bk * bn) * elem
         if smem > target.smem_bytes:
             kind = "LDS" if target.is_hip else "shared memory"
             return (f"{kind}: {buffers} x ({bm}x{bk} + {bk}x{bn}) x {elem} B = {smem // 1024} KiB > "
                     f"{target.smem_bytes // 1024} KiB on {target.arch}")
 
-        # registers: the fp32 accumulator is spread over the program's threads
-        acc = bm * bn // (warps * target.warp_size)
-        acc_limit = _ACC_PER_THREAD[target.vendor]
-        if acc > acc_limit:
-            return (f"registers: a {bm}x{bn} fp32 accumulator over {warps} warps is {acc} values per "
-                    f"thread > {acc_limit}; use more warps or a smaller tile")
-        # every warp needs at least one 16x16 MMA tile; the fewest warps always may launch
+        reason = _registers(config, key, target, path)
+        if reason:
+            return reason
+        # every warp needs at least one 16x16 MMA tile; the fewest warps always may launch.
+        # Pruning, not a limit: such configurations build, but idle warps never win.
         if bm * bn < warps * 256 and warps > min(space["num_warps"]):
             return f"warps vs tile: {warps} warps for a {bm}x{bn} tile leave warps without a 16x16 tile"
         if target.is_hip:
-            return self._check_amd(config, key, acc)
+            return self._check_amd(config, key)
         return None
 
-    def _check_amd(self, config: Config, key: TuningKey, acc: int) -> str | None:
-        bm, bn, bk = (config[b] for b in _BLOCKS)
+    def _check_amd(self, config: Config, key: TuningKey) -> str | None:
+        bm, bn = config["BLOCK_M"], config["BLOCK_N"]
+        # pruning: the 32x32 instruction on a 16-wide tile builds, but computes twice the tile
         if config["matrix_instr_nonkdim"] == 32 and (bm < 32 or bn < 32):
             return f"matrix_instr_nonkdim=32 needs BLOCK_M and BLOCK_N >= 32 (got {bm}x{bn})"
-        if config["kpack"] == 2:
-            if DTYPE_BYTES[key.dtype] != 2:
-                return "kpack=2 packs 16-bit MFMA operands; float32 takes kpack=1"
-            if bk < 32:
-                return f"kpack=2 needs BLOCK_K >= 32 (two 16-deep MFMA k-steps), got {bk}"
-        waves = config["waves_per_eu"]
-        # waves_per_eu=w caps a lane at 512/w registers; an accumulator over half of that spills
-        if waves and acc > _AMD_REGS_PER_LANE // waves // 2:
-            return (f"waves_per_eu={waves} leaves {_AMD_REGS_PER_LANE // waves} registers per lane, "
-                    f"too few for {acc} accumulator values: it would spill")
+        # a limit: the gfx942 backend fails on some float32 builds with kpack=2 (PassManager::run)
+        if config["kpack"] == 2 and DTYPE_BYTES[key.dtype] != 2:
+            return "kpack=2 packs 16-bit MFMA operands; float32 takes kpack=1"
         return None
 
     def default(self, key: TuningKey, target: Target) -> Config:
@@ -255,21 +284,13 @@ class Matmul(KernelSpec):
             a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), **meta)
         return c
 
-    def compile(self, config: Config, key: TuningKey, target: Target) -> str | None:
-        """Build the launch's exact specialization without inputs: Triton's warmup with dtypes
-        for the pointers (aligned, as torch's allocations are) and the launch's own integer
-        arguments and strides, so the benchmark process's launch hits the same cache entry."""
-        if target.is_interpreter:
-            return None
+    def specialization(self, config: Config, key: TuningKey, target: Target) -> Specialization:
         dims, dtype = key.dim_map, TORCH_DTYPES[key.dtype]
         m, n, k = dims["M"], dims["N"], dims["K"]
         # the strides of contiguous tensors of these shapes, without allocating them
         sa, sb, sc = (torch.empty(shape, device="meta").stride() for shape in ((m, k), (k, n), (m, n)))
-        grid = _grid(config, m, n)
-        kernel = matmul_kernel.warmup(dtype, dtype, dtype, m, n, k, *sa, *sb, *sc, grid=grid,
-                                      **_meta(config, hip=target.is_hip, dot_in_fp32=False))
-        kernel._init_handles()  # load it as a launch would: raises OutOfResources (shared memory, threads)
-        return compiled_identity(kernel, grid=grid)
+        return Specialization(matmul_kernel, (dtype, dtype, dtype, m, n, k, *sa, *sb, *sc),
+                              _meta(config, hip=target.is_hip, dot_in_fp32=False), _grid(config, m, n))
 
     def reference(self, inputs: MatmulInputs) -> torch.Tensor:
         # in fp32: CPU half-precision matmul is slow, and fp32 accumulation is what the kernel does

@@ -12,12 +12,16 @@ import torch
 import triton
 import triton.language as tl
 
-from search_spaces.base import Config, KernelSpec, Target, TuningKey, block_limit, require_launchable
+from search_spaces.base import (Config, KernelSpec, Specialization, Target, TuningKey, block_limit,
+                                require_launchable)
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
-# fp32 row values one thread may hold (with their exponentials) before the tile spills
-_VALUES_PER_THREAD = 64
+# Registers a thread needs for v fp32 row values: each value and its exponential, plus
+# addressing. Fitted to Triton 3.6's sm_90 and gfx942 builds (bench/constraint_check.py,
+# bench/results/constraints-softmax.md): 64 values spill at 16 warps (128 registers a thread)
+# and 128 values build clean in 236 registers at 4 wavefronts on gfx942.
+_REGS_PER_VALUE, _REGS_FIXED = 2, 16
 # a workgroup is at most 1,024 threads: 32 warps of 32 on NVIDIA, 16 wavefronts of 64 on CDNA
 _MAX_THREADS = 1024
 
@@ -56,6 +60,26 @@ def _softmax_kernel(x_ptr, y_ptr, M, N, stride_xm, stride_ym, BLOCK_SIZE: tl.con
                      mask=row_ok[:, None] & (c[None, :] < N))
 
 
+def _register_budget(warps: int, target: Target) -> int:
+    """Registers a thread may use when one program of `warps` warps must fit: NVIDIA has 65,536 a
+    block (and 255 a thread); CDNA spreads a workgroup's wavefronts over a CU's 4 SIMDs, each
+    with 512 a lane."""
+    if target.is_hip:
+        return target.max_regs_per_thread // -(-warps // 4)
+    return min(target.max_regs_per_thread, 65536 // (warps * target.warp_size))
+
+
+def _meta(config: Config, n: int) -> dict:
+    """The constexpr and compile-option arguments of a launch, shared by launch and
+    specialization so that a precompiled binary is the one the launch looks up."""
+    return {"BLOCK_SIZE": config["BLOCK_SIZE"], "ROWS": config["ROWS"], "ONE_PASS": config["BLOCK_SIZE"] >= n,
+            "num_warps": config["num_warps"]}
+
+
+def _grid(config: Config, m: int) -> tuple[int]:
+    return (triton.cdiv(m, config["ROWS"]),)
+
+
 class SoftmaxInputs(NamedTuple):
     x: torch.Tensor
 
@@ -91,9 +115,10 @@ class Softmax(KernelSpec):
         if target.is_interpreter:
             return None
         per_thread = rows * block // (warps * target.warp_size)
-        if per_thread > _VALUES_PER_THREAD:
-            return (f"registers: a {rows}x{block} tile over {warps} warps is {per_thread} values per "
-                    f"thread > {_VALUES_PER_THREAD}; use more warps, fewer ROWS or a smaller BLOCK_SIZE")
+        need, budget = _REGS_PER_VALUE * per_thread + _REGS_FIXED, _register_budget(warps, target)
+        if need > budget:
+            return (f"registers: a {rows}x{block} tile over {warps} warps is {per_thread} values a thread, "
+                    f"about {need} registers > the {budget} a thread has at {warps} warps; it would spill")
         # threads beyond the tile's elements would only hold masked copies; the fewest warps
         # always may launch
         if rows * block < warps * target.warp_size and warps > min(space["num_warps"]):
@@ -104,8 +129,9 @@ class Softmax(KernelSpec):
     def default(self, key: TuningKey, target: Target) -> Config:
         space = self.space(target)
         m, n = key.dim_map["M"], key.dim_map["N"]
-        # one pass while the row fits (the space's widest block holds 64 values a thread at
-        # the most warps); longer rows loop over the widest block
+        # one pass while the row fits; a row too long for the registers of the most warps
+        # (past 16K on Hopper, 32K on CDNA) is repaired by nearest_valid to a narrower block,
+        # looped over
         block = block_limit(space["BLOCK_SIZE"], n)
         # short rows: several a program, so that a program has ~2K values to work on (16K in the
         # interpreter, whose cost is per program: 256x1000 takes 0.68 s with ROWS=1, 0.11 s with 16)
@@ -144,11 +170,14 @@ class Softmax(KernelSpec):
         m, n = x.shape
         y = torch.empty_like(x)  # fresh per launch, so no config passes on an earlier one's output
         require_launchable(on_cpu=x.device.type == "cpu")
-        grid = (triton.cdiv(m, config["ROWS"]),)
-        _softmax_kernel[grid](
-            x, y, m, n, x.stride(0), y.stride(0), BLOCK_SIZE=config["BLOCK_SIZE"], ROWS=config["ROWS"],
-            ONE_PASS=config["BLOCK_SIZE"] >= n, num_warps=config["num_warps"])
+        _softmax_kernel[_grid(config, m)](x, y, m, n, x.stride(0), y.stride(0), **_meta(config, n))
         return y
+
+    def specialization(self, config: Config, key: TuningKey, target: Target) -> Specialization:
+        m, n = key.dim_map["M"], key.dim_map["N"]
+        dtype = TORCH_DTYPES[key.dtype]
+        # contiguous rows: both strides are n
+        return Specialization(_softmax_kernel, (dtype, dtype, m, n, n, n), _meta(config, n), _grid(config, m))
 
     def reference(self, inputs: SoftmaxInputs) -> torch.Tensor:
         x = inputs.x

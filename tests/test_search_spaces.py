@@ -206,7 +206,8 @@ AMD = {"waves_per_eu": 0, "matrix_instr_nonkdim": 16, "kpack": 1}
     ("gfx942", {**mm_config(256, 256, 128, 8, 8, 2), **AMD}, _mm_key(), "LDS"),
     ("gfx942", {**mm_config(16, 64, 32, 8, 4, 2), **AMD, "matrix_instr_nonkdim": 32}, _mm_key(), "nonkdim"),
     ("gfx942", {**mm_config(64, 64, 32, 8, 4, 2), **AMD, "kpack": 2}, _mm_key(dtype="float32"), "kpack"),
-    ("gfx942", {**mm_config(64, 64, 16, 8, 4, 2), **AMD, "kpack": 2}, _mm_key(), "kpack"),
+    # two warps take the mma.sync path on Hopper, whose operand fragments need registers too
+    ("sm_90", mm_config(64, 128, 128, 8, 2, 3), _mm_key(), "registers"),
     ("gfx942", {**mm_config(128, 128, 32, 8, 4, 2), **AMD, "waves_per_eu": 8}, _mm_key(), "spill"),
     ("gfx942", mm_config(64, 64, 32, 8, 4, 2), _mm_key(), "missing"),
     ("interpreter", mm_config(64, 64, 32, 8, 4, 3), _mm_key(), "outside"),
@@ -222,6 +223,10 @@ def test_matmul_check_accepts_what_fits():
     # 64 KiB LDS holds one 256x256x64 fp16 buffer at num_stages 2
     lds_full = {**mm_config(256, 256, 64, 8, 8, 2), **AMD}
     assert MATMUL.check(lds_full, _mm_key(), target_for("gfx942")) is None
+    # the gfx942 compiler builds kpack=2 at BLOCK_K 16 for 16-bit inputs (kWidth 8)
+    assert MATMUL.check({**mm_config(64, 64, 16, 8, 4, 2), **AMD, "kpack": 2}, _mm_key(), target_for("gfx942")) is None
+    # BLOCK_M < 64 takes Hopper's mma.sync path: num_stages - 1 buffers, so 5 stages of 48 KiB fit
+    assert MATMUL.check(mm_config(32, 64, 128, 8, 4, 5), _mm_key(dtype="float32"), target_for("sm_90")) is None
     # the tiniest problem keeps a config: the smallest block and the fewest warps
     tiny = MATMUL.make_key({"M": 1, "N": 1, "K": 1}, "float16")
     assert MATMUL.check(mm_config(16, 16, 16, 1, 2, 2), tiny, target_for("sm_90")) is None

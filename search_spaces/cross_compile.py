@@ -1,0 +1,217 @@
+"""Building a kernel's configuration for a GPU architecture on a machine that has no such GPU.
+
+Triton's compiler needs no device: the wheel ships ptxas and cuobjdump, and the AMD backend
+assembles and links hsaco in-process. So the constraints in each kernel module can be held
+against what the real compilers build for sm_90 or gfx942 (shared memory, registers, spills,
+the matrix instructions chosen): the MI300X path included, which no machine here can run.
+What this cannot tell: the time a build takes to run, and anything only the driver decides
+at load time beyond the shared-memory and register limits checked here.
+
+Builds run in a child process (`Builder`, `python -m search_spaces.cross_compile`, one JSON
+line in and out): under TRITON_INTERPRET=1, as in the tests, @triton.jit gives interpreter
+functions that cannot be compiled, and a build that hangs in ptxas must be killed, not waited on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+from search_spaces.base import Config, KernelSpec, SpecError, Target, TuningKey
+
+# registers in one NVIDIA block (65,536 on every architecture since Kepler)
+_NV_REGS_PER_BLOCK = 65536
+# ptxas stores a word or two to the stack even at 72 of 255 registers (seen on sm_90): that is
+# not register pressure, and costs nothing in the main loop
+SPILL_NOISE_BYTES = 16
+
+
+@dataclass(frozen=True)
+class Build:
+    """What one configuration compiled to, as the driver would see it at load time."""
+
+    arch: str
+    shared_bytes: int  # static shared memory (LDS on AMD) the launch asks for
+    registers: int  # per thread: REG on NVIDIA; VGPRs + AGPRs on AMD
+    spill_bytes: int  # per thread: stack frame + local memory on NVIDIA, scratch on AMD (Triton
+    # kernels have no stack arrays, so this is what spilled registers take)
+    mma: tuple[str, ...]  # the matrix instructions in the binary (wgmma/mma on NVIDIA, v_mfma on AMD)
+    occupancy: int | None  # waves per SIMD the AMD compiler reports; None on NVIDIA
+    waves_per_eu: int | None  # the occupancy the AMD compiler was asked for (0: its own choice)
+    k_width: int | None  # elements a thread holds along K in a dot operand (kpack doubles it on AMD)
+    compile_s: float
+
+    @property
+    def spills(self) -> bool:
+        return self.spill_bytes > SPILL_NOISE_BYTES
+
+    def load_error(self, target: Target, num_warps: int) -> str | None:
+        """Why the driver would refuse to launch it (what `_init_handles` raises), else None."""
+        if self.shared_bytes > target.smem_bytes:
+            kind = "LDS" if target.is_hip else "shared memory"
+            return f"{kind} {self.shared_bytes} B > {target.smem_bytes} B on {target.arch}"
+        if not target.is_hip and self.registers * num_warps * target.warp_size > _NV_REGS_PER_BLOCK:
+            return f"{self.registers} registers x {num_warps * target.warp_size} threads > {_NV_REGS_PER_BLOCK}"
+        return None
+
+
+def triton_target(target: Target):
+    """Triton's GPUTarget for one of our architectures (sm_90 -> cuda 90, gfx942 -> hip gfx942)."""
+    from triton.backends.compiler import GPUTarget
+
+    if target.is_interpreter:
+        raise SpecError("the interpreter has no binary to build; name a GPU architecture such as sm_90")
+    if target.is_hip:
+        return GPUTarget("hip", target.arch, target.warp_size)
+    return GPUTarget("cuda", int(target.arch.removeprefix("sm_")), target.warp_size)
+
+
+def cross_compile(spec: KernelSpec, config: Config, key: TuningKey, target: Target):
+    """Compile config for key exactly as its launch on target would (same specialization, same
+    options), without the device. Returns (Triton's CompiledKernel, Build); raises what the
+    compiler raises (CompilationError, a ptxas failure)."""
+    import triton
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import MockTensor, create_function_from_signature
+
+    gpu = triton_target(target)
+    s = spec.specialization(config, key, target)
+    if s is None:
+        raise SpecError(f"{spec.name} does not describe its launch (no specialization); it cannot be cross-compiled")
+    if not hasattr(s.fn, "params"):
+        raise SpecError("TRITON_INTERPRET=1 made the kernel an interpreter function; build in a Builder process")
+    # what JITFunction.run does before it compiles, with the target's backend in place of the
+    # live driver's: bind, specialize (alignment, divisibility by 16), split constexprs
+    backend = make_backend(gpu)
+    binder = create_function_from_signature(s.fn.signature, s.fn.params, backend)
+    kwargs = {**s.kwargs, "debug": False}
+    bound, specialization, options = binder(*map(MockTensor.wrap_dtype, s.args), **kwargs)
+    options, signature, constexprs, attrs = s.fn._pack_args(backend, kwargs, bound, specialization, options)
+    t = time.perf_counter()
+    kernel = triton.compile(ASTSource(s.fn, signature, constexprs, attrs), target=backend.target,
+                            options=options.__dict__)
+    seconds = time.perf_counter() - t
+    if target.is_hip:
+        return kernel, _amd_build(kernel, target, seconds)
+    return kernel, _nvidia_build(kernel, target, seconds)
+
+
+def _nvidia_build(kernel, target: Target, seconds: float) -> Build:
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                               check=True).stdout
+    fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
+    ptx = kernel.asm["ptx"]
+    mma = sorted(set(re.findall(r"\b(wgmma\.mma_async\.sync\.aligned\.m\d+n\d+k\d+|mma\.sync\.aligned\.m\d+n\d+k\d+)", ptx)))
+    return Build(target.arch, kernel.metadata.shared + int(fields.get("SHARED", 0)), int(fields["REG"]),
+                 int(fields.get("STACK", 0)) + int(fields.get("LOCAL", 0)), tuple(mma), None, None,
+                 _k_width(kernel), seconds)
+
+
+def _k_width(kernel) -> int | None:
+    widths = [int(w) for w in re.findall(r"kWidth\s*=\s*(\d+)", kernel.asm["ttgir"])]
+    return max(widths) if widths else None
+
+
+def _amd_field(asm: str, name: str) -> int:
+    found = re.findall(rf"\.{name}:\s+(\d+)", asm)
+    return int(found[0]) if found else 0
+
+
+def _amd_build(kernel, target: Target, seconds: float) -> Build:
+    asm = kernel.asm["amdgcn"]
+    occupancy = re.findall(r";\s*Occupancy:\s*(\d+)", asm)
+    waves = re.findall(r'"amdgpu-waves-per-eu"="(\d+)', kernel.asm["llir"])
+    return Build(target.arch, max(kernel.metadata.shared, _amd_field(asm, "group_segment_fixed_size")),
+                 _amd_field(asm, "vgpr_count") + _amd_field(asm, "agpr_count"),
+                 _amd_field(asm, "private_segment_fixed_size"),
+                 tuple(sorted(set(re.findall(r"\bv_mfma_\w+", asm)))),
+                 int(occupancy[0]) if occupancy else None, int(waves[0]) if waves else None,
+                 _k_width(kernel), seconds)
+
+
+# ---- the build process and its parent ------------------------------------------------------
+def serve() -> None:
+    """One job per line in ({"kernel", "dims", "dtype", "arch", "config"}), one answer out:
+    {"build": Build's fields} or {"error": "Type: first line"} (what the compiler raised)."""
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # Triton prints ptxas failures to stdout: keep them off the protocol
+    sys.stdout = sys.stderr
+    from search_spaces import registry
+    from search_spaces.base import target_for
+
+    for line in sys.stdin:
+        job = json.loads(line)
+        try:
+            spec, target = registry.get(job["kernel"]), target_for(job["arch"])
+            _, build = cross_compile(spec, job["config"], spec.make_key(job["dims"], job["dtype"]), target)
+            answer = {"build": asdict(build)}
+        except Exception as exc:  # what a launch on that GPU would raise at compile time
+            text = str(exc).strip().splitlines()
+            answer = {"error": f"{type(exc).__name__}: {text[0] if text else ''}"[:300]}
+        proto.write(json.dumps(answer) + "\n")
+
+
+class Builder:
+    """A build process: `build(job, timeout_s)` returns ("ok", Build), ("error", why) or
+    ("timeout", why); after an error of the process itself or a timeout it is restarted."""
+
+    def __init__(self, cache_dir: str | None = None) -> None:
+        env = {**os.environ, "TRITON_CACHE_DIR": cache_dir or tempfile.mkdtemp(prefix="cross-compile-")}
+        env.pop("TRITON_INTERPRET", None)
+        self._env = env
+        self._start()
+
+    def _start(self) -> None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.proc = subprocess.Popen([sys.executable, "-m", "search_spaces.cross_compile"], cwd=root,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     env=self._env, start_new_session=True)  # its ptxas dies with it
+
+    def build(self, job: dict, timeout_s: float) -> tuple[str, Build | str]:
+        if self.proc.poll() is not None:
+            self._start()
+        try:
+            self.proc.stdin.write((json.dumps(job) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self.close()
+            return "error", "build process died"
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        line = self.proc.stdout.readline() if ready else b""
+        if not line:
+            self.close()
+            return ("timeout", f"no build within {timeout_s:g} s") if not ready else ("error", "build process died")
+        answer = json.loads(line)
+        if "error" in answer:
+            return "error", answer["error"]
+        fields = answer["build"]
+        return "ok", Build(**{**fields, "mma": tuple(fields["mma"])})
+
+    def close(self) -> None:
+        if self.proc.poll() is None and self.proc.stdin and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()  # a clean end of the loop; killed below if it is stuck
+            except OSError:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+
+
+if __name__ == "__main__":
+    serve()
