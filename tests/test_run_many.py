@@ -57,14 +57,20 @@ def test_a_hanging_compile_times_out(harness):
     assert r.status == "timeout" and "compiling took longer than 2 s" in r.message
 
 
-def test_matmul_compile_builds_the_specialization_its_launch_uses(monkeypatch):
+@pytest.mark.parametrize("module, kernel_name, dims, config, other", [
+    ("matmul", "matmul_kernel", {"M": 300, "N": 200, "K": 100},
+     {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}, {"GROUP_M": 4}),
+    ("softmax", "_softmax_kernel", {"M": 30, "N": 1000},
+     {"BLOCK_SIZE": 1024, "ROWS": 2, "num_warps": 4}, {"ROWS": 4}),
+])
+def test_compile_builds_the_specialization_its_launch_uses(monkeypatch, module, kernel_name, dims, config, other):
     """No GPU here: a stand-in kernel records what launch passes and what compile warms up with;
     they must agree argument for argument (tensors by dtype), or the launch would miss the cache."""
+    import importlib
     import types
 
     import torch
 
-    from search_spaces import matmul
     from search_spaces.base import target_for
 
     calls = {}
@@ -78,18 +84,18 @@ def test_matmul_compile_builds_the_specialization_its_launch_uses(monkeypatch):
             md = types.SimpleNamespace(num_warps=kw["num_warps"], num_ctas=1, shared=0, cluster_dims=(1, 1, 1))
             return types.SimpleNamespace(kernel=repr((args, kw)).encode(), metadata=md, _init_handles=lambda: None)
 
-    monkeypatch.setattr(matmul, "matmul_kernel", Recorder())
-    monkeypatch.setattr(matmul, "require_launchable", lambda on_cpu: None)
-    spec = matmul.Matmul()
-    key = spec.make_key({"M": 300, "N": 200, "K": 100}, "float16")
-    config = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
+    mod = importlib.import_module(f"search_spaces.{module}")
+    monkeypatch.setattr(mod, kernel_name, Recorder())
+    monkeypatch.setattr(mod, "require_launchable", lambda on_cpu: None)
+    spec = registry.get(module)
+    key = spec.make_key(dims, "float16")
     spec.launch(config, spec.make_inputs(key, "cpu", 0))
     ident = spec.compile(config, key, target_for("sm_90"))
     (lgrid, largs, lkw), (wgrid, wargs, wkw) = calls["launch"], calls["warmup"]
     assert lgrid == wgrid and lkw == wkw
     assert [a.dtype if isinstance(a, torch.Tensor) else a for a in largs] == list(wargs)
     assert ident == spec.compile(config, key, target_for("sm_90"))
-    assert ident != spec.compile({**config, "GROUP_M": 4}, key, target_for("sm_90"))
+    assert ident != spec.compile({**config, **other}, key, target_for("sm_90"))
     assert spec.compile(config, key, target_for("interpreter")) is None
 
 
