@@ -31,6 +31,7 @@ _NV_REGS_PER_BLOCK = 65536
 # ptxas stores a word or two to the stack even at 72 of 255 registers (seen on sm_90): that is
 # not register pressure, and costs nothing in the main loop
 SPILL_NOISE_BYTES = 16
+_STARTUP_S = 120  # importing torch and triton in a fresh build process
 
 
 @dataclass(frozen=True)
@@ -149,9 +150,14 @@ def serve() -> None:
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # Triton prints ptxas failures to stdout: keep them off the protocol
     sys.stdout = sys.stderr
+    # imported before "ready", so that a job's timeout times its build, not these imports
+    import torch  # noqa: F401
+    import triton.compiler  # noqa: F401
+
     from search_spaces import registry
     from search_spaces.base import target_for
 
+    proto.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         job = json.loads(line)
         try:
@@ -179,6 +185,11 @@ class Builder:
         self.proc = subprocess.Popen([sys.executable, "-m", "search_spaces.cross_compile"], cwd=root,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      env=self._env, start_new_session=True)  # its ptxas dies with it
+        ready, _, _ = select.select([self.proc.stdout], [], [], _STARTUP_S)
+        if not ready or not self.proc.stdout.readline():
+            self.close()
+            raise RuntimeError(f"the build process did not start within {_STARTUP_S} s "
+                               f"(run `python -m search_spaces.cross_compile` to see why)")
 
     def build(self, job: dict, timeout_s: float) -> tuple[str, Build | str]:
         if self.proc.poll() is not None:

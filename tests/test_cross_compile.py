@@ -116,3 +116,21 @@ def test_the_interpreter_has_nothing_to_build():
     key = spec.make_key(SQUARE, "float32")
     with pytest.raises(SpecError, match="interpreter"):
         cross_compile(spec, spec.default(key, target_for("interpreter")), key, target_for("interpreter"))
+
+
+def test_the_constraint_check_bench_runs_end_to_end(tmp_path):
+    import gzip
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "constraints"
+    subprocess.run([sys.executable, "bench/constraint_check.py", "--kernel", "softmax", "--shape", "M=64,N=1000",
+                    "--dtype", "float16", "--arch", "sm_90,gfx942", "--accepted", "2", "--refused", "1",
+                    "--timeout", "5", "--jobs", "1", "--out", str(out)], cwd=root, check=True, capture_output=True)
+    result = json.loads(gzip.open(f"{out}.json.gz", "rt").read())
+    assert [(c["arch"], c["summary"]["configs"]) for c in result["cases"]] == [("sm_90", 3), ("gfx942", 3)]
+    assert all(c["summary"]["accepted_but_failed"] == 0 for c in result["cases"])
+    assert "softmax 64x1000 float16 on gfx942" in Path(f"{out}.md").read_text()
