@@ -45,7 +45,7 @@ FIXED = {"matmul": {"GROUP_M": 8}}
 def build_all(jobs: list[dict], workers: int, timeout_s: float) -> list[dict]:
     """Build every job in `workers` build processes sharing one fresh Triton cache."""
     from search_spaces.base import target_for
-    from search_spaces.cross_compile import Builder
+    from workers.cross_build import Builder
 
     cache = tempfile.mkdtemp(prefix="constraint-check-")
     todo: queue.Queue = queue.Queue()
@@ -85,7 +85,7 @@ def build_all(jobs: list[dict], workers: int, timeout_s: float) -> list[dict]:
 
 # ---- what the model predicted vs what was built ------------------------------------------
 def verdict_class(reason: str | None) -> str:
-    """The constraint a refusal names: the text before its first ':' or digit-led detail."""
+    """The constraint a refusal names: its text before the first ':', and before any '='."""
     if reason is None:
         return "accepted"
     head = reason.split(":")[0]

@@ -7,22 +7,18 @@ the matrix instructions chosen): the MI300X path included, which no machine here
 What this cannot tell: the time a build takes to run, and anything only the driver decides
 at load time beyond the shared-memory and register limits checked here.
 
-Builds run in a child process (`Builder`, `python -m search_spaces.cross_compile`, one JSON
-line in and out): under TRITON_INTERPRET=1, as in the tests, @triton.jit gives interpreter
-functions that cannot be compiled, and a build that hangs in ptxas must be killed, not waited on.
+In-process here; workers/cross_build.py runs builds in a child process, which the tests need
+(under TRITON_INTERPRET=1 @triton.jit gives interpreter functions that cannot be compiled) and
+which can be killed when ptxas hangs.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-import select
-import signal
 import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from search_spaces.base import Config, KernelSpec, SpecError, Target, TuningKey
 
@@ -31,7 +27,6 @@ _NV_REGS_PER_BLOCK = 65536
 # ptxas stores a word or two to the stack even at 72 of 255 registers (seen on sm_90): that is
 # not register pressure, and costs nothing in the main loop
 SPILL_NOISE_BYTES = 16
-_STARTUP_S = 120  # importing torch and triton in a fresh build process
 
 
 @dataclass(frozen=True)
@@ -87,7 +82,8 @@ def cross_compile(spec: KernelSpec, config: Config, key: TuningKey, target: Targ
     if s is None:
         raise SpecError(f"{spec.name} does not describe its launch (no specialization); it cannot be cross-compiled")
     if not hasattr(s.fn, "params"):
-        raise SpecError("TRITON_INTERPRET=1 made the kernel an interpreter function; build in a Builder process")
+        raise SpecError("TRITON_INTERPRET=1 made the kernel an interpreter function; build in a "
+                        "workers.cross_build.Builder process")
     # what JITFunction.run does before it compiles, with the target's backend in place of the
     # live driver's: bind, specialize (alignment, divisibility by 16), split constexprs
     backend = make_backend(gpu)
@@ -141,88 +137,3 @@ def _amd_build(kernel, target: Target, seconds: float) -> Build:
                  tuple(sorted(set(re.findall(r"\bv_mfma_\w+", asm)))),
                  int(occupancy[0]) if occupancy else None, int(waves[0]) if waves else None,
                  _k_width(kernel), seconds)
-
-
-# ---- the build process and its parent ------------------------------------------------------
-def serve() -> None:
-    """One job per line in ({"kernel", "dims", "dtype", "arch", "config"}), one answer out:
-    {"build": Build's fields} or {"error": "Type: first line"} (what the compiler raised)."""
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # Triton prints ptxas failures to stdout: keep them off the protocol
-    sys.stdout = sys.stderr
-    # imported before "ready", so that a job's timeout times its build, not these imports
-    import torch  # noqa: F401
-    import triton.compiler  # noqa: F401
-
-    from search_spaces import registry
-    from search_spaces.base import target_for
-
-    proto.write(json.dumps({"ready": True}) + "\n")
-    for line in sys.stdin:
-        job = json.loads(line)
-        try:
-            spec, target = registry.get(job["kernel"]), target_for(job["arch"])
-            _, build = cross_compile(spec, job["config"], spec.make_key(job["dims"], job["dtype"]), target)
-            answer = {"build": asdict(build)}
-        except Exception as exc:  # what a launch on that GPU would raise at compile time
-            text = str(exc).strip().splitlines()
-            answer = {"error": f"{type(exc).__name__}: {text[0] if text else ''}"[:300]}
-        proto.write(json.dumps(answer) + "\n")
-
-
-class Builder:
-    """A build process: `build(job, timeout_s)` returns ("ok", Build), ("error", why) or
-    ("timeout", why); after an error of the process itself or a timeout it is restarted."""
-
-    def __init__(self, cache_dir: str | None = None) -> None:
-        env = {**os.environ, "TRITON_CACHE_DIR": cache_dir or tempfile.mkdtemp(prefix="cross-compile-")}
-        env.pop("TRITON_INTERPRET", None)
-        self._env = env
-        self._start()
-
-    def _start(self) -> None:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        self.proc = subprocess.Popen([sys.executable, "-m", "search_spaces.cross_compile"], cwd=root,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env=self._env, start_new_session=True)  # its ptxas dies with it
-        ready, _, _ = select.select([self.proc.stdout], [], [], _STARTUP_S)
-        if not ready or not self.proc.stdout.readline():
-            self.close()
-            raise RuntimeError(f"the build process did not start within {_STARTUP_S} s "
-                               f"(run `python -m search_spaces.cross_compile` to see why)")
-
-    def build(self, job: dict, timeout_s: float) -> tuple[str, Build | str]:
-        if self.proc.poll() is not None:
-            self._start()
-        try:
-            self.proc.stdin.write((json.dumps(job) + "\n").encode())
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            self.close()
-            return "error", "build process died"
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
-        line = self.proc.stdout.readline() if ready else b""
-        if not line:
-            self.close()
-            return ("timeout", f"no build within {timeout_s:g} s") if not ready else ("error", "build process died")
-        answer = json.loads(line)
-        if "error" in answer:
-            return "error", answer["error"]
-        fields = answer["build"]
-        return "ok", Build(**{**fields, "mma": tuple(fields["mma"])})
-
-    def close(self) -> None:
-        if self.proc.poll() is None and self.proc.stdin and not self.proc.stdin.closed:
-            try:
-                self.proc.stdin.close()  # a clean end of the loop; killed below if it is stuck
-            except OSError:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
-
-
-if __name__ == "__main__":
-    serve()

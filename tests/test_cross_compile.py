@@ -10,7 +10,8 @@ import pytest
 
 from search_spaces import registry
 from search_spaces.base import SpecError, target_for
-from search_spaces.cross_compile import Builder, Build, cross_compile
+from search_spaces.cross_compile import Build, cross_compile
+from workers.cross_build import Builder
 
 SQUARE = {"M": 4096, "N": 4096, "K": 4096}
 HIP_BASE = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 2,

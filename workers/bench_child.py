@@ -200,7 +200,7 @@ def pong(msg: dict) -> dict:
     """The answer to a ping; a ping naming a device also opens it (the CUDA context, the probe),
     so that is startup too. A device that fails here fails again, with its message, in a trial."""
     device = msg.get("device")
-    if isinstance(device, str) and device != "cpu":
+    if isinstance(device, str) and device.startswith("cuda"):
         try:
             _use_device(device)
             _target(device)
@@ -209,11 +209,17 @@ def pong(msg: dict) -> dict:
     return {"op": "pong", "pid": os.getpid()}
 
 
-def serve(handle: Callable[[TrialRequest], dict], bad: Callable[[str], dict],
-          exit_after: Callable[[dict], bool] = lambda answer: False) -> None:
-    """The JSON-lines loop of a child process: one request per line in, one answer per line out.
-    The real stdout carries only the protocol; fd 1 is pointed at stderr so that prints of a
-    kernel, a compiler or a kernel module cannot corrupt it."""
+def _trial(msg: dict) -> TrialRequest:
+    return TrialRequest.from_json(msg.get("trial"))
+
+
+def serve(handle: Callable[[Any], dict], bad: Callable[[str], dict],
+          exit_after: Callable[[dict], bool] = lambda answer: False,
+          parse: Callable[[dict], Any] = _trial) -> None:
+    """The JSON-lines loop of a child process: one request per line in (`parse` reads it from the
+    message, raising ValueError when it is malformed), one answer per line out. The real stdout
+    carries only the protocol; fd 1 is pointed at stderr so that prints of a kernel, a compiler
+    or a kernel module cannot corrupt it."""
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
@@ -224,7 +230,7 @@ def serve(handle: Callable[[TrialRequest], dict], bad: Callable[[str], dict],
             if msg.get("op") == "ping":
                 proto.write(json.dumps(pong(msg)) + "\n")
                 continue
-            req = TrialRequest.from_json(msg.get("trial"))
+            req = parse(msg)
         except (ValueError, AttributeError) as exc:
             proto.write(json.dumps(bad(f"bad message: {exc}")) + "\n")
             continue

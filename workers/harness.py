@@ -28,17 +28,20 @@ log = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 180.0  # importing torch and triton on a busy 2-core machine is slow
 
 
+_ROLES = {"workers.precompile": "compile process", "workers.cross_build": "build process"}
+
+
 class _Child:
     """A child process speaking one JSON object per line on its stdin and stdout."""
 
-    def __init__(self, device: str, module: str = "workers.bench_child"):
-        env = dict(os.environ)
+    def __init__(self, device: str, module: str = "workers.bench_child", env: dict[str, str] | None = None):
+        env = {**os.environ, **(env or {})}
         if device == "cpu":
             env["TRITON_INTERPRET"] = "1"  # must precede the child's first triton import
         else:
             env.pop("TRITON_INTERPRET", None)  # inherited from a CPU setup, it would run GPU kernels interpreted
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-        self.role = "compile process" if module == "workers.precompile" else "benchmark process"
+        self.role = _ROLES.get(module, "benchmark process")
         self.proc = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                      start_new_session=True)
@@ -111,10 +114,10 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-def start_children(device: str, module: str, n: int) -> list[_Child]:
+def start_children(device: str, module: str, n: int, env: dict[str, str] | None = None) -> list[_Child]:
     """n children started together (their imports overlap) and each answered a ping; the ones
-    that did not are killed. Raises RuntimeError when none started."""
-    children = [_Child(device, module) for _ in range(n)]
+    that did not are killed. Raises RuntimeError when none started. env: added to theirs."""
+    children = [_Child(device, module, env) for _ in range(n)]
     for child in children:
         try:
             child.send({"op": "ping", "device": device})
