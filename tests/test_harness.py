@@ -137,6 +137,8 @@ def test_error_messages_keep_the_line_that_says_what_went_wrong():
 def test_hang_times_out_and_restarts(harness):
     r = harness.run(request("broken_hang", timeout_s=3.0))
     assert r.status == "timeout" and "3 s" in r.message, r
+    # the process said where it hung (a faulthandler dump, asked for before the kill): innermost first
+    assert "it was at broken.py:" in r.message and "in launch <- bench_child.py:" in r.message, r.message
     assert harness.run(request("good_add")).status == "ok"
 
 
@@ -259,7 +261,8 @@ def gpu_request(kernel, n=1 << 20, **kw):
     from workers.device import probe
 
     key = registry.get(kernel, modules=MODULES).make_key({"N": n}, "float32")
-    kw = {"warmup": 3, "reps": 20, "config": {"BLOCK": 128}, "timeout_s": 120.0, **kw}
+    # a timeout well inside the test's own: a hang is answered with where the process was stuck
+    kw = {"warmup": 3, "reps": 20, "config": {"BLOCK": 128}, "timeout_s": 40.0, **kw}
     return TrialRequest(kernel=kernel, key=key.to_json(), device="cuda:0", arch=probe("cuda:0")[0].arch, **kw)
 
 

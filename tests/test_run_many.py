@@ -37,7 +37,9 @@ def test_same_binary_is_benchmarked_once_and_failures_never_launch(harness):
     assert [r.status for r in results] == ["ok", "ok", "ok", "out_of_resources", "invalid"]
     assert [r.config for r in results] == [r.config for r in reqs]
     assert harness.benchmarked - before == 2  # the twin, the OOR and the invalid one never launched
-    assert "same compiled binary" in results[2].message and results[2].median_ms == results[0].median_ms
+    # the twins are measured once, whichever build finished first; the other carries a note
+    (noted,) = [r for r in (results[0], results[2]) if "same compiled binary" in r.message]
+    assert results[2].median_ms == results[0].median_ms and noted.median_ms is not None
     assert "shared memory" in results[3].message and "BLOCK" in results[4].message
     assert results[0].compile_s is not None
 
@@ -55,6 +57,7 @@ def test_a_crashed_compiler_leaves_the_verdict_to_the_benchmark(harness):
 def test_a_hanging_compile_times_out(harness):
     (r,) = harness.run_many([request("hang_compile", {"BLOCK": 64, "SKEW": 0}, timeout_s=2.0)])
     assert r.status == "timeout" and "compiling took longer than 2 s" in r.message
+    assert "it was at broken.py:" in r.message and "in compile" in r.message, r.message
 
 
 @pytest.mark.parametrize("module, kernel_name, dims, config, other", [

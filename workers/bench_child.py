@@ -6,9 +6,11 @@ protocol; fd 1 is pointed at stderr so a kernel's prints cannot corrupt it.
 """
 from __future__ import annotations
 
+import faulthandler
 import functools
 import json
 import os
+import signal
 import sys
 import time
 from collections import OrderedDict
@@ -223,6 +225,8 @@ def serve(handle: Callable[[Any], dict], bad: Callable[[str], dict],
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    # a parent giving up on a request asks where this process is stuck (harness _Child.where)
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     preload()
     for line in sys.stdin:
         try:

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import as_completed
+from typing import Iterable
 
 from search_spaces.base import canonical_json, config_hash
 from workers.bench_child import poisoned
@@ -45,7 +47,9 @@ class _Child:
         self.proc = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                      start_new_session=True)
-        self.stderr: collections.deque[str] = collections.deque(maxlen=40)
+        # room for a stack dump (see where()) on top of a fatal error's last lines
+        self.stderr: collections.deque[str] = collections.deque(maxlen=400)
+        self.lines = 0  # lines read from stderr so far
         self._buf = b""
         self._sel = selectors.DefaultSelector()
         self._sel.register(self.proc.stdout, selectors.EVENT_READ)
@@ -55,6 +59,7 @@ class _Child:
     def _drain(self) -> None:
         for raw in iter(self.proc.stderr.readline, b""):
             self.stderr.append(raw.decode(errors="replace").rstrip())
+            self.lines += 1
 
     def send(self, msg: dict) -> None:
         self.proc.stdin.write((json.dumps(msg) + "\n").encode())
@@ -93,6 +98,25 @@ class _Child:
             pass
         self.kill()
 
+    def where(self, wait_s: float = 2.0) -> str:
+        """Where a child that stopped answering is stuck: it dumps its Python stack to stderr on
+        SIGUSR1 (bench_child.serve registers faulthandler for it). The innermost frames of the
+        thread it was running, innermost first; "" when no dump arrives within wait_s."""
+        before = self.lines
+        try:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            return ""
+        end, seen, quiet_since = time.monotonic() + wait_s, before, time.monotonic()
+        while time.monotonic() < end:
+            time.sleep(0.05)
+            if self.lines != seen:
+                seen, quiet_since = self.lines, time.monotonic()
+            elif seen > before and time.monotonic() - quiet_since > 0.2:
+                break  # the dump has stopped growing
+        new = list(self.stderr)[-(self.lines - before):] if self.lines > before else []
+        return " <- ".join(_current_frames(new)[:4])
+
     def death(self) -> str:
         try:
             rc = self.proc.wait(timeout=5)
@@ -105,6 +129,23 @@ class _Child:
         how = f"killed by signal {_signal_name(-rc)}" if rc < 0 else f"exit status {rc}"
         tail = " | ".join(list(self.stderr)[-3:])
         return f"{self.role} died ({how}){': ' + tail if tail else ''}"
+
+
+def _current_frames(lines: list[str]) -> list[str]:
+    """The frames of a faulthandler dump's "Current thread" (else its first thread), innermost
+    first, each as 'timing.py:135 in once'."""
+    heads = [i for i, line in enumerate(lines) if line.endswith("(most recent call first):")]
+    if not heads:
+        return []
+    head = next((i for i in heads if lines[i].startswith("Current thread")), heads[0])
+    frames = []
+    for line in lines[head + 1:]:
+        text = line.strip()
+        if not text.startswith('File "'):
+            break
+        path, _, rest = text[len('File "'):].partition('", line ')
+        frames.append(f"{os.path.basename(path)}:{rest}")
+    return frames
 
 
 def _signal_name(number: int) -> str:
@@ -215,10 +256,12 @@ class Harness:
             return TrialResult.failed("crashed", child.death(), req.config)
         line = child.read_line(req.timeout_s)
         if line is None:
+            at = child.where()
             child.kill()
             self._children.pop(req.device, None)
-            return TrialResult.failed("timeout", f"no result within {req.timeout_s:g} s; "
-                                                 "benchmark process killed and restarted", req.config)
+            return TrialResult.failed("timeout", f"no result within {req.timeout_s:g} s; benchmark process "
+                                                 f"killed and restarted{'; it was at ' + at if at else ''}",
+                                      req.config)
         if line == b"":
             self._children.pop(req.device, None)
             return TrialResult.failed("crashed", child.death(), req.config)
@@ -240,14 +283,14 @@ class Harness:
         """The results of requests, in their order.
 
         With a compile pool (GPUs; `precompile`), every request is submitted to the pool at once
-        and each is benchmarked as soon as it and those before it are built, so compiling the
-        rest overlaps the benchmark. A configuration the pool finds invalid, uncompilable, out
+        and each is benchmarked as soon as it is built, in the order the builds finish, so
+        compiling the rest overlaps the benchmark and one slow build holds up no other. A configuration the pool finds invalid, uncompilable, out
         of resources or too slow to compile is answered from there and never launched; one
         whose compile process crashed is still sent to the benchmark process, which decides.
 
         Requests that differ only in config (and early_stop_ms, timeout_s) and build the same
         binary, or on the interpreter are the same request, are benchmarked once: the others
-        get the first one's result with their own config and a note in the message.
+        get the measured one's result with their own config and a note in the message.
 
         early_stop_factor: each request's early stop is tightened to this multiple of the best
         median measured so far in the batch (the search's rule, applied within the batch).
@@ -256,14 +299,20 @@ class Harness:
         if pool is not None and any(r.device != pool.device for r in requests):
             pool = None  # a mixed batch (never sent by the search) is measured plainly
         built = [pool.submit(r) for r in requests] if pool is not None else [None] * len(requests)
-        results: list[TrialResult] = []
+        results: list[TrialResult | None] = [None] * len(requests)
+        if pool is not None:
+            index = {f: i for i, f in enumerate(built)}
+            order: Iterable[int] = (index[f] for f in as_completed(built))
+        else:
+            order = range(len(requests))
         first: dict[str, int] = {}
         best: float | None = None
         try:
-            for i, req in enumerate(requests):
+            for i in order:
+                req = requests[i]
                 answer = built[i].result() if built[i] is not None else None
                 if answer is not None and answer["status"] not in ("ok", "crashed"):
-                    results.append(TrialResult.failed(answer["status"], answer["message"], req.config))
+                    results[i] = TrialResult.failed(answer["status"], answer["message"], req.config)
                     continue
                 binary = answer.get("binary") if answer is not None and answer["status"] == "ok" else None
                 same = _dedup_key(req, binary)
@@ -271,8 +320,8 @@ class Harness:
                     prior = results[first[same]]
                     what = "binary" if binary is not None else "configuration"
                     note = f"same compiled {what} as {prior.config}: measured once"
-                    results.append(dataclasses.replace(
-                        prior, config=req.config, message="; ".join(m for m in (prior.message, note) if m)))
+                    results[i] = dataclasses.replace(
+                        prior, config=req.config, message="; ".join(m for m in (prior.message, note) if m))
                     continue
                 if early_stop_factor is not None and best is not None:
                     limit = best * early_stop_factor
@@ -284,12 +333,12 @@ class Harness:
                 if result.status == "ok" and result.median_ms is not None:
                     best = result.median_ms if best is None else min(best, result.median_ms)
                 first[same] = i
-                results.append(result)
+                results[i] = result
         finally:
             for f in built:
                 if f is not None:
                     f.cancel()
-        return results
+        return results  # type: ignore[return-value]  # the loop answered every index
 
     def close(self) -> None:
         for pool in self._pools.values():
