@@ -8,6 +8,9 @@
 #   sweep SHAPE     an exhaustive sweep of the bf16 matmul space, e.g. M=4096,N=4096,K=4096
 #   throughput      harness vs serial triton.autotune, trials per minute (bench/throughput.py --device cuda)
 #   replay          every strategy on every stored sweep (CPU work; may run here instead)
+#   check           issue 6 in one call: throughput (the >= 3x target), the GPU-only harness tests
+#                   (CUDA events + L2 flush, graphs, rotation, crash recovery), and a short
+#                   `tuner tune` on the GPU; each step under its own time limit, logs in $OUT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -33,5 +36,29 @@ case "${1:-}" in
   replay)
     python3 bench/search_efficiency.py --replay --seeds 50
     cp bench/results/search_efficiency.json bench/results/search_efficiency.md "$out"/ ;;
-  *) echo "usage: bash bench/gpu_run.sh suite NK | sweep SHAPE | throughput | replay" >&2; exit 2 ;;
+  check)  # STEPS picks among: tests throughput workers tune (default: all)
+    export PYTHONUNBUFFERED=1 TUNER_HOME=/tmp/tuner-home
+    steps=" ${STEPS:-tests throughput workers tune} "; rc=0
+    if [[ $steps == *" tests "* ]]; then
+      timeout 300 python3 -m pytest -q -p no:cacheprovider -rA --tb=short --timeout 90 -s \
+        tests/test_harness.py -k gpu 2>&1 | tee "$out/gpu_tests.log" || rc=1
+    fi
+    if [[ $steps == *" throughput "* ]]; then
+      timeout "${THROUGHPUT_S:-330}" python3 bench/throughput.py --device cuda --rounds "${ROUNDS:-2}" \
+        --methods "${METHODS:-harness_run_many,harness_run_many_early_stop,autotune,bare}" --timeout 150 \
+        2>&1 | tee "$out/throughput.log" || rc=1
+    fi
+    if [[ $steps == *" workers "* ]]; then  # the compile pool at one process a core but two
+      n=$(( $(nproc) - 2 ))
+      timeout 150 python3 bench/throughput.py --device cuda --rounds "${ROUNDS:-2}" --compile-workers "$n" \
+        --tag "$n compile processes" --methods harness_run_many,harness_run_many_early_stop --timeout 100 \
+        2>&1 | tee "$out/throughput-workers.log" || rc=1
+    fi
+    cp bench/results/throughput.json bench/results/throughput.md "$out"/ 2>/dev/null || true
+    if [[ $steps == *" tune "* ]]; then
+      timeout 150 python3 -m tuner.cli tune matmul --shape M=4096,N=4096,K=4096 --dtype float16 \
+        --trials 40 --device cuda 2>&1 | tee "$out/tune.log" || rc=1
+    fi
+    exit $rc ;;
+  *) echo "usage: bash bench/gpu_run.sh suite NK | sweep SHAPE | throughput | replay | check" >&2; exit 2 ;;
 esac

@@ -151,15 +151,27 @@ def requests(device, key, target, configs):
                          timeout_s=600.0, **measurement(device)) for c in configs]
 
 
-def run_harness(device, spec, key, target, configs, many: bool, early_stop: bool) -> dict:
+def run_harness(device, spec, key, target, configs, many: bool, early_stop: bool,
+                compile_workers: int | None) -> dict:
     from workers.harness import Harness
 
     reqs = requests(device, key, target, configs)
-    with Harness() as h:
+    with Harness(compile_workers=compile_workers) as h:
         t = time.perf_counter()
         h.start(device, precompile=many)
         startup = time.perf_counter() - t
         pool = h._pool(device) if many else None
+        workers = pool.size if pool is not None else 0
+        run, bench_s = h.run, []
+
+        def timed_run(req):  # where the wall goes: the benchmark process vs waiting for builds
+            t = time.perf_counter()
+            try:
+                return run(req)
+            finally:
+                bench_s.append(time.perf_counter() - t)
+
+        h.run = timed_run
         t0 = time.perf_counter()
         if many:
             results = h.run_many(reqs, early_stop_factor=EARLY_STOP_FACTOR if early_stop else None)
@@ -173,7 +185,8 @@ def run_harness(device, spec, key, target, configs, many: bool, early_stop: bool
     ok = [r for r in results if r.status == "ok"]
     best = min(ok, key=lambda r: r.median_ms) if ok else None
     return {"wall_s": wall, "startup_s": startup, "statuses": statuses, "benchmarked": benchmarked,
-            "compile_workers": pool.size if pool is not None else 0,
+            "compile_workers": workers, "benchmark_process_s": sum(bench_s),
+            "pool_compile_s": sum(r.compile_s or 0 for r in ok) if workers else None,
             "early_stopped": sum(r.early_stopped for r in results),
             "timed_kernel_s": sum((r.median_ms or 0) * r.reps for r in ok) / 1e3,
             "best": {"config": best.config, "median_ms": best.median_ms} if best else None}
@@ -247,7 +260,7 @@ def child(args) -> None:
         out = run_paired(device, spec, key, target, configs, args.pairs)
     elif args.method.startswith("harness"):
         out = run_harness(device, spec, key, target, configs, many=args.method != "harness_run",
-                          early_stop=args.method.endswith("early_stop"))
+                          early_stop=args.method.endswith("early_stop"), compile_workers=args.compile_workers)
     else:
         out = run_autotune(device, spec, key, target, configs, equal_reps=args.method == "autotune_equal_reps")
     out["configs"] = configs
@@ -261,7 +274,9 @@ def child(args) -> None:
 # ---- the parent ------------------------------------------------------------------------
 def spawn(method: str, args) -> dict:
     cache = tempfile.mkdtemp(prefix="tuner-throughput-cache-")
-    env = {**os.environ, "TRITON_CACHE_DIR": cache, "PYTHONPATH": str(ROOT)}
+    # ROOT first, and whatever the caller put on the path after it (a GPU machine's carried wheels)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "TRITON_CACHE_DIR": cache, "PYTHONPATH": path}
     env.pop("TUNER_KERNEL_MODULES", None)
     if args.device == "cpu":
         env["TRITON_INTERPRET"] = "1"
@@ -269,6 +284,8 @@ def spawn(method: str, args) -> dict:
         env.pop("TRITON_INTERPRET", None)
     cmd = [sys.executable, __file__, "--child", "--method", method, "--device", args.device,
            "--size", str(args.size), "--dtype", args.dtype, "--configs", str(args.configs), "--pairs", str(args.pairs)]
+    if args.compile_workers:
+        cmd += ["--compile-workers", str(args.compile_workers)]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     finally:
@@ -308,11 +325,16 @@ def report(entry_by_label: dict) -> str:
         for name, r in e["methods"].items():
             notes = []
             if "startup_s" in r:
-                notes.append(f"startup {r['startup_s']:.1f} s (not in wall)")
+                with_startup = e["n_configs"] / (r["wall_s"] + r["startup_s"]) * 60
+                notes.append(f"startup {r['startup_s']:.1f} s (not in wall; {with_startup:.0f} trials/min with it)")
             if r.get("compile_workers"):
                 notes.append(f"{r['compile_workers']} compile processes")
             if "benchmarked" in r:
                 notes.append(f"{r['benchmarked']} benchmarked")
+            if "benchmark_process_s" in r:
+                notes.append(f"{r['benchmark_process_s']:.2f} s in the benchmark process")
+            if r.get("pool_compile_s"):
+                notes.append(f"{r['pool_compile_s']:.1f} s of builds in the pool")
             if r.get("early_stopped"):
                 notes.append(f"{r['early_stopped']} stopped early")
             if "overhead" in r:
@@ -344,6 +366,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="runs of every method, interleaved; the fastest stands")
     ap.add_argument("--pairs", type=int, default=3, help="paired: tries of each configuration each way")
     ap.add_argument("--timeout", type=float, default=3600.0, help="per method, seconds")
+    ap.add_argument("--compile-workers", type=int, help="compile processes of run_many (default: the harness's)")
+    ap.add_argument("--tag", default="", help="appended to the results' label, to keep a variant's run apart")
     ap.add_argument("--method", help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -358,7 +382,8 @@ def main() -> None:
     for r in range(args.rounds):  # interleaved rounds: a drift of a shared machine hits every method
         for name in names:
             runs[name].append(spawn(name, args))
-            print(f"round {r + 1}/{args.rounds} {name}: {runs[name][-1]['wall_s']:.2f} s", file=sys.stderr, flush=True)
+            brief = {k: v for k, v in runs[name][-1].items() if k != "configs"}  # kept if a later run dies
+            print(f"round {r + 1}/{args.rounds} {name}: {json.dumps(brief)}", file=sys.stderr, flush=True)
     methods: dict[str, dict] = {}
     for name, rs in runs.items():  # the fastest run stands (paired: the median overhead); all are kept
         by = "overhead" if name == "paired" else "wall_s"
@@ -385,6 +410,7 @@ def main() -> None:
     import torch
     import triton
     label = "triton-interpreter (CPU)" if args.device == "cpu" else f"{gpu} (CUDA/ROCm {runtime})"
+    label += f" [{args.tag}]" if args.tag else ""
     targets = []
     if args.device == "cpu" and "paired" in methods:
         o = methods["paired"]["overhead"]
