@@ -1,6 +1,14 @@
-import pytest
+import os
 
-from tests.services import pg_database
+# The Triton interpreter is chosen when triton is first imported, and every test runs on the CPU.
+# Set here, where only pytest looks, not in tests/__init__.py: a benchmark process on a GPU imports
+# tests.kernels.* as kernel modules, and a package that turned the interpreter on there would run
+# its GPU kernels interpreted (the GPU-only harness tests crawled past their timeouts on an H200).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from tests.services import pg_database  # noqa: E402
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -1,4 +1,8 @@
 """Every way a kernel can fail costs one trial with its status, and the harness goes on."""
+import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -300,3 +304,28 @@ def test_gpu_illegal_access_crashes_one_trial_and_the_context_is_replaced(gpu_ha
     assert r.status == "crashed" and "illegal memory access" in r.message, r
     assert gpu_harness.run(gpu_request("good_add")).status == "ok"
     assert gpu_harness.restarts == before + 1  # the poisoned process exited after answering
+
+
+# ---- the interpreter never runs a GPU trial -------------------------------------------------
+def test_the_test_kernel_modules_leave_the_interpreter_alone():
+    """tests/__init__.py once set TRITON_INTERPRET=1, so a GPU benchmark process that imported
+    tests.kernels.broken turned every kernel in it into an interpreted one (on an H200 the GPU
+    tests ran past their timeouts). Only conftest.py, which pytest alone imports, sets it now."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import os, triton, tests.kernels.broken, tests.kernels.trivial, tests.kernels.external\n"
+            "assert 'TRITON_INTERPRET' not in os.environ and not triton.knobs.runtime.interpret\n"
+            "assert type(tests.kernels.broken._add_kernel).__name__ == 'JITFunction'")
+    subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, check=True)
+
+
+def test_a_gpu_trial_is_refused_where_the_interpreter_is_on(monkeypatch):
+    """Here, as in every test, TRITON_INTERPRET=1: a trial for a GPU would be timed interpreted."""
+    from workers.bench_child import run_trial
+    from workers.precompile import compile_one
+
+    monkeypatch.setenv("TUNER_KERNEL_MODULES", MODULES)
+    req = dataclasses.replace(request("good_add"), device="cuda:0", arch="sm_90")
+    r = run_trial(req)
+    assert r.status == "crashed" and "TRITON_INTERPRET=1 is set in the process running cuda:0" in r.message, r
+    answer = compile_one(req)
+    assert answer["status"] == "crashed" and "TRITON_INTERPRET=1" in answer["message"]

@@ -93,6 +93,21 @@ def _use_device(device: str) -> None:
         torch.cuda.set_device(torch.device(device))
 
 
+def interpreted_on_gpu(device: str) -> str | None:
+    """Why a GPU trial cannot run here, when Triton's interpreter is on in this process: a kernel
+    module (or anything it imports) that set TRITON_INTERPRET=1 on import turns every @triton.jit
+    decorated after it into an interpreted function, which runs on GPU tensors through host
+    copies, thousands of times slower, and would be timed as a GPU kernel."""
+    if device == "cpu":
+        return None
+    import triton
+
+    if not triton.knobs.runtime.interpret:
+        return None
+    return (f"TRITON_INTERPRET=1 is set in the process running {device} trials (a kernel module set it "
+            "on import?): its kernels would run in the Triton interpreter; unset it for GPU workers")
+
+
 def run_trial(req: TrialRequest) -> TrialResult:
     from search_spaces import registry
     from search_spaces.base import SpecError, TuningKey
@@ -107,6 +122,9 @@ def run_trial(req: TrialRequest) -> TrialResult:
     if key.version != spec.version:
         return TrialResult.failed("invalid", f"kernel changed since the study was created "
                                              f"(study {key.version}, code {spec.version})", config)
+    why = interpreted_on_gpu(req.device)
+    if why is not None:
+        return TrialResult.failed("crashed", why, config)
     try:
         target = _target(req.device)
     except Exception as exc:

@@ -41,7 +41,7 @@ def default_workers() -> int:
 def compile_one(req: TrialRequest) -> dict[str, Any]:
     from search_spaces import registry
     from search_spaces.base import SpecError, TuningKey
-    from workers.bench_child import _classify, _message, _target, _use_device
+    from workers.bench_child import _classify, _message, _target, _use_device, interpreted_on_gpu
 
     try:
         spec = registry.get(req.kernel)
@@ -51,6 +51,9 @@ def compile_one(req: TrialRequest) -> dict[str, Any]:
     if key.version != spec.version:
         return {"status": "invalid", "message": f"kernel changed since the study was created "
                                                 f"(study {key.version}, code {spec.version})"}
+    why = interpreted_on_gpu(req.device)
+    if why is not None:
+        return {"status": "crashed", "message": why}
     try:
         _use_device(req.device)
         target = _target(req.device)
