@@ -284,9 +284,10 @@ class Harness:
 
         With a compile pool (GPUs; `precompile`), every request is submitted to the pool at once
         and each is benchmarked as soon as it is built, in the order the builds finish, so
-        compiling the rest overlaps the benchmark and one slow build holds up no other. A configuration the pool finds invalid, uncompilable, out
-        of resources or too slow to compile is answered from there and never launched; one
-        whose compile process crashed is still sent to the benchmark process, which decides.
+        compiling the rest overlaps the benchmark and one slow build holds up no other. A
+        configuration the pool finds invalid, uncompilable, out of resources or too slow to
+        compile is answered from there and never launched; one whose compile process crashed is
+        still sent to the benchmark process, which decides.
 
         Requests that differ only in config (and early_stop_ms, timeout_s) and build the same
         binary, or on the interpreter are the same request, are benchmarked once: the others
