@@ -117,6 +117,12 @@ class _Child:
         new = list(self.stderr)[-(self.lines - before):] if self.lines > before else []
         return " <- ".join(_current_frames(new)[:4])
 
+    def kill_stuck(self) -> str:
+        """Kill a child that stopped answering, first asking where it was stuck; says both."""
+        at = self.where()
+        self.kill()
+        return f"{self.role} killed and restarted{'; it was at ' + at if at else ''}"
+
     def death(self) -> str:
         try:
             rc = self.proc.wait(timeout=5)
@@ -256,12 +262,9 @@ class Harness:
             return TrialResult.failed("crashed", child.death(), req.config)
         line = child.read_line(req.timeout_s)
         if line is None:
-            at = child.where()
-            child.kill()
+            stuck = child.kill_stuck()
             self._children.pop(req.device, None)
-            return TrialResult.failed("timeout", f"no result within {req.timeout_s:g} s; benchmark process "
-                                                 f"killed and restarted{'; it was at ' + at if at else ''}",
-                                      req.config)
+            return TrialResult.failed("timeout", f"no result within {req.timeout_s:g} s; {stuck}", req.config)
         if line == b"":
             self._children.pop(req.device, None)
             return TrialResult.failed("crashed", child.death(), req.config)

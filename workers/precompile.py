@@ -128,10 +128,8 @@ class CompilePool:
                 return {"status": "crashed", "message": child.death()}
             line = child.read_line(req.timeout_s)
             if line is None:
-                at = child.where()
-                child.kill()
-                return {"status": "timeout", "message": f"compiling took longer than {req.timeout_s:g} s; compile "
-                                                        f"process killed and restarted{'; it was at ' + at if at else ''}"}
+                return {"status": "timeout",
+                        "message": f"compiling took longer than {req.timeout_s:g} s; {child.kill_stuck()}"}
             if line == b"":
                 return {"status": "crashed", "message": child.death()}
             try:
