@@ -142,3 +142,20 @@ def test_the_search_hands_the_pool_groups_as_wide_as_it(harness, tmp_path):
         rows = s.execute(select(models.TuningTrial.config, models.TuningTrial.status)).all()
     assert sorted((c["BLOCK"], c["SKEW"]) for c, _ in rows) == [(64, 0), (64, 1), (128, 0), (128, 1)]
     assert {status for _, status in rows} == {"ok"}
+
+
+def test_the_benchmark_process_starts_alongside_the_compile_pool(monkeypatch):
+    """Its startup (torch, triton, a device context) overlaps the pool's instead of following it."""
+    def started(pid):  # clock ticks since boot (/proc/PID/stat field 22)
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[19])
+
+    monkeypatch.setenv("TUNER_KERNEL_MODULES", MODULES)
+    with Harness(compile_workers=1, precompile=True) as h:
+        assert h.width("cpu") == 1  # starts the pool and waits for it
+        (bench,) = h._spawned.values()  # already on its way, no trial asked for it
+        (compiler,) = h._pool("cpu")._all
+        assert started(bench.proc.pid) <= started(compiler.proc.pid)
+        (r,) = h.run_many([request("twin_add", {"BLOCK": 64, "SKEW": 0})])
+        assert r.status == "ok" and h.restarts == 0 and not h._spawned
+    assert bench.proc.poll() is not None and compiler.proc.poll() is not None

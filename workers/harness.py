@@ -161,15 +161,21 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-def start_children(device: str, module: str, n: int, env: dict[str, str] | None = None) -> list[_Child]:
-    """n children started together (their imports overlap) and each answered a ping; the ones
-    that did not are killed. Raises RuntimeError when none started. env: added to theirs."""
+def spawn_children(device: str, module: str, n: int, env: dict[str, str] | None = None) -> list[_Child]:
+    """n children started and pinged, not waited for: their imports run while the caller goes on.
+    env: added to theirs. `await_children` collects them."""
     children = [_Child(device, module, env) for _ in range(n)]
     for child in children:
         try:
             child.send({"op": "ping", "device": device})
         except (BrokenPipeError, OSError):
             pass
+    return children
+
+
+def await_children(device: str, children: list[_Child]) -> list[_Child]:
+    """The spawned children that answered their ping; the others are killed. Raises RuntimeError
+    when none did."""
     end = time.monotonic() + STARTUP_TIMEOUT_S
     ok, reasons = [], []
     for child in children:
@@ -182,9 +188,14 @@ def start_children(device: str, module: str, n: int, env: dict[str, str] | None 
     if not ok:
         raise RuntimeError(f"{children[0].role} for {device} failed to start: {reasons[0]}")
     if reasons:
-        log.warning("%d of %d %ses for %s failed to start: %s", len(reasons), n, children[0].role, device,
-                    reasons[0])
+        log.warning("%d of %d %ses for %s failed to start: %s", len(reasons), len(children), children[0].role,
+                    device, reasons[0])
     return ok
+
+
+def start_children(device: str, module: str, n: int, env: dict[str, str] | None = None) -> list[_Child]:
+    """n children started together (their imports overlap), each having answered a ping."""
+    return await_children(device, spawn_children(device, module, n, env))
 
 
 class Harness:
@@ -200,6 +211,7 @@ class Harness:
         precompile: None compiles ahead on GPUs only (the interpreter has nothing to compile);
         True forces the pool on the CPU too (tests drive it there); False never uses it."""
         self._children: dict[str, _Child] = {}
+        self._spawned: dict[str, _Child] = {}  # benchmark processes started, their ping not yet read
         self._started: set[str] = set()
         self._pools: dict[str, object] = {}
         self._compile_workers = compile_workers
@@ -215,16 +227,24 @@ class Harness:
 
     def start(self, device: str, precompile: bool = True) -> None:
         """Start the device's benchmark process (and compile pool, where run_many would use one)
-        now rather than on the first trial: startup (importing torch and triton) is seconds."""
-        self._child(device)
+        now rather than on the first trial: startup (importing torch and triton, opening the
+        device) is seconds. The two start side by side."""
         if precompile:
-            self._pool(device)
+            self._pool(device)  # spawns the benchmark process first
+        self._child(device)
+
+    def _spawn(self, device: str) -> None:
+        """Start the device's benchmark process without waiting for it, unless one is up or coming."""
+        child = self._children.get(device)
+        if device not in self._spawned and (child is None or child.proc.poll() is not None):
+            (self._spawned[device],) = spawn_children(device, "workers.bench_child", 1)
 
     def _child(self, device: str) -> _Child:
         child = self._children.get(device)
         if child is not None and child.proc.poll() is None:
             return child
-        (child,) = start_children(device, "workers.bench_child", 1)
+        self._spawn(device)
+        (child,) = await_children(device, [self._spawned.pop(device)])
         if device in self._started:
             self.restarts += 1
         self._started.add(device)
@@ -245,6 +265,8 @@ class Harness:
             return None
         if device not in self._pools:
             from workers.precompile import CompilePool, default_workers
+
+            self._spawn(device)  # the benchmark process is needed next: its startup overlaps the pool's
             try:
                 self._pools[device] = CompilePool(device, self._compile_workers or default_workers())
             except RuntimeError as exc:
@@ -349,9 +371,10 @@ class Harness:
             if pool is not None:
                 pool.close()
         self._pools.clear()
-        for child in self._children.values():
+        for child in (*self._children.values(), *self._spawned.values()):
             child.close()
         self._children.clear()
+        self._spawned.clear()
 
 
 def _dedup_key(req: TrialRequest, binary: str | None) -> str:

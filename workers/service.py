@@ -71,7 +71,13 @@ class WorkerService:
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
+        """Heartbeat, and the harness's processes started before the first message is taken, so
+        no job waits on their startup (seconds on a GPU: torch, triton, a context per process)."""
         self._thread.start()
+        try:
+            self.harness.start(self.cfg.device)
+        except RuntimeError as exc:  # the first trial tries again and reports it there
+            log.warning("benchmark process for %s did not start: %s", self.cfg.device, exc)
 
     def stop(self) -> None:
         self._stop.set()
