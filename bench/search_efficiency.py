@@ -10,8 +10,9 @@ fingerprint and date). --replay runs every strategy of workers/strategies.py, th
 bench/results/search_efficiency.{json,md}: per strategy the median fraction of the optimum
 reached after 10, 20, 50 and 100 evaluations, and the evaluations needed for 95% and 99%.
 `auto-cold` is the default strategy with the kernel's known-good list withheld: how well the
-search does on its own when the author's hints do not fit the device. `auto@8` asks for eight
-proposals at a time before telling any, as the live search does for a GPU's compile pool.
+search does on its own when the author's hints do not fit the device. `auto@8` keeps eight
+proposals in flight, proposing the next as the oldest is told, as the live search does for a
+GPU's compile pool.
 """
 from __future__ import annotations
 
@@ -144,12 +145,15 @@ def replay_one(spec: SweepSpec, key, target, strategy_name: str, seed: int, budg
                width: int = 1) -> list[float]:
     """Best time after each counted evaluation (failed evaluations count, never become best).
 
-    width: proposals asked for together before any is told, as the live search does on a GPU
-    (workers/search.py hands the compile pool groups of its width)."""
+    width: proposals in flight, as the live search keeps them on a GPU (workers/search.py keeps
+    as many as the compile pool builds at once, and proposes the next when one is told); here
+    they are told oldest first."""
+    import collections
+
     import optuna
 
     from search_spaces.base import config_hash
-    from workers.strategies import Strategy, propose_group
+    from workers.strategies import Strategy, propose
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # auto-cold: the default strategy without the kernel's known-good list, i.e. what the search
@@ -161,19 +165,27 @@ def replay_one(spec: SweepSpec, key, target, strategy_name: str, seed: int, budg
         study.enqueue_trial(c, skip_if_exists=True)
     seen: dict = {}
     best, curve = float("inf"), []
+    flight: collections.deque = collections.deque()
+    proposing = True
     while len(curve) < budget:
-        group = propose_group(study, strategy, spec, key, target, seen, len(curve), min(width, budget - len(curve)))
-        if not group:
+        while proposing and len(flight) < width and len(curve) + len(flight) < budget:
+            proposal = propose(study, strategy, spec, key, target, seen, len(curve) + len(flight))
+            if proposal is None:
+                proposing = False
+                break
+            seen[config_hash(proposal[1])] = ("pending", None)
+            flight.append(proposal)
+        if not flight:
             break
-        for trial, config in group:
-            t = spec.times.get(config_hash(config))
-            seen[config_hash(config)] = ("ok", t) if t is not None else ("crashed", None)
-            if t is None:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            else:
-                study.tell(trial, t)
-                best = min(best, t)
-            curve.append(best)
+        trial, config = flight.popleft()
+        t = spec.times.get(config_hash(config))
+        seen[config_hash(config)] = ("ok", t) if t is not None else ("crashed", None)
+        if t is None:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, t)
+            best = min(best, t)
+        curve.append(best)
     while len(curve) < budget:  # the space ran out: the best stays
         curve.append(best)
     return curve

@@ -102,8 +102,9 @@ def test_compile_builds_the_specialization_its_launch_uses(monkeypatch, module, 
     assert spec.compile(config, key, target_for("interpreter")) is None
 
 
-def test_the_search_hands_the_pool_groups_as_wide_as_it(harness, tmp_path):
-    """run_batch asks for as many trials as the pool compiles at once and stores each result."""
+def test_the_search_keeps_the_pool_busy(harness, tmp_path):
+    """run_batch keeps as many trials in flight as the pool compiles at once, proposes the next
+    as each is told, and stores each result."""
     from sqlalchemy import select
 
     from db import models, store
@@ -130,18 +131,28 @@ def test_the_search_hands_the_pool_groups_as_wide_as_it(harness, tmp_path):
     ctx = SearchContext(db_url=url, job_id="j", job_key_id=ids[2], key=key, device="cpu",
                         target=target_for("interpreter"), device_class_id=ids[0], fingerprint_id=ids[1],
                         study_name="s", sampler="grid", seed=0, budget_trials=4)
-    widths, run_many = [], harness.run_many
-    harness.run_many = lambda reqs, **kw: widths.append(len(reqs)) or run_many(reqs, **kw)
+    events, stream = [], harness.stream
+
+    def watched(take, depth, **kw):
+        def taken():
+            item = take()
+            events.append("take" if item else "end")
+            return item
+        for tag, result in stream(taken, depth, **kw):
+            events.append("told")
+            yield tag, result
+
+    harness.stream = watched
     try:
         assert harness.width("cpu") == 2
         assert run_batch(ctx, harness, max_trials=10) == 4  # the budget, not max_trials, ends it
     finally:
-        del harness.run_many
-    assert widths == [2, 2]
+        del harness.stream
+    # two in flight from the start; each later proposal follows a told result
+    assert events == ["take", "take", "told", "take", "told", "take", "told", "end", "told"]
     with session_scope(url) as s:
-        rows = s.execute(select(models.TuningTrial.config, models.TuningTrial.status)).all()
-    assert sorted((c["BLOCK"], c["SKEW"]) for c, _ in rows) == [(64, 0), (64, 1), (128, 0), (128, 1)]
-    assert {status for _, status in rows} == {"ok"}
+        stored = s.scalars(select(models.TuningTrial.status).where(models.TuningTrial.job_id == "j")).all()
+    assert sorted(stored) == ["ok"] * 4
 
 
 def test_the_benchmark_process_starts_alongside_the_compile_pool(monkeypatch):

@@ -111,9 +111,26 @@ def test_a_sweep_of_format_2_keeps_every_round_and_reports_the_noise(sweep):
     assert bench.noise(doc) == {"rounds": 2, "median_round_spread": 0.3}
 
 
-def test_grouped_proposals_never_repeat_within_a_group(sweep):
+def test_proposals_in_flight_never_repeat(sweep):
     spec, key, target = sweep
     curve = bench.replay_one(spec, key, target, "auto", seed=1, budget=40, width=8)
     assert len(curve) == 40 and all(x >= y for x, y in zip(curve, curve[1:]))
     grid = bench.replay_one(spec, key, target, "grid", seed=0, budget=len(spec.times), width=8)
     assert grid[-1] == min(t for t in spec.times.values() if t is not None)  # every point, each once
+
+
+def test_with_trials_in_flight_auto_steps_around_the_incumbent(sweep):
+    """Before TPE models anything, a proposal made while others are in flight is a neighbour of
+    the best told so far, not a random draw; with nothing in flight nothing changes."""
+    from search_spaces.base import config_hash
+    from workers.strategies import Strategy
+
+    spec, key, target = sweep
+    best, other = {"P": 9, "Q": 4, "num_warps": 1}, {"P": 1, "Q": 1, "num_warps": 1}
+    seen = {config_hash(best): ("ok", 1.0), config_hash(other): ("ok", 70.0),
+            config_hash({"P": 5, "Q": 5, "num_warps": 1}): ("pending", None)}
+    auto = Strategy("auto", 0)
+    step = auto.next_config(spec, key, target, seen, counted=3)
+    assert step is not None and sum(step[p] != best[p] for p in best) == 1
+    assert auto.next_config(spec, key, target, {k: v for k, v in seen.items() if v[0] == "ok"}, counted=2) is None
+    assert Strategy("tpe", 0).next_config(spec, key, target, seen, counted=3) is None

@@ -1,14 +1,16 @@
 """The parent side of the benchmark: one persistent child process per device, restarted after a
 crash or a hang, so a bad kernel costs one trial and never the worker.
 
-`Harness.run` measures one request. `Harness.run_many` measures a batch: on a GPU a pool of
-compile processes (workers/precompile.py) builds the batch into Triton's on-disk cache while
-the benchmark process measures what is already built; configurations that build the same
-binary are measured once; results come back in the order of the requests.
+`Harness.run` measures one request. `Harness.stream` measures requests as a caller hands them
+over, keeping a few in flight: on a GPU a pool of compile processes (workers/precompile.py)
+builds them into Triton's on-disk cache while the benchmark process measures what is already
+built, and configurations that build the same binary are measured once. `Harness.run_many`
+is a stream of a fixed list, answered in the order of the requests.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -19,14 +21,15 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import as_completed
-from typing import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import Callable, Iterator, TypeVar
 
 from search_spaces.base import canonical_json, config_hash
 from workers.bench_child import poisoned
 from workers.messages import TrialRequest, TrialResult
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 STARTUP_TIMEOUT_S = 180.0  # importing torch and triton on a busy 2-core machine is slow
 
 
@@ -201,9 +204,9 @@ def start_children(device: str, module: str, n: int, env: dict[str, str] | None 
 class Harness:
     """Runs TrialRequests in isolated child processes; `run` never raises for a kernel's fault.
 
-    `run_many` runs a batch: on a GPU it compiles the batch in parallel compile processes while
-    the benchmark process measures the configurations already built, benchmarks once each
-    distinct binary (and on the interpreter each distinct request), and answers in order.
+    `stream` and `run_many` run many: on a GPU they compile in parallel compile processes while
+    the benchmark process measures the configurations already built, and benchmark once each
+    distinct binary (and on the interpreter each distinct request).
     """
 
     def __init__(self, compile_workers: int | None = None, precompile: bool | None = None) -> None:
@@ -226,7 +229,7 @@ class Harness:
         self.close()
 
     def start(self, device: str, precompile: bool = True) -> None:
-        """Start the device's benchmark process (and compile pool, where run_many would use one)
+        """Start the device's benchmark process (and compile pool, where a stream would use one)
         now rather than on the first trial: startup (importing torch and triton, opening the
         device) is seconds. The two start side by side."""
         if precompile:
@@ -252,13 +255,13 @@ class Harness:
         return child
 
     def width(self, device: str) -> int:
-        """How many trials run_many should be given at once for device: the compile pool's size
-        where configurations are compiled ahead (the pool is started here), else 1."""
+        """How many trials to keep in flight on device: the compile pool's size where
+        configurations are compiled ahead (the pool is started here), else 1."""
         pool = self._pool(device)
         return pool.size if pool is not None else 1
 
     def _pool(self, device: str):
-        """The device's compile pool, started on first use; None where run_many compiles nothing
+        """The device's compile pool, started on first use; None where nothing is compiled
         ahead (the interpreter, unless forced) or the pool would not start (then never retried)."""
         wanted = self._precompile if self._precompile is not None else device != "cpu"
         if not wanted:
@@ -305,49 +308,66 @@ class Harness:
 
     def run_many(self, requests: list[TrialRequest], early_stop_factor: float | None = None,
                  precompile: bool = True) -> list[TrialResult]:
-        """The results of requests, in their order.
+        """The results of requests, in their order: `stream` with all of them in flight at once."""
+        pending = iter(enumerate(requests))
+        results: list[TrialResult | None] = [None] * len(requests)
+        with contextlib.closing(self.stream(lambda: next(pending, None), len(requests), early_stop_factor,
+                                            precompile)) as answers:
+            for i, result in answers:
+                results[i] = result
+        return results  # type: ignore[return-value]  # the stream answered every request
 
-        With a compile pool (GPUs; `precompile`), every request is submitted to the pool at once
-        and each is benchmarked as soon as it is built, in the order the builds finish, so
-        compiling the rest overlaps the benchmark and one slow build holds up no other. A
+    def stream(self, take: Callable[[], tuple[T, TrialRequest] | None], depth: int,
+               early_stop_factor: float | None = None, precompile: bool = True) -> Iterator[tuple[T, TrialResult]]:
+        """Measure requests as they come, yielding (tag, result) as each is measured.
+
+        `take()` gives the next (tag, request), or None when there are no more. Up to `depth`
+        requests are in flight; another is taken each time one is answered, after the caller has
+        seen that answer, so a search proposes its next configuration knowing it. With a compile
+        pool (GPUs; `precompile`) the requests in flight are built in parallel and each is
+        benchmarked as soon as it is built, in the order the builds finish: the pool keeps
+        compiling while the benchmark process measures, and one slow build holds up no other. A
         configuration the pool finds invalid, uncompilable, out of resources or too slow to
         compile is answered from there and never launched; one whose compile process crashed is
-        still sent to the benchmark process, which decides.
+        still sent to the benchmark process, which decides. Without a pool, one at a time.
 
         Requests that differ only in config (and early_stop_ms, timeout_s) and build the same
-        binary, or on the interpreter are the same request, are benchmarked once: the others
-        get the measured one's result with their own config and a note in the message.
+        binary, or on the interpreter are the same request, are benchmarked once: the others get
+        the measured one's result with their own config and a note in the message.
 
         early_stop_factor: each request's early stop is tightened to this multiple of the best
-        median measured so far in the batch (the search's rule, applied within the batch).
+        median measured so far in the stream (the search's rule).
         """
-        pool = self._pool(requests[0].device) if precompile and requests else None
-        if pool is not None and any(r.device != pool.device for r in requests):
-            pool = None  # a mixed batch (never sent by the search) is measured plainly
-        built = [pool.submit(r) for r in requests] if pool is not None else [None] * len(requests)
-        results: list[TrialResult | None] = [None] * len(requests)
-        if pool is not None:
-            index = {f: i for i, f in enumerate(built)}
-            order: Iterable[int] = (index[f] for f in as_completed(built))
-        else:
-            order = range(len(requests))
-        first: dict[str, int] = {}
+        first: dict[str, TrialResult] = {}
         best: float | None = None
+        flight: dict[Future, tuple[T, TrialRequest]] = {}
+        taking = True
         try:
-            for i in order:
-                req = requests[i]
-                answer = built[i].result() if built[i] is not None else None
+            while True:
+                while taking and len(flight) < max(1, depth):
+                    item = take()
+                    if item is None:
+                        taking = False
+                        break
+                    flight[self._build(item[1], precompile)] = item
+                if not flight:
+                    return
+                if not any(f.done() for f in flight):
+                    wait(flight, return_when=FIRST_COMPLETED)
+                done = next(f for f in flight if f.done())  # the earliest taken of those built
+                tag, req = flight.pop(done)
+                answer = done.result()
                 if answer is not None and answer["status"] not in ("ok", "crashed"):
-                    results[i] = TrialResult.failed(answer["status"], answer["message"], req.config)
+                    yield tag, TrialResult.failed(answer["status"], answer["message"], req.config)
                     continue
                 binary = answer.get("binary") if answer is not None and answer["status"] == "ok" else None
                 same = _dedup_key(req, binary)
                 if same in first:
-                    prior = results[first[same]]
+                    prior = first[same]
                     what = "binary" if binary is not None else "configuration"
                     note = f"same compiled {what} as {prior.config}: measured once"
-                    results[i] = dataclasses.replace(
-                        prior, config=req.config, message="; ".join(m for m in (prior.message, note) if m))
+                    yield tag, dataclasses.replace(prior, config=req.config,
+                                                   message="; ".join(m for m in (prior.message, note) if m))
                     continue
                 if early_stop_factor is not None and best is not None:
                     limit = best * early_stop_factor
@@ -358,13 +378,20 @@ class Harness:
                     result = dataclasses.replace(result, compile_s=answer["compile_s"])
                 if result.status == "ok" and result.median_ms is not None:
                     best = result.median_ms if best is None else min(best, result.median_ms)
-                first[same] = i
-                results[i] = result
+                first[same] = result
+                yield tag, result
         finally:
-            for f in built:
-                if f is not None:
-                    f.cancel()
-        return results  # type: ignore[return-value]  # the loop answered every index
+            for f in flight:
+                f.cancel()
+
+    def _build(self, req: TrialRequest, precompile: bool) -> Future:
+        """The pool's answer for req (None inside: nothing built ahead, the benchmark decides)."""
+        pool = self._pool(req.device) if precompile else None
+        if pool is not None:
+            return pool.submit(req)
+        nothing: Future = Future()
+        nothing.set_result(None)
+        return nothing
 
     def close(self) -> None:
         for pool in self._pools.values():

@@ -7,6 +7,7 @@ configuration that the kernel's `check` rejects is stored as `invalid` but costs
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -22,7 +23,7 @@ from search_spaces import registry
 from search_spaces.base import Config, Target, TuningKey, config_hash
 from workers.harness import Harness
 from workers.messages import TrialRequest, TrialResult
-from workers.strategies import Strategy, propose_group
+from workers.strategies import Strategy, propose
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -160,35 +161,42 @@ def run_batch(ctx: SearchContext, harness: Harness, max_trials: int,
               seeds: Callable[[], list[Config]] | None = None) -> int:
     """Run up to max_trials counted trials of the key's study, within the key's budget.
 
-    Returns how many counted trials this call ran. Trials are asked for in groups as wide as
-    the harness compiles ahead (one on the interpreter), so that on a GPU the group compiles in
-    parallel while its first members are benchmarked; constant-liar TPE keeps the members of a
-    group apart. The budget is re-read from the database before every group, so cooperating
-    workers overshoot it by at most one group each.
+    Returns how many counted trials this call ran. As many trials are kept in flight as the
+    harness compiles ahead (one on the interpreter), and a new one is asked for each time one
+    is told, so that on a GPU the compile pool keeps building while the benchmark process
+    measures; constant-liar TPE keeps the trials in flight apart. The budget is re-read from
+    the database before every proposal, so cooperating workers overshoot it by at most the
+    trials each has in flight.
     """
     spec = registry.get(ctx.key.kernel)
     strategy = Strategy(ctx.sampler, ctx.seed)
     study = open_study(ctx, seeds)
     seen = measured(ctx.db_url, ctx.study_name)
-    width = harness.width(ctx.device)
+    ran, flying = 0, 0
 
     def invalid(number: int, config: Config, reason: str) -> None:
         store_trial(ctx, number, config, TrialResult.failed("invalid", reason, config))
 
-    ran = 0
-    while ran < max_trials:
-        if should_stop and should_stop():
-            break
-        counted = counted_trials(ctx.db_url, ctx.job_key_id)
-        room = min(width, max_trials - ran, ctx.budget_trials - counted)
-        group = propose_group(study, strategy, spec, ctx.key, ctx.target, seen, counted, room, invalid)
-        if not group:
-            break  # the budget is spent, or the space has nothing left worth measuring
+    def take() -> tuple[tuple[optuna.Trial, Config], TrialRequest] | None:
+        nonlocal flying
+        if ran + flying >= max_trials or (should_stop and should_stop()):
+            return None
+        counted = counted_trials(ctx.db_url, ctx.job_key_id) + flying
+        if counted >= ctx.budget_trials:
+            return None
+        proposal = propose(study, strategy, spec, ctx.key, ctx.target, seen, counted, invalid)
+        if proposal is None:
+            return None  # the space has nothing left worth measuring
+        trial, config = proposal
+        seen[config_hash(config)] = ("pending", None)  # never proposed twice while in flight
         best = min((m for s, m in seen.values() if s == "ok" and m is not None), default=None)
-        requests = [request_for(ctx, config, best * EARLY_STOP_FACTOR if best else None) for _, config in group]
-        results = (harness.run_many(requests, early_stop_factor=EARLY_STOP_FACTOR) if len(requests) > 1
-                   else [harness.run(requests[0])])
-        for (trial, config), result in zip(group, results):
+        flying += 1
+        return proposal, request_for(ctx, config, best * EARLY_STOP_FACTOR if best else None)
+
+    results = harness.stream(take, harness.width(ctx.device), early_stop_factor=EARLY_STOP_FACTOR)
+    with contextlib.closing(results):
+        for (trial, config), result in results:
+            flying -= 1
             store_trial(ctx, trial.number, config, result)
             seen[config_hash(config)] = (result.status, result.median_ms)
             if result.status == "ok":

@@ -26,6 +26,7 @@ from search_spaces.base import Config, KernelSpec, Target, TuningKey, config_has
 
 STRATEGIES = ("auto", "tpe", "random", "grid")
 MAX_IDLE_PROPOSALS = 200
+STARTUP_TRIALS = 8  # TPE's random trials before it models anything
 Seen = dict[str, tuple[str, "float | None"]]  # config_hash -> (status, median_ms)
 
 
@@ -39,7 +40,7 @@ class Strategy:
             # multivariate TPE models the interaction of tile sizes; constant_liar keeps
             # cooperating workers from proposing the point another is measuring
             return optuna.samplers.TPESampler(seed=self.seed, multivariate=True, constant_liar=True,
-                                              n_startup_trials=8)
+                                              n_startup_trials=STARTUP_TRIALS)
         return optuna.samplers.RandomSampler(seed=self.seed)
 
     def seeds(self, spec: KernelSpec, key: TuningKey, target: Target, warm: list[Config] = ()) -> list[Config]:
@@ -66,8 +67,13 @@ class Strategy:
             configs = list(valid_configs(spec, key, target))
             random.Random(self.seed or 0).shuffle(configs)  # seeded, so a budget < grid is unbiased
             return next((c for c in configs if config_hash(c) not in seen), None)
-        if self.name == "auto" and counted >= 8 and counted % 2 == 0:
-            return pattern_step(spec, key, target, seen, random.Random((self.seed or 0) * 7919 + counted))
+        if self.name == "auto":
+            told = sum(1 for status, _ in seen.values() if status not in ("pending", "invalid"))
+            # with trials in flight (a GPU's compile pool), TPE is still drawing its startup trials
+            # at random for a while after the seeds: step around the incumbent instead
+            blind = told < counted and told < STARTUP_TRIALS
+            if blind or (counted >= 8 and counted % 2 == 0):
+                return pattern_step(spec, key, target, seen, random.Random((self.seed or 0) * 7919 + counted))
         return None
 
     def exhausted(self, spec: KernelSpec, key: TuningKey, target: Target, seen: Seen) -> bool:
@@ -145,17 +151,3 @@ def propose(study: optuna.Study, strategy: Strategy, spec: KernelSpec, key: Tuni
         return trial, config
     return None
 
-
-def propose_group(study: optuna.Study, strategy: Strategy, spec: KernelSpec, key: TuningKey, target: Target,
-                  seen: Seen, counted: int, width: int,
-                  on_invalid: Callable[[int, Config, str], None] | None = None) -> list[tuple[optuna.Trial, Config]]:
-    """Up to width proposals to measure together (fewer when the space runs out). Each is marked
-    pending in seen, so no group holds a configuration twice; the caller tells every trial."""
-    group: list[tuple[optuna.Trial, Config]] = []
-    while len(group) < width:
-        proposal = propose(study, strategy, spec, key, target, seen, counted + len(group), on_invalid)
-        if proposal is None:
-            break
-        group.append(proposal)
-        seen[config_hash(proposal[1])] = ("pending", None)
-    return group
