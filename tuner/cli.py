@@ -98,17 +98,21 @@ def tune(kernel: str = typer.Argument(..., help="A registered kernel (see `tuner
         result = tune_local(plan, progress=lambda n: bar.advance(task, n))
     rows = [{"key": o.key.label(), "dims": o.key.dim_map, "dtype": o.key.dtype, "trials": o.trials,
              "config": o.config, "median_ms": o.median_ms, "default_ms": o.default_ms,
-             "speedup": o.speedup} for o in result.keys]
+             "speedup": o.speedup, "search_s": round(o.search_s, 3), "finalize_s": round(o.finalize_s, 3)}
+            for o in result.keys]
     timing = "triton-interpreter (CPU; not GPU figures)" if result.interpreter else "gpu"
     if as_json:
         return _print_json({"job": result.job_id, "device_class": result.device_class,
-                            "fingerprint": result.fingerprint, "timing": timing, "keys": rows})
-    t = Table("key", "trials", "best config", "best ms", "default ms", "speedup",
+                            "fingerprint": result.fingerprint, "timing": timing,
+                            "startup_s": round(result.startup_s, 3), "keys": rows})
+    t = Table("key", "trials", "best config", "best ms", "default ms", "speedup", "search",
               title=f"job {result.job_id} on {result.device_class} (fingerprint {result.fingerprint})",
-              caption=f"timings: {timing}")
+              caption=f"timings: {timing}; harness start {result.startup_s:.1f} s")
     for r in rows:
+        rate = f" ({r['trials'] / r['search_s'] * 60:.0f}/min)" if r["search_s"] > 0 and r["trials"] else ""
         t.add_row(r["key"], str(r["trials"]), json.dumps(r["config"]) if r["config"] else "none ok",
-                  _ms(r["median_ms"]), _ms(r["default_ms"]), f"{r['speedup']:.2f}x" if r["speedup"] else "-")
+                  _ms(r["median_ms"]), _ms(r["default_ms"]), f"{r['speedup']:.2f}x" if r["speedup"] else "-",
+                  f"{r['search_s']:.1f} s{rate}")
     out.print(t)
 
 

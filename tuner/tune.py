@@ -1,6 +1,7 @@
 """`tuner tune`: the local path, in-process, no broker: job -> key studies -> trials -> best."""
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,6 +23,8 @@ class KeyOutcome:
     median_ms: float | None
     default_ms: float | None
     speedup: float | None
+    search_s: float  # the trials, from the first proposal to the last result stored
+    finalize_s: float  # the re-measurement of the top configurations
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class TuneOutcome:
     fingerprint: str
     interpreter: bool
     keys: tuple[KeyOutcome, ...]
+    startup_s: float  # the harness's processes (importing torch and triton, opening the device)
 
 
 def _now() -> datetime:
@@ -87,15 +91,21 @@ def tune_local(plan: LocalPlan, progress=None) -> TuneOutcome:
     state, error = "done", None
     try:
         with Harness() as harness:
+            t = time.perf_counter()
+            harness.start(plan.device)
+            startup_s = time.perf_counter() - t
             for key, key_id in zip(req.keys, key_ids):
                 ctx = SearchContext(db_url=url, job_id=job_id, job_key_id=key_id, key=key,
                                     device=plan.device, target=target, device_class_id=dc_id,
                                     fingerprint_id=fp_id, study_name=study_name(key, dc.slug, fp.hash),
                                     sampler=req.sampler, seed=req.seed, budget_trials=req.trials,
                                     trial_timeout_s=plan.trial_timeout_s)
+                t = time.perf_counter()
                 ran = run_batch(ctx, harness, req.trials, seeds=lambda: seed_configs(ctx),
                                 on_trial=(lambda c, r: progress(1)) if progress else None)
+                t2 = time.perf_counter()
                 done = finalize(ctx, harness, dc.slug)
+                t3 = time.perf_counter()
                 with session_scope(url) as s:
                     row = s.get(models.JobKey, key_id)
                     row.trials_done = ran
@@ -103,7 +113,7 @@ def tune_local(plan: LocalPlan, progress=None) -> TuneOutcome:
                 outcomes.append(KeyOutcome(key, ran, done.config if done else None,
                                            done.median_ms if done else None,
                                            done.default_ms if done else None,
-                                           done.speedup if done else None))
+                                           done.speedup if done else None, t2 - t, t3 - t2))
     except BaseException as exc:
         state, error = ("cancelled", "interrupted") if isinstance(exc, KeyboardInterrupt) else ("failed", repr(exc))
         raise
@@ -111,4 +121,4 @@ def tune_local(plan: LocalPlan, progress=None) -> TuneOutcome:
         with session_scope(url) as s:
             job = s.get(models.Job, job_id)
             job.state, job.error, job.finished_at = state, error, _now()
-    return TuneOutcome(job_id, dc.slug, fp.hash, target.is_interpreter, tuple(outcomes))
+    return TuneOutcome(job_id, dc.slug, fp.hash, target.is_interpreter, tuple(outcomes), startup_s)
