@@ -96,7 +96,7 @@ def test_a_poisoned_context_is_replaced_before_the_next_trial(harness):
 
 
 def test_child_environment(monkeypatch):
-    import workers.harness as harness_module
+    import workers.children as harness_module
 
     envs = {}
 
@@ -109,7 +109,7 @@ def test_child_environment(monkeypatch):
     monkeypatch.setenv("TUNER_KERNEL_MODULES", MODULES)
     for device in ("cpu", "cuda:0"):
         with pytest.raises(OSError):
-            harness_module._Child(device)
+            harness_module.Child(device)
     assert set(envs) == {("workers.bench_child", "1"), ("workers.bench_child", None)}
     for env in envs.values():  # a GPU child compiles for real; both find the test kernels
         assert env["TUNER_KERNEL_MODULES"] == MODULES

@@ -243,7 +243,7 @@ def serve(handle: Callable[[Any], dict], bad: Callable[[str], dict],
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    # a parent giving up on a request asks where this process is stuck (harness _Child.where)
+    # a parent giving up on a request asks where this process is stuck (children.Child.where)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     preload()
     for line in sys.stdin:

@@ -1,7 +1,7 @@
 """A process that builds configurations for GPU architectures this machine does not have.
 
 `python -m workers.cross_build` speaks the harness's JSON-lines protocol (workers/bench_child.py
-`serve`, started and pinged by workers/harness.py `start_children`): one {"op": "build", "job":
+`serve`, started and pinged by workers/children.py `start_children`): one {"op": "build", "job":
 {"kernel", "dims", "dtype", "arch", "config"}} a line in, one {"build": Build's fields} or
 {"error": "Type: first line"} out. It runs without TRITON_INTERPRET (the harness's rule for any
 device but "cpu"), which the tests need, and in its own process group, so a ptxas that hangs
@@ -50,7 +50,7 @@ class Builder:
         self._child = self._start()
 
     def _start(self):
-        from workers.harness import start_children
+        from workers.children import start_children
 
         (child,) = start_children(DEVICE, "workers.cross_build", 1, env=self._env)
         return child

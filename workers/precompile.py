@@ -98,7 +98,7 @@ class CompilePool:
     """
 
     def __init__(self, device: str, workers: int):
-        from workers.harness import start_children
+        from workers.children import start_children
 
         self.device = device
         self.restarts = 0
@@ -143,7 +143,7 @@ class CompilePool:
             self._idle.put(child)  # the slot stays, alive or dead
 
     def _replace(self, dead):
-        from workers.harness import start_children
+        from workers.children import start_children
 
         dead.kill()
         (child,) = start_children(self.device, "workers.precompile", 1)
