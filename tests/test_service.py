@@ -4,6 +4,7 @@ No fakes, no eager mode: jobs go through Celery over Redis to worker processes t
 trivial registered kernel (tests/kernels/trivial.py) in the Triton interpreter.
 """
 import json
+import os
 import threading
 import time
 
@@ -218,3 +219,33 @@ def test_credentials_never_reach_logs_or_output(stack):
     logs = "".join(w.text() for w in stack["workers"])
     assert logs and all(out for out in outputs)
     assert SECRET not in logs and not any(SECRET in out for out in outputs)
+
+
+def children_running(pid: int, module: str) -> list[int]:
+    """Processes whose parent is pid and whose command line runs `python -m module`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if ppid == pid and module.encode() in argv:
+            found.append(int(entry))
+    return found
+
+
+def test_an_idle_worker_has_its_benchmark_process_up(tmp_path):
+    """Started before the worker takes its first message, so no job waits on its startup."""
+    env = service_env(tmp_path / "home", None, None)
+    w = WorkerProc("idle", env, tmp_path)
+    try:
+        wait_for(lambda: children_running(w.proc.pid, "workers.bench_child"), 120,
+                 "the idle worker's benchmark process")
+        assert w.alive()
+    finally:
+        w.stop()
