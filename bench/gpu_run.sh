@@ -10,7 +10,9 @@
 #   replay          every strategy on every stored sweep (CPU work; may run here instead)
 #   check           issue 6 in one call: throughput (the >= 3x target), the GPU-only harness tests
 #                   (CUDA events + L2 flush, graphs, rotation, crash recovery), and a short
-#                   `tuner tune` on the GPU; each step under its own time limit, logs in $OUT
+#                   `tuner tune` on the GPU; each step under its own time limit, logs in $OUT;
+#                   STEPS="... startup" adds bench/startup.py (the harness's start, pool of 8,
+#                   side by side vs one after the other; about a minute)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -55,6 +57,10 @@ case "${1:-}" in
         2>&1 | tee "$out/throughput-workers.log" || rc=1
     fi
     cp bench/results/throughput.json bench/results/throughput.md "$out"/ 2>/dev/null || true
+    if [[ $steps == *" startup "* ]]; then
+      timeout 120 python3 bench/startup.py --device cuda:0 --pools 8 --rounds 2 2>&1 | tee "$out/startup.log" || rc=1
+      cp bench/results/startup.md "$out"/ 2>/dev/null || true
+    fi
     if [[ $steps == *" tune "* ]]; then
       timeout 150 python3 -m tuner.cli tune matmul --shape M=4096,N=4096,K=4096 --dtype float16 \
         --trials 40 --device cuda 2>&1 | tee "$out/tune.log" || rc=1
