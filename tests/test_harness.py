@@ -193,6 +193,27 @@ def test_run_many_tightens_early_stop_to_the_best_so_far(harness):
     assert slow.early_stopped and slow.reps == 1  # its first 100 ms rep is far beyond 1.5x good_add
 
 
+def test_the_next_trial_is_measured_while_the_caller_handles_a_result(harness):
+    reqs = iter(enumerate([request("good_add", {"BLOCK": 64}), request("good_add", {"BLOCK": 128})]))
+    before, sent = harness.benchmarked, []
+    for i, r in harness.stream(lambda: next(reqs, None), depth=2):
+        assert r.status == "ok" and r.config == {"BLOCK": 64 * (i + 1)}
+        sent.append(harness.benchmarked - before)
+    assert sent == [2, 2]  # at the first result the second was already in the benchmark process
+
+
+def test_an_abandoned_stream_leaves_no_answer_behind(harness):
+    """A caller that stops while the next trial is in the benchmark process must not get that
+    trial's answer for its own next request: the process is replaced."""
+    reqs = iter(enumerate([request("good_add"), request("slow_add", reps=20)]))
+    restarts = harness.restarts
+    for i, r in harness.stream(lambda: next(reqs, None), depth=2):
+        break  # slow_add is in the benchmark process now
+    r = harness.run(request("good_add", {"BLOCK": 128}))
+    assert r.status == "ok" and r.config == {"BLOCK": 128} and r.reps == 3
+    assert harness.restarts == restarts + 1
+
+
 # ---- measurement quality ---------------------------------------------------------------------
 def test_rotating_input_sets_are_timed(harness):
     r = harness.run(request("good_add", rotate_buffers=3))

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Callable, Iterator, TypeVar
 
@@ -45,6 +46,8 @@ class Harness:
         self._precompile = precompile
         self.restarts = 0
         self.benchmarked = 0  # trials sent to a benchmark process
+        self.benchmark_s = 0.0  # seconds from sending them to reading their answers
+        self.first_launch_s = 0.0  # of which in their first launches (compiling or loading the binary)
 
     def __enter__(self) -> "Harness":
         return self
@@ -102,6 +105,11 @@ class Harness:
         return self._pools[device]
 
     def run(self, req: TrialRequest) -> TrialResult:
+        sent = self._send(req)
+        return sent if isinstance(sent, TrialResult) else self._receive(sent)
+
+    def _send(self, req: TrialRequest) -> "_Sent | TrialResult":
+        """Hand req to the device's benchmark process; the result at once if that failed."""
         child = self._child(req.device)
         self.benchmarked += 1
         try:
@@ -109,7 +117,15 @@ class Harness:
         except (BrokenPipeError, OSError):
             self._children.pop(req.device, None)
             return TrialResult.failed("crashed", child.death(), req.config)
-        line = child.read_line(req.timeout_s)
+        return _Sent(child, req, time.monotonic())
+
+    def _receive(self, sent: "_Sent") -> TrialResult:
+        """The answer to a sent request, within its timeout counted from when it was sent."""
+        child, req = sent.child, sent.req
+        try:
+            line = child.read_line(max(0.0, sent.at + req.timeout_s - time.monotonic()))
+        finally:
+            self.benchmark_s += time.monotonic() - sent.at
         if line is None:
             stuck = child.kill_stuck()
             self._children.pop(req.device, None)
@@ -128,6 +144,7 @@ class Harness:
             # trial sent meanwhile would meet a closing pipe and be reported as a crash of its own
             child.close()
             self._children.pop(req.device, None)
+        self.first_launch_s += result.compile_s or 0.0
         return result
 
     def run_many(self, requests: list[TrialRequest], early_stop_factor: float | None = None,
@@ -147,13 +164,16 @@ class Harness:
 
         `take()` gives the next (tag, request), or None when there are no more. Up to `depth`
         requests are in flight; another is taken each time one is answered, after the caller has
-        seen that answer, so a search proposes its next configuration knowing it. With a compile
-        pool (GPUs; `precompile`) the requests in flight are built in parallel and each is
-        benchmarked as soon as it is built, in the order the builds finish: the pool keeps
-        compiling while the benchmark process measures, and one slow build holds up no other. A
-        configuration the pool finds invalid, uncompilable, out of resources or too slow to
-        compile is answered from there and never launched; one whose compile process crashed is
-        still sent to the benchmark process, which decides. Without a pool, one at a time.
+        seen that answer, so a search proposes its next configuration knowing it. Before a
+        result is yielded, the next request that is ready is already handed to the benchmark
+        process, so it measures while the caller stores, tells and proposes.
+
+        With a compile pool (GPUs; `precompile`) the requests in flight are built in parallel
+        and each is benchmarked as soon as it is built, in the order the builds finish: the pool
+        keeps compiling while the benchmark process measures, and one slow build holds up no
+        other. A configuration the pool finds invalid, uncompilable, out of resources or too
+        slow to compile is answered from there and never launched; one whose compile process
+        crashed is still sent to the benchmark process, which decides.
 
         Requests that differ only in config (and early_stop_ms, timeout_s) and build the same
         binary, or on the interpreter are the same request, are benchmarked once: the others get
@@ -162,60 +182,87 @@ class Harness:
         early_stop_factor: each request's early stop is tightened to this multiple of the best
         median measured so far in the stream (the search's rule).
         """
-        first: dict[str, TrialResult] = {}
+        first: dict[str, TrialResult] = {}  # dedup key -> its measurement
         best: float | None = None
-        flight: dict[Future, tuple[T, TrialRequest]] = {}
+        flight: dict[Future, tuple[T, TrialRequest]] = {}  # built or building, not yet benchmarked
+        sent: _Sent | None = None  # the one in the benchmark process
         taking = True
+
+        def plan(f: Future) -> tuple[TrialResult | None, TrialRequest, dict | None, str]:
+            """For built f: (its result where it needs no benchmark, else None; the request to
+            send, early stop tightened; the pool's answer where it built the binary; dedup key)."""
+            _, req = flight[f]
+            answer = f.result()
+            if answer is not None and answer["status"] not in ("ok", "crashed"):
+                return TrialResult.failed(answer["status"], answer["message"], req.config), req, None, ""
+            binary = answer.get("binary") if answer is not None and answer["status"] == "ok" else None
+            same = _dedup_key(req, binary)
+            if same in first:
+                prior = first[same]
+                note = f"same compiled {'binary' if binary is not None else 'configuration'} as {prior.config}: " \
+                       "measured once"
+                return dataclasses.replace(prior, config=req.config,
+                                           message="; ".join(m for m in (prior.message, note) if m)), req, None, ""
+            if early_stop_factor is not None and best is not None:
+                limit = best * early_stop_factor
+                req = dataclasses.replace(req, early_stop_ms=min(limit, req.early_stop_ms or limit))
+            return None, req, answer if binary is not None else None, same
+
+        def send(f: Future, req: TrialRequest, built: dict | None, same: str) -> TrialResult | None:
+            nonlocal sent
+            out = self._send(req)
+            if isinstance(out, TrialResult):
+                return out
+            sent = dataclasses.replace(out, tag=flight.pop(f)[0], built=built, same=same)
+            return None
+
         try:
             while True:
-                while taking and len(flight) < max(1, depth):
+                while taking and len(flight) + (sent is not None) < max(1, depth):
                     item = take()
                     if item is None:
                         taking = False
                         break
                     flight[self._build(item[1], precompile)] = item
-                if not flight:
-                    return
-                if not any(f.done() for f in flight):
-                    wait(flight, return_when=FIRST_COMPLETED)
-                done = next(f for f in flight if f.done())  # the earliest taken of those built
-                tag, req = flight.pop(done)
-                answer = done.result()
-                if answer is not None and answer["status"] not in ("ok", "crashed"):
-                    yield tag, TrialResult.failed(answer["status"], answer["message"], req.config)
-                    continue
-                binary = answer.get("binary") if answer is not None and answer["status"] == "ok" else None
-                same = _dedup_key(req, binary)
-                if same in first:
-                    prior = first[same]
-                    what = "binary" if binary is not None else "configuration"
-                    note = f"same compiled {what} as {prior.config}: measured once"
-                    yield tag, dataclasses.replace(prior, config=req.config,
-                                                   message="; ".join(m for m in (prior.message, note) if m))
-                    continue
-                if early_stop_factor is not None and best is not None:
-                    limit = best * early_stop_factor
-                    req = dataclasses.replace(req, early_stop_ms=min(limit, req.early_stop_ms or limit))
-                result = self.run(req)
-                if binary is not None and result.status == "ok":
+                if sent is None:
+                    if not flight:
+                        return
+                    if not any(f.done() for f in flight):
+                        wait(flight, return_when=FIRST_COMPLETED)
+                    f = next(f for f in flight if f.done())  # the earliest taken of those built
+                    done, req, built, same = plan(f)
+                    if done is None:
+                        done = send(f, req, built, same)
+                    if done is not None:
+                        yield flight.pop(f)[0], done
+                        continue
+                measured, sent = sent, None
+                result = self._receive(measured)
+                if measured.built is not None and result.status == "ok":
                     # the launch loaded the binary the pool built: the compile time is the pool's
-                    result = dataclasses.replace(result, compile_s=answer["compile_s"])
+                    result = dataclasses.replace(result, compile_s=measured.built["compile_s"])
                 if result.status == "ok" and result.median_ms is not None:
                     best = result.median_ms if best is None else min(best, result.median_ms)
-                first[same] = result
-                yield tag, result
+                first[measured.same] = result
+                for f in [f for f in flight if f.done()]:  # the next one in, before the caller's turn
+                    done, req, built, same = plan(f)
+                    if done is None:
+                        send(f, req, built, same)  # if that fails it stays in flight: tried again next turn
+                        break
+                yield measured.tag, result
         finally:
             for f in flight:
                 f.cancel()
+            if sent is not None:  # abandoned mid-trial: its answer would be read as the next one's
+                sent.child.kill()
+                self._children.pop(sent.req.device, None)
 
     def _build(self, req: TrialRequest, precompile: bool) -> Future:
         """The pool's answer for req (None inside: nothing built ahead, the benchmark decides)."""
         pool = self._pool(req.device) if precompile else None
         if pool is not None:
             return pool.submit(req)
-        nothing: Future = Future()
-        nothing.set_result(None)
-        return nothing
+        return _answered(None)
 
     def close(self) -> None:
         for pool in self._pools.values():
@@ -226,6 +273,23 @@ class Harness:
             child.close()
         self._children.clear()
         self._spawned.clear()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sent:
+    """A request in a benchmark process, and what the stream needs when its answer comes."""
+    child: Child
+    req: TrialRequest
+    at: float  # time.monotonic() when sent: its timeout counts from here
+    tag: object = None
+    built: dict | None = None  # the pool's answer, where it built the binary
+    same: str = ""  # its dedup key
+
+
+def _answered(value) -> Future:
+    f: Future = Future()
+    f.set_result(value)
+    return f
 
 
 def _dedup_key(req: TrialRequest, binary: str | None) -> str:
