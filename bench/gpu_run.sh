@@ -11,8 +11,10 @@
 #   check           issue 6 in one call: throughput (the >= 3x target), the GPU-only harness tests
 #                   (CUDA events + L2 flush, graphs, rotation, crash recovery), and a short
 #                   `tuner tune` on the GPU; each step under its own time limit, logs in $OUT;
-#                   STEPS="... startup" adds bench/startup.py (the harness's start, pool of 8,
-#                   side by side vs one after the other; about a minute)
+#                   `rate` is bench/search_rate.py: the live search's trials/min and how much of
+#                   it waits on the benchmark process; STEPS="... startup" adds bench/startup.py
+#                   (the harness's start, pool of 8, side by side vs one after the other; a
+#                   minute), "... workers" the throughput with a compile process per core
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -38,9 +40,9 @@ case "${1:-}" in
   replay)
     python3 bench/search_efficiency.py --replay --seeds 50
     cp bench/results/search_efficiency.json bench/results/search_efficiency.md "$out"/ ;;
-  check)  # STEPS picks among: tests throughput workers tune (default: all)
+  check)  # STEPS picks among: tests throughput workers startup tune rate (default: tests throughput tune rate)
     export PYTHONUNBUFFERED=1 TUNER_HOME=/tmp/tuner-home
-    steps=" ${STEPS:-tests throughput workers tune} "; rc=0
+    steps=" ${STEPS:-tests throughput tune rate} "; rc=0
     if [[ $steps == *" tests "* ]]; then
       timeout 300 python3 -m pytest -q -p no:cacheprovider -rA --tb=short --timeout 90 -s \
         tests/test_harness.py -k gpu 2>&1 | tee "$out/gpu_tests.log" || rc=1
@@ -64,6 +66,10 @@ case "${1:-}" in
     if [[ $steps == *" tune "* ]]; then
       timeout 150 python3 -m tuner.cli tune matmul --shape M=4096,N=4096,K=4096 --dtype float16 \
         --trials 40 --device cuda 2>&1 | tee "$out/tune.log" || rc=1
+    fi
+    if [[ $steps == *" rate "* ]]; then
+      timeout 120 python3 bench/search_rate.py --device cuda:0 --trials 40 --rounds 1 2>&1 | tee "$out/rate.log" || rc=1
+      cp bench/results/search_rate.md "$out"/ 2>/dev/null || true
     fi
     exit $rc ;;
   *) echo "usage: bash bench/gpu_run.sh suite NK | sweep SHAPE | throughput | replay | check" >&2; exit 2 ;;

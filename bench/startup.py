@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--pools", default=None, help="compile pool sizes, comma-separated (default: 1,2 on the "
                                                   "CPU, 1,8 on a GPU)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the markdown file to write (default: %(default)s)")
     args = ap.parse_args()
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"
@@ -61,10 +62,10 @@ def main() -> None:
              f"| none | {best[(0, True)]:.2f} s | |"]
     lines += [f"| {p} | {best[(p, False)]:.2f} s | {best[(p, True)]:.2f} s |" for p in pools]
     section = "\n".join(lines) + "\n"
-    old = RESULTS.read_text() if RESULTS.exists() else "# Harness startup (bench/startup.py)\n\n"
+    old = args.results.read_text() if args.results.exists() else "# Harness startup (bench/startup.py)\n\n"
     parts = [p for p in old.split("\n## ")[1:] if not p.startswith(label + "\n")]
     head = old.split("\n## ")[0].rstrip("\n") + "\n\n"
-    RESULTS.write_text(head + "".join("## " + p.rstrip("\n") + "\n\n" for p in parts) + section)
+    args.results.write_text(head + "".join("## " + p.rstrip("\n") + "\n\n" for p in parts) + section)
     print(section)
 
 

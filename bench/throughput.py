@@ -162,34 +162,22 @@ def run_harness(device, spec, key, target, configs, many: bool, early_stop: bool
         startup = time.perf_counter() - t
         pool = h._pool(device) if many else None
         workers = pool.size if pool is not None else 0
-        run, bench_s, first_s = h.run, [], []
-
-        def timed_run(req):  # where the wall goes: the benchmark process vs waiting for builds
-            t = time.perf_counter()
-            try:
-                result = run(req)
-                # its first launch, which loads what the pool built (run_many then reports the
-                # pool's compile time in its place)
-                first_s.append(result.compile_s or 0.0)
-                return result
-            finally:
-                bench_s.append(time.perf_counter() - t)
-
-        h.run = timed_run
         t0 = time.perf_counter()
         if many:
             results = h.run_many(reqs, early_stop_factor=EARLY_STOP_FACTOR if early_stop else None)
         else:
             results = [h.run(r) for r in reqs]
         wall = time.perf_counter() - t0
-        benchmarked = h.benchmarked
+        # where the wall goes: the benchmark process (its first launches load what the pool built)
+        # vs waiting for builds
+        benchmarked, bench_s, first_s = h.benchmarked, h.benchmark_s, h.first_launch_s
     statuses: dict[str, int] = {}
     for r in results:
         statuses[r.status] = statuses.get(r.status, 0) + 1
     ok = [r for r in results if r.status == "ok"]
     best = min(ok, key=lambda r: r.median_ms) if ok else None
     return {"wall_s": wall, "startup_s": startup, "statuses": statuses, "benchmarked": benchmarked,
-            "compile_workers": workers, "benchmark_process_s": sum(bench_s), "first_launches_s": sum(first_s),
+            "compile_workers": workers, "benchmark_process_s": bench_s, "first_launches_s": first_s,
             "pool_compile_s": sum(r.compile_s or 0 for r in ok) if workers else None,
             "early_stopped": sum(r.early_stopped for r in results),
             "timed_kernel_s": sum((r.median_ms or 0) * r.reps for r in ok) / 1e3,

@@ -1,0 +1,24 @@
+"""The harness benchmarks that the GPU session runs (bench/startup.py, bench/search_rate.py), end
+to end on the interpreter with the smallest settings, so they still run when a GPU is lent."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("script, args, want", [
+    ("startup.py", ["--pools", "1", "--rounds", "1"], "| 1 |"),
+    ("search_rate.py", ["--shape", "M=64,N=64,K=64", "--trials", "4", "--depths", "1,2", "--rounds", "1"], "| 2 |"),
+])
+def test_bench_script_writes_its_table(tmp_path, script, args, want):
+    out = tmp_path / "out.md"
+    env = {**os.environ, "TUNER_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args, "--results", str(out)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "triton-interpreter (CPU" in text and want in text, text
