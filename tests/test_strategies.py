@@ -134,3 +134,31 @@ def test_with_trials_in_flight_auto_steps_around_the_incumbent(sweep):
     assert step is not None and sum(step[p] != best[p] for p in best) == 1
     assert auto.next_config(spec, key, target, {k: v for k, v in seen.items() if v[0] == "ok"}, counted=2) is None
     assert Strategy("tpe", 0).next_config(spec, key, target, seen, counted=3) is None
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_a_space_with_few_valid_points_is_measured_whole_with_few_asks(sweep, name):
+    """12 of 144 points valid (as a small M leaves 16 of 4,800 on sm_90): every strategy measures
+    all 12, then stops; a proposal that is invalid or measured is repaired, not asked again."""
+    import optuna
+
+    from search_spaces.base import config_hash
+    from workers.strategies import Strategy, propose
+
+    _, key, target = sweep
+    rows = [[p, q, 1, 1.0 + abs(p - 7) + 0.1 * q, "ok"] for p in range(1, 13) for q in range(1, 13)
+            if q == p or (p, q) == (12, 1)]  # the diagonal, and (12, 1) so Q spans 1..12 with P
+    spec = bench.SweepSpec({"kernel": "trivial", "params": ["P", "Q", "num_warps"], "rows": rows})
+    assert len(spec.times) == 13 and len(spec.valid_configs(key, target)) == 13
+    strategy = Strategy(name, 0)
+    study = optuna.create_study(sampler=strategy.sampler(), direction="minimize")
+    for c in strategy.seeds(spec, key, target):
+        study.enqueue_trial(c)
+    seen, measured = {}, 0
+    while (proposal := propose(study, strategy, spec, key, target, seen, measured)) is not None:
+        trial, config = proposal
+        t = spec.times[config_hash(config)]
+        seen[config_hash(config)] = ("ok", t)
+        study.tell(trial, t)
+        measured += 1
+    assert measured == 13 and len(study.trials) <= 3 * 13, len(study.trials)

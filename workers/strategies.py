@@ -12,11 +12,13 @@ which keeps it cooperative: any worker can take the next step.
           nearest stored shapes first, then TPE alternating with a pattern step: the best
           unmeasured neighbour (one parameter one step away) of the incumbent.
 Every strategy is constraint-aware in the same way: a proposal that the kernel's `check`
-rejects, or one already measured, is told to Optuna at once and costs no trial.
+rejects, or one already measured, is told to Optuna at once, costs no trial, and is repaired
+to an unmeasured valid configuration (`Strategy.repair`) that is asked for next.
 """
 from __future__ import annotations
 
 import random
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -64,9 +66,10 @@ class Strategy:
                     counted: int) -> Config | None:
         """A configuration to enqueue before the next ask, or None to let the sampler propose."""
         if self.name == "grid":
-            configs = list(valid_configs(spec, key, target))
-            random.Random(self.seed or 0).shuffle(configs)  # seeded, so a budget < grid is unbiased
-            return next((c for c in configs if config_hash(c) not in seen), None)
+            valid = valid_by_hash(spec, key, target)
+            order = list(valid)
+            random.Random(self.seed or 0).shuffle(order)  # seeded, so a budget < grid is unbiased
+            return next((valid[h] for h in order if h not in seen), None)
         if self.name == "auto":
             told = sum(1 for status, _ in seen.values() if status not in ("pending", "invalid"))
             # with trials in flight (a GPU's compile pool), TPE is still drawing its startup trials
@@ -79,16 +82,39 @@ class Strategy:
     def exhausted(self, spec: KernelSpec, key: TuningKey, target: Target, seen: Seen) -> bool:
         return self.name == "grid" and self.next_config(spec, key, target, seen, 0) is None
 
+    def repair(self, spec: KernelSpec, key: TuningKey, target: Target, seen: Seen, proposal: Config,
+               rng: random.Random) -> Config | None:
+        """What to measure instead of a proposal that is invalid or already measured: the
+        unmeasured valid configuration nearest to it (log2 steps), or for random search one
+        drawn uniformly; None when every valid configuration is measured or in flight.
 
-_valid_cache: dict[tuple, list[Config]] = {}
+        Asking the sampler again instead wasted a second or more per trial where few points of
+        the space are valid (a small M on sm_90: 16 of 4,800), and gave up with valid points
+        left unmeasured."""
+        free = [c for h, c in valid_by_hash(spec, key, target).items() if h not in seen]
+        if not free:
+            return None
+        if self.name == "random":
+            return rng.choice(free)
+        return min(free, key=lambda c: log2_distance(c, proposal))
+
+
+# per spec object, not per kernel name: the replay's recorded sweeps are specs of their own
+_valid_cache: "weakref.WeakKeyDictionary[KernelSpec, dict[tuple, dict[str, Config]]]" = weakref.WeakKeyDictionary()
+
+
+def valid_by_hash(spec: KernelSpec, key: TuningKey, target: Target) -> dict[str, Config]:
+    """config_hash -> configuration for the key's valid configurations, in the space's order;
+    computed once per process (a GPU space has thousands)."""
+    per_spec = _valid_cache.setdefault(spec, {})
+    k = (key.stable_hash, target)
+    if k not in per_spec:
+        per_spec[k] = {config_hash(c): c for c in spec.valid_configs(key, target)}
+    return per_spec[k]
 
 
 def valid_configs(spec: KernelSpec, key: TuningKey, target: Target) -> list[Config]:
-    """The key's valid configurations, computed once per process (a GPU space has thousands)."""
-    k = (spec.name, key.stable_hash, target)
-    if k not in _valid_cache:
-        _valid_cache[k] = spec.valid_configs(key, target)
-    return _valid_cache[k]
+    return list(valid_by_hash(spec, key, target).values())
 
 
 def _incumbent(seen: Seen, configs: dict[str, Config]) -> Config | None:
@@ -99,7 +125,7 @@ def _incumbent(seen: Seen, configs: dict[str, Config]) -> Config | None:
 def pattern_step(spec: KernelSpec, key: TuningKey, target: Target, seen: Seen, rng: random.Random) -> Config | None:
     """An unmeasured valid neighbour of the incumbent: one parameter moved one step in its value list."""
     space = spec.space(target)
-    valid = {config_hash(c): c for c in valid_configs(spec, key, target)}
+    valid = valid_by_hash(spec, key, target)
     best = _incumbent(seen, valid)
     if best is None:
         return None
@@ -123,10 +149,12 @@ def propose(study: optuna.Study, strategy: Strategy, spec: KernelSpec, key: Tuni
             seen: Seen, counted: int, on_invalid: Callable[[int, Config, str], None] | None = None
             ) -> tuple[optuna.Trial, Config] | None:
     """The next configuration worth measuring, with its Optuna trial; None when the space has
-    nothing left. Invalid and already-measured proposals are told at once and cost no trial."""
+    nothing left. Invalid and already-measured proposals are told at once and cost no trial;
+    the strategy's repair of one (see `Strategy.repair`) is asked for next."""
     space = spec.space(target)
-    for _ in range(MAX_IDLE_PROPOSALS):
-        nxt = strategy.next_config(spec, key, target, seen, counted)
+    repaired: Config | None = None
+    for attempt in range(MAX_IDLE_PROPOSALS):
+        nxt = repaired or strategy.next_config(spec, key, target, seen, counted)
         if nxt is None and strategy.exhausted(spec, key, target, seen):
             return None
         if nxt is not None:
@@ -140,14 +168,16 @@ def propose(study: optuna.Study, strategy: Strategy, spec: KernelSpec, key: Tuni
                 study.tell(trial, median)
             else:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            continue
-        reason = spec.check(config, key, target)
-        if reason is not None:
+        elif (reason := spec.check(config, key, target)) is not None:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             seen[h] = ("invalid", None)
             if on_invalid:
                 on_invalid(trial.number, config, reason)
-            continue
-        return trial, config
+        else:
+            return trial, config
+        rng = random.Random((strategy.seed or 0) * 104729 + counted * 31 + attempt)
+        repaired = strategy.repair(spec, key, target, seen, config, rng)
+        if repaired is None:
+            return None  # every valid configuration is measured or in flight
     return None
 
