@@ -13,7 +13,7 @@ import math
 import sys
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar, Iterator, Mapping
+from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 Config = dict[str, Any]
 
@@ -113,6 +113,16 @@ def log2_distance(config: Config, want: Config) -> float:
     """How far config is from want, in doublings summed over want's numeric parameters."""
     return sum(abs(math.log2(max(config.get(p, 1), 1)) - math.log2(max(v, 1)))
                for p, v in want.items() if isinstance(v, (int, float)))
+
+
+def nearest(configs: Iterable[Config], want: Config) -> Config:
+    """The configuration closest to want by log2_distance (the first of equals); configs must
+    not be empty."""
+    return min(configs, key=lambda c: log2_distance(c, want))
+
+
+# registers in one NVIDIA block (65,536 on every architecture since Kepler)
+NV_REGS_PER_BLOCK = 65536
 
 
 def config_hash(config: Config) -> str:
@@ -253,7 +263,7 @@ class KernelSpec:
         valid = self.valid_configs(key, target)
         if not valid:
             raise SpecError(f"no valid {self.name} configuration for {key.label()} on {target.arch}")
-        return min(valid, key=lambda c: log2_distance(c, want))
+        return nearest(valid, want)
 
     def known_good(self, key: TuningKey, target: Target) -> list[Config]:
         """Configurations worth trying first (e.g. the Triton tutorial's list); valid ones only are used."""

@@ -20,10 +20,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from search_spaces.base import Config, KernelSpec, SpecError, Target, TuningKey
+from search_spaces.base import NV_REGS_PER_BLOCK, Config, KernelSpec, SpecError, Target, TuningKey
 
-# registers in one NVIDIA block (65,536 on every architecture since Kepler)
-_NV_REGS_PER_BLOCK = 65536
 # ptxas stores a word or two to the stack even at 72 of 255 registers (seen on sm_90): that is
 # not register pressure, and costs nothing in the main loop
 SPILL_NOISE_BYTES = 16
@@ -53,8 +51,8 @@ class Build:
         if self.shared_bytes > target.smem_bytes:
             kind = "LDS" if target.is_hip else "shared memory"
             return f"{kind} {self.shared_bytes} B > {target.smem_bytes} B on {target.arch}"
-        if not target.is_hip and self.registers * num_warps * target.warp_size > _NV_REGS_PER_BLOCK:
-            return f"{self.registers} registers x {num_warps * target.warp_size} threads > {_NV_REGS_PER_BLOCK}"
+        if not target.is_hip and self.registers * num_warps * target.warp_size > NV_REGS_PER_BLOCK:
+            return f"{self.registers} registers x {num_warps * target.warp_size} threads > {NV_REGS_PER_BLOCK}"
         return None
 
 

@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from search_spaces.base import (Config, KernelSpec, Specialization, Target, TuningKey, block_limit,
-                                require_launchable)
+from search_spaces.base import (NV_REGS_PER_BLOCK, Config, KernelSpec, Specialization, Target, TuningKey,
+                                block_limit, require_launchable)
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -66,7 +66,7 @@ def _register_budget(warps: int, target: Target) -> int:
     with 512 a lane."""
     if target.is_hip:
         return target.max_regs_per_thread // -(-warps // 4)
-    return min(target.max_regs_per_thread, 65536 // (warps * target.warp_size))
+    return min(target.max_regs_per_thread, NV_REGS_PER_BLOCK // (warps * target.warp_size))
 
 
 def _meta(config: Config, n: int) -> dict:

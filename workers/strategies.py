@@ -24,7 +24,7 @@ from typing import Callable
 
 import optuna
 
-from search_spaces.base import Config, KernelSpec, Target, TuningKey, config_hash, log2_distance
+from search_spaces.base import Config, KernelSpec, Target, TuningKey, config_hash, nearest
 
 STRATEGIES = ("auto", "tpe", "random", "grid")
 MAX_IDLE_PROPOSALS = 200
@@ -56,7 +56,7 @@ class Strategy:
                 valid = valid_configs(spec, key, target)
                 if not valid:
                     continue
-                c = min(valid, key=lambda v: log2_distance(v, c))
+                c = nearest(valid, c)
             if config_hash(c) not in hashes:
                 hashes.add(config_hash(c))
                 out.append(c)
@@ -96,7 +96,7 @@ class Strategy:
             return None
         if self.name == "random":
             return rng.choice(free)
-        return min(free, key=lambda c: log2_distance(c, proposal))
+        return nearest(free, proposal)
 
 
 # per spec object, not per kernel name: the replay's recorded sweeps are specs of their own
