@@ -15,6 +15,16 @@ CASES = {
     "zero trials": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--trials", "0"], "--trials 0 is impossible"),
     "unknown sampler": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--sampler", "magic"], "unknown sampler"),
     "unknown device": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--device", "tpu"], "unknown --device"),
+    "no rotation sets": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--rotate-buffers", "0"],
+                         "--rotate-buffers 0 is out of range"),
+    "too many rotation sets": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--rotate-buffers", "64"],
+                               "--rotate-buffers 64 is out of range"),
+    "negative max cv": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--max-cv", "-0.1"],
+                        "--max-cv -0.1 is impossible"),
+    "graphs on the interpreter": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--device", "cpu",
+                                   "--cuda-graph"], "--cuda-graph needs a GPU"),
+    "graphs for the cpu class": (["submit", "matmul", "--shape", "M=64,N=64,K=64", "--device-class", "cpu",
+                                  "--cuda-graph"], "--cuda-graph needs a GPU"),
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from search_spaces import registry
 from workers.harness import Harness
-from workers.messages import STATUSES, TrialRequest, TrialResult
+from workers.messages import STATUSES, Measurement, TrialRequest, TrialResult
 from workers.timing import summarize
 
 MODULES = "tests.kernels.broken"
@@ -255,6 +255,16 @@ def test_cuda_graph_is_ignored_on_the_cpu_with_a_note(harness):
     assert r.status == "ok" and "cuda_graph ignored" in r.message
 
 
+
+def test_a_measurement_round_trips_and_names_what_changes_the_time_scale():
+    assert Measurement.from_json(None) == Measurement()  # a job stored before there were options
+    m = Measurement(rotate_buffers=4, cuda_graph=True, max_cv=0.05)
+    assert Measurement.from_json(m.to_json()) == m
+    assert (Measurement().tag, m.tag, Measurement(max_cv=0.05).tag) == ("", "+graph+rot4", "")
+    for bad in ({"rotate_buffers": 0}, {"cuda_graph": 1}, {"max_cv": -1}, {"max_cv": float("inf")}, {"warmup": 3}):
+        with pytest.raises(ValueError):
+            Measurement.from_json(bad)
+
 def test_messages_without_the_new_fields_still_parse():
     old_req = {"kernel": "good_add", "key": {"kernel": "good_add", "version": "x", "dims": {"N": 8},
                                              "dtype": "float32"},
@@ -265,8 +275,8 @@ def test_messages_without_the_new_fields_still_parse():
     old_res = {"status": "ok", "message": "", "median_ms": 1.0, "p20_ms": 0.9, "p80_ms": 1.1, "cv": 0.01,
                "reps": 10, "compile_s": 0.1, "max_abs_err": 0.0, "early_stopped": False, "config": {"BLOCK": 64}}
     assert TrialResult.from_json(old_res).remeasured == 0
-    for bad in ({"rotate_buffers": 0}, {"rotate_buffers": 1.5}, {"cuda_graph": "yes"}, {"max_cv": 0},
-                {"max_cv": "high"}):
+    for bad in ({"rotate_buffers": 0}, {"rotate_buffers": 1.5}, {"rotate_buffers": 17}, {"cuda_graph": "yes"},
+                {"max_cv": 0}, {"max_cv": "high"}, {"max_cv": float("nan")}):
         with pytest.raises(ValueError):
             TrialRequest.from_json({**old_req, **bad})
     with pytest.raises(ValueError):

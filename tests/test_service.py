@@ -103,6 +103,17 @@ def test_workers_cooperate_on_one_study(stack):
     assert best == 1
 
 
+
+def test_a_job_s_measurement_options_reach_the_worker_s_trials(stack):
+    stack["ensure"](1)
+    job = submit(stack["env"], "--rotate-buffers", "3", "--max-cv", "1.0", trials=4)
+    assert wait_state(stack["env"], job)["state"] == "done"
+    with stack["engine"].connect() as c:
+        rows = c.execute(text("select study_name, message from tuning_trials where job_id = :j and status = 'ok'"),
+                         {"j": job}).all()
+    assert rows and all(name.endswith("+rot3") and "timed over 3 rotating input sets" in message
+                        for name, message in rows), rows
+
 def trial_workers(engine, job):
     with engine.connect() as c:
         return c.execute(text("select w.name, count(*) from tuning_trials t join workers w on w.id = t.worker_id "

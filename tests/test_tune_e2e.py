@@ -89,3 +89,20 @@ print(json.dumps(seen[0]))
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == stored
+
+
+def test_measurement_options_reach_every_trial_and_keep_a_study_of_their_own(tmp_path):
+    home = tmp_path / "home"
+    plain = ["tune", "matmul", *SHAPE, "--trials", "2", "--seed", "1", "--device", "cpu"]
+    run_json(plain, home)
+    out = run_json([*plain, "--rotate-buffers", "2", "--max-cv", "0.5"], home)
+    assert out["measurement"] == {"rotate_buffers": 2, "cuda_graph": False, "max_cv": 0.5}
+    assert out["keys"][0]["trials"] == 2  # a study of its own: the plain one's trials are not continued
+    with sqlite3.connect(home / "tuner.db") as conn:
+        names = sorted(r[0] for r in conn.execute("select study_name from studies"))
+        rotated = conn.execute("select message from tuning_trials where status = 'ok' "
+                               "and study_name like '%+rot2'").fetchall()
+        (request,) = conn.execute("select request from jobs order by created_at desc limit 1").fetchone()
+    assert len(names) == 2 and names[1] == names[0] + "+rot2"
+    assert rotated and all("timed over 2 rotating input sets" in m for (m,) in rotated)
+    assert json.loads(request)["measurement"]["rotate_buffers"] == 2

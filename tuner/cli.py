@@ -27,6 +27,12 @@ err = Console(stderr=True)
 ShapeOpt = typer.Option(..., "--shape", help="Key dims, e.g. M=4096,N=4096,K=4096 (repeatable).")
 DtypeOpt = typer.Option(["float32"], "--dtype", help="float16 | bfloat16 | float32 (repeatable).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
+RotateOpt = typer.Option(1, "--rotate-buffers", help="Input sets to cycle through, one per timed repetition, "
+                         "so that no cache keeps the inputs between repetitions (1 to 16).")
+GraphOpt = typer.Option(False, "--cuda-graph", help="Time replays of a captured CUDA graph, which leaves out "
+                        "the host's launch cost (GPU only): for kernels of a few microseconds.")
+MaxCvOpt = typer.Option(None, "--max-cv", help="Measure a trial again, with twice the repetitions, when its "
+                        "coefficient of variation exceeds this (e.g. 0.05).")
 
 
 def _print_json(value) -> None:
@@ -81,14 +87,16 @@ def tune(kernel: str = typer.Argument(..., help="A registered kernel (see `tuner
          sampler: str = typer.Option("auto", "--sampler", help="auto | tpe | random | grid"),
          seed: Optional[int] = typer.Option(None, "--seed"),
          device: Optional[str] = typer.Option(None, "--device", help="cpu (Triton interpreter) | cuda | cuda:N"),
+         rotate_buffers: int = RotateOpt, cuda_graph: bool = GraphOpt, max_cv: Optional[float] = MaxCvOpt,
          as_json: bool = JsonOpt) -> None:
     """Tune KERNEL here, in-process (no broker); re-running continues the same studies."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tuner.request import build_request
+    from tuner.request import build_measurement, build_request
     from tuner.tune import prepare, tune_local
 
-    req = build_request(kernel, shape, dtype, trials, sampler, seed)
+    req = build_request(kernel, shape, dtype, trials, sampler, seed,
+                        build_measurement(rotate_buffers, cuda_graph, max_cv))
     if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UserError(f"unknown --device {device!r}; use cpu, cuda or cuda:N")
     plan = prepare(req, settings_mod.get(), device)
@@ -101,13 +109,17 @@ def tune(kernel: str = typer.Argument(..., help="A registered kernel (see `tuner
              "speedup": o.speedup, "search_s": round(o.search_s, 3), "finalize_s": round(o.finalize_s, 3)}
             for o in result.keys]
     timing = "triton-interpreter (CPU; not GPU figures)" if result.interpreter else "gpu"
+    m = req.measurement
+    how = ", ".join(([f"{m.rotate_buffers} rotating input sets"] if m.rotate_buffers > 1 else [])
+                    + (["CUDA graph replays"] if m.cuda_graph else [])
+                    + ([f"re-measured when cv > {m.max_cv:g}"] if m.max_cv else []))
     if as_json:
         return _print_json({"job": result.job_id, "device_class": result.device_class,
-                            "fingerprint": result.fingerprint, "timing": timing,
+                            "fingerprint": result.fingerprint, "timing": timing, "measurement": m.to_json(),
                             "startup_s": round(result.startup_s, 3), "keys": rows})
     t = Table("key", "trials", "best config", "best ms", "default ms", "speedup", "search",
               title=f"job {result.job_id} on {result.device_class} (fingerprint {result.fingerprint})",
-              caption=f"timings: {timing}; harness start {result.startup_s:.1f} s")
+              caption=f"timings: {timing}{'; ' + how if how else ''}; harness start {result.startup_s:.1f} s")
     for r in rows:
         rate = f" ({r['trials'] / r['search_s'] * 60:.0f}/min)" if r["search_s"] > 0 and r["trials"] else ""
         t.add_row(r["key"], str(r["trials"]), json.dumps(r["config"]) if r["config"] else "none ok",
@@ -156,14 +168,16 @@ def submit(kernel: str = typer.Argument(...), shape: list[str] = ShapeOpt, dtype
            trials: int = typer.Option(20, "--trials", help="Measured trials per key, across all workers."),
            sampler: str = typer.Option("auto", "--sampler", help="auto | tpe | random | grid"), seed: Optional[int] = typer.Option(None, "--seed"),
            parallel: int = typer.Option(2, "--parallel", help="Batches in flight per key (workers that cooperate)."),
+           rotate_buffers: int = RotateOpt, cuda_graph: bool = GraphOpt, max_cv: Optional[float] = MaxCvOpt,
            wait_: bool = typer.Option(False, "--wait", help="Wait until the job ends and print its status."),
            timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to --wait at most."),
            as_json: bool = JsonOpt) -> None:
     """Queue a tuning job for a device class; prints the job id. Needs the broker and database only."""
     from tuner.coordinator import submit as do_submit
-    from tuner.request import build_request
+    from tuner.request import build_measurement, build_request
 
-    req = build_request(kernel, shape, dtype, trials, sampler, seed)
+    req = build_request(kernel, shape, dtype, trials, sampler, seed,
+                        build_measurement(rotate_buffers, cuda_graph, max_cv))
     job_id = do_submit(settings_mod.get(), req, device_class, parallel)
     if not wait_:
         return _print_json({"job": job_id}) if as_json else print(job_id)

@@ -14,7 +14,7 @@ from db.session import redact, session_scope
 from search_spaces.base import SpecError
 from tuner.database import open_for_read, open_for_write
 from tuner.errors import UserError
-from tuner.request import TuneRequest
+from tuner.request import TuneRequest, refuse_graphs_on_interpreter
 from tuner.settings import Settings
 
 FINAL = ("done", "failed", "cancelled")
@@ -45,7 +45,7 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
     """Queue the request for a device class; returns the job id. Checks broker and database
     before writing anything, and sends `parallel` batches per key so several workers cooperate."""
     from workers.batch import BatchMessage
-    from workers.device import queue_for, resolve_device_class
+    from workers.device import CPU_INTERPRETER, matches, queue_for, resolve_device_class
 
     try:
         selector = resolve_device_class(device_class)
@@ -53,6 +53,8 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
         raise UserError(str(exc)) from None
     if parallel < 1:
         raise UserError(f"--parallel {parallel} must be at least 1")
+    if matches(selector, CPU_INTERPRETER.slug):
+        refuse_graphs_on_interpreter(req.measurement, f"device class {selector}")
     if settings.broker_url.startswith("sqla+sqlite:///") and "TUNER_BROKER_URL" not in settings.extra["explicit"]:
         settings.home.mkdir(parents=True, exist_ok=True)
     app = broker_app(settings)

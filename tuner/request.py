@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from search_spaces import registry
 from search_spaces.base import SpecError, TuningKey
 from tuner.errors import UserError
+from workers.messages import MAX_ROTATE_BUFFERS, Measurement
 
 SAMPLERS = ("auto", "tpe", "random", "grid")  # workers/strategies.py STRATEGIES; a test keeps them equal
 
@@ -17,10 +18,11 @@ class TuneRequest:
     trials: int
     sampler: str = "auto"
     seed: int | None = None
+    measurement: Measurement = Measurement()
 
     def to_json(self) -> dict:
         return {"kernel": self.kernel, "keys": [k.to_json() for k in self.keys], "trials": self.trials,
-                "sampler": self.sampler, "seed": self.seed}
+                "sampler": self.sampler, "seed": self.seed, "measurement": self.measurement.to_json()}
 
 
 def parse_shape(text: str) -> dict[str, str]:
@@ -37,8 +39,26 @@ def parse_shape(text: str) -> dict[str, str]:
     return dims
 
 
+def build_measurement(rotate_buffers: int = 1, cuda_graph: bool = False, max_cv: float | None = None) -> Measurement:
+    """The measurement options of `tuner tune` and `tuner submit`, checked with the flags' names."""
+    if not 1 <= rotate_buffers <= MAX_ROTATE_BUFFERS:
+        raise UserError(f"--rotate-buffers {rotate_buffers} is out of range: give 1 (no rotation) "
+                        f"to {MAX_ROTATE_BUFFERS} input sets")
+    if max_cv is not None and not 0 < max_cv < float("inf"):
+        raise UserError(f"--max-cv {max_cv:g} is impossible: give a coefficient of variation above 0, "
+                        "e.g. 0.05 to re-measure trials that vary by more than 5%")
+    return Measurement(rotate_buffers, cuda_graph, max_cv)
+
+
+def refuse_graphs_on_interpreter(measurement: Measurement, where: str) -> None:
+    if measurement.cuda_graph:
+        raise UserError(f"--cuda-graph needs a GPU, and {where} is the Triton CPU interpreter, which has "
+                        "no CUDA graphs; drop --cuda-graph or tune on a GPU")
+
+
 def build_request(kernel: str, shapes: list[str], dtypes: list[str], trials: int,
-                  sampler: str = "auto", seed: int | None = None) -> TuneRequest:
+                  sampler: str = "auto", seed: int | None = None,
+                  measurement: Measurement = Measurement()) -> TuneRequest:
     try:
         spec = registry.get(kernel)
     except SpecError as exc:
@@ -59,4 +79,4 @@ def build_request(kernel: str, shapes: list[str], dtypes: list[str], trials: int
             except SpecError as exc:
                 raise UserError(str(exc)) from None
     unique = tuple(dict.fromkeys(keys))
-    return TuneRequest(kernel, unique, trials, sampler, seed)
+    return TuneRequest(kernel, unique, trials, sampler, seed, measurement)

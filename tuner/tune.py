@@ -11,7 +11,7 @@ from db.session import session_scope
 from search_spaces import registry
 from search_spaces.base import Config, TuningKey
 from tuner.database import open_for_write
-from tuner.request import TuneRequest
+from tuner.request import TuneRequest, refuse_graphs_on_interpreter
 from tuner.settings import Settings
 
 
@@ -56,6 +56,8 @@ def prepare(req: TuneRequest, settings: Settings, device: str | None) -> LocalPl
     from tuner.devices import live_identity
 
     dc, fp, device_str = live_identity(settings, device)
+    if dc.target.is_interpreter:
+        refuse_graphs_on_interpreter(req.measurement, f"device {device_str}")
     url = open_for_write(settings)
     return LocalPlan(req, url, device_str, dc, fp, settings.trial_timeout_s)
 
@@ -81,7 +83,7 @@ def tune_local(plan: LocalPlan, progress=None) -> TuneOutcome:
         key_rows = []
         for key in req.keys:
             row = models.JobKey(job_id=job_id, key_hash=key.stable_hash, key=key.to_json(),
-                                study_name=study_name(key, dc.slug, fp.hash), state="running")
+                                study_name=study_name(key, dc.slug, fp.hash, req.measurement), state="running")
             s.add(row)
             key_rows.append(row)
         s.flush()
@@ -97,9 +99,10 @@ def tune_local(plan: LocalPlan, progress=None) -> TuneOutcome:
             for key, key_id in zip(req.keys, key_ids):
                 ctx = SearchContext(db_url=url, job_id=job_id, job_key_id=key_id, key=key,
                                     device=plan.device, target=target, device_class_id=dc_id,
-                                    fingerprint_id=fp_id, study_name=study_name(key, dc.slug, fp.hash),
+                                    fingerprint_id=fp_id,
+                                    study_name=study_name(key, dc.slug, fp.hash, req.measurement),
                                     sampler=req.sampler, seed=req.seed, budget_trials=req.trials,
-                                    trial_timeout_s=plan.trial_timeout_s)
+                                    trial_timeout_s=plan.trial_timeout_s, measurement=req.measurement)
                 t = time.perf_counter()
                 ran = run_batch(ctx, harness, req.trials, seeds=lambda: seed_configs(ctx),
                                 on_trial=(lambda c, r: progress(1)) if progress else None)

@@ -53,6 +53,7 @@ def leaders(db_url: str, study: str, k: int = TOP_K) -> tuple[list[Config], int]
 def remeasure(ctx: SearchContext, harness: Harness, configs: list[Config]) -> dict[str, tuple[float, float | None]]:
     """config_hash -> (median of round medians, cv of the last round) for the configs that stay ok."""
     samples: dict[str, list[float]] = {config_hash(c): [] for c in configs}
+    final_cv = min(FINAL_MAX_CV, ctx.measurement.max_cv or FINAL_MAX_CV)  # the job's, when stricter
     cvs: dict[str, float | None] = {}
     for r in range(ROUNDS):
         shift = r % len(configs) if configs else 0
@@ -60,7 +61,7 @@ def remeasure(ctx: SearchContext, harness: Harness, configs: list[Config]) -> di
             h = config_hash(config)
             if samples[h] is None:
                 continue
-            result = harness.run(replace(request_for(ctx, config, None), max_cv=FINAL_MAX_CV))
+            result = harness.run(replace(request_for(ctx, config, None), max_cv=final_cv))
             if result.status != "ok" or result.median_ms is None:
                 samples[h] = None  # a leader that fails now is never stored as best
                 continue

@@ -4,6 +4,7 @@ Never pickled: a message is a frozen dataclass with a plain-JSON form, validated
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,6 +20,48 @@ def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+MAX_ROTATE_BUFFERS = 16  # input sets kept at once: 16 sets of a 4096x14336 bf16 matmul take 4.3 GB
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """How a job's trials are timed, where the defaults are not wanted: chosen per job (`tuner tune`
+    and `tuner submit`: --rotate-buffers, --cuda-graph, --max-cv), kept in the job's request and
+    applied to every trial of it, the final re-measurement included."""
+    rotate_buffers: int = 1  # input sets cycled through, one per repetition, so no cache keeps them
+    cuda_graph: bool = False  # time replays of a captured CUDA graph (GPU only; ignored on the CPU)
+    max_cv: float | None = None  # above this cv, measure once more with twice the reps; keep the steadier
+
+    def __post_init__(self) -> None:
+        r, cv = self.rotate_buffers, self.max_cv
+        if type(r) is not int or not 1 <= r <= MAX_ROTATE_BUFFERS:
+            raise ValueError(f"rotate_buffers must be an int from 1 to {MAX_ROTATE_BUFFERS}, got {r!r}")
+        if not isinstance(self.cuda_graph, bool):
+            raise ValueError(f"cuda_graph must be true or false, got {self.cuda_graph!r}")
+        if cv is not None and not (_num(cv) and cv > 0 and math.isfinite(cv)):
+            raise ValueError(f"max_cv must be a number > 0 or null, got {cv!r}")
+
+    @property
+    def tag(self) -> str:
+        """What a study's name adds for this measurement: times taken with CUDA graphs (no launch
+        cost) or over rotating inputs are not comparable with plain ones, so such a job keeps a
+        study of its own instead of continuing, and being ranked against, the plain one. max_cv
+        changes how often a trial is measured, not what its time means."""
+        return ("+graph" if self.cuda_graph else "") + (f"+rot{self.rotate_buffers}" if self.rotate_buffers > 1 else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Any) -> "Measurement":
+        """A stored or received measurement; None (a job from before there were any) is the default."""
+        if d is None:
+            return cls()
+        if not isinstance(d, dict) or set(d) - set(cls.__dataclass_fields__):
+            raise ValueError(f"measurement must be an object with fields {sorted(cls.__dataclass_fields__)}, got {d!r}")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
 class TrialRequest:
     kernel: str
@@ -32,10 +75,10 @@ class TrialRequest:
     min_time_s: float = 0.0  # keep repeating until this much was timed (up to reps)
     early_stop_ms: float | None = None  # stop after the first timed rep if it is slower than this
     timeout_s: float = 120.0  # enforced by the parent
-    # measurement quality (all optional: a message without them means what it meant before)
-    rotate_buffers: int = 1  # input sets cycled through, one per repetition, so no cache keeps them
-    cuda_graph: bool = False  # time replays of a captured CUDA graph (GPU only; ignored on the CPU)
-    max_cv: float | None = None  # above this cv, measure once more with twice the reps; keep the steadier
+    # a Measurement's fields, flat (all optional: a message without them means what it meant before)
+    rotate_buffers: int = 1
+    cuda_graph: bool = False
+    max_cv: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,10 +97,10 @@ class TrialRequest:
         _need(_num(d.get("min_time_s", 0.0)), "min_time_s must be a number")
         _need(d.get("early_stop_ms") is None or _num(d["early_stop_ms"]), "early_stop_ms must be a number or null")
         _need(_num(d.get("timeout_s", 1.0)) and d.get("timeout_s", 1.0) > 0, "timeout_s must be > 0")
-        _need(type(d.get("rotate_buffers", 1)) is int and d.get("rotate_buffers", 1) >= 1,
-              "rotate_buffers must be an int >= 1")
-        _need(isinstance(d.get("cuda_graph", False), bool), "cuda_graph must be true or false")
-        _need(d.get("max_cv") is None or (_num(d["max_cv"]) and d["max_cv"] > 0), "max_cv must be > 0 or null")
+        try:
+            Measurement.from_json({k: d[k] for k in Measurement.__dataclass_fields__ if k in d})
+        except ValueError as exc:
+            _need(False, str(exc))
         unknown = set(d) - set(cls.__dataclass_fields__)
         _need(not unknown, f"unknown fields {sorted(unknown)}")
         return cls(**d)

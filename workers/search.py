@@ -22,7 +22,7 @@ from db.session import session_scope
 from search_spaces import registry
 from search_spaces.base import Config, Target, TuningKey, config_hash
 from workers.harness import Harness
-from workers.messages import TrialRequest, TrialResult
+from workers.messages import Measurement, TrialRequest, TrialResult
 from workers.strategies import Strategy, propose
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,14 @@ class SearchContext:
     budget_trials: int = 20
     trial_timeout_s: float = 120.0
     worker_id: int | None = None
+    measurement: Measurement = Measurement()
 
 
-def study_name(key: TuningKey, device_class_slug: str, fingerprint_hash: str) -> str:
-    """One study per (kernel version, key, device class, stack): re-running a job continues it."""
-    return f"{key.kernel}:{key.version}:{key.stable_hash}:{device_class_slug}:{fingerprint_hash}"
+def study_name(key: TuningKey, device_class_slug: str, fingerprint_hash: str,
+               measurement: Measurement = Measurement()) -> str:
+    """One study per (kernel version, key, device class, stack, way of timing): re-running a job
+    continues it."""
+    return f"{key.kernel}:{key.version}:{key.stable_hash}:{device_class_slug}:{fingerprint_hash}{measurement.tag}"
 
 
 @functools.lru_cache(maxsize=8)
@@ -140,7 +143,7 @@ def request_for(ctx: SearchContext, config: Config, early_stop_ms: float | None,
         arch=ctx.target.arch, seed=ctx.seed or 0,
         warmup=0 if interpreter else 3,  # the correctness launch already warms the interpreter
         reps=3 if interpreter else reps, min_time_s=0.0 if interpreter else min_time_s,
-        early_stop_ms=early_stop_ms, timeout_s=ctx.trial_timeout_s)
+        early_stop_ms=early_stop_ms, timeout_s=ctx.trial_timeout_s, **ctx.measurement.to_json())
 
 
 def store_trial(ctx: SearchContext, trial_number: int | None, config: Config, result: TrialResult) -> None:

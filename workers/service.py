@@ -25,6 +25,7 @@ from workers.device import DeviceClass, matches
 from workers.fingerprint import StackFingerprint
 from workers.harness import Harness
 from workers.identity import store_identity
+from workers.messages import Measurement
 from workers.retune import key_budget, warm_seeds
 
 log = logging.getLogger("tuner.worker")
@@ -147,7 +148,8 @@ class WorkerService:
                 return f"job {job.state}, key {key_row.state}"
             s.execute(update(models.Job).where(models.Job.id == job.id, models.Job.state == "queued")
                       .values(state="running", started_at=now()))
-            name = study_name(key, self.dc.slug, self.fp.hash)
+            measurement = Measurement.from_json(job.request.get("measurement"))
+            name = study_name(key, self.dc.slug, self.fp.hash, measurement)
             if key_row.study_name != name:
                 key_row.study_name = name
             key_row.enqueued_at = now()
@@ -156,7 +158,7 @@ class WorkerService:
                             device=self.cfg.device, target=target, device_class_id=self.dc_id,
                             fingerprint_id=self.fp_id, study_name=name, sampler=msg.sampler, seed=msg.seed,
                             budget_trials=msg.budget_trials, trial_timeout_s=self.cfg.trial_timeout_s,
-                            worker_id=self.worker_id)
+                            worker_id=self.worker_id, measurement=measurement)
         ran = run_batch(ctx, self.harness, batch_trials, should_stop=lambda: self._cancelled(msg.job_id),
                         seeds=lambda: seed_configs(ctx, first=warm_seeds(job_request, key.stable_hash)))
         if self._cancelled(msg.job_id):
