@@ -14,7 +14,8 @@
 #                   `rate` is bench/search_rate.py: the live search's trials/min and how much of
 #                   it waits on the benchmark process; STEPS="... startup" adds bench/startup.py
 #                   (the harness's start, pool of 8, side by side vs one after the other; a
-#                   minute), "... workers" the throughput with a compile process per core
+#                   minute), "... workers" the throughput with a compile process per core, "... graph"
+#                   a decode-sized bf16 matmul (M=16) tuned with eager event timing, then --cuda-graph
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -40,7 +41,7 @@ case "${1:-}" in
   replay)
     python3 bench/search_efficiency.py --replay --seeds 50
     cp bench/results/search_efficiency.json bench/results/search_efficiency.md "$out"/ ;;
-  check)  # STEPS picks among: tests throughput workers startup tune rate (default: tests throughput tune rate)
+  check)  # STEPS picks among: tests throughput workers startup tune graph rate (default: tests throughput tune rate)
     export PYTHONUNBUFFERED=1 TUNER_HOME=/tmp/tuner-home
     steps=" ${STEPS:-tests throughput tune rate} "; rc=0
     if [[ $steps == *" tests "* ]]; then
@@ -66,6 +67,12 @@ case "${1:-}" in
     if [[ $steps == *" tune "* ]]; then
       timeout 150 python3 -m tuner.cli tune matmul --shape M=4096,N=4096,K=4096 --dtype float16 \
         --trials 40 --device cuda 2>&1 | tee "$out/tune.log" || rc=1
+    fi
+    if [[ $steps == *" graph "* ]]; then  # a decode-sized matmul, where the launch is much of the time
+      for how in "" "--cuda-graph"; do  # events around eager launches, then graph replays (own study)
+        timeout 120 python3 -m tuner.cli tune matmul --shape M=16,N=4096,K=4096 --dtype bfloat16 --trials 24 \
+          --device cuda $how 2>&1 | tee -a "$out/graph.log" || rc=1
+      done
     fi
     if [[ $steps == *" rate "* ]]; then
       timeout 120 python3 bench/search_rate.py --device cuda:0 --trials 40 --rounds 1 2>&1 | tee "$out/rate.log" || rc=1

@@ -22,3 +22,11 @@ def test_bench_script_writes_its_table(tmp_path, script, args, want):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert "triton-interpreter (CPU" in text and want in text, text
+
+
+def test_the_gpu_script_parses_and_refuses_an_unknown_step(tmp_path):
+    """bench/gpu_run.sh runs only on a lent GPU, where a syntax error would cost device time."""
+    assert subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu_run.sh")]).returncode == 0
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_run.sh"), "nosuchstep"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "OUT": str(tmp_path / "out")})
+    assert proc.returncode == 2 and "usage: bash bench/gpu_run.sh" in proc.stderr
