@@ -107,7 +107,8 @@ def test_workers_cooperate_on_one_study(stack):
 def test_a_job_s_measurement_options_reach_the_worker_s_trials(stack):
     stack["ensure"](1)
     job = submit(stack["env"], "--rotate-buffers", "3", "--max-cv", "1.0", trials=4)
-    assert wait_state(stack["env"], job)["state"] == "done"
+    st = wait_state(stack["env"], job)
+    assert st["state"] == "done" and st["measurement"] == {"rotate_buffers": 3, "cuda_graph": False, "max_cv": 1.0}
     with stack["engine"].connect() as c:
         rows = c.execute(text("select study_name, message from tuning_trials where job_id = :j and status = 'ok'"),
                          {"j": job}).all()

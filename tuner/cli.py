@@ -110,9 +110,7 @@ def tune(kernel: str = typer.Argument(..., help="A registered kernel (see `tuner
             for o in result.keys]
     timing = "triton-interpreter (CPU; not GPU figures)" if result.interpreter else "gpu"
     m = req.measurement
-    how = ", ".join(([f"{m.rotate_buffers} rotating input sets"] if m.rotate_buffers > 1 else [])
-                    + (["CUDA graph replays"] if m.cuda_graph else [])
-                    + ([f"re-measured when cv > {m.max_cv:g}"] if m.max_cv else []))
+    how = m.describe()
     if as_json:
         return _print_json({"job": result.job_id, "device_class": result.device_class,
                             "fingerprint": result.fingerprint, "timing": timing, "measurement": m.to_json(),
@@ -225,8 +223,12 @@ def status(job: str = typer.Argument(..., help="Job id (or a unique prefix of 6+
 def _show_status(st: dict, as_json: bool) -> None:
     if as_json:
         return _print_json(st)
+    from workers.messages import Measurement
+
+    how = Measurement.from_json(st.get("measurement")).describe()
     t = Table("key", "state", "trials", "failed", "best ms so far", "best config so far", "workers",
-              title=f"job {st['job']} {st['kernel']} on {st['device_class']}: {st['state']}")
+              title=f"job {st['job']} {st['kernel']} on {st['device_class']}: {st['state']}",
+              caption=f"timed with {how}" if how else None)
     for k in st["keys"]:
         t.add_row(",".join(f"{a}={b}" for a, b in k["key"].items()) + f" {k['dtype']}", k["state"],
                   f"{k['trials_done']}/{k['budget']}", str(k["failed_trials"]), _ms(k["best_ms_so_far"]),

@@ -16,6 +16,7 @@ from tuner.database import open_for_read, open_for_write
 from tuner.errors import UserError
 from tuner.request import TuneRequest, refuse_graphs_on_interpreter
 from tuner.settings import Settings
+from workers.messages import Measurement
 
 FINAL = ("done", "failed", "cancelled")
 
@@ -145,6 +146,7 @@ def status(settings: Settings, job_id: str) -> dict:
             note = f"no worker of class {job.device_selector} is alive; start one with `tuner worker --device ...`"
         return {"job": job.id, "kind": job.kind, "kernel": job.kernel, "state": job.state,
                 "device_class": job.device_selector, "sampler": job.sampler, "budget_trials": job.budget_trials,
+                "measurement": Measurement.from_json(job.request.get("measurement")).to_json(),
                 "created_at": job.created_at.isoformat(), "finished_at": job.finished_at.isoformat() if job.finished_at else None,
                 "error": job.error, "live_workers": [w.name for w in alive], "note": note, "keys": out_keys}
 

@@ -49,6 +49,12 @@ class Measurement:
         changes how often a trial is measured, not what its time means."""
         return ("+graph" if self.cuda_graph else "") + (f"+rot{self.rotate_buffers}" if self.rotate_buffers > 1 else "")
 
+    def describe(self) -> str:
+        """In words, for tables; empty for the defaults."""
+        return ", ".join(([f"{self.rotate_buffers} rotating input sets"] if self.rotate_buffers > 1 else [])
+                         + (["CUDA graph replays"] if self.cuda_graph else [])
+                         + ([f"re-measured when cv > {self.max_cv:g}"] if self.max_cv else []))
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
