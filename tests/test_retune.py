@@ -134,6 +134,33 @@ def test_two_schedulers_at_once_queue_each_key_once(world):
     wait_for(lambda: tuner_json(env, "status", job)["state"] in ("done", "failed"), 240, "the second retune")
 
 
+
+def test_a_rolling_upgrade_retunes_a_key_once_timed_as_it_was_tuned(world):
+    """Two stacks live in one class at once (999.1 and 999.2 here), as in a rolling driver update:
+    a key tuned under neither is stale for both, and is queued once (it used to be queued once
+    per stack, which broke the job's unique key). Its retune times trials as the old best was
+    timed, so that old and new times compare."""
+    env, engine = world["env"], world["engine"]
+    tuned = tuner_json(env, "tune", "trivial", "--shape", "N=32", "--dtype", "float32", "--trials", "4",
+                       "--seed", "0", "--device", "cpu", "--rotate-buffers", "2")
+    assert tuned["keys"][0]["config"]
+    out = tuner_json(env, "retune", "--stale-only", "--kernel", "trivial")
+    with engine.connect() as c:
+        rows = c.execute(text("select j.id, j.request from jobs j join job_keys k on k.job_id = j.id "
+                              "where j.kind = 'retune' and k.key->'dims'->>'N' = '32'")).all()
+    assert len(rows) == 1, (out, rows)
+    (job, request), = rows
+    request = json.loads(request) if isinstance(request, str) else request
+    assert request["measurement"] == {"rotate_buffers": 2, "cuda_graph": False, "max_cv": None}
+    planned = [j for j in out["jobs"] if j["job"] == job]
+    assert not planned or len(planned[0]["new_fingerprint"]) == 2
+    wait_for(lambda: tuner_json(env, "status", job)["state"] in ("done", "failed"), 240, "the rotated retune")
+    assert tuner_json(env, "status", job)["state"] == "done"
+    with engine.connect() as c:
+        trials = c.execute(text("select study_name, message from tuning_trials where job_id = :j and status = 'ok'"),
+                           {"j": job}).all()
+    assert trials and all(name.endswith("+rot2") and "2 rotating input sets" in message for name, message in trials)
+
 def test_scheduler_sends_the_nightly_retune(world):
     env = dict(world["env"], TUNER_RETUNE_CRON="* * * * *")
     log = world["home"] / "beat.log"

@@ -76,6 +76,9 @@ def report(settings: Settings, run: str | None) -> dict:
                                                                models.BestConfig.key_hash == key.key_hash))
                 old_ms = warm.get("old_ms")
                 new_ms = new.median_ms if new else None
+                # the stack the retune ran on; before it ends, those it was queued for
+                new_fp = (s.get(models.StackFingerprint, new.fingerprint_id).hash if new else
+                          ",".join(warm.get("new_fingerprints") or [warm.get("new_fingerprint") or ""]))
                 flags = []
                 if old_ms and new_ms and new_ms > old_ms * (1 + threshold):
                     flags.append(f"regression: new stack {new_ms / old_ms:.2f}x slower than the old")
@@ -83,7 +86,7 @@ def report(settings: Settings, run: str | None) -> dict:
                     flags.append(f"old config {old_on_new / old_ms:.2f}x slower on the new stack")
                 rows.append({"job": job.id, "kernel": job.kernel, "device_class": job.device_selector,
                              "key": key.key["dims"], "dtype": key.key["dtype"], "state": key.state,
-                             "old_fingerprint": warm.get("old_fingerprint"), "new_fingerprint": warm.get("new_fingerprint"),
+                             "old_fingerprint": warm.get("old_fingerprint"), "new_fingerprint": new_fp or None,
                              "old_best_ms_old_stack": old_ms, "old_best_ms_new_stack": old_on_new,
                              "new_best_ms_new_stack": new_ms, "new_config": new.config if new else None,
                              "trials_spent": sum(1 for _, _, st in trials if st != "invalid"),

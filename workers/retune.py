@@ -18,6 +18,7 @@ from sqlalchemy import select
 from db import models, store
 from db.session import session_scope
 from workers.batch import BatchMessage
+from workers.messages import Measurement
 
 LOCK = "retune"
 TOP_K = 3
@@ -31,11 +32,12 @@ class StaleKey:
     key: dict
     device_class: str  # slug
     old_fingerprint: str
-    new_fingerprint: str
+    new_fingerprints: tuple[str, ...]  # the live stacks of the class with no current best for the key
     old_best_id: int
     old_config: dict
     old_ms: float
     old_trials: int
+    measurement: Measurement = Measurement()  # how the old best was timed; the retune times alike
 
 
 def _now() -> datetime:
@@ -80,20 +82,25 @@ def find_stale(s, *, dead_after_s: float, device_class: Callable[[str], bool] | 
     rows = s.execute(q).all()
     current = {(b.kernel, b.kernel_version, b.key_hash, slug, fp) for b, slug, fp in rows}
     active = _active_retunes(s)
+    requests = dict(s.execute(select(models.Job.id, models.Job.request)
+                              .where(models.Job.id.in_({b.job_id for b, _, _ in rows if b.job_id}))).all())
     out: dict[tuple, StaleKey] = {}
     for b, slug, fp in rows:
         if device_class is not None and not device_class(slug):
             continue
-        for live in sorted(stacks.get(slug, ())):
-            if live == fp and stale_only:
-                continue
-            if stale_only and (b.kernel, b.kernel_version, b.key_hash, slug, live) in current:
-                continue  # already tuned under the live stack
-            if (b.key_hash, slug) in active:
-                continue  # a retune of this key is already queued or running
-            k = (b.kernel, b.kernel_version, b.key_hash, slug, live)
-            out[k] = StaleKey(b.kernel, b.kernel_version, b.key_hash, b.key, slug, fp, live, b.id, b.config,
-                                  b.median_ms, b.trials)
+        if (b.key_hash, slug) in active:
+            continue  # a retune of this key is already queued or running
+        # already tuned under a live stack: not stale for it
+        lacking = tuple(live for live in sorted(stacks.get(slug, ()))
+                        if not stale_only or (b.kernel, b.kernel_version, b.key_hash, slug, live) not in current)
+        if not lacking:
+            continue
+        # One retune per key and class, however many live stacks lack it (a rolling upgrade runs
+        # two): any worker of the class may take the job. Of several stale rows, the newest wins.
+        measurement = Measurement.from_json((requests.get(b.job_id) or {}).get("measurement"))
+        out[(b.kernel, b.kernel_version, b.key_hash, slug)] = StaleKey(
+            b.kernel, b.kernel_version, b.key_hash, b.key, slug, fp, lacking, b.id, b.config, b.median_ms,
+            b.trials, measurement)
     return list(out.values())
 
 
@@ -134,25 +141,28 @@ def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: 
         with session_scope(db_url) as s:
             stale = find_stale(s, dead_after_s=dead_after_s, device_class=device_class, kernel=kernel,
                                stale_only=stale_only)
-            groups: dict[tuple[str, str, str], list[StaleKey]] = {}
+            # a job times all its keys one way: keys tuned with other measurement options go apart
+            groups: dict[tuple[str, str, str, Measurement], list[StaleKey]] = {}
             for st in stale:
-                groups.setdefault((st.kernel, st.kernel_version, st.device_class), []).append(st)
+                groups.setdefault((st.kernel, st.kernel_version, st.device_class, st.measurement), []).append(st)
             planned, messages = [], []
-            for (kern, version, slug), keys in groups.items():
+            for (kern, version, slug, measurement), keys in groups.items():
                 budgets = {st.key_hash: max(min_budget, int(round(st.old_trials * budget_fraction))) for st in keys}
                 warm = {st.key_hash: {"old_best_id": st.old_best_id, "old_config": st.old_config,
                                       "old_ms": st.old_ms, "old_fingerprint": st.old_fingerprint,
-                                      "new_fingerprint": st.new_fingerprint, "old_trials": st.old_trials,
+                                      "new_fingerprints": list(st.new_fingerprints), "old_trials": st.old_trials,
                                       "top": top_configs(s, st)} for st in keys}
                 planned.append({"kernel": kern, "device_class": slug, "keys": [st.key["dims"] | {"dtype": st.key["dtype"]}
                                                                                 for st in keys],
                                 "budgets": list(budgets.values()), "old_fingerprint": sorted({st.old_fingerprint for st in keys}),
-                                "new_fingerprint": sorted({st.new_fingerprint for st in keys})})
+                                "new_fingerprint": sorted({fp for st in keys for fp in st.new_fingerprints}),
+                                "measurement": measurement.to_json()})
                 if dry_run:
                     continue
                 job_id = uuid.uuid4().hex
                 request = {"kernel": kern, "keys": [st.key for st in keys], "retune_run": run_id, "budgets": budgets,
-                           "warm": warm, "batch_trials": batch_trials, "sampler": "auto"}
+                           "warm": warm, "batch_trials": batch_trials, "sampler": "auto",
+                           "measurement": measurement.to_json()}
                 s.add(models.Job(id=job_id, kind="retune", origin="queued", kernel=kern, kernel_version=version,
                                  device_class_id=None, device_selector=slug, state="queued", sampler="auto", seed=0,
                                  budget_trials=max(budgets.values()), request=request, created_at=_now()))
