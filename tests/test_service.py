@@ -115,6 +115,33 @@ def test_a_job_s_measurement_options_reach_the_worker_s_trials(stack):
     assert rows and all(name.endswith("+rot3") and "timed over 3 rotating input sets" in message
                         for name, message in rows), rows
 
+
+def test_a_key_is_measured_by_one_stack_while_two_are_live(stack):
+    """A rolling driver update: workers of two stacks serve one class. The first to take a key
+    names its study; the other stack's workers hand its batches back instead of splitting the
+    trials over two studies, of which the finalizer would read only its own."""
+    stack["ensure"](1)
+    env = dict(stack["env"], TUNER_FINGERPRINT_OVERRIDE="driver=rolling-update")
+    other = WorkerProc("other-stack", env, stack["home"])
+    try:
+        def registered():
+            with stack["engine"].connect() as c:
+                return c.execute(text("select count(*) from workers where name = 'other-stack@test' and "
+                                      "heartbeat_at > now() - interval '5 seconds'")).scalar() == 1
+
+        wait_for(registered, 180, "the other stack's worker")
+        job = submit(stack["env"], "--parallel", "2", trials=9)
+        assert wait_state(stack["env"], job)["state"] == "done"
+        with stack["engine"].connect() as c:
+            studies = c.execute(text("select distinct study_name from tuning_trials where job_id = :j"),
+                                {"j": job}).scalars().all()
+            fingerprints = c.execute(text("select count(distinct fingerprint_id) from tuning_trials "
+                                          "where job_id = :j"), {"j": job}).scalar()
+        assert len(studies) == 1 and fingerprints == 1, studies
+        assert counts(stack["engine"], job)[1] == 1
+    finally:
+        other.stop()
+
 def trial_workers(engine, job):
     with engine.connect() as c:
         return c.execute(text("select w.name, count(*) from tuning_trials t join workers w on w.id = t.worker_id "

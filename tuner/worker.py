@@ -24,7 +24,8 @@ def run_worker(settings: Settings, device: str | None, name: str | None, logleve
 
     node = name or f"{dc.slug}-{device_str.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
     cfg = WorkerConfig(db_url=db_url, device=device_str, name=node, heartbeat_s=settings.heartbeat_s,
-                       stall_s=settings.stall_s, trial_timeout_s=settings.trial_timeout_s)
+                       stall_s=settings.stall_s, trial_timeout_s=settings.trial_timeout_s,
+                       dead_after_s=settings.worker_dead_after_s)
 
     def send(msg) -> None:
         app.send_task("tuner.trial_batch", args=[msg.to_json()], queue=msg.queue)

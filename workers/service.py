@@ -26,10 +26,11 @@ from workers.fingerprint import StackFingerprint
 from workers.harness import Harness
 from workers.identity import store_identity
 from workers.messages import Measurement
-from workers.retune import key_budget, warm_seeds
+from workers.retune import key_budget, live_stacks, warm_seeds
 
 log = logging.getLogger("tuner.worker")
 FINAL_JOB_STATES = ("done", "failed", "cancelled")
+DEFER_S = 1.0  # how long a worker waits before handing back a batch pinned to another stack
 
 
 def now() -> datetime:
@@ -49,6 +50,7 @@ class WorkerConfig:
     heartbeat_s: float = 10.0
     stall_s: float = 60.0
     trial_timeout_s: float = 120.0
+    dead_after_s: float = 60.0  # a worker whose heartbeat is older is gone
 
 
 class WorkerService:
@@ -146,14 +148,22 @@ class WorkerService:
                 return "unknown job"
             if job.state in FINAL_JOB_STATES or key_row.state != "running":
                 return f"job {job.state}, key {key_row.state}"
-            s.execute(update(models.Job).where(models.Job.id == job.id, models.Job.state == "queued")
-                      .values(state="running", started_at=now()))
             measurement = Measurement.from_json(job.request.get("measurement"))
             name = study_name(key, self.dc.slug, self.fp.hash, measurement)
-            if key_row.study_name != name:
-                key_row.study_name = name
-            key_row.enqueued_at = now()
+            pinned = self._pin(s, key_row.id, name)
+            elsewhere = pinned != name and self._measured_by_live_workers(s, key, measurement, pinned)
+            if not elsewhere:
+                key_row.study_name = name  # where the stack or class that began the key is gone: here now
+                s.execute(update(models.Job).where(models.Job.id == job.id, models.Job.state == "queued")
+                          .values(state="running", started_at=now()))
+                key_row.enqueued_at = now()
             job_request = job.request
+        if elsewhere:
+            # Live workers of another stack or class measure this key in their study: the batch
+            # goes back to the queue for them, after a pause, so it does not bounce among ours.
+            self._stop.wait(DEFER_S)
+            self.send(msg)
+            return f"key measured in study {pinned} by live workers of another stack or class; re-sent"
         ctx = SearchContext(db_url=self.cfg.db_url, job_id=msg.job_id, job_key_id=msg.job_key_id, key=key,
                             device=self.cfg.device, target=target, device_class_id=self.dc_id,
                             fingerprint_id=self.fp_id, study_name=name, sampler=msg.sampler, seed=msg.seed,
@@ -177,6 +187,20 @@ class WorkerService:
             key_row.trials_done = counted_trials(self.cfg.db_url, msg.job_key_id)
         self._finish_job(msg.job_id)
         return f"ran {ran}, finalized"
+
+    @staticmethod
+    def _pin(s, key_row_id: int, name: str) -> str:
+        """The study the key is measured in: the first worker to take it names it (one conditional
+        UPDATE, so two workers that take it at once agree), and every later batch goes there."""
+        s.execute(update(models.JobKey).where(models.JobKey.id == key_row_id, models.JobKey.study_name == "")
+                  .values(study_name=name))
+        return s.scalar(select(models.JobKey.study_name).where(models.JobKey.id == key_row_id))
+
+    def _measured_by_live_workers(self, s, key, measurement: Measurement, study: str) -> bool:
+        from workers.search import study_name
+
+        return any(study_name(key, slug, fp, measurement) == study
+                   for slug, fps in live_stacks(s, self.cfg.dead_after_s).items() for fp in fps)
 
     def _cancelled(self, job_id: str) -> bool:
         with session_scope(self.cfg.db_url) as s:
