@@ -25,6 +25,12 @@ CASES = {
                                    "--cuda-graph"], "--cuda-graph needs a GPU"),
     "graphs for the cpu class": (["submit", "matmul", "--shape", "M=64,N=64,K=64", "--device-class", "cpu",
                                   "--cuda-graph"], "--cuda-graph needs a GPU"),
+    # what the argument parser (typer, click) refuses: the same one line, never a traceback
+    "non-integer trials": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--trials", "abc"],
+                           "Invalid value for '--trials'"),
+    "unknown option": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--bogus"], "No such option: --bogus"),
+    "unknown command": (["tunes", "matmul"], "No such command 'tunes'"),
+    "missing kernel": (["tune"], "Missing argument"),
 }
 
 
@@ -76,3 +82,11 @@ def test_read_commands_without_a_database(tmp_path):
     proc = run_tuner(["best", "matmul", "--shape", "M=64,N=64,K=64"], home)
     assert_one_line_error(proc, "no tuning database")
     assert not home.exists()
+
+
+def test_a_job_that_does_not_end_done_exits_1(tmp_path):
+    """`submit --wait` on a class with no worker: the status is printed and the exit status says so."""
+    proc = run_tuner(["submit", "matmul", "--shape", "M=8,N=8,K=8", "--device-class", "h100", "--wait",
+                      "--timeout", "1"], tmp_path / "home")
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "queued" in proc.stdout and "Traceback" not in proc.stderr

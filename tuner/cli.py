@@ -357,25 +357,58 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     err.print(f"database {redact(s.db_url)} is at {revision}")
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(ClickException, Abort) of every click that typer may raise from: typer 0.2x vendors its
+    own as typer._click, older releases use click's; catching only one let a bad option value
+    through as a traceback."""
+    import importlib
+
+    def named(attr: str, modules: tuple[str, ...]) -> tuple[type, ...]:
+        found = []
+        for name in modules:
+            try:
+                found.append(getattr(importlib.import_module(name), attr))
+            except (ImportError, AttributeError):
+                continue
+        return tuple(found)
+
+    return (named("ClickException", ("typer._click.exceptions", "click.exceptions")),
+            named("Abort", ("typer.exceptions", "typer._click.exceptions", "click.exceptions")))
+
+
+def _usage_error(exc) -> None:
+    """A parse error (bad option value, missing argument, unknown command) as one line, exit 2;
+    a bare `tuner` or `tuner db` prints its help instead."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        exc.show()
+        sys.exit(2)
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    err.print(f"error: {' '.join(exc.format_message().split())}{hint}", markup=False, highlight=False,
+              soft_wrap=True)
+    sys.exit(2)
+
+
 def main() -> None:
     from db.session import DatabaseError
     from search_spaces.base import SpecError
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's `raise typer.Exit(n)` comes back as n
     except (UserError, SpecError, DatabaseError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:
-        import click
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
+        usage, abort = _click_exceptions()
+        if isinstance(exc, usage):
+            _usage_error(exc)
+        if isinstance(exc, abort):
             sys.exit(1)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":
