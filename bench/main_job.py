@@ -21,6 +21,11 @@ RESULTS = ROOT / "bench" / "results" / "main_job.json"
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results file (default: %(default)s)")
+    args = ap.parse_args()
     home = tempfile.mkdtemp(prefix="tuner-main-job-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNER_")}
     env["TUNER_HOME"] = home
@@ -40,8 +45,8 @@ def main() -> None:
         "best_ms": best["median_ms"], "default_ms": best["default_ms"], "speedup_over_default": best["speedup"],
         "trials": best["trials"],
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -30,3 +30,14 @@ def test_the_gpu_script_parses_and_refuses_an_unknown_step(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_run.sh"), "nosuchstep"], capture_output=True,
                           text=True, timeout=60, env={**os.environ, "OUT": str(tmp_path / "out")})
     assert proc.returncode == 2 and "usage: bash bench/gpu_run.sh" in proc.stderr
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "bench").glob("*.py")))
+def test_every_bench_script_answers_help_without_running(script):
+    """`--help` must print the options, never run the benchmark and overwrite its results."""
+    results = ROOT / "bench" / "results"
+    before = {p: p.stat().st_mtime_ns for p in results.iterdir()}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in results.iterdir()} == before
