@@ -44,7 +44,7 @@ def _parse(url: str) -> URL:
 
 def sqlite_path(url: str | URL) -> Path | None:
     """The file of a SQLite URL; None for other backends and in-memory databases."""
-    u = make_url(url)
+    u = _parse(url) if isinstance(url, str) else url
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
         return None
     return Path(u.database)

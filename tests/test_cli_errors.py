@@ -90,3 +90,17 @@ def test_a_job_that_does_not_end_done_exits_1(tmp_path):
                       "--timeout", "1"], tmp_path / "home")
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "queued" in proc.stdout and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["jobs"], ["tune", "matmul", "--shape", "M=8,N=8,K=8"], ["db", "upgrade"]])
+def test_malformed_database_url(tmp_path, args):
+    proc = run_tuner(args, tmp_path / "home", TUNER_DB_URL="nonsense")
+    assert_one_line_error(proc, "malformed database URL 'nonsense'")
+    assert not (tmp_path / "home").exists()
+
+
+def test_sqlite_broker_in_missing_directory(tmp_path):
+    proc = run_tuner(["submit", "matmul", "--shape", "M=8,N=8,K=8", "--device-class", "cpu"], tmp_path / "home",
+                     TUNER_BROKER_URL=f"sqla+sqlite:///{tmp_path}/no/such/dir/broker.db")
+    assert_one_line_error(proc, "of its SQLite file does not exist")
+    assert not (tmp_path / "home").exists() and not (tmp_path / "no").exists()

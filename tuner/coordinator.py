@@ -32,6 +32,8 @@ def _aware(t: datetime | None) -> datetime | None:
 def broker_app(settings: Settings):
     from workers.app import check_broker, make_app
 
+    if settings.broker_url.startswith("sqla+sqlite:///") and "TUNER_BROKER_URL" not in settings.extra["explicit"]:
+        settings.home.mkdir(parents=True, exist_ok=True)  # the embedded default broker lives in TUNER_HOME
     app = make_app(settings.broker_url)
     try:
         check_broker(app)
@@ -56,8 +58,6 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
         raise UserError(f"--parallel {parallel} must be at least 1")
     if matches(selector, CPU_INTERPRETER.slug):
         refuse_graphs_on_interpreter(req.measurement, f"device class {selector}")
-    if settings.broker_url.startswith("sqla+sqlite:///") and "TUNER_BROKER_URL" not in settings.extra["explicit"]:
-        settings.home.mkdir(parents=True, exist_ok=True)
     app = broker_app(settings)
     url = open_for_write(settings)
     queue = queue_for(selector)

@@ -40,6 +40,13 @@ def make_app(broker_url: str) -> Celery:
 
 def check_broker(app: Celery, timeout: float = 3.0) -> None:
     """Raise ConnectionError with a one-line reason when the broker cannot be reached."""
+    url = str(app.conf.broker_url or "")
+    if url.startswith("sqla+sqlite:"):  # kombu opens the file only when the first message is sent
+        from db.session import sqlite_path
+
+        path = sqlite_path(url[len("sqla+"):])
+        if path is not None and not path.parent.is_dir():
+            raise ConnectionError(f"the directory {path.parent} of its SQLite file does not exist; create it")
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
