@@ -289,6 +289,12 @@ class KernelSpec:
     def reference(self, inputs: Any) -> Any:
         raise NotImplementedError
 
+    def trial_bytes(self, key: TuningKey, input_sets: int = 1) -> int | None:
+        """Device memory one trial holds at its peak (its input sets, the output, the reference
+        and the fp32 copies the output check makes), or None when the kernel cannot say. A
+        request whose trial cannot fit the device is refused before anything is queued."""
+        return None
+
     def specialization(self, config: Config, key: TuningKey, target: Target) -> Specialization | None:
         """What the launch of config for key compiles, without inputs (see Specialization), or
         None when the kernel cannot say. It must agree with launch() argument for argument, or

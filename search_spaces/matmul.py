@@ -301,3 +301,10 @@ class Matmul(KernelSpec):
     def flops(self, key: TuningKey) -> float:
         d = key.dim_map
         return 2.0 * d["M"] * d["N"] * d["K"]
+
+    def trial_bytes(self, key: TuningKey, input_sets: int = 1) -> int:
+        d, es = key.dim_map, DTYPE_BYTES[key.dtype]
+        ins, out = d["M"] * d["K"] + d["K"] * d["N"], d["M"] * d["N"]
+        # the input sets; output and reference; the reference's fp32 operands and product; the
+        # check's fp32 copies of output and reference
+        return ins * es * input_sets + 2 * out * es + (ins + out) * 4 + 2 * out * 4

@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from search_spaces.base import (NV_REGS_PER_BLOCK, Config, KernelSpec, Specialization, Target, TuningKey,
-                                block_limit, require_launchable)
+from search_spaces.base import (DTYPE_BYTES, NV_REGS_PER_BLOCK, Config, KernelSpec, Specialization, Target,
+                                TuningKey, block_limit, require_launchable)
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -182,6 +182,12 @@ class Softmax(KernelSpec):
     def reference(self, inputs: SoftmaxInputs) -> torch.Tensor:
         x = inputs.x
         return torch.softmax(x.float(), dim=-1).to(x.dtype)
+
+    def trial_bytes(self, key: TuningKey, input_sets: int = 1) -> int:
+        n, es = key.dim_map["M"] * key.dim_map["N"], DTYPE_BYTES[key.dtype]
+        # the input sets; output and reference; the reference's fp32 input and result; the
+        # check's fp32 copies
+        return n * es * input_sets + 2 * n * es + 2 * n * 4 + 2 * n * 4
 
     def flops(self, key: TuningKey) -> float:
         # max, subtract, exp, sum, divide: ~5 operations an element (exp counted as one)

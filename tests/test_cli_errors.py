@@ -25,6 +25,10 @@ CASES = {
                                    "--cuda-graph"], "--cuda-graph needs a GPU"),
     "graphs for the cpu class": (["submit", "matmul", "--shape", "M=64,N=64,K=64", "--device-class", "cpu",
                                   "--cuda-graph"], "--cuda-graph needs a GPU"),
+    "trial too big for the host": (["tune", "matmul", "--shape", "M=200000,N=200000,K=200000", "--device", "cpu"],
+                                   "more than the"),
+    "trial too big for the class": (["submit", "matmul", "--shape", "M=100000,N=100000,K=100000", "--dtype",
+                                     "bfloat16", "--device-class", "h100"], "GiB of device class h100"),
     # what the argument parser (typer, click) refuses: the same one line, never a traceback
     "non-integer trials": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--trials", "abc"],
                            "Invalid value for '--trials'"),

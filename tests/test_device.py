@@ -194,3 +194,22 @@ def test_importing_stays_light():
             "print(','.join(m for m in ('torch', 'triton', 'celery', 'optuna') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_class_memory_is_what_every_member_of_the_class_has():
+    from workers.device import class_memory_bytes
+
+    gib = 1 << 30
+    assert class_memory_bytes("h100-sxm-80gb") == 80 * gib
+    assert class_memory_bytes("a100") == 40 * gib  # the 40 GB and 80 GB A100s share the alias
+    assert class_memory_bytes("nvidia-sm_89-128sm-24gb") == 24 * gib
+    assert class_memory_bytes("cpu") is None  # interpreter hosts differ: nothing to count on
+
+
+def test_a_trial_s_memory_grows_with_the_shape_and_the_input_sets():
+    from search_spaces import registry
+
+    mm = registry.get("matmul")
+    key = mm.make_key({"M": 4096, "N": 4096, "K": 4096}, "bfloat16")
+    one, four = mm.trial_bytes(key), mm.trial_bytes(key, 4)
+    assert 0.3e9 < one < 1e9 and four - one == 3 * 2 * 4096 * 4096 * 2  # three more sets of A and B

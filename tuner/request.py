@@ -56,6 +56,22 @@ def refuse_graphs_on_interpreter(measurement: Measurement, where: str) -> None:
                         "no CUDA graphs; drop --cuda-graph or tune on a GPU")
 
 
+def refuse_oversized(req: TuneRequest, memory_bytes: int | None, where: str) -> None:
+    """A key whose trial cannot fit the device would fail every trial it is given (or, on the
+    interpreter, wake the host's OOM killer): refused, with the figure, before anything is written."""
+    if not memory_bytes:
+        return
+    spec = registry.get(req.kernel)
+    sets = req.measurement.rotate_buffers
+    for key in req.keys:
+        need = spec.trial_bytes(key, sets)
+        if need is not None and need > memory_bytes:
+            fewer = " or fewer --rotate-buffers" if sets > 1 else ""
+            raise UserError(f"{req.kernel} {key.label()} needs about {need / 2**30:.1f} GiB for one trial (inputs, "
+                            f"output, reference), more than the {memory_bytes / 2**30:.0f} GiB of {where}; "
+                            f"tune a smaller shape{fewer}")
+
+
 def build_request(kernel: str, shapes: list[str], dtypes: list[str], trials: int,
                   sampler: str = "auto", seed: int | None = None,
                   measurement: Measurement = Measurement()) -> TuneRequest:

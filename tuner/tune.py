@@ -1,6 +1,7 @@
 """`tuner tune`: the local path, in-process, no broker: job -> key studies -> trials -> best."""
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from db.session import session_scope
 from search_spaces import registry
 from search_spaces.base import Config, TuningKey
 from tuner.database import open_for_write
-from tuner.request import TuneRequest, refuse_graphs_on_interpreter
+from tuner.request import TuneRequest, refuse_graphs_on_interpreter, refuse_oversized
 from tuner.settings import Settings
 
 
@@ -52,12 +53,22 @@ class LocalPlan:
     trial_timeout_s: float
 
 
+def _host_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not every platform says
+        return None
+
+
 def prepare(req: TuneRequest, settings: Settings, device: str | None) -> LocalPlan:
     from tuner.devices import live_identity
 
     dc, fp, device_str = live_identity(settings, device)
     if dc.target.is_interpreter:
         refuse_graphs_on_interpreter(req.measurement, f"device {device_str}")
+        refuse_oversized(req, _host_memory(), "this host's memory")
+    else:
+        refuse_oversized(req, dc.memory_gb * (1 << 30), f"{device_str} ({dc.slug})")
     url = open_for_write(settings)
     return LocalPlan(req, url, device_str, dc, fp, settings.trial_timeout_s)
 

@@ -167,6 +167,20 @@ def known_selectors() -> list[str]:
     return sorted(ALIASES) + sorted(_BY_SLUG)
 
 
+def class_memory_bytes(selector: str) -> int | None:
+    """The device memory a job for this class can count on (the smallest of a family), or None
+    where the class does not say (the CPU interpreter: its workers' hosts differ)."""
+    slugs = ALIASES.get(selector, (selector,))
+    sizes = [_BY_SLUG[s].memory_gb if s in _BY_SLUG else _generic_memory_gb(s) for s in slugs]
+    known = [gb for gb in sizes if gb]
+    return min(known) * (1 << 30) if known and len(known) == len(sizes) else None
+
+
+def _generic_memory_gb(slug: str) -> int | None:
+    m = _GENERIC_SLUG.fullmatch(slug)
+    return int(slug.rsplit("-", 1)[1][:-2]) if m else None
+
+
 def resolve_device_class(text: str) -> str:
     """A device class as a user wrote it ("H100", "mi300x", "h100-sxm-80gb") -> its canonical selector.
 
