@@ -14,7 +14,7 @@ from db.session import redact, session_scope
 from search_spaces.base import SpecError
 from tuner.database import open_for_read, open_for_write
 from tuner.errors import UserError
-from tuner.request import TuneRequest, refuse_graphs_on_interpreter, refuse_oversized
+from tuner.request import TuneRequest, refuse_unfit
 from tuner.settings import Settings
 from workers.messages import Measurement
 
@@ -48,7 +48,7 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
     """Queue the request for a device class; returns the job id. Checks broker and database
     before writing anything, and sends `parallel` batches per key so several workers cooperate."""
     from workers.batch import BatchMessage
-    from workers.device import CPU_INTERPRETER, class_memory_bytes, matches, queue_for, resolve_device_class
+    from workers.device import queue_for, resolve_device_class
 
     try:
         selector = resolve_device_class(device_class)
@@ -56,9 +56,7 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
         raise UserError(str(exc)) from None
     if parallel < 1:
         raise UserError(f"--parallel {parallel} must be at least 1")
-    if matches(selector, CPU_INTERPRETER.slug):
-        refuse_graphs_on_interpreter(req.measurement, f"device class {selector}")
-    refuse_oversized(req, class_memory_bytes(selector), f"device class {selector}")
+    refuse_unfit(req, selector, f"device class {selector}")
     app = broker_app(settings)
     url = open_for_write(settings)
     queue = queue_for(selector)

@@ -50,15 +50,19 @@ def build_measurement(rotate_buffers: int = 1, cuda_graph: bool = False, max_cv:
     return Measurement(rotate_buffers, cuda_graph, max_cv)
 
 
-def refuse_graphs_on_interpreter(measurement: Measurement, where: str) -> None:
-    if measurement.cuda_graph:
+def refuse_unfit(req: TuneRequest, selector: str, where: str, host_memory: int | None = None) -> None:
+    """Refuse, before anything is written, what a device class cannot run: CUDA graphs on the
+    interpreter, and a key whose trial needs more memory than the class has (on the interpreter,
+    `host_memory`, where the tune runs on this host), which would fail every trial it is given
+    or, on the interpreter, wake the host's OOM killer."""
+    from workers.device import CPU_INTERPRETER, class_memory_bytes, matches
+
+    interpreter = matches(selector, CPU_INTERPRETER.slug)
+    if interpreter and req.measurement.cuda_graph:
         raise UserError(f"--cuda-graph needs a GPU, and {where} is the Triton CPU interpreter, which has "
                         "no CUDA graphs; drop --cuda-graph or tune on a GPU")
-
-
-def refuse_oversized(req: TuneRequest, memory_bytes: int | None, where: str) -> None:
-    """A key whose trial cannot fit the device would fail every trial it is given (or, on the
-    interpreter, wake the host's OOM killer): refused, with the figure, before anything is written."""
+    memory_bytes = host_memory if interpreter else class_memory_bytes(selector)
+    where = "this host" if interpreter else where
     if not memory_bytes:
         return
     spec = registry.get(req.kernel)

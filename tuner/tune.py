@@ -12,7 +12,7 @@ from db.session import session_scope
 from search_spaces import registry
 from search_spaces.base import Config, TuningKey
 from tuner.database import open_for_write
-from tuner.request import TuneRequest, refuse_graphs_on_interpreter, refuse_oversized
+from tuner.request import TuneRequest, refuse_unfit
 from tuner.settings import Settings
 
 
@@ -64,11 +64,7 @@ def prepare(req: TuneRequest, settings: Settings, device: str | None) -> LocalPl
     from tuner.devices import live_identity
 
     dc, fp, device_str = live_identity(settings, device)
-    if dc.target.is_interpreter:
-        refuse_graphs_on_interpreter(req.measurement, f"device {device_str}")
-        refuse_oversized(req, _host_memory(), "this host's memory")
-    else:
-        refuse_oversized(req, dc.memory_gb * (1 << 30), f"{device_str} ({dc.slug})")
+    refuse_unfit(req, dc.slug, f"device {device_str} ({dc.slug})", host_memory=_host_memory())
     url = open_for_write(settings)
     return LocalPlan(req, url, device_str, dc, fp, settings.trial_timeout_s)
 

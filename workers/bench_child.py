@@ -108,23 +108,43 @@ def interpreted_on_gpu(device: str) -> str | None:
             "on import?): its kernels would run in the Triton interpreter; unset it for GPU workers")
 
 
-def run_trial(req: TrialRequest) -> TrialResult:
+class Refused(Exception):
+    """A request answered without running it: its status and message."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def resolve(req: TrialRequest):
+    """The request's (kernel spec, key), or Refused where it cannot run in this process: an
+    unknown kernel or malformed key, a kernel changed since the study began, or a GPU request in
+    a process that would interpret its kernels. The benchmark and compile processes both ask."""
     from search_spaces import registry
     from search_spaces.base import SpecError, TuningKey
-    from workers.timing import summarize, time_cpu, time_cuda
 
-    config = req.config
     try:
         spec = registry.get(req.kernel)
         key = TuningKey.from_json(req.key)
     except (SpecError, KeyError, TypeError, ValueError) as exc:
-        return TrialResult.failed("invalid", f"bad request: {exc}", config)
+        raise Refused("invalid", f"bad request: {exc}") from None
     if key.version != spec.version:
-        return TrialResult.failed("invalid", f"kernel changed since the study was created "
-                                             f"(study {key.version}, code {spec.version})", config)
+        raise Refused("invalid", f"kernel changed since the study was created "
+                                 f"(study {key.version}, code {spec.version})")
     why = interpreted_on_gpu(req.device)
     if why is not None:
-        return TrialResult.failed("crashed", why, config)
+        raise Refused("crashed", why)
+    return spec, key
+
+
+def run_trial(req: TrialRequest) -> TrialResult:
+    from workers.timing import summarize, time_cpu, time_cuda
+
+    config = req.config
+    try:
+        spec, key = resolve(req)
+    except Refused as r:
+        return TrialResult.failed(r.status, r.message, config)
     try:
         target = _target(req.device)
     except Exception as exc:

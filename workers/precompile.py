@@ -39,21 +39,12 @@ def default_workers() -> int:
 
 # ---- the compile process --------------------------------------------------------------
 def compile_one(req: TrialRequest) -> dict[str, Any]:
-    from search_spaces import registry
-    from search_spaces.base import SpecError, TuningKey
-    from workers.bench_child import _classify, _message, _target, _use_device, interpreted_on_gpu
+    from workers.bench_child import Refused, _classify, _message, _target, _use_device, resolve
 
     try:
-        spec = registry.get(req.kernel)
-        key = TuningKey.from_json(req.key)
-    except (SpecError, KeyError, TypeError, ValueError) as exc:
-        return {"status": "invalid", "message": f"bad request: {exc}"}
-    if key.version != spec.version:
-        return {"status": "invalid", "message": f"kernel changed since the study was created "
-                                                f"(study {key.version}, code {spec.version})"}
-    why = interpreted_on_gpu(req.device)
-    if why is not None:
-        return {"status": "crashed", "message": why}
+        spec, key = resolve(req)
+    except Refused as r:
+        return {"status": r.status, "message": r.message}
     try:
         _use_device(req.device)
         target = _target(req.device)

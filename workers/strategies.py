@@ -75,7 +75,7 @@ class Strategy:
             # with trials in flight (a GPU's compile pool), TPE is still drawing its startup trials
             # at random for a while after the seeds: step around the incumbent instead
             blind = told < counted and told < STARTUP_TRIALS
-            if blind or (counted >= 8 and counted % 2 == 0):
+            if blind or (counted >= STARTUP_TRIALS and counted % 2 == 0):
                 return pattern_step(spec, key, target, seen, random.Random((self.seed or 0) * 7919 + counted))
         return None
 
