@@ -33,7 +33,7 @@ case "${1:-}" in
     cp bench/results/gpu_suite-*.json bench/results/gpu_suite-*.md "$out"/ ;;
   sweep)
     python3 bench/search_efficiency.py --record matmul --shape "${2:?give a shape}" --dtype bfloat16 \
-      --device cuda:0 --rounds "${ROUNDS:-2}"
+      --device cuda:0 --rounds "${ROUNDS:-2}" 2>&1 | tee "$out/sweep.log" | tail -3
     cp "$(ls -t bench/data/sweep-*.json.gz | head -1)" "$out"/ ;;
   throughput)
     python3 bench/throughput.py --device cuda
