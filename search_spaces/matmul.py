@@ -35,6 +35,19 @@ _AMD_ACC_LIMIT = 256  # MFMA accumulators live in the 256 AGPRs
 _CUDA_GOOD = [  # BM, BN, BK, GROUP_M, stages, warps
     (128, 256, 64, 8, 3, 8), (64, 256, 32, 8, 4, 4), (128, 128, 32, 8, 4, 4), (128, 64, 32, 8, 4, 4),
     (64, 128, 32, 8, 4, 4), (128, 32, 32, 8, 4, 4), (64, 32, 32, 8, 5, 2), (32, 64, 32, 8, 5, 2)]
+# PyTorch Inductor's max-autotune mm list (torch 2.13, template_heuristics/triton.py; its GROUP_M
+# is 8). The tutorial's list is written for large squares; on H100 sweeps of M=16..128 its best
+# reached 0.63-0.66 of the optimum, this list's 0.96-1.0 (bench/data/sweep-matmul-h100-*).
+_INDUCTOR_GOOD = [  # BM, BN, BK, stages, warps
+    (32, 32, 16, 1, 2), (32, 32, 128, 2, 4), (32, 64, 32, 5, 8), (64, 32, 32, 5, 8), (64, 32, 128, 5, 4),
+    (64, 64, 16, 2, 4), (64, 64, 32, 2, 4), (64, 64, 64, 3, 8), (64, 64, 128, 5, 4), (64, 128, 32, 3, 4),
+    (64, 128, 32, 4, 8), (64, 128, 64, 3, 4), (64, 128, 128, 4, 4), (128, 64, 32, 3, 4), (128, 64, 32, 4, 8),
+    (128, 128, 32, 2, 8), (128, 128, 32, 3, 4), (128, 128, 64, 3, 4), (128, 128, 64, 5, 8),
+    (128, 128, 128, 4, 8), (128, 256, 64, 4, 8)]
+# Multiply-adds per element moved (M*N*K over M*K + K*N + M*N) below which a matmul is bound by
+# memory bandwidth: about the bf16 ridge point of an H100 (989 TFLOP/s over 3.35 TB/s, 295 flops a
+# byte) and of an MI300X (1307 over 5.3, 247).
+_RIDGE = 256
 _HIP_GOOD = [  # BM, BN, BK, GROUP_M, waves_per_eu, warps, stages
     (128, 256, 16, 1, 2, 4, 2), (256, 256, 16, 4, 2, 8, 2), (128, 128, 32, 1, 2, 8, 2),
     (64, 128, 32, 8, 3, 4, 2), (64, 64, 32, 1, 8, 4, 2)]
@@ -132,6 +145,31 @@ def _shrunk(config: Config, space: dict[str, tuple], key: TuningKey) -> Config:
     """config with each block no larger than the smallest value covering its padded dimension."""
     dims = key.dim_map
     return {**config, **{b: min(config[b], block_limit(space[b], dims[_DIM_OF[b]])) for b in _BLOCKS}}
+
+
+def tutorial_configs(target: Target) -> list[Config]:
+    """The list a kernel author hands @triton.autotune for this target, as written."""
+    if target.is_interpreter:
+        # big tiles: the interpreter's cost is per program and per op (128^3 tiles measured fastest)
+        return [{"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": 4, "num_stages": 1}
+                for bk in (128, 64)]
+    if target.is_hip:
+        return [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": g, "num_warps": w, "num_stages": s,
+                 "waves_per_eu": wpe, "matrix_instr_nonkdim": 16, "kpack": 1}
+                for bm, bn, bk, g, wpe, w, s in _HIP_GOOD]
+    return [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": g, "num_warps": w, "num_stages": s}
+            for bm, bn, bk, g, s, w in _CUDA_GOOD]
+
+
+def _by_roofline(configs: list[Config], key: TuningKey) -> list[Config]:
+    """The GPU lists, likeliest first, for a search that measures them in order: a memory-bound
+    matmul (decode: M of a few tokens) wants many bytes in flight per program (deep pipelines of
+    long K steps), a compute-bound one large tiles (operand reuse). A stable sort: the lists'
+    own order breaks ties."""
+    m, n, k = (key.dim_map[d] for d in ("M", "N", "K"))
+    if m * n * k / (m * k + k * n + m * n) < _RIDGE:
+        return sorted(configs, key=lambda c: -c["num_stages"] * c["BLOCK_K"] * (c["BLOCK_M"] + c["BLOCK_N"]))
+    return sorted(configs, key=lambda c: -c["BLOCK_M"] * c["BLOCK_N"])
 
 
 class MatmulInputs(NamedTuple):
@@ -240,17 +278,10 @@ class Matmul(KernelSpec):
         return self.nearest_valid(want, key, target)
 
     def known_good(self, key: TuningKey, target: Target) -> list[Config]:
-        if target.is_interpreter:
-            # big tiles: the interpreter's cost is per program and per op (128^3 tiles measured fastest)
-            configs = [{"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": 4,
-                        "num_stages": 1} for bk in (128, 64)]
-        elif target.is_hip:
-            configs = [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": g, "num_warps": w,
-                        "num_stages": s, "waves_per_eu": wpe, "matrix_instr_nonkdim": 16, "kpack": 1}
-                       for bm, bn, bk, g, wpe, w, s in _HIP_GOOD]
-        else:
-            configs = [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": g, "num_warps": w,
-                        "num_stages": s} for bm, bn, bk, g, s, w in _CUDA_GOOD]
+        configs = tutorial_configs(target)
+        if not target.is_interpreter and not target.is_hip:
+            configs += [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w,
+                         "num_stages": s} for bm, bn, bk, s, w in _INDUCTOR_GOOD]
         # a tile larger than the padded problem only wastes lanes: shrink it as default() does,
         # so a small problem starts from the list's shapes instead of losing them
         out, seen, space = [], set(), self.space(target)
@@ -258,7 +289,7 @@ class Matmul(KernelSpec):
             if self.check(c, key, target) is None and config_hash(c) not in seen:
                 seen.add(config_hash(c))
                 out.append(c)
-        return out
+        return out if target.is_interpreter else _by_roofline(out, key)
 
     # ---- running --------------------------------------------------------------------
     def make_inputs(self, key: TuningKey, device: str, seed: int) -> MatmulInputs:

@@ -7,7 +7,7 @@ import pytest
 from search_spaces.base import TuningKey, target_for
 from tuner.request import SAMPLERS
 from workers.batch import _SAMPLERS
-from workers.strategies import STRATEGIES
+from workers.strategies import STARTUP_TRIALS, STRATEGIES
 
 spec_ = importlib.util.spec_from_file_location("search_efficiency", "bench/search_efficiency.py")
 bench = importlib.util.module_from_spec(spec_)
@@ -98,8 +98,12 @@ def test_seeds_that_do_not_fit_the_shape_start_from_their_nearest_fit():
     seeds = Strategy("auto", 0).seeds(spec, key, target, [warm])
     assert all(spec.check(c, key, target) is None for c in seeds)
     assert seeds[1] == {**warm, "BLOCK_M": 16}  # after the default: the warm start, shrunk to fit
-    # the tutorial's list, shrunk the same way, follows instead of being dropped
-    assert len(seeds) >= 6 and all(c["BLOCK_M"] == 16 for c in seeds[1:])
+    # the kernel's lists, shrunk the same way, follow instead of being dropped: their likeliest
+    # first, as many as TPE would otherwise draw at random
+    assert all(c["BLOCK_M"] == 16 for c in seeds[1:])
+    listed = spec.known_good(key, target)
+    assert len(listed) > STARTUP_TRIALS and len(seeds) <= 2 + STARTUP_TRIALS
+    assert all(c in seeds for c in listed[:STARTUP_TRIALS] if c != seeds[1])
 
 
 def test_a_sweep_of_format_2_keeps_every_round_and_reports_the_noise(sweep):

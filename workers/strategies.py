@@ -50,7 +50,8 @@ class Strategy:
         if self.name != "auto":
             return []
         out, hashes = [], set()
-        for c in [spec.default(key, target), *warm, *spec.known_good(key, target)]:
+        # the kernel's lists come likeliest first; as many as TPE would draw at random instead
+        for c in [spec.default(key, target), *warm, *spec.known_good(key, target)[:STARTUP_TRIALS]]:
             if spec.check(c, key, target) is not None:
                 # the best of a neighbouring shape may not fit this one: start from its nearest fit
                 valid = valid_configs(spec, key, target)
