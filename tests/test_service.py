@@ -249,6 +249,26 @@ def test_embedded_default_sqlite_broker_and_database(tmp_path):
         w.stop()
 
 
+def test_a_submit_waits_for_a_sqlite_broker_that_is_locked(tmp_path):
+    """A worker's poll holds the broker file's write lock; on a loaded machine a sender's first
+    write (kombu creates its tables then) waited past SQLite's 5 s default, and kombu's retry
+    failed with "'NoneType' object has no attribute 'client'" (seen once in CI)."""
+    import sqlite3
+
+    env = service_env(tmp_path / "home", None, None)
+    (tmp_path / "home").mkdir()
+    lock = sqlite3.connect(tmp_path / "home" / "broker.db", timeout=0, check_same_thread=False)
+    lock.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(10.0, lock.rollback)  # the CLI starts in 2-3 s, then waits more than 5
+    release.start()
+    try:
+        job = submit(env, trials=4, seed=1)
+    finally:
+        release.join()
+        lock.close()
+    assert status(env, job)["state"] == "queued"
+
+
 def test_credentials_never_reach_logs_or_output(stack):
     stack["ensure"](1)
     job = submit(stack["env"], trials=3, seed=11)

@@ -11,6 +11,7 @@ BATCH_TASK = "tuner.trial_batch"
 RETUNE_TASK = "tuner.retune_stale"
 QUEUE_PREFIX = "tune."
 CONTROL_QUEUE = "tune.control"  # every worker listens: the nightly retune lands on any of them
+SQLITE_BROKER_LOCK_WAIT_S = 60.0
 
 
 def make_app(broker_url: str) -> Celery:
@@ -35,6 +36,12 @@ def make_app(broker_url: str) -> Celery:
         # an unacked message of a worker killed with SIGKILL comes back after this; the
         # janitor (workers/service.py) re-sends stalled keys sooner
         app.conf.broker_transport_options = {"visibility_timeout": 300}
+    elif broker_url.startswith("sqla+sqlite:"):
+        # A worker polls the file with BEGIN IMMEDIATE; on a busy machine a sender's first write
+        # (kombu creates its tables then) can wait past SQLite's 5 s default, and kombu's publish
+        # retry then fails on the channel it closed ("'NoneType' object has no attribute
+        # 'client'"). Let SQLite wait for the lock instead.
+        app.conf.broker_transport_options = {"connect_args": {"timeout": SQLITE_BROKER_LOCK_WAIT_S}}
     return app
 
 
