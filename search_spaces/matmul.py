@@ -31,10 +31,13 @@ _AMD_KNOBS = ("waves_per_eu", "matrix_instr_nonkdim", "kpack")
 _REGISTERS = {"wgmma": (0.0, 0, 128), "mma": (0.5, 32, 255), "mfma": (3.0, 24, 512)}
 _AMD_ACC_LIMIT = 256  # MFMA accumulators live in the 256 AGPRs
 
-# Triton tutorial (03-matrix-multiplication) starting points.
+# Triton tutorial (03-matrix-multiplication) starting points (tutorial_configs).
 _CUDA_GOOD = [  # BM, BN, BK, GROUP_M, stages, warps
     (128, 256, 64, 8, 3, 8), (64, 256, 32, 8, 4, 4), (128, 128, 32, 8, 4, 4), (128, 64, 32, 8, 4, 4),
     (64, 128, 32, 8, 4, 4), (128, 32, 32, 8, 4, 4), (64, 32, 32, 8, 5, 2), (32, 64, 32, 8, 5, 2)]
+_HIP_GOOD = [  # BM, BN, BK, GROUP_M, waves_per_eu, warps, stages
+    (128, 256, 16, 1, 2, 4, 2), (256, 256, 16, 4, 2, 8, 2), (128, 128, 32, 1, 2, 8, 2),
+    (64, 128, 32, 8, 3, 4, 2), (64, 64, 32, 1, 8, 4, 2)]
 # PyTorch Inductor's max-autotune mm list (torch 2.13, template_heuristics/triton.py; its GROUP_M
 # is 8). The tutorial's list is written for large squares; on H100 sweeps of M=16..128 its best
 # reached 0.63-0.66 of the optimum, this list's 0.96-1.0 (bench/data/sweep-matmul-h100-*).
@@ -48,9 +51,6 @@ _INDUCTOR_GOOD = [  # BM, BN, BK, stages, warps
 # memory bandwidth: about the bf16 ridge point of an H100 (989 TFLOP/s over 3.35 TB/s, 295 flops a
 # byte) and of an MI300X (1307 over 5.3, 247).
 _RIDGE = 256
-_HIP_GOOD = [  # BM, BN, BK, GROUP_M, waves_per_eu, warps, stages
-    (128, 256, 16, 1, 2, 4, 2), (256, 256, 16, 4, 2, 8, 2), (128, 128, 32, 1, 2, 8, 2),
-    (64, 128, 32, 8, 3, 4, 2), (64, 64, 32, 1, 8, 4, 2)]
 
 
 @triton.jit

@@ -129,7 +129,7 @@ def _generic_slug(vendor: str, arch: str, compute_units: int, memory_gb: int) ->
     return f"{vendor}-{arch}-{compute_units}{unit}-{memory_gb}gb"
 
 
-_GENERIC_SLUG = re.compile(r"(nvidia|amd)-[a-z0-9_]+-[0-9]+(sm|cu)-[0-9]+gb")
+_GENERIC_SLUG = re.compile(r"(nvidia|amd)-[a-z0-9_]+-[0-9]+(sm|cu)-(?P<gb>[0-9]+)gb")
 
 
 def classify(props: Mapping[str, Any]) -> DeviceClass:
@@ -178,7 +178,7 @@ def class_memory_bytes(selector: str) -> int | None:
 
 def _generic_memory_gb(slug: str) -> int | None:
     m = _GENERIC_SLUG.fullmatch(slug)
-    return int(slug.rsplit("-", 1)[1][:-2]) if m else None
+    return int(m["gb"]) if m else None
 
 
 def resolve_device_class(text: str) -> str:
