@@ -2,7 +2,7 @@
 
 For every configuration of a kernel's space on an architecture (sm_90 = H100, gfx942 = MI300X),
 ask the kernel module's `check` whether it may run, then build it with Triton's compiler for
-that architecture on this machine (search_spaces/cross_compile.py) and read what the driver
+that architecture on this machine (harness/cross_compile.py) and read what the driver
 would see: shared memory/LDS, registers, spills. The promise under test is that a configuration
 the constraints accept never costs a trial by failing to build or load, and the price of it:
 configurations they refuse that build cleanly (space the search never sees).
@@ -13,7 +13,7 @@ configurations they refuse that build cleanly (space the search never sees).
 Writes bench/results/constraints.{json.gz,md} (--out names the pair). Builds use a fresh Triton
 cache, so the compile seconds are real, but they are this host's CPU seconds, not a GPU host's.
 Nothing here runs a kernel: whether a clean build is fast is for the sweeps to say. "Spills"
-means more than 16 bytes a thread (search_spaces/cross_compile.py says why).
+means more than 16 bytes a thread (harness/cross_compile.py says why).
 """
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 # kernel, shape, dtypes: shapes large enough that no block is refused for exceeding the problem
 CASES = [("matmul", {"M": 4096, "N": 4096, "K": 4096}, ("bfloat16", "float32")),
@@ -44,8 +43,8 @@ FIXED = {"matmul": {"GROUP_M": 8}}
 
 def build_all(jobs: list[dict], workers: int, timeout_s: float) -> list[dict]:
     """Build every job in `workers` build processes sharing one fresh Triton cache."""
+    from harness.cross_build import Builder
     from search_spaces.base import target_for
-    from workers.cross_build import Builder
 
     cache = tempfile.mkdtemp(prefix="constraint-check-")
     todo: queue.Queue = queue.Queue()

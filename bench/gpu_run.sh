@@ -18,9 +18,11 @@
 #                   a decode-sized bf16 matmul (M=16) tuned with eager event timing, then --cuda-graph
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the project's packages import from the checkout (the bench scripts set no path of their own)
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
+  export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
 unset TRITON_INTERPRET
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader || true

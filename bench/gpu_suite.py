@@ -32,7 +32,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 LLAMA3_8B_NK = ((4096, 4096), (14336, 4096), (4096, 14336))
 MS = (16, 128, 1024, 4096)
@@ -62,18 +61,16 @@ def autotuner(device: str, target):
     """A fresh @triton.autotune over the tutorial's list, as a kernel author writes it."""
     import triton
 
-    from search_spaces.matmul import _CUDA_GOOD, _HIP_GOOD, matmul_kernel
+    from harness.timing import interpreter_do_bench
+    from search_spaces import registry
+    from search_spaces.base import target_for
+    from search_spaces.matmul import matmul_kernel, tutorial_configs
 
-    if target.is_hip:
-        configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": g, "waves_per_eu": wpe,
-                                  "matrix_instr_nonkdim": 16, "kpack": 1}, num_warps=w, num_stages=s)
-                   for bm, bn, bk, g, wpe, w, s in _HIP_GOOD]
-    else:
-        configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": g}, num_warps=w, num_stages=s)
-                   for bm, bn, bk, g, s, w in _CUDA_GOOD]
+    spec = registry.get("matmul")
+    # the interpreter's smoke run autotunes over the CUDA list too: the script as it runs on a GPU
+    written_for = target_for("sm_90") if target.is_interpreter else target
+    configs = [spec.triton_config(c, target.vendor) for c in tutorial_configs(written_for)]
     if device == "cpu":  # the interpreter has no device timer: do_bench's call counts on perf_counter
-        sys.path.insert(0, str(ROOT / "bench"))
-        from throughput import interpreter_do_bench
         return triton.autotune(configs=configs, key=["M", "N", "K"], do_bench=interpreter_do_bench)(matmul_kernel)
     return triton.autotune(configs=configs, key=["M", "N", "K"])(matmul_kernel)
 
@@ -115,7 +112,7 @@ def sync(device: str) -> None:
 
 def measure(launch: dict, device: str, rounds: int) -> dict[str, list[float]]:
     """Median per round of each contender, the contenders' order rotating between rounds."""
-    from workers.timing import time_cpu, time_cuda
+    from harness.timing import time_cpu, time_cuda
 
     names = list(launch)
     per_round: dict[str, list[float]] = {name: [] for name in names}
@@ -177,9 +174,9 @@ def main() -> None:
     os.environ["TUNER_HOME"] = tempfile.mkdtemp(prefix="tuner-gpu-suite-")
     os.environ.pop("TUNER_DB_URL", None)
 
-    from tuner import suite
-    from workers.device import probe
-    from workers.fingerprint import live_fingerprint
+    from devices.fingerprint import live_fingerprint
+    from devices.probe import probe
+    from tuner.reports import suite
 
     dc, _ = probe(args.device)
     fp = live_fingerprint(dc)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results" / "lookup_overhead.json"
 N_STORED = 10_000
 
@@ -71,12 +70,11 @@ def launches() -> dict:
 def populate(url: str) -> None:
     from sqlalchemy import insert
 
-    from db import models
+    from db import models, store
     from db.session import session_scope, upgrade
+    from devices.fingerprint import live_fingerprint
+    from devices.probe import probe
     from search_spaces import registry
-    from workers.device import probe
-    from workers.fingerprint import live_fingerprint
-    from workers.identity import store_identity
 
     upgrade(url)
     spec = registry.get("matmul")
@@ -84,7 +82,7 @@ def populate(url: str) -> None:
     fp = live_fingerprint(dc)
     now = datetime.now(timezone.utc)
     with session_scope(url) as s:
-        dc_id, fp_id = store_identity(s, dc, fp)
+        dc_id, fp_id = store.store_identity(s, dc.to_json(), {**fp.to_json(), "hash": fp.hash})
         rows, cfg = [], spec.default(spec.make_key({"M": 64, "N": 64, "K": 64}, "float16"), dc.target)
         for i in range(N_STORED):
             key = spec.make_key({"M": 16 + i, "N": 4096, "K": 4096}, "float16")

@@ -7,8 +7,9 @@ For each broker (Redis + PostgreSQL, then the embedded SQLite broker and databas
      `tuner tune` (no broker); the difference per trial is the coordinator and broker overhead;
   2. four workers: throughput, and a check that nothing was lost (every job done, trials per
      key within [budget, budget + batch], one best row per job, no duplicated Optuna trial).
-The kernel is tests/kernels/trivial.py in the Triton interpreter: these are service figures,
-not kernel figures. Results: bench/results/queue_throughput.json.
+The kernel is the tests' trivial one (tests/kernels/trivial.py, which the worker processes load
+through TUNER_KERNEL_MODULES) in the Triton interpreter: these are service figures, not kernel
+figures. Needs PostgreSQL (--pg-admin) and Redis (--redis). Results: bench/results/queue_throughput.json.
 """
 from __future__ import annotations
 
@@ -16,28 +17,29 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from tests.services import WorkerProc, pg_database, redis_url, run_cli, service_env, wait_for  # noqa: E402
+from workers.local import WorkerProcess, fleet_env, run_cli, scratch_postgres, scratch_redis, wait_until
 
+ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "queue_throughput.json"
 BATCH = 3
+# the service settings of a local fleet that notices a lost message in seconds, not minutes
+SETTINGS = dict(TUNER_KERNEL_MODULES="tests.kernels.trivial", TUNER_HEARTBEAT_S="1", TUNER_STALL_S="8",
+                TUNER_WORKER_DEAD_AFTER_S="6", TUNER_BATCH_TRIALS=str(BATCH), TRITON_INTERPRET="1")
 
 
 @contextmanager
-def backend(kind: str, home: Path):
+def backend(kind: str, home: Path, pg_admin: str, redis: str):
     if kind == "redis+postgresql":
-        with pg_database() as url:
-            yield service_env(home, url, redis_url(), TUNER_BATCH_TRIALS=str(BATCH))
+        with scratch_postgres(pg_admin) as url:
+            yield fleet_env(home, url, scratch_redis(redis), pythonpath=str(ROOT), **SETTINGS)
     else:
-        yield service_env(home, None, None, TUNER_BATCH_TRIALS=str(BATCH))
+        yield fleet_env(home, pythonpath=str(ROOT), **SETTINGS)
 
 
 def engine_for(env: dict):
@@ -49,10 +51,10 @@ def submit_all(env: dict, jobs: int, trials: int, offset: int) -> tuple[list[str
     """Submit in this process, as a serving or training framework's coordinator would."""
     from tuner.coordinator import submit
     from tuner.request import build_request
-    from tuner.settings import from_env
+    from tuner.settings import configure_plugins, from_env
 
     settings = from_env(env)
-    os.environ["TUNER_KERNEL_MODULES"] = env["TUNER_KERNEL_MODULES"]
+    configure_plugins(settings)
     ids, t = [], time.perf_counter()
     for i in range(jobs):
         req = build_request("trivial", [f"N={offset + i + 1}"], ["float32"], trials, "tpe", i)
@@ -68,7 +70,7 @@ def wait_done(engine, ids: list[str], timeout: float) -> None:
             states = c.execute(text("select state from jobs where id in :ids").bindparams(
                 __import__("sqlalchemy").bindparam("ids", expanding=True)), {"ids": ids}).scalars().all()
         return len(states) == len(ids) and all(s in ("done", "failed", "cancelled") for s in states)
-    wait_for(done, timeout, "jobs to finish")
+    wait_until(done, timeout, "jobs to finish")
 
 
 def audit(engine, ids: list[str], trials: int) -> dict:
@@ -97,13 +99,13 @@ def audit(engine, ids: list[str], trials: int) -> dict:
 
 
 def through_service(env: dict, home: Path, workers: int, jobs: int, trials: int, offset: int) -> dict:
-    procs = [WorkerProc(f"bench{workers}-{i}", env, home) for i in range(workers)]
+    procs = [WorkerProcess(f"bench{workers}-{i}", env, home, cwd=ROOT) for i in range(workers)]
     engine = engine_for(env)
     try:
         from sqlalchemy import text
         names = {f"{p.name}@test" for p in procs}
-        wait_for(lambda: names <= {r[0] for r in engine.connect().execute(text("select name from workers"))},
-                 240, "workers to register")
+        wait_until(lambda: names <= {r[0] for r in engine.connect().execute(text("select name from workers"))},
+                   240, "workers to register")
         time.sleep(2)
         t = time.perf_counter()
         ids, submit_s = submit_all(env, jobs, trials, offset)
@@ -123,7 +125,7 @@ def in_process(env: dict, jobs: int, trials: int, offset: int) -> dict:
     shapes = [a for i in range(jobs) for a in ("--shape", f"N={offset + i + 1}")]
     t = time.perf_counter()
     proc = run_cli(env, "tune", "trivial", *shapes, "--dtype", "float32", "--trials", str(trials), "--seed", "0",
-                   "--device", "cpu", "--json", timeout=3600)
+                   "--device", "cpu", "--json", cwd=ROOT, timeout=3600)
     assert proc.returncode == 0, proc.stderr
     wall = time.perf_counter() - t
     done = sum(k["trials"] for k in json.loads(proc.stdout)["keys"])
@@ -138,6 +140,9 @@ def main() -> None:
     ap.add_argument("--load-trials", type=int, default=25, help="trials per job in the four-worker run")
     ap.add_argument("--brokers", default="redis+postgresql,sqlite")
     ap.add_argument("--out", default=str(RESULTS), help="results file")
+    ap.add_argument("--pg-admin", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+                    help="a PostgreSQL URL allowed to create databases (a scratch one is made and dropped)")
+    ap.add_argument("--redis", default="redis://127.0.0.1:6379", help="a Redis server (a spare database index is used)")
     args = ap.parse_args()
     results = Path(args.out)
     small, large = (int(x) for x in args.trials.split(","))
@@ -151,8 +156,8 @@ def main() -> None:
            "results": {}}
     for kind in args.brokers.split(","):
         home = Path(tempfile.mkdtemp(prefix=f"tuner-qt-{kind}-"))
-        with backend(kind, home) as env:
-            assert run_cli(env, "db", "upgrade").returncode == 0
+        with backend(kind, home, args.pg_admin, args.redis) as env:
+            assert run_cli(env, "db", "upgrade", cwd=ROOT).returncode == 0
             svc = [through_service(env, home, 1, args.jobs, t, 1000 * i) for i, t in enumerate((small, large))]
             loc = [in_process(env, args.jobs, t, 10_000 + 1000 * i) for i, t in enumerate((small, large))]
             four = through_service(env, home, 4, args.load_jobs, args.load_trials, 20_000)

@@ -5,8 +5,8 @@
 
 --record measures every valid configuration of the live device's space through the real
 harness and stores the sweep under bench/data/ (gzip JSON, with device class, stack
-fingerprint and date). --replay runs every strategy of workers/strategies.py, through the same
-`propose` the live search uses, against every stored sweep, with --seeds seeds each, and writes
+fingerprint and date). --replay runs strategies (search/strategies/, any registered name) through
+search/replay.py, which proposes as the live search does, against every stored sweep, with --seeds seeds each, and writes
 bench/results/search_efficiency.{json,md}: per strategy the median fraction of the optimum
 reached after 10, 20, 50 and 100 evaluations, and the evaluations needed for 95% and 99%.
 `auto-cold` is the default strategy with the kernel's known-good list withheld: how well the
@@ -21,14 +21,12 @@ import gzip
 import json
 import os
 import statistics
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 DATA = ROOT / "bench" / "data"
 RESULTS = ROOT / "bench" / "results"
 BUDGETS = (10, 20, 50, 100)
@@ -42,13 +40,13 @@ def record(kernel: str, shape: str, dtype: str, device: str, rounds: int) -> Pat
     every configuration in quiet and busy phases alike. Every round's median is kept."""
     import random
 
+    from devices.fingerprint import live_fingerprint
+    from devices.probe import probe
+    from harness.harness import Harness
+    from harness.protocol import TrialRequest
     from search_spaces import registry
     from search_spaces.base import config_hash
     from tuner.request import parse_shape
-    from workers.device import probe
-    from workers.fingerprint import live_fingerprint
-    from workers.harness import Harness
-    from workers.messages import TrialRequest
 
     spec = registry.get(kernel)
     key = spec.make_key(parse_shape(shape), dtype)
@@ -101,119 +99,22 @@ def record(kernel: str, shape: str, dtype: str, device: str, rounds: int) -> Pat
     return path
 
 
-class SweepSpec:
-    """A kernel whose space, validity and timings come from a recorded sweep (for the replay)."""
-
-    def __init__(self, doc: dict):
-        from search_spaces.base import config_hash
-
-        self.name = doc["kernel"]
-        self.params = doc["params"]
-        self.times = {}
-        values: dict[str, list] = {p: [] for p in self.params}
-        columns = doc.get("columns", self.params + ["median_ms", "status"])
-        ms = columns.index("ms" if "ms" in columns else "median_ms")  # version 1 named it median_ms
-        status = columns.index("status")
-        for row in doc["rows"]:
-            config = dict(zip(self.params, row[:len(self.params)]))
-            self.times[config_hash(config)] = row[ms] if row[status] == "ok" else None
-            for p in self.params:
-                if config[p] not in values[p]:
-                    values[p].append(config[p])
-        self._space = {p: tuple(sorted(v)) for p, v in values.items()}
-        from search_spaces import registry
-        self.real = registry.get(self.name)
-        self.use_known_good = True
-
-    def space(self, target):
-        return self._space
-
-    def check(self, config, key, target):
-        from search_spaces.base import config_hash
-        return None if config_hash(config) in self.times else "not a valid point of the recorded sweep"
-
-    def valid_configs(self, key, target):
-        import itertools
-        out = []
-        for vals in itertools.product(*self._space.values()):
-            c = dict(zip(self._space, vals))
-            if self.check(c, key, target) is None:
-                out.append(c)
-        return out
-
-    def default(self, key, target):
-        return self.real.default(key, target)
-
-    def known_good(self, key, target):
-        return self.real.known_good(key, target) if self.use_known_good else []
-
-
-def replay_one(spec: SweepSpec, key, target, strategy_name: str, seed: int, budget: int,
-               width: int = 1) -> list[float]:
-    """Best time after each counted evaluation (failed evaluations count, never become best).
-
-    width: proposals in flight, as the live search keeps them on a GPU (workers/search.py keeps
-    as many as the compile pool builds at once, and proposes the next when one is told); here
-    they are told oldest first."""
-    import collections
-
-    import optuna
-
-    from search_spaces.base import config_hash
-    from workers.strategies import Strategy, propose
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # auto-cold: the default strategy without the kernel's known-good list, i.e. what the search
-    # itself finds when the kernel author's hints do not fit the device
-    spec.use_known_good = strategy_name != "auto-cold"
-    strategy = Strategy(strategy_name.removesuffix("-cold"), seed)
-    study = optuna.create_study(sampler=strategy.sampler(), direction="minimize")
-    for c in strategy.seeds(spec, key, target):
-        study.enqueue_trial(c, skip_if_exists=True)
-    seen: dict = {}
-    best, curve = float("inf"), []
-    flight: collections.deque = collections.deque()
-    proposing = True
-    while len(curve) < budget:
-        while proposing and len(flight) < width and len(curve) + len(flight) < budget:
-            proposal = propose(study, strategy, spec, key, target, seen, len(curve) + len(flight))
-            if proposal is None:
-                proposing = False
-                break
-            seen[config_hash(proposal[1])] = ("pending", None)
-            flight.append(proposal)
-        if not flight:
-            break
-        trial, config = flight.popleft()
-        t = spec.times.get(config_hash(config))
-        seen[config_hash(config)] = ("ok", t) if t is not None else ("crashed", None)
-        if t is None:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        else:
-            study.tell(trial, t)
-            best = min(best, t)
-        curve.append(best)
-    while len(curve) < budget:  # the space ran out: the best stays
-        curve.append(best)
-    return curve
-
-
-def replay(seeds: int, strategies: list[str]) -> dict:
-    from search_spaces.base import TuningKey, target_for
+def replay(seeds: int, names: list[str]) -> dict:
+    from search.replay import SweepSpec, load, noise, replay_one, target_of
+    from search_spaces.base import TuningKey
 
     out = {"date": datetime.now(timezone.utc).isoformat(), "seeds": seeds, "budgets": list(BUDGETS), "sweeps": []}
     for path in sorted(DATA.glob("sweep-*.json.gz")):
-        doc = json.load(gzip.open(path, "rt"))
+        doc = load(path)
         spec = SweepSpec(doc)
         key = TuningKey.from_json(doc["key"])
-        target = target_for("interpreter" if doc["device_class"].startswith("cpu") else
-                            {"h100": "sm_90", "h200": "sm_90", "mi300x": "gfx942"}.get(doc["device_class"].split("-")[0], "sm_90"))
+        target = target_of(doc)
         opt = min(t for t in spec.times.values() if t is not None)
         n_valid = len(spec.times)
         entry = {"sweep": path.name, "device_class": doc["device_class"], "key": doc["key"], "timing": doc["timing"],
                  "valid_configs": n_valid, "optimum_ms": opt, "noise": noise(doc), "strategies": {}}
         budget = max(max(BUDGETS), n_valid // 10)
-        for name in strategies:
+        for name in names:
             t0 = time.perf_counter()
             base, _, width = name.partition("@")
             curves = [replay_one(spec, key, target, base, seed, budget, int(width or 1)) for seed in range(seeds)]
@@ -231,16 +132,6 @@ def replay(seeds: int, strategies: list[str]) -> dict:
             print(path.name, name, entry["strategies"][name], flush=True)
         out["sweeps"].append(entry)
     return out
-
-
-def noise(doc: dict) -> dict | None:
-    """How far a configuration's rounds differ (slowest over fastest round, median over the
-    configurations): a fraction of the optimum finer than this is the machine, not the search."""
-    if "round_ms" not in doc.get("columns", []):
-        return None
-    i = doc["columns"].index("round_ms")
-    spreads = sorted(max(r[i]) / min(r[i]) - 1 for r in doc["rows"] if len(r[i]) > 1 and min(r[i]) > 0)
-    return {"rounds": doc.get("rounds"), "median_round_spread": round(statistics.median(spreads), 4)} if spreads else None
 
 
 def _median_or_none(values):
@@ -297,6 +188,9 @@ def main() -> None:
     ap.add_argument("--strategies", default="auto,auto@8,auto-cold,tpe,random,grid",
                     help="NAME[@WIDTH]: WIDTH proposals asked for together, as on a GPU's compile pool")
     args = ap.parse_args()
+    from tuner import settings
+
+    settings.configure_plugins(settings.get())  # TUNER_KERNEL_MODULES, TUNER_STRATEGY_MODULES
     if args.record:
         print(record(args.record, args.shape, args.dtype, args.device, args.rounds))
     if args.replay:

@@ -1,4 +1,4 @@
-"""The live search's rate: trials per minute of `tuner tune`'s search loop (workers/search.py
+"""The live search's rate: trials per minute of `tuner tune`'s search loop (search/loop.py
 run_batch on a fresh database), and where its time goes: blocked on the benchmark process, or
 in the search's own work (store, tell, propose) while the benchmark process waits or measures.
 
@@ -16,22 +16,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results" / "search_rate.md"
 
 
 def one(device: str, shape: str, dtype: str, trials: int, depth: int | None, seed: int) -> dict:
+    from harness.harness import Harness
     from tuner import settings as settings_mod
     from tuner.request import build_request
     from tuner.tune import prepare, tune_local
-    from workers.harness import Harness
 
     os.environ["TUNER_HOME"] = tempfile.mkdtemp(prefix="tuner-search-rate-")
     settings_mod.get.cache_clear()

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results" / "startup.md"
 
 
 def start(device: str, pool: int, overlapped: bool) -> float:
-    from workers.harness import Harness
+    from harness.harness import Harness
 
     with Harness(compile_workers=pool or None, precompile=pool > 0) as h:
         t = time.perf_counter()

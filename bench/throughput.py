@@ -49,17 +49,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 METHODS = ("paired", "bare", "harness_run", "harness_run_many", "harness_run_many_early_stop", "autotune",
            "autotune_equal_reps")
-EARLY_STOP_FACTOR = 3.0  # as workers.search
+EARLY_STOP_FACTOR = 3.0  # as search.loop
 OVERHEAD_TARGET = 0.10  # interpreter: harness <= 10% over bare launches
 SPEEDUP_TARGET = 3.0  # GPU: harness >= 3x the trials per minute of serial triton.autotune
 
 
 def measurement(device: str) -> dict:
-    """The harness's warm-up and repetitions, as workers.search.request_for sets them."""
+    """The harness's warm-up and repetitions, as search.loop.request_for sets them."""
     if device == "cpu":  # the correctness launch already warms the interpreter
         return {"warmup": 0, "reps": 3, "min_time_s": 0.0}
     return {"warmup": 3, "reps": 10, "min_time_s": 0.2}
@@ -68,10 +67,10 @@ def measurement(device: str) -> dict:
 def setup(device: str, size: int, dtype: str, n_configs: int):
     """(spec, key, target, configs): the Triton tutorial's list mapped to our parameters
     (matmul.tutorial_configs) topped up to n_configs with valid configurations in a seeded order."""
+    from devices.probe import probe
     from search_spaces import registry
     from search_spaces.base import config_hash
     from search_spaces.matmul import tutorial_configs
-    from workers.device import probe
 
     spec = registry.get("matmul")
     key = spec.make_key({"M": size, "N": size, "K": size}, dtype)
@@ -90,7 +89,7 @@ def sync(device: str) -> None:
 
 
 def timer(device: str):
-    from workers.timing import time_cpu, time_cuda
+    from harness.timing import time_cpu, time_cuda
     return time_cpu if device == "cpu" else (lambda *a, **k: time_cuda(*a, device=device, **k))
 
 
@@ -111,7 +110,7 @@ def run_bare(device, spec, key, target, configs) -> dict:
 
 
 def run_paired(device, spec, key, target, configs, pairs: int) -> dict:
-    from workers.harness import Harness
+    from harness.harness import Harness
 
     m = measurement(device)
     inputs = spec.make_inputs(key, device, 0)
@@ -147,14 +146,14 @@ def run_paired(device, spec, key, target, configs, pairs: int) -> dict:
 
 
 def requests(device, key, target, configs):
-    from workers.messages import TrialRequest
+    from harness.protocol import TrialRequest
     return [TrialRequest(kernel="matmul", key=key.to_json(), config=c, device=device, arch=target.arch,
                          timeout_s=600.0, **measurement(device)) for c in configs]
 
 
 def run_harness(device, spec, key, target, configs, many: bool, early_stop: bool,
                 compile_workers: int | None) -> dict:
-    from workers.harness import Harness
+    from harness.harness import Harness
 
     reqs = requests(device, key, target, configs)
     with Harness(compile_workers=compile_workers) as h:
@@ -186,33 +185,16 @@ def run_harness(device, spec, key, target, configs, many: bool, early_stop: bool
 
 
 def _quantiles(xs: list[float]) -> list[float]:
-    from workers.timing import summarize
+    from harness.timing import summarize
     median, p20, p80, _ = summarize(xs)
     return [median, p20, p80]
-
-
-def interpreter_do_bench(fn, quantiles=None, warmup=25, rep=100):
-    """triton.testing.do_bench's call counts on perf_counter (the interpreter has no driver):
-    one call, five to estimate, warm-up and repetitions sized to 25 ms and 100 ms."""
-    fn()
-    t = time.perf_counter()
-    for _ in range(5):
-        fn()
-    estimate_ms = (time.perf_counter() - t) / 5 * 1e3
-    for _ in range(max(1, int(warmup / estimate_ms))):
-        fn()
-    times = []
-    for _ in range(max(1, int(rep / estimate_ms))):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return _quantiles(times)
 
 
 def run_autotune(device, spec, key, target, configs, equal_reps: bool) -> dict:
     import triton
 
-    from search_spaces.matmul import _AMD_KNOBS, matmul_kernel
+    from harness.timing import interpreter_do_bench
+    from search_spaces.matmul import matmul_kernel
 
     m = measurement(device)
 
@@ -223,8 +205,7 @@ def run_autotune(device, spec, key, target, configs, equal_reps: bool) -> dict:
         return _quantiles(samples)
 
     do_bench = equal_do_bench if equal_reps else (interpreter_do_bench if device == "cpu" else None)
-    tconfigs = [triton.Config({k: c[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", *_AMD_KNOBS) if k in c},
-                              num_warps=c["num_warps"], num_stages=c["num_stages"]) for c in configs]
+    tconfigs = [spec.triton_config(c, target.vendor) for c in configs]
     kernel = triton.autotune(configs=tconfigs, key=["M", "N", "K"], do_bench=do_bench)(matmul_kernel)
     a, b = spec.make_inputs(key, device, 0)
     (mm, kk), nn = a.shape, b.shape[1]

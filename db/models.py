@@ -12,9 +12,7 @@ from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+from db.clock import utcnow
 
 
 class UTCDateTime(TypeDecorator):
@@ -28,7 +26,7 @@ class UTCDateTime(TypeDecorator):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r} given for a UTC column; use db.models.utcnow()")
+            raise ValueError(f"naive datetime {value!r} given for a UTC column; use db.clock.utcnow()")
         # SQLite stores the wall-clock fields as text, so they must already be UTC
         return value.astimezone(timezone.utc)
 

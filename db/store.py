@@ -1,14 +1,19 @@
-"""Plain functions over a Session for the rows every part writes: identity, trials, bests."""
+"""Plain functions over a Session for the rows every part writes and reads: identity, jobs,
+trials, bests, leases. Each kind of row has one writer here, and the current best rows one reader
+(`best_configs`), which the runtime, the export, the retune, the search's warm start and the CLI
+all use."""
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, Iterable
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import BestConfig, DeviceClass, Lock, StackFingerprint, TuningTrial, utcnow
+from db.clock import utcnow
+from db.models import BestConfig, DeviceClass, Job, JobKey, Lock, StackFingerprint, TuningTrial
 
 
 def _get_or_create(s: Session, model, unique: dict[str, Any], values: dict[str, Any]):
@@ -35,6 +40,40 @@ def get_or_create_fingerprint(s: Session, *, hash: str, driver: str, runtime: st
                               fields: dict[str, Any]) -> StackFingerprint:
     return _get_or_create(s, StackFingerprint, {"hash": hash},
                           dict(driver=driver, runtime=runtime, triton=triton, torch=torch, fields=fields))
+
+
+def store_identity(s: Session, device_class: dict[str, Any], fingerprint: dict[str, Any]) -> tuple[int, int]:
+    """(device_class_id, fingerprint_id) of a live identity, its rows created when new.
+    device_class: a DeviceClass's JSON; fingerprint: a StackFingerprint's fields and its "hash"."""
+    dc = get_or_create_device_class(s, **{k: device_class[k] for k in ("slug", "vendor", "arch", "name",
+                                                                        "compute_units", "memory_gb")})
+    fp = get_or_create_fingerprint(s, hash=fingerprint["hash"], driver=fingerprint["driver"],
+                                   runtime=fingerprint["runtime"], triton=fingerprint["triton"],
+                                   torch=fingerprint["torch"],
+                                   fields={k: v for k, v in fingerprint.items() if k != "hash"})
+    s.flush()
+    return dc.id, fp.id
+
+
+def create_job(s: Session, *, kind: str, origin: str, kernel: str, kernel_version: str, keys: list[dict[str, Any]],
+               key_hashes: list[str], sampler: str, seed: int | None, budget_trials: int, request: dict[str, Any],
+               device_selector: str | None = None, device_class_id: int | None = None,
+               state: str = "queued", study_names: list[str] | None = None) -> tuple[str, list[int]]:
+    """A job row and one row per key (each `running`, stamped as just enqueued), in the caller's
+    transaction: (job id, key row ids in the order of keys). `tuner tune`, `tuner submit` and the
+    retune all create jobs here."""
+    job_id = uuid.uuid4().hex
+    now = utcnow()
+    s.add(Job(id=job_id, kind=kind, origin=origin, kernel=kernel, kernel_version=kernel_version,
+              device_class_id=device_class_id, device_selector=device_selector, state=state, sampler=sampler,
+              seed=seed, budget_trials=budget_trials, request=request, created_at=now,
+              started_at=now if state == "running" else None))
+    s.flush()
+    rows = [JobKey(job_id=job_id, key_hash=h, key=k, study_name=(study_names or [""] * len(keys))[i],
+                   state="running", enqueued_at=now) for i, (k, h) in enumerate(zip(keys, key_hashes))]
+    s.add_all(rows)
+    s.flush()
+    return job_id, [r.id for r in rows]
 
 
 def record_trial(s: Session, **fields: Any) -> TuningTrial:
@@ -76,21 +115,27 @@ def write_best(s: Session, *, kernel: str, kernel_version: str, key_hash: str, k
     return row
 
 
-def current_bests(s: Session, *, kernel: str, device_class_slug: str,
-                  kernel_version: str | None = None) -> list[BestConfig]:
-    q = (select(BestConfig).join(DeviceClass, DeviceClass.id == BestConfig.device_class_id)
-         .where(BestConfig.kernel == kernel, DeviceClass.slug == device_class_slug,
-                BestConfig.superseded_at.is_(None)))
-    if kernel_version is not None:
-        q = q.where(BestConfig.kernel_version == kernel_version)
-    return list(s.scalars(q))
-
-
-def best_history(s: Session, *, kernel: str, key_hash: str, device_class_slug: str) -> list[BestConfig]:
-    q = (select(BestConfig).join(DeviceClass, DeviceClass.id == BestConfig.device_class_id)
-         .where(BestConfig.kernel == kernel, BestConfig.key_hash == key_hash, DeviceClass.slug == device_class_slug)
+def best_configs(s: Session, *, kernel: str | None = None, kernel_version: str | None = None,
+                 key_hash: str | None = None, dtype: str | None = None,
+                 device_classes: Iterable[str] | None = None, device_class_id: int | None = None,
+                 current: bool = True) -> list[tuple[BestConfig, str, StackFingerprint]]:
+    """Best rows, newest first, each with its device class slug and fingerprint row: the current
+    ones (never superseded) unless `current` is False (a key's history). Every filter given narrows;
+    `device_classes` is a collection of slugs."""
+    q = (select(BestConfig, DeviceClass.slug, StackFingerprint)
+         .join(DeviceClass, DeviceClass.id == BestConfig.device_class_id)
+         .join(StackFingerprint, StackFingerprint.id == BestConfig.fingerprint_id)
          .order_by(BestConfig.created_at.desc(), BestConfig.id.desc()))
-    return list(s.scalars(q))
+    if current:
+        q = q.where(BestConfig.superseded_at.is_(None))
+    for column, value in ((BestConfig.kernel, kernel), (BestConfig.kernel_version, kernel_version),
+                          (BestConfig.key_hash, key_hash), (BestConfig.dtype, dtype),
+                          (BestConfig.device_class_id, device_class_id)):
+        if value is not None:
+            q = q.where(column == value)
+    if device_classes is not None:
+        q = q.where(DeviceClass.slug.in_(list(device_classes)))
+    return [(b, slug, fp) for b, slug, fp in s.execute(q).all()]
 
 
 def acquire_lock(s: Session, name: str, holder: str, ttl_s: float) -> bool:

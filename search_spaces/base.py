@@ -72,6 +72,18 @@ _ARCH_LIMITS: dict[str, tuple[str, int, int, int]] = {
 }
 
 
+# Compile options a Triton launch takes beside the kernel's own arguments, on every backend, and
+# those only one vendor's backend knows (CUDA's rejects options it does not know).
+LAUNCH_OPTIONS = frozenset({"num_warps", "num_stages", "num_ctas", "maxnreg"})
+_VENDOR_OPTIONS: dict[str, frozenset[str]] = {"amd": frozenset({"waves_per_eu", "matrix_instr_nonkdim", "kpack"})}
+_ANY_OPTION = LAUNCH_OPTIONS.union(*_VENDOR_OPTIONS.values())
+
+
+def launch_options(vendor: str) -> frozenset[str]:
+    """The compile options a launch on this vendor's backend accepts."""
+    return LAUNCH_OPTIONS | _VENDOR_OPTIONS.get(vendor, frozenset())
+
+
 def target_for(arch: str, compute_units: int = 1) -> Target:
     try:
         vendor, smem, warp, regs = _ARCH_LIMITS[arch]
@@ -195,6 +207,10 @@ class KernelSpec:
     tolerances: ClassVar[dict[str, tuple[float, float]]] = {
         "float16": (1e-2, 1e-2), "bfloat16": (5e-2, 2e-2), "float32": (1e-3, 1e-3)}
 
+    # configuration entries the grid reads but the kernel does not take as an argument (the
+    # runtime hands them to the grid callable only)
+    grid_only: ClassVar[frozenset[str]] = frozenset()
+
     # ---- identity -------------------------------------------------------------------
     @cached_property
     def version(self) -> str:
@@ -234,6 +250,23 @@ class KernelSpec:
     # ---- the space ------------------------------------------------------------------
     def space(self, target: Target) -> dict[str, tuple]:
         raise NotImplementedError
+
+    def split_config(self, config: Config, vendor: str) -> tuple[Config, Config]:
+        """(kernel arguments, launch options) of a configuration launched on vendor's backend: the
+        constexprs the jit function takes, and the compile options Triton takes beside them. A
+        vendor-specific option (the AMD knobs) is dropped on another vendor's backend, and grid-only
+        entries go to neither. The harness, the runtime and the exporters all split here."""
+        options = launch_options(vendor)
+        args = {k: v for k, v in config.items() if k not in _ANY_OPTION and k not in self.grid_only}
+        return args, {k: v for k, v in config.items() if k in options}
+
+    def triton_config(self, config: Config, vendor: str):
+        """The configuration as @triton.autotune takes it (for comparisons with it)."""
+        import triton
+
+        args, options = self.split_config(config, vendor)
+        named = {k: options.pop(k) for k in ("num_warps", "num_stages", "num_ctas", "maxnreg") if k in options}
+        return triton.Config({**args, **options}, **named)
 
     def check(self, config: Config, key: TuningKey, target: Target) -> str | None:
         """None when the configuration can run on target for key, else the reason it cannot."""

@@ -13,14 +13,22 @@ import torch
 import triton
 import triton.language as tl
 
-from search_spaces.base import (DTYPE_BYTES, Config, KernelSpec, Specialization, Target, TuningKey,
-                                block_limit, config_hash, require_launchable)
+from search_spaces.base import (
+    DTYPE_BYTES,
+    Config,
+    KernelSpec,
+    Specialization,
+    Target,
+    TuningKey,
+    block_limit,
+    config_hash,
+    require_launchable,
+)
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 _BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
 _DIM_OF = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "K"}
-_AMD_KNOBS = ("waves_per_eu", "matrix_instr_nonkdim", "kpack")
 # Registers a thread needs: the fp32 accumulator, plus `operands` copies of the thread's share of
 # the A and B tiles where they pass through registers, plus `fixed` for addressing; refused
 # above `limit`. Fitted to Triton 3.6's sm_90 and gfx942 builds of the 4096^3 space
@@ -90,22 +98,6 @@ def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ak, stride_bk,
     c = acc.to(c_ptr.dtype.element_ty)
     c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
     tl.store(c_ptrs, c, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
-
-
-def launch_options(config: Config, hip: bool) -> dict[str, Any]:
-    """The compile options of a launch. The AMD knobs go to the HIP backend only: CUDA's rejects
-    options it does not know."""
-    opts = {"num_warps": config["num_warps"], "num_stages": config["num_stages"]}
-    if hip:
-        opts.update({knob: config[knob] for knob in _AMD_KNOBS if knob in config})
-    return opts
-
-
-def _meta(config: Config, hip: bool, dot_in_fp32: bool) -> dict[str, Any]:
-    """The constexpr and compile-option arguments of a launch, shared by launch and compile so
-    that a precompiled binary is the one the launch looks up."""
-    return {"BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"], "BLOCK_K": config["BLOCK_K"],
-            "GROUP_M": config["GROUP_M"], "DOT_IN_FP32": dot_in_fp32, **launch_options(config, hip)}
 
 
 def _grid(config: Config, m: int, n: int) -> tuple[int]:
@@ -292,6 +284,12 @@ class Matmul(KernelSpec):
         return out if target.is_interpreter else _by_roofline(out, key)
 
     # ---- running --------------------------------------------------------------------
+    def _meta(self, config: Config, vendor: str, dot_in_fp32: bool) -> dict[str, Any]:
+        """The constexpr and compile-option arguments of a launch, shared by launch and compile so
+        that a precompiled binary is the one the launch looks up."""
+        args, options = self.split_config(config, vendor)
+        return {**args, "DOT_IN_FP32": dot_in_fp32, **options}
+
     def make_inputs(self, key: TuningKey, device: str, seed: int) -> MatmulInputs:
         dims, dtype = key.dim_map, TORCH_DTYPES[key.dtype]
         m, n, k = dims["M"], dims["N"], dims["K"]
@@ -310,8 +308,8 @@ class Matmul(KernelSpec):
         c = torch.empty((m, n), device=a.device, dtype=a.dtype)
         require_launchable(on_cpu=a.device.type == "cpu")
         interpret = bool(triton.knobs.runtime.interpret)
-        meta = _meta(config, hip=a.is_cuda and torch.version.hip is not None,
-                     dot_in_fp32=interpret and a.dtype == torch.bfloat16)
+        meta = self._meta(config, "amd" if a.is_cuda and torch.version.hip is not None else "nvidia",
+                          dot_in_fp32=interpret and a.dtype == torch.bfloat16)
         matmul_kernel[_grid(config, m, n)](
             a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), **meta)
         return c
@@ -322,7 +320,7 @@ class Matmul(KernelSpec):
         # the strides of contiguous tensors of these shapes, without allocating them
         sa, sb, sc = (torch.empty(shape, device="meta").stride() for shape in ((m, k), (k, n), (m, n)))
         return Specialization(matmul_kernel, (dtype, dtype, dtype, m, n, k, *sa, *sb, *sc),
-                              _meta(config, hip=target.is_hip, dot_in_fp32=False), _grid(config, m, n))
+                              self._meta(config, target.vendor, dot_in_fp32=False), _grid(config, m, n))
 
     def reference(self, inputs: MatmulInputs) -> torch.Tensor:
         # in fp32: CPU half-precision matmul is slow, and fp32 accumulation is what the kernel does

@@ -12,8 +12,17 @@ import torch
 import triton
 import triton.language as tl
 
-from search_spaces.base import (DTYPE_BYTES, NV_REGS_PER_BLOCK, Config, KernelSpec, Specialization, Target,
-                                TuningKey, block_limit, require_launchable)
+from search_spaces.base import (
+    DTYPE_BYTES,
+    NV_REGS_PER_BLOCK,
+    Config,
+    KernelSpec,
+    Specialization,
+    Target,
+    TuningKey,
+    block_limit,
+    require_launchable,
+)
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -67,13 +76,6 @@ def _register_budget(warps: int, target: Target) -> int:
     if target.is_hip:
         return target.max_regs_per_thread // -(-warps // 4)
     return min(target.max_regs_per_thread, NV_REGS_PER_BLOCK // (warps * target.warp_size))
-
-
-def _meta(config: Config, n: int) -> dict:
-    """The constexpr and compile-option arguments of a launch, shared by launch and
-    specialization so that a precompiled binary is the one the launch looks up."""
-    return {"BLOCK_SIZE": config["BLOCK_SIZE"], "ROWS": config["ROWS"], "ONE_PASS": config["BLOCK_SIZE"] >= n,
-            "num_warps": config["num_warps"]}
 
 
 def _grid(config: Config, m: int) -> tuple[int]:
@@ -157,6 +159,12 @@ class Softmax(KernelSpec):
         return [c for c in configs if self.check(c, key, target) is None]
 
     # ---- running --------------------------------------------------------------------
+    def _meta(self, config: Config, n: int, vendor: str) -> dict:
+        """The constexpr and compile-option arguments of a launch, shared by launch and
+        specialization so that a precompiled binary is the one the launch looks up."""
+        args, options = self.split_config(config, vendor)
+        return {**args, "ONE_PASS": config["BLOCK_SIZE"] >= n, **options}
+
     def make_inputs(self, key: TuningKey, device: str, seed: int) -> SoftmaxInputs:
         m, n = key.dim_map["M"], key.dim_map["N"]
         # drawn on the CPU so a seed gives the same matrix on every device; scale 3 gives rows
@@ -170,14 +178,16 @@ class Softmax(KernelSpec):
         m, n = x.shape
         y = torch.empty_like(x)  # fresh per launch, so no config passes on an earlier one's output
         require_launchable(on_cpu=x.device.type == "cpu")
-        _softmax_kernel[_grid(config, m)](x, y, m, n, x.stride(0), y.stride(0), **_meta(config, n))
+        vendor = "amd" if x.is_cuda and torch.version.hip is not None else "nvidia"
+        _softmax_kernel[_grid(config, m)](x, y, m, n, x.stride(0), y.stride(0), **self._meta(config, n, vendor))
         return y
 
     def specialization(self, config: Config, key: TuningKey, target: Target) -> Specialization:
         m, n = key.dim_map["M"], key.dim_map["N"]
         dtype = TORCH_DTYPES[key.dtype]
         # contiguous rows: both strides are n
-        return Specialization(_softmax_kernel, (dtype, dtype, m, n, n, n), _meta(config, n), _grid(config, m))
+        return Specialization(_softmax_kernel, (dtype, dtype, m, n, n, n), self._meta(config, n, target.vendor),
+                              _grid(config, m))
 
     def reference(self, inputs: SoftmaxInputs) -> torch.Tensor:
         x = inputs.x

@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from workers.local import fleet_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def tuner_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNER_")}
-    env.update(TUNER_HOME=str(home), PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
+    return fleet_env(home, pythonpath=str(ROOT), **extra)
 
 
 def run_tuner(args: list[str], home: Path, timeout: float = 600, **extra: str) -> subprocess.CompletedProcess:

@@ -71,6 +71,7 @@ def test_sqlite_in_missing_directory(tmp_path):
     assert not (tmp_path / "no").exists()
 
 
+@pytest.mark.slow
 def test_bad_input_leaves_no_job_row_in_an_existing_database(tmp_path):
     home = tmp_path / "home"
     assert run_tuner(["db", "upgrade"], home).returncode == 0

@@ -1,6 +1,6 @@
 """The constraints and the AMD knobs held against Triton's real compilers for sm_90 and gfx942.
 
-No GPU is needed to build for one (search_spaces/cross_compile.py), so these run everywhere:
+No GPU is needed to build for one (harness/cross_compile.py), so these run everywhere:
 they are what stands between the MI300X path and "correct by construction" on a machine that
 has no MI300X. bench/constraint_check.py does the same over whole spaces.
 """
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+from harness.cross_build import Builder
+from harness.cross_compile import Build, cross_compile
 from search_spaces import registry
 from search_spaces.base import SpecError, target_for
-from search_spaces.cross_compile import Build, cross_compile
-from workers.cross_build import Builder
 
 SQUARE = {"M": 4096, "N": 4096, "K": 4096}
 HIP_BASE = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 2,
@@ -119,6 +119,7 @@ def test_the_interpreter_has_nothing_to_build():
         cross_compile(spec, spec.default(key, target_for("interpreter")), key, target_for("interpreter"))
 
 
+@pytest.mark.slow
 def test_the_constraint_check_bench_runs_end_to_end(tmp_path):
     import gzip
     import json

@@ -10,8 +10,19 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text
 
 from db import models, store
-from db.session import (DatabaseError, check_reachable, current_revision, downgrade, ensure_schema,
-                        VERSION_TABLE, head_revision, make_engine, session_scope, upgrade)
+from db.clock import utcnow
+from db.session import (
+    VERSION_TABLE,
+    DatabaseError,
+    check_reachable,
+    current_revision,
+    downgrade,
+    ensure_schema,
+    head_revision,
+    make_engine,
+    session_scope,
+    upgrade,
+)
 
 
 def _identity(s):
@@ -33,9 +44,10 @@ def _best(s, dc_id, fp_id, ms):
 
 def _bests(db_url):
     with session_scope(db_url) as s:
-        current = store.current_bests(s, kernel="matmul", device_class_slug="h100-sxm-80gb")
-        history = store.best_history(s, kernel="matmul", key_hash="k" * 16, device_class_slug="h100-sxm-80gb")
-    return [b.median_ms for b in current], [b.median_ms for b in history]
+        current = store.best_configs(s, kernel="matmul", device_classes=["h100-sxm-80gb"])
+        history = store.best_configs(s, kernel="matmul", key_hash="k" * 16, device_classes=["h100-sxm-80gb"],
+                                     current=False)
+    return [b.median_ms for b, _, _ in current], [b.median_ms for b, _, _ in history]
 
 
 def _revisions():
@@ -62,7 +74,7 @@ def test_every_revision_steps_up_and_down_keeping_rows(db_url):
     with session_scope(db_url) as s:
         dc_id, fp_id = _identity(s)
     # rows written as the first revision's columns (the models describe only the newest)
-    now = models.utcnow()
+    now = utcnow()
     with make_engine(db_url).begin() as conn:
         conn.execute(text("INSERT INTO jobs (id, kind, origin, kernel, kernel_version, state, sampler, "
                           "budget_trials, request, created_at) VALUES ('j', 'tune', 'local', 'matmul', 'v1', "
@@ -154,7 +166,8 @@ def test_best_is_superseded_never_overwritten(db_url):
     current, history = _bests(db_url)
     assert current == [0.5] and history == [0.5, 1.0]
     with session_scope(db_url) as s:
-        old = store.best_history(s, kernel="matmul", key_hash="k" * 16, device_class_slug="h100-sxm-80gb")[1]
+        old, _, _ = store.best_configs(s, kernel="matmul", key_hash="k" * 16, device_classes=["h100-sxm-80gb"],
+                                       current=False)[1]
         assert old.superseded_at is not None
 
 

@@ -242,12 +242,20 @@ def test_dockerfile_is_sound(dockerfile):
     patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
                 if p.strip() and not p.startswith("#")]
     assert ".env" in patterns and ".git" in patterns and ".venv" in patterns
+    copied = set()
     for w, rest in ins:
         if w == "COPY" and "--from=" not in rest:
             *sources, _dest = rest.split()
             for src in sources:
                 assert (ROOT / src).exists(), f"{dockerfile.name}: COPY {src}: not in the repository"
                 assert not _dockerignored(src, patterns), f"{dockerfile.name}: COPY {src} is in .dockerignore"
+                copied.add(src.rstrip("/"))
+    # every package `pip install .` installs is in the build context, or the image cannot import it
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    wanted = {p.rstrip("*") for p in packages["include"]}
+    assert wanted <= copied, f"{dockerfile.name} does not copy {sorted(wanted - copied)}"
 
 
 def test_the_images_compose_builds_exist(services):

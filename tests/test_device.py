@@ -7,10 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from devices.classes import (
+    ALIASES,
+    CPU_INTERPRETER,
+    KNOWN_DEVICES,
+    DeviceClass,
+    classify,
+    matches,
+    nominal_memory_gb,
+    resolve_device_class,
+)
+from devices.fingerprint import StackFingerprint, live_fingerprint, parse_override
+from devices.probe import probe
 from search_spaces.base import SpecError
-from workers.device import (ALIASES, CPU_INTERPRETER, KNOWN_DEVICES, DeviceClass, classify, matches,
-                            nominal_memory_gb, probe, queue_for, queue_names, resolve_device_class)
-from workers.fingerprint import StackFingerprint, live_fingerprint, parse_override
+from workers.queues import queue_for, queue_names
 
 PROPS = Path(__file__).parent / "data" / "device_props"
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,14 +200,14 @@ def test_bad_override_is_one_line_spec_error(bad, says):
 
 
 def test_importing_stays_light():
-    code = ("import sys, workers.device, workers.fingerprint; "
+    code = ("import sys, devices.classes, devices.fingerprint; "
             "print(','.join(m for m in ('torch', 'triton', 'celery', 'optuna') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
 
 def test_class_memory_is_what_every_member_of_the_class_has():
-    from workers.device import class_memory_bytes
+    from devices.classes import class_memory_bytes
 
     gib = 1 << 30
     assert class_memory_bytes("h100-sxm-80gb") == 80 * gib

@@ -7,17 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from harness.harness import Harness
+from harness.protocol import STATUSES, Measurement, TrialRequest, TrialResult
+from harness.timing import summarize
 from search_spaces import registry
-from workers.harness import Harness
-from workers.messages import STATUSES, Measurement, TrialRequest, TrialResult
-from workers.timing import summarize
 
-MODULES = "tests.kernels.broken"
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def request(kernel, config=None, timeout_s=60.0, **kw):
-    spec = registry.get(kernel, modules=MODULES)
+    spec = registry.get(kernel)
     key = spec.make_key({"N": 1000}, "float32")
     kw = {"warmup": 1, "reps": 3, **kw}
     return TrialRequest(kernel=kernel, key=key.to_json(), config=config or {"BLOCK": 64}, device="cpu",
@@ -26,11 +25,8 @@ def request(kernel, config=None, timeout_s=60.0, **kw):
 
 @pytest.fixture(scope="module")
 def harness():
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TUNER_KERNEL_MODULES", MODULES)  # the child inherits it
     with Harness() as h:
         yield h
-    mp.undo()
 
 
 def test_good_kernel_is_timed(harness):
@@ -96,7 +92,7 @@ def test_a_poisoned_context_is_replaced_before_the_next_trial(harness):
 
 
 def test_child_environment(monkeypatch):
-    import workers.children as harness_module
+    import harness.children as harness_module
 
     envs = {}
 
@@ -106,14 +102,16 @@ def test_child_environment(monkeypatch):
 
     monkeypatch.setattr(harness_module.subprocess, "Popen", popen)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("TUNER_KERNEL_MODULES", MODULES)
+    monkeypatch.setenv("TUNER_DB_URL", "postgresql+psycopg://tuner:secret@db/tuner")
+    monkeypatch.setenv("TUNER_BROKER_URL", "redis://:secret@redis:6379/0")
     for device in ("cpu", "cuda:0"):
         with pytest.raises(OSError):
             harness_module.Child(device)
-    assert set(envs) == {("workers.bench_child", "1"), ("workers.bench_child", None)}
-    for env in envs.values():  # a GPU child compiles for real; both find the test kernels
-        assert env["TUNER_KERNEL_MODULES"] == MODULES
+    assert set(envs) == {("harness.benchmark", "1"), ("harness.benchmark", None)}
+    for env in envs.values():  # a GPU child compiles for real; both import the test kernels
         assert str(ROOT) in env["PYTHONPATH"].split(harness_module.os.pathsep)
+        # third-party kernel code runs there: no credentials, and no setting it could misread
+        assert not [k for k in env if k.startswith("TUNER_")], env
 
 
 def test_error_messages_keep_the_line_that_says_what_went_wrong():
@@ -122,27 +120,27 @@ def test_error_messages_keep_the_line_that_says_what_went_wrong():
     from triton.compiler.errors import CompilationError
     from triton.runtime.errors import OutOfResources
 
-    from workers.bench_child import _classify, _message
+    from harness.benchmark import classify_error, error_message
 
     cuda = RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be "
                         "asynchronously reported\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\n"
                         "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.")
-    assert (_classify(cuda), _message(cuda)) == (
+    assert (classify_error(cuda), error_message(cuda)) == (
         "crashed", "RuntimeError: CUDA error: an illegal memory access was encountered")
     node = ast.parse("y = undefined_name").body[0]
     compile_error = CompilationError("y = undefined_name", node, "NameError('undefined_name is not defined')")
-    assert (_classify(compile_error), _message(compile_error)) == (
+    assert (classify_error(compile_error), error_message(compile_error)) == (
         "compile_error", "CompilationError: NameError('undefined_name is not defined')")
-    assert _classify(OutOfResources(300000, 232448, "shared memory")) == "out_of_resources"
-    assert _classify(RuntimeError("CUDA error: too many resources requested for launch")) == "out_of_resources"
-    assert _classify(RuntimeError("Triton Error [CUDA]: out of memory")) == "out_of_resources"
+    assert classify_error(OutOfResources(300000, 232448, "shared memory")) == "out_of_resources"
+    assert classify_error(RuntimeError("CUDA error: too many resources requested for launch")) == "out_of_resources"
+    assert classify_error(RuntimeError("Triton Error [CUDA]: out of memory")) == "out_of_resources"
 
 
 def test_hang_times_out_and_restarts(harness):
     r = harness.run(request("broken_hang", timeout_s=3.0))
     assert r.status == "timeout" and "3 s" in r.message, r
     # the process said where it hung (a faulthandler dump, asked for before the kill): innermost first
-    assert "it was at broken.py:" in r.message and "in launch <- bench_child.py:" in r.message, r.message
+    assert "it was at broken.py:" in r.message and "in launch <- benchmark.py:" in r.message, r.message
     assert harness.run(request("good_add")).status == "ok"
 
 
@@ -221,10 +219,9 @@ def test_rotating_input_sets_are_timed(harness):
 
 
 def test_rotation_launches_each_input_set_in_turn(monkeypatch):
+    from harness.benchmark import run_trial
     from tests.kernels.broken import SpyAdd
-    from workers.bench_child import run_trial
 
-    monkeypatch.setenv("TUNER_KERNEL_MODULES", MODULES)
     SpyAdd.seen.clear()
     r = run_trial(request("spy_add", warmup=0, reps=6, rotate_buffers=3))
     assert r.status == "ok", r.message
@@ -234,7 +231,7 @@ def test_rotation_launches_each_input_set_in_turn(monkeypatch):
 
 
 def test_time_cpu_cycles_through_launches():
-    from workers.timing import time_cpu
+    from harness.timing import time_cpu
 
     calls = []
     samples, stopped = time_cpu([lambda: calls.append("a"), lambda: calls.append("b")], warmup=1, reps=4)
@@ -293,9 +290,9 @@ gpu = pytest.mark.skipif(not _gpu(), reason="needs a CUDA/ROCm GPU")
 
 
 def gpu_request(kernel, n=1 << 20, **kw):
-    from workers.device import probe
+    from devices.probe import probe
 
-    key = registry.get(kernel, modules=MODULES).make_key({"N": n}, "float32")
+    key = registry.get(kernel).make_key({"N": n}, "float32")
     # a timeout well inside the test's own: a hang is answered with where the process was stuck
     kw = {"warmup": 3, "reps": 20, "config": {"BLOCK": 128}, "timeout_s": 40.0, **kw}
     return TrialRequest(kernel=kernel, key=key.to_json(), device="cuda:0", arch=probe("cuda:0")[0].arch, **kw)
@@ -303,11 +300,8 @@ def gpu_request(kernel, n=1 << 20, **kw):
 
 @pytest.fixture(scope="module")
 def gpu_harness():
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TUNER_KERNEL_MODULES", MODULES)
     with Harness(precompile=False) as h:
         yield h
-    mp.undo()
 
 
 @gpu
@@ -351,10 +345,9 @@ def test_the_test_kernel_modules_leave_the_interpreter_alone():
 
 def test_a_gpu_trial_is_refused_where_the_interpreter_is_on(monkeypatch):
     """Here, as in every test, TRITON_INTERPRET=1: a trial for a GPU would be timed interpreted."""
-    from workers.bench_child import run_trial
-    from workers.precompile import compile_one
+    from harness.benchmark import run_trial
+    from harness.compile_pool import compile_one
 
-    monkeypatch.setenv("TUNER_KERNEL_MODULES", MODULES)
     req = dataclasses.replace(request("good_add"), device="cuda:0", arch="sm_90")
     r = run_trial(req)
     assert r.status == "crashed" and "TRITON_INTERPRET=1 is set in the process running cuda:0" in r.message, r

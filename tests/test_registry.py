@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from search_spaces import registry
-from search_spaces.base import SpecError
+from search_spaces.base import KernelSpec, SpecError
+from search_spaces.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +31,8 @@ def run_python(code: str, extra_env: dict[str, str] | None = None) -> dict:
 FIND_AXPY = """
 import json
 from search_spaces import registry
+from tuner import settings
+settings.configure_plugins(settings.get())  # as the CLI, a worker and the runtime do
 spec = registry.get("ext_axpy")
 print(json.dumps({"names": registry.names(), "module": type(spec).__module__, "name": spec.name}))
 """
@@ -61,9 +64,27 @@ def test_unknown_kernel_lists_the_known_ones():
         registry.get("nope")
 
 
+def fresh(modules: str) -> Registry:
+    reg = Registry("kernel", KernelSpec, registry.KERNELS.builtin, "tuner.kernels", "TUNER_KERNEL_MODULES")
+    reg.configure(modules)
+    return reg
+
+
 def test_unimportable_kernel_module_is_a_spec_error():
     with pytest.raises(SpecError, match="no_such_module"):
-        registry.names(modules="tests.kernels.no_such_module")
+        fresh("tests.kernels.no_such_module").names()
+
+
+@pytest.mark.parametrize("source, error", [("def broken(:\n", "SyntaxError"),
+                                           ("raise RuntimeError('no GPU here')\n", "RuntimeError: no GPU here")])
+def test_a_kernel_module_that_fails_on_import_is_one_spec_error(tmp_path, monkeypatch, source, error):
+    """Not only ImportError: whatever a user's module raises at import is one line naming it."""
+    (tmp_path / "user_kernels_bad.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = fresh("user_kernels_bad")
+    with pytest.raises(SpecError, match=f"cannot import kernel module 'user_kernels_bad'.*{error}"):
+        reg.names()
+    assert reg.load("matmul").name == "matmul"  # a built-in is found without importing the user module
 
 
 def test_importing_the_registry_imports_no_gpu_stack():
@@ -81,6 +102,7 @@ def test_the_external_kernel_runs():
     got = run_python("""
 import json
 from search_spaces import registry, target_for
+registry.configure("tests.kernels.external")
 spec = registry.get("ext_axpy")
 target = target_for("interpreter")
 key = spec.make_key({"N": 3000}, "float16")
@@ -88,5 +110,5 @@ inputs = spec.make_inputs(key, "cpu", 0)
 out, ref = spec.launch(spec.default(key, target), inputs), spec.reference(inputs)
 err = (out.float() - ref.float()).abs().max().item()
 print(json.dumps({"err": err, "valid": len(spec.valid_configs(key, target))}))
-""", {"TUNER_KERNEL_MODULES": "tests.kernels.external", "TRITON_INTERPRET": "1"})
+""", {"TRITON_INTERPRET": "1"})
     assert got["err"] < 1e-2 and got["valid"] == 9

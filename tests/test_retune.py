@@ -61,6 +61,7 @@ def _registered(world, name, driver):
                          {"n": name, "d": driver}).scalar() == 1
 
 
+@pytest.mark.slow
 def test_driver_update_is_retuned_once_warm_started_and_reported(world, tmp_path):
     env, engine = world["env"], world["engine"]
     tuned = tuner_json(env, "tune", "trivial", *KEYS, "--trials", "16", "--seed", "0", "--device", "cpu")
@@ -161,6 +162,7 @@ def test_a_rolling_upgrade_retunes_a_key_once_timed_as_it_was_tuned(world):
                            {"j": job}).all()
     assert trials and all(name.endswith("+rot2") and "2 rotating input sets" in message for name, message in trials)
 
+@pytest.mark.slow
 def test_scheduler_sends_the_nightly_retune(world):
     env = dict(world["env"], TUNER_RETUNE_CRON="* * * * *")
     log = world["home"] / "beat.log"

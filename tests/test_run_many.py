@@ -3,27 +3,22 @@
 On a GPU the same code paths run with Triton compiling into its on-disk cache."""
 import pytest
 
+from harness.harness import Harness
+from harness.protocol import TrialRequest
 from search_spaces import registry
-from workers.harness import Harness
-from workers.messages import TrialRequest
-
-MODULES = "tests.kernels.broken"
 
 
 def request(kernel, config, timeout_s=60.0, **kw):
-    key = registry.get(kernel, modules=MODULES).make_key({"N": 1000}, "float32")
+    key = registry.get(kernel).make_key({"N": 1000}, "float32")
     return TrialRequest(kernel=kernel, key=key.to_json(), config=config, device="cpu", arch="interpreter",
                         warmup=0, reps=2, timeout_s=timeout_s, **kw)
 
 
 @pytest.fixture(scope="module")
 def harness():
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TUNER_KERNEL_MODULES", MODULES)
     with Harness(compile_workers=2, precompile=True) as h:
         h.start("cpu")
         yield h
-    mp.undo()
 
 
 def test_same_binary_is_benchmarked_once_and_failures_never_launch(harness):
@@ -108,20 +103,21 @@ def test_the_search_keeps_the_pool_busy(harness, tmp_path):
     from sqlalchemy import select
 
     from db import models, store
+    from db.clock import utcnow
     from db.session import session_scope, upgrade
+    from search.loop import SearchContext, run_batch
     from search_spaces.base import target_for
-    from workers.search import SearchContext, run_batch
 
     url = f"sqlite:///{tmp_path}/t.db"
     upgrade(url)
-    key = registry.get("twin_add", modules=MODULES).make_key({"N": 1000}, "float32")
+    key = registry.get("twin_add").make_key({"N": 1000}, "float32")
     with session_scope(url) as s:
         dc = store.get_or_create_device_class(s, slug="cpu-interpreter", vendor="cpu", arch="interpreter",
                                               name="cpu", compute_units=1, memory_gb=1)
         fp = store.get_or_create_fingerprint(s, hash="f" * 16, driver="none", runtime="none", triton="3.6.0",
                                              torch="2.13.0", fields={})
         s.add(models.Job(id="j", kind="tune", origin="local", kernel="twin_add", kernel_version=key.version,
-                         state="running", sampler="grid", budget_trials=4, request={}, created_at=models.utcnow()))
+                         state="running", sampler="grid", budget_trials=4, request={}, created_at=utcnow()))
         s.flush()
         job_key = models.JobKey(job_id="j", key_hash=key.stable_hash, key=key.to_json(), study_name="s",
                                 state="running")
@@ -161,7 +157,6 @@ def test_the_benchmark_process_starts_alongside_the_compile_pool(monkeypatch):
         with open(f"/proc/{pid}/stat") as f:
             return int(f.read().rpartition(")")[2].split()[19])
 
-    monkeypatch.setenv("TUNER_KERNEL_MODULES", MODULES)
     with Harness(compile_workers=1, precompile=True) as h:
         assert h.width("cpu") == 1  # starts the pool and waits for it
         (bench,) = h._spawned.values()  # already on its way, no trial asked for it

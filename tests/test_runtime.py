@@ -6,17 +6,17 @@ import sys
 
 import pytest
 
+from devices.fingerprint import live_fingerprint
+from devices.probe import probe
 from tests.cli_helpers import ROOT, tuner_env
 from tuner import runtime, settings
-from workers.device import probe
-from workers.fingerprint import live_fingerprint
 
 
 @pytest.fixture
 def live_env(monkeypatch, tmp_path):
     """A runtime reading TUNER_HOME=tmp_path, re-read after each env change."""
     for k in list(__import__("os").environ):
-        if k.startswith("TUNER_"):
+        if k.startswith("TUNER_") and k != "TUNER_KERNEL_MODULES":  # the test kernels stay registered
             monkeypatch.delenv(k)
     monkeypatch.setenv("TUNER_HOME", str(tmp_path))
     monkeypatch.setenv("TUNER_DEVICE", "cpu")

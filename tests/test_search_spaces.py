@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from search_spaces.base import SpecError, target_for  # noqa: E402
-from search_spaces.matmul import Matmul, launch_options  # noqa: E402
+from search_spaces.matmul import Matmul  # noqa: E402
 from search_spaces.softmax import Softmax  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,8 +266,9 @@ def test_softmax_check_rejects_with_reason(arch, config, dims, reason):
 
 def test_amd_knobs_go_to_hip_launches_only():
     config = {**mm_config(64, 64, 32, 8, 4, 2), **AMD}
-    assert launch_options(config, hip=False) == {"num_warps": 4, "num_stages": 2}
-    assert launch_options(config, hip=True) == {"num_warps": 4, "num_stages": 2, **AMD}
+    tiles = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}
+    assert MATMUL.split_config(config, "nvidia") == (tiles, {"num_warps": 4, "num_stages": 2})
+    assert MATMUL.split_config(config, "amd") == (tiles, {"num_warps": 4, "num_stages": 2, **AMD})
 
 
 # ---- identity and keys --------------------------------------------------------------------

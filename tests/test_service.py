@@ -11,8 +11,7 @@ import time
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.services import (WorkerProc, pg_database, redis_url, restart_redis, run_cli, service_env,
-                            wait_for)
+from tests.services import WorkerProc, pg_database, redis_url, restart_redis, run_cli, service_env, wait_for
 
 pytestmark = pytest.mark.integration
 SHAPE = ["--shape", "N=16", "--dtype", "float32"]
@@ -148,6 +147,7 @@ def trial_workers(engine, job):
                               "where t.job_id = :j and t.status != 'invalid' group by w.name"), {"j": job}).all()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_job_completes_on_the_other_worker(stack):
     w1, w2 = stack["ensure"](2)
     job = submit(stack["env"], "--parallel", "2", trials=120, seed=3)
@@ -167,6 +167,7 @@ def test_sigkill_mid_job_completes_on_the_other_worker(stack):
     assert f"{victim.name}@test" not in st["live_workers"]
 
 
+@pytest.mark.slow
 def test_redis_restart_mid_job(stack):
     stack["ensure"](2)
     job = submit(stack["env"], "--parallel", "2", trials=100, seed=5)
@@ -211,6 +212,7 @@ def test_malformed_and_unknown_kernel_messages_are_rejected(stack):
     assert wait_state(stack["env"], job)["state"] == "done"
 
 
+@pytest.mark.slow
 def test_two_coordinators_four_workers(stack):
     stack["ensure"](4)
     ids: list[str] = []
@@ -237,6 +239,7 @@ def test_two_coordinators_four_workers(stack):
         assert counts(stack["engine"], job)[1] == 1
 
 
+@pytest.mark.slow
 def test_embedded_default_sqlite_broker_and_database(tmp_path):
     env = service_env(tmp_path / "home", None, None)
     w = WorkerProc("embedded", env, tmp_path)
@@ -249,6 +252,7 @@ def test_embedded_default_sqlite_broker_and_database(tmp_path):
         w.stop()
 
 
+@pytest.mark.slow
 def test_a_submit_waits_for_a_sqlite_broker_that_is_locked(tmp_path):
     """A worker's poll holds the broker file's write lock; on a loaded machine a sender's first
     write (kombu creates its tables then) waited past SQLite's 5 s default, and kombu's retry
@@ -269,6 +273,7 @@ def test_a_submit_waits_for_a_sqlite_broker_that_is_locked(tmp_path):
     assert status(env, job)["state"] == "queued"
 
 
+@pytest.mark.slow
 def test_credentials_never_reach_logs_or_output(stack):
     stack["ensure"](1)
     job = submit(stack["env"], trials=3, seed=11)
@@ -303,7 +308,7 @@ def test_an_idle_worker_has_its_benchmark_process_up(tmp_path):
     env = service_env(tmp_path / "home", None, None)
     w = WorkerProc("idle", env, tmp_path)
     try:
-        wait_for(lambda: children_running(w.proc.pid, "workers.bench_child"), 120,
+        wait_for(lambda: children_running(w.proc.pid, "harness.benchmark"), 120,
                  "the idle worker's benchmark process")
         assert w.alive()
     finally:

@@ -1,23 +1,17 @@
 """Search strategies through the same `propose` the live search uses, on a synthetic sweep."""
-import importlib.util
 import statistics
 
 import pytest
 
+from search import replay, strategies
+from search.strategies.base import STARTUP_TRIALS
 from search_spaces.base import TuningKey, target_for
-from tuner.request import SAMPLERS
-from workers.batch import _SAMPLERS
-from workers.strategies import STARTUP_TRIALS, STRATEGIES
 
-spec_ = importlib.util.spec_from_file_location("search_efficiency", "bench/search_efficiency.py")
-bench = importlib.util.module_from_spec(spec_)
-spec_.loader.exec_module(bench)
+STRATEGIES = strategies.names()
 
 
 @pytest.fixture(scope="module")
 def sweep():
-    mp = pytest.MonkeyPatch()  # module-scoped: later test modules must not inherit it
-    mp.setenv("TUNER_KERNEL_MODULES", "tests.kernels.trivial")
     rows = []
     for p in range(1, 13):
         for q in range(1, 13):
@@ -27,27 +21,26 @@ def sweep():
             rows.append([p, q, 1, 1.0 + (p - 9) ** 2 + 0.5 * (q - 4) ** 2 + 0.1 * p * q, status])
     doc = {"kernel": "trivial", "params": ["P", "Q", "num_warps"], "rows": rows,
            "key": {"kernel": "trivial", "version": "x", "dims": {"N": 16}, "dtype": "float32"}}
-    spec = bench.SweepSpec(doc)
+    spec = replay.SweepSpec(doc)
     yield spec, TuningKey.from_json(doc["key"]), target_for("interpreter")
-    mp.undo()
 
 
-def test_strategy_names_agree():
-    assert set(SAMPLERS) == set(STRATEGIES) == set(_SAMPLERS)
+def test_the_builtin_strategies_are_registered_default_first():
+    assert STRATEGIES[:4] == ["auto", "tpe", "random", "grid"] and strategies.DEFAULT == "auto"
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_only_valid_points_are_evaluated_and_replay_is_deterministic(sweep, name):
     spec, key, target = sweep
-    a = bench.replay_one(spec, key, target, name, seed=3, budget=30)
-    b = bench.replay_one(spec, key, target, name, seed=3, budget=30)
+    a = replay.replay_one(spec, key, target, name, seed=3, budget=30)
+    b = replay.replay_one(spec, key, target, name, seed=3, budget=30)
     assert a == b and len(a) == 30
     assert all(x >= y for x, y in zip(a, a[1:]))  # best-so-far never gets worse
 
 
 def test_grid_covers_the_valid_space(sweep):
     spec, key, target = sweep
-    curve = bench.replay_one(spec, key, target, "grid", seed=0, budget=len(spec.times))
+    curve = replay.replay_one(spec, key, target, "grid", seed=0, budget=len(spec.times))
     assert curve[-1] == min(t for t in spec.times.values() if t is not None)
 
 
@@ -56,15 +49,15 @@ def test_auto_beats_random(sweep):
     opt = min(t for t in spec.times.values() if t is not None)
 
     def median_at(name, n):
-        return statistics.median(opt / bench.replay_one(spec, key, target, name, s, n)[-1] for s in range(8))
+        return statistics.median(opt / replay.replay_one(spec, key, target, name, s, n)[-1] for s in range(8))
     assert median_at("auto", 20) > median_at("random", 20)
 
 
 def test_warm_start_takes_the_nearest_stored_shapes(tmp_path):
     from db import store
     from db.session import session_scope, upgrade
+    from search.loop import nearest_bests
     from search_spaces import registry
-    from workers.search import nearest_bests
 
     url = f"sqlite:///{tmp_path}/t.db"
     upgrade(url)
@@ -89,13 +82,11 @@ def test_warm_start_takes_the_nearest_stored_shapes(tmp_path):
 
 def test_seeds_that_do_not_fit_the_shape_start_from_their_nearest_fit():
     from search_spaces import registry
-    from workers.strategies import Strategy
-
     spec, target = registry.get("matmul"), target_for("sm_90")
     key = spec.make_key({"M": 16, "N": 4096, "K": 4096}, "bfloat16")
     warm = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
     assert spec.check(warm, key, target) is not None  # a tile eight times taller than the problem
-    seeds = Strategy("auto", 0).seeds(spec, key, target, [warm])
+    seeds = strategies.make("auto", 0).seeds(spec, key, target, [warm])
     assert all(spec.check(c, key, target) is None for c in seeds)
     assert seeds[1] == {**warm, "BLOCK_M": 16}  # after the default: the warm start, shrunk to fit
     # the kernel's lists, shrunk the same way, follow instead of being dropped: their likeliest
@@ -110,16 +101,16 @@ def test_a_sweep_of_format_2_keeps_every_round_and_reports_the_noise(sweep):
     doc = {"kernel": "trivial", "params": ["P", "Q", "num_warps"], "rounds": 2,
            "columns": ["P", "Q", "num_warps", "ms", "status", "round_ms"],
            "rows": [[1, 1, 1, 2.0, "ok", [2.0, 3.0]], [1, 2, 1, 1.0, "ok", [1.0, 1.1]], [2, 1, 1, None, "crashed", []]]}
-    spec = bench.SweepSpec(doc)
+    spec = replay.SweepSpec(doc)
     assert sorted(spec.times.values(), key=str) == [1.0, 2.0, None]
-    assert bench.noise(doc) == {"rounds": 2, "median_round_spread": 0.3}
+    assert replay.noise(doc) == {"rounds": 2, "median_round_spread": 0.3}
 
 
 def test_proposals_in_flight_never_repeat(sweep):
     spec, key, target = sweep
-    curve = bench.replay_one(spec, key, target, "auto", seed=1, budget=40, width=8)
+    curve = replay.replay_one(spec, key, target, "auto", seed=1, budget=40, width=8)
     assert len(curve) == 40 and all(x >= y for x, y in zip(curve, curve[1:]))
-    grid = bench.replay_one(spec, key, target, "grid", seed=0, budget=len(spec.times), width=8)
+    grid = replay.replay_one(spec, key, target, "grid", seed=0, budget=len(spec.times), width=8)
     assert grid[-1] == min(t for t in spec.times.values() if t is not None)  # every point, each once
 
 
@@ -127,17 +118,16 @@ def test_with_trials_in_flight_auto_steps_around_the_incumbent(sweep):
     """Before TPE models anything, a proposal made while others are in flight is a neighbour of
     the best told so far, not a random draw; with nothing in flight nothing changes."""
     from search_spaces.base import config_hash
-    from workers.strategies import Strategy
 
     spec, key, target = sweep
     best, other = {"P": 9, "Q": 4, "num_warps": 1}, {"P": 1, "Q": 1, "num_warps": 1}
     seen = {config_hash(best): ("ok", 1.0), config_hash(other): ("ok", 70.0),
             config_hash({"P": 5, "Q": 5, "num_warps": 1}): ("pending", None)}
-    auto = Strategy("auto", 0)
+    auto = strategies.make("auto", 0)
     step = auto.next_config(spec, key, target, seen, counted=3)
     assert step is not None and sum(step[p] != best[p] for p in best) == 1
     assert auto.next_config(spec, key, target, {k: v for k, v in seen.items() if v[0] == "ok"}, counted=2) is None
-    assert Strategy("tpe", 0).next_config(spec, key, target, seen, counted=3) is None
+    assert strategies.make("tpe", 0).next_config(spec, key, target, seen, counted=3) is None
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
@@ -146,15 +136,15 @@ def test_a_space_with_few_valid_points_is_measured_whole_with_few_asks(sweep, na
     all 12, then stops; a proposal that is invalid or measured is repaired, not asked again."""
     import optuna
 
+    from search.propose import propose
     from search_spaces.base import config_hash
-    from workers.strategies import Strategy, propose
 
     _, key, target = sweep
     rows = [[p, q, 1, 1.0 + abs(p - 7) + 0.1 * q, "ok"] for p in range(1, 13) for q in range(1, 13)
             if q == p or (p, q) == (12, 1)]  # the diagonal, and (12, 1) so Q spans 1..12 with P
-    spec = bench.SweepSpec({"kernel": "trivial", "params": ["P", "Q", "num_warps"], "rows": rows})
+    spec = replay.SweepSpec({"kernel": "trivial", "params": ["P", "Q", "num_warps"], "rows": rows})
     assert len(spec.times) == 13 and len(spec.valid_configs(key, target)) == 13
-    strategy = Strategy(name, 0)
+    strategy = strategies.make(name, 0)
     study = optuna.create_study(sampler=strategy.sampler(), direction="minimize")
     for c in strategy.seeds(spec, key, target):
         study.enqueue_trial(c)

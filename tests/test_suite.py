@@ -9,6 +9,8 @@ import pytest
 
 from tests.cli_helpers import run_tuner
 
+pytestmark = pytest.mark.slow  # tunes and times four contenders in the interpreter
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

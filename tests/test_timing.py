@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from workers import timing
+from harness import timing
 
 
 class FakeCuda:

@@ -91,6 +91,7 @@ print(json.dumps(seen[0]))
     assert json.loads(out.stdout.strip().splitlines()[-1]) == stored
 
 
+@pytest.mark.slow
 def test_measurement_options_reach_every_trial_and_keep_a_study_of_their_own(tmp_path):
     home = tmp_path / "home"
     plain = ["tune", "matmul", *SHAPE, "--trials", "2", "--seed", "1", "--device", "cpu"]

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from search import strategies
+from tuner import formats
 from tuner import settings as settings_mod
 from tuner.errors import UserError
 
@@ -33,6 +35,8 @@ GraphOpt = typer.Option(False, "--cuda-graph", help="Time replays of a captured 
                         "the host's launch cost (GPU only): for kernels of a few microseconds.")
 MaxCvOpt = typer.Option(None, "--max-cv", help="Measure a trial again, with twice the repetitions, when its "
                         "coefficient of variation exceeds this (e.g. 0.05).")
+SamplerOpt = typer.Option(strategies.DEFAULT, "--sampler", help=f"The search strategy: {', '.join(strategies.BUILTIN)}, "
+                          "or one registered with TUNER_STRATEGY_MODULES.")
 
 
 def _print_json(value) -> None:
@@ -67,9 +71,15 @@ def kernels(as_json: bool = JsonOpt) -> None:
 @app.command()
 def devices(as_json: bool = JsonOpt) -> None:
     """The devices this machine can tune on, with their class and stack fingerprint."""
-    from tuner.devices import live_devices
+    from devices.probe import live_identity, visible_devices
 
-    rows = live_devices(settings_mod.get())
+    override = settings_mod.get().fingerprint_override
+    rows = []
+    for name in visible_devices():
+        dc, fp, _ = live_identity(name, override)
+        rows.append({"device": name, "device_class": dc.slug, "aliases": list(dc.aliases), "vendor": dc.vendor,
+                     "arch": dc.arch, "name": dc.name, "compute_units": dc.compute_units,
+                     "memory_gb": dc.memory_gb, "fingerprint": {"hash": fp.hash, **fp.to_json()}})
     if as_json:
         return _print_json(rows)
     t = Table("device", "class", "vendor", "arch", "fingerprint", "stack")
@@ -84,8 +94,7 @@ def devices(as_json: bool = JsonOpt) -> None:
 def tune(kernel: str = typer.Argument(..., help="A registered kernel (see `tuner kernels`)."),
          shape: list[str] = ShapeOpt, dtype: list[str] = DtypeOpt,
          trials: int = typer.Option(20, "--trials", help="Measured trials per key."),
-         sampler: str = typer.Option("auto", "--sampler", help="auto | tpe | random | grid"),
-         seed: Optional[int] = typer.Option(None, "--seed"),
+         sampler: str = SamplerOpt, seed: Optional[int] = typer.Option(None, "--seed"),
          device: Optional[str] = typer.Option(None, "--device", help="cpu (Triton interpreter) | cuda | cuda:N"),
          rotate_buffers: int = RotateOpt, cuda_graph: bool = GraphOpt, max_cv: Optional[float] = MaxCvOpt,
          as_json: bool = JsonOpt) -> None:
@@ -98,7 +107,7 @@ def tune(kernel: str = typer.Argument(..., help="A registered kernel (see `tuner
     req = build_request(kernel, shape, dtype, trials, sampler, seed,
                         build_measurement(rotate_buffers, cuda_graph, max_cv))
     if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise UserError(f"unknown --device {device!r}; use cpu, cuda or cuda:N")
+        raise UserError(f"unknown --device {device[:40]!r}; use cpu, cuda or cuda:N")
     plan = prepare(req, settings_mod.get(), device)
     with Progress(TextColumn("[bold]tuning {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, disable=as_json) as bar:
@@ -149,14 +158,12 @@ def best(kernel: str = typer.Argument(...), shape: list[str] = ShapeOpt, dtype: 
 
 
 @app.command()
-def export(fmt: str = typer.Option("bundle", "--format", help="bundle (for TUNER_CONFIG_BUNDLE)"),
-           output: str = typer.Option(..., "--output", "-o", help="File to write."),
+def export(fmt: str = typer.Option("bundle", "--format", help=f"One of: {', '.join(formats.FORMATS)}."),
+           output: str = typer.Option(..., "--output", "-o", help="File (or directory) to write."),
            kernel: Optional[str] = typer.Option(None, "--kernel"),
            device_class: Optional[str] = typer.Option(None, "--device-class")) -> None:
     """Export the current best configurations for deployments without database access."""
-    from tuner.bundle import export_bundle
-
-    n = export_bundle(settings_mod.get(), fmt, output, kernel, device_class)
+    n = formats.export(settings_mod.get(), fmt, output, kernel, device_class)
     err.print(f"wrote {n} configuration(s) to {output}")
 
 
@@ -164,7 +171,7 @@ def export(fmt: str = typer.Option("bundle", "--format", help="bundle (for TUNER
 def submit(kernel: str = typer.Argument(...), shape: list[str] = ShapeOpt, dtype: list[str] = DtypeOpt,
            device_class: str = typer.Option(..., "--device-class", help="h100 | mi300x | cpu | a slug"),
            trials: int = typer.Option(20, "--trials", help="Measured trials per key, across all workers."),
-           sampler: str = typer.Option("auto", "--sampler", help="auto | tpe | random | grid"), seed: Optional[int] = typer.Option(None, "--seed"),
+           sampler: str = SamplerOpt, seed: Optional[int] = typer.Option(None, "--seed"),
            parallel: int = typer.Option(2, "--parallel", help="Batches in flight per key (workers that cooperate)."),
            rotate_buffers: int = RotateOpt, cuda_graph: bool = GraphOpt, max_cv: Optional[float] = MaxCvOpt,
            wait_: bool = typer.Option(False, "--wait", help="Wait until the job ends and print its status."),
@@ -223,7 +230,7 @@ def status(job: str = typer.Argument(..., help="Job id (or a unique prefix of 6+
 def _show_status(st: dict, as_json: bool) -> None:
     if as_json:
         return _print_json(st)
-    from workers.messages import Measurement
+    from harness.protocol import Measurement
 
     how = Measurement.from_json(st.get("measurement")).describe()
     t = Table("key", "state", "trials", "failed", "best ms so far", "best config so far", "workers",
@@ -256,7 +263,7 @@ def retune(device_class: Optional[str] = typer.Option(None, "--device-class"),
            dry_run: bool = typer.Option(False, "--dry-run", help="List what would be queued; queue nothing."),
            as_json: bool = JsonOpt) -> None:
     """Queue warm-started retune jobs for configurations tuned under another stack than live workers run."""
-    from tuner.retune import retune as do_retune
+    from tuner.coordinator import retune as do_retune
 
     result = do_retune(settings_mod.get(), device_class, kernel, stale_only, dry_run)
     if as_json:
@@ -278,8 +285,8 @@ def report_retune(run: Optional[str] = typer.Argument(None, help="Retune run id 
                   plot: Optional[str] = typer.Option(None, "--plot", help="Write a PNG plot here."),
                   as_json: bool = JsonOpt) -> None:
     """Per key: old best on the old stack, old best on the new stack, new best, trials; regressions flagged."""
-    from tuner.retune import plot as draw
-    from tuner.retune import report
+    from tuner.reports.retune import plot as draw
+    from tuner.reports.retune import report
 
     result = report(settings_mod.get(), run)
     if plot:
@@ -302,7 +309,7 @@ def report_suite(results: str = typer.Argument(..., help="A results file of benc
                  plot: Optional[str] = typer.Option(None, "--plot", help="Write a PNG plot here."),
                  as_json: bool = JsonOpt) -> None:
     """Per shape: tuned vs the kernel's default vs triton.autotune vs torch.matmul, ms and TFLOP/s."""
-    from tuner import suite
+    from tuner.reports import suite
 
     doc = suite.load(results)
     doc["summary"] = suite.summary(doc)
@@ -394,6 +401,7 @@ def main() -> None:
     from search_spaces.base import SpecError
 
     try:
+        settings_mod.configure_plugins(settings_mod.get())
         code = app(standalone_mode=False)  # a command's `raise typer.Exit(n)` comes back as n
     except (UserError, SpecError, DatabaseError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)

@@ -1,32 +1,27 @@
 """The coordinator: a request becomes a job row, key rows, and trial-batch messages on the queue
-of the device class that must run them. It needs the broker and the database only.
+of the device class that must run them; `tuner retune` queues the retune jobs; status, jobs and
+cancel read and end them. It needs the broker and the database only.
 """
 from __future__ import annotations
 
+import os
+import socket
 import time
-import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from sqlalchemy import func, select, update
 
-from db import models
+from db import models, store
+from db.clock import utcnow
 from db.session import redact, session_scope
-from search_spaces.base import SpecError
+from devices.classes import matches, resolve_device_class
+from harness.protocol import Measurement
 from tuner.database import open_for_read, open_for_write
 from tuner.errors import UserError
 from tuner.request import TuneRequest, refuse_unfit
 from tuner.settings import Settings
-from workers.messages import Measurement
 
 FINAL = ("done", "failed", "cancelled")
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _aware(t: datetime | None) -> datetime | None:
-    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
 
 
 def broker_app(settings: Settings):
@@ -47,44 +42,61 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
            kind: str = "tune", extra: dict | None = None) -> str:
     """Queue the request for a device class; returns the job id. Checks broker and database
     before writing anything, and sends `parallel` batches per key so several workers cooperate."""
+    from workers.app import send_batch
     from workers.batch import BatchMessage
-    from workers.device import queue_for, resolve_device_class
+    from workers.queues import queue_for
 
-    try:
-        selector = resolve_device_class(device_class)
-    except SpecError as exc:
-        raise UserError(str(exc)) from None
+    selector = resolve_device_class(device_class)
     if parallel < 1:
         raise UserError(f"--parallel {parallel} must be at least 1")
     refuse_unfit(req, selector, f"device class {selector}")
     app = broker_app(settings)
     url = open_for_write(settings)
     queue = queue_for(selector)
-    job_id = uuid.uuid4().hex
     batch = min(settings.batch_trials, req.trials)
     request = {**req.to_json(), "batch_trials": batch, **(extra or {})}
     with session_scope(url) as s:
-        s.add(models.Job(id=job_id, kind=kind, origin="queued", kernel=req.kernel,
-                         kernel_version=req.keys[0].version, device_class_id=None, device_selector=selector,
-                         state="queued", sampler=req.sampler, seed=req.seed, budget_trials=req.trials,
-                         request=request, created_at=_now()))
-        s.flush()
-        rows = [models.JobKey(job_id=job_id, key_hash=k.stable_hash, key=k.to_json(), study_name="",
-                              state="running", enqueued_at=_now()) for k in req.keys]
-        s.add_all(rows)
-        s.flush()
-        messages = [BatchMessage(job_id=job_id, job_key_id=r.id, key=r.key, sampler=req.sampler, seed=req.seed,
-                                 budget_trials=req.trials, batch_trials=batch, queue=queue) for r in rows]
+        job_id, key_ids = store.create_job(
+            s, kind=kind, origin="queued", kernel=req.kernel, kernel_version=req.keys[0].version,
+            keys=[k.to_json() for k in req.keys], key_hashes=[k.stable_hash for k in req.keys],
+            sampler=req.sampler, seed=req.seed, budget_trials=req.trials, request=request, device_selector=selector)
+    messages = [BatchMessage(job_id=job_id, job_key_id=key_id, key=k.to_json(), sampler=req.sampler, seed=req.seed,
+                             budget_trials=req.trials, batch_trials=batch, queue=queue)
+                for k, key_id in zip(req.keys, key_ids)]
     try:
         for msg in messages:
             for _ in range(min(parallel, -(-req.trials // batch))):
-                app.send_task("tuner.trial_batch", args=[msg.to_json()], queue=queue)
+                send_batch(app, msg)
     except Exception as exc:
         with session_scope(url) as s:
             s.execute(update(models.Job).where(models.Job.id == job_id)
-                      .values(state="failed", error=f"could not queue: {exc}", finished_at=_now()))
+                      .values(state="failed", error=f"could not queue: {exc}", finished_at=utcnow()))
         raise UserError(f"job {job_id} could not be queued on {redact(settings.broker_url)}: {exc}") from None
     return job_id
+
+
+def retune(settings: Settings, device_class: str | None, kernel: str | None, stale_only: bool,
+           dry_run: bool, holder: str | None = None) -> dict:
+    """Queue warm-started retune jobs for the keys whose stack changed (workers/retune.py)."""
+    from workers.retune import enqueue_stale
+
+    match = None
+    if device_class is not None:
+        selector = resolve_device_class(device_class)
+        match = lambda slug: matches(selector, slug)  # noqa: E731
+    send = None
+    if dry_run:
+        url = open_for_read(settings)
+    else:
+        from workers.app import send_batch
+
+        app = broker_app(settings)  # the broker is checked before anything is written
+        url = open_for_write(settings)
+        send = lambda msg: send_batch(app, msg)  # noqa: E731
+    return enqueue_stale(url, send, holder=holder or f"cli-{socket.gethostname()}-{os.getpid()}",
+                         dead_after_s=settings.worker_dead_after_s,
+                         budget_fraction=settings.retune_budget_fraction, device_class=match, kernel=kernel,
+                         stale_only=stale_only, dry_run=dry_run, batch_trials=settings.batch_trials)
 
 
 def cancel(settings: Settings, job_id: str) -> str:
@@ -93,7 +105,7 @@ def cancel(settings: Settings, job_id: str) -> str:
         job = _job(s, job_id)
         if job.state in FINAL:
             return job.state
-        job.state, job.finished_at, job.error = "cancelled", _now(), "cancelled by user"
+        job.state, job.finished_at, job.error = "cancelled", utcnow(), "cancelled by user"
     return "cancelled"
 
 
@@ -108,13 +120,11 @@ def _job(s, job_id: str) -> models.Job:
 
 
 def live_workers(s, selector: str, dead_after_s: float) -> list[models.Worker]:
-    from workers.device import matches
-
-    cutoff = _now() - timedelta(seconds=dead_after_s)
+    cutoff = utcnow() - timedelta(seconds=dead_after_s)
     rows = s.execute(select(models.Worker, models.DeviceClass.slug)
                      .join(models.DeviceClass, models.DeviceClass.id == models.Worker.device_class_id)
                      .where(models.Worker.stopped_at.is_(None))).all()
-    return [w for w, slug in rows if matches(selector, slug) and _aware(w.heartbeat_at) >= cutoff]
+    return [w for w, slug in rows if matches(selector, slug) and w.heartbeat_at and w.heartbeat_at >= cutoff]
 
 
 def status(settings: Settings, job_id: str) -> dict:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from devices.classes import CPU_INTERPRETER, class_memory_bytes, matches
+from harness.protocol import MAX_ROTATE_BUFFERS, Measurement
+from search import strategies
 from search_spaces import registry
 from search_spaces.base import SpecError, TuningKey
 from tuner.errors import UserError
-from workers.messages import MAX_ROTATE_BUFFERS, Measurement
-
-SAMPLERS = ("auto", "tpe", "random", "grid")  # workers/strategies.py STRATEGIES; a test keeps them equal
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class TuneRequest:
     kernel: str
     keys: tuple[TuningKey, ...]
     trials: int
-    sampler: str = "auto"
+    sampler: str = strategies.DEFAULT
     seed: int | None = None
     measurement: Measurement = Measurement()
 
@@ -55,8 +55,6 @@ def refuse_unfit(req: TuneRequest, selector: str, where: str, host_memory: int |
     interpreter, and a key whose trial needs more memory than the class has (on the interpreter,
     `host_memory`, where the tune runs on this host), which would fail every trial it is given
     or, on the interpreter, wake the host's OOM killer."""
-    from workers.device import CPU_INTERPRETER, class_memory_bytes, matches
-
     interpreter = matches(selector, CPU_INTERPRETER.slug)
     if interpreter and req.measurement.cuda_graph:
         raise UserError(f"--cuda-graph needs a GPU, and {where} is the Triton CPU interpreter, which has "
@@ -77,7 +75,7 @@ def refuse_unfit(req: TuneRequest, selector: str, where: str, host_memory: int |
 
 
 def build_request(kernel: str, shapes: list[str], dtypes: list[str], trials: int,
-                  sampler: str = "auto", seed: int | None = None,
+                  sampler: str = strategies.DEFAULT, seed: int | None = None,
                   measurement: Measurement = Measurement()) -> TuneRequest:
     try:
         spec = registry.get(kernel)
@@ -88,8 +86,8 @@ def build_request(kernel: str, shapes: list[str], dtypes: list[str], trials: int
         raise UserError(f"give at least one --shape {want}")
     if trials < 1:
         raise UserError(f"--trials {trials} is impossible: a search needs at least 1 trial")
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+    if sampler not in strategies.names():
+        raise UserError(f"unknown sampler {sampler[:40]!r}; use one of {', '.join(strategies.names())}")
     keys = []
     for shape in shapes:
         dims = parse_shape(shape)

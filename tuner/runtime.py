@@ -14,7 +14,6 @@ misses the in-process cache and the source is a database.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -68,16 +67,16 @@ def dtype_name(dtype: Any) -> str:
 def _live() -> dict[str, Any]:
     """Device class, fingerprint and config source of this process, found once."""
     if not _state:
-        from tuner.settings import get as get_settings
-        from workers.device import probe
-        from workers.fingerprint import live_fingerprint
+        from devices.classes import CPU_INTERPRETER
+        from devices.fingerprint import live_fingerprint
+        from devices.probe import probe
+        from tuner import settings as settings_mod
 
-        settings = get_settings()
+        settings = settings_mod.get()
+        settings_mod.configure_plugins(settings)
         try:
             dc, _ = probe(settings.device)
         except Exception as exc:  # e.g. TUNER_DEVICE=cuda on a machine without one
-            from workers.device import CPU_INTERPRETER
-
             _warn_once("device", f"tuner: cannot probe the device ({exc}); serving interpreter defaults")
             dc = CPU_INTERPRETER
         try:
@@ -97,9 +96,9 @@ def _live() -> dict[str, Any]:
 def _resolve(kernel: str, key: dict[str, Any]) -> dict:
     from search_spaces import registry
 
-    spec = registry.get(kernel)  # an unknown kernel name is the caller's bug: it raises SpecError
     with _lock:
-        state = _live()
+        state = _live()  # reads the settings: TUNER_KERNEL_MODULES before the kernel is looked up
+        spec = registry.get(kernel)  # an unknown kernel name is the caller's bug: it raises SpecError
         dims = {n: int(key[n]) for n in spec.key_names}
         tkey = spec.make_key(dims, dtype_name(key.get("dtype", "float32")))
         dc, fp = state["device_class"], state["fingerprint"]
@@ -162,96 +161,57 @@ _shape_index: dict[int, tuple] = {}
 
 
 class DatabaseSource:
-    """Current (non-superseded) best configurations from the tuning database."""
-
-    _EXACT = ("SELECT f.hash, b.config FROM best_configs b "
-              "JOIN device_classes d ON d.id = b.device_class_id "
-              "JOIN stack_fingerprints f ON f.id = b.fingerprint_id "
-              "WHERE b.kernel = :kernel AND b.kernel_version = :version AND b.key_hash = :key_hash "
-              "AND d.slug = :slug AND b.superseded_at IS NULL ORDER BY b.created_at DESC")
-    _SHAPES = ("SELECT b.key, f.hash, b.config FROM best_configs b "
-               "JOIN device_classes d ON d.id = b.device_class_id "
-               "JOIN stack_fingerprints f ON f.id = b.fingerprint_id "
-               "WHERE b.kernel = :kernel AND b.kernel_version = :version AND b.dtype = :dtype "
-               "AND d.slug = :slug AND b.superseded_at IS NULL")
+    """Current (non-superseded) best configurations from the tuning database (db.store's reader)."""
 
     def __init__(self, url: str):
         self.url = url
-        self._engine = None
         self._shapes: dict[tuple, list] = {}
 
-    def _connect(self):
-        if self._engine is None:
-            from sqlalchemy import create_engine
-            from sqlalchemy.engine import make_url
+    def _rows(self, **filters: Any) -> list:
+        from db import store
+        from db.session import session_scope, sqlite_path
 
-            u = make_url(self.url)
-            if u.get_backend_name() == "sqlite" and u.database and not Path(u.database).exists():
-                # connecting would create an empty file: say so instead
-                raise FileNotFoundError(f"no tuning database at {u.database}")
-            args = {"connect_timeout": 3} if u.get_backend_name() == "postgresql" else {}
-            self._engine = create_engine(self.url, pool_pre_ping=True, connect_args=args)
-        return self._engine.connect()
+        path = sqlite_path(self.url)
+        if path is not None and not path.exists():
+            # connecting would create an empty file: say so instead
+            raise FileNotFoundError(f"no tuning database at {path}")
+        with session_scope(self.url) as s:
+            return [(b.key, fp.hash, b.config) for b, _, fp in store.best_configs(s, **filters)]
 
     def exact(self, kernel: str, version: str, key_hash: str, slug: str) -> list[tuple[str, dict]]:
-        from sqlalchemy import text
-
-        with self._connect() as conn:
-            rows = conn.execute(text(self._EXACT), dict(kernel=kernel, version=version,
-                                                        key_hash=key_hash, slug=slug)).all()
-        return [(h, _json(c)) for h, c in rows]
+        return [(h, config) for _, h, config in self._rows(kernel=kernel, kernel_version=version,
+                                                             key_hash=key_hash, device_classes=[slug])]
 
     def shapes(self, kernel: str, version: str, dtype: str, slug: str) -> list[tuple[dict, str, dict]]:
         k = (kernel, version, dtype, slug)
         if k not in self._shapes:  # one scan per kernel and dtype, then nearest lookups are in memory
-            from sqlalchemy import text
-
-            with self._connect() as conn:
-                rows = conn.execute(text(self._SHAPES), dict(kernel=kernel, version=version,
-                                                             dtype=dtype, slug=slug)).all()
-            self._shapes[k] = [(_json(key)["dims"], h, _json(c)) for key, h, c in rows]
+            self._shapes[k] = [(key["dims"], h, config) for key, h, config in self._rows(
+                kernel=kernel, kernel_version=version, dtype=dtype, device_classes=[slug])]
         return self._shapes[k]
 
 
 class BundleSource:
-    """An exported bundle file (`tuner export --format bundle`), read once."""
+    """An exported bundle file (tuner/formats/bundle.py), read once."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._exact: dict[tuple, list] | None = None
-        self._by_kernel: dict[tuple, list] = {}
+        self._bundle = None
 
-    def _load(self) -> None:
-        if self._exact is None:
-            data = json.loads(self.path.read_text())
-            if data.get("format") != "tuner-bundle":
-                raise ValueError(f"{self.path} is not a tuner bundle")
-            exact: dict[tuple, list] = {}
-            for e in data["entries"]:
-                exact.setdefault((e["kernel"], e["kernel_version"], e["key_hash"], e["device_class"]),
-                                 []).append((e["fingerprint"], e["config"]))
-                self._by_kernel.setdefault((e["kernel"], e["kernel_version"], e["dtype"], e["device_class"]),
-                                           []).append((e["key"]["dims"], e["fingerprint"], e["config"]))
-            self._exact = exact
+    def _load(self):
+        if self._bundle is None:
+            from tuner.formats.bundle import read
+
+            self._bundle = read(self.path)
+        return self._bundle
 
     def exact(self, kernel, version, key_hash, slug):
-        self._load()
-        return self._exact.get((kernel, version, key_hash, slug), [])
+        return [(fp, config) for fp, config, _ in self._load().exact(kernel, version, key_hash, slug)]
 
     def shapes(self, kernel, version, dtype, slug):
-        self._load()
-        return self._by_kernel.get((kernel, version, dtype, slug), [])
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
+        return self._load().shapes(kernel, version, dtype, slug)
 
 
 # ---- the decorator ------------------------------------------------------------------------
-_LAUNCH_OPTIONS = frozenset({"num_warps", "num_stages", "num_ctas", "maxnreg"})
-_HIP_OPTIONS = frozenset({"waves_per_eu", "matrix_instr_nonkdim", "kpack"})
-
-
 class TunedKernel:
     """A @triton.jit kernel whose constexpr tile sizes and launch options come from lookup()."""
 
@@ -280,22 +240,17 @@ class TunedKernel:
         cfg = self.config_for(args, kwargs)
         split = self._split.get(id(cfg))
         if split is None:
-            split = self._split[id(cfg)] = _split_config(cfg)
+            split = self._split[id(cfg)] = _split_config(self.kernel, cfg)
         consts, options = split
         g = grid(cfg) if callable(grid) else grid
         return self.fn[g](*args, **kwargs, **consts, **options)
 
 
-def _split_config(cfg: dict) -> tuple[dict, dict]:
-    hip = False
-    try:
-        import torch
-        hip = bool(torch.version.hip)
-    except ImportError:
-        pass
-    consts = {k: v for k, v in cfg.items() if k not in _LAUNCH_OPTIONS | _HIP_OPTIONS}
-    options = {k: v for k, v in cfg.items() if k in _LAUNCH_OPTIONS or (hip and k in _HIP_OPTIONS)}
-    return consts, options
+def _split_config(kernel: str, cfg: dict) -> tuple[dict, dict]:
+    """The kernel's own split of a configuration for the live device's vendor (KernelSpec.split_config)."""
+    from search_spaces import registry
+
+    return registry.get(kernel).split_config(cfg, _live()["device_class"].vendor)
 
 
 def tuned(kernel: str, key: list[str], dtype_arg: str | None = None) -> Callable[[Any], TunedKernel]:

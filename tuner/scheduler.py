@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from tuner.errors import UserError
 from tuner.settings import Settings
-
-from workers.app import CONTROL_QUEUE, RETUNE_TASK
+from workers.queues import CONTROL_QUEUE, RETUNE_TASK
 
 
 def parse_cron(expr: str):

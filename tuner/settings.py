@@ -1,7 +1,9 @@
 """Every setting of the service, typed, read once from the environment.
 
-Nothing else in the project reads ``os.environ`` for a TUNER_ variable; workers and db get
-the values they need passed in by the CLI, so that they depend on nothing of tuner/.
+Nothing else in the project reads ``os.environ`` for a TUNER_ variable; the rooms below tuner/
+(devices, harness, search, workers, db, search_spaces) get the values they need handed to them by
+the CLI and the runtime, so that they depend on nothing of tuner/ (`configure_plugins` hands the
+plug-in modules to the kernel and strategy registries).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ class Settings:
     broker_url: str
     device: str | None
     kernel_modules: str
+    strategy_modules: str
     config_bundle: Path | None
     fingerprint_override: str
     # nightly retune: a cron expression (minute hour day month weekday) and the budget fraction
@@ -59,6 +62,7 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         broker_url=env.get("TUNER_BROKER_URL") or f"sqla+sqlite:///{home / 'broker.db'}",
         device=env.get("TUNER_DEVICE") or None,
         kernel_modules=env.get("TUNER_KERNEL_MODULES", ""),
+        strategy_modules=env.get("TUNER_STRATEGY_MODULES", ""),
         config_bundle=Path(bundle).expanduser() if bundle else None,
         fingerprint_override=env.get("TUNER_FINGERPRINT_OVERRIDE", ""),
         retune_cron=env.get("TUNER_RETUNE_CRON") or "0 3 * * *",
@@ -77,3 +81,13 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
 def get() -> Settings:
     """The process's settings, read once."""
     return from_env()
+
+
+def configure_plugins(settings: Settings) -> None:
+    """Hand TUNER_KERNEL_MODULES and TUNER_STRATEGY_MODULES to their registries, which import the
+    modules only when a name is looked up there."""
+    from search import strategies
+    from search_spaces import registry
+
+    registry.configure(settings.kernel_modules)
+    strategies.configure(settings.strategy_modules)

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
-from db import models
+from db import models, store
+from db.clock import utcnow
 from db.session import session_scope
+from devices.classes import DeviceClass
+from devices.fingerprint import StackFingerprint
+from devices.probe import live_identity
 from search_spaces import registry
 from search_spaces.base import Config, TuningKey
 from tuner.database import open_for_write
@@ -38,18 +40,14 @@ class TuneOutcome:
     startup_s: float  # the harness's processes (importing torch and triton, opening the device)
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 @dataclass(frozen=True)
 class LocalPlan:
     """A request checked against the live device and an open database; nothing written yet."""
     req: TuneRequest
     url: str
     device: str
-    dc: object
-    fp: object
+    dc: DeviceClass
+    fp: StackFingerprint
     trial_timeout_s: float
 
 
@@ -61,9 +59,7 @@ def _host_memory() -> int | None:
 
 
 def prepare(req: TuneRequest, settings: Settings, device: str | None) -> LocalPlan:
-    from tuner.devices import live_identity
-
-    dc, fp, device_str = live_identity(settings, device)
+    dc, fp, device_str = live_identity(device or settings.device, settings.fingerprint_override)
     refuse_unfit(req, dc.slug, f"device {device_str} ({dc.slug})", host_memory=_host_memory())
     url = open_for_write(settings)
     return LocalPlan(req, url, device_str, dc, fp, settings.trial_timeout_s)
@@ -72,29 +68,20 @@ def prepare(req: TuneRequest, settings: Settings, device: str | None) -> LocalPl
 def tune_local(plan: LocalPlan, progress=None) -> TuneOutcome:
     """Run the plan's searches here. `progress(n)` is called once per counted trial."""
     req, url, dc, fp = plan.req, plan.url, plan.dc, plan.fp
-    from workers.finalize import finalize
-    from workers.harness import Harness
-    from workers.identity import store_identity
-    from workers.search import SearchContext, run_batch, seed_configs, study_name
+    from harness.harness import Harness
+    from search.finalize import finalize
+    from search.loop import SearchContext, run_batch, seed_configs, study_name
 
     spec = registry.get(req.kernel)
     target = dc.target
-    job_id = uuid.uuid4().hex
+    names = [study_name(key, dc.slug, fp.hash, req.measurement) for key in req.keys]
     with session_scope(url) as s:
-        dc_id, fp_id = store_identity(s, dc, fp)
-        s.add(models.Job(id=job_id, kind="tune", origin="local", kernel=req.kernel,
-                         kernel_version=spec.version, device_class_id=dc_id, state="running",
-                         sampler=req.sampler, seed=req.seed, budget_trials=req.trials,
-                         request=req.to_json(), created_at=_now(), started_at=_now()))
-        s.flush()
-        key_rows = []
-        for key in req.keys:
-            row = models.JobKey(job_id=job_id, key_hash=key.stable_hash, key=key.to_json(),
-                                study_name=study_name(key, dc.slug, fp.hash, req.measurement), state="running")
-            s.add(row)
-            key_rows.append(row)
-        s.flush()
-        key_ids = [r.id for r in key_rows]
+        dc_id, fp_id = store.store_identity(s, dc.to_json(), {**fp.to_json(), "hash": fp.hash})
+        job_id, key_ids = store.create_job(
+            s, kind="tune", origin="local", kernel=req.kernel, kernel_version=spec.version,
+            keys=[k.to_json() for k in req.keys], key_hashes=[k.stable_hash for k in req.keys],
+            sampler=req.sampler, seed=req.seed, budget_trials=req.trials, request=req.to_json(),
+            device_class_id=dc_id, state="running", study_names=names)
 
     outcomes = []
     state, error = "done", None
@@ -103,11 +90,10 @@ def tune_local(plan: LocalPlan, progress=None) -> TuneOutcome:
             t = time.perf_counter()
             harness.start(plan.device)
             startup_s = time.perf_counter() - t
-            for key, key_id in zip(req.keys, key_ids):
+            for key, key_id, name in zip(req.keys, key_ids, names):
                 ctx = SearchContext(db_url=url, job_id=job_id, job_key_id=key_id, key=key,
                                     device=plan.device, target=target, device_class_id=dc_id,
-                                    fingerprint_id=fp_id,
-                                    study_name=study_name(key, dc.slug, fp.hash, req.measurement),
+                                    fingerprint_id=fp_id, study_name=name,
                                     sampler=req.sampler, seed=req.seed, budget_trials=req.trials,
                                     trial_timeout_s=plan.trial_timeout_s, measurement=req.measurement)
                 t = time.perf_counter()
@@ -130,5 +116,5 @@ def tune_local(plan: LocalPlan, progress=None) -> TuneOutcome:
     finally:
         with session_scope(url) as s:
             job = s.get(models.Job, job_id)
-            job.state, job.error, job.finished_at = state, error, _now()
+            job.state, job.error, job.finished_at = state, error, utcnow()
     return TuneOutcome(job_id, dc.slug, fp.hash, target.is_interpreter, tuple(outcomes), startup_s)

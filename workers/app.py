@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-BATCH_TASK = "tuner.trial_batch"
-RETUNE_TASK = "tuner.retune_stale"
-QUEUE_PREFIX = "tune."
-CONTROL_QUEUE = "tune.control"  # every worker listens: the nightly retune lands on any of them
+from workers.queues import BATCH_TASK, DEFAULT_QUEUE
+
 SQLITE_BROKER_LOCK_WAIT_S = 60.0
 
 
@@ -23,7 +21,7 @@ def make_app(broker_url: str) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # a worker holds one batch; others take the rest
         task_ignore_result=True,  # state lives in the database, not in a result backend
-        task_default_queue=f"{QUEUE_PREFIX}default",
+        task_default_queue=DEFAULT_QUEUE,
         broker_connection_retry=True, broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # survive a broker restart
         task_publish_retry=True,
@@ -43,6 +41,11 @@ def make_app(broker_url: str) -> Celery:
         # 'client'"). Let SQLite wait for the lock instead.
         app.conf.broker_transport_options = {"connect_args": {"timeout": SQLITE_BROKER_LOCK_WAIT_S}}
     return app
+
+
+def send_batch(app: Celery, msg) -> None:
+    """Send a trial-batch message (a workers.batch.BatchMessage) to the queue it names."""
+    app.send_task(BATCH_TASK, args=[msg.to_json()], queue=msg.queue)
 
 
 def check_broker(app: Celery, timeout: float = 3.0) -> None:

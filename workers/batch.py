@@ -9,12 +9,13 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from search import strategies
 from search_spaces import registry
 from search_spaces.base import SpecError, TuningKey
+from workers.queues import is_class_queue
 
 SCHEMA = 1
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-_SAMPLERS = ("auto", "tpe", "random", "grid")
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,12 @@ class BatchMessage:
         checks = [
             (isinstance(data["job_id"], str) and _JOB_ID.match(data["job_id"]), "job_id must be 32 hex chars"),
             (type(data["job_key_id"]) is int and data["job_key_id"] > 0, "job_key_id must be a positive int"),
-            (data["sampler"] in _SAMPLERS, f"sampler must be one of {_SAMPLERS}"),
+            (isinstance(data["sampler"], str) and data["sampler"] in strategies.names(),
+             f"sampler must be one of {', '.join(strategies.names())}"),
             (data["seed"] is None or type(data["seed"]) is int, "seed must be an int or null"),
             (type(data["budget_trials"]) is int and data["budget_trials"] > 0, "budget_trials must be > 0"),
             (type(data["batch_trials"]) is int and 0 < data["batch_trials"] <= 1000, "batch_trials out of range"),
-            (isinstance(data["queue"], str) and data["queue"].startswith("tune."), "queue must be tune.<class>"),
+            (is_class_queue(data["queue"]), "queue must be tune.<class>"),
             (isinstance(data["key"], dict), "key must be an object"),
         ]
         for ok, why in checks:

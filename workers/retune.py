@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Callable
 
 from sqlalchemy import select
 
 from db import models, store
+from db.clock import utcnow
 from db.session import session_scope
+from harness.protocol import Measurement
 from workers.batch import BatchMessage
-from workers.messages import Measurement
+from workers.queues import queue_for
 
 LOCK = "retune"
 TOP_K = 3
@@ -40,24 +42,16 @@ class StaleKey:
     measurement: Measurement = Measurement()  # how the old best was timed; the retune times alike
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _aware(t: datetime | None) -> datetime | None:
-    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
-
-
 def live_stacks(s, dead_after_s: float) -> dict[str, set[str]]:
     """device-class slug -> fingerprint hashes that live workers of the class report now."""
-    cutoff = _now() - timedelta(seconds=dead_after_s)
+    cutoff = utcnow() - timedelta(seconds=dead_after_s)
     rows = s.execute(select(models.DeviceClass.slug, models.StackFingerprint.hash, models.Worker.heartbeat_at)
                      .join(models.Worker, models.Worker.device_class_id == models.DeviceClass.id)
                      .join(models.StackFingerprint, models.StackFingerprint.id == models.Worker.fingerprint_id)
                      .where(models.Worker.stopped_at.is_(None))).all()
     out: dict[str, set[str]] = {}
     for slug, fp, beat in rows:
-        if _aware(beat) and _aware(beat) >= cutoff:
+        if beat and beat >= cutoff:
             out.setdefault(slug, set()).add(fp)
     return out
 
@@ -73,13 +67,7 @@ def _active_retunes(s) -> set[tuple[str, str]]:
 def find_stale(s, *, dead_after_s: float, device_class: Callable[[str], bool] | None = None,
                kernel: str | None = None, stale_only: bool = True) -> list[StaleKey]:
     stacks = live_stacks(s, dead_after_s)
-    q = (select(models.BestConfig, models.DeviceClass.slug, models.StackFingerprint.hash)
-         .join(models.DeviceClass, models.DeviceClass.id == models.BestConfig.device_class_id)
-         .join(models.StackFingerprint, models.StackFingerprint.id == models.BestConfig.fingerprint_id)
-         .where(models.BestConfig.superseded_at.is_(None)).order_by(models.BestConfig.id))
-    if kernel:
-        q = q.where(models.BestConfig.kernel == kernel)
-    rows = s.execute(q).all()
+    rows = [(b, slug, fp.hash) for b, slug, fp in store.best_configs(s, kernel=kernel)]
     current = {(b.kernel, b.kernel_version, b.key_hash, slug, fp) for b, slug, fp in rows}
     active = _active_retunes(s)
     requests = dict(s.execute(select(models.Job.id, models.Job.request)
@@ -96,12 +84,13 @@ def find_stale(s, *, dead_after_s: float, device_class: Callable[[str], bool] | 
         if not lacking:
             continue
         # One retune per key and class, however many live stacks lack it (a rolling upgrade runs
-        # two): any worker of the class may take the job. Of several stale rows, the newest wins.
+        # two): any worker of the class may take the job. Of several stale rows, the newest (the
+        # first: rows come newest first) wins.
         measurement = Measurement.from_json((requests.get(b.job_id) or {}).get("measurement"))
-        out[(b.kernel, b.kernel_version, b.key_hash, slug)] = StaleKey(
+        out.setdefault((b.kernel, b.kernel_version, b.key_hash, slug), StaleKey(
             b.kernel, b.kernel_version, b.key_hash, b.key, slug, fp, lacking, b.id, b.config, b.median_ms,
-            b.trials, measurement)
-    return list(out.values())
+            b.trials, measurement))
+    return sorted(out.values(), key=lambda st: st.old_best_id)
 
 
 def top_configs(s, stale: StaleKey, k: int = TOP_K) -> list[dict]:
@@ -159,22 +148,17 @@ def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: 
                                 "measurement": measurement.to_json()})
                 if dry_run:
                     continue
-                job_id = uuid.uuid4().hex
                 request = {"kernel": kern, "keys": [st.key for st in keys], "retune_run": run_id, "budgets": budgets,
                            "warm": warm, "batch_trials": batch_trials, "sampler": "auto",
                            "measurement": measurement.to_json()}
-                s.add(models.Job(id=job_id, kind="retune", origin="queued", kernel=kern, kernel_version=version,
-                                 device_class_id=None, device_selector=slug, state="queued", sampler="auto", seed=0,
-                                 budget_trials=max(budgets.values()), request=request, created_at=_now()))
-                s.flush()
-                for st in keys:
-                    row = models.JobKey(job_id=job_id, key_hash=st.key_hash, key=st.key, study_name="",
-                                        state="running", enqueued_at=_now())
-                    s.add(row)
-                    s.flush()
-                    msg = BatchMessage(job_id=job_id, job_key_id=row.id, key=st.key, sampler="auto", seed=0,
+                job_id, key_ids = store.create_job(
+                    s, kind="retune", origin="queued", kernel=kern, kernel_version=version,
+                    keys=[st.key for st in keys], key_hashes=[st.key_hash for st in keys], sampler="auto", seed=0,
+                    budget_trials=max(budgets.values()), request=request, device_selector=slug)
+                for st, key_id in zip(keys, key_ids):
+                    msg = BatchMessage(job_id=job_id, job_key_id=key_id, key=st.key, sampler="auto", seed=0,
                                        budget_trials=budgets[st.key_hash], batch_trials=min(batch_trials, budgets[st.key_hash]),
-                                       queue=f"tune.{slug}")
+                                       queue=queue_for(slug))
                     messages += [msg] * parallel
                 planned[-1]["job"] = job_id
         for msg in messages:  # after commit, so a worker never sees a message before its rows

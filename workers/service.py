@@ -1,11 +1,10 @@
-"""A worker process: its identity row, heartbeat, janitor, and the handling of trial batches.
+"""A worker process: its identity row, heartbeat, and the handling of trial batches.
 
 Cooperation: every worker of a class works on the same Optuna study per key (ask/tell on
 the shared RDB storage), a batch at a time. A batch that leaves budget sends the next batch
 to the same queue; the worker that spends the budget claims the key's finalization with one
-conditional UPDATE, so exactly one best row is written per key. A key with no trial activity
-for `stall_s` (its message lost with a killed worker or a restarted broker) is re-sent by the
-janitor of any live worker of the class.
+conditional UPDATE, so exactly one best row is written per key. Beside the heartbeat runs the
+janitor (workers/janitor.py), which re-sends keys whose messages were lost.
 """
 from __future__ import annotations
 
@@ -14,32 +13,25 @@ import os
 import socket
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
-from db import models
+from db import models, store
+from db.clock import utcnow
 from db.session import session_scope
+from devices.classes import DeviceClass
+from devices.fingerprint import StackFingerprint
+from harness.harness import Harness
+from harness.protocol import Measurement
+from search.finalize import finalize
+from search.loop import SearchContext, counted_trials, run_batch, seed_configs, study_name
 from workers.batch import BatchMessage
-from workers.device import DeviceClass, matches
-from workers.fingerprint import StackFingerprint
-from workers.harness import Harness
-from workers.identity import store_identity
-from workers.messages import Measurement
-from workers.retune import key_budget, live_stacks, warm_seeds
+from workers.janitor import resend_stalled
+from workers.retune import live_stacks, warm_seeds
 
 log = logging.getLogger("tuner.worker")
 FINAL_JOB_STATES = ("done", "failed", "cancelled")
 DEFER_S = 1.0  # how long a worker waits before handing back a batch pinned to another stack
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def aware(t: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back naive; they were written in UTC."""
-    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
 
 
 @dataclass(frozen=True)
@@ -59,14 +51,14 @@ class WorkerService:
         self.harness = Harness()
         self._stop = threading.Event()
         with session_scope(cfg.db_url) as s:
-            self.dc_id, self.fp_id = store_identity(s, dc, fp)
+            self.dc_id, self.fp_id = store.store_identity(s, dc.to_json(), {**fp.to_json(), "hash": fp.hash})
             row = s.scalar(select(models.Worker).where(models.Worker.name == cfg.name))
             if row is None:
                 row = models.Worker(name=cfg.name)
                 s.add(row)
             row.hostname, row.pid, row.device = socket.gethostname(), os.getpid(), cfg.device
             row.device_class_id, row.fingerprint_id = self.dc_id, self.fp_id
-            row.started_at = row.heartbeat_at = now()
+            row.started_at = row.heartbeat_at = utcnow()
             row.stopped_at = None
             s.flush()
             self.worker_id = row.id
@@ -86,59 +78,20 @@ class WorkerService:
         self._stop.set()
         self.harness.close()
         with session_scope(self.cfg.db_url) as s:
-            s.execute(update(models.Worker).where(models.Worker.id == self.worker_id).values(stopped_at=now()))
+            s.execute(update(models.Worker).where(models.Worker.id == self.worker_id).values(stopped_at=utcnow()))
 
     def _beat(self) -> None:
         while not self._stop.wait(self.cfg.heartbeat_s):
             try:
                 with session_scope(self.cfg.db_url) as s:
                     s.execute(update(models.Worker).where(models.Worker.id == self.worker_id)
-                              .values(heartbeat_at=now(), fingerprint_id=self.fp_id))
-                self.resend_stalled()
+                              .values(heartbeat_at=utcnow(), fingerprint_id=self.fp_id))
+                resend_stalled(self.cfg.db_url, self.dc.slug, self.cfg.stall_s, self.send)
             except Exception:  # a database blip must not end the heartbeat thread
                 log.exception("heartbeat failed")
 
-    # ---- the janitor -------------------------------------------------------------------
-    def resend_stalled(self) -> int:
-        """Re-send a batch for every running key of our class with no recent activity."""
-        cutoff = now() - timedelta(seconds=self.cfg.stall_s)
-        sent = 0
-        with session_scope(self.cfg.db_url) as s:
-            rows = s.execute(
-                select(models.JobKey, models.Job)
-                .join(models.Job, models.Job.id == models.JobKey.job_id)
-                .where(models.Job.state.in_(("queued", "running")), models.Job.origin == "queued",
-                       models.JobKey.state.in_(("running", "finalizing")))).all()
-            for key_row, job in rows:
-                if not matches(job.device_selector, self.dc.slug):
-                    continue
-                if key_row.state == "finalizing":
-                    # a finalizer that died: give the key back; its next batch finalizes it again
-                    if aware(key_row.enqueued_at) and aware(key_row.enqueued_at) < cutoff - 2 * (now() - cutoff):
-                        key_row.state = "running"
-                    else:
-                        continue
-                last = s.scalar(select(func.max(models.TuningTrial.created_at))
-                                .where(models.TuningTrial.job_key_id == key_row.id))
-                latest = max(t for t in (aware(last), aware(key_row.enqueued_at), aware(job.created_at)) if t)
-                if latest > cutoff:
-                    continue
-                claimed = s.execute(update(models.JobKey).where(
-                    models.JobKey.id == key_row.id,
-                    (models.JobKey.enqueued_at.is_(None)) | (models.JobKey.enqueued_at == key_row.enqueued_at))
-                    .values(enqueued_at=now())).rowcount
-                if claimed:
-                    s.commit()
-                    self.send(batch_message(job, key_row))
-                    log.warning("re-sent stalled key %s of job %s", key_row.id, job.id)
-                    sent += 1
-        return sent
-
     # ---- a batch -----------------------------------------------------------------------
     def handle(self, msg: BatchMessage, batch_trials: int) -> str:
-        from workers.finalize import finalize
-        from workers.search import SearchContext, run_batch, seed_configs, study_name
-
         key = msg.tuning_key
         target = self.dc.target
         with session_scope(self.cfg.db_url) as s:
@@ -155,8 +108,8 @@ class WorkerService:
             if not elsewhere:
                 key_row.study_name = name  # where the stack or class that began the key is gone: here now
                 s.execute(update(models.Job).where(models.Job.id == job.id, models.Job.state == "queued")
-                          .values(state="running", started_at=now()))
-                key_row.enqueued_at = now()
+                          .values(state="running", started_at=utcnow()))
+                key_row.enqueued_at = utcnow()
             job_request = job.request
         if elsewhere:
             # Live workers of another stack or class measure this key in their study: the batch
@@ -173,7 +126,6 @@ class WorkerService:
                         seeds=lambda: seed_configs(ctx, first=warm_seeds(job_request, key.stable_hash)))
         if self._cancelled(msg.job_id):
             return "cancelled"
-        from workers.search import counted_trials
         exhausted = ran < batch_trials  # the budget is spent, or the space has nothing left
         if not exhausted and counted_trials(self.cfg.db_url, msg.job_key_id) < msg.budget_trials:
             self.send(msg)
@@ -197,8 +149,6 @@ class WorkerService:
         return s.scalar(select(models.JobKey.study_name).where(models.JobKey.id == key_row_id))
 
     def _measured_by_live_workers(self, s, key, measurement: Measurement, study: str) -> bool:
-        from workers.search import study_name
-
         return any(study_name(key, slug, fp, measurement) == study
                    for slug, fps in live_stacks(s, self.cfg.dead_after_s).items() for fp in fps)
 
@@ -210,7 +160,7 @@ class WorkerService:
         with session_scope(self.cfg.db_url) as s:
             return s.execute(update(models.JobKey).where(models.JobKey.id == job_key_id,
                                                          models.JobKey.state == "running")
-                             .values(state="finalizing", enqueued_at=now())).rowcount == 1
+                             .values(state="finalizing", enqueued_at=utcnow())).rowcount == 1
 
     def _finish_job(self, job_id: str) -> None:
         with session_scope(self.cfg.db_url) as s:
@@ -218,13 +168,5 @@ class WorkerService:
             if all(st in ("done", "failed") for st in states):
                 final = "done" if any(st == "done" for st in states) else "failed"
                 s.execute(update(models.Job).where(models.Job.id == job_id, models.Job.state == "running")
-                          .values(state=final, finished_at=now(),
+                          .values(state=final, finished_at=utcnow(),
                                   error=None if final == "done" else "no configuration ran correctly"))
-
-
-def batch_message(job, key_row, batch_trials: int = 4) -> BatchMessage:
-    from workers.device import queue_for
-    return BatchMessage(job_id=job.id, job_key_id=key_row.id, key=key_row.key, sampler=job.sampler,
-                        seed=job.seed, budget_trials=key_budget(job, key_row.key_hash),
-                        batch_trials=job.request.get("batch_trials", batch_trials),
-                        queue=queue_for(job.device_selector))

@@ -5,8 +5,8 @@ import logging
 
 from celery import Celery
 
-from workers.app import BATCH_TASK, RETUNE_TASK
 from workers.batch import BatchMessage
+from workers.queues import BATCH_TASK, RETUNE_TASK
 
 log = logging.getLogger("tuner.worker")
 

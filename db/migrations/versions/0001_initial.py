@@ -4,8 +4,8 @@ best configurations (never overwritten: superseded rows keep the history).
 Revision ID: 0001
 Revises:
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0001"
 down_revision = None

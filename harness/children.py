@@ -1,6 +1,6 @@
 """Child processes that speak one JSON object per line on stdin and stdout: the benchmark
-process (workers/bench_child.py), the compile processes (workers/precompile.py) and the build
-processes (workers/cross_build.py). Started in a new session so a kill takes their
+process (harness/benchmark.py), the compile processes (harness/compile_pool.py) and the build
+processes (harness/cross_build.py). Started in a new session so a kill takes their
 grandchildren (ptxas, a compiler) too; their stderr is kept for the error message of a crash,
 and a child that stopped answering can be asked where it is stuck.
 """
@@ -21,14 +21,16 @@ log = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 180.0  # importing torch and triton on a busy 2-core machine is slow
 
 
-_ROLES = {"workers.precompile": "compile process", "workers.cross_build": "build process"}
+_ROLES = {"harness.compile_pool": "compile process", "harness.cross_build": "build process"}
 
 
 class Child:
     """A child process speaking one JSON object per line on its stdin and stdout."""
 
-    def __init__(self, device: str, module: str = "workers.bench_child", env: dict[str, str] | None = None):
-        env = {**os.environ, **(env or {})}
+    def __init__(self, device: str, module: str = "harness.benchmark", env: dict[str, str] | None = None):
+        # no TUNER_ setting reaches a child: the parent hands over what it needs (the kernel
+        # modules, in the ping), and third-party kernel code never sees database or broker URLs
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("TUNER_")}, **(env or {})}
         if device == "cpu":
             env["TRITON_INTERPRET"] = "1"  # must precede the child's first triton import
         else:
@@ -91,7 +93,7 @@ class Child:
 
     def where(self, wait_s: float = 2.0) -> str:
         """Where a child that stopped answering is stuck: it dumps its Python stack to stderr on
-        SIGUSR1 (bench_child.serve registers faulthandler for it). The innermost frames of the
+        SIGUSR1 (benchmark.serve registers faulthandler for it). The innermost frames of the
         thread it was running, innermost first; "" when no dump arrives within wait_s."""
         before = self.lines
         try:
@@ -155,10 +157,12 @@ def _signal_name(number: int) -> str:
 def spawn_children(device: str, module: str, n: int, env: dict[str, str] | None = None) -> list[Child]:
     """n children started and pinged, not waited for: their imports run while the caller goes on.
     env: added to theirs. `await_children` collects them."""
+    from search_spaces import registry
+
     children = [Child(device, module, env) for _ in range(n)]
     for child in children:
         try:
-            child.send({"op": "ping", "device": device})
+            child.send({"op": "ping", "device": device, "kernel_modules": list(registry.KERNELS.modules)})
         except (BrokenPipeError, OSError):
             pass
     return children

@@ -137,3 +137,24 @@ def time_cuda(fn: Launch | Sequence[Launch], warmup: int, reps: int, min_time_s:
         return start.elapsed_time(end)
 
     return _repeat(once, reps, min_time_s, early_stop_ms)
+
+
+def interpreter_do_bench(fn, quantiles=None, warmup=25, rep=100) -> list[float]:
+    """triton.testing.do_bench's call counts on perf_counter, for @triton.autotune in the
+    interpreter (which has no driver to time with): one call, five to estimate, then warm-up and
+    repetitions sized to 25 ms and 100 ms. Returns [median, p20, p80] in ms."""
+    fn()
+    t = time.perf_counter()
+    for _ in range(5):
+        fn()
+    estimate_ms = (time.perf_counter() - t) / 5 * 1e3
+    for _ in range(max(1, int(warmup / estimate_ms))):
+        fn()
+    times = []
+    for _ in range(max(1, int(rep / estimate_ms))):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    median, p20, p80, _ = summarize(times)
+    return [median, p20, p80]
+

@@ -7,7 +7,7 @@ the matrix instructions chosen): the MI300X path included, which no machine here
 What this cannot tell: the time a build takes to run, and anything only the driver decides
 at load time beyond the shared-memory and register limits checked here.
 
-In-process here; workers/cross_build.py runs builds in a child process, which the tests need
+In-process here; harness/cross_build.py runs builds in a child process, which the tests need
 (under TRITON_INTERPRET=1 @triton.jit gives interpreter functions that cannot be compiled) and
 which can be killed when ptxas hangs.
 """
@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from devices import vendors
 from search_spaces.base import NV_REGS_PER_BLOCK, Config, KernelSpec, SpecError, Target, TuningKey
 
 # ptxas stores a word or two to the stack even at 72 of 255 registers (seen on sm_90): that is
@@ -56,17 +57,6 @@ class Build:
         return None
 
 
-def triton_target(target: Target):
-    """Triton's GPUTarget for one of our architectures (sm_90 -> cuda 90, gfx942 -> hip gfx942)."""
-    from triton.backends.compiler import GPUTarget
-
-    if target.is_interpreter:
-        raise SpecError("the interpreter has no binary to build; name a GPU architecture such as sm_90")
-    if target.is_hip:
-        return GPUTarget("hip", target.arch, target.warp_size)
-    return GPUTarget("cuda", int(target.arch.removeprefix("sm_")), target.warp_size)
-
-
 def cross_compile(spec: KernelSpec, config: Config, key: TuningKey, target: Target):
     """Compile config for key exactly as its launch on target would (same specialization, same
     options), without the device. Returns (Triton's CompiledKernel, Build); raises what the
@@ -75,13 +65,13 @@ def cross_compile(spec: KernelSpec, config: Config, key: TuningKey, target: Targ
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import MockTensor, create_function_from_signature
 
-    gpu = triton_target(target)
+    gpu = vendors.get(target.vendor).triton_target(target)
     s = spec.specialization(config, key, target)
     if s is None:
         raise SpecError(f"{spec.name} does not describe its launch (no specialization); it cannot be cross-compiled")
     if not hasattr(s.fn, "params"):
         raise SpecError("TRITON_INTERPRET=1 made the kernel an interpreter function; build in a "
-                        "workers.cross_build.Builder process")
+                        "harness.cross_build.Builder process")
     # what JITFunction.run does before it compiles, with the target's backend in place of the
     # live driver's: bind, specialize (alignment, divisibility by 16), split constexprs
     backend = make_backend(gpu)

@@ -7,16 +7,14 @@ never by importing triton; torch is imported only for a GPU, which needs it anyw
 """
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-from dataclasses import dataclass, fields as dataclass_fields, replace
+from dataclasses import dataclass, replace
+from dataclasses import fields as dataclass_fields
 from functools import lru_cache
 from importlib import metadata
 from typing import Any, Mapping
 
+from devices import vendors
 from search_spaces.base import SpecError, stable_hash
-from workers.device import DeviceClass
 
 
 @dataclass(frozen=True)
@@ -66,8 +64,9 @@ def parse_override(text: str) -> dict[str, str]:
     return out
 
 
-def live_fingerprint(device_class: DeviceClass, override: str = "") -> StackFingerprint:
-    """The stack this process runs on for device_class, with `override` (TUNER_FINGERPRINT_OVERRIDE) applied."""
+def live_fingerprint(device_class, override: str = "") -> StackFingerprint:
+    """The stack this process runs on for device_class (a devices.classes.DeviceClass), with
+    `override` (TUNER_FINGERPRINT_OVERRIDE) applied."""
     changes = parse_override(override)
     return replace(_probe(device_class.vendor), **changes)
 
@@ -86,44 +85,5 @@ def _package_version(*names: str) -> str:
 def _probe(vendor: str) -> StackFingerprint:
     # Keyed by vendor, not by device: one process sees one driver and one runtime for all its GPUs.
     triton = _package_version("triton", "pytorch-triton-rocm", "pytorch-triton")
-    torch_version = _package_version("torch")
-    if vendor == "cpu":
-        return StackFingerprint("none", "none", triton, torch_version)
-    import torch
-
-    if vendor == "amd":
-        # torch wheels bundle the HIP runtime, so torch's own version is the one kernels run on.
-        hip = str(getattr(torch.version, "hip", None) or "unknown")
-        return StackFingerprint(_amd_driver(), f"rocm-{hip.split('-')[0]}", triton, torch_version)
-    return StackFingerprint(_nvidia_driver(), f"cuda-{torch.version.cuda or 'unknown'}", triton, torch_version)
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def _nvidia_driver() -> str:
-    # The kernel module's version, e.g. 555.42.06: a point release changes it but not the CUDA
-    # driver API version (12.5), and point releases do change code generation and timing.
-    found = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9][0-9.]+)", _read("/proc/driver/nvidia/version"))
-    if found:
-        return found.group(1)
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=5, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    lines = [line.strip() for line in out.splitlines() if line.strip()]
-    return lines[0] if lines else "unknown"
-
-
-def _amd_driver() -> str:
-    version = _read("/sys/module/amdgpu/version").strip()
-    if version:
-        return version
-    # No DKMS module: the amdgpu driver is the one built into the running kernel.
-    return f"kernel-{os.uname().release}"
+    v = vendors.get(vendor)
+    return StackFingerprint(v.driver(), v.runtime(), triton, _package_version("torch"))

@@ -5,20 +5,18 @@ the device name: names drift between drivers (vLLM has shipped several bugs from
 MI300X, MI308X and MI325X all report gfx942. The name is consulted only where the numbers cannot
 tell two products apart (A100 PCIe vs SXM, H200 vs H200 NVL).
 
-torch is imported inside probe() only: the runtime lookup imports this module and must stay light.
+Nothing here imports torch (devices/probe.py reads the properties): the runtime lookup imports
+this module and must stay light.
 """
 from __future__ import annotations
 
-import os
-import platform
 import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Mapping
 
+from devices import vendors
 from search_spaces.base import SpecError, Target, stable_hash, target_for
-
-QUEUE_PREFIX = "tune."
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ class DeviceClass:
         try:
             return target_for(self.arch, self.compute_units)
         except SpecError:
-            return _generic_target(self.vendor, self.arch, self.compute_units)
+            return vendors.get(self.vendor).generic_target(self.arch, self.compute_units)
 
     @property
     def is_known(self) -> bool:
@@ -57,19 +55,6 @@ class DeviceClass:
     @cached_property
     def stable_hash(self) -> str:
         return stable_hash(self.to_json())
-
-
-def _generic_target(vendor: str, arch: str, compute_units: int) -> Target:
-    # An architecture base.py has no row for yet (Blackwell, Turing, RDNA...). Limits every device
-    # of the vendor meets: invalid configs are pruned too eagerly rather than sent to crash.
-    if vendor == "amd":
-        # gfx9 (GCN/CDNA) runs 64-wide wavefronts; RDNA (gfx10+) is compiled wave32 by Triton.
-        warp = 64 if re.fullmatch(r"gfx9[0-9a-f]{1,2}", arch) else 32
-        return Target("amd", arch, 65536, warp, 512, compute_units)
-    if vendor == "cpu":
-        return target_for("interpreter", compute_units)
-    # 48 KiB is the per-block shared memory every CUDA GPU grants without the opt-in.
-    return Target("nvidia", arch, 49152, 32, 255, compute_units)
 
 
 CPU_INTERPRETER = DeviceClass("cpu", "interpreter", "Triton CPU interpreter", 1, 0, "cpu-interpreter", ("cpu",))
@@ -125,11 +110,12 @@ def nominal_memory_gb(total_bytes: int) -> int:
 
 
 def _generic_slug(vendor: str, arch: str, compute_units: int, memory_gb: int) -> str:
-    unit = "sm" if vendor == "nvidia" else "cu"
-    return f"{vendor}-{arch}-{compute_units}{unit}-{memory_gb}gb"
+    return f"{vendor}-{arch}-{compute_units}{vendors.get(vendor).compute_unit}-{memory_gb}gb"
 
 
-_GENERIC_SLUG = re.compile(r"(nvidia|amd)-[a-z0-9_]+-[0-9]+(sm|cu)-(?P<gb>[0-9]+)gb")
+_GPUS = [v for v in vendors.VENDORS if v.name != "cpu"]
+_GENERIC_SLUG = re.compile(rf"({'|'.join(v.name for v in _GPUS)})-[a-z0-9_]+-[0-9]+"
+                           rf"({'|'.join({v.compute_unit for v in _GPUS})})-(?P<gb>[0-9]+)gb")
 
 
 def classify(props: Mapping[str, Any]) -> DeviceClass:
@@ -137,30 +123,23 @@ def classify(props: Mapping[str, Any]) -> DeviceClass:
 
     Never raises for a GPU it does not know: such a device gets a generic class named by its numbers.
     """
-    if props.get("type") == "cpu":
+    vendor = vendors.for_props(props)
+    if vendor.name == "cpu":
         return CPU_INTERPRETER
     raw_name = " ".join(str(props.get("name") or "").split())
-    # CUDA builds of torch fill gcnArchName with a sentence, so only a "gfx" prefix means AMD.
-    gcn = str(props.get("gcnArchName") or "").strip().lower()
-    if props.get("is_hip") or gcn.startswith("gfx"):
-        vendor = "amd"
-        # "gfx942:sramecc+:xnack-": the suffix lists target features, not a different chip.
-        arch = gcn.split(":")[0] if gcn.startswith("gfx") else "gfx-unknown"
-    else:
-        vendor = "nvidia"
-        arch = f"sm_{int(props.get('major', 0))}{int(props.get('minor', 0))}"
+    arch = vendor.arch(props)
     cus = int(props.get("multi_processor_count", 0))
     mem = nominal_memory_gb(int(props.get("total_memory", 0)))
 
     candidates = [dc for dc in KNOWN_DEVICES
-                  if (dc.vendor, dc.arch, dc.compute_units, dc.memory_gb) == (vendor, arch, cus, mem)]
+                  if (dc.vendor, dc.arch, dc.compute_units, dc.memory_gb) == (vendor.name, arch, cus, mem)]
     lowered = raw_name.lower()
     hinted = [dc for dc in candidates if dc.slug in _NAME_HINTS and _NAME_HINTS[dc.slug] in lowered]
     plain = [dc for dc in candidates if dc.slug not in _NAME_HINTS]
     if hinted or plain:
         return (hinted or plain)[0]
-    name = raw_name or f"{'AMD' if vendor == 'amd' else 'NVIDIA'} {arch}"
-    return DeviceClass(vendor, arch, name, cus, mem, _generic_slug(vendor, arch, cus, mem))
+    name = raw_name or f"{vendor.label} {arch}"
+    return DeviceClass(vendor.name, arch, name, cus, mem, _generic_slug(vendor.name, arch, cus, mem))
 
 
 def known_selectors() -> list[str]:
@@ -184,7 +163,7 @@ def _generic_memory_gb(slug: str) -> int | None:
 def resolve_device_class(text: str) -> str:
     """A device class as a user wrote it ("H100", "mi300x", "h100-sxm-80gb") -> its canonical selector.
 
-    The result is a family alias or an exact slug; either is a queue suffix (`queue_for`).
+    The result is a family alias or an exact slug; either is a queue suffix (workers/queues.py).
     """
     selector = str(text).strip().lower()
     if selector in ALIASES or selector in _BY_SLUG or _GENERIC_SLUG.fullmatch(selector):
@@ -199,63 +178,3 @@ def matches(alias_or_slug: str, slug: str) -> bool:
     return selector == slug or slug in ALIASES.get(selector, ())
 
 
-def queue_for(text: str) -> str:
-    """The queue a job for this device class is sent to."""
-    return QUEUE_PREFIX + resolve_device_class(text)
-
-
-def queue_names(dc: DeviceClass) -> tuple[str, ...]:
-    """The queues a worker of this class consumes: its exact slug first, then its families."""
-    return (QUEUE_PREFIX + dc.slug,) + tuple(QUEUE_PREFIX + a for a in dc.aliases)
-
-
-def _cpu_props() -> dict[str, Any]:
-    # For the record only; the interpreter class is the same on every machine.
-    return {"type": "cpu", "name": platform.processor() or platform.machine() or "cpu",
-            "cpu_count": os.cpu_count() or 1}
-
-
-def _gpu_props(torch: Any, index: int) -> dict[str, Any]:
-    p = torch.cuda.get_device_properties(index)
-    return {"name": p.name, "gcnArchName": str(getattr(p, "gcnArchName", "") or ""),
-            "major": int(p.major), "minor": int(p.minor),
-            "multi_processor_count": int(p.multi_processor_count), "total_memory": int(p.total_memory),
-            "is_hip": bool(getattr(torch.version, "hip", None))}
-
-
-_DEVICE = re.compile(r"cuda(?::([0-9]+))?")
-
-
-def probe(device: str | None = None) -> tuple[DeviceClass, dict[str, Any]]:
-    """The class of a live device and the properties it was decided from.
-
-    `device` is "cpu", "cuda" or "cuda:N" (ROCm GPUs are cuda:N too); None picks cuda:0 when a GPU
-    is visible, else the CPU interpreter.
-    """
-    text = None if device is None else str(device).strip().lower()
-    if text == "cpu":
-        return CPU_INTERPRETER, _cpu_props()
-    match = _DEVICE.fullmatch(text) if text is not None else None
-    if text is not None and match is None:
-        raise SpecError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
-    try:
-        import torch
-    except ImportError:
-        if text is None:
-            return CPU_INTERPRETER, _cpu_props()
-        raise SpecError(f"device {device!r} needs torch, which is not installed; use --device cpu") from None
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if text is None:
-        if count == 0:
-            return CPU_INTERPRETER, _cpu_props()
-        index = 0
-    else:
-        index = int(match.group(1) or 0)
-        if count == 0:
-            raise SpecError(f"no CUDA/ROCm device visible for {device!r} (torch {torch.__version__}); "
-                            f"use --device cpu")
-        if index >= count:
-            raise SpecError(f"device {device!r} does not exist: {count} GPU(s) visible, "
-                            f"use cuda:0..cuda:{count - 1}")
-    props = _gpu_props(torch, index)
-    return classify(props), props

@@ -2,7 +2,7 @@
 crash or a hang, so a bad kernel costs one trial and never the worker.
 
 `Harness.run` measures one request. `Harness.stream` measures requests as a caller hands them
-over, keeping a few in flight: on a GPU a pool of compile processes (workers/precompile.py)
+over, keeping a few in flight: on a GPU a pool of compile processes (harness/compile_pool.py)
 builds them into Triton's on-disk cache while the benchmark process measures what is already
 built, and configurations that build the same binary are measured once. `Harness.run_many`
 is a stream of a fixed list, answered in the order of the requests.
@@ -17,10 +17,10 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Callable, Iterator, TypeVar
 
+from harness.benchmark import poisoned
+from harness.children import Child, await_children, spawn_children
+from harness.protocol import TrialRequest, TrialResult
 from search_spaces.base import canonical_json, config_hash
-from workers.bench_child import poisoned
-from workers.children import Child, await_children, spawn_children
-from workers.messages import TrialRequest, TrialResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,7 +67,7 @@ class Harness:
         """Start the device's benchmark process without waiting for it, unless one is up or coming."""
         child = self._children.get(device)
         if device not in self._spawned and (child is None or child.proc.poll() is not None):
-            (self._spawned[device],) = spawn_children(device, "workers.bench_child", 1)
+            (self._spawned[device],) = spawn_children(device, "harness.benchmark", 1)
 
     def _child(self, device: str) -> Child:
         child = self._children.get(device)
@@ -94,7 +94,7 @@ class Harness:
         if not wanted:
             return None
         if device not in self._pools:
-            from workers.precompile import CompilePool, default_workers
+            from harness.compile_pool import CompilePool, default_workers
 
             self._spawn(device)  # the benchmark process is needed next: its startup overlaps the pool's
             try:

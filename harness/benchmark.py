@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable
 
-from workers.messages import TrialRequest, TrialResult
+from harness.protocol import TrialRequest, TrialResult
 
 _inputs: "OrderedDict[tuple, tuple[Any, Any]]" = OrderedDict()
 _targets: dict[str, Any] = {}
@@ -25,14 +25,14 @@ _POISON = ("illegal memory access", "unspecified launch failure", "device-side a
 _RESOURCE_TEXT = ("out of memory", "out of resource", "too many resources requested")
 
 
-def _target(device: str):
+def device_target(device: str):
     if device not in _targets:
-        from workers.device import probe
+        from devices.probe import probe
         _targets[device] = probe(device)[0].target
     return _targets[device]
 
 
-def _classify(exc: BaseException) -> str:
+def classify_error(exc: BaseException) -> str:
     try:
         from triton.compiler.errors import CompilationError
         from triton.runtime.errors import OutOfResources
@@ -55,12 +55,12 @@ def _classify(exc: BaseException) -> str:
     return "crashed"
 
 
-def _message(exc: BaseException) -> str:
+def error_message(exc: BaseException) -> str:
     """"Type: the line that says what went wrong". Triton's compile errors print the source
     excerpt first and the reason last; every other error (torch's CUDA errors among them, which
     follow the reason with four lines of debugging advice) leads with the reason."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    compile_error = _classify(exc) == "compile_error"
+    compile_error = classify_error(exc) == "compile_error"
     reason = (lines[-1] if compile_error else lines[0]) if lines else ""
     return f"{type(exc).__name__}: {reason}"[:1000]
 
@@ -86,7 +86,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _use_device(device: str) -> None:
+def use_device(device: str) -> None:
     """Make the trial's GPU the current one: Triton launches, events and graphs go to it."""
     if device != "cpu":
         import torch
@@ -138,7 +138,7 @@ def resolve(req: TrialRequest):
 
 
 def run_trial(req: TrialRequest) -> TrialResult:
-    from workers.timing import summarize, time_cpu, time_cuda
+    from harness.timing import summarize, time_cpu, time_cuda
 
     config = req.config
     try:
@@ -146,9 +146,9 @@ def run_trial(req: TrialRequest) -> TrialResult:
     except Refused as r:
         return TrialResult.failed(r.status, r.message, config)
     try:
-        target = _target(req.device)
+        target = device_target(req.device)
     except Exception as exc:
-        return TrialResult.failed("crashed", f"cannot open {req.device}: {_message(exc)}", config)
+        return TrialResult.failed("crashed", f"cannot open {req.device}: {error_message(exc)}", config)
     if target.arch != req.arch:
         # a message routed to the wrong device class: its checks were for other limits
         return TrialResult.failed("invalid", f"request for arch {req.arch} reached a {target.arch} device "
@@ -158,13 +158,13 @@ def run_trial(req: TrialRequest) -> TrialResult:
         return TrialResult.failed("invalid", reason, config)
     rotate = max(1, req.rotate_buffers)
     try:
-        _use_device(req.device)
+        use_device(req.device)
         inputs, ref = _inputs_for(spec, key, req.device, req.seed, keep=rotate)
         # more input sets (seeds seed+1 ...), made the same way: the output is checked on the first
         sets = [inputs] + [_inputs_for(spec, key, req.device, req.seed + j, keep=rotate, reference=False)[0]
                            for j in range(1, rotate)]
     except Exception as exc:
-        return TrialResult.failed("crashed", f"making inputs failed: {_message(exc)}", config)
+        return TrialResult.failed("crashed", f"making inputs failed: {error_message(exc)}", config)
 
     def launch():
         return spec.launch(config, inputs)
@@ -175,7 +175,7 @@ def run_trial(req: TrialRequest) -> TrialResult:
         _sync(req.device)
         compile_s = time.perf_counter() - t
     except Exception as exc:
-        return TrialResult.failed(_classify(exc), _message(exc), config)
+        return TrialResult.failed(classify_error(exc), error_message(exc), config)
     import torch
 
     atol, rtol = spec.tolerances.get(key.dtype, (1e-3, 1e-3))
@@ -220,7 +220,7 @@ def run_trial(req: TrialRequest) -> TrialResult:
             if kept == "second":
                 samples, stopped, stats = again, again_stopped, again_stats
     except Exception as exc:
-        return TrialResult.failed(_classify(exc), _message(exc), config)
+        return TrialResult.failed(classify_error(exc), error_message(exc), config)
     median, p20, p80, cv = stats
     return TrialResult(status="ok", median_ms=median, p20_ms=p20, p80_ms=p80, cv=cv, reps=len(samples),
                        compile_s=compile_s, max_abs_err=err, early_stopped=stopped, config=config,
@@ -232,20 +232,27 @@ def preload() -> None:
     of torch and triton imports) is paid when the process starts, not inside the first trial."""
     import importlib
 
-    for name in ("torch", "triton", "search_spaces.registry", "workers.timing"):
+    for name in ("torch", "triton", "search_spaces.registry", "harness.timing"):
         importlib.import_module(name)
 
 
 def pong(msg: dict) -> dict:
-    """The answer to a ping; a ping naming a device also opens it (the CUDA context, the probe),
-    so that is startup too. A device that fails here fails again, with its message, in a trial."""
+    """The answer to a ping, the first message a child gets. It names the kernel modules the
+    parent's registry was configured with (the child reads no settings of its own), and a ping
+    naming a device also opens it (the CUDA context, the probe), so that is startup too. A device
+    that fails here fails again, with its message, in a trial."""
+    from search_spaces import registry
+
+    modules = msg.get("kernel_modules")
+    if isinstance(modules, list) and all(isinstance(m, str) for m in modules):
+        registry.configure(modules)
     device = msg.get("device")
     if isinstance(device, str) and device.startswith("cuda"):
         try:
-            _use_device(device)
-            _target(device)
+            use_device(device)
+            device_target(device)
         except Exception as exc:
-            print(f"opening {device} failed: {_message(exc)}", file=sys.stderr)
+            print(f"opening {device} failed: {error_message(exc)}", file=sys.stderr)
     return {"op": "pong", "pid": os.getpid()}
 
 

@@ -19,11 +19,13 @@ from sqlalchemy import func, select
 
 from db import models, store
 from db.session import session_scope
+from harness.harness import Harness
+from harness.protocol import Measurement, TrialRequest, TrialResult
+from search import strategies
+from search.propose import propose
+from search.strategies.base import Seen, Strategy
 from search_spaces import registry
-from search_spaces.base import Config, Target, TuningKey, config_hash
-from workers.harness import Harness
-from workers.messages import Measurement, TrialRequest, TrialResult
-from workers.strategies import Strategy, propose
+from search_spaces.base import Config, KernelSpec, Target, TuningKey, config_hash
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -69,7 +71,7 @@ def open_study(ctx: SearchContext, seeds: Callable[[], list[Config]] | None = No
     """Load the key's study, or create it with `seeds()` enqueued first (computed only then: a
     worker opens the study once per batch)."""
     st = storage(ctx.db_url)
-    sampler = Strategy(ctx.sampler, ctx.seed).sampler()
+    sampler = strategies.make(ctx.sampler, ctx.seed).sampler()
     try:
         return optuna.load_study(study_name=ctx.study_name, storage=st, sampler=sampler)
     except KeyError:
@@ -79,9 +81,13 @@ def open_study(ctx: SearchContext, seeds: Callable[[], list[Config]] | None = No
                                     direction="minimize")
     except optuna.exceptions.DuplicatedStudyError:  # another worker created it first
         return optuna.load_study(study_name=ctx.study_name, storage=st, sampler=sampler)
-    for config in seeds() if seeds else []:
-        study.enqueue_trial(config, skip_if_exists=True)
+    enqueue(study, seeds() if seeds else [])
     return study
+
+
+def enqueue(study: optuna.Study, configs: list[Config]) -> None:
+    for config in configs:
+        study.enqueue_trial(config, skip_if_exists=True)
 
 
 def seed_configs(ctx: SearchContext, first: list[Config] = ()) -> list[Config]:
@@ -89,11 +95,15 @@ def seed_configs(ctx: SearchContext, first: list[Config] = ()) -> list[Config]:
     strategy, then the strategy's own seeds (for auto: the default, the nearest stored shapes'
     bests, the kernel's known-good configurations). Valid ones only, each once."""
     spec = registry.get(ctx.key.kernel)
-    strategy = Strategy(ctx.sampler, ctx.seed)
-    near = nearest_bests(ctx.db_url, ctx.key, ctx.device_class_id) if ctx.sampler == "auto" else []
+    strategy = strategies.make(ctx.sampler, ctx.seed)
+    near = nearest_bests(ctx.db_url, ctx.key, ctx.device_class_id)
+    return valid_unique(spec, ctx.key, ctx.target, [*first, *strategy.seeds(spec, ctx.key, ctx.target, near)])
+
+
+def valid_unique(spec: KernelSpec, key: TuningKey, target: Target, configs: list[Config]) -> list[Config]:
     out, hashes = [], set()
-    for c in [*first, *strategy.seeds(spec, ctx.key, ctx.target, near)]:
-        if config_hash(c) not in hashes and spec.check(c, ctx.key, ctx.target) is None:
+    for c in configs:
+        if config_hash(c) not in hashes and spec.check(c, key, target) is None:
             hashes.add(config_hash(c))
             out.append(c)
     return out
@@ -103,16 +113,15 @@ def nearest_bests(db_url: str, key: TuningKey, device_class_id: int, k: int = 3)
     """The current best configurations of the k stored shapes nearest to key (log2 distance) on
     the same device class, kernel version and dtype: the warm start of a new shape."""
     with session_scope(db_url) as s:
-        rows = s.execute(select(models.BestConfig.key, models.BestConfig.config).where(
-            models.BestConfig.kernel == key.kernel, models.BestConfig.kernel_version == key.version,
-            models.BestConfig.dtype == key.dtype, models.BestConfig.device_class_id == device_class_id,
-            models.BestConfig.superseded_at.is_(None), models.BestConfig.key_hash != key.stable_hash)).all()
+        rows = [(b.key, b.config) for b, _, _ in store.best_configs(
+            s, kernel=key.kernel, kernel_version=key.version, dtype=key.dtype, device_class_id=device_class_id)
+            if b.key_hash != key.stable_hash]
     want = key.dim_map
 
     def distance(dims: dict) -> float:
         return sum(abs(math.log2(want[n]) - math.log2(max(1, int(dims.get(n, 1))))) for n in want)
 
-    ranked = sorted(rows, key=lambda r: distance(r[0]["dims"]))
+    ranked = sorted(reversed(rows), key=lambda r: distance(r[0]["dims"]))  # oldest first among equals
     return [config for _, config in ranked[:k]]
 
 
@@ -158,6 +167,39 @@ def store_trial(ctx: SearchContext, trial_number: int | None, config: Config, re
             reps=result.reps, compile_s=result.compile_s)
 
 
+class Proposals:
+    """A key's study seen from whoever measures its proposals (the live loop here, the replay in
+    search/replay.py): what has been measured or is in flight, the next proposal, and telling
+    Optuna each result, so both keep the same books."""
+
+    def __init__(self, study: optuna.Study, strategy: Strategy, spec: KernelSpec, key: TuningKey, target: Target,
+                 seen: Seen, on_invalid: Callable[[int, Config, str], None] | None = None):
+        self.study, self.strategy, self.spec, self.key, self.target = study, strategy, spec, key, target
+        self.seen, self.on_invalid = seen, on_invalid
+        self.in_flight = 0
+
+    def next(self, counted: int) -> tuple[optuna.Trial, Config] | None:
+        """The next configuration to measure, marked in flight; None when the space has nothing
+        left. `counted`: trials already counted against the budget (those in flight are added)."""
+        proposal = propose(self.study, self.strategy, self.spec, self.key, self.target, self.seen,
+                           counted + self.in_flight, self.on_invalid)
+        if proposal is not None:
+            self.seen[config_hash(proposal[1])] = ("pending", None)  # never proposed twice while in flight
+            self.in_flight += 1
+        return proposal
+
+    def best(self) -> float | None:
+        return min((m for s, m in self.seen.values() if s == "ok" and m is not None), default=None)
+
+    def tell(self, trial: optuna.Trial, config: Config, status: str, median_ms: float | None) -> None:
+        self.in_flight -= 1
+        self.seen[config_hash(config)] = (status, median_ms)
+        if status == "ok":
+            self.study.tell(trial, median_ms)
+        else:
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+
 def run_batch(ctx: SearchContext, harness: Harness, max_trials: int,
               on_trial: Callable[[Config, TrialResult], None] | None = None,
               should_stop: Callable[[], bool] | None = None,
@@ -172,40 +214,31 @@ def run_batch(ctx: SearchContext, harness: Harness, max_trials: int,
     trials each has in flight.
     """
     spec = registry.get(ctx.key.kernel)
-    strategy = Strategy(ctx.sampler, ctx.seed)
-    study = open_study(ctx, seeds)
-    seen = measured(ctx.db_url, ctx.study_name)
-    ran, flying = 0, 0
 
     def invalid(number: int, config: Config, reason: str) -> None:
         store_trial(ctx, number, config, TrialResult.failed("invalid", reason, config))
 
+    book = Proposals(open_study(ctx, seeds), strategies.make(ctx.sampler, ctx.seed), spec, ctx.key, ctx.target,
+                     measured(ctx.db_url, ctx.study_name), invalid)
+    ran = 0
+
     def take() -> tuple[tuple[optuna.Trial, Config], TrialRequest] | None:
-        nonlocal flying
-        if ran + flying >= max_trials or (should_stop and should_stop()):
+        if ran + book.in_flight >= max_trials or (should_stop and should_stop()):
             return None
-        counted = counted_trials(ctx.db_url, ctx.job_key_id) + flying
-        if counted >= ctx.budget_trials:
+        counted = counted_trials(ctx.db_url, ctx.job_key_id)
+        if counted + book.in_flight >= ctx.budget_trials:
             return None
-        proposal = propose(study, strategy, spec, ctx.key, ctx.target, seen, counted, invalid)
+        proposal = book.next(counted)
         if proposal is None:
             return None  # the space has nothing left worth measuring
-        trial, config = proposal
-        seen[config_hash(config)] = ("pending", None)  # never proposed twice while in flight
-        best = min((m for s, m in seen.values() if s == "ok" and m is not None), default=None)
-        flying += 1
-        return proposal, request_for(ctx, config, best * EARLY_STOP_FACTOR if best else None)
+        best = book.best()
+        return proposal, request_for(ctx, proposal[1], best * EARLY_STOP_FACTOR if best else None)
 
     results = harness.stream(take, harness.width(ctx.device), early_stop_factor=EARLY_STOP_FACTOR)
     with contextlib.closing(results):
         for (trial, config), result in results:
-            flying -= 1
             store_trial(ctx, trial.number, config, result)
-            seen[config_hash(config)] = (result.status, result.median_ms)
-            if result.status == "ok":
-                study.tell(trial, result.median_ms)
-            else:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            book.tell(trial, config, result.status, result.median_ms)
             ran += 1
             if on_trial:
                 on_trial(config, result)

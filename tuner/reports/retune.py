@@ -1,54 +1,16 @@
-"""`tuner retune`, `tuner report retune` and `tuner history`: repairing configurations after a
-driver, runtime, Triton or torch update, and showing what it changed."""
+"""`tuner report retune`: what a retune after a driver, runtime, Triton or torch update changed,
+per key, with regressions flagged; as a table, JSON or a plot. (`tuner retune` queues the jobs:
+tuner/coordinator.py.)"""
 from __future__ import annotations
-
-import os
-import socket
 
 from sqlalchemy import select
 
 from db import models
 from db.session import session_scope
-from search_spaces.base import SpecError, config_hash
-from tuner.database import open_for_read, open_for_write
+from search_spaces.base import config_hash
+from tuner.database import open_for_read
 from tuner.errors import UserError
 from tuner.settings import Settings
-
-
-def _class_filter(device_class: str | None):
-    if device_class is None:
-        return None
-    from workers.device import matches, resolve_device_class
-
-    try:
-        selector = resolve_device_class(device_class)
-    except SpecError as exc:
-        raise UserError(str(exc)) from None
-    return lambda slug: matches(selector, slug)
-
-
-def retune(settings: Settings, device_class: str | None, kernel: str | None, stale_only: bool,
-           dry_run: bool, holder: str | None = None) -> dict:
-    """Queue warm-started retune jobs for the keys whose stack changed (see workers/retune.py)."""
-    from workers.retune import enqueue_stale
-
-    match = _class_filter(device_class)
-    if dry_run:
-        url = open_for_read(settings)
-        send = None
-    else:
-        from tuner.coordinator import broker_app
-
-        app = broker_app(settings)  # the broker is checked before anything is written
-        url = open_for_write(settings)
-
-        def send(msg) -> None:
-            app.send_task("tuner.trial_batch", args=[msg.to_json()], queue=msg.queue)
-
-    return enqueue_stale(url, send, holder=holder or f"cli-{socket.gethostname()}-{os.getpid()}",
-                         dead_after_s=settings.worker_dead_after_s,
-                         budget_fraction=settings.retune_budget_fraction, device_class=match, kernel=kernel,
-                         stale_only=stale_only, dry_run=dry_run, batch_trials=settings.batch_trials)
 
 
 def report(settings: Settings, run: str | None) -> dict:

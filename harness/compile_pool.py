@@ -1,6 +1,6 @@
 """Compiling candidates in parallel while the device benchmarks others.
 
-A few persistent compile processes (`python -m workers.precompile`), each answering one JSON
+A few persistent compile processes (`python -m harness.compile_pool`), each answering one JSON
 line per request: the kernel's `compile` hook builds the configuration for the device, Triton
 writes the binary to its on-disk cache (shared through the environment with the benchmark
 process, whose first launch then loads it instead of compiling), and the answer carries the
@@ -25,7 +25,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from workers.messages import TrialRequest
+from harness.protocol import TrialRequest
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +39,17 @@ def default_workers() -> int:
 
 # ---- the compile process --------------------------------------------------------------
 def compile_one(req: TrialRequest) -> dict[str, Any]:
-    from workers.bench_child import Refused, _classify, _message, _target, _use_device, resolve
+    from harness.benchmark import Refused, classify_error, device_target, error_message, resolve, use_device
 
     try:
         spec, key = resolve(req)
     except Refused as r:
         return {"status": r.status, "message": r.message}
     try:
-        _use_device(req.device)
-        target = _target(req.device)
+        use_device(req.device)
+        target = device_target(req.device)
     except Exception as exc:
-        return {"status": "crashed", "message": f"compile process cannot use {req.device}: {_message(exc)}"}
+        return {"status": "crashed", "message": f"compile process cannot use {req.device}: {error_message(exc)}"}
     reason = spec.check(req.config, key, target)
     if reason is not None:
         return {"status": "invalid", "message": reason}
@@ -57,12 +57,12 @@ def compile_one(req: TrialRequest) -> dict[str, Any]:
     try:
         binary = spec.compile(req.config, key, target)
     except Exception as exc:
-        return {"status": _classify(exc), "message": _message(exc)}
+        return {"status": classify_error(exc), "message": error_message(exc)}
     return {"status": "ok", "binary": None if binary is None else str(binary), "compile_s": time.perf_counter() - t}
 
 
 def main() -> None:
-    from workers.bench_child import serve
+    from harness.benchmark import serve
     serve(compile_one, lambda why: {"status": "invalid", "message": why})
 
 
@@ -89,11 +89,11 @@ class CompilePool:
     """
 
     def __init__(self, device: str, workers: int):
-        from workers.children import start_children
+        from harness.children import start_children
 
         self.device = device
         self.restarts = 0
-        children = start_children(device, "workers.precompile", workers)  # raises when none starts
+        children = start_children(device, "harness.compile_pool", workers)  # raises when none starts
         self._idle: "queue.Queue" = queue.Queue()
         for child in children:
             self._idle.put(child)
@@ -134,10 +134,10 @@ class CompilePool:
             self._idle.put(child)  # the slot stays, alive or dead
 
     def _replace(self, dead):
-        from workers.children import start_children
+        from harness.children import start_children
 
         dead.kill()
-        (child,) = start_children(self.device, "workers.precompile", 1)
+        (child,) = start_children(self.device, "harness.compile_pool", 1)
         with self._lock:
             self.restarts += 1
             self._all = [c for c in self._all if c is not dead] + [child]

@@ -1,7 +1,7 @@
 """A process that builds configurations for GPU architectures this machine does not have.
 
-`python -m workers.cross_build` speaks the harness's JSON-lines protocol (workers/bench_child.py
-`serve`, started and pinged by workers/children.py `start_children`): one {"op": "build", "job":
+`python -m harness.cross_build` speaks the harness's JSON-lines protocol (harness/benchmark.py
+`serve`, started and pinged by harness/children.py `start_children`): one {"op": "build", "job":
 {"kernel", "dims", "dtype", "arch", "config"}} a line in, one {"build": Build's fields} or
 {"error": "Type: first line"} out. It runs without TRITON_INTERPRET (the harness's rule for any
 device but "cpu"), which the tests need, and in its own process group, so a ptxas that hangs
@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import asdict
 from typing import Any
 
-from search_spaces.cross_compile import Build
+from harness.cross_compile import Build
 
 DEVICE = "offline"  # no device is opened: builds name their architecture
 _JOB_FIELDS = ("kernel", "dims", "dtype", "arch", "config")
@@ -28,9 +28,9 @@ def _job(msg: dict) -> dict[str, Any]:
 
 
 def build_one(job: dict[str, Any]) -> dict[str, Any]:
+    from harness.cross_compile import cross_compile
     from search_spaces import registry
     from search_spaces.base import target_for
-    from search_spaces.cross_compile import cross_compile
 
     try:
         spec, target = registry.get(job["kernel"]), target_for(job["arch"])
@@ -50,9 +50,9 @@ class Builder:
         self._child = self._start()
 
     def _start(self):
-        from workers.children import start_children
+        from harness.children import start_children
 
-        (child,) = start_children(DEVICE, "workers.cross_build", 1, env=self._env)
+        (child,) = start_children(DEVICE, "harness.cross_build", 1, env=self._env)
         return child
 
     @property
@@ -83,7 +83,7 @@ class Builder:
 
 
 def main() -> None:
-    from workers.bench_child import serve
+    from harness.benchmark import serve
     serve(build_one, lambda why: {"error": why}, parse=_job)
 
 

@@ -15,10 +15,10 @@ from sqlalchemy import select
 
 from db import models, store
 from db.session import session_scope
+from harness.harness import Harness
+from search.loop import SearchContext, request_for
 from search_spaces import registry
 from search_spaces.base import Config, config_hash
-from workers.harness import Harness
-from workers.search import SearchContext, request_for
 
 TOP_K = 3
 ROUNDS = 3

@@ -1,0 +1,60 @@
+"""Asking a study for the next configuration worth measuring: the machinery every strategy shares.
+
+A proposal that the kernel's `check` rejects, or one already measured, is told to Optuna at
+once, costs no trial, and is repaired by the strategy (`Strategy.repair`) to an unmeasured valid
+configuration that is asked for next. The live loop (search/loop.py) and the offline replay
+(search/replay.py) both call `propose`, so what is replayed is what runs.
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import optuna
+
+from search.strategies.base import Seen, Strategy
+from search_spaces.base import Config, KernelSpec, Target, TuningKey, config_hash
+
+MAX_IDLE_PROPOSALS = 200
+
+
+def suggest(trial: optuna.Trial, space: dict[str, tuple]) -> Config:
+    return {name: trial.suggest_categorical(name, list(values)) for name, values in space.items()}
+
+
+def propose(study: optuna.Study, strategy: Strategy, spec: KernelSpec, key: TuningKey, target: Target,
+            seen: Seen, counted: int, on_invalid: Callable[[int, Config, str], None] | None = None
+            ) -> tuple[optuna.Trial, Config] | None:
+    """The next configuration worth measuring, with its Optuna trial; None when the space has
+    nothing left. Invalid and already-measured proposals are told at once and cost no trial;
+    the strategy's repair of one (see `Strategy.repair`) is asked for next."""
+    space = spec.space(target)
+    repaired: Config | None = None
+    for attempt in range(MAX_IDLE_PROPOSALS):
+        nxt = repaired or strategy.next_config(spec, key, target, seen, counted)
+        if nxt is None and strategy.exhausted(spec, key, target, seen):
+            return None
+        if nxt is not None:
+            study.enqueue_trial(nxt)
+        trial = study.ask()
+        config = suggest(trial, space)
+        h = config_hash(config)
+        if h in seen:
+            status, median = seen[h]
+            if status == "ok":
+                study.tell(trial, median)
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        elif (reason := spec.check(config, key, target)) is not None:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            seen[h] = ("invalid", None)
+            if on_invalid:
+                on_invalid(trial.number, config, reason)
+        else:
+            return trial, config
+        rng = random.Random((strategy.seed or 0) * 104729 + counted * 31 + attempt)
+        repaired = strategy.repair(spec, key, target, seen, config, rng)
+        if repaired is None:
+            return None  # every valid configuration is measured or in flight
+    return None
+

@@ -1,0 +1,85 @@
+"""The bundle: every current best configuration in one JSON file, written by `tuner export --format
+bundle` and read by the runtime (TUNER_CONFIG_BUNDLE) where a deployment has no database access.
+Writer and reader live here together; this module imports only the standard library (and the
+service's clock), since the runtime imports it inside a model server.
+
+    {"format": "tuner-bundle", "version": 1, "created_at": ISO-8601,
+     "entries": [{"kernel", "kernel_version", "key_hash", "key": {"kernel", "version", "dims", "dtype"},
+                  "dtype", "device_class", "fingerprint", "stack": {"driver", "runtime", "triton", "torch"},
+                  "config", "median_ms", "speedup", "tuned_at"}, ...]}
+
+The file is written to a temporary name beside it and renamed, so a reader never sees half of it,
+and it is readable by everyone (0644): a runtime often runs as another user than the exporter.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from db.clock import utcnow
+
+FORMAT, VERSION = "tuner-bundle", 1
+DESCRIPTION = "one JSON file for TUNER_CONFIG_BUNDLE (the runtime's source without a database)"
+WRITES = "file"
+
+
+def entry(best: Any, device_class: str, fingerprint: Any) -> dict[str, Any]:
+    """The bundle entry of a best row (db.models.BestConfig), its class slug and fingerprint row."""
+    return {"kernel": best.kernel, "kernel_version": best.kernel_version, "key_hash": best.key_hash,
+            "key": best.key, "dtype": best.dtype, "device_class": device_class, "fingerprint": fingerprint.hash,
+            "stack": fingerprint.fields, "config": best.config, "median_ms": best.median_ms,
+            "speedup": best.speedup, "tuned_at": best.created_at.isoformat()}
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write text to path through a temporary file in the same directory, then rename it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write(entries: list[dict[str, Any]], output: Path) -> int:
+    entries = sorted(entries, key=lambda e: (e["kernel"], e["key_hash"], e["device_class"], e["fingerprint"]))
+    doc = {"format": FORMAT, "version": VERSION, "created_at": utcnow().isoformat(),
+           "entries": entries}
+    write_atomic(output, json.dumps(doc, indent=1, sort_keys=True))
+    return len(entries)
+
+
+class Bundle:
+    """A bundle read into the two indexes a lookup needs."""
+
+    def __init__(self, doc: Any, where: str = "bundle"):
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("entries"), list):
+            raise ValueError(f"{where} is not a tuner bundle (format {FORMAT})")
+        self.created_at = doc.get("created_at")
+        self._exact: dict[tuple, list[tuple[str, dict, dict]]] = {}
+        self._shapes: dict[tuple, list[tuple[dict, str, dict]]] = {}
+        for e in doc["entries"]:
+            self._exact.setdefault((e["kernel"], e["kernel_version"], e["key_hash"], e["device_class"]),
+                                   []).append((e["fingerprint"], e["config"], e))
+            self._shapes.setdefault((e["kernel"], e["kernel_version"], e["dtype"], e["device_class"]),
+                                    []).append((e["key"]["dims"], e["fingerprint"], e["config"]))
+
+    def exact(self, kernel: str, version: str, key_hash: str, slug: str) -> list[tuple[str, dict, dict]]:
+        """(fingerprint, config, entry) of the key's current bests on the class."""
+        return self._exact.get((kernel, version, key_hash, slug), [])
+
+    def shapes(self, kernel: str, version: str, dtype: str, slug: str) -> list[tuple[dict, str, dict]]:
+        """(dims, fingerprint, config) of every stored shape of the kernel version and dtype on the class."""
+        return self._shapes.get((kernel, version, dtype, slug), [])
+
+
+def read(path: Path) -> Bundle:
+    path = Path(path)
+    return Bundle(json.loads(path.read_text()), str(path))
