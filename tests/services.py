@@ -14,13 +14,19 @@ from workers import local
 from workers.local import wait_until as wait_for  # noqa: F401  (the tests' name for it)
 
 PG_ADMIN = os.environ.get("TUNER_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_START = ("redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no "
-               "--dir /var/lib/redis --logfile /var/log/redis/ci.log")
+# a Redis server of its own (another port) lets two test runs on one machine restart theirs apart
+REDIS_PORT = int(os.environ.get("TUNER_TEST_REDIS_PORT", "6379"))
+REDIS_START = (f"redis-server --daemonize yes --bind 127.0.0.1 -::1 --port {REDIS_PORT} --save '' --appendonly no "
+               f"--dir /var/lib/redis --dbfilename dump-{REDIS_PORT}.rdb --logfile /var/log/redis/ci-{REDIS_PORT}.log")
 PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 
 
+def redis_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(REDIS_PORT), *args], capture_output=True, text=True)
+
+
 def redis_up() -> bool:
-    return subprocess.run(["redis-cli", "-h", "127.0.0.1", "ping"], capture_output=True, text=True).stdout.strip() == "PONG"
+    return redis_cli("ping").stdout.strip() == "PONG"
 
 
 def ensure_redis() -> None:
@@ -44,7 +50,7 @@ def run_cli(env: dict, *args: str, timeout: float = 300) -> subprocess.Completed
 
 
 def restart_redis() -> None:
-    subprocess.run(["redis-cli", "-h", "127.0.0.1", "shutdown", "nosave"], capture_output=True)
+    redis_cli("shutdown", "nosave")
     wait_for(lambda: not redis_up(), 10, "Redis to stop", poll_s=0.2)
     ensure_redis()
 
@@ -60,7 +66,7 @@ def pg_database():
 def redis_url() -> str:
     """A Redis database index of its own, emptied, so concurrent runs never share queues."""
     ensure_redis()
-    return local.scratch_redis()
+    return local.scratch_redis(f"redis://127.0.0.1:{REDIS_PORT}")
 
 
 class WorkerProc(local.WorkerProcess):
