@@ -35,6 +35,16 @@ class Settings:
     worker_dead_after_s: float = 60.0
     stall_s: float = 120.0  # a running key with no trial for this long is re-sent
     trial_timeout_s: float = 120.0
+    # the runtime in a model process (tuner/runtime/) and the misses it reports
+    runtime_deadline_ms: float = 50.0  # a launch waits at most this for a miss, then serves the default
+    runtime_cache_size: int = 4096  # keys kept in-process (least recently used dropped first)
+    runtime_retry_s: float = 30.0  # defaults served while the source was unreachable are asked again after this
+    runtime_refresh_s: float = 600.0  # answers from a fallback level are asked again this often (0: never)
+    miss_flush_s: float = 5.0  # misses are written at most once this often (0: not counted)
+    miss_file: Path | None = None  # JSON lines of misses when the source is a bundle
+    retune_misses: bool = True  # the nightly scheduler also queues the most frequent misses
+    retune_misses_max_jobs: int = 20  # at most this many miss jobs a night
+    retune_misses_trials: int = 20  # trials of a miss job
     extra: dict = field(default_factory=dict)
 
     @property
@@ -42,18 +52,42 @@ class Settings:
         return "TUNER_DB_URL" not in self.extra.get("explicit", ())
 
 
-def _float(env: dict, name: str, default: float) -> float:
+def _float(env: dict, name: str, default: float, on_error=None, minimum: float | None = None) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
+        if value != value or (minimum is not None and not minimum <= value < float("inf")):
+            raise ValueError
+        return value
     except ValueError:
-        raise UserError(f"{name}={raw!r} is not a number; unset it or give a number") from None
+        bound = "" if minimum is None else f" >= {minimum:g}"
+        message = f"{name}={str(raw)[:80]!r} is not a number{bound}; unset it or give a number{bound}"
+        if on_error is None:
+            raise UserError(message) from None
+        on_error(message)
+        return default
 
 
-def from_env(env: dict[str, str] | None = None) -> Settings:
+def _flag(env: dict, name: str, default: bool, on_error=None) -> bool:
+    raw = str(env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return raw in ("1", "true", "yes", "on")
+    message = f"{name}={raw[:80]!r} is not a switch; write 1 or 0"
+    if on_error is None:
+        raise UserError(message)
+    on_error(message)
+    return default
+
+
+def from_env(env: dict[str, str] | None = None, on_error=None) -> Settings:
+    """The settings in env (default: the process's). A malformed value raises UserError, or, when
+    `on_error` is given (the runtime, inside a model), is reported to it and its default used."""
     env = dict(os.environ if env is None else env)
+    num = lambda name, default, minimum=None: _float(env, name, default, on_error, minimum)  # noqa: E731
     home = Path(env.get("TUNER_HOME") or Path.home() / ".tuner").expanduser()
     bundle = env.get("TUNER_CONFIG_BUNDLE")
     return Settings(
@@ -66,13 +100,22 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         config_bundle=Path(bundle).expanduser() if bundle else None,
         fingerprint_override=env.get("TUNER_FINGERPRINT_OVERRIDE", ""),
         retune_cron=env.get("TUNER_RETUNE_CRON") or "0 3 * * *",
-        retune_budget_fraction=_float(env, "TUNER_RETUNE_BUDGET_FRACTION", 0.25),
-        retune_regression_threshold=_float(env, "TUNER_RETUNE_REGRESSION_THRESHOLD", 0.05),
-        batch_trials=int(_float(env, "TUNER_BATCH_TRIALS", 4)),
-        heartbeat_s=_float(env, "TUNER_HEARTBEAT_S", 10.0),
-        worker_dead_after_s=_float(env, "TUNER_WORKER_DEAD_AFTER_S", 60.0),
-        stall_s=_float(env, "TUNER_STALL_S", 120.0),
-        trial_timeout_s=_float(env, "TUNER_TRIAL_TIMEOUT_S", 120.0),
+        retune_budget_fraction=num("TUNER_RETUNE_BUDGET_FRACTION", 0.25),
+        retune_regression_threshold=num("TUNER_RETUNE_REGRESSION_THRESHOLD", 0.05),
+        batch_trials=int(num("TUNER_BATCH_TRIALS", 4)),
+        heartbeat_s=num("TUNER_HEARTBEAT_S", 10.0),
+        worker_dead_after_s=num("TUNER_WORKER_DEAD_AFTER_S", 60.0),
+        stall_s=num("TUNER_STALL_S", 120.0),
+        trial_timeout_s=num("TUNER_TRIAL_TIMEOUT_S", 120.0),
+        runtime_deadline_ms=num("TUNER_RUNTIME_DEADLINE_MS", 50.0, 0),
+        runtime_cache_size=int(num("TUNER_RUNTIME_CACHE_SIZE", 4096, 1)),
+        runtime_retry_s=num("TUNER_RUNTIME_RETRY_S", 30.0, 0),
+        runtime_refresh_s=num("TUNER_RUNTIME_REFRESH_S", 600.0, 0),
+        miss_flush_s=num("TUNER_MISS_FLUSH_S", 5.0, 0),
+        miss_file=Path(env["TUNER_MISS_FILE"]).expanduser() if env.get("TUNER_MISS_FILE") else None,
+        retune_misses=_flag(env, "TUNER_RETUNE_MISSES", True, on_error),
+        retune_misses_max_jobs=int(num("TUNER_RETUNE_MISSES_MAX_JOBS", 20, 0)),
+        retune_misses_trials=int(num("TUNER_RETUNE_MISSES_TRIALS", 20, 1)),
         extra={"explicit": tuple(k for k in ("TUNER_DB_URL", "TUNER_BROKER_URL") if env.get(k))},
     )
 
@@ -81,6 +124,13 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
 def get() -> Settings:
     """The process's settings, read once."""
     return from_env()
+
+
+def lenient() -> tuple[Settings, tuple[str, ...]]:
+    """The process's settings as the runtime reads them: a malformed value gets its default, and
+    what was wrong comes back (one message each) instead of raising into a model."""
+    problems: list[str] = []
+    return from_env(on_error=problems.append), tuple(problems)
 
 
 def configure_plugins(settings: Settings) -> None:
