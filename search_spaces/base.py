@@ -10,6 +10,7 @@ import inspect
 import itertools
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -179,6 +180,53 @@ def require_launchable(on_cpu: bool) -> None:
                            "environment before the first import of triton")
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PLAIN = (int, float, str, bytes, bool, type(None))
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (tuple, list, frozenset, set)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(_plain(k) and _plain(v) for k, v in value.items())
+    return isinstance(value, _PLAIN)
+
+
+def kernel_source(cls: type) -> str:
+    """The code a kernel class stands for: its own source and that of its bases in the same module,
+    then, transitively, every function, class and @triton.jit kernel of that module the code names
+    (a jit function by its Python source), and the plain constants it names (by repr). What
+    another kernel of the module alone uses is left out, so editing it changes nothing here."""
+    module = sys.modules.get(cls.__module__)
+    names = vars(module) if module is not None else {}
+
+    def source(obj: Any) -> str | None:
+        fn = getattr(obj, "fn", None)  # a JITFunction (or the interpreter's) wraps the Python function
+        target = fn if callable(fn) and not inspect.isclass(obj) else obj
+        if (inspect.isfunction(target) or inspect.isclass(target)) and target.__module__ == cls.__module__:
+            try:
+                return inspect.getsource(target)
+            except (OSError, TypeError):
+                return target.__qualname__
+        return None
+
+    own = [c for c in reversed(cls.__mro__) if c.__module__ == cls.__module__]
+    parts = [source(c) or c.__qualname__ for c in own]
+    seen, todo = {c.__name__ for c in own}, list(parts)
+    while todo:
+        for name in sorted(set(_NAME.findall(todo.pop(0))) - seen):
+            if name not in names:
+                continue
+            seen.add(name)
+            text = source(names[name])
+            if text is not None:
+                parts.append(text)
+                todo.append(text)
+            elif _plain(names[name]):
+                parts.append(f"{name} = {names[name]!r}")
+    return "\n".join(parts)
+
+
 @dataclass(frozen=True)
 class Specialization:
     """A launch's exact specialization without inputs, in the form Triton's `warmup` takes:
@@ -214,13 +262,9 @@ class KernelSpec:
     # ---- identity -------------------------------------------------------------------
     @cached_property
     def version(self) -> str:
-        """A hash of the module source: the kernel and its space, so an edit gets a new version."""
-        module = sys.modules[type(self).__module__]
-        try:
-            source = inspect.getsource(module)
-        except (OSError, TypeError):
-            source = type(self).__qualname__
-        return hashlib.sha256(source.encode()).hexdigest()[:12]
+        """A hash of this kernel's own code (see `kernel_source`): an edit to it gets a new version,
+        and an edit to another kernel of the same module does not."""
+        return hashlib.sha256(kernel_source(type(self)).encode()).hexdigest()[:12]
 
     def make_key(self, dims: Mapping[str, Any], dtype: str) -> TuningKey:
         """Validate user-given dims and dtype; raise SpecError with the fix on bad input."""
