@@ -14,7 +14,8 @@ from tests.services import pg_database  # noqa: E402
 # the test kernels, for the tests that run them in this process (what TUNER_KERNEL_MODULES does
 # through tuner/settings.py for the CLI, a worker and the runtime); child processes get them in
 # the harness's ping
-os.environ.setdefault("TUNER_KERNEL_MODULES", "tests.kernels.trivial,tests.kernels.broken,tests.kernels.external")
+os.environ.setdefault("TUNER_KERNEL_MODULES", "tests.kernels.trivial,tests.kernels.broken,tests.kernels.external,"
+                                               "tests.kernels.tutorial,tests.kernels.tiles")
 registry.configure(os.environ["TUNER_KERNEL_MODULES"])
 
 

@@ -1,4 +1,5 @@
-"""The runtime lookup: fallback order, sources, caching, and staying light and silent."""
+"""The runtime lookup: fallback order and provenance, sources, the cache (bounded, read-only,
+split kept with the answer), checks on fallback rows, and staying light and silent."""
 import json
 import logging
 import subprocess
@@ -20,6 +21,10 @@ def live_env(monkeypatch, tmp_path):
             monkeypatch.delenv(k)
     monkeypatch.setenv("TUNER_HOME", str(tmp_path))
     monkeypatch.setenv("TUNER_DEVICE", "cpu")
+    # these tests check answers, not the deadline: a lookup waits for its answer (the deadline
+    # tests set their own), and counts no misses unless a test asks
+    monkeypatch.setenv("TUNER_RUNTIME_DEADLINE_MS", "60000")
+    monkeypatch.setenv("TUNER_MISS_FLUSH_S", "0")
 
     def reset():
         settings.get.cache_clear()
@@ -29,9 +34,10 @@ def live_env(monkeypatch, tmp_path):
     reset()
 
 
-def _entry(key, config, fp):
+def _entry(key, config, fp, tuned_at=None):
     return {"kernel": key.kernel, "kernel_version": key.version, "key_hash": key.stable_hash, "key": key.to_json(),
-            "dtype": key.dtype, "device_class": "cpu-interpreter", "fingerprint": fp, "config": config}
+            "dtype": key.dtype, "device_class": "cpu-interpreter", "fingerprint": fp, "config": config,
+            "tuned_at": tuned_at}
 
 
 def _write_bundle(path, entries):
@@ -107,3 +113,172 @@ def test_lookup_loads_neither_celery_nor_optuna(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=tuner_env(tmp_path, TUNER_DEVICE="cpu"), cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def _live_fp():
+    return live_fingerprint(probe("cpu")[0]).hash
+
+
+def _key(kernel, dtype="float32", **dims):
+    from search_spaces import registry
+
+    return registry.get(kernel).make_key(dims, dtype)
+
+
+def test_every_launch_runs_the_tiles_its_grid_was_computed_for(live_env, monkeypatch, tmp_path):
+    """A bundle that changes between two configurations, read afresh after clear_cache() as after a
+    retune: the kernel must run the BLOCK its grid was computed for, every launch (the split of
+    a configuration used to be cached by id(), which CPython reuses for a freed dict)."""
+    import torch
+    import triton
+
+    from tests.kernels.tiles import tile_kernel
+    from tuner.runtime import tuned
+
+    key, fp = _key("tiles", N=256), _live_fp()
+    bundle = tmp_path / "tiles.json"
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(bundle))
+    kernel = tuned("tiles", key=["N"], dtype_arg="out_ptr")(tile_kernel)
+    out, seen = torch.empty(256, dtype=torch.float32), torch.zeros(16, dtype=torch.int64)
+    wrong = []
+    for i in range(200):
+        _write_bundle(bundle, [_entry(key, {"BLOCK": (16, 128)[i % 2], "num_warps": 1}, fp)])
+        runtime.clear_cache()
+        blocks = []
+
+        def grid(cfg):
+            blocks.append(cfg["BLOCK"])
+            return (triton.cdiv(256, cfg["BLOCK"]),)
+
+        seen.zero_()
+        kernel[grid](out, seen, 256)
+        programs = triton.cdiv(256, blocks[0])
+        if set(seen[:programs].tolist()) != {blocks[0]} or not torch.equal(out, torch.arange(256.0)):
+            wrong.append((i, blocks[0], seen[:programs].tolist()))
+    assert wrong == [], f"{len(wrong)} of 200 launches ran other tiles than their grid's: {wrong[:3]}"
+
+
+def test_a_returned_configuration_is_read_only(live_env):
+    cfg = runtime.lookup("matmul", M=64, N=64, K=64, dtype="float32")
+    before = dict(cfg)
+    for mutate in (lambda c: c.__setitem__("BLOCK_M", 1), lambda c: c.update(BLOCK_M=1), lambda c: c.pop("BLOCK_M"),
+                   lambda c: c.clear(), lambda c: c.setdefault("X", 1)):
+        with pytest.raises(TypeError, match="read-only"):
+            mutate(cfg)
+    assert runtime.lookup("matmul", M=64, N=64, K=64, dtype="float32") == before
+    mine = dict(cfg)  # a copy is the caller's to change
+    mine["BLOCK_M"] = 1
+    assert json.loads(json.dumps(cfg)) == before and runtime.lookup("matmul", M=64, N=64, K=64, dtype="float32") == before
+
+
+def test_the_cache_is_bounded_and_keeps_what_is_used(live_env, monkeypatch):
+    from tuner.runtime.cache import CACHE
+
+    monkeypatch.setenv("TUNER_RUNTIME_CACHE_SIZE", "4")
+    live_env()
+    for n in (1, 2, 3, 4):
+        runtime.lookup("tiles", N=n)
+    runtime.lookup("tiles", N=1)  # used since it was cached: kept over the keys not used since
+    for n in (5, 6, 7):
+        runtime.lookup("tiles", N=n)
+        assert len(CACHE) <= 4
+    kept = {dict(items)["N"] for _, items in CACHE}
+    assert 1 in kept and {2, 3} & kept == set(), kept
+    for n in range(8, 200):
+        runtime.lookup("tiles", N=n)
+    assert len(CACHE) == 4
+
+
+def test_fallback_rows_are_served_only_if_the_kernel_accepts_them(live_env, monkeypatch, tmp_path):
+    """tutorial_softmax holds a whole row in one block: a nearest shape's BLOCK_SIZE computes the
+    softmax of part of a longer row, so check() refuses it and the default is served."""
+    import torch
+
+    from tests.kernels.tutorial import softmax_kernel
+    from tuner.runtime import tuned
+
+    fp = _live_fp()
+    near = _key("tutorial_softmax", M=64, N=128)
+    stale = _key("tutorial_softmax", M=8, N=512)
+    near_cfg = {"BLOCK_SIZE": 128, "num_warps": 1, "num_stages": 1, "PROGRAMS": 16}
+    bad_stale = dict(near_cfg)  # stored for N=512 under another stack, yet only 128 wide
+    bundle = tmp_path / "b.json"
+    _write_bundle(bundle, [_entry(near, near_cfg, fp), _entry(stale, bad_stale, "0" * 16)])
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(bundle))
+    live_env()
+    # M differs, N alike: the nearest row fits and is served
+    assert runtime.explain("tutorial_softmax", M=32, N=128, dtype="float32").level == "nearest"
+    for m, n in ((64, 256), (8, 512)):
+        answer = runtime.explain("tutorial_softmax", M=m, N=n, dtype="float32")
+        assert answer.level == "default" and "check" in answer.reason, answer
+        assert answer.config["BLOCK_SIZE"] == n
+        kernel = tuned("tutorial_softmax", key={"M": "n_rows", "N": "n_cols"})(softmax_kernel)
+        x = torch.randn(m, n)
+        y = torch.empty_like(x)
+        kernel[lambda cfg: (min(cfg["PROGRAMS"], m),)](y, x, x.stride(0), y.stride(0), m, n)
+        assert torch.allclose(y, torch.softmax(x, -1), atol=1e-5)
+
+
+def test_a_failed_device_probe_serves_defaults_never_stored_rows(live_env, monkeypatch, tmp_path, caplog):
+    key = _key("tiles", N=64)
+    bundle = tmp_path / "b.json"
+    _write_bundle(bundle, [_entry(key, {"BLOCK": 128, "num_warps": 4}, _live_fp())])
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(bundle))
+    monkeypatch.setenv("TUNER_DEVICE", "cuda:7")  # no such GPU here: the probe fails
+    live_env()
+    with caplog.at_level(logging.WARNING, logger="tuner.runtime"):
+        for _ in range(3):
+            answer = runtime.explain("tiles", N=64, dtype="float32")
+    assert answer.config == {"BLOCK": 16, "num_warps": 1} and answer.level == "default"
+    assert answer.device_class is None and "probed" in answer.reason
+    assert sum("cannot probe the device" in r.message for r in caplog.records) == 1
+
+
+def test_explain_says_which_level_answered_from_where_and_how_old(live_env, monkeypatch, tmp_path):
+    fp = _live_fp()
+    cfg = {"BLOCK": 64, "num_warps": 4}
+    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=100), cfg, fp, "2026-01-01T00:00:00+00:00"),
+                                        _entry(_key("tiles", N=300), dict(cfg, BLOCK=32), "f" * 16)])
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
+    live_env()
+    exact = runtime.explain("tiles", N=100, dtype="float32")
+    assert (exact.level, exact.source, exact.fingerprint, exact.config) == ("exact", "bundle", fp, cfg)
+    assert exact.age_s > 86400 and "tuned" in exact.describe()
+    other = runtime.explain("tiles", N=300, dtype="float32")
+    assert (other.level, other.fingerprint) == ("other_fingerprint", "f" * 16)
+    near = runtime.explain("tiles", N=25, dtype="float32")
+    assert (near.level, near.dims, near.distance) == ("nearest", {"N": 100}, 2.0)
+    assert runtime.lookup("tiles", N=25, dtype="float32") is near.config
+    default = runtime.explain("tiles", N=100, dtype="float16")  # not a dtype tiles is tuned for
+    assert default.level == "default" and default.source == "default" and "dtype float16" in default.reason
+    assert set(exact.to_json()) >= {"level", "source", "age_s", "distance", "reason", "config"}
+
+
+def test_a_late_answer_replaces_the_default_served_meanwhile(live_env, monkeypatch, tmp_path):
+    """With a deadline of 0 no launch waits: the first is served the default, and the stored
+    configuration from the moment it has been read."""
+    cfg = {"BLOCK": 128, "num_warps": 4}
+    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=100), cfg, _live_fp())])
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
+    monkeypatch.setenv("TUNER_RUNTIME_DEADLINE_MS", "0")
+    live_env()
+    first = runtime.explain("tiles", N=100, dtype="float32")
+    assert first.level == "default" and "waiting for bundle" in first.reason
+    assert runtime.settle(30)
+    assert runtime.explain("tiles", N=100, dtype="float32").level == "exact"
+    assert runtime.lookup("tiles", N=100, dtype="float32") == cfg
+
+
+def test_defaults_served_while_the_source_was_unreachable_are_asked_again(live_env, monkeypatch, tmp_path):
+    from tests.services import wait_for
+
+    bundle = tmp_path / "late.json"
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(bundle))
+    monkeypatch.setenv("TUNER_RUNTIME_RETRY_S", "0.2")
+    live_env()
+    first = runtime.explain("tiles", N=100, dtype="float32")
+    assert first.level == "default" and "unreachable" in first.reason
+    cfg = {"BLOCK": 128, "num_warps": 4}
+    _write_bundle(bundle, [_entry(_key("tiles", N=100), cfg, _live_fp())])  # the source is back
+    wait_for(lambda: runtime.lookup("tiles", N=100, dtype="float32") == cfg, 30, "the stored configuration",
+             poll_s=0.05)

@@ -64,19 +64,19 @@ class Bundle:
             raise ValueError(f"{where} is not a tuner bundle (format {FORMAT})")
         self.created_at = doc.get("created_at")
         self._exact: dict[tuple, list[tuple[str, dict, dict]]] = {}
-        self._shapes: dict[tuple, list[tuple[dict, str, dict]]] = {}
+        self._shapes: dict[tuple, list[tuple[dict, str, dict, str | None]]] = {}
         for e in doc["entries"]:
             self._exact.setdefault((e["kernel"], e["kernel_version"], e["key_hash"], e["device_class"]),
                                    []).append((e["fingerprint"], e["config"], e))
             self._shapes.setdefault((e["kernel"], e["kernel_version"], e["dtype"], e["device_class"]),
-                                    []).append((e["key"]["dims"], e["fingerprint"], e["config"]))
+                                    []).append((e["key"]["dims"], e["fingerprint"], e["config"], e.get("tuned_at")))
 
     def exact(self, kernel: str, version: str, key_hash: str, slug: str) -> list[tuple[str, dict, dict]]:
         """(fingerprint, config, entry) of the key's current bests on the class."""
         return self._exact.get((kernel, version, key_hash, slug), [])
 
-    def shapes(self, kernel: str, version: str, dtype: str, slug: str) -> list[tuple[dict, str, dict]]:
-        """(dims, fingerprint, config) of every stored shape of the kernel version and dtype on the class."""
+    def shapes(self, kernel: str, version: str, dtype: str, slug: str) -> list[tuple[dict, str, dict, str | None]]:
+        """(dims, fingerprint, config, tuned_at) of every stored shape of the kernel version and dtype on the class."""
         return self._shapes.get((kernel, version, dtype, slug), [])
 
 

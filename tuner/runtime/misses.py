@@ -1,0 +1,247 @@
+"""The misses a process served (a configuration from a fallback level), counted in memory and
+written in the background, batched, to a sink; the JSON-lines form they take in a file.
+
+A launch only adds one to a counter (`Tally.count += 1`; under contention an increment can be
+lost, which a count of launches can afford). A flusher thread writes the counts at most once
+every `TUNER_MISS_FLUSH_S` seconds, and once more at exit (waiting at most `EXIT_WAIT_S`); a
+write that fails is dropped, with one warning, never retried and never on a launch.
+
+Adding a sink is one class: subclass `MissSink` with `from_settings(settings, source)` (an
+instance when it should receive this process's misses, else None) and `write(records)`, and put
+it in `SINKS` before the kinds it should win over.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable
+
+from tuner.runtime.answer import MISS_LEVELS
+
+EXIT_WAIT_S = 2.0
+RECORD_FIELDS = ("kernel", "kernel_version", "key_hash", "key", "dtype", "device_class", "fingerprint", "level",
+                 "count", "first_seen", "last_seen")
+
+
+@dataclass(frozen=True)
+class MissKey:
+    """What a miss is counted under."""
+
+    kernel: str
+    kernel_version: str
+    key_hash: str
+    dims: tuple[tuple[str, int], ...]
+    dtype: str
+    device_class: str
+    fingerprint: str
+    level: str
+
+
+class Tally:
+    __slots__ = ("key", "count", "flushed", "first_seen")
+
+    def __init__(self, key: MissKey):
+        self.key, self.count, self.flushed = key, 0, 0
+        self.first_seen = datetime.now(timezone.utc).isoformat()
+
+
+def record(key: MissKey, count: int, first_seen: str, last_seen: str) -> dict[str, Any]:
+    """A miss record as sinks, files and db.store.record_misses take it (JSON)."""
+    return {"kernel": key.kernel, "kernel_version": key.kernel_version, "key_hash": key.key_hash,
+            "key": {"kernel": key.kernel, "version": key.kernel_version, "dims": dict(key.dims), "dtype": key.dtype},
+            "dtype": key.dtype, "device_class": key.device_class, "fingerprint": key.fingerprint,
+            "level": key.level, "count": count, "first_seen": first_seen, "last_seen": last_seen}
+
+
+def parse_record(data: Any) -> dict[str, Any]:
+    """Check one record read from outside (a JSON line); ValueError says what is wrong. The key
+    hash is recomputed from the key, never taken from the line."""
+    from search_spaces.base import TuningKey
+
+    if not isinstance(data, dict):
+        raise ValueError("a miss record must be a JSON object")
+    missing = [f for f in RECORD_FIELDS if f not in data]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    try:
+        key = TuningKey.from_json(data["key"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ValueError("key must be {kernel, version, dims: {NAME: INT}, dtype}") from None
+    if (key.kernel, key.version, key.dtype) != (data["kernel"], data["kernel_version"], data["dtype"]):
+        raise ValueError("kernel, kernel_version and dtype must match the key")
+    if data["level"] not in MISS_LEVELS:
+        raise ValueError(f"level must be one of {', '.join(MISS_LEVELS)}")
+    if type(data["count"]) is not int or data["count"] < 1:
+        raise ValueError("count must be a positive integer")
+    for f in ("device_class", "fingerprint"):
+        if not isinstance(data[f], str) or not data[f] or len(data[f]) > 80:
+            raise ValueError(f"{f} must be a non-empty string")
+    seen = []
+    for f in ("first_seen", "last_seen"):
+        try:
+            when = datetime.fromisoformat(str(data[f]))
+        except ValueError:
+            raise ValueError(f"{f} must be an ISO-8601 time") from None
+        seen.append(when if when.tzinfo else when.replace(tzinfo=timezone.utc))
+    return {**{f: data[f] for f in RECORD_FIELDS}, "key": key.to_json(), "key_hash": key.stable_hash,
+            "first_seen": seen[0], "last_seen": seen[1]}
+
+
+class MissSink:
+    """Where counted misses go (see the module docstring for adding a kind)."""
+
+    name: ClassVar[str] = "sink"
+
+    @classmethod
+    def from_settings(cls, settings: Any, source: Any) -> "MissSink | None":
+        return None
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+class DatabaseSink(MissSink):
+    """The tuning database the configurations come from (db.store.record_misses)."""
+
+    name = "database"
+
+    def __init__(self, url: str):
+        self.url = url
+
+    @classmethod
+    def from_settings(cls, settings: Any, source: Any) -> "DatabaseSink | None":
+        return cls(settings.db_url) if getattr(source, "name", None) == "database" else None
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        from db import store
+        from db.session import session_scope, sqlite_path
+
+        path = sqlite_path(self.url)
+        if path is not None and not path.exists():
+            raise FileNotFoundError(f"no tuning database at {path}")
+        with session_scope(self.url) as s:
+            store.record_misses(s, [parse_record(r) for r in records])
+
+    def describe(self) -> str:
+        from db.session import redact
+
+        return f"database {redact(self.url)}"
+
+
+class FileSink(MissSink):
+    """JSON lines appended to a file (TUNER_MISS_FILE; by default TUNER_HOME/misses.jsonl when the
+    source is a bundle), for `tuner misses import FILE`. Each flush is one append."""
+
+    name = "file"
+
+    def __init__(self, path: Path, make_dir: bool = False):
+        self.path, self.make_dir = Path(path), make_dir
+
+    @classmethod
+    def from_settings(cls, settings: Any, source: Any) -> "FileSink | None":
+        if settings.miss_file is not None:
+            return cls(settings.miss_file)
+        if getattr(source, "name", None) == "bundle":
+            return cls(settings.home / "misses.jsonl", make_dir=True)
+        return None
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        if self.make_dir:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)  # one append: processes sharing the file never interleave a line
+        finally:
+            os.close(fd)
+
+    def describe(self) -> str:
+        return f"file {self.path}"
+
+
+SINKS: list[type[MissSink]] = [FileSink, DatabaseSink]
+
+
+def open_sink(settings: Any, source: Any) -> MissSink | None:
+    for kind in SINKS:
+        sink = kind.from_settings(settings, source)
+        if sink is not None:
+            return sink
+    return None
+
+
+class MissCounter:
+    """The tallies of one process and the thread that flushes them."""
+
+    def __init__(self, sink: MissSink, flush_s: float, warn: Callable[[str, str], None]):
+        self.sink, self.flush_s, self.warn = sink, flush_s, warn
+        self._tallies: dict[MissKey, Tally] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.written = 0  # records written, for tests and the benchmark
+
+    def tally(self, key: MissKey) -> Tally:
+        """The tally a cache entry adds its launches to (cold path)."""
+        with self._lock:
+            t = self._tallies.get(key)
+            if t is None:
+                t = self._tallies[key] = Tally(key)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tuner-misses", daemon=True)
+                self._thread.start()
+            return t
+
+    def _run(self) -> None:
+        while True:
+            stopping = self._stop.wait(self.flush_s)
+            self.flush()
+            if stopping:
+                return
+
+    def pending(self) -> Iterable[tuple[Tally, int]]:
+        with self._lock:
+            tallies = list(self._tallies.values())
+        return [(t, t.count - t.flushed) for t in tallies if t.count > t.flushed]
+
+    def flush(self) -> int:
+        """Write what was counted since the last flush; returns the records written (0 when the
+        sink failed: those counts are dropped)."""
+        now = datetime.now(timezone.utc).isoformat()
+        batch = []
+        for t, n in self.pending():
+            t.flushed += n
+            batch.append(record(t.key, n, t.first_seen, now))
+        if not batch:
+            return 0
+        try:
+            self.sink.write(batch)
+        except Exception as exc:
+            text = str(exc).strip().splitlines()
+            self.warn("misses", f"tuner: cannot write runtime misses to {self.sink.describe()} "
+                                f"({type(exc).__name__}: {text[0][:200] if text else ''}); dropped")
+            return 0
+        self.written += len(batch)
+        return len(batch)
+
+    def close(self, wait_s: float = EXIT_WAIT_S) -> None:
+        """Flush once more in the flusher thread and wait for it at most wait_s (at exit)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            thread.join(wait_s)
+
+    def after_fork(self) -> None:
+        """In a forked child: the flusher thread is gone; the parent's counts are the parent's."""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        for t in self._tallies.values():
+            t.flushed = t.count
