@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -173,3 +173,29 @@ class Lock(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     holder: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[datetime]
+
+
+class RuntimeMiss(Base):
+    """How often model processes were served a key from a fallback level (another stack's row, a
+    nearest shape, the default): written in batches by the runtime (db.store.record_misses), read
+    by `tuner misses` and turned into tuning jobs by `tuner retune --misses`. The class and stack
+    are kept as the runtime names them (slug, fingerprint hash): a model process registers no
+    identity rows."""
+    __tablename__ = "runtime_misses"
+    __table_args__ = (
+        UniqueConstraint("kernel", "kernel_version", "key_hash", "device_class", "fingerprint", "level",
+                         name="uq_runtime_miss"),
+        Index("ix_runtime_miss_class", "device_class", "count"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kernel: Mapped[str] = mapped_column(String(100))
+    kernel_version: Mapped[str] = mapped_column(String(32))
+    key_hash: Mapped[str] = mapped_column(String(16))
+    key: Mapped[dict[str, Any]]
+    dtype: Mapped[str] = mapped_column(String(16))
+    device_class: Mapped[str] = mapped_column(String(80))
+    fingerprint: Mapped[str] = mapped_column(String(80))
+    level: Mapped[str] = mapped_column(String(24))
+    count: Mapped[int] = mapped_column(BigInteger)
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]

@@ -1,19 +1,20 @@
 """Plain functions over a Session for the rows every part writes and reads: identity, jobs,
-trials, bests, leases. Each kind of row has one writer here, and the current best rows one reader
-(`best_configs`), which the runtime, the export, the retune, the search's warm start and the CLI
-all use."""
+trials, bests, leases, runtime misses. Each kind of row has one writer here, and the current best
+rows one reader (`best_configs`), which the runtime, the export, the retune, the search's warm
+start and the CLI all use; the misses one reader (`misses`), which `tuner misses` and the miss
+retune use."""
 from __future__ import annotations
 
 import uuid
 from datetime import timedelta
 from typing import Any, Iterable
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import case, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.clock import utcnow
-from db.models import BestConfig, DeviceClass, Job, JobKey, Lock, StackFingerprint, TuningTrial
+from db.models import BestConfig, DeviceClass, Job, JobKey, Lock, RuntimeMiss, StackFingerprint, TuningTrial
 
 
 def _get_or_create(s: Session, model, unique: dict[str, Any], values: dict[str, Any]):
@@ -159,3 +160,57 @@ def acquire_lock(s: Session, name: str, holder: str, ttl_s: float) -> bool:
 
 def release_lock(s: Session, name: str, holder: str) -> None:
     s.execute(delete(Lock).where(Lock.name == name, Lock.holder == holder))
+
+
+_MISS_KEY = ("kernel", "kernel_version", "key_hash", "device_class", "fingerprint", "level")
+
+
+def record_misses(s: Session, records: Iterable[dict[str, Any]], chunk: int = 500) -> int:
+    """Add counted misses (each: the _MISS_KEY fields, key, dtype, count, first_seen and last_seen as
+    aware datetimes) to their rows: counts summed, the first and last sightings widened. One
+    statement per chunk (INSERT ... ON CONFLICT DO UPDATE, on SQLite and PostgreSQL alike), so
+    concurrent writers never lose a count. Returns the rows touched."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    for r in records:
+        k = tuple(r[f] for f in _MISS_KEY)
+        row = merged.get(k)
+        if row is None:
+            merged[k] = {**{f: r[f] for f in _MISS_KEY}, "key": r["key"], "dtype": r["dtype"], "count": r["count"],
+                         "first_seen": r["first_seen"], "last_seen": r["last_seen"]}
+        else:
+            row["count"] += r["count"]
+            row["first_seen"], row["last_seen"] = min(row["first_seen"], r["first_seen"]), max(row["last_seen"], r["last_seen"])
+    dialect = s.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    rows = list(merged.values())
+    for i in range(0, len(rows), chunk):
+        stmt = insert(RuntimeMiss).values(rows[i:i + chunk])
+        new = stmt.excluded
+        s.execute(stmt.on_conflict_do_update(index_elements=list(_MISS_KEY), set_={
+            "count": RuntimeMiss.count + new.count,
+            "first_seen": case((new.first_seen < RuntimeMiss.first_seen, new.first_seen), else_=RuntimeMiss.first_seen),
+            "last_seen": case((new.last_seen > RuntimeMiss.last_seen, new.last_seen), else_=RuntimeMiss.last_seen)}))
+    return len(rows)
+
+
+def misses(s: Session, *, kernel: str | None = None, device_classes: Iterable[str] | None = None,
+           min_count: int = 1, include_tuned: bool = False) -> list[RuntimeMiss]:
+    """Miss rows, most frequent first. A row whose key has been tuned since (a current best of the
+    same kernel version, key, class and fingerprint) is left out unless include_tuned."""
+    q = select(RuntimeMiss).where(RuntimeMiss.count >= min_count)
+    if kernel is not None:
+        q = q.where(RuntimeMiss.kernel == kernel)
+    if device_classes is not None:
+        q = q.where(RuntimeMiss.device_class.in_(list(device_classes)))
+    if not include_tuned:
+        tuned = (select(BestConfig.id)
+                 .join(DeviceClass, DeviceClass.id == BestConfig.device_class_id)
+                 .join(StackFingerprint, StackFingerprint.id == BestConfig.fingerprint_id)
+                 .where(BestConfig.kernel == RuntimeMiss.kernel, BestConfig.kernel_version == RuntimeMiss.kernel_version,
+                        BestConfig.key_hash == RuntimeMiss.key_hash, DeviceClass.slug == RuntimeMiss.device_class,
+                        StackFingerprint.hash == RuntimeMiss.fingerprint, BestConfig.superseded_at.is_(None)))
+        q = q.where(~tuned.exists())
+    return list(s.scalars(q.order_by(RuntimeMiss.count.desc(), RuntimeMiss.last_seen.desc(), RuntimeMiss.id)))

@@ -172,6 +172,26 @@ def resolve_device_class(text: str) -> str:
                     f"a slug such as h100-sxm-80gb, or what `tuner devices` prints for an unlisted GPU")
 
 
+_GENERIC_PARTS = re.compile(rf"(?P<vendor>{'|'.join(v.name for v in _GPUS)})-(?P<arch>[a-z0-9_]+)-(?P<cus>[0-9]+)"
+                            rf"(?:{'|'.join({v.compute_unit for v in _GPUS})})-(?P<gb>[0-9]+)gb")
+
+
+def class_for(text: str) -> DeviceClass:
+    """The one device class a user's selector names: a known slug, a family with one member, or an
+    unlisted GPU's generic slug; SpecError when it names none, or several (a family such as h100)."""
+    selector = resolve_device_class(text)
+    slugs = ALIASES.get(selector, (selector,))
+    if len(slugs) > 1:
+        raise SpecError(f"device class {str(text)[:40]!r} names {len(slugs)} classes ({', '.join(slugs)}); give one")
+    if slugs[0] in _BY_SLUG:
+        return _BY_SLUG[slugs[0]]
+    m = _GENERIC_PARTS.fullmatch(slugs[0])
+    if m is None:
+        raise SpecError(f"device class {str(text)[:40]!r} is not one of this version's classes")
+    return DeviceClass(m["vendor"], m["arch"], f"{vendors.get(m['vendor']).label} {m['arch']}", int(m["cus"]),
+                       int(m["gb"]), slugs[0])
+
+
 def matches(alias_or_slug: str, slug: str) -> bool:
     """Whether a device of class `slug` may serve a request for `alias_or_slug`."""
     selector = str(alias_or_slug).strip().lower()

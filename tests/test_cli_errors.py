@@ -1,9 +1,12 @@
 """Bad input: one line naming the problem, exit status 2, nothing written."""
 import sqlite3
+from pathlib import Path
 
 import pytest
 
 from tests.cli_helpers import run_tuner
+
+DATA = Path(__file__).parent / "data"
 
 CASES = {
     "unknown kernel": (["tune", "nosuchkernel", "--shape", "M=64,N=64,K=64"], "unknown kernel 'nosuchkernel'"),
@@ -35,6 +38,26 @@ CASES = {
     "unknown option": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--bogus"], "No such option: --bogus"),
     "unknown command": (["tunes", "matmul"], "No such command 'tunes'"),
     "missing kernel": (["tune"], "Missing argument"),
+    # tuner lookup, tuner misses, tuner retune --misses
+    "lookup unknown kernel": (["lookup", "nosuchkernel", "--shape", "M=64"], "unknown kernel 'nosuchkernel'"),
+    "lookup missing dim": (["lookup", "matmul", "--shape", "M=64,N=64"], "missing K"),
+    "lookup unknown class": (["lookup", "matmul", "--shape", "M=64,N=64,K=64", "--device-class", "tpu"],
+                             "unknown device class 'tpu'"),
+    "lookup a family": (["lookup", "matmul", "--shape", "M=64,N=64,K=64", "--device-class", "h100"],
+                        "names 3 classes"),
+    "lookup bad fingerprint": (["lookup", "matmul", "--shape", "M=64,N=64,K=64", "--fingerprint", "a b"],
+                               "is not a fingerprint hash"),
+    "lookup without a database": (["lookup", "matmul", "--shape", "M=64,N=64,K=64"], "no tuning database"),
+    "misses without a database": (["misses"], "no tuning database"),
+    "misses unknown class": (["misses", "--device-class", "tpu"], "unknown device class 'tpu'"),
+    "misses import missing file": (["misses", "import", "/no/such/misses.jsonl"], "cannot read miss file"),
+    "misses import bad line": (["misses", "import", str(DATA / "misses-bad-line.jsonl")],
+                               "misses-bad-line.jsonl:2 is not a miss record (missing"),
+    "misses import no file": (["misses", "import"], "Missing argument"),
+    "retune top without misses": (["retune", "--top", "3"], "add --misses"),
+    "retune zero top": (["retune", "--misses", "--top", "0"], "--top 0 is impossible"),
+    "retune zero min count": (["retune", "--misses", "--min-count", "0"], "--min-count 0 is impossible"),
+    "retune non-integer top": (["retune", "--misses", "--top", "many"], "Invalid value for '--top'"),
 }
 
 
@@ -109,3 +132,12 @@ def test_sqlite_broker_in_missing_directory(tmp_path):
                      TUNER_BROKER_URL=f"sqla+sqlite:///{tmp_path}/no/such/dir/broker.db")
     assert_one_line_error(proc, "of its SQLite file does not exist")
     assert not (tmp_path / "home").exists() and not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("name, value", [("TUNER_STALL_S", "two minutes"), ("TUNER_RUNTIME_DEADLINE_MS", "-5"),
+                                         ("TUNER_RETUNE_MISSES", "maybe")])
+def test_a_bad_setting_stops_the_cli_with_one_line(tmp_path, name, value):
+    """The runtime reads settings leniently; the CLI does not."""
+    proc = run_tuner(["jobs"], tmp_path / "home", **{name: value})
+    assert_one_line_error(proc, f"{name}={value!r}")
+    assert not (tmp_path / "home").exists()

@@ -52,11 +52,18 @@ def kernels(as_json: bool = JsonOpt) -> None:
     rows = []
     for name in registry.names():
         spec = registry.get(name)
-        sizes = {arch: len(spec.valid_configs(spec.make_key({k: 1024 for k in spec.key_names}, "float16"),
-                                              target_for(arch)))
-                 for arch in ("sm_90", "gfx942", "interpreter")}
+        # counted at a dtype the kernel takes (fp16 where it can); a kernel whose space cannot be
+        # counted there says why in its row instead of stopping the listing
+        dtype = "float16" if "float16" in spec.dtypes else spec.dtypes[0]
+        sizes = {}
+        for arch in ("sm_90", "gfx942", "interpreter"):
+            try:
+                sizes[arch] = len(spec.valid_configs(spec.make_key({k: 1024 for k in spec.key_names}, dtype),
+                                                     target_for(arch)))
+            except Exception as exc:
+                sizes[arch] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
         rows.append({"name": name, "version": spec.version, "key": list(spec.key_names),
-                     "dtypes": list(spec.dtypes), "valid_configs_at_1024": sizes,
+                     "dtypes": list(spec.dtypes), "valid_configs_at_1024": sizes, "counted_at": dtype,
                      "module": type(spec).__module__})
     if as_json:
         return _print_json(rows)
@@ -261,10 +268,19 @@ def retune(device_class: Optional[str] = typer.Option(None, "--device-class"),
            stale_only: bool = typer.Option(True, "--stale-only/--all",
                                            help="Only keys whose stack changed (default), or every current key."),
            dry_run: bool = typer.Option(False, "--dry-run", help="List what would be queued; queue nothing."),
+           misses_: bool = typer.Option(False, "--misses", help="Instead: tuning jobs for the keys model processes "
+                                        "were served most often from a fallback level (`tuner misses`)."),
+           top: Optional[int] = typer.Option(None, "--top", help="With --misses: keys per device class (default 10)."),
+           min_count: Optional[int] = typer.Option(None, "--min-count", help="With --misses: the fewest misses a "
+                                                   "key needs (default 1)."),
            as_json: bool = JsonOpt) -> None:
     """Queue warm-started retune jobs for configurations tuned under another stack than live workers run."""
     from tuner.coordinator import retune as do_retune
 
+    if not misses_ and (top is not None or min_count is not None):
+        raise UserError("--top and --min-count choose among misses: add --misses")
+    if misses_:
+        return _retune_misses(device_class, kernel, top, min_count, dry_run, as_json)
     result = do_retune(settings_mod.get(), device_class, kernel, stale_only, dry_run)
     if as_json:
         return _print_json(result)
@@ -278,6 +294,80 @@ def retune(device_class: Optional[str] = typer.Option(None, "--device-class"),
     out.print(t)
     if not result["jobs"]:
         err.print("nothing stale: every current configuration was tuned under a stack that live workers run")
+
+
+def _retune_misses(device_class, kernel, top, min_count, dry_run: bool, as_json: bool) -> None:
+    from tuner.misses import retune_misses
+
+    result = retune_misses(settings_mod.get(), device_class, kernel, top, min_count, dry_run)
+    if as_json:
+        return _print_json(result)
+    if result.get("locked_by_other"):
+        err.print("another retune of misses holds the lease; nothing queued")
+    t = Table("job", "kernel", "device class", "key", "misses", "levels",
+              title=f"retune of misses {result['run']}" + (" (dry run)" if dry_run else ""))
+    for j in result["jobs"]:
+        t.add_row(j.get("job", "-"), j["kernel"], j["device_class"],
+                  ",".join(f"{k}={v}" for k, v in j["key"].items()) + f" {j['dtype']}", str(j["count"]),
+                  ",".join(j["levels"]))
+    out.print(t)
+    for sk in result["skipped"]:
+        err.print(f"skipped {sk['kernel']} {sk['key']} {sk['dtype']} on {sk['device_class']}: {sk['reason']}")
+
+
+@app.command("lookup")
+def lookup_cmd(kernel: str = typer.Argument(..., help="A registered kernel (see `tuner kernels`)."),
+               shape: list[str] = ShapeOpt, dtype: list[str] = DtypeOpt,
+               device_class: Optional[str] = typer.Option(None, "--device-class", help="one class (a slug, or an "
+                                                          "alias naming one); default: this machine's"),
+               fingerprint: Optional[str] = typer.Option(None, "--fingerprint", help="the stack's hash (`tuner "
+                                                         "devices`); default: this machine's"),
+               as_json: bool = JsonOpt) -> None:
+    """What tuner.runtime would serve for each key, and why: level, source, row age, distance."""
+    from tuner.misses import lookup_rows
+
+    rows = lookup_rows(settings_mod.get(), kernel, shape, dtype, device_class, fingerprint)
+    if as_json:
+        return _print_json(rows)
+    t = Table("key", "class", "config", "level", "source", "fingerprint", "age", "why")
+    for r in rows:
+        t.add_row(r["key"], r["device_class"], json.dumps(r["config"]), r["level"], r["source"],
+                  r["fingerprint"] or "-", "-" if r["age_s"] is None else f"{r['age_s']:.0f} s",
+                  r["reason"] or (f"distance {r['distance']:g} from {r['dims']}" if r["distance"] is not None else "-"))
+    out.print(t)
+
+
+misses_app = typer.Typer(help="What model processes were served from a fallback level (see `tuner retune --misses`).")
+app.add_typer(misses_app, name="misses")
+
+
+@misses_app.callback(invoke_without_command=True)
+def misses(ctx: typer.Context, kernel: Optional[str] = typer.Option(None, "--kernel"),
+           device_class: Optional[str] = typer.Option(None, "--device-class"), as_json: bool = JsonOpt) -> None:
+    """Keys served from a fallback level and not tuned since, most frequent first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tuner.misses import list_misses
+
+    rows = list_misses(settings_mod.get(), kernel, device_class)
+    if as_json:
+        return _print_json(rows)
+    t = Table("kernel", "key", "class", "fingerprint", "level", "count", "first seen", "last seen")
+    for r in rows:
+        t.add_row(r["kernel"], ",".join(f"{k}={v}" for k, v in r["key"].items()) + f" {r['dtype']}",
+                  r["device_class"], r["fingerprint"], r["level"], str(r["count"]), r["first_seen"], r["last_seen"])
+    out.print(t)
+    if not rows:
+        err.print("no misses: every key looked up was served an exact configuration, or has been tuned since")
+
+
+@misses_app.command("import")
+def misses_import(file: str = typer.Argument(..., help="The JSON-lines file the runtime wrote (TUNER_MISS_FILE).")) -> None:
+    """Load a bundle deployment's miss file into the database."""
+    from tuner.misses import import_file
+
+    records, rows = import_file(settings_mod.get(), file)
+    err.print(f"imported {records} miss record(s) into {rows} row(s)")
 
 
 @report_app.command("retune")

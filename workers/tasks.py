@@ -27,16 +27,21 @@ def register(app: Celery, service) -> None:
         return {"outcome": outcome}
 
     @app.task(name=RETUNE_TASK, bind=True)
-    def retune_stale(task, dead_after_s=60.0, budget_fraction=0.25, batch_trials=4, **unknown):
-        """The nightly retune, sent by `tuner scheduler`; idempotent and safe to run twice at once."""
+    def retune_stale(task, dead_after_s=60.0, budget_fraction=0.25, batch_trials=4, misses=False,
+                     misses_max_jobs=0, misses_trials=20, **unknown):
+        """The nightly retune, sent by `tuner scheduler`: stale keys, then (when `misses`) up to
+        `misses_max_jobs` jobs for the most frequent runtime misses; idempotent and safe to run
+        twice at once."""
+        from workers.misses import enqueue_misses
         from workers.retune import enqueue_stale
 
         try:
             if unknown:
                 raise ValueError(f"unexpected fields {sorted(unknown)}")
             dead_after_s, budget_fraction = float(dead_after_s), float(budget_fraction)
-            batch_trials = int(batch_trials)
-            if not (0 < budget_fraction <= 1 and dead_after_s > 0 and 0 < batch_trials <= 1000):
+            batch_trials, misses_max_jobs, misses_trials = int(batch_trials), int(misses_max_jobs), int(misses_trials)
+            if not (0 < budget_fraction <= 1 and dead_after_s > 0 and 0 < batch_trials <= 1000
+                    and isinstance(misses, bool) and 0 <= misses_max_jobs <= 10000 and 0 < misses_trials <= 100000):
                 raise ValueError("values out of range")
         except (TypeError, ValueError) as exc:
             log.error("rejected message %s: malformed retune message: %s", task.request.id, exc)
@@ -46,4 +51,12 @@ def register(app: Celery, service) -> None:
                                batch_trials=batch_trials)
         log.info("nightly retune %s: %d job(s)%s", result["run"], len(result["jobs"]),
                  " (another scheduler holds the lease)" if result.get("locked_by_other") else "")
-        return {"run": result["run"], "jobs": [j.get("job") for j in result["jobs"]]}
+        jobs = [j.get("job") for j in result["jobs"]]
+        if misses and misses_max_jobs > 0:
+            found = enqueue_misses(service.cfg.db_url, service.send, holder=service.cfg.name,
+                                   dead_after_s=dead_after_s, trials=misses_trials, top=misses_max_jobs,
+                                   max_jobs=misses_max_jobs, batch_trials=batch_trials)
+            log.info("nightly retune of runtime misses %s: %d job(s)%s", found["run"], len(found["jobs"]),
+                     " (another scheduler holds the lease)" if found.get("locked_by_other") else "")
+            jobs += [j.get("job") for j in found["jobs"]]
+        return {"run": result["run"], "jobs": jobs}

@@ -1,0 +1,150 @@
+"""Misses: what the runtime served from a fallback level is counted, written in batches to the
+database or to a JSON-lines file (imported with `tuner misses import`), listed by `tuner misses`
+until the key is tuned; `tuner lookup` shows what a process would be served, and why."""
+import json
+import logging
+import subprocess
+import sys
+import threading
+from datetime import datetime, timezone
+
+from db import store
+from db.session import session_scope, upgrade
+from devices.classes import CPU_INTERPRETER
+from tests.cli_helpers import ROOT, run_json, run_tuner, tuner_env
+from tests.test_runtime import _entry, _key, _live_fp, _write_bundle, live_env  # noqa: F401
+from tuner import runtime
+
+
+def _counting(monkeypatch, live_env, **env):  # noqa: F811
+    monkeypatch.setenv("TUNER_MISS_FLUSH_S", "3600")  # written when the test flushes, not on a timer
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    live_env()
+
+
+def _store_best(url, key, config, fp_hash):
+    from devices.fingerprint import live_fingerprint
+
+    fp = live_fingerprint(CPU_INTERPRETER)
+    with session_scope(url) as s:
+        dc_id, fp_id = store.store_identity(s, CPU_INTERPRETER.to_json(),
+                                            {**fp.to_json(), "hash": fp_hash, "driver": fp_hash})
+        store.write_best(s, kernel=key.kernel, kernel_version=key.version, key_hash=key.stable_hash,
+                         key=key.to_json(), dtype=key.dtype, device_class_id=dc_id, fingerprint_id=fp_id,
+                         config=config, config_hash="x", median_ms=1.0, default_ms=2.0, speedup=2.0, cv=0.0,
+                         trials=1, job_id=None)
+
+
+def test_misses_reach_the_database_counted_by_key_and_level(live_env, monkeypatch, db_url):  # noqa: F811
+    upgrade(db_url)
+    fp = _live_fp()
+    _store_best(db_url, _key("tiles", N=100), {"BLOCK": 64, "num_warps": 4}, fp)
+    _counting(monkeypatch, live_env, TUNER_DB_URL=db_url)
+    for _ in range(5):
+        assert runtime.lookup("tiles", N=100, dtype="float32") == {"BLOCK": 64, "num_warps": 4}  # exact: no miss
+        runtime.lookup("tiles", N=120, dtype="float32")  # nearest shape
+        runtime.lookup("tiles", N=120, dtype="float64")  # not a dtype of tiles: the caller's, not a miss
+    assert runtime.flush_misses() == 1
+    for _ in range(3):
+        runtime.lookup("tiles", N=120, dtype="float32")
+    runtime.lookup("tiles", N=100000, dtype="float32")
+    assert runtime.flush_misses() == 2  # one record a key, whatever the launches
+    with session_scope(db_url) as s:
+        rows = [(m.kernel, m.key["dims"], m.device_class, m.fingerprint, m.level, m.count) for m in store.misses(s)]
+    assert rows == [("tiles", {"N": 120}, "cpu-interpreter", fp, "nearest", 8),
+                    ("tiles", {"N": 100000}, "cpu-interpreter", fp, "nearest", 1)]
+    # a key tuned since is no longer a miss
+    _store_best(db_url, _key("tiles", N=120), {"BLOCK": 128, "num_warps": 4}, fp)
+    with session_scope(db_url) as s:
+        assert [m.key["dims"] for m in store.misses(s)] == [{"N": 100000}]
+        assert len(store.misses(s, include_tuned=True)) == 2
+
+
+def test_concurrent_writers_never_lose_a_count(db_url):
+    upgrade(db_url)
+    now = datetime.now(timezone.utc)
+    rec = {"kernel": "tiles", "kernel_version": "v", "key_hash": "h" * 16, "key": {"dims": {"N": 1}}, "dtype": "float32",
+           "device_class": "cpu-interpreter", "fingerprint": "f" * 16, "level": "default", "count": 1,
+           "first_seen": now, "last_seen": now}
+
+    def write():
+        for _ in range(20):
+            with session_scope(db_url) as s:
+                store.record_misses(s, [rec, rec])
+
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with session_scope(db_url) as s:
+        (row,) = store.misses(s)
+    assert row.count == 4 * 20 * 2
+
+
+def test_a_sink_that_is_down_drops_the_batch_with_one_warning(live_env, monkeypatch, tmp_path, caplog):  # noqa: F811
+    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=64), {"BLOCK": 64, "num_warps": 4}, _live_fp())])
+    _counting(monkeypatch, live_env, TUNER_CONFIG_BUNDLE=str(tmp_path / "b.json"),
+              TUNER_MISS_FILE=str(tmp_path / "no" / "such" / "dir" / "m.jsonl"))
+    with caplog.at_level(logging.WARNING, logger="tuner.runtime"):
+        for n in (10, 20, 30):
+            runtime.lookup("tiles", N=n, dtype="float32")
+            assert runtime.flush_misses() == 0
+    assert sum("cannot write runtime misses" in r.message for r in caplog.records) == 1
+    assert runtime.lookup("tiles", N=10, dtype="float32")  # lookups go on
+
+
+COUNT_AND_EXIT = """
+from tuner import runtime
+for _ in range(7):
+    runtime.lookup("tiles", N=48, dtype="float32")
+    runtime.lookup("tiles", N=96, dtype="float32")
+runtime.settle(60)
+runtime.lookup("tiles", N=48, dtype="float32")
+"""
+
+
+def test_a_bundle_deployment_writes_misses_to_a_file_that_imports(tmp_path):
+    """A process serving from a bundle writes its misses at exit to TUNER_HOME/misses.jsonl;
+    `tuner misses import` loads them, and `tuner misses` lists them, most frequent first."""
+    key = _key("tiles", N=64)
+    bundle = tmp_path / "b.json"
+    _write_bundle(bundle, [_entry(key, {"BLOCK": 64, "num_warps": 4}, _live_fp())])
+    served = tmp_path / "server"
+    env = tuner_env(served, TUNER_DEVICE="cpu", TUNER_CONFIG_BUNDLE=str(bundle), TUNER_KERNEL_MODULES="tests.kernels.tiles",
+                    TUNER_RUNTIME_DEADLINE_MS="60000")
+    done = subprocess.run([sys.executable, "-c", COUNT_AND_EXIT], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in (served / "misses.jsonl").read_text().splitlines()]
+    assert sorted((r["key"]["dims"]["N"], r["level"], r["count"]) for r in lines) == [(48, "nearest", 8),
+                                                                                       (96, "nearest", 7)]
+    home = tmp_path / "tuner"
+    proc = run_tuner(["misses", "import", str(served / "misses.jsonl")], home)
+    assert proc.returncode == 0 and "imported 2 miss record(s)" in proc.stderr, proc.stderr
+    listed = run_json(["misses"], home)
+    assert [(r["key"], r["count"], r["level"]) for r in listed] == [({"N": 48}, 8, "nearest"), ({"N": 96}, 7, "nearest")]
+    assert run_tuner(["misses", "import", str(served / "misses.jsonl")], home).returncode == 0
+    assert [r["count"] for r in run_json(["misses", "--device-class", "cpu"], home)] == [16, 14]
+    assert run_json(["misses", "--kernel", "matmul"], home) == []
+
+
+def test_tuner_lookup_says_what_a_process_would_be_served(tmp_path):
+    home = tmp_path / "home"
+    tuned = run_json(["tune", "tiles", "--shape", "N=64", "--dtype", "float32", "--trials", "2", "--device", "cpu"],
+                     home, TUNER_KERNEL_MODULES="tests.kernels.tiles")
+    best = tuned["keys"][0]["config"]
+    rows = run_json(["lookup", "tiles", "--shape", "N=64", "--shape", "N=100", "--dtype", "float32"], home,
+                    TUNER_KERNEL_MODULES="tests.kernels.tiles")
+    assert [(r["shape"], r["level"], r["source"]) for r in rows] == [({"N": 64}, "exact", "database"),
+                                                                    ({"N": 100}, "nearest", "database")]
+    assert rows[0]["config"] == best == rows[1]["config"] and rows[0]["age_s"] is not None
+    assert rows[1]["distance"] > 0 and rows[1]["dims"] == {"N": 64}  # the stored shape that answered
+    other = run_json(["lookup", "tiles", "--shape", "N=64", "--fingerprint", "abc123"], home,
+                     TUNER_KERNEL_MODULES="tests.kernels.tiles")
+    assert other[0]["level"] == "other_fingerprint"
+    gpu = run_json(["lookup", "tiles", "--shape", "N=64", "--device-class", "h100-sxm-80gb"], home,
+                   TUNER_KERNEL_MODULES="tests.kernels.tiles")
+    assert gpu[0]["level"] == "default" and "nothing stored" in gpu[0]["reason"]
+    table = run_tuner(["lookup", "tiles", "--shape", "N=100"], home, TUNER_KERNEL_MODULES="tests.kernels.tiles")
+    assert table.returncode == 0 and "nearest" in table.stdout

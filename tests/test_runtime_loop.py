@@ -1,0 +1,127 @@
+"""From a production miss back to a tuned configuration, on the real PostgreSQL, Redis and `tuner
+worker` processes: a model process serves a shape nobody tuned through @tuned, the miss reaches
+the database, `tuner retune --misses` queues it, a CPU worker tunes it, and a fresh process is
+served the exact row. The nightly retune task does the same for the next miss."""
+import json
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.cli_helpers import ROOT
+from tests.services import WorkerProc, pg_database, redis_url, run_cli, service_env, wait_for
+
+pytestmark = pytest.mark.integration
+KERNELS = "tests.kernels.tutorial"
+
+SERVE = r"""
+import json, sys, torch
+from tests.kernels.tutorial import softmax_kernel
+from tuner import runtime
+from tuner.runtime import tuned
+
+m, n = int(sys.argv[1]), int(sys.argv[2])
+kernel = tuned("tutorial_softmax", key={"M": "n_rows", "N": "n_cols"})(softmax_kernel)
+x = torch.randn(m, n)
+y = torch.empty_like(x)
+grid = lambda cfg: (min(cfg["PROGRAMS"], m),)
+kernel[grid](y, x, x.stride(0), y.stride(0), m, n)
+runtime.settle(60)  # the first launch may have had the default while the database was opened
+for _ in range(3):
+    kernel[grid](y, x, x.stride(0), y.stride(0), m, n)
+    assert torch.allclose(y, torch.softmax(x, -1), atol=1e-5)
+answer = runtime.explain("tutorial_softmax", M=m, N=n, dtype="float32")
+print(json.dumps({"level": answer.level, "config": dict(answer.config)}))
+"""  # the misses are written at exit
+
+
+def tuner_json(env, *args):
+    proc = run_cli(env, *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def serve(env, m: int, n: int) -> dict:
+    done = subprocess.run([sys.executable, "-c", SERVE, str(m), str(n)], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    home = tmp_path_factory.mktemp("loop")
+    with pg_database() as db_url:
+        env = service_env(home, db_url, redis_url(), TUNER_KERNEL_MODULES=KERNELS, TUNER_RETUNE_MISSES_TRIALS="4")
+        assert run_cli(env, "db", "upgrade").returncode == 0
+        engine = create_engine(db_url)
+        workers = []
+        yield {"env": env, "engine": engine, "home": home, "workers": workers}
+        for w in workers:
+            w.stop()
+        engine.dispose()
+
+
+def _best(engine, m: int, n: int):
+    with engine.connect() as c:
+        rows = c.execute(text("select config from best_configs where kernel = 'tutorial_softmax' and "
+                              "superseded_at is null and key->'dims'->>'M' = :m and key->'dims'->>'N' = :n"),
+                         {"m": str(m), "n": str(n)}).scalars().all()
+    return [json.loads(r) if isinstance(r, str) else r for r in rows]
+
+
+@pytest.mark.slow
+def test_a_production_miss_comes_back_tuned(world):
+    env, engine = world["env"], world["engine"]
+    # a neighbour is tuned, so the miss is served from the nearest stored shape meanwhile
+    assert tuner_json(env, "tune", "tutorial_softmax", "--shape", "M=64,N=100", "--trials", "3", "--seed", "0",
+                      "--device", "cpu")["keys"][0]["config"]
+    served = serve(env, 16, 100)
+    assert served["level"] == "nearest"
+    misses = tuner_json(env, "misses")
+    assert [(r["key"], r["level"]) for r in misses] == [({"M": 16, "N": 100}, "nearest")] and misses[0]["count"] >= 3
+
+    dry = tuner_json(env, "retune", "--misses", "--dry-run")
+    assert dry["jobs"] == [] and "no live worker" in dry["skipped"][0]["reason"]
+    world["workers"].append(WorkerProc("loop-worker", env, world["home"]))
+    wait_for(lambda: tuner_json(env, "retune", "--misses", "--dry-run")["jobs"], 180, "the worker to register")
+
+    queued = tuner_json(env, "retune", "--misses", "--top", "5")
+    assert [(j["key"], j["device_class"]) for j in queued["jobs"]] == [({"M": 16, "N": 100}, "cpu-interpreter")]
+    again = tuner_json(env, "retune", "--misses")
+    assert again["jobs"] == [] and "already queued" in again["skipped"][0]["reason"]
+    job = queued["jobs"][0]["job"]
+    wait_for(lambda: tuner_json(env, "status", job)["state"] in ("done", "failed"), 300, "the miss job")
+    assert tuner_json(env, "status", job)["state"] == "done"
+
+    assert tuner_json(env, "misses") == []  # tuned: no longer a miss
+    (best,) = _best(engine, 16, 100)
+    assert serve(env, 16, 100) == {"level": "exact", "config": best}  # a fresh process gets the exact row
+
+
+@pytest.mark.slow
+def test_the_nightly_retune_queues_the_most_frequent_misses(world):
+    from tuner.scheduler import retune_args
+    from tuner.settings import from_env
+    from workers.app import make_app
+    from workers.queues import CONTROL_QUEUE, RETUNE_TASK
+
+    env, engine = world["env"], world["engine"]
+    if not world["workers"]:
+        world["workers"].append(WorkerProc("loop-worker", env, world["home"]))
+    served = serve(env, 8, 100)
+    assert served["level"] != "exact"
+    settings = from_env(env)
+    assert settings.retune_misses and retune_args(settings)["misses_max_jobs"] == 20
+    make_app(settings.broker_url).send_task(RETUNE_TASK, kwargs=retune_args(settings), queue=CONTROL_QUEUE)
+
+    def miss_job():
+        with engine.connect() as c:
+            return c.execute(text("select j.id, j.state from jobs j join job_keys k on k.job_id = j.id where "
+                                  "j.kind = 'miss' and k.key->'dims'->>'M' = '8'")).all()
+
+    wait_for(lambda: len(miss_job()) == 1 and miss_job()[0][1] in ("done", "failed"), 300, "the nightly miss job")
+    assert miss_job()[0][1] == "done"
+    (best,) = _best(engine, 8, 100)
+    assert serve(env, 8, 100) == {"level": "exact", "config": best}

@@ -1,0 +1,125 @@
+"""The CLI's side of runtime misses: `tuner misses` (list), `tuner misses import FILE` (a bundle
+deployment's JSON-lines file into the database), `tuner retune --misses` (queue tuning jobs for
+the most frequent; the work is workers/misses.py's, shared with the nightly retune), and
+`tuner lookup` (what a process on a device class would be served, and why).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+from db import store
+from db.session import session_scope
+from devices.classes import class_for, matches, resolve_device_class
+from search_spaces import registry
+from tuner.database import open_for_read, open_for_write
+from tuner.errors import UserError
+from tuner.request import build_request
+from tuner.settings import Settings
+
+DEFAULT_TOP, DEFAULT_MIN_COUNT = 10, 1
+
+
+def list_misses(settings: Settings, kernel: str | None, device_class: str | None) -> list[dict]:
+    """Untuned misses, most frequent first."""
+    selector = resolve_device_class(device_class) if device_class is not None else None
+    url = open_for_read(settings)
+    with session_scope(url) as s:
+        rows = store.misses(s, kernel=kernel)
+    return [{"kernel": m.kernel, "kernel_version": m.kernel_version, "key": m.key["dims"], "dtype": m.dtype,
+             "device_class": m.device_class, "fingerprint": m.fingerprint, "level": m.level, "count": m.count,
+             "first_seen": m.first_seen.isoformat(), "last_seen": m.last_seen.isoformat()}
+            for m in rows if selector is None or matches(selector, m.device_class)]
+
+
+def import_file(settings: Settings, path: str) -> tuple[int, int]:
+    """Load a JSON-lines miss file (tuner.runtime's FileSink) into the database: (records, rows).
+    Every line is checked before anything is written."""
+    from tuner.runtime.misses import parse_record
+
+    file = Path(path).expanduser()
+    try:
+        lines = file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read miss file {str(path)[:80]!r}: {exc.strerror or type(exc).__name__}; "
+                        "give the file the runtime wrote (TUNER_MISS_FILE)") from None
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(parse_record(json.loads(line)))
+        except ValueError as exc:  # json.JSONDecodeError is one
+            raise UserError(f"{str(path)[:80]}:{n} is not a miss record ({str(exc).splitlines()[0][:120]}); "
+                            "nothing imported") from None
+    if not records:
+        raise UserError(f"{str(path)[:80]} holds no miss records; nothing imported")
+    url = open_for_write(settings)
+    with session_scope(url) as s:
+        rows = store.record_misses(s, records)
+    return len(records), rows
+
+
+def retune_misses(settings: Settings, device_class: str | None, kernel: str | None, top: int | None,
+                  min_count: int | None, dry_run: bool, holder: str | None = None) -> dict:
+    """Queue tuning jobs for the `top` most frequent missed keys of each class with live workers."""
+    from workers.misses import enqueue_misses
+
+    top = DEFAULT_TOP if top is None else top
+    min_count = DEFAULT_MIN_COUNT if min_count is None else min_count
+    if top < 1:
+        raise UserError(f"--top {top} is impossible: give the number of keys per device class to queue, e.g. 10")
+    if min_count < 1:
+        raise UserError(f"--min-count {min_count} is impossible: give the fewest misses a key needs, e.g. 1")
+    match = None
+    if device_class is not None:
+        selector = resolve_device_class(device_class)
+        match = lambda slug: matches(selector, slug)  # noqa: E731
+    send = None
+    if dry_run:
+        url = open_for_read(settings)
+    else:
+        from tuner.coordinator import broker_app
+        from workers.app import send_batch
+
+        app = broker_app(settings)  # the broker is checked before anything is written
+        url = open_for_write(settings)
+        send = lambda msg: send_batch(app, msg)  # noqa: E731
+    return enqueue_misses(url, send, holder=holder or f"cli-{socket.gethostname()}-{os.getpid()}",
+                          dead_after_s=settings.worker_dead_after_s, trials=settings.retune_misses_trials,
+                          top=top, min_count=min_count, device_class=match, kernel=kernel, dry_run=dry_run,
+                          batch_trials=settings.batch_trials)
+
+
+def lookup_rows(settings: Settings, kernel: str, shapes: list[str], dtypes: list[str], device_class: str | None,
+                fingerprint: str | None) -> list[dict]:
+    """What tuner.runtime would serve for each key to a process of device_class (default: this
+    machine's) on the stack `fingerprint` (default: this machine's), with its provenance."""
+    from devices.fingerprint import live_fingerprint
+    from devices.probe import probe
+    from tuner.runtime.answer import Identity
+    from tuner.runtime.levels import resolve
+    from tuner.runtime.sources import open_source
+
+    req = build_request(kernel, shapes, dtypes, trials=1)
+    dc = class_for(device_class) if device_class is not None else probe(settings.device)[0]
+    if fingerprint is not None and not (0 < len(fingerprint) <= 80 and fingerprint.isalnum()):
+        raise UserError(f"--fingerprint {fingerprint[:40]!r} is not a fingerprint hash; `tuner devices` prints them")
+    fp = fingerprint or live_fingerprint(dc, settings.fingerprint_override).hash
+    source = open_source(settings)
+    if source.name == "database":
+        open_for_read(settings)  # a missing or unreachable database is a one-line error here
+    spec = registry.get(kernel)
+    out = []
+    for key in req.keys:
+        try:
+            answer = resolve(spec, key, Identity(dc, fp, dc.target), source)
+        except Exception as exc:
+            text = str(exc).strip().splitlines()
+            raise UserError(f"cannot read {source.describe()}: {type(exc).__name__}: {text[0][:160] if text else ''}"
+                            ) from None
+        out.append({"key": key.label(), "shape": key.dim_map, "dtype": key.dtype, "device_class": dc.slug,
+                    "live_fingerprint": fp, **answer.to_json(), "explained": answer.describe()})
+    return out
