@@ -137,7 +137,17 @@ class TuningTrial(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class BestConfig(Base):
+class TuningKeyColumns:
+    """The columns that name a tuning key (kernel, its version, the key's hash and JSON, dtype), in
+    every table that stores something per key."""
+    kernel: Mapped[str] = mapped_column(String(100))
+    kernel_version: Mapped[str] = mapped_column(String(32))
+    key_hash: Mapped[str] = mapped_column(String(16))
+    key: Mapped[dict[str, Any]]
+    dtype: Mapped[str] = mapped_column(String(16))
+
+
+class BestConfig(TuningKeyColumns, Base):
     """Never overwritten: a new best supersedes the old one (superseded_at), so history stays."""
     __tablename__ = "best_configs"
     __table_args__ = (
@@ -148,11 +158,6 @@ class BestConfig(Base):
         Index("ix_best_kernel_class", "kernel", "device_class_id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
-    kernel: Mapped[str] = mapped_column(String(100))
-    kernel_version: Mapped[str] = mapped_column(String(32))
-    key_hash: Mapped[str] = mapped_column(String(16))
-    key: Mapped[dict[str, Any]]
-    dtype: Mapped[str] = mapped_column(String(16))
     device_class_id: Mapped[int] = mapped_column(ForeignKey("device_classes.id"))
     fingerprint_id: Mapped[int] = mapped_column(ForeignKey("stack_fingerprints.id"))
     config: Mapped[dict[str, Any]]
@@ -175,7 +180,7 @@ class Lock(Base):
     expires_at: Mapped[datetime]
 
 
-class RuntimeMiss(Base):
+class RuntimeMiss(TuningKeyColumns, Base):
     """How often model processes were served a key from a fallback level (another stack's row, a
     nearest shape, the default): written in batches by the runtime (db.store.record_misses), read
     by `tuner misses` and turned into tuning jobs by `tuner retune --misses`. The class and stack
@@ -188,11 +193,6 @@ class RuntimeMiss(Base):
         Index("ix_runtime_miss_class", "device_class", "count"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
-    kernel: Mapped[str] = mapped_column(String(100))
-    kernel_version: Mapped[str] = mapped_column(String(32))
-    key_hash: Mapped[str] = mapped_column(String(16))
-    key: Mapped[dict[str, Any]]
-    dtype: Mapped[str] = mapped_column(String(16))
     device_class: Mapped[str] = mapped_column(String(80))
     fingerprint: Mapped[str] = mapped_column(String(80))
     level: Mapped[str] = mapped_column(String(24))

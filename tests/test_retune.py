@@ -102,8 +102,8 @@ def test_driver_update_is_retuned_once_warm_started_and_reported(world, tmp_path
     hist = tuner_json(env, "history", "trivial", "--shape", "N=16", "--dtype", "float32", "--device-class", "cpu")
     assert {h["fingerprint"] for h in hist} and len(hist) == 2
 
-    code = ("import json; from tuner.runtime import lookup; "
-            "print(json.dumps(lookup('trivial', N=16, dtype='float32')))")
+    code = ("import json; from tuner.runtime import lookup, settle; lookup('trivial', N=16, dtype='float32'); "
+            "settle(); print(json.dumps(lookup('trivial', N=16, dtype='float32')))")
     with engine.connect() as c:
         new_cfg = c.execute(text("select b.config from best_configs b join stack_fingerprints f on f.id=b.fingerprint_id "
                                  "where f.driver='999.1' and b.key->'dims'->>'N' = '16'")).scalar()

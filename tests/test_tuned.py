@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.cli_helpers import ROOT, run_json, run_tuner, tuner_env
+from tests.cli_helpers import ROOT, run_json, tuner_env
 from tests.test_runtime import _entry, _key, _live_fp, _write_bundle, live_env  # noqa: F401
 from tuner import runtime
 

@@ -75,11 +75,9 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
     return job_id
 
 
-def retune(settings: Settings, device_class: str | None, kernel: str | None, stale_only: bool,
-           dry_run: bool, holder: str | None = None) -> dict:
-    """Queue warm-started retune jobs for the keys whose stack changed (workers/retune.py)."""
-    from workers.retune import enqueue_stale
-
+def retune_plumbing(settings: Settings, device_class: str | None, dry_run: bool, holder: str | None):
+    """What a retune run needs from the CLI: (class filter, database URL, send, lease holder). The
+    broker is checked before anything is written; a dry run needs neither broker nor writes."""
     match = None
     if device_class is not None:
         selector = resolve_device_class(device_class)
@@ -90,10 +88,19 @@ def retune(settings: Settings, device_class: str | None, kernel: str | None, sta
     else:
         from workers.app import send_batch
 
-        app = broker_app(settings)  # the broker is checked before anything is written
+        app = broker_app(settings)
         url = open_for_write(settings)
         send = lambda msg: send_batch(app, msg)  # noqa: E731
-    return enqueue_stale(url, send, holder=holder or f"cli-{socket.gethostname()}-{os.getpid()}",
+    return match, url, send, holder or f"cli-{socket.gethostname()}-{os.getpid()}"
+
+
+def retune(settings: Settings, device_class: str | None, kernel: str | None, stale_only: bool,
+           dry_run: bool, holder: str | None = None) -> dict:
+    """Queue warm-started retune jobs for the keys whose stack changed (workers/retune.py)."""
+    from workers.retune import enqueue_stale
+
+    match, url, send, holder = retune_plumbing(settings, device_class, dry_run, holder)
+    return enqueue_stale(url, send, holder=holder,
                          dead_after_s=settings.worker_dead_after_s,
                          budget_fraction=settings.retune_budget_fraction, device_class=match, kernel=kernel,
                          stale_only=stale_only, dry_run=dry_run, batch_trials=settings.batch_trials)

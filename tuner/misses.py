@@ -6,8 +6,6 @@ the most frequent; the work is workers/misses.py's, shared with the nightly retu
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 from db import store
@@ -65,6 +63,7 @@ def import_file(settings: Settings, path: str) -> tuple[int, int]:
 def retune_misses(settings: Settings, device_class: str | None, kernel: str | None, top: int | None,
                   min_count: int | None, dry_run: bool, holder: str | None = None) -> dict:
     """Queue tuning jobs for the `top` most frequent missed keys of each class with live workers."""
+    from tuner.coordinator import retune_plumbing
     from workers.misses import enqueue_misses
 
     top = DEFAULT_TOP if top is None else top
@@ -73,21 +72,8 @@ def retune_misses(settings: Settings, device_class: str | None, kernel: str | No
         raise UserError(f"--top {top} is impossible: give the number of keys per device class to queue, e.g. 10")
     if min_count < 1:
         raise UserError(f"--min-count {min_count} is impossible: give the fewest misses a key needs, e.g. 1")
-    match = None
-    if device_class is not None:
-        selector = resolve_device_class(device_class)
-        match = lambda slug: matches(selector, slug)  # noqa: E731
-    send = None
-    if dry_run:
-        url = open_for_read(settings)
-    else:
-        from tuner.coordinator import broker_app
-        from workers.app import send_batch
-
-        app = broker_app(settings)  # the broker is checked before anything is written
-        url = open_for_write(settings)
-        send = lambda msg: send_batch(app, msg)  # noqa: E731
-    return enqueue_misses(url, send, holder=holder or f"cli-{socket.gethostname()}-{os.getpid()}",
+    match, url, send, holder = retune_plumbing(settings, device_class, dry_run, holder)
+    return enqueue_misses(url, send, holder=holder,
                           dead_after_s=settings.worker_dead_after_s, trials=settings.retune_misses_trials,
                           top=top, min_count=min_count, device_class=match, kernel=kernel, dry_run=dry_run,
                           batch_trials=settings.batch_trials)
