@@ -274,7 +274,8 @@ def retune(device_class: Optional[str] = typer.Option(None, "--device-class"),
            min_count: Optional[int] = typer.Option(None, "--min-count", help="With --misses: the fewest misses a "
                                                    "key needs (default 1)."),
            as_json: bool = JsonOpt) -> None:
-    """Queue warm-started retune jobs for configurations tuned under another stack than live workers run."""
+    """Queue warm-started retune jobs for configurations tuned under another stack than live workers
+    run; with --misses, tuning jobs for the keys model processes were served most from a fallback."""
     from tuner.coordinator import retune as do_retune
 
     if not misses_ and (top is not None or min_count is not None):

@@ -184,9 +184,9 @@ class MissCounter:
         self.sink, self.flush_s, self.warn = sink, flush_s, warn
         self._tallies: dict[MissKey, Tally] = {}
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.written = 0  # records written, for tests and the benchmark
 
     def tally(self, key: MissKey) -> Tally:
         """The tally a cache entry adds its launches to (cold path)."""
@@ -213,7 +213,11 @@ class MissCounter:
 
     def flush(self) -> int:
         """Write what was counted since the last flush; returns the records written (0 when the
-        sink failed: those counts are dropped)."""
+        sink failed: those counts are dropped). One flush at a time, so no count is written twice."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> int:
         now = datetime.now(timezone.utc).isoformat()
         batch = []
         for t, n in self.pending():
@@ -228,7 +232,6 @@ class MissCounter:
             self.warn("misses", f"tuner: cannot write runtime misses to {self.sink.describe()} "
                                 f"({type(exc).__name__}: {text[0][:200] if text else ''}); dropped")
             return 0
-        self.written += len(batch)
         return len(batch)
 
     def close(self, wait_s: float = EXIT_WAIT_S) -> None:
@@ -240,7 +243,7 @@ class MissCounter:
 
     def after_fork(self) -> None:
         """In a forked child: the flusher thread is gone; the parent's counts are the parent's."""
-        self._lock = threading.Lock()
+        self._lock, self._flushing = threading.Lock(), threading.Lock()
         self._stop = threading.Event()
         self._thread = None
         for t in self._tallies.values():
