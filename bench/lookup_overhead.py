@@ -1,20 +1,27 @@
-"""Runtime lookup overhead: warm lookup, @tuned launch vs fixed config vs triton.autotune, and a
-cold lookup against 10,000 stored best configurations.
+"""Runtime lookup overhead, as a model process pays it: the warm lookup and the warm @tuned
+dispatch with miss counting on, a miss against a database that accepts connections and never
+answers, the warm path while another thread is stuck in a miss, launches through @tuned vs a
+fixed configuration vs triton.autotune, and cold lookups among 10,000 stored configurations.
 
     .venv/bin/python bench/lookup_overhead.py            # writes bench/results/lookup_overhead.json
 
-Launch timings run the Triton interpreter on the CPU (label: interpreter), so they measure the
-dispatch layer's cost next to an interpreter launch, not GPU launch latency.
+Every figure is a median (min and max beside it). Launch timings run the Triton interpreter on
+the CPU (label: interpreter): they show the dispatch layer's cost next to an interpreter launch,
+not GPU launch latency. Targets: warm lookup <= 1 us, warm @tuned dispatch <= 2 us, a miss
+against a silent database <= the deadline + 5 ms, the warm path unchanged while a miss is stuck.
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import timeit
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +30,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "lookup_overhead.json"
 N_STORED = 10_000
+MISSES = 20  # misses timed against the silent database (all within its 3 s connect timeout)
 
 
 def per_call_ns(stmt, number: int, repeat: int = 7) -> dict:
@@ -31,20 +39,86 @@ def per_call_ns(stmt, number: int, repeat: int = 7) -> dict:
     return {"median_ns": statistics.median(per), "min_ns": per[0], "max_ns": per[-1], "calls": number * repeat}
 
 
-def warm_lookup() -> dict:
+def interleaved_ns(stmts: dict, number: int, repeat: int = 15) -> dict:
+    """per_call_ns of several statements, their repeats taken in turn, so that a machine's load
+    weighs on each alike (this machine is shared)."""
+    runs: dict = {name: [] for name in stmts}
+    for _ in range(repeat):
+        for name, stmt in stmts.items():
+            runs[name].append(timeit.timeit(stmt, number=number) / number * 1e9)
+    return {name: {"median_ns": statistics.median(per), "min_ns": min(per), "max_ns": max(per),
+                   "calls": number * repeat} for name, per in runs.items()}
+
+
+def summary_ms(values: list[float]) -> dict:
+    return {"median_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values), "n": len(values)}
+
+
+def use(**env: str) -> None:
+    """Point the runtime at new settings (it reads them again after clear_cache)."""
     from tuner import runtime
-    runtime.lookup("matmul", M=4096, N=4096, K=4096, dtype="float16")
-    return per_call_ns(lambda: runtime.lookup("matmul", M=4096, N=4096, K=4096, dtype="float16"), 200_000)
+
+    for k in ("TUNER_DB_URL", "TUNER_CONFIG_BUNDLE", "TUNER_RUNTIME_DEADLINE_MS"):
+        os.environ.pop(k, None)
+    os.environ.update(env)
+    runtime.clear_cache()
 
 
-def launches() -> dict:
-    """A 64x64x64 fp32 matmul launched three ways in the interpreter (same config for all)."""
+def write_bundle(path: Path) -> None:
+    """One stored shape per kernel (matmul 4096^3 fp16, matmul 64^3 fp32), so that a lookup of any
+    other shape is a nearest-shape miss: what is counted."""
+    from devices.fingerprint import live_fingerprint
+    from devices.probe import probe
+    from search_spaces import registry
+
+    spec, dc = registry.get("matmul"), probe("cpu")[0]
+    fp = live_fingerprint(dc).hash
+    entries = []
+    for dims, dtype in (({"M": 4096, "N": 4096, "K": 4096}, "float16"), ({"M": 64, "N": 64, "K": 64}, "float32")):
+        key = spec.make_key(dims, dtype)
+        entries.append({"kernel": "matmul", "kernel_version": key.version, "key_hash": key.stable_hash,
+                        "key": key.to_json(), "dtype": dtype, "device_class": dc.slug, "fingerprint": fp,
+                        "config": spec.default(key, dc.target), "tuned_at": datetime.now(timezone.utc).isoformat()})
+    path.write_text(json.dumps({"format": "tuner-bundle", "version": 1, "entries": entries}))
+
+
+def warm(bundle: Path) -> dict:
+    from tuner import runtime
+
+    use(TUNER_CONFIG_BUNDLE=str(bundle), TUNER_RUNTIME_DEADLINE_MS="60000")
+    keys = {"exact": dict(M=4096, N=4096, K=4096), "nearest_counted": dict(M=2048, N=4096, K=4096)}
+    levels = {}
+    for name, dims in keys.items():
+        runtime.lookup("matmul", **dims, dtype="float16")
+        runtime.settle(60)
+        levels[name] = runtime.explain("matmul", **dims, dtype="float16").level
+    # the floor on this machine at this moment: a dict hit on the same key, built from keywords
+    table = {("matmul", (("M", 4096), ("N", 4096), ("K", 4096), ("dtype", "float16"))): 1}
+
+    def bare(kernel, **key):
+        return table.get((kernel, tuple(key.items())))
+
+    lookup = runtime.lookup
+    out = interleaved_ns({"exact": lambda: lookup("matmul", M=4096, N=4096, K=4096, dtype="float16"),
+                          "nearest_counted": lambda: lookup("matmul", M=2048, N=4096, K=4096, dtype="float16"),
+                          "baseline_dict_hit": lambda: bare("matmul", M=4096, N=4096, K=4096, dtype="float16")},
+                         100_000)
+    for name, level in levels.items():
+        out[name]["level"] = level
+    out["miss_records_written"] = runtime.flush_misses()  # the counting was on
+    return out
+
+
+def launches(bundle: Path) -> dict:
+    """A 64x64x64 fp32 matmul launched three ways in the interpreter (same config for all), and
+    the @tuned dispatch alone for a nearest-shape miss (counted)."""
     import torch
     import triton
 
     from search_spaces import matmul
     from tuner import runtime
 
+    use(TUNER_CONFIG_BUNDLE=str(bundle), TUNER_RUNTIME_DEADLINE_MS="60000")
     cfg = runtime.lookup("matmul", M=64, N=64, K=64, dtype="float32")
     consts = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages")}
     a, b, c = torch.randn(64, 64), torch.randn(64, 64), torch.empty(64, 64)
@@ -63,7 +137,68 @@ def launches() -> dict:
     for fn in ways.values():
         fn(), fn()
     out = {name: per_call_ns(fn, 20, 5) for name, fn in ways.items()}
-    out["dispatch_only_tuned_config_for"] = per_call_ns(lambda: tuned.config_for(args, {}), 100_000)
+    out["dispatch_only_tuned_exact"] = per_call_ns(lambda: tuned.config_for(args, {}), 100_000)
+    miss = (a, b, c, 64, 48, 64, *a.stride(), *b.stride(), *c.stride())  # N=48: a nearest-shape miss
+    tuned.config_for(miss, {})
+    runtime.settle(60)
+    out["dispatch_only_tuned_nearest_counted"] = {
+        "level": runtime.explain("matmul", M=64, N=48, K=64, dtype="float32").level,
+        **per_call_ns(lambda: tuned.config_for(miss, {}), 100_000)}
+    return out
+
+
+class SilentDatabase:
+    """Accepts every TCP connection and never answers: PostgreSQL's driver waits for its reply."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                self.conns.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://tuner@127.0.0.1:{self.sock.getsockname()[1]}/tuner"
+
+
+def silent_database(bundle: Path) -> dict:
+    """Misses against a database that never answers (deadline: the default 50 ms), then the warm
+    path while another thread waits for such a miss, against the warm path alone."""
+    from tuner import runtime
+
+    db = SilentDatabase()
+    use(TUNER_DB_URL=db.url)
+    t = time.perf_counter()
+    runtime.lookup("matmul", M=1, N=4096, K=4096, dtype="float16")
+    first = (time.perf_counter() - t) * 1e3
+    times = []
+    for m in range(2, 2 + MISSES):
+        t = time.perf_counter()
+        runtime.lookup("matmul", M=m, N=4096, K=4096, dtype="float16")
+        times.append((time.perf_counter() - t) * 1e3)
+    out = {"deadline_ms": 50.0, "first_miss_in_process_ms": first, "miss": summary_ms(times),
+           "answer": runtime.explain("matmul", M=2, N=4096, K=4096, dtype="float16").reason}
+
+    # the warm path alone, then while a thread waits (deadline raised) on a question the database never answers
+    use(TUNER_DB_URL=db.url, TUNER_RUNTIME_DEADLINE_MS="600000")
+    warm_key = dict(M=4096, N=4096, K=4096, dtype="float8_e4m3fn")  # served without asking the database
+    runtime.lookup("matmul", **warm_key)
+    out["warm_alone"] = per_call_ns(lambda: runtime.lookup("matmul", **warm_key), 200_000, 5)
+    stuck = threading.Thread(target=lambda: runtime.lookup("matmul", M=7, N=4096, K=4096, dtype="float16"),
+                             daemon=True)
+    stuck.start()
+    time.sleep(0.5)  # let it reach the database (the connect timeout is 3 s)
+    out["warm_while_a_miss_is_stuck"] = per_call_ns(lambda: runtime.lookup("matmul", **warm_key), 200_000, 5)
+    out["stuck_thread_still_waiting_after"] = stuck.is_alive()
+    use(TUNER_CONFIG_BUNDLE=str(bundle))
     return out
 
 
@@ -93,8 +228,9 @@ def populate(url: str) -> None:
         s.execute(insert(models.BestConfig), rows)
 
 
+# a cold lookup waits for its answer here (deadline raised): what is timed is the source's latency
 COLD = r'''
-import json, sys, time
+import json, statistics, time
 import torch, triton  # a model process has these loaded before its first lookup
 from tuner import runtime
 t0 = time.perf_counter(); runtime.lookup("matmul", M=16, N=4096, K=4096, dtype="float16"); first = time.perf_counter() - t0
@@ -103,9 +239,8 @@ for m in range(1000, 1100):
     t = time.perf_counter(); runtime.lookup("matmul", M=m, N=4096, K=4096, dtype="float16"); cold.append(time.perf_counter() - t)
 t = time.perf_counter(); runtime.lookup("matmul", M=20000, N=4000, K=4100, dtype="float16"); nearest_first = time.perf_counter() - t
 t = time.perf_counter(); runtime.lookup("matmul", M=30000, N=4000, K=4100, dtype="float16"); nearest_next = time.perf_counter() - t
-cold.sort()
-print(json.dumps({"first_lookup_in_process_ms": first * 1e3, "cold_exact_key_median_ms": cold[len(cold)//2] * 1e3,
-                  "cold_exact_key_p90_ms": cold[int(len(cold)*0.9)] * 1e3,
+print(json.dumps({"first_lookup_in_process_ms": first * 1e3, "cold_exact_key_median_ms": statistics.median(cold) * 1e3,
+                  "cold_exact_key_p90_ms": sorted(cold)[int(len(cold) * 0.9)] * 1e3,
                   "nearest_shape_first_scan_ms": nearest_first * 1e3, "nearest_shape_next_ms": nearest_next * 1e3}))
 '''
 
@@ -126,7 +261,9 @@ def cold_lookup() -> dict:
             out["postgresql_skipped"] = str(exc).splitlines()[0]
         for name, url in urls.items():
             populate(url)
-            env = {**os.environ, "TUNER_DB_URL": url, "TUNER_DEVICE": "cpu", "PYTHONPATH": str(ROOT)}
+            env = {**os.environ, "TUNER_DB_URL": url, "TUNER_DEVICE": "cpu", "PYTHONPATH": str(ROOT),
+                   "TUNER_RUNTIME_DEADLINE_MS": "60000", "TUNER_MISS_FLUSH_S": "0"}
+            env.pop("TUNER_CONFIG_BUNDLE", None)
             proc = subprocess.run([sys.executable, "-c", COLD], env=env, capture_output=True, text=True, check=True)
             out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
         if "postgresql" in urls:
@@ -143,13 +280,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=RESULTS, help="results file (default: %(default)s)")
     args = ap.parse_args()
-    os.environ.setdefault("TUNER_HOME", tempfile.mkdtemp())
-    os.environ["TUNER_DEVICE"] = "cpu"
+    for k in [k for k in os.environ if k.startswith("TUNER_")]:
+        del os.environ[k]
+    os.environ.update(TUNER_HOME=tempfile.mkdtemp(), TUNER_DEVICE="cpu")
+    bundle = Path(os.environ["TUNER_HOME"]) / "bundle.json"
+    write_bundle(bundle)
     result = {
         "benchmark": "lookup_overhead", "date": datetime.now(timezone.utc).isoformat(),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-        "timing": "CPU; launches in the Triton interpreter (not GPU launch latency)",
-        "warm_lookup": warm_lookup(), "launch_64x64x64_fp32_interpreter": launches(),
+        "load_average_at_start": os.getloadavg(),
+        "timing": "CPU; medians of 7 (5) repeats; launches in the Triton interpreter (not GPU launch latency)",
+        "warm_lookup": warm(bundle), "launch_64x64x64_fp32_interpreter": launches(bundle),
+        "silent_database": silent_database(bundle),
         "stored_best_configs": N_STORED, "cold_lookup": cold_lookup(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
