@@ -47,8 +47,6 @@ CASES = {
                         "names 3 classes"),
     "lookup bad fingerprint": (["lookup", "matmul", "--shape", "M=64,N=64,K=64", "--fingerprint", "a b"],
                                "is not a fingerprint hash"),
-    "lookup without a database": (["lookup", "matmul", "--shape", "M=64,N=64,K=64"], "no tuning database"),
-    "misses without a database": (["misses"], "no tuning database"),
     "misses unknown class": (["misses", "--device-class", "tpu"], "unknown device class 'tpu'"),
     "misses import missing file": (["misses", "import", "/no/such/misses.jsonl"], "cannot read miss file"),
     "misses import bad line": (["misses", "import", str(DATA / "misses-bad-line.jsonl")],
@@ -105,9 +103,11 @@ def test_bad_input_leaves_no_job_row_in_an_existing_database(tmp_path):
         assert conn.execute("select count(*) from tuning_trials").fetchone()[0] == 0
 
 
-def test_read_commands_without_a_database(tmp_path):
+@pytest.mark.parametrize("args", [["best", "matmul", "--shape", "M=64,N=64,K=64"],
+                                  ["lookup", "matmul", "--shape", "M=64,N=64,K=64"], ["misses"]])
+def test_read_commands_without_a_database(tmp_path, args):
     home = tmp_path / "home"
-    proc = run_tuner(["best", "matmul", "--shape", "M=64,N=64,K=64"], home)
+    proc = run_tuner(args, home)
     assert_one_line_error(proc, "no tuning database")
     assert not home.exists()
 

@@ -334,7 +334,7 @@ def settle(timeout_s: float = 10.0) -> bool:
     return True if st is None else st.settle(timeout_s)
 
 
-def flush_misses(timeout_s: float = 5.0) -> int:
+def flush_misses() -> int:
     """Write the counted misses now (from the caller's thread); returns the records written."""
     st = _state
     return st.counter.flush() if st is not None and st.counter is not None else 0
