@@ -52,19 +52,20 @@ def kernels(as_json: bool = JsonOpt) -> None:
     rows = []
     for name in registry.names():
         spec = registry.get(name)
-        sizes = {arch: len(spec.valid_configs(spec.make_key({k: 1024 for k in spec.key_names}, "float16"),
-                                              target_for(arch)))
+        dims = spec.example_dims()
+        sizes = {arch: len(spec.valid_configs(spec.make_key(dims, "float16"), target_for(arch)))
                  for arch in ("sm_90", "gfx942", "interpreter")}
         rows.append({"name": name, "version": spec.version, "key": list(spec.key_names),
-                     "dtypes": list(spec.dtypes), "valid_configs_at_1024": sizes,
+                     "dtypes": list(spec.dtypes), "example_shape": dims, "valid_configs": sizes,
                      "module": type(spec).__module__})
     if as_json:
         return _print_json(rows)
-    t = Table("kernel", "version", "key", "dtypes", "valid configs at 1024 (sm_90/gfx942/interp)", "module")
+    t = Table("kernel", "version", "key", "dtypes", "valid configs (sm_90/gfx942/interp) at", "module")
     for r in rows:
-        s = r["valid_configs_at_1024"]
+        s = r["valid_configs"]
+        shape = ",".join(f"{k}={v}" for k, v in r["example_shape"].items())
         t.add_row(r["name"], r["version"], ",".join(r["key"]), ",".join(r["dtypes"]),
-                  f"{s['sm_90']}/{s['gfx942']}/{s['interpreter']}", r["module"])
+                  f"{s['sm_90']}/{s['gfx942']}/{s['interpreter']} at {shape}", r["module"])
     out.print(t)
 
 
