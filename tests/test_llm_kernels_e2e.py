@@ -143,3 +143,23 @@ def test_gpu_names_are_torchs_with_vllms_replacements():
     assert vllm_lora.gpu_name("nvidia-sm_89-128sm-24gb") == "NVIDIA_SM_89_128SM_24GB"  # no known product: the slug
     from devices.classes import KNOWN_DEVICES
     assert {dc.slug for dc in KNOWN_DEVICES if dc.vendor != "cpu"} == set(vllm_lora.TORCH_NAMES)
+
+
+@pytest.mark.slow
+def test_the_gpu_comparison_runs_on_the_interpreter(tmp_path):
+    """bench/llm_kernels.py (bench/gpu_run.sh's `llm` step) end to end with one tiny key a kernel."""
+    import os
+
+    out = tmp_path / "llm.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "llm_kernels.py"), "--device", "cpu", "--smoke",
+                           "--rounds", "1", "--out", str(out)], env={**os.environ, "TRITON_INTERPRET": "1"},
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["timing"].startswith("triton-interpreter")
+    assert sorted(r["kernel"] for r in doc["rows"]) == ["flash_attention", "lora_expand", "lora_shrink"]
+    for row in doc["rows"]:
+        names = ("tuned", "default", "sdpa") if row["kernel"] == "flash_attention" else ("tuned", "default")
+        assert all(row[n]["ms"] > 0 and row[n]["correct"] for n in names), row
+        assert row["tuned"]["trials"] == 3 and row["speedup_over_default"] > 0
+    assert "| tuned vs default |" in out.with_suffix(".md").read_text()
