@@ -60,12 +60,12 @@ def kernels(as_json: bool = JsonOpt) -> None:
                      "module": type(spec).__module__})
     if as_json:
         return _print_json(rows)
-    t = Table("kernel", "version", "key", "dtypes", "valid configs (sm_90/gfx942/interp) at", "module")
+    t = Table("kernel", "version", "key", "dtypes", "valid configs (sm_90/gfx942/interp)", "at shape", "module")
     for r in rows:
         s = r["valid_configs"]
-        shape = ",".join(f"{k}={v}" for k, v in r["example_shape"].items())
         t.add_row(r["name"], r["version"], ",".join(r["key"]), ",".join(r["dtypes"]),
-                  f"{s['sm_90']}/{s['gfx942']}/{s['interpreter']} at {shape}", r["module"])
+                  f"{s['sm_90']}/{s['gfx942']}/{s['interpreter']}", ",".join(f"{k}={v}" for k, v in r["example_shape"].items()),
+                  r["module"])
     out.print(t)
 
 
