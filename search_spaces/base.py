@@ -318,6 +318,15 @@ class KernelSpec:
         """Configurations worth trying first (e.g. the Triton tutorial's list); valid ones only are used."""
         return []
 
+    def valid_unique(self, configs: Iterable[Config], key: TuningKey, target: Target) -> list[Config]:
+        """The valid configurations among configs, in order, each once: a known-good list."""
+        out, seen = [], set()
+        for c in configs:
+            if self.check(c, key, target) is None and config_hash(c) not in seen:
+                seen.add(config_hash(c))
+                out.append(c)
+        return out
+
     def configs(self, target: Target) -> Iterator[Config]:
         """Every point of the cartesian space, valid or not, in a stable order."""
         space = self.space(target)

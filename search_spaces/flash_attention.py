@@ -32,7 +32,6 @@ from search_spaces.base import (
     Target,
     TuningKey,
     block_limit,
-    config_hash,
     mma_path,
     require_launchable,
 )
@@ -287,12 +286,7 @@ class FlashAttention(KernelSpec):
         else:
             configs = [{"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": 4, "num_stages": s} for bm, bn, s in _TUTORIAL]
         configs.sort(key=lambda c: -c["BLOCK_M"] * c["BLOCK_N"])
-        out, seen = [], set()
-        for c in (self._shrunk(c, key, target) for c in configs):
-            if self.check(c, key, target) is None and config_hash(c) not in seen:
-                seen.add(config_hash(c))
-                out.append(c)
-        return out
+        return self.valid_unique((self._shrunk(c, key, target) for c in configs), key, target)
 
     # ---- running --------------------------------------------------------------------
     def _meta(self, config: Config, d: Mapping[str, int], vendor: str, dot_in_fp32: bool) -> dict:

@@ -23,6 +23,8 @@ from functools import cached_property
 from typing import Any, Mapping, NamedTuple
 
 import torch
+import triton
+import triton.language as tl
 
 from search_spaces.base import (
     NV_REGS_PER_BLOCK,
@@ -32,7 +34,6 @@ from search_spaces.base import (
     Target,
     TuningKey,
     block_limit,
-    config_hash,
     mma_path,
 )
 
@@ -66,6 +67,17 @@ def make_segments(m: int, loras: int, gen: torch.Generator, device: str) -> Segm
     start[1:] = torch.cumsum(counts, 0)
     order = torch.argsort(slot_of_token, stable=True)
     return Segments(*(t.to(dtype=torch.int32, device=device) for t in (order, counts, start, lora_ids)))
+
+
+@triton.jit
+def adapter_rows(m0, count, slot, token_ptr, start_ptr, lora_ptr, BLOCK_M: tl.constexpr):
+    """A program's BLOCK_M token rows from m0 of its adapter slot's `count` tokens, how many of
+    them are its own (lanes past the segment repeat its rows, so loads through them need no mask;
+    stores mask them), and the slot's adapter: what shrink and expand both start from."""
+    rows_here = min(BLOCK_M, count - m0)
+    first = tl.load(start_ptr + slot)
+    rows = tl.load(token_ptr + first + m0 + tl.arange(0, BLOCK_M) % rows_here).to(tl.int64)
+    return rows, rows_here, tl.load(lora_ptr + slot).to(tl.int64)
 
 
 def segment_rows(seg: Segments) -> list[tuple[int, torch.Tensor]]:
@@ -173,12 +185,7 @@ class LoraSpec(KernelSpec):
 
     def known_good_from(self, configs: list[Config], key: TuningKey, target: Target) -> list[Config]:
         """configs shrunk to the problem, the valid ones, without repeats: a known-good list."""
-        out, seen = [], set()
-        for c in (self.shrunk(c, key, target) for c in configs):
-            if self.check(c, key, target) is None and config_hash(c) not in seen:
-                seen.add(config_hash(c))
-                out.append(c)
-        return out
+        return self.valid_unique((self.shrunk(c, key, target) for c in configs), key, target)
 
     @staticmethod
     def vendor_of(t: torch.Tensor) -> str:

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from search_spaces.base import DTYPE_BYTES, Config, Specialization, Target, TuningKey, next_pow2, require_launchable
-from search_spaces.lora import TORCH_DTYPES, LoraSpec, Segments, make_segments, segment_rows, tile_resources
+from search_spaces.lora import TORCH_DTYPES, LoraSpec, Segments, adapter_rows, make_segments, segment_rows, tile_resources
 
 # Expand configurations vLLM's own tuning found on an H100 at rank 16, one adapter, one slice
 # (vllm/lora/ops/triton_ops/configs/NVIDIA_H100_80GB_HBM3_EXPAND_FALSE.json, vllm-project/vllm
@@ -45,13 +45,9 @@ def lora_expand_kernel(x_ptr, b_ptr, y_in_ptr, y_out_ptr, M, N, RANK, token_ptr,
     m0 = pid_m * BLOCK_M
     if m0 >= count:  # past this adapter's tokens: the grid covers every adapter for all M
         return
-    lora = tl.load(lora_ptr + slot).to(tl.int64)
-    first = tl.load(start_ptr + slot)
-    rows_here = min(BLOCK_M, count - m0)
+    rows, rows_here, lora = adapter_rows(m0, count, slot, token_ptr, start_ptr, lora_ptr, BLOCK_M)
     lanes = tl.arange(0, BLOCK_M)
-    # lanes past the segment repeat its rows and columns past N wrap around, so the loads of x
-    # and B need no mask; y's load and store mask both
-    rows = tl.load(token_ptr + first + m0 + lanes % rows_here).to(tl.int64)
+    # columns past N wrap around, so the loads of x and B need no mask; y's load and store mask them
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + slice_id * stride_xs + rows[:, None] * stride_xm + offs_k[None, :] * stride_xr

@@ -18,7 +18,16 @@ import triton
 import triton.language as tl
 
 from search_spaces.base import DTYPE_BYTES, Config, Specialization, Target, TuningKey, next_pow2, require_launchable
-from search_spaces.lora import GROUP_M, TORCH_DTYPES, LoraSpec, Segments, make_segments, segment_rows, tile_resources
+from search_spaces.lora import (
+    GROUP_M,
+    TORCH_DTYPES,
+    LoraSpec,
+    Segments,
+    adapter_rows,
+    make_segments,
+    segment_rows,
+    tile_resources,
+)
 
 SCALING = 0.5  # the adapter's alpha / rank: any value but 1 proves the kernel applies it
 
@@ -53,13 +62,9 @@ def lora_shrink_kernel(x_ptr, a_ptr, out_ptr, M, RANK, K, token_ptr, count_ptr, 
     m0 = pid_m * BLOCK_M
     if m0 >= count:  # past this adapter's tokens: the grid covers every adapter for all M
         return
-    lora = tl.load(lora_ptr + slot).to(tl.int64)
-    first = tl.load(start_ptr + slot)
-    rows_here = min(BLOCK_M, count - m0)
+    rows, rows_here, lora = adapter_rows(m0, count, slot, token_ptr, start_ptr, lora_ptr, BLOCK_M)
     lanes = tl.arange(0, BLOCK_M)
-    # lanes past the segment repeat its rows and columns past RANK wrap around, so the loads need
-    # no mask; the store masks both
-    rows = tl.load(token_ptr + first + m0 + lanes % rows_here).to(tl.int64)
+    # columns past RANK wrap around, so the loads need no mask; the store masks them
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk
