@@ -36,7 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # kernel, shape, dtypes: shapes large enough that no block is refused for exceeding the problem
 CASES = [("matmul", {"M": 4096, "N": 4096, "K": 4096}, ("bfloat16", "float32")),
-         ("softmax", {"M": 4096, "N": 65536}, ("bfloat16", "float32"))]
+         ("softmax", {"M": 4096, "N": 65536}, ("bfloat16", "float32")),
+         # the LoRA kernels in the dtypes vLLM launches them in; attention at both head dimensions
+         # LLMs use, causal (two loops) and full (one)
+         ("lora_shrink", {"M": 4096, "K": 4096, "RANK": 128, "SLICES": 2, "LORAS": 4}, ("bfloat16",)),
+         ("lora_expand", {"M": 4096, "N": 4096, "RANK": 128, "SLICES": 2, "LORAS": 4}, ("bfloat16",)),
+         ("flash_attention", {"BH": 32, "N_CTX": 4096, "HEAD_DIM": 128, "STAGE": 3}, ("bfloat16",)),
+         ("flash_attention", {"BH": 32, "N_CTX": 4096, "HEAD_DIM": 64, "STAGE": 1}, ("bfloat16",))]
 # parameters that only reorder programs: held fixed, as they change no resource
 FIXED = {"matmul": {"GROUP_M": 8}}
 

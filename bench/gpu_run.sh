@@ -8,6 +8,10 @@
 #   sweep SHAPE     an exhaustive sweep of the bf16 matmul space, e.g. M=4096,N=4096,K=4096
 #   throughput      harness vs serial triton.autotune, trials per minute (bench/throughput.py --device cuda)
 #   replay          every strategy on every stored sweep (CPU work; may run here instead)
+#   llm PART        issue 21: PART=lora (RANK=16 or 64): tuned multi-LoRA shrink/expand vs vLLM's
+#                   default configurations on Llama-3-8B's projections, M=1..512; PART=attention:
+#                   tuned flash attention vs scaled_dot_product_attention at HEAD_DIM 128
+#                   (bench/llm_kernels.py; appended to bench/results/llm_kernels-<class>.json)
 #   check           issue 6 in one call: throughput (the >= 3x target), the GPU-only harness tests
 #                   (CUDA events + L2 flush, graphs, rotation, crash recovery), and a short
 #                   `tuner tune` on the GPU; each step under its own time limit, logs in $OUT;
@@ -40,6 +44,11 @@ case "${1:-}" in
   throughput)
     python3 bench/throughput.py --device cuda
     cp bench/results/throughput.json bench/results/throughput.md "$out"/ ;;
+  llm)
+    part=${2:?give lora or attention}
+    timeout 570 python3 bench/llm_kernels.py --device cuda:0 --part "$part" --rank "${RANK:-16}" \
+      --trials "${TRIALS:-40}" --append 2>&1 | tee "$out/llm_kernels-$part.log" | tail -40
+    cp bench/results/llm_kernels-*.json bench/results/llm_kernels-*.md "$out"/ ;;
   replay)
     python3 bench/search_efficiency.py --replay --seeds 50
     cp bench/results/search_efficiency.json bench/results/search_efficiency.md "$out"/ ;;
@@ -81,5 +90,5 @@ case "${1:-}" in
       cp bench/results/search_rate.md "$out"/ 2>/dev/null || true
     fi
     exit $rc ;;
-  *) echo "usage: bash bench/gpu_run.sh suite NK | sweep SHAPE | throughput | replay | check" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_run.sh suite NK | sweep SHAPE | throughput | replay | check | llm lora|attention" >&2; exit 2 ;;
 esac

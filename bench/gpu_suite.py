@@ -110,25 +110,10 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(launch: dict, device: str, rounds: int) -> dict[str, list[float]]:
-    """Median per round of each contender, the contenders' order rotating between rounds."""
-    from harness.timing import time_cpu, time_cuda
-
-    names = list(launch)
-    per_round: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            if device == "cpu":
-                samples, _ = time_cpu(launch[name], warmup=1, reps=5)
-            else:
-                samples, _ = time_cuda(launch[name], warmup=10, reps=50, min_time_s=0.1, device=device)
-            per_round[name].append(statistics.median(samples))
-    return per_round
-
-
 def run_shape(m, n, k, target, args) -> dict:
     import torch
 
+    from harness.timing import interleaved
     from search_spaces import registry
 
     spec = registry.get("matmul")
@@ -147,7 +132,7 @@ def run_shape(m, n, k, target, args) -> dict:
         sync(args.device)
         facts[name]["correct"] = bool(torch.allclose(got, expected, rtol=rtol, atol=atol))
         facts[name]["max_abs_err"] = float((got - expected).abs().max())
-    for name, rounds in measure(launch, args.device, args.rounds).items():
+    for name, rounds in interleaved(launch, args.device, args.rounds).items():
         ms = statistics.median(rounds)
         row[name] = {**facts[name], "ms": ms, "round_ms": rounds, "tflops": spec.flops(key) / (ms * 1e-3) / 1e12}
     print(json.dumps({kk: (v["ms"] if isinstance(v, dict) else v) for kk, v in row.items()}), flush=True)

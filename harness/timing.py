@@ -139,6 +139,23 @@ def time_cuda(fn: Launch | Sequence[Launch], warmup: int, reps: int, min_time_s:
     return _repeat(once, reps, min_time_s, early_stop_ms)
 
 
+def interleaved(launch: dict[str, Launch], device: str, rounds: int) -> dict[str, list[float]]:
+    """The median of each contender per round, the contenders' order rotating between rounds so
+    that none always runs first (warm caches, clocks): the benchmarks' comparisons of a tuned
+    configuration with its rivals. On the interpreter perf_counter, on a GPU CUDA events with
+    the L2 flushed."""
+    names = list(launch)
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            if device == "cpu":
+                samples, _ = time_cpu(launch[name], warmup=1, reps=5)
+            else:
+                samples, _ = time_cuda(launch[name], warmup=10, reps=50, min_time_s=0.1, device=device)
+            per_round[name].append(statistics.median(samples))
+    return per_round
+
+
 def interpreter_do_bench(fn, quantiles=None, warmup=25, rep=100) -> list[float]:
     """triton.testing.do_bench's call counts on perf_counter, for @triton.autotune in the
     interpreter (which has no driver to time with): one call, five to estimate, then warm-up and

@@ -138,6 +138,18 @@ def nearest(configs: Iterable[Config], want: Config) -> Config:
 NV_REGS_PER_BLOCK = 65536
 
 
+def mma_path(config: Config, target: Target) -> str:
+    """Which matrix instructions a GEMM-like tile builds to: Hopper's wgmma needs a warpgroup (4
+    warps) and a 64-row tile, anything else on NVIDIA is mma.sync, CDNA has MFMA. It decides how
+    many pipeline buffers a build keeps and which operands pass through registers (matmul.py keeps
+    its own copy, so that its version did not change)."""
+    if target.is_hip:
+        return "mfma"
+    if target.arch == "sm_90" and config["num_warps"] >= 4 and config["BLOCK_M"] >= 64:
+        return "wgmma"
+    return "mma"
+
+
 def config_hash(config: Config) -> str:
     return stable_hash(config, 12)
 
@@ -266,6 +278,10 @@ class KernelSpec:
         and an edit to another kernel of the same module does not."""
         return hashlib.sha256(kernel_source(type(self)).encode()).hexdigest()[:12]
 
+    def example_dims(self) -> dict[str, int]:
+        """A representative shape of the key (`tuner kernels` counts valid configurations there)."""
+        return {n: 1024 for n in self.key_names}
+
     def make_key(self, dims: Mapping[str, Any], dtype: str) -> TuningKey:
         """Validate user-given dims and dtype; raise SpecError with the fix on bad input."""
         names = set(self.key_names)
@@ -345,6 +361,15 @@ class KernelSpec:
     def known_good(self, key: TuningKey, target: Target) -> list[Config]:
         """Configurations worth trying first (e.g. the Triton tutorial's list); valid ones only are used."""
         return []
+
+    def valid_unique(self, configs: Iterable[Config], key: TuningKey, target: Target) -> list[Config]:
+        """The valid configurations among configs, in order, each once: a known-good list."""
+        out, seen = [], set()
+        for c in configs:
+            if self.check(c, key, target) is None and config_hash(c) not in seen:
+                seen.add(config_hash(c))
+                out.append(c)
+        return out
 
     def configs(self, target: Target) -> Iterator[Config]:
         """Every point of the cartesian space, valid or not, in a stable order."""

@@ -41,3 +41,16 @@ def test_every_bench_script_answers_help_without_running(script):
                           text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in results.iterdir()} == before
+
+
+def test_the_replay_takes_a_subset_of_the_sweeps(tmp_path):
+    # the LoRA and attention sweeps were replayed on their own: the others' replay takes 25 minutes
+    out = tmp_path / "subset"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "search_efficiency.py"), "--replay", "--seeds", "2",
+                           "--strategies", "auto,random", "--sweeps", "sweep-lora_expand-*", "--out", str(out)],
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+    sweeps = [s["sweep"] for s in json.loads(out.with_suffix(".json").read_text())["sweeps"]]
+    assert sweeps and all(s.startswith("sweep-lora_expand-") for s in sweeps)
+    assert "target auto >= 0.97" in out.with_suffix(".md").read_text()

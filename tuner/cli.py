@@ -52,26 +52,27 @@ def kernels(as_json: bool = JsonOpt) -> None:
     rows = []
     for name in registry.names():
         spec = registry.get(name)
-        # counted at a dtype the kernel takes (fp16 where it can); a kernel whose space cannot be
-        # counted there says why in its row instead of stopping the listing
+        # counted at a shape and dtype the kernel serves (fp16 where it can); a kernel whose space
+        # cannot be counted there says why in its row instead of stopping the listing
+        dims = spec.example_dims()
         dtype = "float16" if "float16" in spec.dtypes else spec.dtypes[0]
         sizes = {}
         for arch in ("sm_90", "gfx942", "interpreter"):
             try:
-                sizes[arch] = len(spec.valid_configs(spec.make_key({k: 1024 for k in spec.key_names}, dtype),
-                                                     target_for(arch)))
+                sizes[arch] = len(spec.valid_configs(spec.make_key(dims, dtype), target_for(arch)))
             except Exception as exc:
                 sizes[arch] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
         rows.append({"name": name, "version": spec.version, "key": list(spec.key_names),
-                     "dtypes": list(spec.dtypes), "valid_configs_at_1024": sizes, "counted_at": dtype,
+                     "dtypes": list(spec.dtypes), "example_shape": dims, "counted_at": dtype, "valid_configs": sizes,
                      "module": type(spec).__module__})
     if as_json:
         return _print_json(rows)
-    t = Table("kernel", "version", "key", "dtypes", "valid configs at 1024 (sm_90/gfx942/interp)", "module")
+    t = Table("kernel", "version", "key", "dtypes", "valid configs (sm_90/gfx942/interp)", "at shape", "module")
     for r in rows:
-        s = r["valid_configs_at_1024"]
+        s = r["valid_configs"]
         t.add_row(r["name"], r["version"], ",".join(r["key"]), ",".join(r["dtypes"]),
-                  f"{s['sm_90']}/{s['gfx942']}/{s['interpreter']}", r["module"])
+                  f"{s['sm_90']}/{s['gfx942']}/{s['interpreter']}", ",".join(f"{k}={v}" for k, v in r["example_shape"].items()),
+                  r["module"])
     out.print(t)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-FORMATS = {"bundle": "tuner.formats.bundle"}
+FORMATS = {"bundle": "tuner.formats.bundle", "vllm-lora": "tuner.formats.vllm_lora"}
 
 
 def get(name: str):
