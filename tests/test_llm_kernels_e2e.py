@@ -81,8 +81,10 @@ def test_bundle_and_database_serve_the_runtime_lookup(tuned, tmp_path):
     assert run_tuner(["export", "--format", "bundle", "-o", str(bundle)], home).returncode == 0
     keys = [(kernel, key["dims"]) for kernel, result in results.items() for key in result["keys"]]
     want = [key["config"] for result in results.values() for key in result["keys"]]
-    code = ("import json, sys; from tuner.runtime import lookup; "
-            "print(json.dumps([lookup(k, **d, dtype='float32') for k, d in json.loads(sys.argv[1])]))")
+    # the first lookups of a process may get defaults while the source opens: settle, then ask
+    code = ("import json, sys; from tuner.runtime import lookup, settle; keys = json.loads(sys.argv[1]); "
+            "[lookup(k, **d, dtype='float32') for k, d in keys]; settle(); "
+            "print(json.dumps([lookup(k, **d, dtype='float32') for k, d in keys]))")
     for extra in ({}, {"TUNER_CONFIG_BUNDLE": str(bundle), "TUNER_DB_URL": "postgresql+psycopg://x@127.0.0.1:1/x"}):
         out = subprocess.run([sys.executable, "-c", code, json.dumps(keys)], cwd=ROOT, capture_output=True,
                              text=True, env=tuner_env(home, TUNER_DEVICE="cpu", **extra))
