@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from db.session import DatabaseError, check_reachable, ensure_schema, redact, sqlite_path
-from tuner.errors import UserError
+from tuner.errors import Unavailable
 from tuner.settings import Settings
 
 
@@ -20,7 +20,7 @@ def _checked(url: str, auto_upgrade: bool, create_dir: bool = False) -> str:
         check_reachable(url, create_dir=create_dir)
         ensure_schema(url, auto_upgrade=auto_upgrade)
     except DatabaseError as exc:
-        raise UserError(str(exc)) from None
+        raise Unavailable(str(exc)) from None
     return url
 
 
@@ -29,7 +29,7 @@ def open_for_read(settings: Settings) -> str:
     url = settings.db_url
     path = sqlite_path(url)
     if path is not None and not path.exists():
-        raise UserError(f"no tuning database at {path} yet: run `tuner tune ...` first, "
+        raise Unavailable(f"no tuning database at {path} yet: run `tuner tune ...` first, "
                         "or point TUNER_DB_URL at your database")
     return _checked(url, auto_upgrade=path is not None)
 

@@ -35,6 +35,11 @@ class Settings:
     worker_dead_after_s: float = 60.0
     stall_s: float = 120.0  # a running key with no trial for this long is re-sent
     trial_timeout_s: float = 120.0
+    # the HTTP API and metrics (tuner/api/, workers/metrics.py)
+    api_token: str = ""  # bearer token for writes (and reads from other hosts than the loopback)
+    metrics_port: int | None = None  # a worker's own Prometheus metrics port; None: none served
+    # device-class slug -> list price per hour, for the cost column of `tuner report compare`
+    device_prices: tuple[tuple[str, float], ...] = ()
     extra: dict = field(default_factory=dict)
 
     @property
@@ -50,6 +55,31 @@ def _float(env: dict, name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise UserError(f"{name}={raw!r} is not a number; unset it or give a number") from None
+
+
+def _port(env: dict, name: str) -> int | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise UserError(f"{name}={raw[:40]!r} is not a TCP port; give a number from 1 to 65535 or unset it")
+    return int(raw)
+
+
+def _prices(env: dict, name: str) -> tuple[tuple[str, float], ...]:
+    """'h100-sxm-80gb=2.99,mi300x-192gb=2.49' -> (('h100-sxm-80gb', 2.99), ...)."""
+    out = []
+    for part in filter(None, (p.strip() for p in (env.get(name) or "").split(","))):
+        slug, _, price = part.partition("=")
+        try:
+            value = float(price)
+        except ValueError:
+            value = -1.0
+        if not slug.strip() or value < 0:
+            raise UserError(f"{name}: {part[:40]!r} is not SLUG=PRICE; write e.g. h100-sxm-80gb=2.99,mi300x-192gb=2.49 "
+                            "(price per hour)")
+        out.append((slug.strip().lower(), value))
+    return tuple(out)
 
 
 def from_env(env: dict[str, str] | None = None) -> Settings:
@@ -73,6 +103,9 @@ def from_env(env: dict[str, str] | None = None) -> Settings:
         worker_dead_after_s=_float(env, "TUNER_WORKER_DEAD_AFTER_S", 60.0),
         stall_s=_float(env, "TUNER_STALL_S", 120.0),
         trial_timeout_s=_float(env, "TUNER_TRIAL_TIMEOUT_S", 120.0),
+        api_token=env.get("TUNER_API_TOKEN", ""),
+        metrics_port=_port(env, "TUNER_METRICS_PORT"),
+        device_prices=_prices(env, "TUNER_DEVICE_PRICES"),
         extra={"explicit": tuple(k for k in ("TUNER_DB_URL", "TUNER_BROKER_URL") if env.get(k))},
     )
 
