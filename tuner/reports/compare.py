@@ -12,6 +12,7 @@ import math
 
 from db import store
 from db.session import session_scope
+from devices.classes import KNOWN_DEVICES, matches
 from search_spaces import registry
 from search_spaces.base import SpecError, TuningKey
 from tuner.database import open_for_read
@@ -19,6 +20,8 @@ from tuner.display import dims_word, timing_label
 from tuner.errors import UserError
 from tuner.queries import device_class_slugs
 from tuner.settings import Settings
+
+KNOWN_DEVICES_SLUGS = [d.slug for d in KNOWN_DEVICES]
 
 
 def tflops(key: dict, ms: float | None) -> float | None:
@@ -48,8 +51,9 @@ def report(settings: Settings, classes: list[str], kernel: str | None = None) ->
         raise UserError(f"give two device classes to compare (--device-class A --device-class B), not {len(classes)}")
     url = open_for_read(settings)
     a, b = (device_class_slugs(url, c, None) for c in classes)
-    if set(a) & set(b):
-        raise UserError(f"{classes[0]!r} and {classes[1]!r} name the same class ({', '.join(sorted(set(a) & set(b)))}); "
+    both = set(a) & set(b) or {s for s in KNOWN_DEVICES_SLUGS if matches(classes[0], s) and matches(classes[1], s)}
+    if both:
+        raise UserError(f"{classes[0][:40]!r} and {classes[1][:40]!r} name the same class ({', '.join(sorted(both))}); "
                         "compare two different ones")
     prices = dict(settings.device_prices)
     newest: dict[tuple[str, str], dict] = {}  # (key_hash, side) -> the newest current row

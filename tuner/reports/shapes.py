@@ -4,8 +4,9 @@ of two can cost a tile's worth of wasted work).
 
 Per point: the current best time on the class, its TFLOP/s where the kernel counts its flops (its
 inverse time otherwise), whether the value is a power of two, and whether the point is a dip:
-more than DIP below the mean of its neighbours (its one neighbour at the ends). Points of the
-requested range that are not tuned yet are listed as missing.
+more than DIP below the line through its two neighbours (so a steady slope is none; the first and
+last points have one neighbour and are never called dips). Points of the requested range that
+are not tuned yet are listed as missing.
 """
 from __future__ import annotations
 
@@ -60,9 +61,13 @@ def report(settings: Settings, kernel: str, vary: str, shape: str | None, device
         p["per_ms"] = 1.0 / p["ms"]
         p["power_of_two"] = p["value"] > 0 and p["value"] & (p["value"] - 1) == 0
     for i, p in enumerate(points):
-        near = [points[j][speed] for j in (i - 1, i + 1) if 0 <= j < len(points)]
-        p["dip"] = bool(near) and p[speed] < (1 - DIP) * sum(near) / len(near)
-        p["below_neighbours"] = 1 - p[speed] / (sum(near) / len(near)) if near else 0.0
+        p["below_neighbours"], p["dip"] = 0.0, False
+        if 0 < i < len(points) - 1:  # the ends have one neighbour: a slope, not a dip, as far as one can tell
+            left, right = points[i - 1], points[i + 1]
+            # the line through its neighbours at its value: a steady slope is no dip
+            trend = left[speed] + (right[speed] - left[speed]) * (p["value"] - left["value"]) / (right["value"] - left["value"])
+            p["below_neighbours"] = 1 - p[speed] / trend if trend > 0 else 0.0
+            p["dip"] = p["below_neighbours"] > DIP
     return {"kernel": kernel, "vary": name, "fixed": fixed, "dtype": dtype, "device_class": device_class,
             "classes": slugs, "timing": timing_label(slugs or [device_class]), "speed": speed, "points": points,
             "dips": [p["value"] for p in points if p["dip"]],
