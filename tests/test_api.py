@@ -366,3 +366,27 @@ def test_serve_answers_on_the_loopback(tmp_path):
         os.killpg(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert "Traceback" not in out, out
+
+
+@pytest.mark.integration
+def test_a_database_that_goes_away_after_its_first_check_is_503(tmp_path):
+    """The server checks a database once (tuner/database.py); a query that fails later is a 503
+    too, with the reason in one line, and /healthz checks afresh."""
+    from sqlalchemy import create_engine, text
+
+    from db.session import dispose_all
+    from tests.services import PG_ADMIN, pg_database
+
+    with pg_database() as url:
+        rows.schema(url)
+        api = make_client(tmp_path / "home", db_url=url)
+        assert api.get("/v1/jobs").status_code == 200 and api.get("/healthz").status_code == 200
+        dispose_all()
+        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text(f"DROP DATABASE {url.rsplit('/', 1)[1]} WITH (FORCE)"))
+        admin.dispose()
+        for r in (api.get("/v1/jobs"), api.get("/"), api.get("/healthz")):
+            assert r.status_code == 503, r.text
+            assert "cannot use database" in r.json()["error"] and "does not exist" in r.json()["error"]
+        dispose_all()

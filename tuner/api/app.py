@@ -29,7 +29,7 @@ def create_app(settings: Settings) -> FastAPI:
         from tuner.database import open_for_read
 
         try:
-            open_for_read(request.app.state.settings)
+            open_for_read(request.app.state.settings, recheck=True)
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "error": errors.one_line(str(exc))}, status_code=503)
         return {"status": "ok"}
