@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="time the first run too, in a fresh clone of HEAD")
     args = ap.parse_args()
     root, first = ROOT, None
+    load = os.getloadavg()[0]  # other work on the machine slows both runs: recorded beside them
     if args.fresh:
         root = Path(tempfile.mkdtemp(prefix="tuner-fresh-clone-")) / "tuner"
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(root)], check=True)
@@ -55,6 +56,7 @@ def main() -> None:
     result = {
         "benchmark": "main_job", "command": "bash scripts/demo", "date": datetime.now(timezone.utc).isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "load_average_1m": {"start": round(load, 1), "end": round(os.getloadavg()[0], 1)},
         "timing": "triton-interpreter (CPU; not GPU figures)", "wall_s": round(wall, 1), "target_wall_s": 120,
         "first_run_s": round(first, 1) if first is not None else None,
         "first_run": "fresh clone: python3 -m venv and pip install -e .[dev] from pip's configured indexes, then the "

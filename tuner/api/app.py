@@ -18,6 +18,7 @@ def create_app(settings: Settings) -> FastAPI:
                               "loopback interface and need the token from anywhere else.")
     app.state.settings = settings
     app.state.metrics = metrics.registry_for(settings)
+    app.state.bundles = {}  # GET /v1/bundle's last answers (tuner/api/routes.py)
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(metrics.router)

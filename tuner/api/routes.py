@@ -4,6 +4,7 @@ tuner.formats) and answers what they return; errors are mapped in tuner/api/erro
 """
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Annotated, Optional, Union
 
@@ -191,6 +192,9 @@ def shapes(request: Request, kernel: Annotated[str, Query(max_length=100)],
     return report(settings_of(request), kernel, vary, shape, device_class, dtype)
 
 
+MAX_CACHED_BUNDLES = 64  # (kernel, class) pairs whose last bundle an app keeps (app.state.bundles)
+
+
 @router.get("/bundle", tags=["results"], responses={304: {"description": "unchanged since the ETag given"}})
 def bundle(request: Request, device_class: Annotated[str, Query(max_length=80)],
            kernel: Annotated[Optional[str], Query(max_length=100)] = None):
@@ -199,12 +203,19 @@ def bundle(request: Request, device_class: Annotated[str, Query(max_length=80)],
     from tuner.formats import current_entries
     from tuner.formats.bundle import digest, document
 
-    doc = document(current_entries(settings_of(request), kernel, device_class))
-    # weak: two bundles with one ETag hold the same entries, made at different times
-    tag = f'W/"{digest(doc)}"'
+    settings, bundles = settings_of(request), request.app.state.bundles  # (kernel, class) -> (version, ETag, body)
+    version = current_entries(settings, kernel, device_class, version=True)
+    cached = bundles.get((kernel, device_class))
+    if cached is None or cached[0] != version:  # rebuilt only when a best was written since
+        if len(bundles) >= MAX_CACHED_BUNDLES:
+            bundles.clear()
+        doc = document(current_entries(settings, kernel, device_class))
+        # weak: two bundles with one ETag hold the same entries, made at different times
+        cached = bundles[(kernel, device_class)] = (version, f'W/"{digest(doc)}"', json.dumps(doc).encode())
+    _, tag, body = cached
     if tag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
         return Response(status_code=304, headers={"ETag": tag})
-    return JSONResponse(doc, headers={"ETag": tag, "Cache-Control": "no-cache"})
+    return Response(body, media_type="application/json", headers={"ETag": tag, "Cache-Control": "no-cache"})
 
 
 @router.get("/runtime-misses", tags=["fleet"], responses={501: {"description": "not recorded by this version"}})

@@ -20,9 +20,10 @@ def get(name: str):
     return importlib.import_module(FORMATS[name])
 
 
-def current_entries(settings, kernel: str | None, device_class: str | None) -> list[dict]:
+def current_entries(settings, kernel: str | None, device_class: str | None, version: bool = False):
     """The bundle entries of the current best rows of one kernel (or all), of the classes a
-    selector names (or all): what every format writes and GET /v1/bundle sends."""
+    selector names (or all): what every format writes and GET /v1/bundle sends. version: only
+    store.best_configs_version of those rows (a cheap token that changes whenever they do)."""
     from db import store
     from db.session import session_scope
     from tuner.database import open_for_read
@@ -32,6 +33,8 @@ def current_entries(settings, kernel: str | None, device_class: str | None) -> l
     url = open_for_read(settings)
     slugs = device_class_slugs(url, device_class, None) if device_class else None
     with session_scope(url) as s:
+        if version:
+            return store.best_configs_version(s, kernel=kernel, device_classes=slugs)
         return [entry(b, slug, fp) for b, slug, fp in store.best_configs(s, kernel=kernel, device_classes=slugs)]
 
 
