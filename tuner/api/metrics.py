@@ -46,54 +46,40 @@ class FleetCollector:
                 misses = fleet.runtime_misses(s)
         except Exception as exc:  # a scrape answers what it can; the database's state is the first gauge
             log.warning("metrics: database unavailable: %s", exc)
-            up = GaugeMetricFamily("tuner_database_up", "1 if the database answered this scrape")
-            up.add_metric([], 0)
-            yield up
+            yield gauge("tuner_database_up", "1 if the database answered this scrape", [], {(): 0})
             return
-        up = GaugeMetricFamily("tuner_database_up", "1 if the database answered this scrape")
-        up.add_metric([], 1)
-        yield up
-        g = GaugeMetricFamily("tuner_jobs", "Jobs by state", labels=["state"])
-        for state in ("queued", "running", "done", "failed", "cancelled"):
-            g.add_metric([state], jobs.get(state, 0))
-        yield g
+        yield gauge("tuner_database_up", "1 if the database answered this scrape", [], {(): 1})
+        yield gauge("tuner_jobs", "Jobs by state", ["state"],
+                    {(state,): jobs.get(state, 0) for state in ("queued", "running", "done", "failed", "cancelled")})
         depths = fleet.queue_depths(settings, names)
-        b = GaugeMetricFamily("tuner_broker_up", "1 if the broker answered this scrape")
-        b.add_metric([], 0 if depths is None else 1)
-        yield b
+        yield gauge("tuner_broker_up", "1 if the broker answered this scrape", [], {(): 0 if depths is None else 1})
         if depths is not None:
-            g = GaugeMetricFamily("tuner_queue_depth", "Messages waiting per class queue", labels=["queue"])
-            for q, n in sorted(depths.items()):
-                g.add_metric([q], n)
-            yield g
+            yield gauge("tuner_queue_depth", "Messages waiting per class queue", ["queue"],
+                        {(q,): n for q, n in depths.items()})
         live: dict[tuple[str, str], int] = {}
         for w in workers:
             if w["alive"]:
                 k = (w["device_class"] or "", w["fingerprint"] or "")
                 live[k] = live.get(k, 0) + 1
-        g = GaugeMetricFamily("tuner_workers_live", "Live workers per device class and stack fingerprint",
-                              labels=["device_class", "fingerprint"])
-        for (dc, fp), n in sorted(live.items()):
-            g.add_metric([dc, fp], n)
-        yield g
-        g = GaugeMetricFamily("tuner_trials_per_minute", "Measured trials stored in the last minute",
-                              labels=["device_class"])
-        for dc, n in sorted(rate.items()):
-            g.add_metric([dc], n)
-        yield g
-        c = CounterMetricFamily("tuner_trials", "Trials stored, by outcome", labels=["device_class", "status"])
-        for (dc, status), n in sorted(outcomes.items()):
-            c.add_metric([dc, status], n)
-        yield c
-        g = GaugeMetricFamily("tuner_stale_keys", "Current bests tuned under a stack no live worker of the class runs",
-                              labels=["device_class"])
-        for dc, n in sorted(stale.items()):
-            g.add_metric([dc], n)
-        yield g
+        yield gauge("tuner_workers_live", "Live workers per device class and stack fingerprint",
+                    ["device_class", "fingerprint"], live)
+        yield gauge("tuner_trials_per_minute", "Measured trials stored in the last minute", ["device_class"],
+                    {(dc,): n for dc, n in rate.items()})
+        yield gauge("tuner_trials", "Trials stored, by outcome", ["device_class", "status"], outcomes,
+                    CounterMetricFamily)
+        yield gauge("tuner_stale_keys", "Current bests tuned under a stack no live worker of the class runs",
+                    ["device_class"], {(dc,): n for dc, n in stale.items()})
         if misses is not None:
-            c = CounterMetricFamily("tuner_runtime_misses", "Runtime lookups served without an exact stored key")
-            c.add_metric([], len(misses))
-            yield c
+            yield gauge("tuner_runtime_misses", "Runtime lookups served without an exact stored key", [],
+                        {(): len(misses)}, CounterMetricFamily)
+
+
+def gauge(name: str, text: str, labels: list[str], values: dict[tuple, float], kind=GaugeMetricFamily):
+    """A metric family of these labelled values, in a stable order."""
+    family = kind(name, text, labels=labels)
+    for label_values, value in sorted(values.items()):
+        family.add_metric(list(label_values), value)
+    return family
 
 
 def registry_for(settings: Settings) -> CollectorRegistry:
