@@ -145,7 +145,8 @@ def status(settings: Settings, job_id: str) -> dict:
                                .where(models.TuningTrial.job_key_id == k.id)).all()
             ok = [t for t in trials if t.status == "ok" and t.median_ms is not None]
             best = min(ok, key=lambda t: t.median_ms) if ok else None
-            default = [t.median_ms for t in ok if t.config_hash == _default_hash(s, job.kernel, k.key, t.device_class_id)]
+            defaults = {c: _default_hash(s, job.kernel, k.key, c) for c in {t.device_class_id for t in ok}}
+            default = [t.median_ms for t in ok if t.config_hash == defaults[t.device_class_id]]
             out_keys.append({
                 "key": k.key["dims"], "dtype": k.key["dtype"], "key_hash": k.key_hash, "state": k.state,
                 "trials_done": sum(1 for t in trials if t.status != "invalid"), "budget": key_budget(job, k.key_hash),
@@ -168,16 +169,12 @@ def status(settings: Settings, job_id: str) -> dict:
 def _default_hash(s, kernel: str, key: dict, device_class_id: int) -> str | None:
     """The config hash of the kernel's default for the key on a stored class, to find its trial
     (the `auto` strategy measures it first); None where this process cannot say."""
-    cache = s.info.setdefault("default_hash", {})
-    if (kernel, str(key), device_class_id) not in cache:
-        try:
-            row = s.get(models.DeviceClass, device_class_id)
-            target = DeviceClass(row.vendor, row.arch, row.name, row.compute_units, row.memory_gb, row.slug).target
-            found = config_hash(registry.get(kernel).default(TuningKey.from_json(key), target))
-        except Exception:  # a kernel not registered here, an architecture it has no default for
-            found = None
-        cache[(kernel, str(key), device_class_id)] = found
-    return cache[(kernel, str(key), device_class_id)]
+    try:
+        row = s.get(models.DeviceClass, device_class_id)
+        target = DeviceClass(row.vendor, row.arch, row.name, row.compute_units, row.memory_gb, row.slug).target
+        return config_hash(registry.get(kernel).default(TuningKey.from_json(key), target))
+    except Exception:  # a kernel not registered here, an architecture it has no default for
+        return None
 
 
 def jobs(settings: Settings, limit: int = 50) -> list[dict]:
