@@ -53,12 +53,11 @@ def kernels(as_json: bool = JsonOpt) -> None:
     rows = kernel_rows()
     if as_json:
         return _print_json(rows)
-    t = Table("kernel", "version", "key", "dtypes", "valid configs at 1024 (sm_90/gfx942/interp)", "module")
+    t = _table("kernel", "version", "key", "dtypes", "valid at 1024", "module")
     for r in rows:
-        s = r["valid_configs_at_1024"]
-        t.add_row(r["name"], r["version"], ",".join(r["key"]), ",".join(r["dtypes"]),
-                  f"{s['sm_90']}/{s['gfx942']}/{s['interpreter']}", r["module"])
-    out.print(t)
+        t.add_row(r["name"], r["version"], ",".join(r["key"]), "\n".join(r["dtypes"]),
+                  "\n".join(f"{n} {arch[:6]}" for arch, n in r["valid_configs_at_1024"].items()), r["module"])
+    _print(t)
 
 
 @app.command()
@@ -75,12 +74,12 @@ def devices(as_json: bool = JsonOpt) -> None:
                      "memory_gb": dc.memory_gb, "fingerprint": {"hash": fp.hash, **fp.to_json()}})
     if as_json:
         return _print_json(rows)
-    t = Table("device", "class", "vendor", "arch", "fingerprint", "stack")
+    t = _table("device", "class", "vendor", "arch", "fingerprint", "stack")
     for r in rows:
         fp = r["fingerprint"]
         t.add_row(r["device"], r["device_class"], r["vendor"], r["arch"], fp["hash"],
                   f"driver {fp['driver']}, {fp['runtime']}, triton {fp['triton']}, torch {fp['torch']}")
-    out.print(t)
+    _print(t)
 
 
 @app.command()
@@ -292,12 +291,13 @@ def retune(device_class: Optional[str] = typer.Option(None, "--device-class"),
         return _print_json(result)
     if result.get("locked_by_other"):
         err.print("another retune holds the lease; nothing queued")
-    t = Table("job", "kernel", "device class", "keys", "budgets", "old -> new fingerprint",
-              title=f"retune run {result['run']}" + (" (dry run)" if dry_run else ""))
+    t = _table("job", "kernel", "device class", "keys", "budgets", "old -> new stack",
+               title=f"retune run {result['run']}" + (" (dry run)" if dry_run else ""))
     for j in result["jobs"]:
-        t.add_row(j.get("job", "-"), j["kernel"], j["device_class"], str(len(j["keys"])), ",".join(map(str, j["budgets"])),
-                  f"{','.join(j['old_fingerprint'])} -> {','.join(j['new_fingerprint'])}")
-    out.print(t)
+        t.add_row(j.get("job", "-")[:12], j["kernel"], j["device_class"], str(len(j["keys"])),
+                  ", ".join(map(str, j["budgets"])),
+                  f"{', '.join(j['old_fingerprint'])}\n-> {', '.join(j['new_fingerprint'])}")
+    _print(t)
     if not result["jobs"]:
         err.print("nothing stale: every current configuration was tuned under a stack that live workers run")
 
@@ -315,13 +315,13 @@ def report_retune(run: Optional[str] = typer.Argument(None, help="Retune run id 
         draw(result, plot)
     if as_json:
         return _print_json(result)
-    t = Table("key", "class", "old best / old stack ms", "old best / new stack ms", "new best / new stack ms",
-              "trials (orig)", "flags", title=f"retune run {result['run']}", caption=f"timings: {result['timing']}")
+    t = _table("key", "class", "old best, old stack ms", "old best, new stack ms", "new best, new stack ms",
+               "trials (orig)", "flags", title=f"retune run {result['run']}", caption=f"timings: {result['timing']}")
     for r in result["keys"]:
-        t.add_row(",".join(f"{k}={v}" for k, v in r["key"].items()) + f" {r['dtype']}", r["device_class"],
+        t.add_row(_key(dims_word(r["key"], r["dtype"])), r["device_class"],
                   _ms(r["old_best_ms_old_stack"]), _ms(r["old_best_ms_new_stack"]), _ms(r["new_best_ms_new_stack"]),
                   f"{r['trials_spent']} ({r['original_trials']})", "; ".join(r["flags"]) or "-")
-    out.print(t)
+    _print(t)
     if plot:
         err.print(f"plot written to {plot}")
 
