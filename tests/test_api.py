@@ -158,6 +158,16 @@ def test_writes_need_the_token(tmp_path):
     no_token = make_client(home, token="")
     r = no_token.post("/v1/jobs", json=body, headers=AUTH)
     assert r.status_code == 401 and "no TUNER_API_TOKEN" in r.json()["error"]
+    api.cookies.set("tuner_token", TOKEN)  # a browser's login cookie is no token for an API write
+    assert api.post("/v1/jobs", json=body).status_code == 401
+    api.cookies.clear()
+    # the jobs page's form: its token field, checked by the page; from another host, the login too
+    form = {"kernel": "trivial", "shapes": "N=16", "device_class": "cpu", "trials": "3", "token": "wrong"}
+    r = api.post("/jobs", data=form, headers={"accept": "text/html"})
+    assert r.status_code == 401 and "wrong or missing token" in r.text
+    remote = make_client(home, client=REMOTE)
+    r = remote.post("/jobs", data=form, headers={"accept": "text/html"})
+    assert r.status_code == 401 and "<table" not in r.text  # no jobs list for a caller without the token
     assert jobs_written(home) == 0
     assert api.post("/v1/jobs", json=body, headers=AUTH).status_code == 201
 

@@ -1,10 +1,11 @@
 """Who may do what through the HTTP API.
 
-Writes (anything but GET and HEAD) need the bearer token TUNER_API_TOKEN, always; a server
-without one accepts no write. Reads are open to the loopback interface and need the token from
-anywhere else. A browser sends the token as the `tuner_token` cookie that the /login page sets
-(HttpOnly, SameSite=Strict), since a page cannot add a header; a page's form that writes carries
-the token in a field of its own. The server refuses to listen beyond the loopback interface
+Writes to the API (anything but GET and HEAD under /v1/) need the bearer token TUNER_API_TOKEN
+in the Authorization header, always; a server without one accepts no write. Reads are open to
+the loopback interface and need the token from anywhere else: a browser sends it as the
+`tuner_token` cookie that the /login page sets (HttpOnly, SameSite=Strict), since a page cannot
+add a header. A page's form that writes (submit a job) is a read as far as this goes, and carries
+the token in a field of its own, which the page checks (or the login cookie). The server refuses to listen beyond the loopback interface
 without a token (`check_bind`).
 """
 from __future__ import annotations
@@ -51,20 +52,21 @@ def bearer(authorization: str | None) -> str | None:
 
 def authorize(method: str, path: str, client_host: str | None, authorization: str | None,
               cookie: str | None, token: str) -> str | None:
-    """None when the request may go on, else the one-line reason it may not (HTTP 401)."""
+    """None when the request may go on, else the one-line reason it may not (HTTP 401).
+
+    An API write takes the token from the Authorization header only: a cookie that a browser
+    adds by itself must not be enough to write. Anything else (reads, and the pages' own forms,
+    which check the token they carry in check_form) is open on the loopback interface and takes
+    the header or the login cookie from elsewhere."""
     if path in OPEN_PATHS:
         return None
-    given = bearer(authorization) or cookie
-    write = method not in ("GET", "HEAD")
-    if write and not path.startswith("/v1/"):
-        return None  # a page's form checks the token it carries (check_form)
-    if token_matches(given, token):
-        return None
-    if not write and is_loopback(client_host):
+    api_write = method not in ("GET", "HEAD") and path.startswith("/v1/")
+    given = bearer(authorization) if api_write else bearer(authorization) or cookie
+    if token_matches(given, token) or (not api_write and is_loopback(client_host)):
         return None
     if not token:
-        return "this server has no TUNER_API_TOKEN, so it takes no writes; start it with one"
-    what = "a write" if write else "a read from another host than this one"
+        return "this server has no TUNER_API_TOKEN, so it takes no writes and no reads from other hosts; start it with one"
+    what = "a write" if api_write else "a read from another host than this one"
     if given is None:
         return f"{what} needs the token: send 'Authorization: Bearer <TUNER_API_TOKEN>'"
     return "wrong token: send the server's TUNER_API_TOKEN as 'Authorization: Bearer <token>'"

@@ -62,7 +62,12 @@ def jobs_page(request: Request):
 
 
 def _jobs(request: Request, error: str | None = None, status: int = 200, form: dict | None = None):
-    rows = coordinator.jobs(settings_of(request), 100)
+    try:
+        rows = coordinator.jobs(settings_of(request), 100)
+    except UserError:
+        if error is None:
+            raise
+        rows = []  # the form's own error first (no database yet, say); the list when there is one
     running = any(r["state"] not in coordinator.FINAL for r in rows)
     return page(request, "jobs.html", status=status, jobs=rows, error=error, form=form or {},
                 refresh=REFRESH_S if running else None)
