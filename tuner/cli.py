@@ -15,7 +15,7 @@ from rich.table import Table
 from search import strategies
 from tuner import formats
 from tuner import settings as settings_mod
-from tuner.display import config_word, dims_word, speedup
+from tuner.display import INTERPRETER_TIMING, config_word, dims_word, speedup
 from tuner.display import ms as _ms
 from tuner.errors import UserError
 
@@ -112,7 +112,7 @@ def tune(kernel: str = typer.Argument(..., help="A registered kernel (see `tuner
              "config": o.config, "median_ms": o.median_ms, "default_ms": o.default_ms,
              "speedup": o.speedup, "search_s": round(o.search_s, 3), "finalize_s": round(o.finalize_s, 3)}
             for o in result.keys]
-    timing = "triton-interpreter (CPU; not GPU figures)" if result.interpreter else "gpu"
+    timing = INTERPRETER_TIMING if result.interpreter else "gpu"
     m = req.measurement
     how = m.describe()
     if as_json:

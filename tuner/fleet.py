@@ -12,10 +12,11 @@ from sqlalchemy import func, select
 
 from db import models
 from db.clock import utcnow
-from devices.classes import ALIASES, matches
+from devices.classes import ALIASES
+from tuner import coordinator
 from tuner.settings import Settings
+from workers.queues import QUEUE_PREFIX
 
-FINAL = ("done", "failed", "cancelled")
 RATE_WINDOW_S = 60.0  # trials per minute: counted over the last minute
 _apps: dict[str, object] = {}  # broker URL -> Celery app (building one costs ~50 ms)
 
@@ -56,7 +57,7 @@ def device_classes(s, dead_after_s: float, depths: dict[str, int] | None = None)
     rate = trials_last_minute(s)
     out = []
     for dc in s.scalars(select(models.DeviceClass).order_by(models.DeviceClass.slug)).all():
-        queues = [f"tune.{name}" for name in (dc.slug, *aliases_of(dc.slug))]
+        queues = [QUEUE_PREFIX + name for name in (dc.slug, *aliases_of(dc.slug))]
         out.append({"slug": dc.slug, "vendor": dc.vendor, "arch": dc.arch, "name": dc.name,
                     "compute_units": dc.compute_units, "memory_gb": dc.memory_gb, "aliases": aliases_of(dc.slug),
                     "live_workers": sum(live.get(dc.slug, {}).values()), "live_by_fingerprint": live.get(dc.slug, {}),
@@ -70,9 +71,9 @@ def queue_names(s) -> list[str]:
     unfinished jobs were sent to (a class no worker has registered yet)."""
     names = set()
     for slug in s.scalars(select(models.DeviceClass.slug)).all():
-        names.update(f"tune.{n}" for n in (slug, *aliases_of(slug)))
-    names.update(f"tune.{sel}" for sel in s.scalars(select(models.Job.device_selector).distinct().where(
-        models.Job.state.not_in(FINAL), models.Job.device_selector.is_not(None))).all())
+        names.update(QUEUE_PREFIX + n for n in (slug, *aliases_of(slug)))
+    names.update(QUEUE_PREFIX + sel for sel in s.scalars(select(models.Job.device_selector).distinct().where(
+        models.Job.state.not_in(coordinator.FINAL), models.Job.device_selector.is_not(None))).all())
     return sorted(names)
 
 
@@ -127,11 +128,6 @@ def runtime_misses(s) -> list[dict] | None:
     TUNER_CONFIG_URL source; until it is merged, there is nothing to read and this returns None
     (the API answers 501, /metrics leaves tuner_runtime_misses out)."""
     return None
-
-
-def class_filter(selector: str | None):
-    """A predicate on slugs for an alias or slug (None: every class)."""
-    return (lambda slug: True) if selector is None else (lambda slug: matches(selector, slug))
 
 
 def _iso(value) -> str | None:
