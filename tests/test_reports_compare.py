@@ -68,6 +68,7 @@ def test_compare_refuses_what_is_not_two_classes(home):
         compare.report(settings(home), ["h100", "h100-sxm-80gb"])
 
 
+@pytest.mark.slow
 def test_report_compare_cli(home, tmp_path):
     url = db(home)
     for slug, t in (("h100-sxm-80gb", 0.2), ("mi300x-192gb", 0.16)):
@@ -84,6 +85,7 @@ def test_report_compare_cli(home, tmp_path):
                           "unknown device class 'tpu'")
 
 
+@pytest.mark.slow
 def test_shape_sensitivity(home, tmp_path):
     url = db(home)
     # tuned speed rises with N, except N=4000 (a dip) ; N=3968 and 4096 stored for another M: not this curve
