@@ -9,7 +9,7 @@ import uuid
 from datetime import timedelta
 from typing import Any, Iterable
 
-from sqlalchemy import case, delete, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -129,6 +129,13 @@ def best_configs(s: Session, *, kernel: str | None = None, kernel_version: str |
          .order_by(BestConfig.created_at.desc(), BestConfig.id.desc()))
     if current:
         q = q.where(BestConfig.superseded_at.is_(None))
+    q = _narrowed(q, kernel=kernel, kernel_version=kernel_version, key_hash=key_hash, dtype=dtype,
+                  device_classes=device_classes, device_class_id=device_class_id)
+    return [(b, slug, fp) for b, slug, fp in s.execute(q).all()]
+
+
+def _narrowed(q, *, kernel, kernel_version=None, key_hash=None, dtype=None, device_classes=None,
+              device_class_id=None):
     for column, value in ((BestConfig.kernel, kernel), (BestConfig.kernel_version, kernel_version),
                           (BestConfig.key_hash, key_hash), (BestConfig.dtype, dtype),
                           (BestConfig.device_class_id, device_class_id)):
@@ -136,7 +143,19 @@ def best_configs(s: Session, *, kernel: str | None = None, kernel_version: str |
             q = q.where(column == value)
     if device_classes is not None:
         q = q.where(DeviceClass.slug.in_(list(device_classes)))
-    return [(b, slug, fp) for b, slug, fp in s.execute(q).all()]
+    return q
+
+
+def best_configs_version(s: Session, *, kernel: str | None = None,
+                         device_classes: Iterable[str] | None = None) -> tuple[int, int]:
+    """(highest id, rows) of every best row, superseded ones included, that best_configs would
+    narrow to: a cheap token that changes whenever the current rows do, since a best is never
+    updated in place but superseded by a newer row (GET /v1/bundle answers 304 on it)."""
+    q = _narrowed(select(func.max(BestConfig.id), func.count())
+                  .join(DeviceClass, DeviceClass.id == BestConfig.device_class_id),
+                  kernel=kernel, device_classes=device_classes)
+    top, n = s.execute(q).one()
+    return (top or 0, n)
 
 
 def acquire_lock(s: Session, name: str, holder: str, ttl_s: float) -> bool:

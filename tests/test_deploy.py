@@ -24,7 +24,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILES = [ROOT / "deploy" / "Dockerfile", ROOT / "deploy" / "Dockerfile.rocm"]
 INSTALL_HINT = "apt-get install -y --no-install-recommends docker-compose"
 
-REQUIRED = {"redis", "postgres", "migrate", "scheduler", "worker-h100", "worker-mi300x", "worker-cpu", "flower"}
+REQUIRED = {"redis", "postgres", "migrate", "scheduler", "worker-h100", "worker-mi300x", "worker-cpu", "flower", "api"}
 READY = {"service_healthy", "service_completed_successfully"}
 
 
@@ -37,7 +37,7 @@ def compose_cmd() -> list[str] | None:
 
 
 def run_compose(tmp_path: Path, *args: str, password: str | None = "not-a-real-secret",
-                compose_file: Path = COMPOSE) -> subprocess.CompletedProcess:
+                token: str | None = "not-a-real-token", compose_file: Path = COMPOSE) -> subprocess.CompletedProcess:
     cmd = compose_cmd()
     if cmd is None:
         pytest.skip(f"no docker-compose binary to validate with; CI needs: {INSTALL_HINT}")
@@ -46,6 +46,8 @@ def run_compose(tmp_path: Path, *args: str, password: str | None = "not-a-real-s
     env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": str(tmp_path)}
     if password is not None:
         env["POSTGRES_PASSWORD"] = password
+    if token is not None:
+        env["TUNER_API_TOKEN"] = token
     return subprocess.run([*cmd, "--env-file", str(env_file), "-f", str(compose_file), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
@@ -62,10 +64,12 @@ def test_compose_validates(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def test_compose_refuses_to_run_without_a_postgres_password(tmp_path):
-    r = run_compose(tmp_path, "config", "-q", password=None)
+@pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "TUNER_API_TOKEN"])
+def test_compose_refuses_to_run_without_a_secret(tmp_path, missing):
+    r = run_compose(tmp_path, "config", "-q", **{"POSTGRES_PASSWORD": {"password": None},
+                                                 "TUNER_API_TOKEN": {"token": None}}[missing])
     assert r.returncode != 0
-    assert "POSTGRES_PASSWORD" in r.stderr
+    assert missing in r.stderr
 
 
 def test_the_password_reaches_postgres_and_the_database_url(tmp_path):
@@ -75,6 +79,19 @@ def test_the_password_reaches_postgres_and_the_database_url(tmp_path):
     assert cfg["postgres"]["environment"]["POSTGRES_PASSWORD"] == "s3cret-from-env"
     assert cfg["worker-cpu"]["environment"]["TUNER_DB_URL"] == \
         "postgresql+psycopg://tuner:s3cret-from-env@postgres:5432/tuner"
+
+
+def test_the_api_serves_on_the_loopback_with_the_token_from_the_environment(tmp_path):
+    r = run_compose(tmp_path, "config", token="t0k-from-env")
+    assert r.returncode == 0, r.stderr
+    api = yaml.safe_load(r.stdout)["services"]["api"]
+    assert api["environment"]["TUNER_API_TOKEN"] == "t0k-from-env"
+    assert api["environment"]["TUNER_DB_URL"].startswith("postgresql+psycopg://tuner:")
+    (port,) = api["ports"]
+    if isinstance(port, dict):  # Compose v2 writes the long form
+        assert (port["host_ip"], str(port["published"]), int(port["target"])) == ("127.0.0.1", "8000", 8000)
+    else:  # Compose 1.29: "127.0.0.1:8000:8000/tcp"
+        assert port.split("/")[0] == "127.0.0.1:8000:8000"
 
 
 def test_the_commented_extra_gpu_services_are_valid(tmp_path):
@@ -154,6 +171,20 @@ def test_cpu_worker_and_flower(services):
     assert f["environment"]["CELERY_BROKER_URL"] == services["worker-cpu"]["environment"]["TUNER_BROKER_URL"]
 
 
+def test_api_service(services):
+    api = services["api"]
+    assert api["command"][:2] == ["tuner", "serve"]
+    # it must listen beyond the container's loopback for the published port to reach it, which
+    # `tuner serve` allows only with a token
+    assert api["command"][api["command"].index("--host") + 1] == "0.0.0.0"
+    assert api["command"][api["command"].index("--port") + 1] == "8000"
+    assert api["environment"]["TUNER_API_TOKEN"].startswith("${TUNER_API_TOKEN:?")
+    assert api["ports"] == ["${API_BIND:-127.0.0.1}:${API_PORT:-8000}:8000"]
+    assert "/healthz" in " ".join(api["healthcheck"]["test"]) and "8000" in " ".join(api["healthcheck"]["test"])
+    assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert api["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
 def test_every_long_running_service_is_health_checked_or_waits_for_healthy_ones(services):
     for name, svc in services.items():
         deps = svc.get("depends_on", {})
@@ -198,7 +229,7 @@ def test_no_password_literal():
         for userinfo in re.findall(r"://[^/@\s:]*:(\$\{[^}]*\}|[^@\s/]*)@", value):
             seen += 1
             assert env_ref.match(userinfo), f"password {userinfo!r} in {value!r}"
-    assert seen >= 2  # POSTGRES_PASSWORD and the one in TUNER_DB_URL
+    assert seen >= 3  # POSTGRES_PASSWORD, the one in TUNER_DB_URL, TUNER_API_TOKEN
 
 
 # ---- The images -------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from rich.table import Table
 from search import strategies
 from tuner import formats
 from tuner import settings as settings_mod
+from tuner.display import INTERPRETER_TIMING, config_word, dims_word, speedup
+from tuner.display import ms as _ms
 from tuner.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -46,34 +48,17 @@ def _print_json(value) -> None:
 @app.command()
 def kernels(as_json: bool = JsonOpt) -> None:
     """List the registered kernels."""
-    from search_spaces import registry
-    from search_spaces.base import target_for
+    from tuner.queries import kernel_rows
 
-    rows = []
-    for name in registry.names():
-        spec = registry.get(name)
-        # counted at a shape and dtype the kernel serves (fp16 where it can); a kernel whose space
-        # cannot be counted there says why in its row instead of stopping the listing
-        dims = spec.example_dims()
-        dtype = "float16" if "float16" in spec.dtypes else spec.dtypes[0]
-        sizes = {}
-        for arch in ("sm_90", "gfx942", "interpreter"):
-            try:
-                sizes[arch] = len(spec.valid_configs(spec.make_key(dims, dtype), target_for(arch)))
-            except Exception as exc:
-                sizes[arch] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
-        rows.append({"name": name, "version": spec.version, "key": list(spec.key_names),
-                     "dtypes": list(spec.dtypes), "example_shape": dims, "counted_at": dtype, "valid_configs": sizes,
-                     "module": type(spec).__module__})
+    rows = kernel_rows()
     if as_json:
         return _print_json(rows)
-    t = Table("kernel", "version", "key", "dtypes", "valid configs (sm_90/gfx942/interp)", "at shape", "module")
+    # the module is in --json: a table row stays readable at 80 columns
+    t = _table("kernel", "version", "key (example)", "dtypes", "valid there")
     for r in rows:
-        s = r["valid_configs"]
-        t.add_row(r["name"], r["version"], ",".join(r["key"]), ",".join(r["dtypes"]),
-                  f"{s['sm_90']}/{s['gfx942']}/{s['interpreter']}", ",".join(f"{k}={v}" for k, v in r["example_shape"].items()),
-                  r["module"])
-    out.print(t)
+        t.add_row(r["name"], r["version"], "\n".join(f"{k}={v}" for k, v in r["example_shape"].items()),
+                  "\n".join(r["dtypes"]), "\n".join(f"{n} {arch[:6]}" for arch, n in r["valid_configs"].items()))
+    _print(t)
 
 
 @app.command()
@@ -90,12 +75,12 @@ def devices(as_json: bool = JsonOpt) -> None:
                      "memory_gb": dc.memory_gb, "fingerprint": {"hash": fp.hash, **fp.to_json()}})
     if as_json:
         return _print_json(rows)
-    t = Table("device", "class", "vendor", "arch", "fingerprint", "stack")
+    t = _table("device", "class", "vendor", "arch", "fingerprint", "stack")
     for r in rows:
         fp = r["fingerprint"]
         t.add_row(r["device"], r["device_class"], r["vendor"], r["arch"], fp["hash"],
                   f"driver {fp['driver']}, {fp['runtime']}, triton {fp['triton']}, torch {fp['torch']}")
-    out.print(t)
+    _print(t)
 
 
 @app.command()
@@ -120,31 +105,52 @@ def tune(kernel: str = typer.Argument(..., help="A registered kernel (see `tuner
     with Progress(TextColumn("[bold]tuning {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, disable=as_json) as bar:
         task = bar.add_task(f"{kernel} ({len(req.keys)} key(s))", total=trials * len(req.keys))
-        result = tune_local(plan, progress=lambda n: bar.advance(task, n))
+        result = tune_local(plan, progress=lambda n: bar.advance(task, n),
+                            finalizing=None if as_json else lambda key: bar.console.print(
+                                f"re-measuring the fastest configurations of {key.label()} against the default "
+                                "(3 interleaved rounds)", highlight=False))
     rows = [{"key": o.key.label(), "dims": o.key.dim_map, "dtype": o.key.dtype, "trials": o.trials,
              "config": o.config, "median_ms": o.median_ms, "default_ms": o.default_ms,
              "speedup": o.speedup, "search_s": round(o.search_s, 3), "finalize_s": round(o.finalize_s, 3)}
             for o in result.keys]
-    timing = "triton-interpreter (CPU; not GPU figures)" if result.interpreter else "gpu"
+    timing = INTERPRETER_TIMING if result.interpreter else "gpu"
     m = req.measurement
     how = m.describe()
     if as_json:
         return _print_json({"job": result.job_id, "device_class": result.device_class,
                             "fingerprint": result.fingerprint, "timing": timing, "measurement": m.to_json(),
                             "startup_s": round(result.startup_s, 3), "keys": rows})
-    t = Table("key", "trials", "best config", "best ms", "default ms", "speedup", "search",
-              title=f"job {result.job_id} on {result.device_class} (fingerprint {result.fingerprint})",
-              caption=f"timings: {timing}{'; ' + how if how else ''}; harness start {result.startup_s:.1f} s")
+    search_s = sum(r["search_s"] for r in rows)
+    rate = f" ({sum(r['trials'] for r in rows) / search_s * 60:.0f} trials/min)" if search_s > 0 else ""
+    t = _table("key", "trials", "best config", "best ms", "default ms", "speedup",
+               title=f"job {result.job_id[:12]} on {result.device_class} (stack {result.fingerprint})",
+               caption=f"timings: {timing}{'; ' + how if how else ''}; search {search_s:.1f} s{rate}, final "
+                       f"re-measurement {sum(r['finalize_s'] for r in rows):.1f} s, harness start {result.startup_s:.1f} s")
     for r in rows:
-        rate = f" ({r['trials'] / r['search_s'] * 60:.0f}/min)" if r["search_s"] > 0 and r["trials"] else ""
-        t.add_row(r["key"], str(r["trials"]), json.dumps(r["config"]) if r["config"] else "none ok",
-                  _ms(r["median_ms"]), _ms(r["default_ms"]), f"{r['speedup']:.2f}x" if r["speedup"] else "-",
-                  f"{r['search_s']:.1f} s{rate}")
+        t.add_row(_key(r["key"]), str(r["trials"]), config_word(r["config"]) if r["config"] else "none ok",
+                  _ms(r["median_ms"]), _ms(r["default_ms"]), speedup(r["speedup"]))
+    _print(t)
+
+
+def _table(*columns: str, **kwargs) -> Table:
+    """A table that reads at 80 columns: a configuration is one word (tuner.display.config_word)
+    and never wraps; other cells wrap at spaces, never inside a word (see _print)."""
+    from rich import box
+
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, **kwargs)
+    for c in columns:
+        t.add_column(c, no_wrap="config" in c or c == "job")
+    return t
+
+
+def _print(t: Table) -> None:
     out.print(t)
 
 
-def _ms(v: float | None) -> str:
-    return f"{v:.3f}" if v is not None else "-"
+def _key(label: str) -> str:
+    """A key's cell: its dims over its dtype, so the column is as wide as the dims only (rich cuts
+    a cell that it has to narrow below its longest line)."""
+    return label.replace(" ", "\n", 1)
 
 
 @app.command()
@@ -157,12 +163,19 @@ def best(kernel: str = typer.Argument(...), shape: list[str] = ShapeOpt, dtype: 
     rows = best_rows(settings_mod.get(), kernel, shape, dtype, device_class)
     if as_json:
         return _print_json(rows)
-    t = Table("key", "device class", "fingerprint", "config", "ms", "speedup", "trials", "tuned at")
+    t = _table("key", "class / stack", "config", "ms", "speedup")
     for r in rows:
-        t.add_row(r["key"], r["device_class"], r["fingerprint"], json.dumps(r["config"]) if r["config"] else "none stored",
-                  _ms(r["median_ms"]), f"{r['speedup']:.2f}x" if r.get("speedup") else "-",
-                  str(r.get("trials") or "-"), str(r.get("created_at") or "-"))
-    out.print(t)
+        t.add_row(_key(r["key"]), _class_stack(r), config_word(r["config"]) if r["config"] else "none stored",
+                  _ms(r["median_ms"]), speedup(r.get("speedup")))
+    _print(t)
+
+
+def _when(iso: str | None) -> str:
+    return iso[:16].replace("T", " ") if iso else "-"
+
+
+def _class_stack(r: dict) -> str:
+    return f"{r['device_class']}\n{r['fingerprint'][:8]}" if r.get("fingerprint") else r["device_class"]
 
 
 @app.command()
@@ -220,11 +233,11 @@ def jobs(limit: int = typer.Option(50, "--limit"), as_json: bool = JsonOpt) -> N
     rows = list_jobs(settings_mod.get(), limit)
     if as_json:
         return _print_json(rows)
-    t = Table("job", "kind", "kernel", "class", "state", "trials", "keys", "created")
+    t = _table("job", "kind", "kernel", "class", "state", "trials", "keys", "created (UTC)")
     for r in rows:
-        t.add_row(r["job"], r["kind"], r["kernel"], r["device_class"], r["state"], str(r["trials"]),
-                  str(r["keys"]), r["created_at"])
-    out.print(t)
+        t.add_row(r["job"][:12], r["kind"], r["kernel"], r["device_class"] or "local", r["state"], str(r["trials"]),
+                  str(r["keys"]), _when(r["created_at"]))
+    _print(t)
 
 
 @app.command()
@@ -241,13 +254,14 @@ def _show_status(st: dict, as_json: bool) -> None:
     from harness.protocol import Measurement
 
     how = Measurement.from_json(st.get("measurement")).describe()
-    t = Table("key", "state", "trials", "failed", "best ms so far", "best config so far", "workers",
-              title=f"job {st['job']} {st['kernel']} on {st['device_class']}: {st['state']}",
-              caption=f"timed with {how}" if how else None)
+    t = _table("key", "state", "trials", "best ms", "default", "best config", "workers",
+               title=f"job {st['job'][:12]} {st['kernel']} on {st['device_class'] or 'this machine'}: {st['state']}",
+               caption=f"timed with {how}" if how else None)
     for k in st["keys"]:
-        t.add_row(",".join(f"{a}={b}" for a, b in k["key"].items()) + f" {k['dtype']}", k["state"],
-                  f"{k['trials_done']}/{k['budget']}", str(k["failed_trials"]), _ms(k["best_ms_so_far"]),
-                  json.dumps(k["best_config_so_far"]) if k["best_config_so_far"] else "-", ",".join(k["workers"]))
+        failed = f" {k['failed_trials']} failed" if k["failed_trials"] else ""
+        t.add_row(_key(dims_word(k["key"], k["dtype"])), k["state"], f"{k['trials_done']}/{k['budget']}{failed}",
+                  _ms(k["best_ms_so_far"]), _ms(k.get("default_ms_so_far")), config_word(k["best_config_so_far"]),
+                  ", ".join(k["workers"]) or "-")
     out.print(t)
     if st.get("note"):
         err.print(f"note: {st['note']}")
@@ -288,12 +302,13 @@ def retune(device_class: Optional[str] = typer.Option(None, "--device-class"),
         return _print_json(result)
     if result.get("locked_by_other"):
         err.print("another retune holds the lease; nothing queued")
-    t = Table("job", "kernel", "device class", "keys", "budgets", "old -> new fingerprint",
-              title=f"retune run {result['run']}" + (" (dry run)" if dry_run else ""))
+    t = _table("job", "kernel", "device class", "keys", "budgets", "old -> new stack",
+               title=f"retune run {result['run']}" + (" (dry run)" if dry_run else ""))
     for j in result["jobs"]:
-        t.add_row(j.get("job", "-"), j["kernel"], j["device_class"], str(len(j["keys"])), ",".join(map(str, j["budgets"])),
-                  f"{','.join(j['old_fingerprint'])} -> {','.join(j['new_fingerprint'])}")
-    out.print(t)
+        t.add_row(j.get("job", "-")[:12], j["kernel"], j["device_class"], str(len(j["keys"])),
+                  ", ".join(map(str, j["budgets"])),
+                  f"{', '.join(j['old_fingerprint'])}\n-> {', '.join(j['new_fingerprint'])}")
+    _print(t)
     if not result["jobs"]:
         err.print("nothing stale: every current configuration was tuned under a stack that live workers run")
 
@@ -385,13 +400,13 @@ def report_retune(run: Optional[str] = typer.Argument(None, help="Retune run id 
         draw(result, plot)
     if as_json:
         return _print_json(result)
-    t = Table("key", "class", "old best / old stack ms", "old best / new stack ms", "new best / new stack ms",
-              "trials (orig)", "flags", title=f"retune run {result['run']}", caption=f"timings: {result['timing']}")
+    t = _table("key", "class", "old best, old stack ms", "old best, new stack ms", "new best, new stack ms",
+               "trials (orig)", "flags", title=f"retune run {result['run']}", caption=f"timings: {result['timing']}")
     for r in result["keys"]:
-        t.add_row(",".join(f"{k}={v}" for k, v in r["key"].items()) + f" {r['dtype']}", r["device_class"],
+        t.add_row(_key(dims_word(r["key"], r["dtype"])), r["device_class"],
                   _ms(r["old_best_ms_old_stack"]), _ms(r["old_best_ms_new_stack"]), _ms(r["new_best_ms_new_stack"]),
                   f"{r['trials_spent']} ({r['original_trials']})", "; ".join(r["flags"]) or "-")
-    out.print(t)
+    _print(t)
     if plot:
         err.print(f"plot written to {plot}")
 
@@ -414,6 +429,107 @@ def report_suite(results: str = typer.Argument(..., help="A results file of benc
         err.print(f"plot written to {plot}")
 
 
+@report_app.command("compare")
+def report_compare(device_class: list[str] = typer.Option(..., "--device-class", help="Give it twice: A, then B."),
+                   kernel: Optional[str] = typer.Option(None, "--kernel"),
+                   plot: Optional[str] = typer.Option(None, "--plot", help="Write a PNG plot here."),
+                   as_json: bool = JsonOpt) -> None:
+    """Two device classes on the keys tuned on both: times, TFLOP/s, ratio, cost per million launches."""
+    from tuner.reports import compare
+
+    result = compare.report(settings_mod.get(), device_class, kernel)
+    if plot:
+        compare.plot(result, plot)
+    if as_json:
+        return _print_json(result)
+    priced = bool(result["prices"])
+    t = _table("key", f"{result['a']} ms", "TFLOP/s", f"{result['b']} ms", "TFLOP/s", "A/B",
+               *(["A $/1M", "B $/1M"] if priced else []),
+               title=f"{result['a']} vs {result['b']}", caption=f"timings: {result['timing']}; A/B above 1: B is faster")
+    for k in result["keys"]:
+        t.add_row(_key(f"{k['kernel']}:{dims_word(k['key'], k['dtype'])}"), _ms(k["a"]["ms"]), _num(k["a"]["tflops"]),
+                  _ms(k["b"]["ms"]), _num(k["b"]["tflops"]), f"{k['ratio']:.2f}",
+                  *([_num(k["a"]["cost_per_million"], ".4f"), _num(k["b"]["cost_per_million"], ".4f")] if priced else []))
+    _print(t)
+    for kn, summary in result["per_kernel"].items():
+        out.print(f"{kn}: geometric mean A/B {summary['geomean_ratio']:.3f} over {summary['keys']} key(s)", highlight=False)
+    for side in ("a", "b"):
+        for r in result[f"only_{side}"]:
+            out.print(f"only on {r['device_class']}: {r['kernel']} {dims_word(r['key'], r['dtype'])}", highlight=False)
+    if plot:
+        err.print(f"plot written to {plot}")
+
+
+def _num(v: float | None, fmt: str = ".1f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+@report_app.command("shapes")
+def report_shapes(kernel: str = typer.Argument(...),
+                  vary: str = typer.Option(..., "--vary", help="The varied dim: N, or N=3968:4224:32 for those points."),
+                  shape: Optional[str] = typer.Option(None, "--shape", help="The fixed dims, e.g. M=4096,K=4096."),
+                  device_class: str = typer.Option(..., "--device-class"),
+                  dtype: str = typer.Option("float32", "--dtype"),
+                  plot: Optional[str] = typer.Option(None, "--plot", help="Write a PNG plot here."),
+                  as_json: bool = JsonOpt) -> None:
+    """Tuned speed against one varied dimension: powers of two marked, points >10% below their neighbours named."""
+    from tuner.reports import shapes
+
+    result = shapes.report(settings_mod.get(), kernel, vary, shape, device_class, dtype)
+    if plot:
+        shapes.plot(result, plot)
+    if as_json:
+        return _print_json(result)
+    unit = "TFLOP/s" if result["speed"] == "tflops" else "1/ms"
+    t = _table(result["vary"], "ms", unit, "pow2", "dip", "config",
+               title=f"{kernel} on {device_class}, {shape or ''} {dtype}".replace(",  ", ", "),
+               caption=f"timings: {result['timing']}")
+    for pt in result["points"]:
+        t.add_row(str(pt["value"]), _ms(pt["ms"]), f"{pt[result['speed']]:.4g}", "yes" if pt["power_of_two"] else "",
+                  f"-{pt['below_neighbours']:.0%}" if pt["dip"] else "", config_word(pt["config"]))
+    _print(t)
+    if result["dips"]:
+        out.print(f"more than 10% below their neighbours: {', '.join(map(str, result['dips']))}", highlight=False)
+    if result["missing"]:
+        err.print(f"not tuned yet: {', '.join(map(str, result['missing']))}")
+    if plot:
+        err.print(f"plot written to {plot}")
+
+
+@app.command("sweep-shapes")
+def sweep_shapes(kernel: str = typer.Argument(...),
+                 vary: str = typer.Option(..., "--vary", help="The varied dim and its values: N=3968:4224:32 "
+                                          "(start:stop:step, stop included) or N=4000,4096."),
+                 shape: Optional[str] = typer.Option(None, "--shape", help="The fixed dims, e.g. M=4096,K=4096."),
+                 dtype: list[str] = DtypeOpt,
+                 device_class: str = typer.Option(..., "--device-class", help="h100 | mi300x | cpu | a slug"),
+                 trials: int = typer.Option(20, "--trials", help="Measured trials per point."),
+                 sampler: str = SamplerOpt, seed: Optional[int] = typer.Option(None, "--seed"),
+                 parallel: int = typer.Option(2, "--parallel"), as_json: bool = JsonOpt) -> None:
+    """Queue one tuning job per value of one dim, the others fixed; then `tuner report shapes`."""
+    from tuner.request import build_measurement
+    from tuner.sweep import requests, submit_sweep
+
+    reqs = requests(kernel, vary, shape, dtype, trials, sampler, seed, build_measurement())
+    jobs = submit_sweep(settings_mod.get(), reqs, device_class, parallel)
+    if as_json:
+        return _print_json({"jobs": jobs})
+    for req, job in zip(reqs, jobs):
+        print(f"{job}  {req.keys[0].label()}")
+    err.print(f"{len(jobs)} job(s) queued for {device_class}; `tuner report shapes {kernel} --vary {vary.split('=')[0]} "
+              f"--device-class {device_class}{' --shape ' + shape if shape else ''}` shows them as they finish")
+
+
+@app.command()
+def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; beyond the loopback "
+                                   "interface TUNER_API_TOKEN is required."),
+          port: int = typer.Option(8000, "--port"), loglevel: str = typer.Option("info", "--loglevel")) -> None:
+    """The HTTP API, dashboard and /metrics (FastAPI on uvicorn; docs at /docs)."""
+    from tuner.api.app import serve as run
+
+    run(settings_mod.get(), host, port, loglevel)
+
+
 @app.command()
 def history(kernel: str = typer.Argument(...), shape: list[str] = ShapeOpt, dtype: list[str] = DtypeOpt,
             device_class: Optional[str] = typer.Option(None, "--device-class"), as_json: bool = JsonOpt) -> None:
@@ -423,11 +539,11 @@ def history(kernel: str = typer.Argument(...), shape: list[str] = ShapeOpt, dtyp
     rows = best_rows(settings_mod.get(), kernel, shape, dtype, device_class, current_only=False)
     if as_json:
         return _print_json(rows)
-    t = Table("key", "class", "fingerprint", "config", "ms", "tuned at", "superseded at")
+    t = _table("key", "class / stack", "config", "ms", "tuned (UTC)")
     for r in rows:
-        t.add_row(r["key"], r["device_class"], r["fingerprint"], json.dumps(r["config"]), _ms(r["median_ms"]),
-                  r["created_at"], r["superseded_at"] or "current")
-    out.print(t)
+        t.add_row(_key(r["key"]), _class_stack(r), config_word(r["config"]), _ms(r["median_ms"]),
+                  f"{_when(r['created_at'])[5:]}\n-> {_when(r['superseded_at'])[5:] if r['superseded_at'] else 'current'}")
+    _print(t)
 
 
 @app.command()

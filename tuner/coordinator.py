@@ -14,10 +14,12 @@ from sqlalchemy import func, select, update
 from db import models, store
 from db.clock import utcnow
 from db.session import redact, session_scope
-from devices.classes import matches, resolve_device_class
+from devices.classes import DeviceClass, matches, resolve_device_class
 from harness.protocol import Measurement
+from search_spaces import registry
+from search_spaces.base import TuningKey, config_hash
 from tuner.database import open_for_read, open_for_write
-from tuner.errors import UserError
+from tuner.errors import NotFound, Unavailable, UserError
 from tuner.request import TuneRequest, refuse_unfit
 from tuner.settings import Settings
 
@@ -33,7 +35,7 @@ def broker_app(settings: Settings):
     try:
         check_broker(app)
     except ConnectionError as exc:
-        raise UserError(f"cannot reach broker {redact(settings.broker_url)}: {exc}; start it or set "
+        raise Unavailable(f"cannot reach broker {redact(settings.broker_url)}: {exc}; start it or set "
                         "TUNER_BROKER_URL") from None
     return app
 
@@ -71,7 +73,7 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
         with session_scope(url) as s:
             s.execute(update(models.Job).where(models.Job.id == job_id)
                       .values(state="failed", error=f"could not queue: {exc}", finished_at=utcnow()))
-        raise UserError(f"job {job_id} could not be queued on {redact(settings.broker_url)}: {exc}") from None
+        raise Unavailable(f"job {job_id} could not be queued on {redact(settings.broker_url)}: {exc}") from None
     return job_id
 
 
@@ -121,7 +123,7 @@ def _job(s, job_id: str) -> models.Job:
     if job is None:
         matches = s.scalars(select(models.Job).where(models.Job.id.like(f"{job_id}%"))).all() if len(job_id) >= 6 else []
         if len(matches) != 1:
-            raise UserError(f"no job {job_id!r}; `tuner jobs` lists them")
+            raise NotFound(f"no job {job_id[:80]!r}; `tuner jobs` lists them")
         job = matches[0]
     return job
 
@@ -144,16 +146,20 @@ def status(settings: Settings, job_id: str) -> dict:
         out_keys = []
         for k in keys:
             trials = s.execute(select(models.TuningTrial.status, models.TuningTrial.median_ms,
-                                      models.TuningTrial.config, models.Worker.name)
+                                      models.TuningTrial.config, models.Worker.name, models.TuningTrial.config_hash,
+                                      models.TuningTrial.device_class_id)
                                .outerjoin(models.Worker, models.Worker.id == models.TuningTrial.worker_id)
                                .where(models.TuningTrial.job_key_id == k.id)).all()
             ok = [t for t in trials if t.status == "ok" and t.median_ms is not None]
             best = min(ok, key=lambda t: t.median_ms) if ok else None
+            defaults = {c: _default_hash(s, job.kernel, k.key, c) for c in {t.device_class_id for t in ok}}
+            default = [t.median_ms for t in ok if t.config_hash == defaults[t.device_class_id]]
             out_keys.append({
-                "key": k.key["dims"], "dtype": k.key["dtype"], "state": k.state,
+                "key": k.key["dims"], "dtype": k.key["dtype"], "key_hash": k.key_hash, "state": k.state,
                 "trials_done": sum(1 for t in trials if t.status != "invalid"), "budget": key_budget(job, k.key_hash),
                 "failed_trials": sum(1 for t in trials if t.status not in ("ok", "invalid")),
                 "best_ms_so_far": best.median_ms if best else None, "best_config_so_far": best.config if best else None,
+                "default_ms_so_far": min(default, default=None),
                 "workers": sorted({t.name for t in trials if t.name}),
             })
         alive = live_workers(s, job.device_selector or "", settings.worker_dead_after_s) if job.device_selector else []
@@ -165,6 +171,17 @@ def status(settings: Settings, job_id: str) -> dict:
                 "measurement": Measurement.from_json(job.request.get("measurement")).to_json(),
                 "created_at": job.created_at.isoformat(), "finished_at": job.finished_at.isoformat() if job.finished_at else None,
                 "error": job.error, "live_workers": [w.name for w in alive], "note": note, "keys": out_keys}
+
+
+def _default_hash(s, kernel: str, key: dict, device_class_id: int) -> str | None:
+    """The config hash of the kernel's default for the key on a stored class, to find its trial
+    (the `auto` strategy measures it first); None where this process cannot say."""
+    try:
+        row = s.get(models.DeviceClass, device_class_id)
+        target = DeviceClass(row.vendor, row.arch, row.name, row.compute_units, row.memory_gb, row.slug).target
+        return config_hash(registry.get(kernel).default(TuningKey.from_json(key), target))
+    except Exception:  # a kernel not registered here, an architecture it has no default for
+        return None
 
 
 def jobs(settings: Settings, limit: int = 50) -> list[dict]:

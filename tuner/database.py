@@ -1,8 +1,13 @@
-"""Opening the configured database for the CLI: reachable, at the right schema, or a one-line error."""
+"""Opening the configured database for the CLI and the API: reachable, at the right schema, or a
+one-line error.
+
+A process checks each URL once (connecting and reading the schema revision cost ~16 ms, which
+`tuner serve` would otherwise pay on every request); later failures are the queries' own, which
+the API answers with 503 (tuner/api/errors.py). `recheck` forces the full check (/healthz)."""
 from __future__ import annotations
 
 from db.session import DatabaseError, check_reachable, ensure_schema, redact, sqlite_path
-from tuner.errors import UserError
+from tuner.errors import Unavailable
 from tuner.settings import Settings
 
 
@@ -15,23 +20,30 @@ def open_for_write(settings: Settings) -> str:
     return _checked(url, auto_upgrade=path is not None, create_dir=embedded)
 
 
-def _checked(url: str, auto_upgrade: bool, create_dir: bool = False) -> str:
+_AT_HEAD: set[str] = set()  # URLs this process found reachable and at the schema it needs
+
+
+def _checked(url: str, auto_upgrade: bool, create_dir: bool = False, recheck: bool = False) -> str:
+    if url in _AT_HEAD and not recheck:
+        return url
+    _AT_HEAD.discard(url)
     try:
         check_reachable(url, create_dir=create_dir)
         ensure_schema(url, auto_upgrade=auto_upgrade)
     except DatabaseError as exc:
-        raise UserError(str(exc)) from None
+        raise Unavailable(str(exc)) from None
+    _AT_HEAD.add(url)
     return url
 
 
-def open_for_read(settings: Settings) -> str:
+def open_for_read(settings: Settings, recheck: bool = False) -> str:
     """The database URL for a read command; never creates a file."""
     url = settings.db_url
     path = sqlite_path(url)
     if path is not None and not path.exists():
-        raise UserError(f"no tuning database at {path} yet: run `tuner tune ...` first, "
+        raise Unavailable(f"no tuning database at {path} yet: run `tuner tune ...` first, "
                         "or point TUNER_DB_URL at your database")
-    return _checked(url, auto_upgrade=path is not None)
+    return _checked(url, auto_upgrade=path is not None, recheck=recheck)
 
 
 __all__ = ["open_for_write", "open_for_read", "sqlite_path", "redact"]

@@ -1,4 +1,5 @@
-"""Read commands over stored results: `tuner best` and `tuner history`."""
+"""Read commands over stored results and the registry, for the CLI and the HTTP API alike:
+`tuner kernels`, `tuner best`, `tuner history`, and a key's page (its trials and its bests)."""
 from __future__ import annotations
 
 from sqlalchemy import select
@@ -7,16 +8,42 @@ from db import models, store
 from db.session import session_scope
 from devices.classes import matches, resolve_device_class
 from devices.probe import probe
+from search_spaces import registry
 from tuner.database import open_for_read
 from tuner.request import build_request
 from tuner.settings import Settings
 
 
-def device_class_slugs(url: str, device_class: str | None, settings: Settings) -> list[str]:
-    """Stored device-class slugs that an alias or slug names; the live class when none is given.
+def kernel_rows() -> list[dict]:
+    """The registered kernels: name, version, key, dtypes, how many configurations are valid on
+    sm_90, gfx942 and the interpreter at a shape and dtype the kernel serves (its example shape;
+    float16 where it takes it), and the module that defines each. A kernel whose space cannot be
+    counted says why in its row instead of stopping the listing."""
+    from search_spaces.base import target_for
+
+    rows = []
+    for name in registry.names():
+        spec = registry.get(name)
+        dims = spec.example_dims()
+        dtype = "float16" if "float16" in spec.dtypes else spec.dtypes[0]
+        sizes: dict[str, int | str] = {}
+        for arch in ("sm_90", "gfx942", "interpreter"):
+            try:
+                sizes[arch] = len(spec.valid_configs(spec.make_key(dims, dtype), target_for(arch)))
+            except Exception as exc:
+                sizes[arch] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
+        rows.append({"name": name, "version": spec.version, "key": list(spec.key_names),
+                     "dtypes": list(spec.dtypes), "example_shape": dims, "counted_at": dtype,
+                     "valid_configs": sizes, "module": type(spec).__module__})
+    return rows
+
+
+def device_class_slugs(url: str, device_class: str | None, settings: Settings | None) -> list[str] | None:
+    """Stored device-class slugs that an alias or slug names. None given: the live class when
+    settings are given (the CLI, on the machine it runs on), else None: every class (the API).
     SpecError (one line at the CLI) for a selector that names no class."""
     if device_class is None:
-        return [probe(settings.device)[0].slug]
+        return [probe(settings.device)[0].slug] if settings is not None else None
     resolve_device_class(device_class)
     with session_scope(url) as s:
         slugs = s.scalars(select(models.DeviceClass.slug)).all()
@@ -24,19 +51,20 @@ def device_class_slugs(url: str, device_class: str | None, settings: Settings) -
 
 
 def best_rows(settings: Settings, kernel: str, shapes: list[str], dtypes: list[str],
-              device_class: str | None, current_only: bool = True) -> list[dict]:
+              device_class: str | None, current_only: bool = True, live_class: bool = True) -> list[dict]:
     """`tuner best` (current rows; a row with config None when nothing is stored) and
-    `tuner history` (every row, superseded ones too), newest first."""
+    `tuner history` (every row, superseded ones too), newest first. No device class given: this
+    machine's (live_class), or every class."""
     req = build_request(kernel, shapes, dtypes, trials=1)
     url = open_for_read(settings)
-    slugs = device_class_slugs(url, device_class, settings)
+    slugs = device_class_slugs(url, device_class, settings if live_class else None)
     out = []
     with session_scope(url) as s:
         for key in req.keys:
             found = store.best_configs(s, kernel=kernel, kernel_version=key.version, key_hash=key.stable_hash,
                                        device_classes=slugs, current=current_only)
             if not found and current_only:
-                out.append({"key": key.label(), "device_class": ",".join(slugs), "fingerprint": None,
+                out.append({"key": key.label(), "device_class": ",".join(slugs or ["any"]), "fingerprint": None,
                             "config": None, "median_ms": None})
             for b, slug, fp in found:
                 out.append({"key": key.label(), "device_class": slug, "fingerprint": fp.hash, "config": b.config,
@@ -44,3 +72,35 @@ def best_rows(settings: Settings, kernel: str, shapes: list[str], dtypes: list[s
                             "trials": b.trials, "job": b.job_id, "created_at": b.created_at.isoformat(),
                             "superseded_at": b.superseded_at.isoformat() if b.superseded_at else None})
     return out
+
+
+def key_page(s, kernel: str, key_hash: str, slugs: list[str] | None) -> dict | None:
+    """A key's trials on the classes (all when slugs is None), oldest first, and every best it has
+    had there, newest first, each with the stack it was measured under; None when nothing of the
+    key is stored."""
+    key = s.scalar(select(models.JobKey.key).join(models.Job, models.Job.id == models.JobKey.job_id)
+                   .where(models.Job.kernel == kernel, models.JobKey.key_hash == key_hash).limit(1))
+    history = store.best_configs(s, kernel=kernel, key_hash=key_hash, device_classes=slugs, current=False)
+    if key is None and not history:
+        return None
+    q = (select(models.TuningTrial, models.DeviceClass.slug, models.StackFingerprint.hash)
+         .join(models.DeviceClass, models.DeviceClass.id == models.TuningTrial.device_class_id)
+         .join(models.StackFingerprint, models.StackFingerprint.id == models.TuningTrial.fingerprint_id)
+         .where(models.TuningTrial.kernel == kernel, models.TuningTrial.key_hash == key_hash)
+         .order_by(models.TuningTrial.created_at, models.TuningTrial.id))
+    if slugs is not None:
+        q = q.where(models.DeviceClass.slug.in_(slugs))
+    trials = [{"n": i, "device_class": slug, "fingerprint": fp, "job": t.job_id, "status": t.status,
+               "config": t.config, "median_ms": t.median_ms, "cv": t.cv, "message": t.message,
+               "created_at": t.created_at.isoformat()}
+              for i, (t, slug, fp) in enumerate(s.execute(q).all())]
+    bests = [{"device_class": slug, "fingerprint": fp.hash,
+              "stack": {k: getattr(fp, k) for k in ("driver", "runtime", "triton", "torch")},
+              "config": b.config, "median_ms": b.median_ms, "default_ms": b.default_ms, "speedup": b.speedup,
+              "trials": b.trials, "job": b.job_id, "created_at": b.created_at.isoformat(),
+              "superseded_at": b.superseded_at.isoformat() if b.superseded_at else None}
+             for b, slug, fp in history]
+    key = key or history[0][0].key
+    return {"kernel": kernel, "key_hash": key_hash, "key": key["dims"], "dtype": key["dtype"],
+            "version": key.get("version"), "trials": trials, "current": [b for b in bests if not b["superseded_at"]],
+            "history": bests}

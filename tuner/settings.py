@@ -45,11 +45,23 @@ class Settings:
     retune_misses: bool = True  # the nightly scheduler also queues the most frequent misses
     retune_misses_max_jobs: int = 20  # at most this many miss jobs a night
     retune_misses_trials: int = 20  # trials of a miss job
+    # the HTTP API and metrics (tuner/api/, workers/metrics.py)
+    api_token: str = ""  # bearer token for writes (and reads from other hosts than the loopback)
+    metrics_port: int | None = None  # a worker's own Prometheus metrics port; None: none served
+    # device-class slug -> list price per hour, for the cost column of `tuner report compare`
+    device_prices: tuple[tuple[str, float], ...] = ()
     extra: dict = field(default_factory=dict)
 
     @property
     def is_default_db(self) -> bool:
         return "TUNER_DB_URL" not in self.extra.get("explicit", ())
+
+
+def _refuse(message: str, on_error) -> None:
+    """A malformed value: UserError for the CLI, or reported to on_error (the runtime's lenient read)."""
+    if on_error is None:
+        raise UserError(message)
+    on_error(message)
 
 
 def _float(env: dict, name: str, default: float, on_error=None, minimum: float | None = None) -> float:
@@ -63,11 +75,35 @@ def _float(env: dict, name: str, default: float, on_error=None, minimum: float |
         return value
     except ValueError:
         bound = "" if minimum is None else f" >= {minimum:g}"
-        message = f"{name}={str(raw)[:80]!r} is not a number{bound}; unset it or give a number{bound}"
-        if on_error is None:
-            raise UserError(message) from None
-        on_error(message)
+        _refuse(f"{name}={str(raw)[:80]!r} is not a number{bound}; unset it or give a number{bound}", on_error)
         return default
+
+
+def _port(env: dict, name: str, on_error=None) -> int | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        _refuse(f"{name}={raw[:40]!r} is not a TCP port; give a number from 1 to 65535 or unset it", on_error)
+        return None
+    return int(raw)
+
+
+def _prices(env: dict, name: str, on_error=None) -> tuple[tuple[str, float], ...]:
+    """'h100-sxm-80gb=2.99,mi300x-192gb=2.49' -> (('h100-sxm-80gb', 2.99), ...)."""
+    out = []
+    for part in filter(None, (p.strip() for p in (env.get(name) or "").split(","))):
+        slug, _, price = part.partition("=")
+        try:
+            value = float(price)
+        except ValueError:
+            value = -1.0
+        if not slug.strip() or value < 0:
+            _refuse(f"{name}: {part[:40]!r} is not SLUG=PRICE; write e.g. h100-sxm-80gb=2.99,mi300x-192gb=2.49 "
+                    "(price per hour)", on_error)
+            return ()
+        out.append((slug.strip().lower(), value))
+    return tuple(out)
 
 
 def _flag(env: dict, name: str, default: bool, on_error=None) -> bool:
@@ -76,10 +112,7 @@ def _flag(env: dict, name: str, default: bool, on_error=None) -> bool:
         return default
     if raw in ("1", "true", "yes", "on", "0", "false", "no", "off"):
         return raw in ("1", "true", "yes", "on")
-    message = f"{name}={raw[:80]!r} is not a switch; write 1 or 0"
-    if on_error is None:
-        raise UserError(message)
-    on_error(message)
+    _refuse(f"{name}={raw[:80]!r} is not a switch; write 1 or 0", on_error)
     return default
 
 
@@ -116,6 +149,9 @@ def from_env(env: dict[str, str] | None = None, on_error=None) -> Settings:
         retune_misses=_flag(env, "TUNER_RETUNE_MISSES", True, on_error),
         retune_misses_max_jobs=int(num("TUNER_RETUNE_MISSES_MAX_JOBS", 20, 0)),
         retune_misses_trials=int(num("TUNER_RETUNE_MISSES_TRIALS", 20, 1)),
+        api_token=env.get("TUNER_API_TOKEN", ""),
+        metrics_port=_port(env, "TUNER_METRICS_PORT", on_error),
+        device_prices=_prices(env, "TUNER_DEVICE_PRICES", on_error),
         extra={"explicit": tuple(k for k in ("TUNER_DB_URL", "TUNER_BROKER_URL") if env.get(k))},
     )
 

@@ -65,8 +65,10 @@ def prepare(req: TuneRequest, settings: Settings, device: str | None) -> LocalPl
     return LocalPlan(req, url, device_str, dc, fp, settings.trial_timeout_s)
 
 
-def tune_local(plan: LocalPlan, progress=None) -> TuneOutcome:
-    """Run the plan's searches here. `progress(n)` is called once per counted trial."""
+def tune_local(plan: LocalPlan, progress=None, finalizing=None) -> TuneOutcome:
+    """Run the plan's searches here. `progress(n)` is called once per counted trial, and
+    `finalizing(key)` when a key's leaders start their final re-measurement (tens of seconds on
+    the interpreter, with no trial to count)."""
     req, url, dc, fp = plan.req, plan.url, plan.dc, plan.fp
     from harness.harness import Harness
     from search.finalize import finalize
@@ -100,6 +102,8 @@ def tune_local(plan: LocalPlan, progress=None) -> TuneOutcome:
                 ran = run_batch(ctx, harness, req.trials, seeds=lambda: seed_configs(ctx),
                                 on_trial=(lambda c, r: progress(1)) if progress else None)
                 t2 = time.perf_counter()
+                if finalizing:
+                    finalizing(key)
                 done = finalize(ctx, harness, dc.slug)
                 t3 = time.perf_counter()
                 with session_scope(url) as s:

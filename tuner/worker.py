@@ -25,6 +25,10 @@ def run_worker(settings: Settings, device: str | None, name: str | None, logleve
                        stall_s=settings.stall_s, trial_timeout_s=settings.trial_timeout_s,
                        dead_after_s=settings.worker_dead_after_s)
     service = WorkerService(cfg, dc, fp, lambda msg: send_batch(app, msg))
+    if settings.metrics_port:
+        from workers import metrics
+
+        service.observe = metrics.serve(settings.metrics_port, dc.slug)
     tasks.register(app, service)
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("tuner.worker").info("worker %s: class %s, fingerprint %s, queues %s",

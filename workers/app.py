@@ -62,3 +62,23 @@ def check_broker(app: Celery, timeout: float = 3.0) -> None:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
     except Exception as exc:  # kombu raises transport-specific types
         raise ConnectionError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def queue_depths(app: Celery, names, timeout: float = 2.0) -> dict[str, int]:
+    """Messages waiting in each named queue (the dashboard's and /metrics' queue depth).
+    ConnectionError, as check_broker's, when the broker cannot be reached."""
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+            channel = conn.default_channel
+            out = {}
+            for name in names:
+                try:
+                    out[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
+                except Exception as exc:  # Redis keeps no empty list: a queue with nothing waiting is "not found"
+                    if "NOT_FOUND" not in str(exc):
+                        raise
+                    out[name] = 0
+            return out
+    except Exception as exc:
+        raise ConnectionError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None

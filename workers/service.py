@@ -46,6 +46,8 @@ class WorkerConfig:
 
 
 class WorkerService:
+    observe = None  # a factory of run_batch's on_trial callbacks, one per batch (workers/metrics.py)
+
     def __init__(self, cfg: WorkerConfig, dc: DeviceClass, fp: StackFingerprint, send):
         self.cfg, self.dc, self.fp, self.send = cfg, dc, fp, send
         self.harness = Harness()
@@ -123,7 +125,8 @@ class WorkerService:
                             budget_trials=msg.budget_trials, trial_timeout_s=self.cfg.trial_timeout_s,
                             worker_id=self.worker_id, measurement=measurement)
         ran = run_batch(ctx, self.harness, batch_trials, should_stop=lambda: self._cancelled(msg.job_id),
-                        seeds=lambda: seed_configs(ctx, first=warm_seeds(job_request, key.stable_hash)))
+                        seeds=lambda: seed_configs(ctx, first=warm_seeds(job_request, key.stable_hash)),
+                        on_trial=self.observe() if self.observe else None)
         if self._cancelled(msg.job_id):
             return "cancelled"
         exhausted = ran < batch_trials  # the budget is spent, or the space has nothing left

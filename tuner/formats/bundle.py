@@ -48,12 +48,24 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
         raise
 
 
-def write(entries: list[dict[str, Any]], output: Path) -> int:
+def document(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bundle of these entries, in a stable order: what `write` writes and GET /v1/bundle sends."""
     entries = sorted(entries, key=lambda e: (e["kernel"], e["key_hash"], e["device_class"], e["fingerprint"]))
-    doc = {"format": FORMAT, "version": VERSION, "created_at": utcnow().isoformat(),
-           "entries": entries}
+    return {"format": FORMAT, "version": VERSION, "created_at": utcnow().isoformat(), "entries": entries}
+
+
+def digest(doc: dict[str, Any]) -> str:
+    """A hash of a bundle's entries (not of when it was made): equal for equal contents, the HTTP
+    ETag of GET /v1/bundle."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(doc["entries"], sort_keys=True).encode()).hexdigest()[:32]
+
+
+def write(entries: list[dict[str, Any]], output: Path) -> int:
+    doc = document(entries)
     write_atomic(output, json.dumps(doc, indent=1, sort_keys=True))
-    return len(entries)
+    return len(doc["entries"])
 
 
 class Bundle:

@@ -9,7 +9,8 @@ from db import models
 from db.session import session_scope
 from search_spaces.base import config_hash
 from tuner.database import open_for_read
-from tuner.errors import UserError
+from tuner.display import timing_label
+from tuner.errors import NotFound
 from tuner.settings import Settings
 
 
@@ -20,11 +21,11 @@ def report(settings: Settings, run: str | None) -> dict:
         jobs = s.scalars(select(models.Job).where(models.Job.kind == "retune")
                          .order_by(models.Job.created_at.desc())).all()
         if not jobs:
-            raise UserError("no retune has run yet: `tuner retune --stale-only` queues one")
+            raise NotFound("no retune has run yet: `tuner retune --stale-only` queues one")
         run = run or jobs[0].request.get("retune_run")
         jobs = [j for j in jobs if j.request.get("retune_run") == run or j.id.startswith(run)]
         if not jobs:
-            raise UserError(f"no retune run {run!r}; `tuner report retune` shows the latest")
+            raise NotFound(f"no retune run {run[:80]!r}; `tuner report retune` shows the latest")
         rows = []
         for job in jobs:
             for key in s.scalars(select(models.JobKey).where(models.JobKey.job_id == job.id)).all():
@@ -47,31 +48,26 @@ def report(settings: Settings, run: str | None) -> dict:
                 if old_ms and old_on_new and old_on_new > old_ms * (1 + threshold):
                     flags.append(f"old config {old_on_new / old_ms:.2f}x slower on the new stack")
                 rows.append({"job": job.id, "kernel": job.kernel, "device_class": job.device_selector,
-                             "key": key.key["dims"], "dtype": key.key["dtype"], "state": key.state,
+                             "key": key.key["dims"], "dtype": key.key["dtype"], "key_hash": key.key_hash,
+                             "state": key.state,
                              "old_fingerprint": warm.get("old_fingerprint"), "new_fingerprint": new_fp or None,
                              "old_best_ms_old_stack": old_ms, "old_best_ms_new_stack": old_on_new,
                              "new_best_ms_new_stack": new_ms, "new_config": new.config if new else None,
                              "trials_spent": sum(1 for _, _, st in trials if st != "invalid"),
                              "original_trials": warm.get("old_trials"),
                              "regression": bool(flags and flags[0].startswith("regression")), "flags": flags})
-    return {"run": run, "threshold": threshold, "timing": _timing_label(rows), "keys": rows}
+    return {"run": run, "threshold": threshold, "timing": timing_label(r["device_class"] for r in rows), "keys": rows}
 
 
-def _timing_label(rows: list[dict]) -> str:
-    return "triton-interpreter (CPU; not GPU figures)" if any(
-        r["device_class"] and r["device_class"].startswith("cpu") for r in rows) else "gpu"
-
-
-def plot(result: dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def figure(result: dict):
+    """Per key: the old best on the old stack and on the new one, and the new best; regressions marked."""
+    from tuner.reports import figures
 
     rows = result["keys"]
     labels = [",".join(f"{k}={v}" for k, v in r["key"].items()) + f"\n{r['dtype']}" for r in rows]
     series = [("old best, old stack", "old_best_ms_old_stack"), ("old best, new stack", "old_best_ms_new_stack"),
               ("new best, new stack", "new_best_ms_new_stack")]
-    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(rows)), 4))
+    fig, ax = figures.new(max(6, 1.8 * len(rows)), 4)
     width = 0.27
     for i, (name, field) in enumerate(series):
         ax.bar([x + (i - 1) * width for x in range(len(rows))], [r[field] or 0 for r in rows], width, label=name)
@@ -82,6 +78,10 @@ def plot(result: dict, path: str) -> None:
     ax.set_ylabel("median ms")
     ax.set_title(f"retune run {result['run']} ({result['timing']})")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot(result: dict, path: str) -> None:
+    from tuner.reports import figures
+
+    figures.save(figure(result), path)

@@ -1,0 +1,229 @@
+"""The dashboard in a real browser: Debian's Chromium, headless, driven by Playwright, against
+`tuner serve`, a real `tuner worker` on the CPU, Redis and PostgreSQL.
+
+A job is submitted through the jobs page's form, the job page is watched until the worker has
+finished it, and every page is checked against the database: the fleet, the job's progress, the
+key's plot of every trial and its best, the retune report after a simulated driver update, the
+shape sweep, and the class comparison. A screenshot of each page is written to tmp_path, and to
+the directory in TUNER_SCREENSHOTS when it is set (docs/dashboard/ holds the committed ones).
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests import rows
+from tests.cli_helpers import ROOT
+from tests.services import WorkerProc, pg_database, redis_url, run_cli, service_env, wait_for
+from tuner.display import config_word
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+CHROMIUM = "/usr/bin/chromium"
+INSTALL = "apt-get install -y --no-install-recommends chromium; pip install 'playwright>=1.44'"
+TOKEN = "dashboard-test-token"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason=f"no playwright; CI needs: {INSTALL}")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no {CHROMIUM}; CI needs: {INSTALL}")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)  # a fresh profile of its own each launch
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    home = tmp_path_factory.mktemp("dashboard")
+    with pg_database() as db_url:
+        env = service_env(home, db_url, redis_url(), TUNER_API_TOKEN=TOKEN)
+        assert run_cli(env, "db", "upgrade").returncode == 0
+        port, metrics_port = free_port(), free_port()
+        log = open(home / "serve.log", "w")
+        server = subprocess.Popen([sys.executable, "-m", "tuner.cli", "serve", "--port", str(port)], env=env,
+                                  cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+
+        def up():
+            try:
+                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        workers = []
+        engine = create_engine(db_url)
+        try:
+            wait_for(up, 120, "tuner serve")
+            workers.append(WorkerProc("w1", dict(env, TUNER_METRICS_PORT=str(metrics_port)), home))
+            yield {"env": env, "base": base, "engine": engine, "home": home, "workers": workers, "db_url": db_url,
+                   "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
+        finally:
+            for w in workers:
+                w.stop()
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
+            log.close()
+            engine.dispose()
+    assert "Traceback" not in (home / "serve.log").read_text()
+
+
+def shot(page, name: str, tmp_path: Path) -> None:
+    page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+    if os.environ.get("TUNER_SCREENSHOTS"):
+        target = Path(os.environ["TUNER_SCREENSHOTS"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / f"{name}.png", target / f"{name}.png")
+
+
+def sql(world, query: str, **params):
+    with world["engine"].connect() as c:
+        return c.execute(text(query), params).all()
+
+
+def registered(world, name: str) -> bool:
+    return bool(sql(world, "select 1 from workers where name = :n and heartbeat_at > now() - interval '5 seconds'",
+                    n=name))
+
+
+def wait_job(world, job: str, timeout: float = 300) -> dict:
+    def done():
+        st = httpx.get(f"{world['base']}/v1/jobs/{job}").json()
+        return st["state"] in ("done", "failed", "cancelled")
+    wait_for(done, timeout, f"job {job}", poll_s=1)
+    return httpx.get(f"{world['base']}/v1/jobs/{job}").json()
+
+
+def test_the_dashboard_shows_a_job_submitted_through_its_page(world, browser, tmp_path):
+    base = world["base"]
+    wait_for(lambda: registered(world, "w1@test"), 180, "the worker to register")
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+
+    # submit through the jobs page's form; a wrong token is refused on the page, nothing queued
+    page.goto(f"{base}/jobs")
+    page.fill("textarea[name=shapes]", "M=32,N=32,K=32")
+    page.fill("input[name=trials]", "6")
+    page.fill("input[name=token]", "wrong")
+    page.click("#submit button")
+    assert "wrong or missing token" in page.inner_text("#submit-error")
+    assert sql(world, "select count(*) from jobs")[0][0] == 0
+    page.fill("input[name=token]", TOKEN)
+    page.click("#submit button")
+    page.wait_for_url(re.compile(r".*/jobs/[0-9a-f]{32}$"))
+    job = page.url.rsplit("/", 1)[1]
+    seen = [page.inner_text("#state")]
+
+    # watch the job page (it reloads itself) until the worker has finished the job
+    end = time.monotonic() + 300
+    while seen[-1] != "done":
+        assert seen[-1] in ("queued", "running") and time.monotonic() < end, seen
+        time.sleep(2)
+        page.goto(f"{base}/jobs/{job}")
+        seen.append(page.inner_text("#state"))
+    (n_trials, budget), = [map(int, page.inner_text(".key .trials").split("/"))]
+    assert budget == 6 and 6 <= n_trials <= 8
+    ok = sql(world, "select median_ms from tuning_trials where job_id = :j and status = 'ok'", j=job)
+    assert float(page.inner_text(".key .best-ms")) == pytest.approx(min(m for m, in ok), abs=1e-3)
+    # the kernel's default is measured first (the auto strategy seeds it): its time is shown beside the best
+    from devices.classes import CPU_INTERPRETER
+    from search_spaces import registry
+    from search_spaces.base import config_hash
+
+    spec = registry.get("matmul")
+    default = config_hash(spec.default(spec.make_key({"M": 32, "N": 32, "K": 32}, "float32"), CPU_INTERPRETER.target))
+    (default_ms,), = sql(world, "select min(median_ms) from tuning_trials where job_id = :j and config_hash = :h "
+                                "and status = 'ok'", j=job, h=default)
+    assert float(page.inner_text(".key .default-ms")) == pytest.approx(default_ms, abs=1e-3)
+    assert "Triton-interpreter timings" in page.inner_text("main")
+    shot(page, "job", tmp_path)
+
+    # the key's page: one point per measured trial, and the stored best
+    page.click(".key a")
+    key_hash = page.url.rsplit("/", 1)[1]
+    measured = sql(world, "select count(*) from tuning_trials where key_hash = :h and status != 'invalid'",
+                   h=key_hash)[0][0]
+    assert page.locator("#trials-plot g[id^=trials-] use").count() == measured
+    (best_config,) = sql(world, "select config from best_configs where key_hash = :h and superseded_at is null",
+                         h=key_hash)[0]
+    best_config = best_config if isinstance(best_config, dict) else json.loads(best_config)
+    assert page.inner_text("#current .config") == config_word(best_config)
+    assert page.locator("#history tr").count() == 2  # the header and the one best
+    shot(page, "key", tmp_path)
+
+    # the fleet: the worker alive in its class; the jobs list
+    page.goto(f"{base}/")
+    assert "w1@test" in page.inner_text("#workers") and "alive" in page.inner_text("#workers")
+    assert page.inner_text("#classes .live-workers") == "1"
+    shot(page, "fleet", tmp_path)
+    page.goto(f"{base}/jobs")
+    assert page.locator(f"tr[data-job='{job}'] .state").inner_text() == "done"
+    shot(page, "jobs", tmp_path)
+
+    # the worker's own metrics count what the database holds of its trials
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counted = {s.labels["status"]: s.value for f in text_string_to_metric_families(httpx.get(world["metrics"]).text)
+               for s in f.samples if s.name == "tuner_worker_trials_total"}
+    stored = dict(sql(world, "select t.status, count(*) from tuning_trials t join workers w on w.id = t.worker_id "
+                             "where w.name = 'w1@test' and t.status != 'invalid' group by t.status"))
+    assert counted == stored
+
+    # a driver update: the old stack's worker goes, a new one comes, the retune runs and is reported
+    world["workers"][0].stop()
+    new = WorkerProc("w2", dict(world["env"], TUNER_FINGERPRINT_OVERRIDE="driver=999.1"), world["home"])
+    world["workers"].append(new)
+    wait_for(lambda: registered(world, "w2@test"), 180, "the new stack's worker")
+    retune = run_cli(world["env"], "retune", "--stale-only", "--json")
+    assert retune.returncode == 0, retune.stderr
+    (rjob,) = [j["job"] for j in json.loads(retune.stdout)["jobs"]]
+    assert wait_job(world, rjob)["state"] == "done"
+    report = httpx.get(f"{base}/v1/retune").json()
+    page.goto(f"{base}/retune")
+    table = page.inner_text("#retune")
+    (row,) = report["keys"]
+    assert row["old_fingerprint"] in table and row["new_fingerprint"] in table
+    assert ("none" if not row["flags"] else row["flags"][0]) in table
+    shot(page, "retune", tmp_path)
+
+    # a shape sweep on the interpreter
+    sweep = run_cli(world["env"], "sweep-shapes", "matmul", "--vary", "N=32:96:32", "--shape", "M=32,K=32",
+                    "--device-class", "cpu", "--trials", "3", "--json")
+    assert sweep.returncode == 0, sweep.stderr
+    for j in json.loads(sweep.stdout)["jobs"]:
+        assert wait_job(world, j)["state"] == "done"
+    page.goto(f"{base}/shapes?kernel=matmul&vary=N&shape=M%3D32%2CK%3D32&device_class=cpu&dtype=float32")
+    values = [r.split("\t")[0] for r in page.inner_text("#points").splitlines()[1:]]
+    assert values == ["32", "64", "96"]
+    assert page.locator("#points tr:has-text('yes')").count() == 2  # 32 and 64
+    shot(page, "shapes", tmp_path)
+
+    # two classes compared: rows written straight to the database (no H100 or MI300X here)
+    for slug, ms in (("h100-sxm-80gb", [0.030, 0.040, 0.200]), ("mi300x-192gb", [0.025, 0.050, 0.160])):
+        for m, t in zip((16, 128, 4096), ms):
+            rows.best(world["db_url"], slug, {"M": m, "N": 4096, "K": 4096}, t, dtype="bfloat16")
+    page.goto(f"{base}/compare?a=h100&b=mi300x&kernel=matmul")
+    expected = httpx.get(f"{base}/v1/compare", params={"device_class": ["h100", "mi300x"], "kernel": "matmul"}).json()
+    assert page.inner_text("#per-kernel .geomean") == f"{expected['per_kernel']['matmul']['geomean_ratio']:.3f}"
+    assert page.locator("#compare tr").count() == 4
+    shot(page, "compare", tmp_path)

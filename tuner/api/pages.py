@@ -1,0 +1,179 @@
+"""The dashboard: server-rendered pages (Jinja2 templates in tuner/api/templates/), no JavaScript.
+Pages that show running work reload themselves every few seconds (<meta http-equiv="refresh">).
+Each page reads through the same functions as its /v1 endpoint; plots are the reports' own
+figures, inlined as SVG.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
+
+from db.session import session_scope
+from tuner import coordinator, display, fleet
+from tuner.api import auth
+from tuner.api.errors import MAX_BODY
+from tuner.api.routes import JobIn, build, key_view, settings_of
+from tuner.database import open_for_read
+from tuner.errors import UserError
+
+router = APIRouter(include_in_schema=False, max_body_size=MAX_BODY)
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.filters.update(config=display.config_word, ms=display.ms, dims=display.dims_word,
+                             speedup=display.speedup)
+REFRESH_S = 3  # how often a page with running work reloads
+
+
+def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=status)
+
+
+def error_page(request: Request, status: int, message: str) -> str:
+    return templates.get_template("error.html").render(request=request, status=status, message=message)
+
+
+def _attempt(fn, *args):
+    """(result, None), or (None, the one-line error) for a report whose inputs the page's form took."""
+    try:
+        return fn(*args), None
+    except UserError as exc:
+        return None, str(exc)
+
+
+@router.get("/", response_class=HTMLResponse)
+def fleet_page(request: Request):
+    settings = settings_of(request)
+    with session_scope(open_for_read(settings)) as s:
+        depths = fleet.queue_depths(settings, fleet.queue_names(s))
+        classes = fleet.device_classes(s, settings.worker_dead_after_s, depths)
+        workers = fleet.workers(s, settings.worker_dead_after_s)
+        jobs = fleet.jobs_by_state(s)
+    return page(request, "fleet.html", classes=classes, workers=workers, jobs=jobs, depths=depths,
+                refresh=REFRESH_S * 3)
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_page(request: Request):
+    return _jobs(request)
+
+
+def _jobs(request: Request, error: str | None = None, status: int = 200, form: dict | None = None):
+    try:
+        rows = coordinator.jobs(settings_of(request), 100)
+    except UserError:
+        if error is None:
+            raise
+        rows = []  # the form's own error first (no database yet, say); the list when there is one
+    running = any(r["state"] not in coordinator.FINAL for r in rows)
+    return page(request, "jobs.html", status=status, jobs=rows, error=error, form=form or {},
+                refresh=REFRESH_S if running else None)
+
+
+@router.post("/jobs", response_class=HTMLResponse)
+def submit_form(request: Request, kernel: str = Form(..., max_length=100), shapes: str = Form(..., max_length=2000),
+                dtype: str = Form("float32", max_length=16), device_class: str = Form(..., max_length=80),
+                trials: int = Form(20), token: str = Form("", max_length=200)):
+    """The jobs page's form: one shape per line."""
+    form = {"kernel": kernel, "shapes": shapes, "dtype": dtype, "device_class": device_class, "trials": trials}
+    try:
+        settings = settings_of(request)
+        auth.check_form(token, request.cookies.get(auth.COOKIE), settings.api_token)
+        job = JobIn(kernel=kernel, shapes=[s.strip() for s in shapes.splitlines() if s.strip()] or [""],
+                    dtypes=[dtype], device_class=device_class, trials=trials)
+        job_id = coordinator.submit(settings, build(job), job.device_class, job.parallel)
+    except UserError as exc:
+        from tuner.api.errors import status_of
+
+        return _jobs(request, error=str(exc), status=status_of(exc), form=form)
+    except ValidationError as exc:
+        from tuner.api.errors import validation_message
+
+        return _jobs(request, error=validation_message(exc), status=422, form=form)
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, job_id: str):
+    st = coordinator.status(settings_of(request), job_id[:64])
+    return page(request, "job.html", job=st, measurement=_measurement(st),
+                refresh=REFRESH_S if st["state"] not in coordinator.FINAL else None)
+
+
+def _measurement(st: dict) -> str:
+    from harness.protocol import Measurement
+
+    return Measurement.from_json(st.get("measurement")).describe()
+
+
+@router.get("/keys/{kernel}/{key_hash}", response_class=HTMLResponse)
+def key_page(request: Request, kernel: str, key_hash: str, device_class: Optional[str] = None):
+    from tuner.reports import figures, trials
+
+    view = key_view(settings_of(request), kernel[:100], key_hash[:32], device_class)
+    classes = sorted({t["device_class"] for t in view["trials"]} | {b["device_class"] for b in view["history"]})
+    return page(request, "key.html", view=view, plot=figures.svg(trials.figure(view)),
+                timing=display.timing_label(classes), device_class=device_class)
+
+
+@router.get("/retune", response_class=HTMLResponse)
+def retune_page(request: Request, run: Optional[str] = None):
+    from tuner.reports import figures
+    from tuner.reports.retune import figure, report
+
+    result, error = _attempt(report, settings_of(request), run[:64] if run else None)
+    plot = figures.svg(figure(result)) if result and result["keys"] else None
+    return page(request, "retune.html", result=result, error=error, plot=plot)
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare_page(request: Request, a: Optional[str] = None, b: Optional[str] = None, kernel: Optional[str] = None):
+    from tuner.reports import figures
+    from tuner.reports.compare import figure, report
+
+    result = error = plot = None
+    if a and b:
+        result, error = _attempt(report, settings_of(request), [a[:80], b[:80]], kernel[:100] if kernel else None)
+        plot = figures.svg(figure(result)) if result and result["keys"] else None
+    return page(request, "compare.html", result=result, error=error, plot=plot, form={"a": a, "b": b, "kernel": kernel},
+                classes=_stored_classes(request))
+
+
+@router.get("/shapes", response_class=HTMLResponse)
+def shapes_page(request: Request, kernel: Optional[str] = None, vary: Optional[str] = None,
+                shape: Optional[str] = None, device_class: Optional[str] = None, dtype: str = "float32"):
+    from tuner.reports import figures
+    from tuner.reports.shapes import figure, report
+
+    result = error = plot = None
+    form = {"kernel": kernel, "vary": vary, "shape": shape, "device_class": device_class, "dtype": dtype}
+    if kernel and vary and device_class:
+        result, error = _attempt(report, settings_of(request), kernel[:100], vary[:100], shape[:200] if shape else None,
+                                 device_class[:80], dtype[:16])
+        plot = figures.svg(figure(result)) if result and result["points"] else None
+    return page(request, "shapes.html", result=result, error=error, plot=plot, form=form,
+                classes=_stored_classes(request))
+
+
+def _stored_classes(request: Request) -> list[str]:
+    settings = settings_of(request)
+    with session_scope(open_for_read(settings)) as s:
+        return [c["slug"] for c in fleet.device_classes(s, settings.worker_dead_after_s)]
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request):
+    return page(request, "login.html", error=None)
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(request: Request, token: str = Form(..., max_length=200)):
+    settings = settings_of(request)
+    if not auth.token_matches(token, settings.api_token):
+        return page(request, "login.html", status=401, error="wrong token: give the server's TUNER_API_TOKEN")
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(auth.COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    return response

@@ -1,0 +1,228 @@
+"""The JSON API under /v1: thin, as the CLI is. Each endpoint validates with the same functions as
+the matching command (tuner.request, tuner.coordinator, tuner.queries, tuner.reports,
+tuner.formats) and answers what they return; errors are mapped in tuner/api/errors.py.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Annotated, Optional, Union
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from db.session import session_scope
+from search import strategies
+from tuner import coordinator, fleet, queries
+from tuner.api.errors import MAX_BODY
+from tuner.database import open_for_read
+from tuner.errors import Conflict, NotFound, UserError
+from tuner.settings import Settings
+
+router = APIRouter(prefix="/v1", max_body_size=MAX_BODY)  # FastAPI refuses more with 413, before parsing
+Text = Annotated[str, StringConstraints(max_length=200)]
+Shape = Union[Text, dict[Annotated[str, StringConstraints(max_length=40)], Union[int, Text]]]
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+class JobIn(BaseModel):
+    """A tuning job, as `tuner submit` takes it: shapes written `M=4096,N=4096,K=4096` (or as an
+    object {"M": 4096, ...}), one key per shape and dtype."""
+    model_config = ConfigDict(extra="forbid")
+    kernel: Text
+    shapes: list[Shape] = Field(min_length=1, max_length=256)
+    dtypes: list[Text] = Field(default=["float32"], max_length=8)
+    device_class: Text
+    trials: int = 20
+    sampler: Text = strategies.DEFAULT
+    seed: Optional[int] = None
+    parallel: int = 2
+    rotate_buffers: int = 1
+    cuda_graph: bool = False
+    max_cv: Optional[float] = None
+
+
+def shape_text(shape) -> str:
+    return shape if isinstance(shape, str) else ",".join(f"{k}={v}" for k, v in shape.items())
+
+
+def build(job: JobIn):
+    """The job's request, checked as the CLI checks `tuner submit` (UserError: 400)."""
+    from tuner.request import build_measurement, build_request
+
+    return build_request(job.kernel, [shape_text(s) for s in job.shapes], job.dtypes, job.trials, job.sampler,
+                         job.seed, build_measurement(job.rotate_buffers, job.cuda_graph, job.max_cv))
+
+
+# ---- writes ---------------------------------------------------------------------------------
+
+@router.post("/jobs", status_code=201, tags=["jobs"])
+def submit_job(job: JobIn, request: Request) -> dict:
+    """Queue a tuning job for a device class (needs the token). 201 with the job id."""
+    settings = settings_of(request)
+    job_id = coordinator.submit(settings, build(job), job.device_class, job.parallel)
+    return {"job": job_id, "url": f"/v1/jobs/{job_id}"}
+
+
+@router.post("/jobs/{job_id}/cancel", tags=["jobs"])
+def cancel_job(job_id: Annotated[str, StringConstraints(max_length=64)], request: Request) -> dict:
+    """Cancel a job: workers stop after their trial in flight. 409 if it has already ended."""
+    state = coordinator.cancel(settings_of(request), job_id)
+    if state != "cancelled":
+        raise Conflict(f"job {job_id[:40]} has already ended ({state}); there is nothing to cancel")
+    return {"job": job_id, "state": state}
+
+
+# ---- reads ----------------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _kernels() -> list[dict]:
+    return queries.kernel_rows()  # the registry does not change while the server runs
+
+
+@router.get("/kernels", tags=["registry"])
+def kernels() -> list[dict]:
+    """The registered kernels, their keys, dtypes and space sizes."""
+    return _kernels()
+
+
+@router.get("/device-classes", tags=["fleet"])
+def device_classes(request: Request) -> list[dict]:
+    """Stored device classes with their live workers, trials per minute and queue depths."""
+    settings = settings_of(request)
+    with session_scope(open_for_read(settings)) as s:
+        depths = fleet.queue_depths(settings, fleet.queue_names(s))
+        return fleet.device_classes(s, settings.worker_dead_after_s, depths)
+
+
+@router.get("/workers", tags=["fleet"])
+def workers(request: Request) -> list[dict]:
+    """Every registered worker: alive, class, stack fingerprint, last heartbeat."""
+    settings = settings_of(request)
+    with session_scope(open_for_read(settings)) as s:
+        return fleet.workers(s, settings.worker_dead_after_s)
+
+
+@router.get("/jobs", tags=["jobs"])
+def jobs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict]:
+    """Recent jobs, newest first."""
+    return coordinator.jobs(settings_of(request), limit)
+
+
+@router.get("/jobs/{job_id}", tags=["jobs"])
+def job(job_id: Annotated[str, StringConstraints(max_length=64)], request: Request) -> dict:
+    """A job and its keys' progress: trials against budget, best so far against the default."""
+    return coordinator.status(settings_of(request), job_id)
+
+
+@router.get("/best", tags=["results"])
+def best(request: Request, kernel: Annotated[Optional[str], Query(max_length=100)] = None,
+         device_class: Annotated[Optional[str], Query(max_length=80)] = None,
+         shape: Annotated[list[str], Query(max_length=256)] = [],
+         dtype: Annotated[list[str], Query(max_length=8)] = []) -> list[dict]:
+    """Current best configurations: of the given shapes (a row with config null where none is
+    stored), or every one of the kernel and class, as bundle entries."""
+    if shape:
+        if kernel is None:
+            raise UserError("give kernel= with shape=")
+        return queries.best_rows(settings_of(request), kernel, shape, dtype or ["float32"], device_class,
+                                 live_class=False)
+    from tuner.formats import current_entries
+
+    return current_entries(settings_of(request), kernel, device_class)
+
+
+@router.get("/history", tags=["results"])
+def history(request: Request, kernel: Annotated[str, Query(max_length=100)],
+            shape: Annotated[list[str], Query(min_length=1, max_length=256)],
+            dtype: Annotated[list[str], Query(max_length=8)] = [],
+            device_class: Annotated[Optional[str], Query(max_length=80)] = None) -> list[dict]:
+    """Every best configuration the keys have had, superseded ones too, newest first."""
+    return queries.best_rows(settings_of(request), kernel, shape, dtype or ["float32"], device_class,
+                             current_only=False, live_class=False)
+
+
+@router.get("/keys/{kernel}/{key_hash}", tags=["results"])
+def key(kernel: Annotated[str, StringConstraints(max_length=100)],
+        key_hash: Annotated[str, StringConstraints(max_length=32)], request: Request,
+        device_class: Annotated[Optional[str], Query(max_length=80)] = None) -> dict:
+    """One key: every trial (on the class, or all), its current bests and their history across stacks."""
+    return key_view(settings_of(request), kernel, key_hash, device_class)
+
+
+def key_view(settings: Settings, kernel: str, key_hash: str, device_class: str | None) -> dict:
+    url = open_for_read(settings)
+    slugs = queries.device_class_slugs(url, device_class, None)
+    with session_scope(url) as s:
+        found = queries.key_page(s, kernel, key_hash, slugs)
+    if found is None:
+        raise NotFound(f"nothing stored for {kernel[:40]} key {key_hash[:32]}; the job pages link to their keys")
+    return found
+
+
+@router.get("/retune", tags=["reports"])
+def retune(request: Request, run: Annotated[Optional[str], Query(max_length=64)] = None) -> dict:
+    """A retune run's report (the latest by default), regressions flagged."""
+    from tuner.reports.retune import report
+
+    return report(settings_of(request), run)
+
+
+@router.get("/compare", tags=["reports"])
+def compare(request: Request, device_class: Annotated[list[str], Query(max_length=2)],
+            kernel: Annotated[Optional[str], Query(max_length=100)] = None) -> dict:
+    """Two device classes on the keys tuned on both: times, TFLOP/s, ratio, cost per million launches."""
+    from tuner.reports.compare import report
+
+    return report(settings_of(request), device_class, kernel)
+
+
+@router.get("/shapes", tags=["reports"])
+def shapes(request: Request, kernel: Annotated[str, Query(max_length=100)],
+           vary: Annotated[str, Query(max_length=100)], device_class: Annotated[str, Query(max_length=80)],
+           shape: Annotated[Optional[str], Query(max_length=200)] = None,
+           dtype: Annotated[str, Query(max_length=16)] = "float32") -> dict:
+    """Tuned speed against one varied dimension: powers of two marked, dips named."""
+    from tuner.reports.shapes import report
+
+    return report(settings_of(request), kernel, vary, shape, device_class, dtype)
+
+
+MAX_CACHED_BUNDLES = 64  # (kernel, class) pairs whose last bundle an app keeps (app.state.bundles)
+
+
+@router.get("/bundle", tags=["results"], responses={304: {"description": "unchanged since the ETag given"}})
+def bundle(request: Request, device_class: Annotated[str, Query(max_length=80)],
+           kernel: Annotated[Optional[str], Query(max_length=100)] = None):
+    """The bundle (tuner/formats/bundle.py) of a device class's current bests, for runtimes without
+    database access. Send its ETag back in If-None-Match: 304 while nothing changed."""
+    from tuner.formats import current_entries
+    from tuner.formats.bundle import digest, document
+
+    settings, bundles = settings_of(request), request.app.state.bundles  # (kernel, class) -> (version, ETag, body)
+    version = current_entries(settings, kernel, device_class, version=True)
+    cached = bundles.get((kernel, device_class))
+    if cached is None or cached[0] != version:  # rebuilt only when a best was written since
+        if len(bundles) >= MAX_CACHED_BUNDLES:
+            bundles.clear()
+        doc = document(current_entries(settings, kernel, device_class))
+        # weak: two bundles with one ETag hold the same entries, made at different times
+        cached = bundles[(kernel, device_class)] = (version, f'W/"{digest(doc)}"', json.dumps(doc).encode())
+    _, tag, body = cached
+    if tag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers={"ETag": tag})
+    return Response(body, media_type="application/json", headers={"ETag": tag, "Cache-Control": "no-cache"})
+
+
+@router.get("/runtime-misses", tags=["fleet"], responses={501: {"description": "not recorded by this version"}})
+def runtime_misses(request: Request):
+    """Lookups runtimes served without an exact stored key, as they post them (fleet.runtime_misses)."""
+    with session_scope(open_for_read(settings_of(request))) as s:
+        found = fleet.runtime_misses(s)
+    if found is None:
+        return JSONResponse({"error": "runtime misses are not recorded by this version of tuner yet"}, status_code=501)
+    return found
