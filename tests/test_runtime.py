@@ -99,7 +99,8 @@ def test_default_sqlite_database_is_never_created_by_a_lookup(live_env, tmp_path
 
 def test_import_is_light():
     code = ("import sys, tuner.runtime; "
-            "bad = [m for m in ('celery', 'optuna', 'sqlalchemy', 'psycopg', 'torch', 'triton', 'typer') if m in sys.modules]; "
+            "bad = [m for m in ('celery', 'optuna', 'sqlalchemy', 'psycopg', 'torch', 'triton', 'typer', 'urllib.request', "
+            "'http.client', 'httpx') if m in sys.modules]; "
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], env=tuner_env(ROOT / ".nohome"), cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout.strip()

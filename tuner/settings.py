@@ -42,6 +42,7 @@ class Settings:
     runtime_refresh_s: float = 600.0  # answers from a fallback level are asked again this often (0: never)
     miss_flush_s: float = 5.0  # misses are written at most once this often (0: not counted)
     miss_file: Path | None = None  # JSON lines of misses when the source is a bundle
+    config_url: str | None = None  # a `tuner serve` the runtime takes its bundle from (and posts misses to)
     retune_misses: bool = True  # the nightly scheduler also queues the most frequent misses
     retune_misses_max_jobs: int = 20  # at most this many miss jobs a night
     retune_misses_trials: int = 20  # trials of a miss job
@@ -106,6 +107,26 @@ def _prices(env: dict, name: str, on_error=None) -> tuple[tuple[str, float], ...
     return tuple(out)
 
 
+def _url(env: dict, name: str, on_error=None) -> str | None:
+    """An http(s) base URL without its trailing slash, e.g. http://tuner.internal:8000."""
+    from urllib.parse import urlsplit
+
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        parts = urlsplit(raw)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
+        _ = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        ok = False
+    if not ok:
+        _refuse(f"{name}={raw[:80]!r} is not an http(s) URL of a `tuner serve`; write e.g. http://tuner.internal:8000",
+                on_error)
+        return None
+    return raw.rstrip("/")
+
+
 def _flag(env: dict, name: str, default: bool, on_error=None) -> bool:
     raw = str(env.get(name) or "").strip().lower()
     if not raw:
@@ -146,6 +167,7 @@ def from_env(env: dict[str, str] | None = None, on_error=None) -> Settings:
         runtime_refresh_s=num("TUNER_RUNTIME_REFRESH_S", 600.0, 0),
         miss_flush_s=num("TUNER_MISS_FLUSH_S", 5.0, 0),
         miss_file=Path(env["TUNER_MISS_FILE"]).expanduser() if env.get("TUNER_MISS_FILE") else None,
+        config_url=_url(env, "TUNER_CONFIG_URL", on_error),
         retune_misses=_flag(env, "TUNER_RETUNE_MISSES", True, on_error),
         retune_misses_max_jobs=int(num("TUNER_RETUNE_MISSES_MAX_JOBS", 20, 0)),
         retune_misses_trials=int(num("TUNER_RETUNE_MISSES_TRIALS", 20, 1)),

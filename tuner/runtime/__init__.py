@@ -7,7 +7,9 @@
 Fallback order (levels.py): exact key on this device class and stack fingerprint -> the same key
 under another fingerprint of the class -> the nearest stored shape of the class -> the kernel's
 default; a fallback row is served only if the kernel's check() accepts it for the key asked.
-Sources (sources.py): the database (TUNER_DB_URL) or an exported bundle (TUNER_CONFIG_BUNDLE).
+Sources (sources.py), the first set wins: a `tuner serve` (TUNER_CONFIG_URL: the class's bundle
+over HTTP, a copy kept in TUNER_HOME for restarts without the server, refreshed in the
+background), an exported bundle (TUNER_CONFIG_BUNDLE), the database (TUNER_DB_URL).
 
 Safe inside a model (cache.py): a warm lookup is one dictionary hit; a miss is asked off the
 launch path and waited for at most TUNER_RUNTIME_DEADLINE_MS (50 ms), then the default is
@@ -18,11 +20,12 @@ or a key dim that is missing or not an integer. Bad settings, an unsupported dty
 1 or an unknown device serve the default with one warning per cause.
 
 Misses (misses.py): what was served from a fallback level is counted and written in the
-background to the database, or, with a bundle, to a JSON-lines file; `tuner retune --misses`
-turns the most frequent into tuning jobs.
+background to the database, to the `tuner serve` of TUNER_CONFIG_URL (POST /v1/misses), or,
+with a bundle, to a JSON-lines file; `tuner retune --misses` turns the most frequent into
+tuning jobs.
 
-Importing this package loads neither celery nor optuna (nor sqlalchemy: that is imported by the
-background thread, when the source is a database).
+Importing this package loads neither celery nor optuna (nor sqlalchemy, nor urllib's HTTP
+client: those are imported by the background thread, when the source is a database or a server).
 """
 from __future__ import annotations
 

@@ -6,6 +6,9 @@ lost, which a count of launches can afford). A flusher thread writes the counts 
 every `TUNER_MISS_FLUSH_S` seconds, and once more at exit (waiting at most `EXIT_WAIT_S`); a
 write that fails is dropped, with one warning, never retried and never on a launch.
 
+Sinks: TUNER_MISS_FILE when set; else the source's own kind: the database, the `tuner serve` of
+TUNER_CONFIG_URL (POST /v1/misses), or with a bundle TUNER_HOME/misses.jsonl.
+
 Adding a sink is one class: subclass `MissSink` with `from_settings(settings, source)` (an
 instance when it should receive this process's misses, else None) and `write(records)`, and put
 it in `SINKS` before the kinds it should win over.
@@ -23,6 +26,8 @@ from typing import Any, Callable, ClassVar, Iterable
 from tuner.runtime.answer import MISS_LEVELS
 
 EXIT_WAIT_S = 2.0
+POST_BATCH = 500  # records per POST /v1/misses (about 200 KB; the API takes at most this many a request)
+POST_TIMEOUT_S = 5.0
 RECORD_FIELDS = ("kernel", "kernel_version", "key_hash", "key", "dtype", "device_class", "fingerprint", "level",
                  "count", "first_seen", "last_seen")
 
@@ -166,7 +171,35 @@ class FileSink(MissSink):
         return f"file {self.path}"
 
 
-SINKS: list[type[MissSink]] = [FileSink, DatabaseSink]
+class HttpSink(MissSink):
+    """The `tuner serve` the configurations come from (TUNER_CONFIG_URL): POST /v1/misses with the
+    bearer token, at most POST_BATCH records a request. A server that is down, hangs (for at most
+    POST_TIMEOUT_S, in the flusher thread) or refuses costs the batch, never a launch."""
+
+    name = "http"
+
+    def __init__(self, url: str, token: str):
+        self.url, self.token = url.rstrip("/"), token
+
+    @classmethod
+    def from_settings(cls, settings: Any, source: Any) -> "HttpSink | None":
+        return cls(settings.config_url, settings.api_token) if getattr(source, "name", None) == "http" else None
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        from tuner.runtime import client
+
+        for i in range(0, len(records), POST_BATCH):
+            client.call("POST", f"{self.url}/v1/misses", self.token, POST_TIMEOUT_S,
+                        body={"records": records[i:i + POST_BATCH]})
+
+    def describe(self) -> str:
+        from tuner.runtime.client import redact
+
+        return f"config server {redact(self.url)}"
+
+
+# an explicit TUNER_MISS_FILE wins; else the kind of the source decides (bundle: a file)
+SINKS: list[type[MissSink]] = [FileSink, HttpSink, DatabaseSink]
 
 
 def open_sink(settings: Any, source: Any) -> MissSink | None:

@@ -6,13 +6,20 @@ in `SOURCES`, before the kinds it should win over. The first kind whose `from_se
 is the process's source. Both questions are asked from the runtime's background thread, never
 on a launch; a source may raise (the runtime then serves defaults and asks again later) and
 may keep what it read until `refresh()`.
+
+The kinds, in the order they win: a `tuner serve` (TUNER_CONFIG_URL; HttpSource), a bundle file
+(TUNER_CONFIG_BUNDLE), the database (TUNER_DB_URL, or the embedded default).
 """
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
+
+from tuner.runtime.keys import first_line as _first_line
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,27 @@ class DatabaseSource(Source):
         self._shapes = {}
 
 
+class BundleRows:
+    """A bundle read (tuner.formats.bundle.Bundle) answering as a source does, with the shape sets
+    built from it; what the bundle and HTTP sources hold."""
+
+    def __init__(self, bundle: Any):
+        self.bundle = bundle
+        self._shapes: dict[tuple, ShapeSet] = {}
+
+    def exact(self, kernel: str, version: str, key_hash: str, slug: str) -> list[Stored]:
+        rows = [Stored(e["key"]["dims"], fp, config, e.get("tuned_at"))
+                for fp, config, e in self.bundle.exact(kernel, version, key_hash, slug)]
+        return sorted(rows, key=lambda r: r.tuned_at or "", reverse=True)  # newest first, as the database
+
+    def shapes(self, kernel: str, version: str, dtype: str, slug: str) -> ShapeSet:
+        k = (kernel, version, dtype, slug)
+        if k not in self._shapes:
+            self._shapes[k] = ShapeSet([Stored(dims, fp, config, tuned_at)
+                                        for dims, fp, config, tuned_at in self.bundle.shapes(kernel, version, dtype, slug)])
+        return self._shapes[k]
+
+
 class BundleSource(Source):
     """An exported bundle file (TUNER_CONFIG_BUNDLE; tuner/formats/bundle.py), read again when
     its modification time changes."""
@@ -133,9 +161,8 @@ class BundleSource(Source):
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._bundle: Any = None
+        self._rows: BundleRows | None = None
         self._mtime: float | None = None
-        self._shapes: dict[tuple, ShapeSet] = {}
 
     @classmethod
     def from_settings(cls, settings: Any) -> "BundleSource | None":
@@ -144,26 +171,19 @@ class BundleSource(Source):
     def describe(self) -> str:
         return f"bundle {self.path}"
 
-    def _load(self):
-        if self._bundle is None:
+    def _load(self) -> BundleRows:
+        if self._rows is None:
             from tuner.formats.bundle import read
 
             mtime = self.path.stat().st_mtime
-            self._bundle, self._mtime, self._shapes = read(self.path), mtime, {}
-        return self._bundle
+            self._rows, self._mtime = BundleRows(read(self.path)), mtime
+        return self._rows
 
     def exact(self, kernel: str, version: str, key_hash: str, slug: str) -> list[Stored]:
-        rows = [Stored(e["key"]["dims"], fp, config, e.get("tuned_at"))
-                for fp, config, e in self._load().exact(kernel, version, key_hash, slug)]
-        return sorted(rows, key=lambda r: r.tuned_at or "", reverse=True)  # newest first, as the database
+        return self._load().exact(kernel, version, key_hash, slug)
 
     def shapes(self, kernel: str, version: str, dtype: str, slug: str) -> ShapeSet:
-        bundle = self._load()
-        k = (kernel, version, dtype, slug)
-        if k not in self._shapes:
-            self._shapes[k] = ShapeSet([Stored(dims, fp, config, tuned_at)
-                                        for dims, fp, config, tuned_at in bundle.shapes(kernel, version, dtype, slug)])
-        return self._shapes[k]
+        return self._load().shapes(kernel, version, dtype, slug)
 
     def refresh(self) -> None:
         try:
@@ -171,11 +191,164 @@ class BundleSource(Source):
         except OSError:
             changed = True
         if changed:
-            self._bundle = None
+            self._rows = None
+
+
+class _Held:
+    """The bundle an HTTP source serves a class from, and the ETag the server gave it."""
+
+    __slots__ = ("rows", "etag", "fetched_at")
+
+    def __init__(self, rows: BundleRows, etag: str | None, fetched_at: str):
+        self.rows, self.etag, self.fetched_at = rows, etag, fetched_at
+
+
+class HttpSource(Source):
+    """A `tuner serve` (TUNER_CONFIG_URL): the bundle of the process's device class, from
+    GET /v1/bundle?device_class=SLUG with the bearer token TUNER_API_TOKEN (tuner/runtime/client.py).
+
+    The first question of a class reads the copy kept on disk (TUNER_HOME/config-url/SLUG.json,
+    0600, written atomically; the URL it came from is in it) and serves from it while the server
+    is asked again in a thread of its own; without a copy the bundle is fetched there and then (a
+    failure raises: the runtime serves defaults and asks again after TUNER_RUNTIME_RETRY_S).
+    `refresh()` (the runtime calls it at most every TUNER_RUNTIME_RETRY_S, when it has a question)
+    re-validates in that thread with If-None-Match: a 304 costs nothing, a new bundle replaces the
+    one served, and its copy the one on disk. A server that is down, hangs or refuses the token
+    while a bundle is held costs one warning; the bundle held goes on being served."""
+
+    name = "http"
+    FETCH_TIMEOUT_S = 10.0
+
+    def __init__(self, url: str, token: str, home: Path):
+        self.url, self.token, self.home = url.rstrip("/"), token, Path(home)
+        self._held: dict[str, _Held] = {}  # slug -> what is served; replaced whole, never changed in place
+        self._fetching: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "HttpSource | None":
+        return cls(settings.config_url, settings.api_token, settings.home) if settings.config_url else None
+
+    def describe(self) -> str:
+        from tuner.runtime.client import redact
+
+        return f"config server {redact(self.url)}"
+
+    def copy_path(self, slug: str) -> Path:
+        return self.home / "config-url" / f"{slug}.json"
+
+    def exact(self, kernel: str, version: str, key_hash: str, slug: str) -> list[Stored]:
+        return self._rows(slug).exact(kernel, version, key_hash, slug)
+
+    def shapes(self, kernel: str, version: str, dtype: str, slug: str) -> ShapeSet:
+        return self._rows(slug).shapes(kernel, version, dtype, slug)
+
+    def refresh(self) -> None:
+        for slug in list(self._held):
+            self._fetch_in_background(slug)
+
+    def _rows(self, slug: str) -> BundleRows:
+        held = self._held.get(slug)
+        if held is None:
+            held = self._read_copy(slug)
+            if held is not None:
+                self._held[slug] = held
+                self._fetch_in_background(slug)  # the server may hold newer rows than the copy
+            else:
+                held = self._fetch(slug)
+        return held.rows
+
+    def _fetch(self, slug: str) -> _Held:
+        """Ask the server (If-None-Match: the ETag of what is held); the bundle now served."""
+        import json
+        from urllib.parse import quote
+
+        from tuner.formats.bundle import Bundle
+        from tuner.runtime import client
+
+        old = self._held.get(slug)
+        status, headers, body = client.call("GET", f"{self.url}/v1/bundle?device_class={quote(slug)}", self.token,
+                                            self.FETCH_TIMEOUT_S, etag=old.etag if old is not None else None)
+        if status == 304 and old is not None:
+            return old
+        try:
+            doc = json.loads(body)
+            rows = BundleRows(Bundle(doc, f"the answer of {self.describe()}"))
+        except (ValueError, KeyError, TypeError) as exc:  # json's errors are ValueErrors
+            raise ValueError(f"GET /v1/bundle answered {status} with no bundle: {str(exc)[:120]}") from None
+        held = self._held[slug] = _Held(rows, headers.get("etag"), _now())
+        self._write_copy(slug, doc, held)
+        return held
+
+    def _fetch_in_background(self, slug: str) -> None:
+        with self._lock:
+            running = self._fetching.get(slug)
+            if running is not None and running.is_alive():  # (a thread of the parent is not alive after fork)
+                return
+            thread = self._fetching[slug] = threading.Thread(target=self._refresh_one, args=(slug,), daemon=True,
+                                                             name="tuner-config-url")
+        thread.start()
+
+    def _refresh_one(self, slug: str) -> None:
+        try:
+            self._fetch(slug)
+        except Exception as exc:
+            held = self._held.get(slug)
+            when = f"the copy fetched {held.fetched_at}" if held is not None else "what it holds"
+            self._warn("refresh", f"tuner: cannot refresh tuned configurations from {self.describe()} "
+                                  f"({_first_line(exc)}); serving {when}, asking again later")
+
+    def _read_copy(self, slug: str) -> _Held | None:
+        import json
+
+        from tuner.formats.bundle import Bundle
+
+        path = self.copy_path(slug)
+        try:
+            doc = json.loads(path.read_text())
+            came = doc.get("served_by") or {}
+            if came.get("url") != self.url:  # another server's rows are not this one's
+                return None
+            return _Held(BundleRows(Bundle(doc, str(path))), came.get("etag"), str(came.get("fetched_at")))
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # a damaged copy: fetched afresh and overwritten
+            self._warn("copy-read", f"tuner: ignoring the copy {path} ({_first_line(exc)})")
+            return None
+
+    def _write_copy(self, slug: str, doc: dict, held: _Held) -> None:
+        """Keep the bundle for a restart without the server: the bundle as served, plus where it came
+        from. 0600: the server keeps its results from other hosts behind the token, so the copy is
+        for this user only (the token itself is never written)."""
+        import json
+
+        from tuner.formats.bundle import write_atomic
+
+        path = self.copy_path(slug)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(path, json.dumps({**doc, "served_by": {"url": self.url, "etag": held.etag,
+                                                                 "fetched_at": held.fetched_at}}), mode=0o600)
+        except OSError as exc:
+            self._warn("copy-write", f"tuner: cannot keep a copy of the tuned configurations at {path} "
+                                     f"({_first_line(exc)}); a restart without the server will serve defaults")
+
+    def _warn(self, tag: str, message: str) -> None:
+        if tag not in self._warned:
+            self._warned.add(tag)
+            logging.getLogger("tuner.runtime").warning(message)
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # the kinds of source, the first whose from_settings answers wins
-SOURCES: list[type[Source]] = [BundleSource, DatabaseSource]
+# TUNER_CONFIG_URL, then TUNER_CONFIG_BUNDLE, then TUNER_DB_URL (or the embedded default)
+SOURCES: list[type[Source]] = [HttpSource, BundleSource, DatabaseSource]
 
 
 def open_source(settings: Any) -> Source:
