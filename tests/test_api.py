@@ -20,6 +20,7 @@ from tests import rows
 from tests.cli_helpers import ROOT, tuner_env
 from tests.test_cli_errors import CASES
 from tuner import settings as settings_mod
+from tuner.runtime.misses import POST_BATCH
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette suggests httpx2; httpx is what it drives today
@@ -301,7 +302,7 @@ def test_best_history_and_key(tmp_path):
     assert r.status_code == 400 and "unknown kernel 'nosuch'" in r.json()["error"]
 
 
-def test_registry_fleet_and_placeholder_reads(tmp_path):
+def test_registry_and_fleet_reads(tmp_path):
     url = rows.schema(f"sqlite:///{tmp_path}/t.db")
     rows.live_worker(url, "w-h100@test", "h100-sxm-80gb")
     api = make_client(tmp_path / "home", db_url=url)
@@ -311,8 +312,7 @@ def test_registry_fleet_and_placeholder_reads(tmp_path):
     assert w["stack"]["driver"] == "555.1" and w["heartbeat_at"]
     (dc,) = api.get("/v1/device-classes").json()
     assert dc["slug"] == "h100-sxm-80gb" and dc["live_workers"] == 1 and dc["aliases"] == ["h100"]
-    r = api.get("/v1/runtime-misses")
-    assert r.status_code == 501 and "not recorded" in r.json()["error"]
+    assert api.get("/v1/runtime-misses").json() == []
     assert "/v1/jobs" in api.get("/openapi.json").json()["paths"]
 
 
@@ -336,6 +336,92 @@ def test_metrics(tmp_path):
     assert samples[("tuner_stale_keys", (("device_class", "h100-sxm-80gb"),))] == 1
     assert samples[("tuner_queue_depth", (("queue", "tune.cpu"),))] == 2
     assert samples[("tuner_queue_depth", (("queue", "tune.h100"),))] == 0
+
+
+# ---- runtime misses (what tuner.runtime's HttpSink posts) --------------------------------------
+
+MISS_DIMS = {"M": 16, "N": 4096, "K": 4096}
+MISS_FP = "h100555100000000"  # the fingerprint tests.rows gives h100-sxm-80gb with driver 555.1
+
+
+def miss(**change) -> dict:
+    """A record as the runtime makes it (tuner.runtime.misses.record), as JSON."""
+    from search_spaces import registry
+    from tuner.runtime.misses import MissKey, record
+
+    key = registry.get("matmul").make_key(MISS_DIMS, "float16")
+    made = record(MissKey("matmul", key.version, key.stable_hash, key.dims, "float16", "h100-sxm-80gb", MISS_FP,
+                          "nearest"), 3, "2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00")
+    return {**made, **change}
+
+
+def test_runtime_misses_are_posted_listed_and_counted(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = rows.schema(f"sqlite:///{tmp_path}/t.db")
+    api = make_client(tmp_path / "home", client=REMOTE, db_url=url)
+    r = api.post("/v1/misses", json={"records": [miss(), miss(level="default", count=2)]}, headers=AUTH)
+    assert r.status_code == 200 and r.json() == {"records": 2, "rows": 2}, r.text
+    assert api.post("/v1/misses", json={"records": [miss()]}, headers=AUTH).json() == {"records": 1, "rows": 1}
+    listed = api.get("/v1/runtime-misses", headers=AUTH).json()
+    assert [(m["key"], m["level"], m["count"], m["device_class"]) for m in listed] == [
+        (MISS_DIMS, "nearest", 6, "h100-sxm-80gb"), (MISS_DIMS, "default", 2, "h100-sxm-80gb")]
+    assert listed[0]["first_seen"].startswith("2026-01-01") and listed[0]["last_seen"].startswith("2026-01-02")
+    assert len(api.get("/v1/runtime-misses", params={"device_class": "h100"}, headers=AUTH).json()) == 2
+    assert api.get("/v1/runtime-misses", params={"device_class": "mi300x"}, headers=AUTH).json() == []
+    assert api.get("/v1/runtime-misses", params={"kernel": "softmax"}, headers=AUTH).json() == []
+
+    def samples():
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in
+                text_string_to_metric_families(api.get("/metrics", headers=AUTH).text) for s in family.samples}
+
+    labels = (("device_class", "h100-sxm-80gb"), ("kernel", "matmul"))
+    before = samples()
+    assert before[("tuner_runtime_misses_total", labels + (("level", "nearest"),))] == 6
+    assert before[("tuner_runtime_misses_total", labels + (("level", "default"),))] == 2
+    assert before[("tuner_runtime_missed_keys", (("device_class", "h100-sxm-80gb"),))] == 2
+    rows.best(url, "h100-sxm-80gb", MISS_DIMS, 0.03)  # the key is tuned on that stack: no longer a miss
+    assert api.get("/v1/runtime-misses", headers=AUTH).json() == []
+    after = samples()
+    assert after[("tuner_runtime_misses_total", labels + (("level", "nearest"),))] == 6  # a counter never drops
+    assert ("tuner_runtime_missed_keys", (("device_class", "h100-sxm-80gb"),)) not in after
+
+
+# what a runtime (or anyone) might post wrong: (body, status, what the one line says)
+BAD_MISSES = {
+    "no records": ({"records": []}, 422, "records: List should have at least 1 item"),
+    "not a list": ({"records": "x"}, 422, "records: Input should be a valid list"),
+    "unknown field": ({"records": [miss()], "extra": 1}, 422, "extra: Extra inputs are not permitted"),
+    "too many": ({"records": [miss()] * (POST_BATCH + 1)}, 422, f"records: List should have at most {POST_BATCH} items"),
+    "not a record": ({"records": [{}]}, 400, "records[0] is not a miss record (missing kernel, kernel_version"),
+    "second bad": ({"records": [miss(), miss(count=0)]}, 400, "records[1] is not a miss record (count must be"),
+    "key mismatch": ({"records": [miss(dtype="float32")]}, 400, "must match the key"),
+    "bad level": ({"records": [miss(level="exact")]}, 400, "level must be one of other_fingerprint"),
+    "bad time": ({"records": [miss(last_seen="yesterday")]}, 400, "last_seen must be an ISO-8601 time"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MISSES))
+def test_bad_misses_get_one_json_line_and_write_nothing(case, tmp_path):
+    url = rows.schema(f"sqlite:///{tmp_path}/t.db")
+    api = make_client(tmp_path / "home", db_url=url)
+    body, status, says = BAD_MISSES[case]
+    r = api.post("/v1/misses", json=body, headers=AUTH)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert says in error and "\n" not in error and "Traceback" not in error, error
+    assert api.get("/v1/runtime-misses").json() == []
+
+
+def test_posting_misses_needs_the_token(tmp_path):
+    url = rows.schema(f"sqlite:///{tmp_path}/t.db")
+    api = make_client(tmp_path / "home", db_url=url)
+    for headers in ({}, {"authorization": "Bearer wrong"}):
+        r = api.post("/v1/misses", json={"records": [miss()]}, headers=headers)
+        assert r.status_code == 401 and r.json()["error"], r.text
+    r = api.post("/v1/misses", content=b"{not json", headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.json()["error"]
+    assert api.get("/v1/runtime-misses").json() == []
 
 
 # ---- tuner serve -----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The fleet as its operators see it: workers (alive, class, stack, last heartbeat), device
 classes with their live workers, queue depths and trial rates, jobs by state, trial outcomes,
-stale keys. One reader of each, for the HTTP API, the dashboard and /metrics alike.
+stale keys, runtime misses. One reader of each, for the HTTP API, the dashboard and /metrics alike.
 
 Every function but `queue_depths` works in the caller's session; `queue_depths` asks the broker.
 """
@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from db import models
+from db import models, store
 from db.clock import utcnow
 from devices.classes import ALIASES
 from tuner import coordinator
@@ -121,13 +121,13 @@ def stale_keys(s, dead_after_s: float) -> dict[str, int]:
     return out
 
 
-def runtime_misses(s) -> list[dict] | None:
-    """Lookups the runtime served without an exact stored key, as runtimes post them.
-
-    The place for them: the `runtime_misses` table is being added with the runtime's
-    TUNER_CONFIG_URL source; until it is merged, there is nothing to read and this returns None
-    (the API answers 501, /metrics leaves tuner_runtime_misses out)."""
-    return None
+def runtime_misses(s, kernel: str | None = None, include_tuned: bool = False) -> list[dict]:
+    """Lookups runtimes served from a fallback level (as they write or post them: db.store.misses),
+    most frequent first; keys tuned since are left out unless include_tuned."""
+    return [{"kernel": m.kernel, "kernel_version": m.kernel_version, "key": m.key["dims"], "dtype": m.dtype,
+             "device_class": m.device_class, "fingerprint": m.fingerprint, "level": m.level, "count": m.count,
+             "first_seen": _iso(m.first_seen), "last_seen": _iso(m.last_seen)}
+            for m in store.misses(s, kernel=kernel, include_tuned=include_tuned)]
 
 
 def _iso(value) -> str | None:

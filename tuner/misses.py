@@ -1,7 +1,8 @@
 """The CLI's side of runtime misses: `tuner misses` (list), `tuner misses import FILE` (a bundle
 deployment's JSON-lines file into the database), `tuner retune --misses` (queue tuning jobs for
 the most frequent; the work is workers/misses.py's, shared with the nightly retune), and
-`tuner lookup` (what a process on a device class would be served, and why).
+`tuner lookup` (what a process on a device class would be served, and why); and the misses a
+runtime posts to the API (POST /v1/misses).
 """
 from __future__ import annotations
 
@@ -21,15 +22,14 @@ DEFAULT_TOP, DEFAULT_MIN_COUNT = 10, 1
 
 
 def list_misses(settings: Settings, kernel: str | None, device_class: str | None) -> list[dict]:
-    """Untuned misses, most frequent first."""
+    """Untuned misses, most frequent first (`tuner misses`, GET /v1/runtime-misses)."""
+    from tuner.fleet import runtime_misses
+
     selector = resolve_device_class(device_class) if device_class is not None else None
     url = open_for_read(settings)
     with session_scope(url) as s:
-        rows = store.misses(s, kernel=kernel)
-    return [{"kernel": m.kernel, "kernel_version": m.kernel_version, "key": m.key["dims"], "dtype": m.dtype,
-             "device_class": m.device_class, "fingerprint": m.fingerprint, "level": m.level, "count": m.count,
-             "first_seen": m.first_seen.isoformat(), "last_seen": m.last_seen.isoformat()}
-            for m in rows if selector is None or matches(selector, m.device_class)]
+        rows = runtime_misses(s, kernel=kernel)
+    return [r for r in rows if selector is None or matches(selector, r["device_class"])]
 
 
 def import_file(settings: Settings, path: str) -> tuple[int, int]:
@@ -54,10 +54,28 @@ def import_file(settings: Settings, path: str) -> tuple[int, int]:
                             "nothing imported") from None
     if not records:
         raise UserError(f"{str(path)[:80]} holds no miss records; nothing imported")
+    return len(records), _store(settings, records)
+
+
+def record_posted(settings: Settings, posted: list) -> tuple[int, int]:
+    """Misses a runtime posted (POST /v1/misses; tuner.runtime's HttpSink): every record is checked
+    before anything is written. (records, rows)."""
+    from tuner.runtime.misses import parse_record
+
+    records = []
+    for n, data in enumerate(posted):
+        try:
+            records.append(parse_record(data))
+        except ValueError as exc:
+            raise UserError(f"records[{n}] is not a miss record ({str(exc).splitlines()[0][:120]}); "
+                            "nothing recorded") from None
+    return len(records), _store(settings, records)
+
+
+def _store(settings: Settings, records: list[dict]) -> int:
     url = open_for_write(settings)
     with session_scope(url) as s:
-        rows = store.record_misses(s, records)
-    return len(records), rows
+        return store.record_misses(s, records)
 
 
 def retune_misses(settings: Settings, device_class: str | None, kernel: str | None, top: int | None,

@@ -9,7 +9,8 @@ any number of API processes report the same values.
     tuner_trials_per_minute{device_class}           measured trials stored in the last minute
     tuner_trials_total{device_class,status}         trials ever stored, by outcome
     tuner_stale_keys{device_class}                  current bests no live stack of the class has retuned
-    tuner_runtime_misses_total                      (once the runtime posts misses: tuner.fleet.runtime_misses)
+    tuner_runtime_misses_total{device_class,kernel,level}  launches runtimes served from a fallback level
+    tuner_runtime_missed_keys{device_class}         keys served from a fallback level and not tuned since
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ class FleetCollector:
                 rate = fleet.trials_last_minute(s)
                 outcomes = fleet.trial_outcomes(s)
                 stale = fleet.stale_keys(s, settings.worker_dead_after_s)
-                misses = fleet.runtime_misses(s)
+                misses = fleet.runtime_misses(s, include_tuned=True)  # counted ever: a counter only grows
+                untuned = fleet.runtime_misses(s)
         except Exception as exc:  # a scrape answers what it can; the database's state is the first gauge
             log.warning("metrics: database unavailable: %s", exc)
             yield gauge("tuner_database_up", "1 if the database answered this scrape", [], {(): 0})
@@ -69,9 +71,17 @@ class FleetCollector:
                     CounterMetricFamily)
         yield gauge("tuner_stale_keys", "Current bests tuned under a stack no live worker of the class runs",
                     ["device_class"], {(dc,): n for dc, n in stale.items()})
-        if misses is not None:
-            yield gauge("tuner_runtime_misses", "Runtime lookups served without an exact stored key", [],
-                        {(): len(misses)}, CounterMetricFamily)
+        launches: dict[tuple[str, str, str], int] = {}
+        for m in misses:
+            k = (m["device_class"], m["kernel"], m["level"])
+            launches[k] = launches.get(k, 0) + m["count"]
+        yield gauge("tuner_runtime_misses", "Launches runtimes served from a fallback level (as they report them)",
+                    ["device_class", "kernel", "level"], launches, CounterMetricFamily)
+        keys: dict[tuple[str], int] = {}
+        for m in untuned:
+            keys[(m["device_class"],)] = keys.get((m["device_class"],), 0) + 1
+        yield gauge("tuner_runtime_missed_keys", "Keys served from a fallback level and not tuned since",
+                    ["device_class"], keys)
 
 
 def gauge(name: str, text: str, labels: list[str], values: dict[tuple, float], kind=GaugeMetricFamily):

@@ -9,7 +9,6 @@ from functools import lru_cache
 from typing import Annotated, Optional, Union
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from db.session import session_scope
@@ -18,6 +17,7 @@ from tuner import coordinator, fleet, queries
 from tuner.api.errors import MAX_BODY
 from tuner.database import open_for_read
 from tuner.errors import Conflict, NotFound, UserError
+from tuner.runtime.misses import POST_BATCH
 from tuner.settings import Settings
 
 router = APIRouter(prefix="/v1", max_body_size=MAX_BODY)  # FastAPI refuses more with 413, before parsing
@@ -75,6 +75,23 @@ def cancel_job(job_id: Annotated[str, StringConstraints(max_length=64)], request
     if state != "cancelled":
         raise Conflict(f"job {job_id[:40]} has already ended ({state}); there is nothing to cancel")
     return {"job": job_id, "state": state}
+
+
+class MissesIn(BaseModel):
+    """Counted runtime misses, as a runtime with TUNER_CONFIG_URL posts them: records in the form
+    of tuner.runtime.misses.record (its JSON lines)."""
+    model_config = ConfigDict(extra="forbid")
+    records: list[dict] = Field(min_length=1, max_length=POST_BATCH)
+
+
+@router.post("/misses", tags=["fleet"])
+def post_misses(misses: MissesIn, request: Request) -> dict:
+    """Add a runtime's counted misses (needs the token). Every record is checked before any is
+    stored; counts add up. 200 with the records taken and the rows they touched."""
+    from tuner.misses import record_posted
+
+    records, rows = record_posted(settings_of(request), misses.records)
+    return {"records": records, "rows": rows}
 
 
 # ---- reads ----------------------------------------------------------------------------------
@@ -218,11 +235,11 @@ def bundle(request: Request, device_class: Annotated[str, Query(max_length=80)],
     return Response(body, media_type="application/json", headers={"ETag": tag, "Cache-Control": "no-cache"})
 
 
-@router.get("/runtime-misses", tags=["fleet"], responses={501: {"description": "not recorded by this version"}})
-def runtime_misses(request: Request):
-    """Lookups runtimes served without an exact stored key, as they post them (fleet.runtime_misses)."""
-    with session_scope(open_for_read(settings_of(request))) as s:
-        found = fleet.runtime_misses(s)
-    if found is None:
-        return JSONResponse({"error": "runtime misses are not recorded by this version of tuner yet"}, status_code=501)
-    return found
+@router.get("/runtime-misses", tags=["fleet"])
+def runtime_misses(request: Request, kernel: Annotated[Optional[str], Query(max_length=100)] = None,
+                   device_class: Annotated[Optional[str], Query(max_length=80)] = None) -> list[dict]:
+    """Keys runtimes were served from a fallback level and not tuned since, most frequent first
+    (`tuner misses`)."""
+    from tuner.misses import list_misses
+
+    return list_misses(settings_of(request), kernel, device_class)
