@@ -1,9 +1,11 @@
 """Runtime lookup overhead, as a model process pays it: the warm lookup and the warm @tuned
 dispatch with miss counting on, a miss against a database that accepts connections and never
-answers, the warm path while another thread is stuck in a miss, launches through @tuned vs a
-fixed configuration vs triton.autotune, and cold lookups among 10,000 stored configurations.
+answers and against a `tuner serve` (TUNER_CONFIG_URL) that does the same (with and without its
+copy on disk), the warm path while another thread is stuck in a miss, launches through @tuned
+vs a fixed configuration vs triton.autotune, and cold lookups among 10,000 stored configurations.
 
     .venv/bin/python bench/lookup_overhead.py            # writes bench/results/lookup_overhead.json
+    .venv/bin/python bench/lookup_overhead.py --only silent_config_server   # that part alone, merged in
 
 Every figure is a median (min and max beside it). Launch timings run the Triton interpreter on
 the CPU (label: interpreter): they show the dispatch layer's cost next to an interpreter launch,
@@ -58,7 +60,7 @@ def use(**env: str) -> None:
     """Point the runtime at new settings (it reads them again after clear_cache)."""
     from tuner import runtime
 
-    for k in ("TUNER_DB_URL", "TUNER_CONFIG_BUNDLE", "TUNER_RUNTIME_DEADLINE_MS"):
+    for k in ("TUNER_DB_URL", "TUNER_CONFIG_BUNDLE", "TUNER_CONFIG_URL", "TUNER_RUNTIME_DEADLINE_MS"):
         os.environ.pop(k, None)
     os.environ.update(env)
     runtime.clear_cache()
@@ -168,6 +170,10 @@ class SilentDatabase:
     def url(self) -> str:
         return f"postgresql+psycopg://tuner@127.0.0.1:{self.sock.getsockname()[1]}/tuner"
 
+    @property
+    def http_url(self) -> str:  # the same listener as a `tuner serve` that never answers
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
 
 def silent_database(bundle: Path) -> dict:
     """Misses against a database that never answers (deadline: the default 50 ms), then the warm
@@ -199,6 +205,43 @@ def silent_database(bundle: Path) -> dict:
     out["warm_while_a_miss_is_stuck"] = per_call_ns(lambda: runtime.lookup("matmul", **warm_key), 200_000, 5)
     out["stuck_thread_still_waiting_after"] = stuck.is_alive()
     use(TUNER_CONFIG_BUNDLE=str(bundle))
+    return out
+
+
+def timed_misses(first_m: int) -> dict:
+    """The first miss of a fresh runtime state, then MISSES more, each a new key (ms)."""
+    from tuner import runtime
+
+    t = time.perf_counter()
+    runtime.lookup("matmul", M=first_m, N=4096, K=4096, dtype="float16")
+    first = (time.perf_counter() - t) * 1e3
+    times = []
+    for m in range(first_m + 1, first_m + 1 + MISSES):
+        t = time.perf_counter()
+        runtime.lookup("matmul", M=m, N=4096, K=4096, dtype="float16")
+        times.append((time.perf_counter() - t) * 1e3)
+    return {"first_miss_in_process_ms": first, "miss": summary_ms(times),
+            "answer": runtime.explain("matmul", M=first_m + 1, N=4096, K=4096, dtype="float16").describe()}
+
+
+def silent_config_server(bundle: Path) -> dict:
+    """Misses against a `tuner serve` (TUNER_CONFIG_URL) that accepts and never answers (deadline:
+    the default 50 ms; the fetch's own timeout is 10 s): without a copy on disk, then with the copy
+    a restart finds, which answers while the refresh waits on the server."""
+    from devices.probe import probe
+    from tuner import runtime
+    from tuner.runtime.sources import HttpSource
+
+    server = SilentDatabase()
+    use(TUNER_CONFIG_URL=server.http_url)
+    out = {"deadline_ms": 50.0, "without_copy": timed_misses(100)}
+    copy = HttpSource(server.http_url, "", Path(os.environ["TUNER_HOME"])).copy_path(probe("cpu")[0].slug)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text(json.dumps({**json.loads(bundle.read_text()), "served_by": {"url": server.http_url}}))
+    use(TUNER_CONFIG_URL=server.http_url)
+    out["with_copy_on_disk"] = timed_misses(200)
+    copy.unlink()
+    runtime.clear_cache()
     return out
 
 
@@ -279,19 +322,28 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=RESULTS, help="results file (default: %(default)s)")
+    ap.add_argument("--only", choices=["silent_config_server"],
+                    help="run this part alone and replace its figures in the results file")
     args = ap.parse_args()
     for k in [k for k in os.environ if k.startswith("TUNER_")]:
         del os.environ[k]
     os.environ.update(TUNER_HOME=tempfile.mkdtemp(), TUNER_DEVICE="cpu")
     bundle = Path(os.environ["TUNER_HOME"]) / "bundle.json"
     write_bundle(bundle)
+    if args.only:
+        result = json.loads(args.out.read_text())
+        result[args.only] = {"date": datetime.now(timezone.utc).isoformat(), "load_average_at_start": os.getloadavg(),
+                             **silent_config_server(bundle)}
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result[args.only], indent=2))
+        return
     result = {
         "benchmark": "lookup_overhead", "date": datetime.now(timezone.utc).isoformat(),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
         "load_average_at_start": os.getloadavg(),
         "timing": "CPU; medians of 7 (5) repeats; launches in the Triton interpreter (not GPU launch latency)",
         "warm_lookup": warm(bundle), "launch_64x64x64_fp32_interpreter": launches(bundle),
-        "silent_database": silent_database(bundle),
+        "silent_database": silent_database(bundle), "silent_config_server": silent_config_server(bundle),
         "stored_best_configs": N_STORED, "cold_lookup": cold_lookup(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
