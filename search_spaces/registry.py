@@ -87,7 +87,8 @@ class Registry(Generic[T]):
 
 
 KERNELS: Registry[KernelSpec] = Registry(
-    "kernel", KernelSpec, {"matmul": "search_spaces.matmul:Matmul", "softmax": "search_spaces.softmax:Softmax"},
+    "kernel", KernelSpec, {"matmul": "search_spaces.matmul:Matmul", "softmax": "search_spaces.softmax:Softmax",
+     "fused_moe": "search_spaces.fused_moe:FusedMoe"},
     "tuner.kernels", "TUNER_KERNEL_MODULES")
 _instances: dict[str, KernelSpec] = {}
 
