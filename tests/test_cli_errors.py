@@ -34,7 +34,7 @@ CASES = {
                            "Invalid value for '--trials'"),
     "unknown option": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--bogus"], "No such option: --bogus"),
     "unknown command": (["tunes", "matmul"], "No such command 'tunes'"),
-    "missing kernel": (["tune"], "Missing argument"),
+    "missing kernel": (["tune"], "give a kernel and --shape"),
 }
 
 
