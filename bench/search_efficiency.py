@@ -1,7 +1,7 @@
 """How fast each search strategy finds the optimum, replayed offline on recorded sweeps.
 
     .venv/bin/python bench/search_efficiency.py --record matmul --shape M=128,N=128,K=128 --dtype float32 [--rounds 5]
-    .venv/bin/python bench/search_efficiency.py --replay [--seeds 50]
+    .venv/bin/python bench/search_efficiency.py --replay [--seeds 50] [--only 'sweep-fused_moe-*']
 
 --record measures every valid configuration of the live device's space through the real
 harness and stores the sweep under bench/data/ (gzip JSON, with device class, stack
@@ -99,12 +99,12 @@ def record(kernel: str, shape: str, dtype: str, device: str, rounds: int) -> Pat
     return path
 
 
-def replay(seeds: int, names: list[str]) -> dict:
+def replay(seeds: int, names: list[str], only: str = "sweep-*.json.gz") -> dict:
     from search.replay import SweepSpec, load, noise, replay_one, target_of
     from search_spaces.base import TuningKey
 
     out = {"date": datetime.now(timezone.utc).isoformat(), "seeds": seeds, "budgets": list(BUDGETS), "sweeps": []}
-    for path in sorted(DATA.glob("sweep-*.json.gz")):
+    for path in sorted(DATA.glob(only)):
         doc = load(path)
         spec = SweepSpec(doc)
         key = TuningKey.from_json(doc["key"])
@@ -187,6 +187,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=50)
     ap.add_argument("--strategies", default="auto,auto@8,auto-cold,tpe,random,grid",
                     help="NAME[@WIDTH]: WIDTH proposals asked for together, as on a GPU's compile pool")
+    ap.add_argument("--only", default=None, help="replay the sweeps matching this glob (e.g. 'sweep-fused_moe-*') "
+                    "and put them in place of their old entries in the results; the others are kept")
     args = ap.parse_args()
     from tuner import settings
 
@@ -194,7 +196,12 @@ def main() -> None:
     if args.record:
         print(record(args.record, args.shape, args.dtype, args.device, args.rounds))
     if args.replay:
-        result = replay(args.seeds, args.strategies.split(","))
+        result = replay(args.seeds, args.strategies.split(","), args.only or "sweep-*.json.gz")
+        if args.only and (RESULTS / "search_efficiency.json").exists():
+            kept = json.loads((RESULTS / "search_efficiency.json").read_text())
+            fresh = {s["sweep"] for s in result["sweeps"]}
+            result["sweeps"] = sorted([s for s in kept["sweeps"] if s["sweep"] not in fresh] + result["sweeps"],
+                                      key=lambda s: s["sweep"])
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "search_efficiency.json").write_text(json.dumps(result, indent=1) + "\n")
         (RESULTS / "search_efficiency.md").write_text(write_markdown(result) + "\n")
