@@ -36,9 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # kernel, shape, dtypes: shapes large enough that no block is refused for exceeding the problem
 CASES = [("matmul", {"M": 4096, "N": 4096, "K": 4096}, ("bfloat16", "float32")),
-         ("softmax", {"M": 4096, "N": 65536}, ("bfloat16", "float32"))]
+         ("softmax", {"M": 4096, "N": 65536}, ("bfloat16", "float32")),
+         ("fused_moe", {"E": 8, "N": 14336, "K": 4096, "topk": 2, "M": 4096}, ("bfloat16", "float32"))]
 # parameters that only reorder programs: held fixed, as they change no resource
-FIXED = {"matmul": {"GROUP_M": 8}}
+FIXED = {"matmul": {"GROUP_M": 8}, "fused_moe": {"GROUP_SIZE_M": 8}}
 
 
 def build_all(jobs: list[dict], workers: int, timeout_s: float) -> list[dict]:

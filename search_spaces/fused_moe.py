@@ -63,7 +63,7 @@ def fused_moe_kernel(a_ptr, b_ptr, c_ptr, topk_weights_ptr, sorted_token_ids_ptr
                      num_tokens_post_padded_ptr, N, K, EM, num_valid_tokens, stride_am, stride_ak, stride_be,
                      stride_bk, stride_bn, stride_cm, stride_cn, BLOCK_SIZE_M: tl.constexpr,
                      BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
-                     MUL_ROUTED_WEIGHT: tl.constexpr, top_k: tl.constexpr, DOT_IN_FP32: tl.constexpr):
+                     MUL_ROUTED_WEIGHT: tl.constexpr, top_k: tl.constexpr, DOT_TYPE: tl.constexpr):
     """C[pair] = A[pair // top_k] @ B[expert].T for BLOCK_SIZE_M sorted pairs of one expert."""
     # grouped order: GROUP_SIZE_M row blocks share the weight columns they load, for L2 reuse
     pid = tl.program_id(0)
@@ -87,13 +87,10 @@ def fused_moe_kernel(a_ptr, b_ptr, c_ptr, topk_weights_ptr, sorted_token_ids_ptr
     acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_SIZE_K)):
         k_left = K - k * BLOCK_SIZE_K
-        a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_k[None, :] < k_left), other=0.0)
-        b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
-        if DOT_IN_FP32:
-            # the interpreter multiplies bf16 bit patterns in tl.dot (triton#11584); bf16
-            # products are exact in fp32, so upcasting gives the GPU's result
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
+        # DOT_TYPE is the inputs' own type but on the interpreter, whose tl.dot multiplies bf16 bit
+        # patterns (triton#11584): there fp32, in which bf16 products are exact
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & (offs_k[None, :] < k_left), other=0.0).to(DOT_TYPE)
+        b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0).to(DOT_TYPE)
         acc = tl.dot(a, b, acc)
         a_ptrs += BLOCK_SIZE_K * stride_ak
         b_ptrs += BLOCK_SIZE_K * stride_bk
@@ -295,9 +292,10 @@ class FusedMoe(KernelSpec):
         return out
 
     # ---- running --------------------------------------------------------------------
-    def _meta(self, config: Config, vendor: str, dot_in_fp32: bool) -> dict[str, Any]:
+    def _meta(self, config: Config, vendor: str, dtype: str, interpreted: bool) -> dict[str, Any]:
         args, options = self.split_config(config, vendor)
-        return {**args, "DOT_IN_FP32": dot_in_fp32, **options}
+        dot = "float32" if interpreted and dtype == "bfloat16" else dtype
+        return {**args, "DOT_TYPE": getattr(tl, dot), **options}
 
     def make_inputs(self, key: TuningKey, device: str, seed: int, routing: str = "uniform") -> MoeInputs:
         d, dtype = key.dim_map, TORCH_DTYPES[key.dtype]
@@ -325,7 +323,7 @@ class FusedMoe(KernelSpec):
         require_launchable(on_cpu=x.device.type == "cpu")
         al = self._aligned(inputs, config["BLOCK_SIZE_M"])
         vendor = "amd" if x.is_cuda and torch.version.hip is not None else "nvidia"
-        meta = self._meta(config, vendor, dot_in_fp32=bool(triton.knobs.runtime.interpret) and x.dtype == torch.bfloat16)
+        meta = self._meta(config, vendor, str(x.dtype).removeprefix("torch."), bool(triton.knobs.runtime.interpret))
         em = _em(config, m, e, topk)
         pairs = m * topk
         # fresh buffers per launch: a config that skips tiles can never pass on an earlier one's output
@@ -365,7 +363,7 @@ class FusedMoe(KernelSpec):
         with launch() argument for argument."""
         d, dtype = key.dim_map, TORCH_DTYPES[key.dtype]
         e, n, k, topk, m = (d[x] for x in self.key_names)
-        meta = self._meta(config, target.vendor, dot_in_fp32=False)
+        meta = self._meta(config, target.vendor, key.dtype, interpreted=False)
         em, pairs, i32 = _em(config, m, e, topk), m * topk, torch.int32
         ptrs = (torch.float32, i32, i32, i32)  # routing weights, sorted ids, expert ids, padded total
         s1 = Specialization(fused_moe_kernel, (dtype, dtype, dtype, *ptrs, 2 * n, k, em, pairs, k, 1, 2 * n * k, 1,

@@ -136,3 +136,19 @@ def test_the_constraint_check_bench_runs_end_to_end(tmp_path):
     assert [(c["arch"], c["summary"]["configs"]) for c in result["cases"]] == [("sm_90", 3), ("gfx942", 3)]
     assert all(c["summary"]["accepted_but_failed"] == 0 for c in result["cases"])
     assert "softmax 64x1000 float16 on gfx942" in Path(f"{out}.md").read_text()
+
+
+@pytest.mark.parametrize("arch", ["sm_90", "gfx942"])
+@pytest.mark.parametrize("m", [1, 4096])
+def test_fused_moe_default_and_the_seeds_auto_takes_build_clean(builder, arch, m):
+    """vLLM's default and the first eight of its shipped list (what `auto` seeds) for Mixtral-8x7B at
+    TP 1: each builds and loads within the limits on sm_90 and gfx942, with matrix instructions."""
+    from search.strategies.base import STARTUP_TRIALS
+
+    spec, target = registry.get("fused_moe"), target_for(arch)
+    dims = {"E": 8, "N": 14336, "K": 4096, "topk": 2, "M": m}
+    key = spec.make_key(dims, "bfloat16")
+    for config in [spec.default(key, target), *spec.known_good(key, target)[:STARTUP_TRIALS]]:
+        b = build(builder, "fused_moe", dims, "bfloat16", arch, config)
+        assert b.load_error(target, config["num_warps"]) is None, (config, b)
+        assert b.mma, f"{config} builds without matrix instructions on {arch}"
