@@ -110,27 +110,34 @@ def test_vllm_and_sglang_find_every_tuned_key(tuned, tmp_path):
     assert [p.name for p in folder.iterdir()] == ["E=4,N=32,device_name=Triton_CPU_interpreter,dtype=float32.json"]
 
 
+def props(product: str, **change) -> dict:
+    return {**json.loads((ROOT / f"tests/data/device_props/{product}.json").read_text()), **change}
+
+
 @pytest.fixture
 def gpu_bests(db_url):
-    """Bests of an H100 SXM and an H200 NVL class, registered from the properties torch reports on
-    them (tests/data/device_props), as a worker's registration stores them."""
+    """Bests of GPU classes registered from the properties torch reports on them, as a worker's
+    registration stores them: an H100 SXM under its usual name and under the shorter one some
+    drivers report, an H200 NVL, and an RTX 4090 the service knows by its numbers only."""
     upgrade(db_url)
-    spec = SPEC
-    props = json.loads((ROOT / "tests/data/device_props/h100_sxm.json").read_text())
-    h200 = json.loads((ROOT / "tests/data/device_props/h200.json").read_text())
+    cases = [(props("h100_sxm"), "bfloat16", 1), (props("h100_sxm", name="NVIDIA H100"), "bfloat16", 64),
+             (props("h200", name="NVIDIA H200 NVL"), "float32", 8), (props("rtx_4090"), "float16", 16)]
     out = []
     with session_scope(db_url) as s:
-        for p, dtype, m in ((props, "bfloat16", 1), (props, "bfloat16", 64), ({**h200, "name": "NVIDIA H200 NVL"}, "float16", 8)):
+        for p, dtype, m in cases:
             dc = classify(p)
             fp = live_fingerprint(dc)
             dc_id, fp_id = store.store_identity(s, dc.to_json(), {**fp.to_json(), "hash": fp.hash})
-            key = spec.make_key({"E": 8, "N": 14336, "K": 4096, "topk": 2, "M": m}, dtype)
-            config = spec.known_good(key, dc.target)[1]
+            key = SPEC.make_key({"E": 8, "N": 14336, "K": 4096, "topk": 2, "M": m}, dtype)
+            config = SPEC.known_good(key, dc.target)[1]
             store.write_best(s, kernel="fused_moe", kernel_version=key.version, key_hash=key.stable_hash,
                              key=key.to_json(), dtype=dtype, device_class_id=dc_id, fingerprint_id=fp_id, config=config,
                              config_hash=config_hash(config), median_ms=1.0, default_ms=2.0, speedup=2.0, cv=0.01,
                              trials=10, job_id=None)
             out.append((p["name"], dtype, m, config, fp.fields()["triton"]))
+        names = store.device_names(s)
+    assert names["h100-sxm-80gb"] == ["NVIDIA H100 80GB HBM3", "NVIDIA H100"]  # first seen first
+    assert names["nvidia-sm_89-128sm-24gb"] == ["NVIDIA GeForce RTX 4090"]
     return out
 
 
@@ -142,12 +149,17 @@ def test_files_carry_the_device_name_torch_reports(gpu_bests, db_url, tmp_path):
         proc = run_tuner(["export", "--format", fmt, "-o", str(where), "--model", "mixtral-8x7b"], tmp_path / "home",
                          TUNER_DB_URL=db_url)
         assert proc.returncode == 0, proc.stderr
-    # vLLM folds the H200 family into one name; SGLang keeps the name as reported
-    assert sorted(p.name for p in folder.iterdir()) == ["E=8,N=14336,device_name=NVIDIA_H100_80GB_HBM3.json",
-                                                        "E=8,N=14336,device_name=NVIDIA_H200.json"]
+    # a file per name the class's workers reported; vLLM folds the H200 family into one name
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "E=8,N=14336,device_name=NVIDIA_GeForce_RTX_4090.json", "E=8,N=14336,device_name=NVIDIA_H100.json",
+        "E=8,N=14336,device_name=NVIDIA_H100_80GB_HBM3.json", "E=8,N=14336,device_name=NVIDIA_H200,dtype=float32.json"]
     for name, dtype, m, config, triton in gpu_bests:
         assert vllm_lookup((8, 4096, 14336), dtype_str(dtype), m, name, str(folder), "") == config
         assert sglang_lookup((8, 4096, 14336), dtype_str(dtype), m, name, triton, str(sg)) == config
+    # the H100's two names: each file holds every batch size the class has
+    h100 = {name: json.loads((folder / f"E=8,N=14336,device_name={name}.json").read_text())
+            for name in ("NVIDIA_H100", "NVIDIA_H100_80GB_HBM3")}
+    assert h100["NVIDIA_H100"] == h100["NVIDIA_H100_80GB_HBM3"] and set(h100["NVIDIA_H100"]) == {"1", "64"}
     # and a model that does not run E=8,N=14336 exports nothing
     other = tmp_path / "other"
     other.mkdir()
