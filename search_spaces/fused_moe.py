@@ -44,6 +44,7 @@ from search_spaces.base import (
     nearest,
     require_launchable,
 )
+from search_spaces.matmul import _mma_path, _registers
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 ROUTINGS = ("uniform", "skewed")
@@ -51,11 +52,6 @@ _BLOCKS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K")
 _NV_SPACE = {"BLOCK_SIZE_M": (16, 32, 64, 128, 256), "BLOCK_SIZE_N": (32, 64, 128, 256),
              "BLOCK_SIZE_K": (32, 64, 128, 256), "GROUP_SIZE_M": (1, 8, 16, 32, 64), "num_warps": (4, 8),
              "num_stages": (2, 3, 4, 5)}
-# Registers a thread needs: (operand copies, fixed, limit), as for the matmul tile (see
-# search_spaces/matmul.py) plus the gathered rows' 64-bit token offsets; checked against Triton
-# 3.6's sm_90 and gfx942 builds by bench/constraint_check.py (bench/results/constraints-fused_moe.md).
-_REGISTERS = {"wgmma": (0.0, 0, 128), "mma": (0.5, 32, 255), "mfma": (3.0, 24, 512)}
-_AMD_ACC_LIMIT = 256
 
 
 @triton.jit
@@ -215,42 +211,33 @@ class FusedMoe(KernelSpec):
                 return f"block larger than the problem: {b}={config[b]} > {limit}"
         if target.is_interpreter:
             return None
-        return self._check_resources(config, key, target, space)
+        return self._check_resources(config, key, target)
 
-    def _check_resources(self, config: Config, key: TuningKey, target: Target, space: dict) -> str | None:
-        bm, bn, bk = (config[b] for b in _BLOCKS)
-        warps, stages = config["num_warps"], config["num_stages"]
-        elem = DTYPE_BYTES[key.dtype]
-        # Hopper's wgmma needs a warpgroup (4 warps) and 64 rows; it keeps num_stages buffers,
-        # the mma.sync/cp.async pipeline and gfx9's num_stages - 1
-        path = "mfma" if target.is_hip else (
-            "wgmma" if target.arch == "sm_90" and warps >= 4 and bm >= 64 else "mma")
-        buffers = stages if path == "wgmma" else max(1, stages - 1)
-        smem = buffers * (bm * bk + bk * bn) * elem
-        if smem > target.smem_bytes:
-            kind = "LDS" if target.is_hip else "shared memory"
-            return (f"{kind}: {buffers} x ({bm}x{bk} + {bk}x{bn}) x {elem} B = {smem // 1024} KiB > "
-                    f"{target.smem_bytes // 1024} KiB on {target.arch}")
-        threads = warps * target.warp_size
-        acc = bm * bn / threads
-        copies, fixed, limit = _REGISTERS[path]
-        waves = config.get("waves_per_eu", 0)
-        if path == "mfma" and waves:
-            limit //= waves
-        need = acc + copies * (bm * bk + bk * bn) * elem / 4 / threads + fixed + 2 * bm / threads
-        if need > limit or (path == "mfma" and acc > _AMD_ACC_LIMIT):
-            return (f"registers: a {bm}x{bn}x{bk} tile over {warps} warps needs about {need:.0f} registers a "
-                    f"thread ({acc:.0f} accumulator) > {limit}; it would spill")
-        if target.is_hip:
-            # pruning, not a limit: a wavefront per 16x16 tile, up to 4 (Triton's default, which vLLM's
-            # default configuration keeps). Not on NVIDIA: vLLM's H100 tuning chose 8 warps for a 16x64
-            # tile at M=1 (E=8,N=14336), where warps hide the latency of the gathered loads
-            if bm * bn < warps * 256 and warps > 4:
-                return f"warps vs tile: {warps} wavefronts for a {bm}x{bn} tile leave some without a 16x16 tile"
-            if config["matrix_instr_nonkdim"] == 32 and (bm < 32 or bn < 32):
-                return f"matrix_instr_nonkdim=32 needs BLOCK_SIZE_M and BLOCK_SIZE_N >= 32 (got {bm}x{bn})"
-            if config["kpack"] == 2 and elem != 2:
-                return "kpack=2 packs 16-bit MFMA operands; float32 takes kpack=1"
+    def _check_resources(self, config: Config, key: TuningKey, target: Target) -> str | None:
+        """The tile's shared memory (LDS), registers and AMD knobs by the matmul's model (the same
+        tl.dot pipeline builds; bench/results/constraints-fused_moe.md holds it against this
+        kernel's own builds), then the warps this kernel prunes."""
+        tile = {"BLOCK_M": config["BLOCK_SIZE_M"], "BLOCK_N": config["BLOCK_SIZE_N"], "BLOCK_K": config["BLOCK_SIZE_K"],
+                **{k: config[k] for k in ("num_warps", "waves_per_eu", "matrix_instr_nonkdim", "kpack") if k in config}}
+        bm, bn, bk, warps = tile["BLOCK_M"], tile["BLOCK_N"], tile["BLOCK_K"], tile["num_warps"]
+        path = _mma_path(tile, target)
+        # Hopper's wgmma keeps num_stages buffers of both tiles, mma.sync and gfx9 one fewer
+        buffers = config["num_stages"] if path == "wgmma" else max(1, config["num_stages"] - 1)
+        if (smem := buffers * (bm * bk + bk * bn) * DTYPE_BYTES[key.dtype]) > target.smem_bytes:
+            return (f"{'LDS' if target.is_hip else 'shared memory'}: {buffers} buffers of {bm}x{bk} and {bk}x{bn} "
+                    f"tiles take {smem // 1024} KiB > {target.smem_bytes // 1024} KiB on {target.arch}")
+        reason = _registers(tile, key, target, path)
+        if reason or not target.is_hip:
+            return reason
+        # pruning, not a limit, on AMD only: a wavefront per 16x16 tile, up to 4 (Triton's default,
+        # which vLLM's default keeps). Not on NVIDIA: vLLM's H100 tuning chose 8 warps for a 16x64
+        # tile at M=1 (E=8,N=14336), where warps hide the latency of the gathered loads
+        if bm * bn < warps * 256 and warps > 4:
+            return f"warps vs tile: {warps} wavefronts for a {bm}x{bn} tile leave some without a 16x16 tile"
+        if config["matrix_instr_nonkdim"] == 32 and min(bm, bn) < 32:
+            return f"matrix_instr_nonkdim=32 needs both blocks >= 32 (got {bm}x{bn}): it would compute twice the tile"
+        if config["kpack"] == 2 and DTYPE_BYTES[key.dtype] != 2:
+            return "kpack=2 packs 16-bit MFMA operands; float32 takes kpack=1"
         return None
 
     def default(self, key: TuningKey, target: Target) -> Config:
