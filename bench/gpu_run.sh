@@ -12,6 +12,11 @@
 #                   default configurations on Llama-3-8B's projections, M=1..512; PART=attention:
 #                   tuned flash attention vs scaled_dot_product_attention at HEAD_DIM 128
 #                   (bench/llm_kernels.py; appended to bench/results/llm_kernels-<class>.json)
+#   moe             issue 19: the fused MoE kernel tuned for Mixtral-8x7B at TP 1 (E=8,N=14336,K=4096,
+#                   top-2, bf16) at BATCH_SIZES, against vLLM's shipped H100 file and the default
+#                   (bench/moe_tuning_cost.py; TRIALS per batch size, 48 by default to fit one call)
+#   moe-grid M      vLLM's full 1,920-point grid for one batch size beside the service: about 45
+#                   minutes on an H100 by vLLM's own account, more than one call; where a GPU is held longer
 #   check           issue 6 in one call: throughput (the >= 3x target), the GPU-only harness tests
 #                   (CUDA events + L2 flush, graphs, rotation, crash recovery), and a short
 #                   `tuner tune` on the GPU; each step under its own time limit, logs in $OUT;
@@ -49,6 +54,15 @@ case "${1:-}" in
     timeout 570 python3 bench/llm_kernels.py --device cuda:0 --part "$part" --rank "${RANK:-16}" \
       --trials "${TRIALS:-40}" --append 2>&1 | tee "$out/llm_kernels-$part.log" | tail -40
     cp bench/results/llm_kernels-*.json bench/results/llm_kernels-*.md "$out"/ ;;
+  moe)
+    timeout "${MOE_S:-560}" python3 bench/moe_tuning_cost.py --device cuda:0 --trials "${TRIALS:-48}" \
+      --batch-sizes "${BATCH_SIZES:-1,16,64,256,1024,4096}" 2>&1 | tee "$out/moe.log"
+    cp bench/results/moe_tuning_cost-*.json bench/results/moe_tuning_cost-*.md "$out"/ ;;
+  moe-grid)
+    m=${2:?give a batch size, e.g. 16}
+    python3 bench/moe_tuning_cost.py --device cuda:0 --trials 96 --batch-sizes "$m" --grid-batch-sizes "$m" \
+      --out "bench/results/moe_tuning_cost-grid-$m" 2>&1 | tee "$out/moe-grid.log"
+    cp bench/results/moe_tuning_cost-grid-* "$out"/ ;;
   replay)
     python3 bench/search_efficiency.py --replay --seeds 50
     cp bench/results/search_efficiency.json bench/results/search_efficiency.md "$out"/ ;;
@@ -90,5 +104,5 @@ case "${1:-}" in
       cp bench/results/search_rate.md "$out"/ 2>/dev/null || true
     fi
     exit $rc ;;
-  *) echo "usage: bash bench/gpu_run.sh suite NK | sweep SHAPE | throughput | replay | check | llm lora|attention" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_run.sh suite NK | sweep SHAPE | throughput | replay | check | llm lora|attention | moe | moe-grid M" >&2; exit 2 ;;
 esac

@@ -1,7 +1,7 @@
 """How fast each search strategy finds the optimum, replayed offline on recorded sweeps.
 
     .venv/bin/python bench/search_efficiency.py --record matmul --shape M=128,N=128,K=128 --dtype float32 [--rounds 5]
-    .venv/bin/python bench/search_efficiency.py --replay [--seeds 50] [--sweeps 'sweep-lora_*' --out PATH]
+    .venv/bin/python bench/search_efficiency.py --replay [--seeds 50] [--sweeps 'sweep-lora_*'] [--out PATH]
 
 --record measures every valid configuration of the live device's space through the real
 harness and stores the sweep under bench/data/ (gzip JSON, with device class, stack
@@ -187,7 +187,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=50)
     ap.add_argument("--strategies", default="auto,auto@8,auto-cold,tpe,random,grid",
                     help="NAME[@WIDTH]: WIDTH proposals asked for together, as on a GPU's compile pool")
-    ap.add_argument("--sweeps", default="sweep-*.json.gz", help="comma-separated file patterns under bench/data")
+    ap.add_argument("--sweeps", default="sweep-*.json.gz", help="comma-separated file patterns under bench/data; "
+                    "given, their entries replace the old ones in the results file and the others are kept")
     ap.add_argument("--out", default=str(RESULTS / "search_efficiency"), help="results path, without .json/.md")
     args = ap.parse_args()
     from tuner import settings
@@ -198,6 +199,11 @@ def main() -> None:
     if args.replay:
         result = replay(args.seeds, args.strategies.split(","), tuple(args.sweeps.split(",")))
         out = Path(args.out)
+        if args.sweeps != "sweep-*.json.gz" and out.with_suffix(".json").exists():
+            kept = json.loads(out.with_suffix(".json").read_text())
+            fresh = {s["sweep"] for s in result["sweeps"]}
+            result["sweeps"] = sorted([s for s in kept["sweeps"] if s["sweep"] not in fresh] + result["sweeps"],
+                                      key=lambda s: s["sweep"])
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
         out.with_suffix(".md").write_text(write_markdown(result) + "\n")

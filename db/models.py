@@ -50,6 +50,9 @@ class DeviceClass(Base):
     compute_units: Mapped[int] = mapped_column(Integer)
     memory_gb: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # what torch.cuda.get_device_name() reported on the class's workers, first seen first (names
+    # drift between drivers); vLLM and SGLang name their config files by it (revision 0005)
+    device_names: Mapped[list[str] | None] = mapped_column(JSON, default=None)
 
 
 class StackFingerprint(Base):
@@ -199,3 +202,21 @@ class RuntimeMiss(TuningKeyColumns, Base):
     count: Mapped[int] = mapped_column(BigInteger)
     first_seen: Mapped[datetime]
     last_seen: Mapped[datetime]
+
+
+class ImportedConfig(Base):
+    """A configuration someone else tuned (a vLLM config file): a seed the search tries first for
+    matching and nearby keys, never a measured best. `dims` holds the key's dims the source names
+    (vLLM's files: E, N and M); `device_selector` the class or family it was tuned on."""
+    __tablename__ = "imported_configs"
+    __table_args__ = (UniqueConstraint("kernel", "device_selector", "dtype", "dims_hash"),
+                      Index("ix_imported_lookup", "kernel", "dtype"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kernel: Mapped[str] = mapped_column(String(100))
+    device_selector: Mapped[str] = mapped_column(String(80))
+    dtype: Mapped[str] = mapped_column(String(16))
+    dims: Mapped[dict[str, Any]]
+    dims_hash: Mapped[str] = mapped_column(String(16))
+    config: Mapped[dict[str, Any]]
+    source: Mapped[str] = mapped_column(String(300))  # format:file name
+    imported_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -14,7 +14,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.clock import utcnow
-from db.models import BestConfig, DeviceClass, Job, JobKey, Lock, RuntimeMiss, StackFingerprint, TuningTrial
+from db.models import (BestConfig, DeviceClass, ImportedConfig, Job, JobKey, Lock, RuntimeMiss, StackFingerprint,
+                       TuningTrial)
 
 
 def _get_or_create(s: Session, model, unique: dict[str, Any], values: dict[str, Any]):
@@ -45,9 +46,13 @@ def get_or_create_fingerprint(s: Session, *, hash: str, driver: str, runtime: st
 
 def store_identity(s: Session, device_class: dict[str, Any], fingerprint: dict[str, Any]) -> tuple[int, int]:
     """(device_class_id, fingerprint_id) of a live identity, its rows created when new.
-    device_class: a DeviceClass's JSON; fingerprint: a StackFingerprint's fields and its "hash"."""
+    device_class: a DeviceClass's JSON (with the "device_name" torch reported, where it did);
+    fingerprint: a StackFingerprint's fields and its "hash"."""
     dc = get_or_create_device_class(s, **{k: device_class[k] for k in ("slug", "vendor", "arch", "name",
                                                                         "compute_units", "memory_gb")})
+    name = device_class.get("device_name")
+    if name and name not in (dc.device_names or []):
+        dc.device_names = [*(dc.device_names or []), name]
     fp = get_or_create_fingerprint(s, hash=fingerprint["hash"], driver=fingerprint["driver"],
                                    runtime=fingerprint["runtime"], triton=fingerprint["triton"],
                                    torch=fingerprint["torch"],
@@ -156,6 +161,36 @@ def best_configs_version(s: Session, *, kernel: str | None = None,
                   kernel=kernel, device_classes=device_classes)
     top, n = s.execute(q).one()
     return (top or 0, n)
+
+
+def device_names(s: Session) -> dict[str, list[str]]:
+    """slug -> the device names torch reported on the class's workers, first seen first."""
+    return {slug: list(names or []) for slug, names in s.execute(select(DeviceClass.slug, DeviceClass.device_names))}
+
+
+def write_imported(s: Session, rows: Iterable[dict[str, Any]]) -> int:
+    """Store imported configurations (kernel, device_selector, dtype, dims, dims_hash, config, source):
+    one row per kernel, selector, dtype and dims, the last import replacing an earlier one. Returns
+    the count."""
+    n = 0
+    for r in rows:
+        unique = {k: r[k] for k in ("kernel", "device_selector", "dtype", "dims_hash")}
+        row = s.scalar(select(ImportedConfig).filter_by(**unique))
+        if row is None:
+            row = ImportedConfig(**unique)
+            s.add(row)
+        row.dims, row.config, row.source, row.imported_at = r["dims"], r["config"], r["source"], utcnow()
+        n += 1
+    s.flush()
+    return n
+
+
+def imported_configs(s: Session, *, kernel: str, dtype: str | None = None) -> list[ImportedConfig]:
+    """Imported configurations of a kernel (and dtype), oldest first."""
+    q = select(ImportedConfig).where(ImportedConfig.kernel == kernel).order_by(ImportedConfig.id)
+    if dtype is not None:
+        q = q.where(ImportedConfig.dtype == dtype)
+    return list(s.scalars(q))
 
 
 def acquire_lock(s: Session, name: str, holder: str, ttl_s: float) -> bool:

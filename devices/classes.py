@@ -11,7 +11,7 @@ this module and must stay light.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Mapping
 
@@ -30,6 +30,9 @@ class DeviceClass:
     memory_gb: int  # nominal size (80 for an H100 that reports 79.2 GiB)
     slug: str  # h100-sxm-80gb, mi300x-192gb, cpu-interpreter, nvidia-sm_89-128sm-24gb
     aliases: tuple[str, ...] = ()  # families this class answers to: ("h100",)
+    # what torch.cuda.get_device_name() reported on the probed device (vLLM and SGLang name their
+    # config files by it); recorded with the class when a worker registers, never part of its identity
+    device_name: str = field(default="", compare=False)
 
     @property
     def target(self) -> Target:
@@ -43,18 +46,20 @@ class DeviceClass:
         return self.slug in _BY_SLUG
 
     def to_json(self) -> dict[str, Any]:
-        return {"vendor": self.vendor, "arch": self.arch, "name": self.name,
-                "compute_units": self.compute_units, "memory_gb": self.memory_gb,
-                "slug": self.slug, "aliases": list(self.aliases)}
+        out = {"vendor": self.vendor, "arch": self.arch, "name": self.name,
+               "compute_units": self.compute_units, "memory_gb": self.memory_gb,
+               "slug": self.slug, "aliases": list(self.aliases)}
+        return {**out, "device_name": self.device_name} if self.device_name else out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "DeviceClass":
         return cls(str(data["vendor"]), str(data["arch"]), str(data["name"]), int(data["compute_units"]),
-                   int(data["memory_gb"]), str(data["slug"]), tuple(str(a) for a in data.get("aliases", ())))
+                   int(data["memory_gb"]), str(data["slug"]), tuple(str(a) for a in data.get("aliases", ())),
+                   str(data.get("device_name") or ""))
 
     @cached_property
     def stable_hash(self) -> str:
-        return stable_hash(self.to_json())
+        return stable_hash({k: v for k, v in self.to_json().items() if k != "device_name"})
 
 
 CPU_INTERPRETER = DeviceClass("cpu", "interpreter", "Triton CPU interpreter", 1, 0, "cpu-interpreter", ("cpu",))
@@ -81,6 +86,17 @@ KNOWN_DEVICES: tuple[DeviceClass, ...] = (
 _NAME_HINTS: dict[str, str] = {"h200-nvl-141gb": "nvl", "a100-pcie-40gb": "pcie", "a100-pcie-80gb": "pcie"}
 
 _BY_SLUG: dict[str, DeviceClass] = {dc.slug: dc for dc in KNOWN_DEVICES}
+
+# What torch.cuda.get_device_name() reports on each known product, the usual name first (the
+# names in vLLM's shipped config files); where a class has no worker yet, export and import use these.
+DEVICE_NAMES: dict[str, tuple[str, ...]] = {
+    "h100-sxm-80gb": ("NVIDIA H100 80GB HBM3", "NVIDIA H100"), "h100-pcie-80gb": ("NVIDIA H100 PCIe",),
+    "h100-nvl-94gb": ("NVIDIA H100 NVL",), "h200-141gb": ("NVIDIA H200",), "h200-nvl-141gb": ("NVIDIA H200 NVL",),
+    "a100-sxm-40gb": ("NVIDIA A100-SXM4-40GB",), "a100-pcie-40gb": ("NVIDIA A100-PCIE-40GB",),
+    "a100-sxm-80gb": ("NVIDIA A100-SXM4-80GB",), "a100-pcie-80gb": ("NVIDIA A100 80GB PCIe",),
+    "mi300x-192gb": ("AMD Instinct MI300X",), "mi308x-192gb": ("AMD Instinct MI308X",),
+    "mi325x-256gb": ("AMD Instinct MI325X",),
+}
 
 
 def _families() -> dict[str, tuple[str, ...]]:
@@ -136,10 +152,23 @@ def classify(props: Mapping[str, Any]) -> DeviceClass:
     lowered = raw_name.lower()
     hinted = [dc for dc in candidates if dc.slug in _NAME_HINTS and _NAME_HINTS[dc.slug] in lowered]
     plain = [dc for dc in candidates if dc.slug not in _NAME_HINTS]
+    reported = str(props.get("name") or "")
     if hinted or plain:
-        return (hinted or plain)[0]
+        return replace((hinted or plain)[0], device_name=reported)
     name = raw_name or f"{vendor.label} {arch}"
-    return DeviceClass(vendor.name, arch, name, cus, mem, _generic_slug(vendor.name, arch, cus, mem))
+    return DeviceClass(vendor.name, arch, name, cus, mem, _generic_slug(vendor.name, arch, cus, mem),
+                       device_name=reported)
+
+
+def device_names(slug: str, reported: tuple[str, ...] | list[str] = ()) -> tuple[str, ...]:
+    """The names torch reports for a class's devices: those its workers reported, else the known
+    product's usual one, else (no torch name: the CPU interpreter, an unlisted GPU no worker named)
+    the class's own name where the class is known."""
+    if reported:
+        return tuple(reported)
+    if slug in DEVICE_NAMES:
+        return DEVICE_NAMES[slug][:1]
+    return (_BY_SLUG[slug].name,) if slug in _BY_SLUG else ()
 
 
 def known_selectors() -> list[str]:

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable
 
-from harness.protocol import TrialRequest, TrialResult
+from harness.protocol import DEFAULT_ROUTING, TrialRequest, TrialResult
 
 _inputs: "OrderedDict[tuple, tuple[Any, Any]]" = OrderedDict()
 _targets: dict[str, Any] = {}
@@ -65,11 +65,14 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {reason}"[:1000]
 
 
-def _inputs_for(spec, key, device: str, seed: int, keep: int = 4, reference: bool = True):
-    """(inputs, reference or None) for one seed, cached: the last `keep` input sets stay."""
-    k = (key.kernel, key.version, key.stable_hash, device, seed)
+def _inputs_for(spec, key, device: str, seed: int, keep: int = 4, reference: bool = True,
+                routing: str = DEFAULT_ROUTING):
+    """(inputs, reference or None) for one seed, cached: the last `keep` input sets stay. A routing
+    other than the default is handed to a kernel that routes tokens (its make_inputs takes it)."""
+    k = (key.kernel, key.version, key.stable_hash, device, seed, routing)
     if k not in _inputs:
-        _inputs[k] = (spec.make_inputs(key, device, seed), None)
+        extra = {} if routing == DEFAULT_ROUTING else {"routing": routing}
+        _inputs[k] = (spec.make_inputs(key, device, seed, **extra), None)
     _inputs.move_to_end(k)
     inputs, ref = _inputs[k]
     if reference and ref is None:
@@ -159,10 +162,10 @@ def run_trial(req: TrialRequest) -> TrialResult:
     rotate = max(1, req.rotate_buffers)
     try:
         use_device(req.device)
-        inputs, ref = _inputs_for(spec, key, req.device, req.seed, keep=rotate)
+        inputs, ref = _inputs_for(spec, key, req.device, req.seed, keep=rotate, routing=req.routing)
         # more input sets (seeds seed+1 ...), made the same way: the output is checked on the first
-        sets = [inputs] + [_inputs_for(spec, key, req.device, req.seed + j, keep=rotate, reference=False)[0]
-                           for j in range(1, rotate)]
+        sets = [inputs] + [_inputs_for(spec, key, req.device, req.seed + j, keep=rotate, reference=False,
+                                       routing=req.routing)[0] for j in range(1, rotate)]
     except Exception as exc:
         return TrialResult.failed("crashed", f"making inputs failed: {error_message(exc)}", config)
 

@@ -20,6 +20,7 @@ def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+DEFAULT_ROUTING = "uniform"
 MAX_ROTATE_BUFFERS = 16  # input sets kept at once: 16 sets of a 4096x14336 bf16 matmul take 4.3 GB
 
 
@@ -31,9 +32,13 @@ class Measurement:
     rotate_buffers: int = 1  # input sets cycled through, one per repetition, so no cache keeps them
     cuda_graph: bool = False  # time replays of a captured CUDA graph (GPU only; ignored on the CPU)
     max_cv: float | None = None  # above this cv, measure once more with twice the reps; keep the steadier
+    # how the inputs route tokens, for a kernel that routes them (fused_moe: uniform or skewed top-k)
+    routing: str = DEFAULT_ROUTING
 
     def __post_init__(self) -> None:
         r, cv = self.rotate_buffers, self.max_cv
+        if not isinstance(self.routing, str) or not self.routing.isidentifier():
+            raise ValueError(f"routing must be a name such as {DEFAULT_ROUTING!r}, got {self.routing!r}")
         if type(r) is not int or not 1 <= r <= MAX_ROTATE_BUFFERS:
             raise ValueError(f"rotate_buffers must be an int from 1 to {MAX_ROTATE_BUFFERS}, got {r!r}")
         if not isinstance(self.cuda_graph, bool):
@@ -47,16 +52,23 @@ class Measurement:
         cost) or over rotating inputs are not comparable with plain ones, so such a job keeps a
         study of its own instead of continuing, and being ranked against, the plain one. max_cv
         changes how often a trial is measured, not what its time means."""
-        return ("+graph" if self.cuda_graph else "") + (f"+rot{self.rotate_buffers}" if self.rotate_buffers > 1 else "")
+        return ("+graph" if self.cuda_graph else "") + (f"+rot{self.rotate_buffers}" if self.rotate_buffers > 1 else "") \
+            + (f"+{self.routing}" if self.routing != DEFAULT_ROUTING else "")
 
     def describe(self) -> str:
         """In words, for tables; empty for the defaults."""
         return ", ".join(([f"{self.rotate_buffers} rotating input sets"] if self.rotate_buffers > 1 else [])
                          + (["CUDA graph replays"] if self.cuda_graph else [])
-                         + ([f"re-measured when cv > {self.max_cv:g}"] if self.max_cv else []))
+                         + ([f"re-measured when cv > {self.max_cv:g}"] if self.max_cv else [])
+                         + ([f"{self.routing} routing"] if self.routing != DEFAULT_ROUTING else []))
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields; routing only where it is not the default, so that a job's stored request
+        and a trial message read as they did before kernels routed tokens."""
+        d = asdict(self)
+        if self.routing == DEFAULT_ROUTING:
+            del d["routing"]
+        return d
 
     @classmethod
     def from_json(cls, d: Any) -> "Measurement":
@@ -85,6 +97,7 @@ class TrialRequest:
     rotate_buffers: int = 1
     cuda_graph: bool = False
     max_cv: float | None = None
+    routing: str = DEFAULT_ROUTING
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from db import models, store
 from db.session import session_scope
+from devices.classes import matches
 from harness.harness import Harness
 from harness.protocol import Measurement, TrialRequest, TrialResult
 from search import strategies
@@ -92,12 +93,35 @@ def enqueue(study: optuna.Study, configs: list[Config]) -> None:
 
 def seed_configs(ctx: SearchContext, first: list[Config] = ()) -> list[Config]:
     """What a new study measures first: `first` (a retune's old best and top-k) whatever the
-    strategy, then the strategy's own seeds (for auto: the default, the nearest stored shapes'
-    bests, the kernel's known-good configurations). Valid ones only, each once."""
+    strategy, then the strategy's own seeds (for auto: the default, then the warm start: imported
+    configurations of this key, the nearest stored shapes' bests, imported ones of the nearest
+    shapes; then the kernel's known-good configurations). Valid ones only, each once."""
     spec = registry.get(ctx.key.kernel)
     strategy = strategies.make(ctx.sampler, ctx.seed)
-    near = nearest_bests(ctx.db_url, ctx.key, ctx.device_class_id)
-    return valid_unique(spec, ctx.key, ctx.target, [*first, *strategy.seeds(spec, ctx.key, ctx.target, near)])
+    exact, near_imported = imported_seeds(ctx.db_url, ctx.key, ctx.device_class_id)
+    warm = [*exact, *nearest_bests(ctx.db_url, ctx.key, ctx.device_class_id), *near_imported]
+    return valid_unique(spec, ctx.key, ctx.target, [*first, *strategy.seeds(spec, ctx.key, ctx.target, warm)])
+
+
+def _log2_distance(want: dict[str, int], dims: dict) -> float:
+    """How far stored dims are from the key's, in doublings summed over the key's dims (a dim the
+    stored row does not name counts as 1)."""
+    return sum(abs(math.log2(want[n]) - math.log2(max(1, int(dims.get(n, 1))))) for n in want)
+
+
+def imported_seeds(db_url: str, key: TuningKey, device_class_id: int, k: int = 3) -> tuple[list[Config], list[Config]]:
+    """(configurations imported for this key, those of the k nearest other imported shapes) on the
+    class (or its family), same kernel and dtype. An imported row names only some of the key's dims
+    (vLLM's files: E, N, M): it matches when those are equal, and is near by log2 distance over them."""
+    want = key.dim_map
+    with session_scope(db_url) as s:
+        slug = s.get(models.DeviceClass, device_class_id).slug
+        rows = [(r.dims, r.config) for r in store.imported_configs(s, kernel=key.kernel, dtype=key.dtype)
+                if matches(r.device_selector, slug) and set(r.dims) <= set(want)]
+    exact = [c for dims, c in rows if all(want[n] == v for n, v in dims.items())]
+    others = sorted(((d, c) for d, c in rows if any(want[n] != v for n, v in d.items())),
+                    key=lambda r: _log2_distance({n: want[n] for n in r[0]}, r[0]))
+    return exact, [c for _, c in others[:k]]
 
 
 def valid_unique(spec: KernelSpec, key: TuningKey, target: Target, configs: list[Config]) -> list[Config]:
@@ -116,12 +140,7 @@ def nearest_bests(db_url: str, key: TuningKey, device_class_id: int, k: int = 3)
         rows = [(b.key, b.config) for b, _, _ in store.best_configs(
             s, kernel=key.kernel, kernel_version=key.version, dtype=key.dtype, device_class_id=device_class_id)
             if b.key_hash != key.stable_hash]
-    want = key.dim_map
-
-    def distance(dims: dict) -> float:
-        return sum(abs(math.log2(want[n]) - math.log2(max(1, int(dims.get(n, 1))))) for n in want)
-
-    ranked = sorted(reversed(rows), key=lambda r: distance(r[0]["dims"]))  # oldest first among equals
+    ranked = sorted(reversed(rows), key=lambda r: _log2_distance(key.dim_map, r[0]["dims"]))  # oldest first among equals
     return [config for _, config in ranked[:k]]
 
 

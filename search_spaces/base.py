@@ -270,6 +270,9 @@ class KernelSpec:
     # configuration entries the grid reads but the kernel does not take as an argument (the
     # runtime hands them to the grid callable only)
     grid_only: ClassVar[frozenset[str]] = frozenset()
+    # how a kernel that routes tokens (a mixture of experts) may draw the routing of its inputs, the
+    # default first; make_inputs takes `routing=` for the others. Empty: the kernel routes nothing.
+    routings: ClassVar[tuple[str, ...]] = ()
 
     # ---- identity -------------------------------------------------------------------
     @cached_property

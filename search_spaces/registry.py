@@ -86,12 +86,14 @@ class Registry(Generic[T]):
         return self._classes[name]
 
 
-KERNELS: Registry[KernelSpec] = Registry(
-    "kernel", KernelSpec, {"matmul": "search_spaces.matmul:Matmul", "softmax": "search_spaces.softmax:Softmax",
-                 "lora_shrink": "search_spaces.lora_shrink:LoraShrink",
-                 "lora_expand": "search_spaces.lora_expand:LoraExpand",
-                 "flash_attention": "search_spaces.flash_attention:FlashAttention"},
-    "tuner.kernels", "TUNER_KERNEL_MODULES")
+KERNELS: Registry[KernelSpec] = Registry("kernel", KernelSpec, {
+    "matmul": "search_spaces.matmul:Matmul",
+    "softmax": "search_spaces.softmax:Softmax",
+    "fused_moe": "search_spaces.fused_moe:FusedMoe",
+    "lora_shrink": "search_spaces.lora_shrink:LoraShrink",
+    "lora_expand": "search_spaces.lora_expand:LoraExpand",
+    "flash_attention": "search_spaces.flash_attention:FlashAttention",
+}, "tuner.kernels", "TUNER_KERNEL_MODULES")
 _instances: dict[str, KernelSpec] = {}
 
 

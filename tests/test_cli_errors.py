@@ -37,7 +37,7 @@ CASES = {
                            "Invalid value for '--trials'"),
     "unknown option": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--bogus"], "No such option: --bogus"),
     "unknown command": (["tunes", "matmul"], "No such command 'tunes'"),
-    "missing kernel": (["tune"], "Missing argument"),
+    "missing kernel": (["tune"], "give a kernel and --shape"),
     # tuner lookup, tuner misses, tuner retune --misses
     "lookup unknown kernel": (["lookup", "nosuchkernel", "--shape", "M=64"], "unknown kernel 'nosuchkernel'"),
     "lookup missing dim": (["lookup", "matmul", "--shape", "M=64,N=64"], "missing K"),

@@ -159,3 +159,19 @@ def test_llm_kernels_defaults_and_known_good_build_and_load(builder, arch, kerne
         assert b.mma, f"{config} builds without matrix instructions on {arch}"
         # spills: none on sm_90; the tutorial's own HIP attention seeds spill a little at HEAD_DIM 128
         assert b.spill_bytes <= (64 if target.is_hip else 16), (config, b)
+
+
+@pytest.mark.parametrize("arch", ["sm_90", "gfx942"])
+@pytest.mark.parametrize("m", [1, 4096])
+def test_fused_moe_default_and_the_seeds_auto_takes_build_clean(builder, arch, m):
+    """vLLM's default and the first eight of its shipped list (what `auto` seeds) for Mixtral-8x7B at
+    TP 1: each builds and loads within the limits on sm_90 and gfx942, with matrix instructions."""
+    from search.strategies.base import STARTUP_TRIALS
+
+    spec, target = registry.get("fused_moe"), target_for(arch)
+    dims = {"E": 8, "N": 14336, "K": 4096, "topk": 2, "M": m}
+    key = spec.make_key(dims, "bfloat16")
+    for config in [spec.default(key, target), *spec.known_good(key, target)[:STARTUP_TRIALS]]:
+        b = build(builder, "fused_moe", dims, "bfloat16", arch, config)
+        assert b.load_error(target, config["num_warps"]) is None, (config, b)
+        assert b.mma, f"{config} builds without matrix instructions on {arch}"

@@ -71,11 +71,16 @@ def test_upgrade_downgrade_upgrade(db_url):
 def test_every_revision_steps_up_and_down_keeping_rows(db_url):
     revisions = _revisions()
     upgrade(db_url, revisions[0])
-    with session_scope(db_url) as s:
-        dc_id, fp_id = _identity(s)
     # rows written as the first revision's columns (the models describe only the newest)
     now = utcnow()
     with make_engine(db_url).begin() as conn:
+        conn.execute(text("INSERT INTO device_classes (id, slug, vendor, arch, name, compute_units, memory_gb, "
+                          "created_at) VALUES (1, 'h100-sxm-80gb', 'nvidia', 'sm_90', 'NVIDIA H100 SXM', 132, 80, :now)"),
+                     {"now": now})
+        conn.execute(text("INSERT INTO stack_fingerprints (id, hash, driver, runtime, triton, torch, fields, created_at) "
+                          "VALUES (1, 'aaaaaaaaaaaaaaaa', '550.54', 'cuda-12.4', '3.6.0', '2.13.0', '{}', :now)"),
+                     {"now": now})
+        dc_id = fp_id = 1
         conn.execute(text("INSERT INTO jobs (id, kind, origin, kernel, kernel_version, state, sampler, "
                           "budget_trials, request, created_at) VALUES ('j', 'tune', 'local', 'matmul', 'v1', "
                           "'running', 'tpe', 4, '{}', :now)"), {"now": now})

@@ -37,6 +37,17 @@ GraphOpt = typer.Option(False, "--cuda-graph", help="Time replays of a captured 
                         "the host's launch cost (GPU only): for kernels of a few microseconds.")
 MaxCvOpt = typer.Option(None, "--max-cv", help="Measure a trial again, with twice the repetitions, when its "
                         "coefficient of variation exceeds this (e.g. 0.05).")
+# tune and submit: a kernel and its shapes, or a model's layers
+TuneShapeOpt = typer.Option([], "--shape", help="Key dims, e.g. M=4096,N=4096,K=4096 (repeatable; not with --model).")
+TuneDtypeOpt = typer.Option([], "--dtype", help="float16 | bfloat16 | float32 (repeatable; default float32, "
+                            "with --model the model's dtype).")
+ModelOpt = typer.Option(None, "--model", help="A model preset (`tuner models`) or a model TOML file: tune every "
+                        "layer it serves, MoE layers on fused_moe, dense ones on matmul.")
+TpOpt = typer.Option(None, "--tp", help="With --model: the tensor-parallel size (default 1).")
+BatchOpt = typer.Option(None, "--batch-sizes", help="With --model: tokens per batch, e.g. 1,16,256 "
+                        "(default vLLM's 1,2,4,...,4096).")
+RoutingOpt = typer.Option("uniform", "--routing", help="How a MoE kernel's tokens are routed while timed: "
+                          "uniform, or skewed (expert popularity 1/rank); a skewed job keeps a study of its own.")
 SamplerOpt = typer.Option(strategies.DEFAULT, "--sampler", help=f"The search strategy: {', '.join(strategies.BUILTIN)}, "
                           "or one registered with TUNER_STRATEGY_MODULES.")
 
@@ -84,46 +95,62 @@ def devices(as_json: bool = JsonOpt) -> None:
 
 
 @app.command()
-def tune(kernel: str = typer.Argument(..., help="A registered kernel (see `tuner kernels`)."),
-         shape: list[str] = ShapeOpt, dtype: list[str] = DtypeOpt,
+def tune(kernel: Optional[str] = typer.Argument(None, help="A registered kernel (see `tuner kernels`); with "
+                                                "--model, only the model's layers on it."),
+         shape: list[str] = TuneShapeOpt, dtype: list[str] = TuneDtypeOpt,
          trials: int = typer.Option(20, "--trials", help="Measured trials per key."),
          sampler: str = SamplerOpt, seed: Optional[int] = typer.Option(None, "--seed"),
          device: Optional[str] = typer.Option(None, "--device", help="cpu (Triton interpreter) | cuda | cuda:N"),
          rotate_buffers: int = RotateOpt, cuda_graph: bool = GraphOpt, max_cv: Optional[float] = MaxCvOpt,
-         as_json: bool = JsonOpt) -> None:
-    """Tune KERNEL here, in-process (no broker); re-running continues the same studies."""
+         routing: str = RoutingOpt, model: Optional[str] = ModelOpt, tp: Optional[int] = TpOpt,
+         batch_sizes: Optional[str] = BatchOpt, as_json: bool = JsonOpt) -> None:
+    """Tune KERNEL (or every layer of --model) here, in-process (no broker); re-running continues the same studies."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tuner.request import build_measurement, build_request
+    from tuner.request import build_measurement, build_requests
     from tuner.tune import prepare, tune_local
 
-    req = build_request(kernel, shape, dtype, trials, sampler, seed,
-                        build_measurement(rotate_buffers, cuda_graph, max_cv))
+    reqs = build_requests(kernel, shape, dtype, trials, sampler, seed,
+                          build_measurement(rotate_buffers, cuda_graph, max_cv, routing), model, tp, batch_sizes)
     if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UserError(f"unknown --device {device[:40]!r}; use cpu, cuda or cuda:N")
-    plan = prepare(req, settings_mod.get(), device)
+    plans = [prepare(req, settings_mod.get(), device) for req in reqs]
+    results = []
     with Progress(TextColumn("[bold]tuning {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, disable=as_json) as bar:
-        task = bar.add_task(f"{kernel} ({len(req.keys)} key(s))", total=trials * len(req.keys))
-        result = tune_local(plan, progress=lambda n: bar.advance(task, n),
-                            finalizing=None if as_json else lambda key: bar.console.print(
-                                f"re-measuring the fastest configurations of {key.label()} against the default "
-                                "(3 interleaved rounds)", highlight=False))
+        for plan in plans:
+            task = bar.add_task(f"{plan.req.kernel} ({len(plan.req.keys)} key(s))", total=trials * len(plan.req.keys))
+            results.append(tune_local(plan, progress=lambda n, task=task: bar.advance(task, n),
+                                      finalizing=None if as_json else lambda key: bar.console.print(
+                                          f"re-measuring the fastest configurations of {key.label()} against the "
+                                          "default (3 interleaved rounds)", highlight=False)))
+    docs = [_tune_doc(req, result) for req, result in zip(reqs, results)]
+    if as_json:  # one job's document; a list of them where --model made a job per kernel
+        return _print_json(docs[0] if model is None else docs)
+    for doc, result in zip(docs, results):
+        _show_tune(doc, result)
+
+
+def _tune_doc(req, result) -> dict:
     rows = [{"key": o.key.label(), "dims": o.key.dim_map, "dtype": o.key.dtype, "trials": o.trials,
              "config": o.config, "median_ms": o.median_ms, "default_ms": o.default_ms,
              "speedup": o.speedup, "search_s": round(o.search_s, 3), "finalize_s": round(o.finalize_s, 3)}
             for o in result.keys]
     timing = INTERPRETER_TIMING if result.interpreter else "gpu"
-    m = req.measurement
-    how = m.describe()
-    if as_json:
-        return _print_json({"job": result.job_id, "device_class": result.device_class,
-                            "fingerprint": result.fingerprint, "timing": timing, "measurement": m.to_json(),
-                            "startup_s": round(result.startup_s, 3), "keys": rows})
+    return {"job": result.job_id, "kernel": req.kernel, "device_class": result.device_class,
+            "fingerprint": result.fingerprint, "timing": timing, "measurement": req.measurement.to_json(),
+            "startup_s": round(result.startup_s, 3), "keys": rows}
+
+
+def _show_tune(doc: dict, result) -> None:
+    from harness.protocol import Measurement
+
+    rows, timing = doc["keys"], doc["timing"]
+    how = Measurement.from_json(doc["measurement"]).describe()
     search_s = sum(r["search_s"] for r in rows)
     rate = f" ({sum(r['trials'] for r in rows) / search_s * 60:.0f} trials/min)" if search_s > 0 else ""
     t = _table("key", "trials", "best config", "best ms", "default ms", "speedup",
-               title=f"job {result.job_id[:12]} on {result.device_class} (stack {result.fingerprint})",
+               title=f"job {result.job_id[:12]}: {doc['kernel']} on {result.device_class} (stack {result.fingerprint})",
                caption=f"timings: {timing}{'; ' + how if how else ''}; search {search_s:.1f} s{rate}, final "
                        f"re-measurement {sum(r['finalize_s'] for r in rows):.1f} s, harness start {result.startup_s:.1f} s")
     for r in rows:
@@ -182,36 +209,82 @@ def _class_stack(r: dict) -> str:
 def export(fmt: str = typer.Option("bundle", "--format", help=f"One of: {', '.join(formats.FORMATS)}."),
            output: str = typer.Option(..., "--output", "-o", help="File (or directory) to write."),
            kernel: Optional[str] = typer.Option(None, "--kernel"),
-           device_class: Optional[str] = typer.Option(None, "--device-class")) -> None:
-    """Export the current best configurations for deployments without database access."""
-    n = formats.export(settings_mod.get(), fmt, output, kernel, device_class)
+           device_class: Optional[str] = typer.Option(None, "--device-class"),
+           model: Optional[str] = typer.Option(None, "--model", help="Only the keys this model's layers run (any tp).")) -> None:
+    """Export the current best configurations: our bundle, or vLLM's and SGLang's MoE config files."""
+    n = formats.export(settings_mod.get(), fmt, output, kernel, device_class, model)
     err.print(f"wrote {n} configuration(s) to {output}")
 
 
+@app.command("import")
+def import_(source: str = typer.Argument(..., help="A vLLM config file, or a folder of them."),
+            fmt: str = typer.Option("vllm", "--format", help="vllm"),
+            device_class: Optional[str] = typer.Option(None, "--device-class", help="The class the files were "
+                                                       "tuned on (default: read from their device_name)."),
+            as_json: bool = JsonOpt) -> None:
+    """Store others' tuned configurations as seeds that `auto` tries first (never as measured bests)."""
+    result = formats.import_configs(settings_mod.get(), fmt, source, device_class)
+    if as_json:
+        return _print_json(result)
+    err.print(f"imported {result['imported']} configuration(s) from {result['files']} file(s)"
+              + (f"; parameters this kernel has not, dropped: {', '.join(result['dropped_parameters'])}"
+                 if result["dropped_parameters"] else ""), soft_wrap=True)
+    for s in result["skipped"]:
+        err.print(f"skipped {s['file']}: {s['why']}", markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command()
-def submit(kernel: str = typer.Argument(...), shape: list[str] = ShapeOpt, dtype: list[str] = DtypeOpt,
+def models(as_json: bool = JsonOpt) -> None:
+    """The model presets `--model` takes, and their layers."""
+    from tuner import presets
+
+    rows = [{"name": m.name, "source": m.source, "dtype": m.dtype,
+             "layers": [{"kind": la.kind, "name": la.name, **dict(la.dims),
+                         **({"split": la.split} if la.kind == "dense" else {})} for la in m.layers]}
+            for m in presets.all_models()]
+    if as_json:
+        return _print_json(rows)
+    t = Table("model", "dtype", "MoE layers: E,N,K,topk", "dense layers", "source")
+    for r in rows:
+        t.add_row(r["name"], r["dtype"],
+                  " ".join(f"{la['E']},{la['N']},{la['K']},{la['topk']}" for la in r["layers"] if la["kind"] == "moe") or "-",
+                  str(sum(la["kind"] == "dense" for la in r["layers"])), r["source"])
+    out.print(t)
+
+
+@app.command()
+def submit(kernel: Optional[str] = typer.Argument(None, help="A registered kernel; with --model, only the "
+                                                  "model's layers on it."),
+           shape: list[str] = TuneShapeOpt, dtype: list[str] = TuneDtypeOpt,
            device_class: str = typer.Option(..., "--device-class", help="h100 | mi300x | cpu | a slug"),
            trials: int = typer.Option(20, "--trials", help="Measured trials per key, across all workers."),
            sampler: str = SamplerOpt, seed: Optional[int] = typer.Option(None, "--seed"),
            parallel: int = typer.Option(2, "--parallel", help="Batches in flight per key (workers that cooperate)."),
            rotate_buffers: int = RotateOpt, cuda_graph: bool = GraphOpt, max_cv: Optional[float] = MaxCvOpt,
+           routing: str = RoutingOpt, model: Optional[str] = ModelOpt, tp: Optional[int] = TpOpt,
+           batch_sizes: Optional[str] = BatchOpt,
            wait_: bool = typer.Option(False, "--wait", help="Wait until the job ends and print its status."),
            timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to --wait at most."),
            as_json: bool = JsonOpt) -> None:
-    """Queue a tuning job for a device class; prints the job id. Needs the broker and database only."""
+    """Queue a tuning job (one per kernel of --model) for a device class; prints the job ids. Needs the broker and database only."""
     from tuner.coordinator import submit as do_submit
-    from tuner.request import build_measurement, build_request
+    from tuner.request import build_measurement, build_requests
 
-    req = build_request(kernel, shape, dtype, trials, sampler, seed,
-                        build_measurement(rotate_buffers, cuda_graph, max_cv))
-    job_id = do_submit(settings_mod.get(), req, device_class, parallel)
+    reqs = build_requests(kernel, shape, dtype, trials, sampler, seed,
+                          build_measurement(rotate_buffers, cuda_graph, max_cv, routing), model, tp, batch_sizes)
+    job_ids = [do_submit(settings_mod.get(), req, device_class, parallel) for req in reqs]
     if not wait_:
-        return _print_json({"job": job_id}) if as_json else print(job_id)
+        if as_json:
+            return _print_json({"job": job_ids[0]} if len(job_ids) == 1 else {"jobs": job_ids})
+        return print("\n".join(job_ids))
     from tuner.coordinator import wait
-    err.print(f"job {job_id} queued; waiting")
-    st = wait(settings_mod.get(), job_id, timeout)
-    _show_status(st, as_json)
-    if st["state"] not in ("done",):
+    states = []
+    for job_id in job_ids:
+        err.print(f"job {job_id} queued; waiting")
+        st = wait(settings_mod.get(), job_id, timeout)
+        _show_status(st, as_json)
+        states.append(st["state"])
+    if any(state != "done" for state in states):
         raise typer.Exit(1)
 
 

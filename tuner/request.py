@@ -1,10 +1,10 @@
 """Parse and validate a tuning request before anything is written anywhere."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from devices.classes import CPU_INTERPRETER, class_memory_bytes, matches
-from harness.protocol import MAX_ROTATE_BUFFERS, Measurement
+from harness.protocol import DEFAULT_ROUTING, MAX_ROTATE_BUFFERS, Measurement
 from search import strategies
 from search_spaces import registry
 from search_spaces.base import SpecError, TuningKey
@@ -39,15 +39,19 @@ def parse_shape(text: str) -> dict[str, str]:
     return dims
 
 
-def build_measurement(rotate_buffers: int = 1, cuda_graph: bool = False, max_cv: float | None = None) -> Measurement:
-    """The measurement options of `tuner tune` and `tuner submit`, checked with the flags' names."""
+def build_measurement(rotate_buffers: int = 1, cuda_graph: bool = False, max_cv: float | None = None,
+                      routing: str = DEFAULT_ROUTING) -> Measurement:
+    """The measurement options of `tuner tune` and `tuner submit`, checked with the flags' names
+    (whether the kernel routes tokens is checked with the kernel, in build_request)."""
     if not 1 <= rotate_buffers <= MAX_ROTATE_BUFFERS:
         raise UserError(f"--rotate-buffers {rotate_buffers} is out of range: give 1 (no rotation) "
                         f"to {MAX_ROTATE_BUFFERS} input sets")
     if max_cv is not None and not 0 < max_cv < float("inf"):
         raise UserError(f"--max-cv {max_cv:g} is impossible: give a coefficient of variation above 0, "
                         "e.g. 0.05 to re-measure trials that vary by more than 5%")
-    return Measurement(rotate_buffers, cuda_graph, max_cv)
+    if not routing.isidentifier():
+        raise UserError(f"--routing {routing[:40]!r} is not a routing name; use uniform or skewed")
+    return Measurement(rotate_buffers, cuda_graph, max_cv, routing)
 
 
 def refuse_unfit(req: TuneRequest, selector: str, where: str, host_memory: int | None = None) -> None:
@@ -88,6 +92,9 @@ def build_request(kernel: str, shapes: list[str], dtypes: list[str], trials: int
         raise UserError(f"--trials {trials} is impossible: a search needs at least 1 trial")
     if sampler not in strategies.names():
         raise UserError(f"unknown sampler {sampler[:40]!r}; use one of {', '.join(strategies.names())}")
+    if measurement.routing != DEFAULT_ROUTING and measurement.routing not in spec.routings:
+        raise UserError(f"--routing {measurement.routing[:40]!r} does not apply to {kernel}: "
+                        + (f"use one of {', '.join(spec.routings)}" if spec.routings else "it routes no tokens; drop --routing"))
     keys = []
     for shape in shapes:
         dims = parse_shape(shape)
@@ -98,3 +105,37 @@ def build_request(kernel: str, shapes: list[str], dtypes: list[str], trials: int
                 raise UserError(str(exc)) from None
     unique = tuple(dict.fromkeys(keys))
     return TuneRequest(kernel, unique, trials, sampler, seed, measurement)
+
+
+def build_requests(kernel: str | None, shapes: list[str], dtypes: list[str], trials: int,
+                   sampler: str = strategies.DEFAULT, seed: int | None = None,
+                   measurement: Measurement = Measurement(), model: str | None = None, tp: int | None = None,
+                   batch_sizes: str | None = None) -> list[TuneRequest]:
+    """`tuner tune` and `tuner submit`: one request for KERNEL and its --shape list, or with --model
+    one request per kernel the model's layers run on (KERNEL's only, where one is named), keyed by
+    every layer at --tp and every batch size, in the model's dtype unless --dtype says."""
+    from tuner import presets
+
+    if model is None:
+        if kernel is None:
+            raise UserError("give a kernel and --shape (`tuner kernels` lists kernels), or --model "
+                            "(`tuner models` lists models)")
+        if tp is not None or batch_sizes is not None:
+            raise UserError("--tp and --batch-sizes go with --model; give --model or drop them")
+        return [build_request(kernel, shapes, dtypes, trials, sampler, seed, measurement)]
+    if shapes:
+        raise UserError("--model expands to the model's own shapes; drop --shape")
+    m = presets.load(model)
+    keys = m.keys(1 if tp is None else tp, presets.parse_batch_sizes(batch_sizes))
+    if kernel is not None:
+        if kernel not in keys:
+            raise UserError(f"{m.name} has no layer on {kernel[:40]}; its kernels: {', '.join(keys)}")
+        keys = {kernel: keys[kernel]}
+    out = []
+    for name, dims_list in keys.items():
+        spec = registry.get(name)
+        # a routing is the MoE layers' measurement: the dense projections are timed as always
+        how = measurement if spec.routings else replace(measurement, routing=DEFAULT_ROUTING)
+        out.append(build_request(name, [",".join(f"{k}={v}" for k, v in dims.items()) for dims in dims_list],
+                                 dtypes or [m.dtype], trials, sampler, seed, how))
+    return out

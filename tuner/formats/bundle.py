@@ -6,7 +6,7 @@ service's clock), since the runtime imports it inside a model server.
     {"format": "tuner-bundle", "version": 1, "created_at": ISO-8601,
      "entries": [{"kernel", "kernel_version", "key_hash", "key": {"kernel", "version", "dims", "dtype"},
                   "dtype", "device_class", "fingerprint", "stack": {"driver", "runtime", "triton", "torch"},
-                  "config", "median_ms", "speedup", "tuned_at"}, ...]}
+                  "config", "median_ms", "speedup", "tuned_at", "device_names"}, ...]}
 
 The file is written to a temporary name beside it and renamed, so a reader never sees half of it,
 and it is readable by everyone (0644): a runtime often runs as another user than the exporter.
@@ -26,12 +26,13 @@ DESCRIPTION = "one JSON file for TUNER_CONFIG_BUNDLE (the runtime's source witho
 WRITES = "file"
 
 
-def entry(best: Any, device_class: str, fingerprint: Any) -> dict[str, Any]:
-    """The bundle entry of a best row (db.models.BestConfig), its class slug and fingerprint row."""
+def entry(best: Any, device_class: str, fingerprint: Any, device_names: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The bundle entry of a best row (db.models.BestConfig), its class slug and fingerprint row, and
+    the names torch reports for the class's devices (what vLLM's and SGLang's files are named by)."""
     return {"kernel": best.kernel, "kernel_version": best.kernel_version, "key_hash": best.key_hash,
             "key": best.key, "dtype": best.dtype, "device_class": device_class, "fingerprint": fingerprint.hash,
             "stack": fingerprint.fields, "config": best.config, "median_ms": best.median_ms,
-            "speedup": best.speedup, "tuned_at": best.created_at.isoformat()}
+            "speedup": best.speedup, "tuned_at": best.created_at.isoformat(), "device_names": list(device_names)}
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:

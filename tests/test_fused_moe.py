@@ -1,0 +1,138 @@
+"""The fused MoE kernel: its output against the per-expert PyTorch reference on the interpreter,
+the alignment, the routings, vLLM's default and grid, and the spaces for sm_90 and gfx942."""
+import pytest
+import torch
+
+from harness.protocol import Measurement, TrialRequest
+from search_spaces import fused_moe_vllm, registry
+from search_spaces.base import SpecError, target_for
+from search_spaces.fused_moe import align, route
+
+SPEC = registry.get("fused_moe")
+INTERP = target_for("interpreter")
+
+
+def key(dtype="float32", **dims):
+    return SPEC.make_key({"E": 4, "N": 32, "K": 64, "topk": 2, "M": 8, **dims}, dtype)
+
+
+def test_align_sorts_pairs_by_expert_and_pads_each_run_to_the_block():
+    ids = torch.tensor([[0, 2], [2, 3], [0, 3], [3, 2], [2, 0]], dtype=torch.int32)
+    al = align(ids, experts=4, block=4)
+    pairs = ids.numel()
+    total = int(al.total)
+    assert total == 4 * 3  # experts 0, 2, 3 each have 3 pairs: one block each; expert 1 none
+    flat = ids.flatten()
+    for b in range(total // 4):
+        rows = al.sorted_ids[b * 4:(b + 1) * 4]
+        real = rows[rows < pairs]
+        assert (flat[real.long()] == al.expert_ids[b]).all()
+    assert sorted(al.sorted_ids[al.sorted_ids < pairs].tolist()) == list(range(pairs))
+    assert (al.sorted_ids[total:] == pairs).all()  # the worst-case tail holds padding only
+
+
+def test_routing_is_k_distinct_experts_a_token_and_skewed_is_uneven():
+    gen = torch.Generator().manual_seed(0)
+    for routing in ("uniform", "skewed"):
+        ids, weights = route(512, 8, 2, routing, gen)
+        assert ids.shape == (512, 2) and (ids[:, 0] != ids[:, 1]).all()
+        assert torch.allclose(weights.sum(1), torch.ones(512))
+    uniform = torch.bincount(route(4096, 8, 2, "uniform", gen)[0].flatten(), minlength=8)
+    skewed = torch.bincount(route(4096, 8, 2, "skewed", gen)[0].flatten(), minlength=8)
+    assert uniform.max() < 1.2 * uniform.min()
+    assert skewed.max() > 3 * skewed.min()
+    with pytest.raises(SpecError, match="unknown routing"):
+        route(4, 8, 2, "zipf", gen)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("routing", ["uniform", "skewed"])
+@pytest.mark.parametrize("dims, config", [
+    ({"M": 3}, {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 1}),  # batch < block
+    ({"M": 24}, {"BLOCK_SIZE_M": 32, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 8}),
+    ({"M": 16, "K": 48, "N": 24}, {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 1}),
+])
+def test_output_matches_the_per_expert_reference(dtype, routing, dims, config):
+    k = key(dtype, **dims)
+    config = {**config, "num_warps": 4, "num_stages": 2}
+    assert SPEC.check(config, k, INTERP) is None
+    inputs = SPEC.make_inputs(k, "cpu", seed=3, routing=routing)
+    out, ref = SPEC.launch(config, inputs), SPEC.reference(inputs)
+    atol, rtol = SPEC.tolerances[dtype]
+    assert out.shape == ref.shape == (k.dim_map["M"], k.dim_map["K"])
+    assert torch.allclose(out.float(), ref.float(), atol=atol, rtol=rtol), (out.float() - ref.float()).abs().max()
+    # the reference is not trivially small: a kernel that skipped the second GEMM would fail
+    assert ref.float().abs().mean() > 0.05
+
+
+def test_key_needs_topk_within_the_experts():
+    with pytest.raises(SpecError, match="topk=9 is more than the E=8"):
+        SPEC.make_key({"E": 8, "N": 64, "K": 64, "topk": 9, "M": 1}, "float32")
+
+
+def test_default_is_vllms_heuristic():
+    """get_default_config for unquantized weights, with Triton's default warps and stages."""
+    small = SPEC.make_key({"E": 8, "N": 14336, "K": 4096, "topk": 2, "M": 8}, "bfloat16")
+    large = SPEC.make_key({"E": 8, "N": 14336, "K": 4096, "topk": 2, "M": 64}, "bfloat16")
+    h100, mi300x = target_for("sm_90"), target_for("gfx942")
+    assert SPEC.default(small, h100) == {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 64,
+                                         "GROUP_SIZE_M": 1, "num_warps": 4, "num_stages": 3}
+    assert SPEC.default(large, h100) == {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 32,
+                                         "GROUP_SIZE_M": 8, "num_warps": 4, "num_stages": 3}
+    assert SPEC.default(small, mi300x) == {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 64,
+                                           "GROUP_SIZE_M": 1, "num_warps": 4, "num_stages": 2, "waves_per_eu": 0,
+                                           "matrix_instr_nonkdim": 16, "kpack": 1}
+
+
+def test_spaces_hold_vllms_grids_and_amd_pipelines_in_two_stages():
+    big = SPEC.make_key({"E": 8, "N": 14336, "K": 4096, "topk": 2, "M": 4096}, "bfloat16")
+    h100, mi300x = target_for("sm_90"), target_for("gfx942")
+    cuda_grid = fused_moe_vllm.grid_configs(amd=False)
+    assert len(cuda_grid) == 1920
+    assert all(SPEC.check_space(c, h100) is None for c in cuda_grid)
+    assert all(SPEC.check_space(c, mi300x) is None for c in fused_moe_vllm.grid_configs(amd=True))
+    assert SPEC.space(mi300x)["num_stages"] == (2,)
+    assert {"waves_per_eu", "matrix_instr_nonkdim", "kpack"} <= set(SPEC.space(mi300x))
+    # shared memory: 5 stages of 256x256 bf16 tiles cannot fit an H100's 227 KiB
+    huge = {"BLOCK_SIZE_M": 256, "BLOCK_SIZE_N": 256, "BLOCK_SIZE_K": 256, "GROUP_SIZE_M": 1, "num_warps": 8,
+            "num_stages": 5}
+    assert "shared memory" in SPEC.check(huge, big, h100)
+
+
+def test_known_good_lists_are_vllms_shipped_configs_nearest_batch_first():
+    mixtral = SPEC.make_key({"E": 8, "N": 14336, "K": 4096, "topk": 2, "M": 1}, "bfloat16")
+    h100, mi300x = target_for("sm_90"), target_for("gfx942")
+    good = SPEC.known_good(mixtral, h100)
+    # the shipped E=8,N=14336 H100 file's entry for M=1, first
+    assert good[0] == {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 256, "GROUP_SIZE_M": 16,
+                       "num_warps": 8, "num_stages": 5}
+    assert all(SPEC.check(c, mixtral, h100) is None for c in good)
+    amd = SPEC.known_good(mixtral, mi300x)
+    assert amd and all(SPEC.check(c, mixtral, mi300x) is None and c["num_stages"] == 2 for c in amd)
+    tiny = key(M=1)
+    assert all(SPEC.check(c, tiny, INTERP) is None for c in SPEC.known_good(tiny, INTERP))
+
+
+def test_routing_is_part_of_the_measurement_and_of_the_study():
+    skewed = Measurement(routing="skewed")
+    assert skewed.tag == "+skewed" and Measurement().tag == ""
+    assert Measurement().to_json() == {"rotate_buffers": 1, "cuda_graph": False, "max_cv": None}
+    assert Measurement.from_json(skewed.to_json()) == skewed
+    req = TrialRequest.from_json({"kernel": "fused_moe", "key": {}, "config": {}, "device": "cpu", "arch": "x",
+                                  **skewed.to_json()})
+    assert req.routing == "skewed"
+    with pytest.raises(ValueError):
+        Measurement(routing="no such routing")
+
+
+@pytest.mark.slow
+def test_a_trial_in_the_harness_runs_each_routing(tmp_path):
+    from harness.harness import Harness
+
+    k = key(M=4)
+    config = SPEC.default(k, INTERP)
+    with Harness() as h:
+        results = [h.run(TrialRequest(kernel="fused_moe", key=k.to_json(), config=config, device="cpu",
+                                      arch="interpreter", warmup=0, reps=1, **Measurement(routing=r).to_json()))
+                   for r in ("uniform", "skewed")]
+    assert [r.status for r in results] == ["ok", "ok"], [r.message for r in results]

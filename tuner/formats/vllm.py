@@ -1,0 +1,140 @@
+"""vLLM's tuned fused-MoE config files: written by `tuner export --format vllm -o DIR` (what
+`VLLM_TUNED_CONFIG_FOLDER=DIR vllm serve ...` loads as it is) and read by `tuner import --format vllm`.
+
+vLLM's names and contents (vllm/model_executor/layers/fused_moe/fused_moe.py, get_config_file_name
+and get_moe_configs; benchmarks/kernels/benchmark_moe.py writes them):
+
+    E={E},N={N},device_name={torch.cuda.get_device_name(), spaces as _}[,dtype={dtype}][,block_shape=[n,k]].json
+    {"1": {"BLOCK_SIZE_M": 16, ..., "num_stages": 4}, "2": {...}, ...}
+
+N is the intermediate size per expert after tensor parallelism (w2's last dimension); a device of
+the H200 family is named NVIDIA_H200 whatever it reports; dtype is absent for bf16 and fp16 (one
+file serves both), "float32" for fp32, and a quantization scheme (fp8_w8a8, int8_w8a16, ...) for
+quantized weights, which this kernel does not run. At run time vLLM reads the file for its layer and
+takes the entry whose M is nearest the batch. A top-level "triton_version" (newer tuning scripts
+write one) is metadata.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from tuner.formats.bundle import write_atomic
+
+DESCRIPTION = "vLLM's fused-MoE config files, one per (E, N, device, dtype), for VLLM_TUNED_CONFIG_FOLDER"
+WRITES = "directory"
+KERNEL = "fused_moe"
+# vLLM's key order (benchmark_moe.py sort_config): the ROCm knobs only where the config has them
+PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages",
+          "waves_per_eu", "matrix_instr_nonkdim", "kpack")
+_NAME = re.compile(r"E=(?P<E>[0-9]+),N=(?P<N>[0-9]+),device_name=(?P<device>[^,]+)"
+                   r"(?:,dtype=(?P<dtype>[^,]+))?(?:,block_shape=\[(?P<bn>[0-9]+), ?(?P<bk>[0-9]+)\])?"
+                   r"(?P<rest>,[^/]*)?\.json")
+
+
+def dtype_selector(dtype: str) -> str | None:
+    """What a file name says for one of our dtypes (vLLM's _get_config_dtype_str for unquantized
+    weights): nothing for bf16 and fp16, "float32" for fp32."""
+    return "float32" if dtype == "float32" else None
+
+
+def device_file_name(name: str) -> str:
+    """A device name as vLLM's file names write it."""
+    name = name.replace(" ", "_")
+    return "NVIDIA_H200" if "H200" in name.split("_") else name
+
+
+def file_name(e: int, n: int, device: str, dtype: str | None = None) -> str:
+    """vLLM's file name; `device` as torch reports it."""
+    return f"E={e},N={n},device_name={device_file_name(device)}" + (f",dtype={dtype}" if dtype else "") + ".json"
+
+
+def vllm_config(config: dict[str, Any]) -> dict[str, Any]:
+    return {p: config[p] for p in PARAMS if p in config}
+
+
+def files(entries: list[dict[str, Any]], name: Callable[[dict[str, Any], str], str]) -> dict[str, dict[int, dict]]:
+    """path relative to the output -> {M: config} for the fused_moe entries, each written under every
+    device name its class has (`name(entry, device_name)`). Where two entries land on one file and M
+    (bf16 and fp16, or two models with the same E and N), the one tuned last wins."""
+    out: dict[str, dict[int, dict]] = {}
+    for e in sorted((e for e in entries if e["kernel"] == KERNEL), key=lambda e: e["tuned_at"]):
+        for device in e.get("device_names", ()):
+            out.setdefault(name(e, device), {})[int(e["key"]["dims"]["M"])] = vllm_config(e["config"])
+    return out
+
+
+def write_files(tables: dict[str, dict[int, dict]], output: Path) -> int:
+    for rel, table in sorted(tables.items()):
+        path = Path(output) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {str(m): table[m] for m in sorted(table)}
+        write_atomic(path, json.dumps(doc, indent=4) + "\n")
+    return sum(len(t) for t in tables.values())
+
+
+def write(entries: list[dict[str, Any]], output: Path) -> int:
+    def name(e: dict[str, Any], device: str) -> str:
+        d = e["key"]["dims"]
+        return file_name(d["E"], d["N"], device, dtype_selector(e["dtype"]))
+
+    return write_files(files(entries, name), output)
+
+
+# ---- reading: `tuner import --format vllm` ---------------------------------------------------
+class Malformed(ValueError):
+    """A file whose name says it is a vLLM config but whose content is not one."""
+
+
+def _dtypes(selector: str | None) -> list[str] | None:
+    """Our dtypes a file's dtype selector serves, or None for a scheme this kernel does not run."""
+    if selector is None:
+        return ["bfloat16", "float16"]
+    return ["float32"] if selector == "float32" else None
+
+
+def read_file(path: Path, params: set[str]) -> tuple[dict[str, Any] | None, str | None]:
+    """(what the file holds, None) or (None, why it is skipped). `params`: the kernel's parameter
+    names; others are dropped (listed in "dropped"). Raises Malformed for content that is not a
+    vLLM config table."""
+    m = _NAME.fullmatch(path.name)
+    if m is None:
+        return None, "not a fused-MoE config name (E=..,N=..,device_name=...json)"
+    if m["rest"]:
+        return None, f"{m['rest'].lstrip(',')[:40]}: not a selector this kernel has"
+    if m["bn"]:
+        return None, f"block_shape=[{m['bn']},{m['bk']}]: block-quantized weights, which this kernel does not run"
+    dtypes = _dtypes(m["dtype"])
+    if dtypes is None:
+        return None, f"dtype={m['dtype'][:30]}: quantized weights, which this kernel does not run"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Malformed(f"{path.name[:80]} is not readable JSON ({str(exc)[:60]})") from None
+    if not isinstance(doc, dict):
+        raise Malformed(f"{path.name[:80]} holds no table of batch sizes")
+    table, dropped = {}, set()
+    for key, config in doc.items():
+        if key == "triton_version":
+            continue
+        if not key.isdigit() or not isinstance(config, dict):
+            raise Malformed(f"{path.name[:80]}: entry {key[:20]!r} is not a batch size with a configuration")
+        if any(type(v) is not int for v in config.values()) or not {"BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"} <= set(config):
+            raise Malformed(f"{path.name[:80]}: entry {key} needs integer BLOCK_SIZE_M, _N, _K and integer options")
+        dropped |= set(config) - params
+        table[int(key)] = {k: v for k, v in config.items() if k in params}
+    return {"E": int(m["E"]), "N": int(m["N"]), "device": m["device"], "dtypes": dtypes, "table": table,
+            "dropped": sorted(dropped), "file": path.name}, None
+
+
+def device_selector(device: str, known: dict[str, tuple[str, ...]], aliases: dict[str, tuple[str, ...]]) -> str | None:
+    """The class (or family) a file's device name belongs to: the classes whose names write to
+    it, or their common family where several do (vLLM names every H200 NVIDIA_H200); None if none.
+    known: slug -> the names torch reports for it; aliases: family -> slugs."""
+    slugs = sorted(slug for slug, names in known.items() if any(device_file_name(n) == device for n in names))
+    if len(slugs) == 1:
+        return slugs[0]
+    families = [a for a, members in aliases.items() if slugs and set(slugs) <= set(members)]
+    return families[0] if families else None

@@ -1,0 +1,174 @@
+"""Model presets: the layers an LLM serves, as data (one TOML file per model in this folder), and
+the kernel keys a model expands to at a tensor-parallel size and the batch sizes a server runs.
+
+    name = "mixtral-8x7b"             # what --model takes
+    source = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+    dtype = "bfloat16"                # what it is served in: the keys' dtype unless --dtype says
+    [[moe]]                           # fused_moe layers: E experts of intermediate size N (before
+    name = "experts"                  #   tensor parallelism), hidden size K, top-k routing
+    E = 8; N = 14336; K = 4096; topk = 2
+    [[dense]]                         # matmul layers, y = x W with W of K rows and N columns; `split`
+    name = "qkv_proj"                 #   names the dimension tensor parallelism divides ("N", "K"
+    N = 6144; K = 4096; split = "N"   #   or "none"), `divides` counts it must divide as well (heads)
+    divides = [32, 8]
+
+A user adds a model with a file of their own (`--model path/to/model.toml`). Keys and tables this
+loader does not know (a layer's `layers` count, LoRA targets) are kept in `Model.raw` for whoever
+reads them. vLLM shards a MoE layer's intermediate size across tensor-parallel ranks (its config
+files are named by N / tp); expert parallelism is not modelled.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search_spaces.base import DTYPES
+from search_spaces.fused_moe_vllm import BATCH_SIZES
+from tuner.errors import UserError
+
+HERE = Path(__file__).resolve().parent
+SPLITS = ("N", "K", "none")
+
+
+@dataclass(frozen=True)
+class Layer:
+    kind: str  # moe | dense
+    name: str
+    dims: tuple[tuple[str, int], ...]  # moe: E, N, K, topk; dense: N, K
+    split: str = "N"  # the dimension tensor parallelism divides
+    divides: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    source: str
+    dtype: str
+    layers: tuple[Layer, ...]
+    path: str
+    raw: Any  # the whole document, for fields read elsewhere
+
+    def keys(self, tp: int, batch_sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, list[dict[str, int]]]:
+        """kernel -> the key dims (without dtype) of every layer at tensor-parallel size tp and every
+        batch size; UserError when tp does not divide a dimension it must."""
+        if tp < 1:
+            raise UserError(f"--tp {tp} is impossible: give the tensor-parallel size, 1 or more")
+        out: dict[str, list[dict[str, int]]] = {}
+        for layer in self.layers:
+            d = dict(layer.dims)
+            split = "N" if layer.kind == "moe" else layer.split
+            for need in ((d[split],) if split != "none" else ()) + layer.divides:
+                if need % tp:
+                    raise UserError(f"--tp {tp} does not divide {need}, a dimension of {self.name}'s {layer.name} "
+                                    f"that tensor parallelism splits; use a tp that divides it: {_divisors(need)}")
+            if split != "none":
+                d[split] //= tp
+            kernel = "fused_moe" if layer.kind == "moe" else "matmul"
+            for m in batch_sizes:
+                dims = {**d, "M": m}
+                if dims not in out.setdefault(kernel, []):
+                    out[kernel].append(dims)
+        return out
+
+    def serves(self, kernel: str, dims: dict[str, int]) -> bool:
+        """Whether some tensor-parallel size and batch size make dims one of the model's keys."""
+        for layer in self.layers:
+            d = dict(layer.dims)
+            if kernel != ("fused_moe" if layer.kind == "moe" else "matmul"):
+                continue
+            split = "N" if layer.kind == "moe" else layer.split
+            fixed = all(dims.get(k) == v for k, v in d.items() if k != split)
+            if fixed and (split == "none" or (dims.get(split) and d[split] % dims[split] == 0)):
+                return True
+        return False
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(t) for t in (1, 2, 4, 8) if n % t == 0)
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if type(value) is not int or value < 1:
+        raise UserError(f"{where} must be a positive integer, got {str(value)[:40]!r}")
+    return value
+
+
+def parse(doc: Any, path: str) -> Model:
+    """A model from a preset document; UserError (one line) says what is missing or wrong."""
+    where = Path(path).name
+    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or not doc["name"]:
+        raise UserError(f"model file {where} needs name = \"...\"")
+    dtype = doc.get("dtype", "bfloat16")
+    if dtype not in DTYPES:
+        raise UserError(f"{where}: dtype {str(dtype)[:20]!r} is not one of {', '.join(DTYPES)}")
+    layers = []
+    for kind, names in (("moe", ("E", "N", "K", "topk")), ("dense", ("N", "K"))):
+        entries = doc.get(kind, [])
+        if not isinstance(entries, list):
+            raise UserError(f"{where}: [[{kind}]] must be a list of tables")
+        for i, entry in enumerate(entries):
+            at = f"{where} [[{kind}]] #{i + 1}"
+            if not isinstance(entry, dict):
+                raise UserError(f"{at} must be a table")
+            dims = tuple((n, _positive_int(entry.get(n), f"{at} {n}")) for n in names)
+            split = entry.get("split", "N")
+            if kind == "dense" and split not in SPLITS:
+                raise UserError(f"{at}: split must be one of {', '.join(SPLITS)}, got {str(split)[:20]!r}")
+            divides = entry.get("divides", [])
+            if not isinstance(divides, list):
+                raise UserError(f"{at}: divides must be a list of integers")
+            if kind == "moe" and dict(dims)["topk"] > dict(dims)["E"]:
+                raise UserError(f"{at}: topk is more than E")
+            layers.append(Layer(kind, str(entry.get("name", f"{kind}{i + 1}")), dims, split,
+                                tuple(_positive_int(v, f"{at} divides") for v in divides)))
+    if not layers:
+        raise UserError(f"model file {where} has no [[moe]] or [[dense]] layer")
+    return Model(doc["name"], str(doc.get("source", "")), dtype, tuple(layers), str(path), doc)
+
+
+def _read(path: Path) -> Model:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read model file {str(path)[:80]}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"model file {str(path)[:80]} is not valid TOML: {exc}") from None
+    return parse(doc, str(path))
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in HERE.glob("*.toml"))
+
+
+def load(name_or_path: str) -> Model:
+    """A shipped preset by name, or a model file by path; UserError naming the presets otherwise."""
+    text = str(name_or_path).strip()
+    if text.endswith(".toml") or "/" in text:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise UserError(f"no model file {text[:80]}; give a path to a TOML file or one of: {', '.join(names())}")
+        return _read(path)
+    path = HERE / f"{text.lower()}.toml"
+    if not path.is_file():
+        raise UserError(f"unknown model {text[:80]!r}; `tuner models` lists them ({', '.join(names())}), "
+                        "or give a path to a model TOML file")
+    return _read(path)
+
+
+def all_models() -> list[Model]:
+    return [load(n) for n in names()]
+
+
+def parse_batch_sizes(text: str | None) -> tuple[int, ...]:
+    """'1,2,4' -> (1, 2, 4); None -> vLLM's batch sizes."""
+    if text is None:
+        return BATCH_SIZES
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise UserError(f"--batch-sizes {str(text)[:80]!r}: write positive integers separated by commas, e.g. 1,16,256")
+        out.append(int(part))
+    return tuple(dict.fromkeys(out))
