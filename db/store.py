@@ -14,8 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.clock import utcnow
-from db.models import (BestConfig, DeviceClass, ImportedConfig, Job, JobKey, Lock, RuntimeMiss, StackFingerprint,
-                       TuningTrial)
+from db.models import BestConfig, DeviceClass, ImportedConfig, Job, JobKey, Lock, RuntimeMiss, StackFingerprint, TuningTrial
 
 
 def _get_or_create(s: Session, model, unique: dict[str, Any], values: dict[str, Any]):

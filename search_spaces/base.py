@@ -138,18 +138,6 @@ def nearest(configs: Iterable[Config], want: Config) -> Config:
 NV_REGS_PER_BLOCK = 65536
 
 
-def mma_path(config: Config, target: Target) -> str:
-    """Which matrix instructions a GEMM-like tile builds to: Hopper's wgmma needs a warpgroup (4
-    warps) and a 64-row tile, anything else on NVIDIA is mma.sync, CDNA has MFMA. It decides how
-    many pipeline buffers a build keeps and which operands pass through registers (matmul.py keeps
-    its own copy, so that its version did not change)."""
-    if target.is_hip:
-        return "mfma"
-    if target.arch == "sm_90" and config["num_warps"] >= 4 and config["BLOCK_M"] >= 64:
-        return "wgmma"
-    return "mma"
-
-
 def config_hash(config: Config) -> str:
     return stable_hash(config, 12)
 

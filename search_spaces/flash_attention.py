@@ -32,9 +32,9 @@ from search_spaces.base import (
     Target,
     TuningKey,
     block_limit,
-    mma_path,
     require_launchable,
 )
+from search_spaces.gemm import mma_path
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 HEAD_DIMS = (16, 32, 64, 128, 256)  # tl.arange needs a power of two; the tutorial's set

@@ -44,7 +44,7 @@ from search_spaces.base import (
     nearest,
     require_launchable,
 )
-from search_spaces.matmul import _mma_path, _registers
+from search_spaces.gemm import amd_knob_refusal, mma_path, tile_refusal
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 ROUTINGS = ("uniform", "skewed")
@@ -214,19 +214,13 @@ class FusedMoe(KernelSpec):
         return self._check_resources(config, key, target)
 
     def _check_resources(self, config: Config, key: TuningKey, target: Target) -> str | None:
-        """The tile's shared memory (LDS), registers and AMD knobs by the matmul's model (the same
-        tl.dot pipeline builds; bench/results/constraints-fused_moe.md holds it against this
-        kernel's own builds), then the warps this kernel prunes."""
-        tile = {"BLOCK_M": config["BLOCK_SIZE_M"], "BLOCK_N": config["BLOCK_SIZE_N"], "BLOCK_K": config["BLOCK_SIZE_K"],
-                **{k: config[k] for k in ("num_warps", "waves_per_eu", "matrix_instr_nonkdim", "kpack") if k in config}}
-        bm, bn, bk, warps = tile["BLOCK_M"], tile["BLOCK_N"], tile["BLOCK_K"], tile["num_warps"]
-        path = _mma_path(tile, target)
-        # Hopper's wgmma keeps num_stages buffers of both tiles, mma.sync and gfx9 one fewer
-        buffers = config["num_stages"] if path == "wgmma" else max(1, config["num_stages"] - 1)
-        if (smem := buffers * (bm * bk + bk * bn) * DTYPE_BYTES[key.dtype]) > target.smem_bytes:
-            return (f"{'LDS' if target.is_hip else 'shared memory'}: {buffers} buffers of {bm}x{bk} and {bk}x{bn} "
-                    f"tiles take {smem // 1024} KiB > {target.smem_bytes // 1024} KiB on {target.arch}")
-        reason = _registers(tile, key, target, path)
+        """The tile's shared memory (LDS), registers and AMD knobs by the matmul's model
+        (search_spaces/gemm.py: the same tl.dot pipeline builds; bench/results/constraints-fused_moe.md
+        holds it against this kernel's own builds), then the warps this kernel prunes."""
+        bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
+        warps = config["num_warps"]
+        path = mma_path(config, target, block_m="BLOCK_SIZE_M")
+        reason = tile_refusal(bm, bn, bk, warps, config["num_stages"], config.get("waves_per_eu", 0), key, target, path)
         if reason or not target.is_hip:
             return reason
         # pruning, not a limit, on AMD only: a wavefront per 16x16 tile, up to 4 (Triton's default,
@@ -234,11 +228,7 @@ class FusedMoe(KernelSpec):
         # tile at M=1 (E=8,N=14336), where warps hide the latency of the gathered loads
         if bm * bn < warps * 256 and warps > 4:
             return f"warps vs tile: {warps} wavefronts for a {bm}x{bn} tile leave some without a 16x16 tile"
-        if config["matrix_instr_nonkdim"] == 32 and min(bm, bn) < 32:
-            return f"matrix_instr_nonkdim=32 needs both blocks >= 32 (got {bm}x{bn}): it would compute twice the tile"
-        if config["kpack"] == 2 and DTYPE_BYTES[key.dtype] != 2:
-            return "kpack=2 packs 16-bit MFMA operands; float32 takes kpack=1"
-        return None
+        return amd_knob_refusal(bm, bn, config["matrix_instr_nonkdim"], config["kpack"], key)
 
     def default(self, key: TuningKey, target: Target) -> Config:
         """vLLM's get_default_config for unquantized weights: small tiles while there are no more

@@ -34,8 +34,8 @@ from search_spaces.base import (
     Target,
     TuningKey,
     block_limit,
-    mma_path,
 )
+from search_spaces.gemm import mma_path
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Registers a thread needs: a x the fp32 accumulator + c x its share of the two operand tiles

@@ -24,20 +24,12 @@ from search_spaces.base import (
     config_hash,
     require_launchable,
 )
+from search_spaces.gemm import amd_knob_refusal, mma_path, tile_refusal
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 _BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
 _DIM_OF = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "K"}
-# Registers a thread needs: the fp32 accumulator, plus `operands` copies of the thread's share of
-# the A and B tiles where they pass through registers, plus `fixed` for addressing; refused
-# above `limit`. Fitted to Triton 3.6's sm_90 and gfx942 builds of the 4096^3 space
-# (bench/constraint_check.py; spilling = more than 16 bytes a thread): wgmma reads both operands
-# from shared memory, so the accumulator alone decides (at most 128 values of 255 registers);
-# mma.sync loads fragments (0.5 copies); gfx9 prefetches the next tiles into VGPRs and reads
-# fragments from LDS (3 copies), within 512 registers a lane or 512 / waves_per_eu when capped.
-_REGISTERS = {"wgmma": (0.0, 0, 128), "mma": (0.5, 32, 255), "mfma": (3.0, 24, 512)}
-_AMD_ACC_LIMIT = 256  # MFMA accumulators live in the 256 AGPRs
 
 # Triton tutorial (03-matrix-multiplication) starting points (tutorial_configs).
 _CUDA_GOOD = [  # BM, BN, BK, GROUP_M, stages, warps
@@ -102,35 +94,6 @@ def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ak, stride_bk,
 
 def _grid(config: Config, m: int, n: int) -> tuple[int]:
     return (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
-
-
-def _mma_path(config: Config, target: Target) -> str:
-    """Which matrix instructions a build uses: Hopper's wgmma needs a warpgroup (4 warps) and a
-    64-row tile; anything else on NVIDIA is mma.sync. Matches every sm_90 build of the
-    constraint check."""
-    if target.is_hip:
-        return "mfma"
-    if target.arch == "sm_90" and config["num_warps"] >= 4 and config["BLOCK_M"] >= 64:
-        return "wgmma"
-    return "mma"
-
-
-def _registers(config: Config, key: TuningKey, target: Target, path: str) -> str | None:
-    bm, bn, bk = (config[b] for b in _BLOCKS)
-    warps = config["num_warps"]
-    threads = warps * target.warp_size
-    acc = bm * bn / threads
-    operands = (bm * bk + bk * bn) * DTYPE_BYTES[key.dtype] / 4 / threads
-    copies, fixed, limit = _REGISTERS[path]
-    waves = config.get("waves_per_eu", 0)
-    if path == "mfma" and waves:
-        limit //= waves
-    need = acc + copies * operands + fixed
-    if need > limit or (path == "mfma" and acc > _AMD_ACC_LIMIT):
-        cap = f" (waves_per_eu={waves})" if path == "mfma" and waves else ""
-        return (f"registers: a {bm}x{bn}x{bk} tile over {warps} warps needs about {need:.0f} registers a "
-                f"thread ({acc:.0f} accumulator) > {limit}{cap}; it would spill")
-    return None
 
 
 def _shrunk(config: Config, space: dict[str, tuple], key: TuningKey) -> Config:
@@ -210,22 +173,8 @@ class Matmul(KernelSpec):
         if target.is_interpreter:
             return None  # no shared memory, registers or warps to run out of
 
-        # shared memory: the A and B tiles of every pipeline buffer. Hopper's wgmma pipeline keeps
-        # num_stages buffers; the mma.sync/cp.async one (fewer than 4 warps, BLOCK_M < 64, or
-        # pre-Hopper) and gfx9's synchronous one keep num_stages-1 (the next tile waits in
-        # flight or in registers), at least one. Matches every sm_90 and gfx942 build of
-        # bench/constraint_check.py that fits (sm_90 adds 1 KiB of static shared memory; no
-        # point of the space comes within 1 KiB of the limit).
-        elem = DTYPE_BYTES[key.dtype]
-        path = _mma_path(config, target)
-        buffers = stages if path == "wgmma" else max(1, stages - 1)
-        smem = buffers * (bm * bk + bk * bn) * elem
-        if smem > target.smem_bytes:
-            kind = "LDS" if target.is_hip else "shared memory"
-            return (f"{kind}: {buffers} x ({bm}x{bk} + {bk}x{bn}) x {elem} B = {smem // 1024} KiB > "
-                    f"{target.smem_bytes // 1024} KiB on {target.arch}")
-
-        reason = _registers(config, key, target, path)
+        path = mma_path(config, target)
+        reason = tile_refusal(bm, bn, bk, warps, stages, config.get("waves_per_eu", 0), key, target, path)
         if reason:
             return reason
         # every warp needs at least one 16x16 MMA tile; the fewest warps always may launch.
@@ -233,17 +182,7 @@ class Matmul(KernelSpec):
         if bm * bn < warps * 256 and warps > min(space["num_warps"]):
             return f"warps vs tile: {warps} warps for a {bm}x{bn} tile leave warps without a 16x16 tile"
         if target.is_hip:
-            return self._check_amd(config, key)
-        return None
-
-    def _check_amd(self, config: Config, key: TuningKey) -> str | None:
-        bm, bn = config["BLOCK_M"], config["BLOCK_N"]
-        # pruning: the 32x32 instruction on a 16-wide tile builds, but computes twice the tile
-        if config["matrix_instr_nonkdim"] == 32 and (bm < 32 or bn < 32):
-            return f"matrix_instr_nonkdim=32 needs BLOCK_M and BLOCK_N >= 32 (got {bm}x{bn})"
-        # a limit: the gfx942 backend fails on some float32 builds with kpack=2 (PassManager::run)
-        if config["kpack"] == 2 and DTYPE_BYTES[key.dtype] != 2:
-            return "kpack=2 packs 16-bit MFMA operands; float32 takes kpack=1"
+            return amd_knob_refusal(bm, bn, config["matrix_instr_nonkdim"], config["kpack"], key)
         return None
 
     def default(self, key: TuningKey, target: Target) -> Config:

@@ -60,15 +60,16 @@ def test_vllm_lora_export_is_found_by_vllms_lookup(tuned, tmp_path):
     home, results = tuned
     r = run_tuner(["export", "--format", "vllm-lora", "-o", str(tmp_path)], home)
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["CPU_INTERPRETER_EXPAND_TRUE.json",
-                                                           "CPU_INTERPRETER_SHRINK.json"]
+    # the interpreter has no torch device name: its files take the class's own name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Triton_CPU_interpreter_EXPAND_TRUE.json",
+                                                           "Triton_CPU_interpreter_SHRINK.json"]
     assert "wrote 3 configuration(s)" in r.stderr  # the two shrink keys and the expand key; not attention
     for kernel, (op, hidden) in OPS.items():
         for key in results[kernel]["keys"]:
             d = key["dims"]
             # vLLM passes max_loras = lora_ids.size(0), one more than its adapters: the nearest key serves it
             for max_loras in (d["LORAS"], d["LORAS"] + 1):
-                got = get_lora_op_configs(str(tmp_path), "CPU INTERPRETER", op, max_loras, d["M"], d[hidden],
+                got = get_lora_op_configs(str(tmp_path), "Triton CPU interpreter", op, max_loras, d["M"], d[hidden],
                                           d["RANK"], d["SLICES"], add_inputs=True if op == "expand" else None)
                 assert got == vllm_lora.vllm_config(key["config"]), (kernel, d)
                 launch_fields(op, got)
@@ -139,12 +140,13 @@ def test_files_are_named_by_the_torch_device_name_and_nested_as_vllm_reads_them(
 
 
 def test_gpu_names_are_torchs_with_vllms_replacements():
-    assert vllm_lora.gpu_name("a100-sxm-80gb") == "NVIDIA_A100_SXM4_80GB"
-    assert vllm_lora.gpu_name("h200-141gb") == "NVIDIA_H200"
-    assert vllm_lora.gpu_name("cpu-interpreter") == "CPU_INTERPRETER"
-    assert vllm_lora.gpu_name("nvidia-sm_89-128sm-24gb") == "NVIDIA_SM_89_128SM_24GB"  # no known product: the slug
-    from devices.classes import KNOWN_DEVICES
-    assert {dc.slug for dc in KNOWN_DEVICES if dc.vendor != "cpu"} == set(vllm_lora.TORCH_NAMES)
+    assert vllm_lora.gpu_name("NVIDIA A100-SXM4-80GB") == "NVIDIA_A100_SXM4_80GB"
+    reported = _entry("lora_shrink", "h100-sxm-80gb", {"M": 1}, SHRINK_CFG)
+    assert vllm_lora._gpu_names(reported) == ["NVIDIA_H100_80GB_HBM3"]  # the product's usual name
+    reported["device_names"] = ["NVIDIA H100 80GB HBM3", "NVIDIA H100"]  # what its workers reported
+    assert vllm_lora._gpu_names(reported) == ["NVIDIA_H100_80GB_HBM3", "NVIDIA_H100"]
+    unnamed = _entry("lora_shrink", "nvidia-sm_89-128sm-24gb", {"M": 1}, SHRINK_CFG)
+    assert vllm_lora._gpu_names(unnamed) == ["NVIDIA_SM_89_128SM_24GB"]  # no known product, no report: the slug
 
 
 @pytest.mark.slow

@@ -14,11 +14,11 @@ max_nreg (null), which vLLM's ops read too. vLLM takes the nearest key where a l
 exact one, except num_slices, which must be there.
 
 gpu_name is torch.cuda.get_device_name() with spaces and dashes made underscores, as vLLM builds
-it. Stored rows name a device class, not the torch name, so the name is that of the class's
-product (the names below are those torch reports, tests/data/device_props); a class of no known
-product, and the CPU interpreter (which vLLM never runs on), get their slug in capitals, e.g.
-CPU_INTERPRETER_SHRINK.json. vLLM's files have no dtype level: where one shape was tuned in
-several dtypes on one class, the newest tuning is written.
+it: a file per name the class's workers reported (an entry's `device_names`, from
+devices.classes.device_names: else the known product's usual name, else the class's own name, so
+the CPU interpreter, which vLLM never runs on, writes Triton_CPU_interpreter_SHRINK.json); a class
+with no name at all gets its slug in capitals. vLLM's files have no dtype level: where one shape
+was tuned in several dtypes on one class, the newest tuning is written.
 """
 from __future__ import annotations
 
@@ -36,20 +36,16 @@ OPS = {"lora_shrink": ("SHRINK", "K", "RANK"), "lora_expand": ("EXPAND_TRUE", "R
 # our parameter -> vLLM's field (lora_shrink_op.py and lora_expand_op.py read these)
 FIELDS = {"BLOCK_M": "block_m", "BLOCK_N": "block_n", "BLOCK_K": "block_k", "SPLIT_K": "split_k",
           "num_warps": "num_warps", "num_stages": "num_stages"}
-# torch.cuda.get_device_name() of each known device class (devices/classes.py)
-TORCH_NAMES = {
-    "h100-sxm-80gb": "NVIDIA H100 80GB HBM3", "h100-pcie-80gb": "NVIDIA H100 PCIe", "h100-nvl-94gb": "NVIDIA H100 NVL",
-    "h200-141gb": "NVIDIA H200", "h200-nvl-141gb": "NVIDIA H200 NVL",
-    "a100-sxm-40gb": "NVIDIA A100-SXM4-40GB", "a100-pcie-40gb": "NVIDIA A100-PCIE-40GB",
-    "a100-sxm-80gb": "NVIDIA A100-SXM4-80GB", "a100-pcie-80gb": "NVIDIA A100 80GB PCIe",
-    "mi300x-192gb": "AMD Instinct MI300X", "mi308x-192gb": "AMD Instinct MI308X", "mi325x-256gb": "AMD Instinct MI325X",
-}
+def gpu_name(device_name: str) -> str:
+    """The {gpu_name} of vLLM's LoRA file names for a device name as torch reports it."""
+    return device_name.replace(" ", "_").replace("-", "_")
 
 
-def gpu_name(device_class: str) -> str:
-    """The {gpu_name} of vLLM's file names for a device class slug."""
-    name = TORCH_NAMES.get(device_class, device_class.upper())
-    return name.replace(" ", "_").replace("-", "_")
+def _gpu_names(entry: dict[str, Any]) -> list[str]:
+    from devices.classes import device_names
+
+    names = device_names(entry["device_class"], entry.get("device_names") or ())
+    return [gpu_name(n) for n in names] or [entry["device_class"].upper().replace("-", "_")]
 
 
 def vllm_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -65,9 +61,10 @@ def files(entries: list[dict[str, Any]]) -> dict[str, dict]:
             continue
         op, k_dim, n_dim = OPS[e["kernel"]]
         d = e["key"]["dims"]
-        at = (f"{gpu_name(e['device_class'])}_{op}.json", d["LORAS"], d["SLICES"], d["M"], d[k_dim], d[n_dim])
-        if at not in newest or e["tuned_at"] > newest[at]["tuned_at"]:
-            newest[at] = e
+        for gpu in _gpu_names(e):
+            at = (f"{gpu}_{op}.json", d["LORAS"], d["SLICES"], d["M"], d[k_dim], d[n_dim])
+            if at not in newest or e["tuned_at"] > newest[at]["tuned_at"]:
+                newest[at] = e
     out: dict[str, dict] = {}
     for (name, *levels), e in sorted(newest.items(), key=lambda kv: kv[0]):
         node = out.setdefault(name, {})
