@@ -51,7 +51,7 @@ class DeviceClass(Base):
     memory_gb: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # what torch.cuda.get_device_name() reported on the class's workers, first seen first (names
-    # drift between drivers); vLLM and SGLang name their config files by it (revision 0005)
+    # drift between drivers); vLLM and SGLang name their config files by it (revision 0004)
     device_names: Mapped[list[str] | None] = mapped_column(JSON, default=None)
 
 

@@ -1,13 +1,13 @@
 """Device names as torch reports them, per device class (vLLM and SGLang name their config files
 by them), and configurations imported from others' tuning (vLLM's config files) as seeds.
 
-Revision ID: 0005
+Revision ID: 0004
 Revises: 0003
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
+revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
