@@ -196,18 +196,28 @@ def chaos(tmp_path, db_url: str, redis: OwnRedis, workers: list, rng: random.Ran
         bests = dict(c.execute(text("SELECT job_id, count(*) FROM best_configs WHERE job_id = ANY(:ids) "
                                     "GROUP BY job_id"), {"ids": all_jobs}).all())
     assert set(states.values()) == {"done"}, states
-    wait_for(lambda: all(k["running"] == 0 for j in all_jobs for k in key_audit(engine, j)), 120,
-             "no Optuna trial left RUNNING")
+    try:  # a dead worker's trials are failed once their heartbeat is 6 s old, by the next batch or the janitor
+        wait_for(lambda: all(k["running"] == 0 for j in all_jobs for k in key_audit(engine, j)), 120, "")
+    except AssertionError:
+        pass
+    broken = []  # every invariant is checked, and every breach reported
     for job in all_jobs:
         (key,) = key_audit(engine, job)
-        assert key["budget"] <= key["counted"] <= key["budget"] + IN_FLIGHT, key
-        assert key["duplicated"] == 0, key
-        assert key["current_bests"] == 1 and bests.get(job) == 1, (key, bests.get(job))
+        if not key["budget"] <= key["counted"] <= key["budget"] + IN_FLIGHT:
+            broken.append(f"job {job}: {key['counted']} trials counted for a budget of {key['budget']}")
+        if key["duplicated"]:
+            broken.append(f"job {job}: {key['duplicated']} configuration(s) measured twice")
+        if key["running"]:
+            broken.append(f"job {job}: {key['running']} Optuna trial(s) left RUNNING")
+        if key["current_bests"] != 1 or bests.get(job) != 1:
+            broken.append(f"job {job}: {key['current_bests']} current best(s), {bests.get(job)} written by the job")
     logs = "".join(w.text() for w in workers)
-    assert f"re-sent stalled key {lost_key} of job {lost}" in logs  # the janitor re-sent the lost batch
-    unexpected = [t for w in workers for t in tracebacks(w.text()) if not EXPECTED.search(t)]
-    assert not unexpected, unexpected
-    assert SECRET not in logs
+    if f"re-sent stalled key {lost_key} of job {lost}" not in logs:
+        broken.append("the janitor did not re-send the lost batch")
+    broken += [f"unexpected traceback: {t}" for w in workers for t in tracebacks(w.text()) if not EXPECTED.search(t)]
+    if SECRET in logs:
+        broken.append("the broker's password is in a worker log")
+    assert not broken, "\n".join(broken)
     engine.dispose()
 
 

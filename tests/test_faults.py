@@ -235,3 +235,78 @@ def test_a_forged_message_is_refused(fleet):
     with engine.connect() as c:
         assert c.execute(text("SELECT count(*) FROM tuning_trials WHERE job_id = :b"), {"b": other}).scalar() == 0
     assert run_cli(env, "cancel", other).returncode == 0
+
+
+STORED_NOT_TOLD = """
+import os, sys
+import optuna
+from db import store
+from db.session import session_scope
+from search.studies import storage
+url, name = sys.argv[1:]
+study = optuna.create_study(study_name=name, storage=storage(url, 1, 6))
+trial = study.ask()
+trial.suggest_categorical("P", [1, 2])
+with session_scope(url) as s:
+    dc, fp = store.store_identity(s, {"slug": "cpu-interpreter", "vendor": "cpu", "arch": "interpreter", "name": "cpu",
+                                      "compute_units": 1, "memory_gb": 1},
+                                  {"hash": "f" * 16, "driver": "none", "runtime": "none", "triton": "3.6.0", "torch": "2.13.0"})
+    assert store.claim_config(s, study_name=name, config_hash="c", trial_number=trial.number, job_key_id=None,
+                              worker_id=None)
+with session_scope(url) as s:
+    assert store.record_claimed_trial(s, kernel="trivial", key_hash="k" * 16, device_class_id=dc, fingerprint_id=fp,
+                                      study_name=name, optuna_number=trial.number, config={"P": 1}, config_hash="c",
+                                      status="ok", median_ms=0.5)
+os._exit(9)  # killed between storing the trial and telling Optuna
+"""
+
+
+def test_a_trial_stored_but_not_told_is_told_by_the_janitor(fleet):
+    """Item 1: storing a trial and telling Optuna are one step that anyone can finish: a process
+    killed between the two leaves a RUNNING trial with a stored result, which a live worker's janitor
+    tells Optuna (it used to stay RUNNING, disagreeing with tuning_trials, for ever)."""
+    import subprocess
+    import sys
+
+    from tests.cli_helpers import ROOT
+
+    fleet["workers"](1)
+    proc = subprocess.run([sys.executable, "-c", STORED_NOT_TOLD, fleet["db_url"], "stored-not-told"], cwd=ROOT,
+                          env=fleet["env"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+
+    def trial():
+        with fleet["engine"].connect() as c:
+            return c.execute(text("SELECT t.state, v.value FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                                  "LEFT JOIN trial_values v ON v.trial_id = t.trial_id "
+                                  "WHERE s.study_name = 'stored-not-told'")).one()
+
+    wait_for(lambda: trial()[0] == "COMPLETE", 60, "the stored result told")
+    assert trial()[1] == 0.5
+
+
+def test_a_rerun_never_leaves_a_worse_current_best(fleet):
+    """Item 4: a second `tuner tune` of a key whose leaders are all slower than the key's current
+    best keeps that best: it is re-measured in the same rounds as the new leaders and replaced only
+    when beaten beyond noise. The kernel is `slow` (a launch sleeps 1 + P*Q ms): the first tune
+    stores P=Q=1, the fastest; the second, a random draw in a study of its own (timed over 2 input
+    sets), measures only slower ones."""
+    env = dict(fleet["env"], TUNER_STRATEGY_MODULES="tests.strategies.in_order")
+    shape = ["slow", "--shape", "N=1", "--dtype", "float32", "--device", "cpu", "--json"]
+
+    def tune(*args):
+        proc = run_cli(env, "tune", *shape, *args)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["keys"][0]
+
+    fastest = {"P": 1, "Q": 1, "num_warps": 1}
+    assert tune("--sampler", "in_order", "--trials", "1")["config"] == fastest
+    again = tune("--sampler", "random", "--seed", "13", "--trials", "3", "--rotate-buffers", "2")
+    with fleet["engine"].connect() as c:
+        measured = c.execute(text("SELECT t.config FROM tuning_trials t JOIN job_keys k ON k.id = t.job_key_id "
+                                  "WHERE t.kernel = 'slow' AND k.key->'dims'->>'N' = '1' AND t.study_name LIKE '%+rot2' "
+                                  "AND t.status = 'ok'")).scalars().all()
+    assert measured and all(m["P"] * m["Q"] >= 2 for m in measured), measured  # each 50% slower or more
+    best = json.loads(run_cli(env, "best", "slow", "--shape", "N=1", "--dtype", "float32", "--json").stdout)
+    assert best[0]["config"] == fastest, (best, again)
+    assert again["kept_current_best"] and again["config"] == fastest
