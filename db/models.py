@@ -83,7 +83,6 @@ class Worker(Base):
     # the job key whose batch (or finalization) the worker runs now, rewritten with every heartbeat:
     # a key held by a live worker is never re-sent by the janitor, however slow its trial
     holding_key_id: Mapped[int | None]
-    holding_since: Mapped[datetime | None]
 
 
 class Job(Base):

@@ -232,7 +232,7 @@ def run_batch(ctx: SearchContext, harness: Harness, max_trials: int,
     """
     spec = registry.get(ctx.key.kernel)
     study = open_study(ctx)
-    studies.recover(study, ctx.db_url, ctx.grace_s)  # a dead worker's trials: told, or failed and retried
+    studies.recover_now(study, ctx.db_url, ctx.grace_s)  # a dead worker's trials: told, or failed and retried
 
     def invalid(number: int, config: Config, reason: str) -> None:
         store_trial(ctx, number, config, TrialResult.failed("invalid", reason, config), claimed=False)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 import warnings
 from datetime import datetime, timedelta
 
@@ -161,6 +162,19 @@ def recover(study: optuna.Study, db_url: str, grace_s: float) -> int:
             ended += 1
     optuna.storages.fail_stale_trials(study)
     return ended
+
+
+_recovered: dict[tuple[str, str], float] = {}
+
+
+def recover_now(study: optuna.Study, db_url: str, grace_s: float) -> int:
+    """`recover`, at most once per grace period per study in this process: a worker calls it at
+    every batch, and nothing it ends can be younger (the janitor sweeps every study besides)."""
+    key, now = (db_url, study.study_name), time.monotonic()
+    if now - _recovered.get(key, float("-inf")) < grace_s:
+        return 0
+    _recovered[key] = now
+    return recover(study, db_url, grace_s)
 
 
 def suspect_studies(db_url: str, grace_s: float) -> list[str]:

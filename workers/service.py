@@ -64,7 +64,7 @@ class WorkerService:
         self.cfg, self.dc, self.fp, self.send = cfg, dc, fp, send
         self.harness = Harness()
         self.holding: int | None = None  # the job key of the batch this worker runs now
-        self._holding_lock = threading.Lock()  # the heartbeat never writes a hold older than the row's
+        self._first: dict[int, list] = {}  # job key -> what its batches measure first
         self._stop = threading.Event()
         with session_scope(cfg.db_url) as s:
             self.dc_id, self.fp_id = store.store_identity(s, dc.to_json(), {**fp.to_json(), "hash": fp.hash})
@@ -75,7 +75,7 @@ class WorkerService:
             row.hostname, row.pid, row.device = socket.gethostname(), os.getpid(), cfg.device
             row.device_class_id, row.fingerprint_id = self.dc_id, self.fp_id
             row.started_at = row.heartbeat_at = utcnow()
-            row.stopped_at = row.holding_key_id = row.holding_since = None
+            row.stopped_at = row.holding_key_id = None
             s.flush()
             self.worker_id = row.id
         self._thread = threading.Thread(target=self._beat, name="tuner-heartbeat", daemon=True)
@@ -103,12 +103,10 @@ class WorkerService:
     def _beat(self) -> None:
         while not self._stop.wait(self.cfg.heartbeat_s):
             try:
-                # what the worker holds is written from memory every beat, so a release that a
-                # database blip lost is repaired at the next one
-                with self._holding_lock, session_scope(self.cfg.db_url) as s:
+                # what the worker holds is written from memory with every beat, by this thread only
+                with session_scope(self.cfg.db_url) as s:
                     s.execute(update(models.Worker).where(models.Worker.id == self.worker_id)
-                              .values(heartbeat_at=utcnow(), fingerprint_id=self.fp_id,
-                                      holding_key_id=self.holding))
+                              .values(heartbeat_at=utcnow(), fingerprint_id=self.fp_id, holding_key_id=self.holding))
                 sweep(self.cfg.db_url, self.dc.slug, self.send, holder=self.cfg.name, stall_s=self.cfg.stall_s,
                       dead_after_s=self.cfg.dead_after_s, heartbeat_s=self.cfg.heartbeat_s,
                       abandon_s=longest_batch_s(self.cfg.batch_trials, self.cfg.trial_timeout_s))
@@ -162,7 +160,11 @@ class WorkerService:
                             budget_trials=msg.budget_trials, trial_timeout_s=self.cfg.trial_timeout_s,
                             worker_id=self.worker_id, measurement=measurement, heartbeat_s=self.cfg.heartbeat_s,
                             grace_s=self.cfg.dead_after_s)
-        first = seed_configs(ctx, first=warm_seeds(job_request, key.stable_hash))
+        first = self._first.get(msg.job_key_id)
+        if first is None:  # once per key: the nearest stored shapes' bests and the strategy's seeds
+            if len(self._first) > 256:
+                self._first.clear()
+            first = self._first[msg.job_key_id] = seed_configs(ctx, first=warm_seeds(job_request, key.stable_hash))
         batch = run_batch(ctx, self.harness, msg.batch_trials, should_stop=lambda: self._cancelled(msg.job_id),
                           first=first)
         if self._cancelled(msg.job_id):
@@ -252,19 +254,11 @@ class WorkerService:
         return s.scalar(select(models.JobKey.study_name).where(models.JobKey.id == key_row_id))
 
     def hold(self, key_row_id: int | None) -> None:
-        """Say in the worker's row which key it runs now (None: none), so the janitor leaves that
-        key alone while this worker's heartbeat is fresh (workers/tasks.py, for every message)."""
-        with self._holding_lock:
-            self.holding = key_row_id
-            try:
-                with session_scope(self.cfg.db_url) as s:
-                    s.execute(update(models.Worker).where(models.Worker.id == self.worker_id).values(
-                        holding_key_id=key_row_id, holding_since=utcnow() if key_row_id else None,
-                        heartbeat_at=utcnow()))
-            except Exception as exc:  # the next heartbeat writes it
-                if not infrastructure(exc):
-                    raise
-                log.warning("could not write the held key: %s", str(exc).splitlines()[0][:300])
+        """The key this worker runs now (None: none), for every message from its receipt
+        (workers/tasks.py). The heartbeat writes it to the worker's row, the only writer of that
+        column, within TUNER_HEARTBEAT_S, shorter than TUNER_STALL_S: the janitor sees it before
+        it could take the batch for a lost one, at no cost to a batch."""
+        self.holding = key_row_id
 
     def _cancelled(self, job_id: str) -> bool:
         with session_scope(self.cfg.db_url) as s:

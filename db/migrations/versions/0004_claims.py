@@ -32,7 +32,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("workers") as b:
         b.add_column(sa.Column("holding_key_id", sa.Integer(), nullable=True))
-        b.add_column(sa.Column("holding_since", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("job_keys") as b:
         b.add_column(sa.Column("finalize_attempts", sa.Integer(), server_default=sa.text("0"), nullable=False))
         b.add_column(sa.Column("error", sa.Text(), nullable=True))
@@ -47,6 +46,5 @@ def downgrade() -> None:
         b.drop_column("error")
         b.drop_column("finalize_attempts")
     with op.batch_alter_table("workers") as b:
-        b.drop_column("holding_since")
         b.drop_column("holding_key_id")
     op.drop_table("trial_claims")
