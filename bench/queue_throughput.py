@@ -5,8 +5,9 @@
 For each broker (Redis + PostgreSQL, then the embedded SQLite broker and database):
   1. one worker: the same jobs through the service, and the same work in-process with
      `tuner tune` (no broker); the difference per trial is the coordinator and broker overhead;
-  2. four workers: throughput, and a check that nothing was lost (every job done, trials per
-     key within [budget, budget + batch], one best row per job, no duplicated Optuna trial).
+  2. four workers: throughput, and a check that nothing was lost or counted twice (every job
+     done, trials per key within [budget, budget + batch], one best row per job, no duplicated
+     Optuna trial, no configuration measured twice by a key).
 The kernel is the tests' trivial one (tests/kernels/trivial.py, which the worker processes load
 through TUNER_KERNEL_MODULES) in the Triton interpreter: these are service figures, not kernel
 figures. Needs PostgreSQL (--pg-admin) and Redis (--redis). Results: bench/results/queue_throughput.json.
@@ -88,14 +89,18 @@ def audit(engine, ids: list[str], trials: int) -> dict:
                         {"ids": ids}).scalar()
         failed = c.execute(q("select count(*) from tuning_trials where job_id in :ids and status not in "
                              "('ok', 'invalid')"), {"ids": ids}).scalar()
+        # a configuration a key measured more than once (cooperating workers must never do that)
+        remeasured = c.execute(q("select count(*) from (select job_key_id, config_hash from tuning_trials "
+                                 "where job_id in :ids and status != 'invalid' group by job_key_id, config_hash "
+                                 "having count(*) > 1) d"), {"ids": ids}).scalar()
     counts = [n for _, n in per_key]
     return {"job_states": dict(states), "trials_total": sum(counts), "trials_per_key_min": min(counts),
             "trials_per_key_max": max(counts), "keys_with_trials": len(counts),
             "jobs_with_one_best_row": sum(1 for _, n in bests if n == 1), "duplicated_optuna_trials": dup,
-            "failed_trials": failed,
+            "configurations_measured_twice": remeasured, "failed_trials": failed,
             "none_lost": (dict(states) == {"done": len(ids)} and len(counts) == len(ids)
                           and min(counts) >= trials and max(counts) <= trials + BATCH
-                          and sum(1 for _, n in bests if n == 1) == len(ids) and dup == 0)}
+                          and sum(1 for _, n in bests if n == 1) == len(ids) and dup == 0 and remeasured == 0)}
 
 
 def through_service(env: dict, home: Path, workers: int, jobs: int, trials: int, offset: int) -> dict:

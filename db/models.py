@@ -14,6 +14,10 @@ from sqlalchemy.types import TypeDecorator
 
 from db.clock import utcnow
 
+# the tables of Optuna's RDB storage that must exist before a worker opens it (search/studies.py)
+OPTUNA_TABLES = ("studies", "trials", "trial_params", "trial_values", "trial_heartbeats", "version_info",
+                 "alembic_version")
+
 
 class UTCDateTime(TypeDecorator):
     """An aware UTC datetime on every backend. SQLite keeps no offset: without this a row read
@@ -79,6 +83,9 @@ class Worker(Base):
     started_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
     stopped_at: Mapped[datetime | None]
+    # the job key whose batch (or finalization) the worker runs now, rewritten with every heartbeat:
+    # a key held by a live worker is never re-sent by the janitor, however slow its trial
+    holding_key_id: Mapped[int | None]
 
 
 class Job(Base):
@@ -94,7 +101,6 @@ class Job(Base):
     sampler: Mapped[str] = mapped_column(String(16))
     seed: Mapped[int | None]
     budget_trials: Mapped[int]
-    budget_seconds: Mapped[float | None] = mapped_column(Float)
     request: Mapped[dict[str, Any]]
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -113,6 +119,9 @@ class JobKey(Base):
     state: Mapped[str] = mapped_column(String(16))  # running | finalizing | done | failed
     trials_done: Mapped[int] = mapped_column(default=0)
     enqueued_at: Mapped[datetime | None]  # last time a batch was sent or started: the janitor's clock
+    # each claim of the key's finalization counts; the count is also the finalizer's fencing token
+    finalize_attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    error: Mapped[str | None] = mapped_column(Text)  # why the key failed, when it did
 
 
 class TuningTrial(Base):
@@ -138,6 +147,22 @@ class TuningTrial(Base):
     reps: Mapped[int | None]
     compile_s: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrialClaim(Base):
+    """A configuration of a study taken for measurement, one row per (study, configuration), so no
+    two workers ever measure the same one. The stored trial fills `trial_row_id` in the transaction
+    that inserts it, and only while the claim is still the claimant's (`trial_number`); the claim
+    of a trial that Optuna's heartbeat found dead is deleted, so the configuration can be proposed
+    again and a late result of a stopped worker is dropped, never stored twice."""
+    __tablename__ = "trial_claims"
+    study_name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    config_hash: Mapped[str] = mapped_column(String(16), primary_key=True)
+    trial_number: Mapped[int] = mapped_column(Integer)  # the claimant's Optuna trial in the study
+    job_key_id: Mapped[int | None] = mapped_column(ForeignKey("job_keys.id", ondelete="CASCADE"))
+    worker_id: Mapped[int | None] = mapped_column(ForeignKey("workers.id", ondelete="SET NULL"))
+    trial_row_id: Mapped[int | None] = mapped_column(ForeignKey("tuning_trials.id", ondelete="CASCADE"))
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class TuningKeyColumns:

@@ -5,6 +5,7 @@ shows a password (URLs are rendered with `redact`).
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,6 +19,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "tuner_alembic_version"  # Optuna's own Alembic uses alembic_version
 # pg_advisory_xact_lock key that serializes concurrent `upgrade` calls (any constant of our own)
 _MIGRATION_LOCK = 0x74756E6572  # "tuner"
+_SCHEMA_LOCK = _MIGRATION_LOCK + 1  # the session lock of `schema_lock` (Optuna's tables)
 
 _engines: dict[str, Engine] = {}
 _makers: dict[str, sessionmaker] = {}
@@ -28,10 +30,33 @@ class DatabaseError(RuntimeError):
 
 
 def redact(url: str | URL) -> str:
+    """The URL with its password shown as ***. Read from the text, not parsed: a password that holds
+    an unencoded '@' (tuner:p@ss@host) is split by URL parsers at the first '@', and its tail shown."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    scheme, sep, rest = str(url).partition("://")
+    first = rest.find("@")
+    if not sep or first < 0:
+        return str(url)
+    slash = rest.find("/", first)
+    at = rest.rfind("@", 0, slash if slash >= 0 else len(rest))  # the host follows the last '@'
+    user, colon, _ = rest[:at].partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{rest[at + 1:]}"
+
+
+def private_dir(path: Path) -> None:
+    """Create a directory readable by its owner only (0700): TUNER_HOME holds the embedded database
+    and broker, whose rows name jobs, kernels and hosts. An existing directory is left as it is."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def private_file(path: Path) -> None:
+    """Create an empty file readable by its owner only (0600) unless it exists; SQLite then opens it
+    as a new database and gives its journal and WAL files the same mode."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return str(url).split("@")[-1] if "@" in str(url) else str(url)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError:  # it exists, or cannot be created: the open that follows says why
+        pass
 
 
 def _parse(url: str) -> URL:
@@ -113,16 +138,18 @@ def _translated(url: str) -> Iterator[None]:
 def check_reachable(url: str, *, create_dir: bool = False) -> None:
     """Connect once; DatabaseError with the reason when the database cannot be used.
 
-    create_dir: make the directory of a SQLite file first. Only for the embedded default:
-    an explicit URL that names a missing directory is a typo, not a request to create it."""
+    create_dir: make the directory of a SQLite file first (0700). Only for the embedded default:
+    an explicit URL that names a missing directory is a typo, not a request to create it. A new
+    SQLite file is created 0600."""
     u = _parse(url)
     path = sqlite_path(u)
-    if path is not None and not path.parent.exists():
+    if path is not None:
         if create_dir:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        else:
+            private_dir(path.parent)
+        elif not path.parent.exists():
             raise DatabaseError(f"cannot open database {redact(url)}: directory {path.parent} does not exist; "
                                 "create it or set TUNER_DB_URL")
+        private_file(path)
     try:
         with _translated(url), make_engine(url).connect():
             pass
@@ -131,6 +158,44 @@ def check_reachable(url: str, *, create_dir: bool = False) -> None:
     except SQLAlchemyError as exc:
         raise DatabaseError(f"cannot use database {redact(url)}: {type(exc).__name__}; "
                             "check TUNER_DB_URL") from None
+
+
+@contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Held while a schema outside our migrations (Optuna's) is created or upgraded, so concurrent
+    upgrades wait for each other: a PostgreSQL session advisory lock, or a lock file beside a
+    SQLite database."""
+    engine = make_engine(url)
+    path = sqlite_path(url)
+    if engine.dialect.name == "postgresql":
+        with _translated(url), engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _SCHEMA_LOCK})
+                conn.commit()
+    elif path is not None:
+        import fcntl
+
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+    else:
+        yield
+
+
+def missing_tables(url: str, names: tuple[str, ...]) -> list[str]:
+    """Those of the named tables that the database lacks."""
+    from sqlalchemy import inspect
+
+    with _translated(url):
+        present = set(inspect(make_engine(url)).get_table_names())
+    return [n for n in names if n not in present]
 
 
 def _scripts():

@@ -14,7 +14,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.clock import utcnow
-from db.models import BestConfig, DeviceClass, ImportedConfig, Job, JobKey, Lock, RuntimeMiss, StackFingerprint, TuningTrial
+from db.models import (BestConfig, DeviceClass, ImportedConfig, Job, JobKey, Lock, RuntimeMiss, StackFingerprint,
+                       TrialClaim, TuningTrial)
+
+ANY = object()  # write_best: supersede whatever row is current
 
 
 def _get_or_create(s: Session, model, unique: dict[str, Any], values: dict[str, Any]):
@@ -81,18 +84,82 @@ def create_job(s: Session, *, kind: str, origin: str, kernel: str, kernel_versio
     return job_id, [r.id for r in rows]
 
 
+def finish_job(s: Session, job_id: str) -> str | None:
+    """End a running job whose keys have all ended, in the caller's transaction (the one that ended
+    its last key, or the janitor's): failed, with the keys' reasons, when a key failed with one;
+    else done when a key is done; else failed (no configuration ran correctly). Returns the new
+    state, or None when a key is still open or the job has already ended."""
+    keys = s.execute(select(JobKey.state, JobKey.error).where(JobKey.job_id == job_id)).all()
+    if not keys or any(st not in ("done", "failed") for st, _ in keys):
+        return None
+    errors = sorted({e for _, e in keys if e})
+    if errors:
+        state, error = "failed", "; ".join(errors)[:2000]
+    elif any(st == "done" for st, _ in keys):
+        state, error = "done", None
+    else:
+        state, error = "failed", "no configuration ran correctly"
+    ended = s.execute(update(Job).where(Job.id == job_id, Job.state.in_(("queued", "running")))
+                      .values(state=state, finished_at=utcnow(), error=error)).rowcount
+    return state if ended else None
+
+
 def record_trial(s: Session, **fields: Any) -> TuningTrial:
     row = TuningTrial(**fields)
     s.add(row)
     return row
 
 
+def claim_config(s: Session, *, study_name: str, config_hash: str, trial_number: int,
+                 job_key_id: int | None, worker_id: int | None) -> bool:
+    """Take a configuration of a study for measurement; False when another trial holds it (in
+    flight, or measured). One INSERT that only one claimant can win, on SQLite and PostgreSQL."""
+    try:
+        with s.begin_nested():
+            s.add(TrialClaim(study_name=study_name, config_hash=config_hash, trial_number=trial_number,
+                             job_key_id=job_key_id, worker_id=worker_id, claimed_at=utcnow()))
+            s.flush()
+        return True
+    except IntegrityError:
+        return False
+
+
+def record_claimed_trial(s: Session, **fields: Any) -> TuningTrial | None:
+    """Store a measured trial (`record_trial`'s fields) in the caller's transaction, only while the
+    claim of its configuration is still this trial's (`optuna_number`) and unfilled: a trial that
+    was failed as dead (its claim deleted, perhaps taken again) while its worker was stopped is
+    dropped (None), never stored beside the new one."""
+    claim = s.scalar(select(TrialClaim).where(TrialClaim.study_name == fields["study_name"],
+                                              TrialClaim.config_hash == fields["config_hash"]).with_for_update())
+    if claim is None or claim.trial_number != fields["optuna_number"] or claim.trial_row_id is not None:
+        return None
+    row = record_trial(s, **fields)
+    s.flush()
+    claim.trial_row_id = row.id
+    return row
+
+
+def release_claims(s: Session, study_name: str, trial_numbers: Iterable[int]) -> int:
+    """Delete the unfilled claims of these Optuna trials of a study (failed as dead): their
+    configurations may be proposed again."""
+    numbers = list(trial_numbers)
+    if not numbers:
+        return 0
+    return s.execute(delete(TrialClaim).where(TrialClaim.study_name == study_name,
+                                              TrialClaim.trial_number.in_(numbers),
+                                              TrialClaim.trial_row_id.is_(None))).rowcount
+
+
 def write_best(s: Session, *, kernel: str, kernel_version: str, key_hash: str, key: dict, dtype: str,
                device_class_id: int, fingerprint_id: int, config: dict, config_hash: str, median_ms: float,
                default_ms: float | None, speedup: float | None, cv: float | None, trials: int,
-               job_id: str | None) -> BestConfig:
+               job_id: str | None, replaces: int | None | object = ANY) -> BestConfig | None:
     """Supersede the current best of this key, class and stack, and insert the new one, in the
-    caller's transaction: readers see the old row or the new one, never none or two."""
+    caller's transaction: readers see the old row or the new one, never none or two.
+
+    replaces: the id of the current row the new one was measured against (None: there was none;
+    ANY: whatever is current). When another writer changed the current row meanwhile, nothing is
+    written and None is returned: the caller measures against the new current row first."""
     same = (BestConfig.kernel == kernel, BestConfig.kernel_version == kernel_version,
             BestConfig.key_hash == key_hash, BestConfig.device_class_id == device_class_id,
             BestConfig.fingerprint_id == fingerprint_id, BestConfig.superseded_at.is_(None))
@@ -101,19 +168,25 @@ def write_best(s: Session, *, kernel: str, kernel_version: str, key_hash: str, k
                      config_hash=config_hash, median_ms=median_ms, default_ms=default_ms, speedup=speedup,
                      cv=cv, trials=trials, job_id=job_id)
 
-    def supersede() -> None:
+    def supersede() -> bool:
         # lock the current row (PostgreSQL) so two finalizers of one key serialize here
-        s.scalars(select(BestConfig.id).where(*same).with_for_update()).all()
+        current = s.scalars(select(BestConfig.id).where(*same).with_for_update()).all()
+        if replaces is not ANY and current != ([replaces] if replaces is not None else []):
+            return False
         s.execute(update(BestConfig).where(*same).values(superseded_at=utcnow()))
+        return True
 
-    supersede()
+    if not supersede():
+        return None
     try:
         with s.begin_nested():
             s.add(row)
             s.flush()
     except IntegrityError:
         # a key's first best has no row to lock: a concurrent writer inserted one after our
-        # select, and the unique index made us wait for its commit; supersede that one too
+        # select, and the unique index made us wait for its commit
+        if replaces is not ANY:
+            return None  # we were not measured against it
         supersede()
         s.add(row)
         s.flush()

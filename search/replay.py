@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 
 from search import strategies
-from search.loop import Proposals, enqueue
+from search.loop import Proposals
 from search_spaces import registry
 from search_spaces.base import Config, KernelSpec, Target, TuningKey, config_hash, target_for
 
@@ -88,8 +88,7 @@ def replay_one(spec: SweepSpec, key: TuningKey, target: Target, strategy_name: s
     spec.use_known_good = not strategy_name.endswith("-cold")
     strategy = strategies.make(strategy_name.removesuffix("-cold"), seed)
     study = optuna.create_study(sampler=strategy.sampler(), direction="minimize")
-    enqueue(study, strategy.seeds(spec, key, target))
-    book = Proposals(study, strategy, spec, key, target, {})
+    book = Proposals(study, strategy, spec, key, target, {}, first=strategy.seeds(spec, key, target))
     best, curve = float("inf"), []
     flight: collections.deque[tuple[optuna.Trial, Config]] = collections.deque()
     proposing = True

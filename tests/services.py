@@ -4,6 +4,7 @@ If a service is down, it is started with the machine's own command, as CI's setu
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from contextlib import contextmanager
@@ -78,3 +79,60 @@ def service_env(home: Path, db_url: str | None, broker_url: str | None, **extra:
     settings = dict(TUNER_KERNEL_MODULES="tests.kernels.trivial", TUNER_HEARTBEAT_S="1", TUNER_STALL_S="8",
                     TUNER_WORKER_DEAD_AFTER_S="6", TUNER_BATCH_TRIALS="3", TRITON_INTERPRET="1")
     return local.fleet_env(home, db_url, broker_url, pythonpath=str(ROOT), **{**settings, **extra})
+
+
+def key_audit(engine, job: str) -> list[dict]:
+    """Per key of a job, what the service's invariants are checked against: its state and budget,
+    trials counted, configurations measured more than once, the key's current best rows (on the
+    class and stack its trials ran on), how often its finalization was claimed, and the Optuna
+    trials of its study still RUNNING."""
+    from sqlalchemy import text
+
+    sql = text("""
+        SELECT k.id, k.state, j.budget_trials, j.request, k.key_hash, k.study_name,
+          (SELECT count(*) FROM tuning_trials t WHERE t.job_key_id = k.id AND t.status != 'invalid') AS counted,
+          (SELECT count(*) FROM (SELECT t.config_hash FROM tuning_trials t WHERE t.job_key_id = k.id
+             AND t.status != 'invalid' GROUP BY t.config_hash HAVING count(*) > 1) d) AS duplicated,
+          (SELECT count(*) FROM best_configs b WHERE b.superseded_at IS NULL AND b.key_hash = k.key_hash
+             AND EXISTS (SELECT 1 FROM tuning_trials t WHERE t.job_key_id = k.id
+               AND t.device_class_id = b.device_class_id AND t.fingerprint_id = b.fingerprint_id)) AS current_bests,
+          (SELECT count(*) FROM trials o JOIN studies s ON s.study_id = o.study_id
+             WHERE s.study_name = k.study_name AND o.state = 'RUNNING') AS running,
+          k.finalize_attempts
+        FROM job_keys k JOIN jobs j ON j.id = k.job_id WHERE k.job_id = :j ORDER BY k.id""")
+    out = []
+    with engine.connect() as c:
+        for row in c.execute(sql, {"j": job}).mappings():
+            r = dict(row)
+            request = r.pop("request")
+            request = json.loads(request) if isinstance(request, str) else request
+            r["budget"] = int((request or {}).get("budgets", {}).get(r["key_hash"], r.pop("budget_trials")))
+            out.append(r)
+    return out
+
+
+def redis_llen(broker_url: str, queue: str) -> int:
+    """Messages waiting in a Celery queue on Redis."""
+    import redis
+
+    return redis.Redis.from_url(broker_url).llen(queue)
+
+
+@contextmanager
+def database_outage(db_url: str):
+    """The database unreachable for the block: new connections refused (ALLOW_CONNECTIONS false)
+    and open ones ended, on a test's own database only, never the shared server."""
+    from sqlalchemy import create_engine, text
+
+    name = db_url.rsplit("/", 1)[1]
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n "
+                           "AND pid != pg_backend_pid()"), {"n": name})
+        yield
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        admin.dispose()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import run_tuner
+from tests.cli_helpers import ROOT, run_tuner
 
 DATA = Path(__file__).parent / "data"
 
@@ -141,3 +141,76 @@ def test_a_bad_setting_stops_the_cli_with_one_line(tmp_path, name, value):
     proc = run_tuner(["jobs"], tmp_path / "home", **{name: value})
     assert_one_line_error(proc, f"{name}={value!r}")
     assert not (tmp_path / "home").exists()
+
+
+# Found by fuzzing (issue 18, item 11), run against an existing PostgreSQL database that holds one
+# finished job: each is one line, exit 2, at most ~80 characters of what was typed echoed, nothing
+# written and no job row. {tmp}: a directory on PYTHONPATH holding the broken modules below.
+HUGE = "9" * 100_000
+FUZZ = {
+    "negative seed": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--seed", "-1"], "--seed -1 is out of range", {}),
+    "seed past int4": (["submit", "matmul", "--shape", "M=64,N=64,K=64", "--device-class", "cpu", "--seed",
+                        str(2**40)], "is out of range", {}),
+    "trials past int4": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--trials", "10000000000"], "is too many", {}),
+    "trials over the bound": (["submit", "matmul", "--shape", "M=64,N=64,K=64", "--device-class", "cpu",
+                               "--trials", "100001"], "at most 100000", {}),
+    "trials as a float": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--trials", "1e10"],
+                          "Invalid value for '--trials'", {}),
+    "a 100 kB dim": (["tune", "matmul", "--shape", f"M={HUGE},N=64,K=64"], "is too long", {}),
+    "a 100 kB shape": (["tune", "matmul", "--shape", f"M{HUGE}"], "malformed shape", {}),
+    "a 100 kB dtype": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--dtype", HUGE], "dtype", {}),
+    "a 100 kB kernel": (["tune", HUGE, "--shape", "M=64,N=64,K=64"], "unknown kernel", {}),
+    "a kernel module with a syntax error": (["tune", "mine", "--shape", "N=1"], "SyntaxError",
+                                            {"TUNER_KERNEL_MODULES": "fuzz_syntax"}),
+    "a kernel module that raises at import": (["tune", "mine", "--shape", "N=1"], "RuntimeError: no import for you",
+                                              {"TUNER_KERNEL_MODULES": "fuzz_raises"}),
+    "export into a missing directory": (["export", "-o", "{tmp}/no/such/dir/b.json"], "does not exist", {}),
+    "export where nothing can be written": (["export", "-o", "/sys/b.json"], "cannot write /sys/b.json", {}),
+    "a cpu trial bigger than the host": (["submit", "matmul", "--shape", "M=200000,N=200000,K=200000",
+                                          "--device-class", "cpu"], "of this host", {}),
+    "cancel a finished job": (["cancel", "{done}"], "has already ended (done)", {}),
+}
+
+
+@pytest.fixture(scope="module")
+def fuzz_db(tmp_path_factory):
+    """A PostgreSQL database (int4 columns) with one job that ended `done`."""
+    from tests.cli_helpers import run_json
+    from tests.services import pg_database
+
+    tmp = tmp_path_factory.mktemp("fuzz")
+    (tmp / "fuzz_syntax.py").write_text("def broken(:\n")
+    (tmp / "fuzz_raises.py").write_text("raise RuntimeError('no import for you')\n")
+    with pg_database() as url:
+        assert run_tuner(["db", "upgrade"], tmp / "setup", TUNER_DB_URL=url).returncode == 0
+        done = run_json(["tune", "matmul", "--shape", "M=16,N=16,K=16", "--trials", "1", "--device", "cpu"],
+                        tmp / "setup", TUNER_DB_URL=url)["job"]
+        yield {"url": url, "tmp": tmp, "done": done}
+
+
+def _rows(url):
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as c:
+            return (c.execute(text("SELECT count(*) FROM jobs")).scalar(),
+                    c.execute(text("SELECT count(*) FROM tuning_trials")).scalar(),
+                    c.execute(text("SELECT state FROM jobs")).scalars().all())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", sorted(FUZZ))
+def test_fuzzed_input_is_one_line_exit_2_and_writes_nothing(case, fuzz_db, tmp_path):
+    args, expected, env = FUZZ[case]
+    tmp = fuzz_db["tmp"]
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{done}", fuzz_db["done"]) for a in args]
+    home = tmp_path / "home"
+    before = _rows(fuzz_db["url"])
+    proc = run_tuner(args, home, TUNER_DB_URL=fuzz_db["url"], PYTHONPATH=f"{ROOT}:{tmp}", **env)
+    assert_one_line_error(proc, expected)
+    assert len(proc.stderr) < 400, proc.stderr[:500]  # what was typed is echoed in ~80 characters at most
+    assert _rows(fuzz_db["url"]) == before, case
+    assert not home.exists() and not (tmp_path / "no").exists(), case

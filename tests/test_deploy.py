@@ -36,18 +36,22 @@ def compose_cmd() -> list[str] | None:
     return None
 
 
+SECRETS = ("POSTGRES_PASSWORD", "TUNER_WORKER_DB_PASSWORD", "REDIS_PASSWORD", "TUNER_API_TOKEN")  # each required
+
+
 def run_compose(tmp_path: Path, *args: str, password: str | None = "not-a-real-secret",
-                token: str | None = "not-a-real-token", compose_file: Path = COMPOSE) -> subprocess.CompletedProcess:
+                compose_file: Path = COMPOSE, without: str | None = None, **secrets: str) -> subprocess.CompletedProcess:
     cmd = compose_cmd()
     if cmd is None:
         pytest.skip(f"no docker-compose binary to validate with; CI needs: {INSTALL_HINT}")
     env_file = tmp_path / "empty.env"  # so a developer's .env neither helps nor hurts
     env_file.write_text("")
     env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": str(tmp_path)}
+    env.update({name: f"not-a-real-{name.lower()}" for name in SECRETS if name != without}, **secrets)
     if password is not None:
         env["POSTGRES_PASSWORD"] = password
-    if token is not None:
-        env["TUNER_API_TOKEN"] = token
+    else:
+        env.pop("POSTGRES_PASSWORD", None)
     return subprocess.run([*cmd, "--env-file", str(env_file), "-f", str(compose_file), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
@@ -64,25 +68,53 @@ def test_compose_validates(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "TUNER_API_TOKEN"])
-def test_compose_refuses_to_run_without_a_secret(tmp_path, missing):
-    r = run_compose(tmp_path, "config", "-q", **{"POSTGRES_PASSWORD": {"password": None},
-                                                 "TUNER_API_TOKEN": {"token": None}}[missing])
-    assert r.returncode != 0
-    assert missing in r.stderr
-
-
 def test_the_password_reaches_postgres_and_the_database_url(tmp_path):
-    r = run_compose(tmp_path, "config", password="s3cret-from-env")
+    r = run_compose(tmp_path, "config", password="s3cret-from-env", TUNER_WORKER_DB_PASSWORD="w0rker-pw",
+                    REDIS_PASSWORD="r3dis-pw")
     assert r.returncode == 0, r.stderr
     cfg = yaml.safe_load(r.stdout)["services"]
     assert cfg["postgres"]["environment"]["POSTGRES_PASSWORD"] == "s3cret-from-env"
-    assert cfg["worker-cpu"]["environment"]["TUNER_DB_URL"] == \
-        "postgresql+psycopg://tuner:s3cret-from-env@postgres:5432/tuner"
+    # the owner migrates; everything else connects as the least-privilege worker role
+    assert cfg["migrate"]["environment"]["TUNER_DB_URL"] == "postgresql+psycopg://tuner:s3cret-from-env@postgres:5432/tuner"
+    for name in ("worker-cpu", "scheduler", "cli"):
+        assert cfg[name]["environment"]["TUNER_DB_URL"] == \
+            "postgresql+psycopg://tuner_worker:w0rker-pw@postgres:5432/tuner", name
+    assert cfg["postgres"]["environment"]["TUNER_WORKER_DB_PASSWORD"] == "w0rker-pw"
+
+
+@pytest.mark.parametrize("secret", SECRETS[1:])
+def test_compose_refuses_to_run_without_each_secret(tmp_path, secret):
+    r = run_compose(tmp_path, "config", "-q", without=secret)
+    assert r.returncode != 0 and secret in r.stderr
+
+
+def test_redis_requires_the_password_that_every_client_gives(tmp_path):
+    """Redis has a password (requirepass), and the workers, the scheduler, the CLI and Flower give it."""
+    r = run_compose(tmp_path, "config", REDIS_PASSWORD="r3dis-pw")
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load(r.stdout)["services"]
+    command = cfg["redis"]["command"]
+    assert command[command.index("--requirepass") + 1] == "r3dis-pw" and "--appendonly" in command
+    assert cfg["redis"]["environment"]["REDISCLI_AUTH"] == "r3dis-pw"  # the healthcheck's redis-cli
+    for name in ("worker-cpu", "scheduler", "cli", "migrate"):
+        assert cfg[name]["environment"]["TUNER_BROKER_URL"] == "redis://:r3dis-pw@redis:6379/0", name
+    assert cfg["flower"]["environment"]["CELERY_BROKER_URL"] == "redis://:r3dis-pw@redis:6379/0"
+
+
+def test_postgres_creates_the_least_privilege_roles(services):
+    """The roles of db/roles.py are created with the database, by a script the postgres image runs."""
+    from db.roles import RUNTIME, WORKER
+
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in services["postgres"]["volumes"] if ":" in m}
+    script = ROOT / mounts["/docker-entrypoint-initdb.d/10-tuner-roles.sh"]
+    text = script.read_text()
+    assert script.is_file() and os.access(script, os.X_OK)
+    assert f"CREATE ROLE {WORKER} LOGIN PASSWORD :'worker_pw'" in text and f"CREATE ROLE {RUNTIME}" in text
+    assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
 
 
 def test_the_api_serves_on_the_loopback_with_the_token_from_the_environment(tmp_path):
-    r = run_compose(tmp_path, "config", token="t0k-from-env")
+    r = run_compose(tmp_path, "config", TUNER_API_TOKEN="t0k-from-env")
     assert r.returncode == 0, r.stderr
     api = yaml.safe_load(r.stdout)["services"]["api"]
     assert api["environment"]["TUNER_API_TOKEN"] == "t0k-from-env"

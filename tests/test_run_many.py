@@ -104,12 +104,13 @@ def test_the_search_keeps_the_pool_busy(harness, tmp_path):
 
     from db import models, store
     from db.clock import utcnow
-    from db.session import session_scope, upgrade
+    from db.session import session_scope
     from search.loop import SearchContext, run_batch
     from search_spaces.base import target_for
+    from tuner.database import upgrade_schema
 
     url = f"sqlite:///{tmp_path}/t.db"
-    upgrade(url)
+    upgrade_schema(url)  # ours and Optuna's tables
     key = registry.get("twin_add").make_key({"N": 1000}, "float32")
     with session_scope(url) as s:
         dc = store.get_or_create_device_class(s, slug="cpu-interpreter", vendor="cpu", arch="interpreter",
@@ -141,7 +142,7 @@ def test_the_search_keeps_the_pool_busy(harness, tmp_path):
     harness.stream = watched
     try:
         assert harness.width("cpu") == 2
-        assert run_batch(ctx, harness, max_trials=10) == 4  # the budget, not max_trials, ends it
+        assert run_batch(ctx, harness, max_trials=10).ran == 4  # the budget, not max_trials, ends it
     finally:
         del harness.stream
     # two in flight from the start; each later proposal follows a told result

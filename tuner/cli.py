@@ -134,7 +134,8 @@ def tune(kernel: Optional[str] = typer.Argument(None, help="A registered kernel 
 def _tune_doc(req, result) -> dict:
     rows = [{"key": o.key.label(), "dims": o.key.dim_map, "dtype": o.key.dtype, "trials": o.trials,
              "config": o.config, "median_ms": o.median_ms, "default_ms": o.default_ms,
-             "speedup": o.speedup, "search_s": round(o.search_s, 3), "finalize_s": round(o.finalize_s, 3)}
+             "speedup": o.speedup, "search_s": round(o.search_s, 3), "finalize_s": round(o.finalize_s, 3),
+             "kept_current_best": o.kept}
             for o in result.keys]
     timing = INTERPRETER_TIMING if result.interpreter else "gpu"
     return {"job": result.job_id, "kernel": req.kernel, "device_class": result.device_class,
@@ -629,20 +630,18 @@ def scheduler(loglevel: str = typer.Option("INFO", "--loglevel")) -> None:
 
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head")) -> None:
-    """Create or migrate the schema of TUNER_DB_URL to REVISION (default: head)."""
-    from db.session import DatabaseError, check_reachable, redact, upgrade
-    from tuner.database import sqlite_path
+    """Create or migrate the schema of TUNER_DB_URL to REVISION (default: head, with Optuna's tables)."""
+    from db.session import DatabaseError, check_reachable, redact
+    from tuner.database import sqlite_path, upgrade_schema
 
     s = settings_mod.get()
     path = sqlite_path(s.db_url)
-    if path is not None and "TUNER_DB_URL" not in s.extra["explicit"]:
-        path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        check_reachable(s.db_url)
-        upgrade(s.db_url, revision)
+        check_reachable(s.db_url, create_dir=path is not None and "TUNER_DB_URL" not in s.extra["explicit"])
+        granted = upgrade_schema(s.db_url, revision)
     except DatabaseError as exc:
         raise UserError(str(exc)) from None
-    err.print(f"database {redact(s.db_url)} is at {revision}")
+    err.print(f"database {redact(s.db_url)} is at {revision}" + (f"; granted to {', '.join(granted)}" if granted else ""))
 
 
 def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:

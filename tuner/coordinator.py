@@ -20,18 +20,24 @@ from search_spaces import registry
 from search_spaces.base import TuningKey, config_hash
 from tuner.database import open_for_read, open_for_write
 from tuner.errors import NotFound, Unavailable, UserError
-from tuner.request import TuneRequest, refuse_unfit
+from tuner.request import TuneRequest, host_memory, refuse_unfit
 from tuner.settings import Settings
 
 FINAL = ("done", "failed", "cancelled")
 
 
-def broker_app(settings: Settings):
+def broker_app(settings: Settings, **options):
+    """The Celery app on the configured broker, checked reachable (options: workers.app.make_app's)."""
+    from db.session import private_dir, private_file, sqlite_path
     from workers.app import check_broker, make_app
 
-    if settings.broker_url.startswith("sqla+sqlite:///") and "TUNER_BROKER_URL" not in settings.extra["explicit"]:
-        settings.home.mkdir(parents=True, exist_ok=True)  # the embedded default broker lives in TUNER_HOME
-    app = make_app(settings.broker_url)
+    if settings.broker_url.startswith("sqla+sqlite:///"):
+        path = sqlite_path(settings.broker_url[len("sqla+"):])
+        if "TUNER_BROKER_URL" not in settings.extra["explicit"]:
+            private_dir(settings.home)  # the embedded default broker lives in TUNER_HOME
+        if path is not None and path.parent.is_dir():
+            private_file(path)  # its messages name jobs and keys: the owner's only
+    app = make_app(settings.broker_url, **options)
     try:
         check_broker(app)
     except ConnectionError as exc:
@@ -45,16 +51,14 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
     """Queue the request for a device class; returns the job id. Checks broker and database
     before writing anything, and sends `parallel` batches per key so several workers cooperate."""
     from workers.app import send_batch
-    from workers.batch import BatchMessage
-    from workers.queues import queue_for
+    from workers.batch import batch_message
 
     selector = resolve_device_class(device_class)
     if parallel < 1:
         raise UserError(f"--parallel {parallel} must be at least 1")
-    refuse_unfit(req, selector, f"device class {selector}")
+    refuse_unfit(req, selector, f"device class {selector}", host_memory=host_memory())
     app = broker_app(settings)
     url = open_for_write(settings)
-    queue = queue_for(selector)
     batch = min(settings.batch_trials, req.trials)
     request = {**req.to_json(), "batch_trials": batch, **(extra or {})}
     with session_scope(url) as s:
@@ -62,9 +66,8 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
             s, kind=kind, origin="queued", kernel=req.kernel, kernel_version=req.keys[0].version,
             keys=[k.to_json() for k in req.keys], key_hashes=[k.stable_hash for k in req.keys],
             sampler=req.sampler, seed=req.seed, budget_trials=req.trials, request=request, device_selector=selector)
-    messages = [BatchMessage(job_id=job_id, job_key_id=key_id, key=k.to_json(), sampler=req.sampler, seed=req.seed,
-                             budget_trials=req.trials, batch_trials=batch, queue=queue)
-                for k, key_id in zip(req.keys, key_ids)]
+        job = s.get(models.Job, job_id)
+        messages = [batch_message(job, s.get(models.JobKey, key_id)) for key_id in key_ids]
     try:
         for msg in messages:
             for _ in range(min(parallel, -(-req.trials // batch))):
@@ -109,12 +112,16 @@ def retune(settings: Settings, device_class: str | None, kernel: str | None, sta
 
 
 def cancel(settings: Settings, job_id: str) -> str:
+    """Cancel a queued or running job: one conditional UPDATE, so a job that a worker ends meanwhile
+    keeps its end (`done` is never overwritten). UserError when the job has already ended."""
     url = open_for_read(settings)
     with session_scope(url) as s:
         job = _job(s, job_id)
-        if job.state in FINAL:
-            return job.state
-        job.state, job.finished_at, job.error = "cancelled", utcnow(), "cancelled by user"
+        cancelled = s.execute(update(models.Job).where(models.Job.id == job.id, models.Job.state.not_in(FINAL))
+                              .values(state="cancelled", finished_at=utcnow(), error="cancelled by user")).rowcount
+        if not cancelled:
+            state = s.scalar(select(models.Job.state).where(models.Job.id == job.id))
+            raise UserError(f"job {job.id} has already ended ({state}); nothing to cancel")
     return "cancelled"
 
 
@@ -137,7 +144,7 @@ def live_workers(s, selector: str, dead_after_s: float) -> list[models.Worker]:
 
 
 def status(settings: Settings, job_id: str) -> dict:
-    from workers.retune import key_budget
+    from workers.batch import key_budget
 
     url = open_for_read(settings)
     with session_scope(url) as s:

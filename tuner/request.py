@@ -10,6 +10,16 @@ from search_spaces import registry
 from search_spaces.base import SpecError, TuningKey
 from tuner.errors import UserError
 
+MAX_TRIALS = 100_000  # per key: a budget no search needs more of, and far from int4's limit
+MAX_SEED = 2**31 - 1  # a seed is stored in an int4 column and seeds numpy (0 to 2**32 - 1)
+MAX_DIM_DIGITS = 18  # a dim is an int64 on every path
+
+
+def clip(text: str, limit: int = 40) -> str:
+    """What the user typed, quoted, at most `limit` characters of it: an error echoes no more."""
+    text = str(text)
+    return repr(text[:limit]) + (f" (+{len(text) - limit} more characters)" if len(text) > limit else "")
+
 
 @dataclass(frozen=True)
 class TuneRequest:
@@ -32,9 +42,12 @@ def parse_shape(text: str) -> dict[str, str]:
         name, sep, value = part.partition("=")
         name, value = name.strip(), value.strip()
         if not sep or not name or not value:
-            raise UserError(f"malformed shape {text!r}: write it as NAME=INT pairs, e.g. M=512,N=512,K=512")
+            raise UserError(f"malformed shape {clip(text)}: write it as NAME=INT pairs, e.g. M=512,N=512,K=512")
         if name in dims:
-            raise UserError(f"shape {text!r} gives {name} twice")
+            raise UserError(f"shape {clip(text)} gives {clip(name, 20)} twice")
+        if len(name) > 40 or len(value) > MAX_DIM_DIGITS:
+            raise UserError(f"shape dim {clip(name, 20)}={clip(value, 20)} is too long: give a positive integer "
+                            f"of at most {MAX_DIM_DIGITS} digits, e.g. M=512")
         dims[name] = value
     return dims
 
@@ -54,11 +67,22 @@ def build_measurement(rotate_buffers: int = 1, cuda_graph: bool = False, max_cv:
     return Measurement(rotate_buffers, cuda_graph, max_cv, routing)
 
 
+def host_memory() -> int | None:
+    """This host's physical memory in bytes, where the platform says."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def refuse_unfit(req: TuneRequest, selector: str, where: str, host_memory: int | None = None) -> None:
     """Refuse, before anything is written, what a device class cannot run: CUDA graphs on the
     interpreter, and a key whose trial needs more memory than the class has (on the interpreter,
-    `host_memory`, where the tune runs on this host), which would fail every trial it is given
-    or, on the interpreter, wake the host's OOM killer."""
+    `host_memory`: this host's for a local tune, and for `tuner submit` to the CPU class, whose
+    workers are taken to have as much), which would fail every trial it is given or, on the
+    interpreter, wake the host's OOM killer."""
     interpreter = matches(selector, CPU_INTERPRETER.slug)
     if interpreter and req.measurement.cuda_graph:
         raise UserError(f"--cuda-graph needs a GPU, and {where} is the Triton CPU interpreter, which has "
@@ -90,6 +114,10 @@ def build_request(kernel: str, shapes: list[str], dtypes: list[str], trials: int
         raise UserError(f"give at least one --shape {want}")
     if trials < 1:
         raise UserError(f"--trials {trials} is impossible: a search needs at least 1 trial")
+    if trials > MAX_TRIALS:
+        raise UserError(f"--trials {str(trials)[:20]} is too many: give at most {MAX_TRIALS} per key")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed {str(seed)[:20]} is out of range: give 0 to {MAX_SEED}")
     if sampler not in strategies.names():
         raise UserError(f"unknown sampler {sampler[:40]!r}; use one of {', '.join(strategies.names())}")
     if measurement.routing != DEFAULT_ROUTING and measurement.routing not in spec.routings:
@@ -99,6 +127,8 @@ def build_request(kernel: str, shapes: list[str], dtypes: list[str], trials: int
     for shape in shapes:
         dims = parse_shape(shape)
         for dtype in dtypes or ["float32"]:
+            if len(dtype) > 40:
+                raise UserError(f"dtype {clip(dtype)} is not supported by {kernel}; use one of {', '.join(spec.dtypes)}")
             try:
                 keys.append(spec.make_key(dims, dtype))
             except SpecError as exc:

@@ -1,9 +1,18 @@
 """`tuner scheduler`: Celery beat sending the nightly retune at the time of TUNER_RETUNE_CRON.
 
 Beat only sends a message; a worker (any class; all listen on `tune.control`) runs the retune
-under the database lease, so two schedulers at once still queue each stale key once.
+under the database lease, so two schedulers at once still queue each stale key once. Beat's
+state (when each entry last ran) is kept as JSON in a file of the owner's only, never in Celery's
+default pickle shelve, which would run whatever code a writer of TUNER_HOME put there.
 """
 from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+from celery import beat
 
 from tuner.errors import UserError
 from tuner.settings import Settings
@@ -30,7 +39,41 @@ def retune_args(settings: Settings) -> dict:
             "misses_max_jobs": settings.retune_misses_max_jobs, "misses_trials": settings.retune_misses_trials}
 
 
+SCHEDULE_FILE = "beat-schedule.json"
+
+
+class JsonScheduler(beat.Scheduler):
+    """Beat's scheduler with its state (each entry's last run) in a JSON file (0600), so a restarted
+    beat neither repeats nor skips a run; the file holds data only."""
+
+    def __init__(self, *args, schedule_filename: str | None = None, **kwargs):
+        self.path = Path(schedule_filename or SCHEDULE_FILE)
+        super().__init__(*args, **kwargs)
+
+    def setup_schedule(self) -> None:
+        try:
+            saved = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        self.merge_inplace(self.app.conf.beat_schedule)
+        for name, entry in self.schedule.items():
+            if isinstance(saved.get(name), str):
+                entry.last_run_at = datetime.fromisoformat(saved[name])
+        self.install_default_entries(self.schedule)
+        self.sync()
+
+    def sync(self) -> None:
+        from tuner.formats.bundle import write_atomic
+
+        state = {name: entry.last_run_at.isoformat() for name, entry in self.schedule.items() if entry.last_run_at}
+        write_atomic(self.path, json.dumps(state, indent=1, sort_keys=True), mode=0o600)
+
+    def close(self) -> None:
+        self.sync()
+
+
 def run_scheduler(settings: Settings, loglevel: str = "INFO") -> None:
+    from db.session import private_dir
     from tuner.coordinator import broker_app
 
     schedule = parse_cron(settings.retune_cron)
@@ -39,5 +82,6 @@ def run_scheduler(settings: Settings, loglevel: str = "INFO") -> None:
                                                  "kwargs": retune_args(settings),
                                                  "options": {"queue": CONTROL_QUEUE}}}
     app.conf.timezone = "UTC"
-    settings.home.mkdir(parents=True, exist_ok=True)
-    app.start(["beat", "--loglevel", loglevel, "--schedule", str(settings.home / "celerybeat-schedule")])
+    private_dir(settings.home)
+    app.start(["beat", "--loglevel", loglevel, "--scheduler", f"{JsonScheduler.__module__}:{JsonScheduler.__name__}",
+               "--schedule", os.fspath(settings.home / SCHEDULE_FILE)])

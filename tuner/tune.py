@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -13,8 +14,8 @@ from devices.fingerprint import StackFingerprint
 from devices.probe import live_identity
 from search_spaces import registry
 from search_spaces.base import Config, TuningKey
-from tuner.database import open_for_write
-from tuner.request import TuneRequest, refuse_unfit
+from tuner.database import open_for_write, open_studies
+from tuner.request import TuneRequest, host_memory, refuse_unfit
 from tuner.settings import Settings
 
 
@@ -28,6 +29,7 @@ class KeyOutcome:
     speedup: float | None
     search_s: float  # the trials, from the first proposal to the last result stored
     finalize_s: float  # the re-measurement of the top configurations
+    kept: bool = False  # the key's current best stayed: nothing measured beat it beyond noise
 
 
 @dataclass(frozen=True)
@@ -49,20 +51,17 @@ class LocalPlan:
     dc: DeviceClass
     fp: StackFingerprint
     trial_timeout_s: float
-
-
-def _host_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not every platform says
-        return None
+    heartbeat_s: float = 10.0
+    grace_s: float = 60.0
 
 
 def prepare(req: TuneRequest, settings: Settings, device: str | None) -> LocalPlan:
     dc, fp, device_str = live_identity(device or settings.device, settings.fingerprint_override)
-    refuse_unfit(req, dc.slug, f"device {device_str} ({dc.slug})", host_memory=_host_memory())
+    refuse_unfit(req, dc.slug, f"device {device_str} ({dc.slug})", host_memory=host_memory())
     url = open_for_write(settings)
-    return LocalPlan(req, url, device_str, dc, fp, settings.trial_timeout_s)
+    open_studies(settings, url)
+    return LocalPlan(req, url, device_str, dc, fp, settings.trial_timeout_s, settings.heartbeat_s,
+                     settings.worker_dead_after_s)
 
 
 def tune_local(plan: LocalPlan, progress=None, finalizing=None) -> TuneOutcome:
@@ -82,7 +81,9 @@ def tune_local(plan: LocalPlan, progress=None, finalizing=None) -> TuneOutcome:
         job_id, key_ids = store.create_job(
             s, kind="tune", origin="local", kernel=req.kernel, kernel_version=spec.version,
             keys=[k.to_json() for k in req.keys], key_hashes=[k.stable_hash for k in req.keys],
-            sampler=req.sampler, seed=req.seed, budget_trials=req.trials, request=req.to_json(),
+            sampler=req.sampler, seed=req.seed, budget_trials=req.trials,
+            # who runs it: the janitor fails the job when this process is gone (workers/janitor.py)
+            request={**req.to_json(), "runner": {"host": socket.gethostname(), "pid": os.getpid()}},
             device_class_id=dc_id, state="running", study_names=names)
 
     outcomes = []
@@ -97,10 +98,11 @@ def tune_local(plan: LocalPlan, progress=None, finalizing=None) -> TuneOutcome:
                                     device=plan.device, target=target, device_class_id=dc_id,
                                     fingerprint_id=fp_id, study_name=name,
                                     sampler=req.sampler, seed=req.seed, budget_trials=req.trials,
-                                    trial_timeout_s=plan.trial_timeout_s, measurement=req.measurement)
+                                    trial_timeout_s=plan.trial_timeout_s, measurement=req.measurement,
+                                    heartbeat_s=plan.heartbeat_s, grace_s=plan.grace_s)
                 t = time.perf_counter()
-                ran = run_batch(ctx, harness, req.trials, seeds=lambda: seed_configs(ctx),
-                                on_trial=(lambda c, r: progress(1)) if progress else None)
+                ran = run_batch(ctx, harness, req.trials, first=seed_configs(ctx),
+                                on_trial=(lambda c, r: progress(1)) if progress else None).ran
                 t2 = time.perf_counter()
                 if finalizing:
                     finalizing(key)
@@ -113,7 +115,8 @@ def tune_local(plan: LocalPlan, progress=None, finalizing=None) -> TuneOutcome:
                 outcomes.append(KeyOutcome(key, ran, done.config if done else None,
                                            done.median_ms if done else None,
                                            done.default_ms if done else None,
-                                           done.speedup if done else None, t2 - t, t3 - t2))
+                                           done.speedup if done else None, t2 - t, t3 - t2,
+                                           bool(done and done.kept)))
     except BaseException as exc:
         state, error = ("cancelled", "interrupted") if isinstance(exc, KeyboardInterrupt) else ("failed", repr(exc))
         raise

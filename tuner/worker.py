@@ -6,24 +6,34 @@ import os
 import socket
 
 from devices.probe import live_identity
-from tuner.database import open_for_write
+from tuner.database import open_for_write, open_studies
 from tuner.settings import Settings
 
 
-def run_worker(settings: Settings, device: str | None, name: str | None, loglevel: str = "INFO") -> None:
+def worker_app(settings: Settings):
+    """The worker's Celery app: the broker must not re-deliver a message while its batch may
+    still run, so its visibility timeout exceeds the longest batch these settings allow."""
     from tuner.coordinator import broker_app
+    from workers.service import longest_batch_s
+
+    return broker_app(settings, visibility_timeout_s=1.25 * longest_batch_s(settings.batch_trials,
+                                                                            settings.trial_timeout_s))
+
+
+def run_worker(settings: Settings, device: str | None, name: str | None, loglevel: str = "INFO") -> None:
     from workers import tasks
     from workers.app import send_batch
     from workers.queues import CONTROL_QUEUE, queue_names
     from workers.service import WorkerConfig, WorkerService
 
     dc, fp, device_str = live_identity(device or settings.device, settings.fingerprint_override)
-    app = broker_app(settings)
+    app = worker_app(settings)
     db_url = open_for_write(settings)
+    open_studies(settings, db_url)  # Optuna's tables, created by `tuner db upgrade`, never here
     node = name or f"{dc.slug}-{device_str.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
     cfg = WorkerConfig(db_url=db_url, device=device_str, name=node, heartbeat_s=settings.heartbeat_s,
                        stall_s=settings.stall_s, trial_timeout_s=settings.trial_timeout_s,
-                       dead_after_s=settings.worker_dead_after_s)
+                       dead_after_s=settings.worker_dead_after_s, batch_trials=settings.batch_trials)
     service = WorkerService(cfg, dc, fp, lambda msg: send_batch(app, msg))
     if settings.metrics_port:
         from workers import metrics

@@ -10,9 +10,12 @@ from celery import Celery
 from workers.queues import BATCH_TASK, DEFAULT_QUEUE
 
 SQLITE_BROKER_LOCK_WAIT_S = 60.0
+# Redis re-delivers an unacknowledged message after this; a worker gives its own, from its batch
+# size and trial timeout (workers.service.longest_batch_s), so a live batch is never re-delivered
+DEFAULT_VISIBILITY_TIMEOUT_S = 6 * 3600.0
 
 
-def make_app(broker_url: str) -> Celery:
+def make_app(broker_url: str, visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S) -> Celery:
     app = Celery("tuner", broker=broker_url, set_as_current=False)
     app.conf.update(
         task_serializer="json", result_serializer="json", accept_content=["json"],
@@ -31,9 +34,9 @@ def make_app(broker_url: str) -> Celery:
         worker_send_task_events=True, task_send_sent_event=True,  # for Flower
     )
     if broker_url.startswith(("redis://", "rediss://")):
-        # an unacked message of a worker killed with SIGKILL comes back after this; the
-        # janitor (workers/service.py) re-sends stalled keys sooner
-        app.conf.broker_transport_options = {"visibility_timeout": 300}
+        # an unacked message of a worker killed with SIGKILL comes back after this, which must be
+        # longer than the longest batch; the janitor re-sends a key whose worker is gone sooner
+        app.conf.broker_transport_options = {"visibility_timeout": visibility_timeout_s}
     elif broker_url.startswith("sqla+sqlite:"):
         # A worker polls the file with BEGIN IMMEDIATE; on a busy machine a sender's first write
         # (kombu creates its tables then) can wait past SQLite's 5 s default, and kombu's publish

@@ -1,7 +1,9 @@
 """The trial-batch message: what the coordinator and workers send each other, schema-checked.
 
 A message names a registered kernel and a key; it never carries code. Anything that does
-not validate is rejected before it is used.
+not validate is rejected before it is used. Every message is built from the job's rows
+(`batch_message`), and a worker compares what it receives with what the rows say before it
+uses any of it: a message is a pointer to a job key, never a source of its facts.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 from search import strategies
 from search_spaces import registry
 from search_spaces.base import SpecError, TuningKey
-from workers.queues import is_class_queue
+from workers.queues import is_class_queue, queue_for
 
 SCHEMA = 1
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -75,3 +77,23 @@ class BatchMessage:
             raise ValueError(f"rejected batch message: kernel {key.kernel} version {key.version} is not the "
                              f"version this worker runs ({spec.version}); deploy the same kernel code")
         return cls(**{k: data[k] for k in fields if k in data})
+
+
+def key_budget(job, key_hash: str) -> int:
+    """A job key's budget of counted trials (a retune sets one per key): from the job row."""
+    return int((job.request or {}).get("budgets", {}).get(key_hash, job.budget_trials))
+
+
+def batch_message(job, key_row, default_batch: int = 4) -> BatchMessage:
+    """The next batch of a job key (db.models.Job and JobKey rows), every field from the rows: what
+    the coordinator, the retune, the janitor and a worker send, and what a received one must say."""
+    budget = key_budget(job, key_row.key_hash)
+    return BatchMessage(job_id=job.id, job_key_id=key_row.id, key=key_row.key, sampler=job.sampler,
+                        seed=job.seed, budget_trials=budget,
+                        batch_trials=min(int((job.request or {}).get("batch_trials", default_batch)), budget),
+                        queue=queue_for(job.device_selector))
+
+
+def disagreements(received: BatchMessage, rows: BatchMessage) -> list[str]:
+    """The fields in which a received message differs from the one its job's rows make."""
+    return [f for f in BatchMessage.__dataclass_fields__ if getattr(received, f) != getattr(rows, f)]

@@ -1,69 +1,134 @@
-"""The janitor every worker runs beside its heartbeat: a running key of its class whose messages
-were lost (with a killed worker, or in a broker restarted without persistence) is re-sent.
+"""The janitor every worker runs beside its heartbeat (one worker of a class at a time, under a
+lease): what a crash, a lost message or a stopped process left behind is found and repaired.
 
-A key with no trial and no batch started for `stall_s` is stalled; one worker re-sends it, the
-one whose conditional UPDATE of the key's clock wins. Budgets are re-read before every trial and
-finalization is claimed once, so a duplicate message costs nothing.
+  - A running key of its class that no live worker holds (workers.holding_key_id, rewritten with
+    every heartbeat) and that had no trial and no batch started for `stall_s` lost its messages
+    (with a killed worker, or in a broker restarted without persistence): it is re-sent, by the
+    one worker whose conditional UPDATE of the key's clock wins. A slow trial of a live worker is
+    never a stall. A `finalizing` key that no live worker holds lost its finalizer: it is given
+    back and re-sent, and its next batch finalizes it again (the attempt is counted).
+  - A job whose keys have all ended is ended (the transaction that ended its last key does that
+    too); a local `tuner tune` job whose process is gone (same host) or that made no progress
+    for longer than a batch can take is failed, so no crash leaves a job running for ever.
+  - Optuna trials that nobody will tell (their worker died or stopped) are told their stored
+    result, or failed and enqueued again (search.studies.recover_all).
+Budgets are re-read before every trial and finalization is claimed once, so a duplicate message
+costs nothing.
 """
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from datetime import timedelta
 from typing import Callable
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, exists, func, select, update
 
-from db import models
+from db import models, store
 from db.clock import utcnow
 from db.session import session_scope
 from devices.classes import matches
-from workers.batch import BatchMessage
-from workers.queues import queue_for
-from workers.retune import key_budget
+from search.studies import recover_all
+from workers.batch import BatchMessage, batch_message
 
 log = logging.getLogger("tuner.worker")
+OPEN_KEY_STATES = ("running", "finalizing")
 
 
-def resend_stalled(db_url: str, slug: str, stall_s: float, send: Callable[[BatchMessage], None]) -> int:
-    """Re-send a batch for every running key of class `slug` with no activity for stall_s seconds."""
-    now = utcnow()
-    cutoff = now - timedelta(seconds=stall_s)
+def sweep(db_url: str, slug: str, send: Callable[[BatchMessage], None], *, holder: str, stall_s: float,
+          dead_after_s: float, heartbeat_s: float, abandon_s: float) -> None:
+    """One round of the janitor for a worker of class `slug`, if it holds the class's lease."""
+    with session_scope(db_url) as s:
+        if not store.acquire_lock(s, f"janitor:{slug}", holder, ttl_s=max(0.5, 0.9 * heartbeat_s)):
+            return
+    resend_stalled(db_url, slug, stall_s, dead_after_s, send)
+    end_jobs(db_url, abandon_s)
+    recover_all(db_url, heartbeat_s, dead_after_s)
+
+
+def live_holders(s, dead_after_s: float) -> set[int]:
+    """The job keys that live workers hold now (their batch or finalization runs)."""
+    cutoff = utcnow() - timedelta(seconds=dead_after_s)
+    return set(s.scalars(select(models.Worker.holding_key_id).where(
+        models.Worker.holding_key_id.is_not(None), models.Worker.stopped_at.is_(None),
+        models.Worker.heartbeat_at >= cutoff)).all())
+
+
+def resend_stalled(db_url: str, slug: str, stall_s: float, dead_after_s: float,
+                   send: Callable[[BatchMessage], None]) -> int:
+    """Re-send a batch for every open key of class `slug` that no live worker holds and that was idle
+    for stall_s seconds; a `finalizing` one is given back to `running` first."""
+    cutoff = utcnow() - timedelta(seconds=stall_s)
     sent = 0
     with session_scope(db_url) as s:
+        held = live_holders(s, dead_after_s)
         rows = s.execute(
             select(models.JobKey, models.Job)
             .join(models.Job, models.Job.id == models.JobKey.job_id)
             .where(models.Job.state.in_(("queued", "running")), models.Job.origin == "queued",
-                   models.JobKey.state.in_(("running", "finalizing")))).all()
+                   models.JobKey.state.in_(OPEN_KEY_STATES))).all()
         for key_row, job in rows:
-            if not matches(job.device_selector, slug):
+            if not matches(job.device_selector, slug) or key_row.id in held:
                 continue
-            if key_row.state == "finalizing":
-                # a finalizer that died: give the key back; its next batch finalizes it again
-                if key_row.enqueued_at and key_row.enqueued_at < cutoff - 2 * (now - cutoff):
-                    key_row.state = "running"
-                else:
-                    continue
             last = s.scalar(select(func.max(models.TuningTrial.created_at))
                             .where(models.TuningTrial.job_key_id == key_row.id))
             latest = max(t for t in (last, key_row.enqueued_at, job.created_at) if t)
             if latest > cutoff:
                 continue
+            same_clock = (models.JobKey.enqueued_at.is_(None) if key_row.enqueued_at is None
+                          else models.JobKey.enqueued_at == key_row.enqueued_at)
             claimed = s.execute(update(models.JobKey).where(
-                models.JobKey.id == key_row.id,
-                (models.JobKey.enqueued_at.is_(None)) | (models.JobKey.enqueued_at == key_row.enqueued_at))
-                .values(enqueued_at=utcnow())).rowcount
+                models.JobKey.id == key_row.id, models.JobKey.state == key_row.state, same_clock)
+                .values(enqueued_at=utcnow(), state="running")).rowcount
             if claimed:
                 s.commit()
                 send(batch_message(job, key_row))
-                log.warning("re-sent stalled key %s of job %s", key_row.id, job.id)
+                log.warning("re-sent stalled key %s of job %s%s", key_row.id, job.id,
+                            " (its finalizer is gone)" if key_row.state == "finalizing" else "")
                 sent += 1
     return sent
 
 
-def batch_message(job: models.Job, key_row: models.JobKey, batch_trials: int = 4) -> BatchMessage:
-    """The next batch of a key, from the job's rows."""
-    return BatchMessage(job_id=job.id, job_key_id=key_row.id, key=key_row.key, sampler=job.sampler,
-                        seed=job.seed, budget_trials=key_budget(job, key_row.key_hash),
-                        batch_trials=job.request.get("batch_trials", batch_trials),
-                        queue=queue_for(job.device_selector))
+def _process_gone(runner: dict) -> bool:
+    """Whether the process that runs a local job is known to be gone: only on its own host."""
+    if runner.get("host") != socket.gethostname() or not isinstance(runner.get("pid"), int):
+        return False
+    try:
+        os.kill(runner["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def end_jobs(db_url: str, abandon_s: float) -> int:
+    """End the jobs a crash left running: those whose keys have all ended, and local ones whose
+    `tuner tune` process is gone or made no progress for abandon_s seconds."""
+    ended = 0
+    with session_scope(db_url) as s:
+        open_key = exists().where(and_(models.JobKey.job_id == models.Job.id,
+                                       models.JobKey.state.in_(OPEN_KEY_STATES)))
+        for job_id in s.scalars(select(models.Job.id).where(models.Job.state.in_(("queued", "running")),
+                                                            ~open_key)).all():
+            if store.finish_job(s, job_id):
+                log.warning("ended job %s, whose keys had all ended", job_id)
+                ended += 1
+        cutoff = utcnow() - timedelta(seconds=abandon_s)
+        for job in s.scalars(select(models.Job).where(models.Job.origin == "local", models.Job.state == "running")).all():
+            runner = (job.request or {}).get("runner") or {}
+            last = s.scalar(select(func.max(models.TuningTrial.created_at)).where(models.TuningTrial.job_id == job.id))
+            touched = s.scalar(select(func.max(models.JobKey.enqueued_at)).where(models.JobKey.job_id == job.id))
+            idle = max(t for t in (last, touched, job.started_at, job.created_at) if t) < cutoff
+            if not (idle or _process_gone(runner)):
+                continue
+            why = (f"the `tuner tune` process (pid {runner.get('pid')} on {runner.get('host')}) is gone"
+                   if not idle else f"no progress for {abandon_s:.0f} s: the `tuner tune` process is gone")
+            s.execute(update(models.JobKey).where(models.JobKey.job_id == job.id,
+                                                  models.JobKey.state.in_(OPEN_KEY_STATES))
+                      .values(state="failed", error=why))
+            if store.finish_job(s, job.id):
+                log.warning("failed job %s: %s", job.id, why)
+                ended += 1
+    return ended

@@ -19,8 +19,7 @@ from db import models, store
 from db.clock import utcnow
 from db.session import session_scope
 from harness.protocol import Measurement
-from workers.batch import BatchMessage
-from workers.queues import queue_for
+from workers.batch import BatchMessage, batch_message
 
 LOCK = "retune"
 TOP_K = 3
@@ -155,11 +154,9 @@ def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: 
                     s, kind="retune", origin="queued", kernel=kern, kernel_version=version,
                     keys=[st.key for st in keys], key_hashes=[st.key_hash for st in keys], sampler="auto", seed=0,
                     budget_trials=max(budgets.values()), request=request, device_selector=slug)
-                for st, key_id in zip(keys, key_ids):
-                    msg = BatchMessage(job_id=job_id, job_key_id=key_id, key=st.key, sampler="auto", seed=0,
-                                       budget_trials=budgets[st.key_hash], batch_trials=min(batch_trials, budgets[st.key_hash]),
-                                       queue=queue_for(slug))
-                    messages += [msg] * parallel
+                job = s.get(models.Job, job_id)
+                for key_id in key_ids:
+                    messages += [batch_message(job, s.get(models.JobKey, key_id))] * parallel
                 planned[-1]["job"] = job_id
         for msg in messages:  # after commit, so a worker never sees a message before its rows
             send(msg)
@@ -177,6 +174,3 @@ def warm_seeds(job_request: dict, key_hash: str) -> list[dict]:
         return []
     return [warm["old_config"], *warm.get("top", [])]
 
-
-def key_budget(job, key_hash: str) -> int:
-    return int((job.request or {}).get("budgets", {}).get(key_hash, job.budget_trials))

@@ -3,8 +3,12 @@
 Cooperation: every worker of a class works on the same Optuna study per key (ask/tell on
 the shared RDB storage), a batch at a time. A batch that leaves budget sends the next batch
 to the same queue; the worker that spends the budget claims the key's finalization with one
-conditional UPDATE, so exactly one best row is written per key. Beside the heartbeat runs the
-janitor (workers/janitor.py), which re-sends keys whose messages were lost.
+conditional UPDATE, which also counts the attempt and is the finalizer's fencing token, so
+exactly one finalization ends a key. Beside the heartbeat runs the janitor (workers/janitor.py).
+
+Trust: a message only points at a job key. Its every field is compared with what the job's rows
+say (`workers.batch.batch_message`), a message that disagrees, or that names a job of another
+device class, is refused, and everything used or re-sent comes from the rows.
 """
 from __future__ import annotations
 
@@ -14,24 +18,33 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from db import models, store
 from db.clock import utcnow
 from db.session import session_scope
-from devices.classes import DeviceClass
+from devices.classes import DeviceClass, matches
 from devices.fingerprint import StackFingerprint
 from harness.harness import Harness
 from harness.protocol import Measurement
-from search.finalize import finalize
+from search.finalize import MAX_RUNS, Superseded, finalize
 from search.loop import SearchContext, counted_trials, run_batch, seed_configs, study_name
-from workers.batch import BatchMessage
-from workers.janitor import resend_stalled
+from workers.batch import BatchMessage, batch_message, disagreements
+from workers.faults import infrastructure
+from workers.janitor import sweep
 from workers.retune import live_stacks, warm_seeds
 
 log = logging.getLogger("tuner.worker")
 FINAL_JOB_STATES = ("done", "failed", "cancelled")
-DEFER_S = 1.0  # how long a worker waits before handing back a batch pinned to another stack
+DEFER_S = 1.0  # how long a worker waits before handing back a batch meant for another stack
+MAX_FINALIZE_ATTEMPTS = 3  # a key whose finalization fails this often is failed, with the reason
+
+
+def longest_batch_s(batch_trials: int, trial_timeout_s: float) -> float:
+    """The longest a batch can run: each trial a compile and a measurement (a timeout each), then
+    the key's finalization. The broker's visibility timeout must exceed it, or a live batch is
+    delivered again."""
+    return (2 * batch_trials + MAX_RUNS) * trial_timeout_s
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,7 @@ class WorkerConfig:
     stall_s: float = 60.0
     trial_timeout_s: float = 120.0
     dead_after_s: float = 60.0  # a worker whose heartbeat is older is gone
+    batch_trials: int = 4
 
 
 class WorkerService:
@@ -51,6 +65,8 @@ class WorkerService:
     def __init__(self, cfg: WorkerConfig, dc: DeviceClass, fp: StackFingerprint, send):
         self.cfg, self.dc, self.fp, self.send = cfg, dc, fp, send
         self.harness = Harness()
+        self.holding: int | None = None  # the job key of the batch this worker runs now
+        self._first: dict[int, list] = {}  # job key -> what its batches measure first
         self._stop = threading.Event()
         with session_scope(cfg.db_url) as s:
             self.dc_id, self.fp_id = store.store_identity(s, dc.to_json(), {**fp.to_json(), "hash": fp.hash})
@@ -61,7 +77,7 @@ class WorkerService:
             row.hostname, row.pid, row.device = socket.gethostname(), os.getpid(), cfg.device
             row.device_class_id, row.fingerprint_id = self.dc_id, self.fp_id
             row.started_at = row.heartbeat_at = utcnow()
-            row.stopped_at = None
+            row.stopped_at = row.holding_key_id = None
             s.flush()
             self.worker_id = row.id
         self._thread = threading.Thread(target=self._beat, name="tuner-heartbeat", daemon=True)
@@ -80,68 +96,156 @@ class WorkerService:
         self._stop.set()
         self.harness.close()
         with session_scope(self.cfg.db_url) as s:
-            s.execute(update(models.Worker).where(models.Worker.id == self.worker_id).values(stopped_at=utcnow()))
+            s.execute(update(models.Worker).where(models.Worker.id == self.worker_id)
+                      .values(stopped_at=utcnow(), holding_key_id=None))
+
+    def wait(self, seconds: float) -> None:
+        self._stop.wait(seconds)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.cfg.heartbeat_s):
             try:
+                # what the worker holds is written from memory with every beat, by this thread only
                 with session_scope(self.cfg.db_url) as s:
                     s.execute(update(models.Worker).where(models.Worker.id == self.worker_id)
-                              .values(heartbeat_at=utcnow(), fingerprint_id=self.fp_id))
-                resend_stalled(self.cfg.db_url, self.dc.slug, self.cfg.stall_s, self.send)
-            except Exception:  # a database blip must not end the heartbeat thread
-                log.exception("heartbeat failed")
+                              .values(heartbeat_at=utcnow(), fingerprint_id=self.fp_id, holding_key_id=self.holding))
+                sweep(self.cfg.db_url, self.dc.slug, self.send, holder=self.cfg.name, stall_s=self.cfg.stall_s,
+                      dead_after_s=self.cfg.dead_after_s, heartbeat_s=self.cfg.heartbeat_s,
+                      abandon_s=longest_batch_s(self.cfg.batch_trials, self.cfg.trial_timeout_s))
+            except Exception as exc:  # a database blip must not end the heartbeat thread
+                if infrastructure(exc):
+                    log.warning("heartbeat failed: %s", str(exc).splitlines()[0][:300])
+                else:
+                    log.exception("heartbeat failed")
 
     # ---- a batch -----------------------------------------------------------------------
-    def handle(self, msg: BatchMessage, batch_trials: int) -> str:
-        key = msg.tuning_key
-        target = self.dc.target
+    def handle(self, msg: BatchMessage) -> str:
+        """Run the batch a message points at. An infrastructure error propagates (the task puts
+        the message back); a message that disagrees with its job's rows is refused."""
         with session_scope(self.cfg.db_url) as s:
             job = s.get(models.Job, msg.job_id)
             key_row = s.get(models.JobKey, msg.job_key_id)
             if job is None or key_row is None or key_row.job_id != job.id:
-                return "unknown job"
+                return f"refused: no job {msg.job_id} with key {msg.job_key_id}"
+            rows = batch_message(job, key_row)
+            wrong = disagreements(msg, rows)
+            if wrong:
+                return f"refused: the message disagrees with job {job.id} on {', '.join(wrong)}"
+            if not job.device_selector or not matches(job.device_selector, self.dc.slug):
+                return f"refused: job {job.id} is for device class {job.device_selector}, this worker is {self.dc.slug}"
             if job.state in FINAL_JOB_STATES or key_row.state != "running":
                 return f"job {job.state}, key {key_row.state}"
             measurement = Measurement.from_json(job.request.get("measurement"))
+            key = rows.tuning_key
             name = study_name(key, self.dc.slug, self.fp.hash, measurement)
-            pinned = self._pin(s, key_row.id, name)
-            elsewhere = pinned != name and self._measured_by_live_workers(s, key, measurement, pinned)
-            if not elsewhere:
+            elsewhere = self._elsewhere(s, job, key_row, key, measurement, name)
+            if elsewhere is None:
                 key_row.study_name = name  # where the stack or class that began the key is gone: here now
                 s.execute(update(models.Job).where(models.Job.id == job.id, models.Job.state == "queued")
                           .values(state="running", started_at=utcnow()))
                 key_row.enqueued_at = utcnow()
             job_request = job.request
-        if elsewhere:
-            # Live workers of another stack or class measure this key in their study: the batch
-            # goes back to the queue for them, after a pause, so it does not bounce among ours.
+        if elsewhere is not None:
+            if elsewhere.startswith("failed"):
+                return elsewhere
+            # Live workers of another stack or class measure this key: the batch goes back to the
+            # queue for them, after a pause, so it does not bounce among ours.
             self._stop.wait(DEFER_S)
-            self.send(msg)
-            return f"key measured in study {pinned} by live workers of another stack or class; re-sent"
+            self.send(rows)
+            return f"{elsewhere}; re-sent"
+        return self._run(rows, key, name, measurement, job_request)
+
+    def _run(self, msg: BatchMessage, key, name: str, measurement: Measurement, job_request: dict) -> str:
         ctx = SearchContext(db_url=self.cfg.db_url, job_id=msg.job_id, job_key_id=msg.job_key_id, key=key,
-                            device=self.cfg.device, target=target, device_class_id=self.dc_id,
+                            device=self.cfg.device, target=self.dc.target, device_class_id=self.dc_id,
                             fingerprint_id=self.fp_id, study_name=name, sampler=msg.sampler, seed=msg.seed,
                             budget_trials=msg.budget_trials, trial_timeout_s=self.cfg.trial_timeout_s,
-                            worker_id=self.worker_id, measurement=measurement)
-        ran = run_batch(ctx, self.harness, batch_trials, should_stop=lambda: self._cancelled(msg.job_id),
-                        seeds=lambda: seed_configs(ctx, first=warm_seeds(job_request, key.stable_hash)),
-                        on_trial=self.observe() if self.observe else None)
+                            worker_id=self.worker_id, measurement=measurement, heartbeat_s=self.cfg.heartbeat_s,
+                            grace_s=self.cfg.dead_after_s)
+        first = self._first.get(msg.job_key_id)
+        if first is None:  # once per key: the nearest stored shapes' bests and the strategy's seeds
+            if len(self._first) > 256:
+                self._first.clear()
+            first = self._first[msg.job_key_id] = seed_configs(ctx, first=warm_seeds(job_request, key.stable_hash))
+        batch = run_batch(ctx, self.harness, msg.batch_trials, should_stop=lambda: self._cancelled(msg.job_id),
+                          first=first, on_trial=self.observe() if self.observe else None)
         if self._cancelled(msg.job_id):
             return "cancelled"
-        exhausted = ran < batch_trials  # the budget is spent, or the space has nothing left
-        if not exhausted and counted_trials(self.cfg.db_url, msg.job_key_id) < msg.budget_trials:
+        if not batch.exhausted and counted_trials(self.cfg.db_url, msg.job_key_id) < msg.budget_trials:
             self.send(msg)
-            return f"ran {ran}, next batch sent"
-        if not self._claim_finalize(msg.job_key_id):
-            return f"ran {ran}, another worker finalizes"
-        result = finalize(ctx, self.harness, self.dc.slug)
+            return f"ran {batch.ran}, next batch sent"
+        attempt = self._claim_finalize(msg.job_key_id)
+        if attempt is None:
+            return f"ran {batch.ran}, another worker finalizes"
+        return f"ran {batch.ran}, " + self._finalize(ctx, msg, attempt)
+
+    def _finalize(self, ctx: SearchContext, msg: BatchMessage, attempt: int) -> str:
+        def end(state: str, error: str | None = None):
+            """The key's end, in the caller's transaction, only while this finalization is still
+            the key's (its attempt number is the fence); the job's end with its last key."""
+            def guard(s) -> bool:
+                trials = s.scalar(select(func.count()).select_from(models.TuningTrial).where(
+                    models.TuningTrial.job_key_id == msg.job_key_id, models.TuningTrial.status != "invalid"))
+                ended = s.execute(update(models.JobKey).where(
+                    models.JobKey.id == msg.job_key_id, models.JobKey.state == "finalizing",
+                    models.JobKey.finalize_attempts == attempt).values(state=state, error=error, trials_done=trials))
+                if ended.rowcount != 1:
+                    return False
+                store.finish_job(s, msg.job_id)
+                return True
+            return guard
+
+        try:
+            result = finalize(ctx, self.harness, self.dc.slug, guard=end("done"))
+        except Superseded:
+            return "another finalizer took the key over"
+        except Exception as exc:
+            if infrastructure(exc):
+                raise  # the message goes back; the janitor gives the key back when no live worker holds it
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            log.exception("finalization %d of job %s key %s failed", attempt, msg.job_id, msg.job_key_id)
+            return self._finalize_failed(msg, attempt, reason)
+        if result is None:
+            with session_scope(self.cfg.db_url) as s:
+                end("failed")(s)
+            return "finalized: no configuration ran correctly"
+        return "finalized" + (" (the current best stays)" if result.kept else "")
+
+    def _finalize_failed(self, msg: BatchMessage, attempt: int, reason: str) -> str:
+        last = attempt >= MAX_FINALIZE_ATTEMPTS
         with session_scope(self.cfg.db_url) as s:
-            key_row = s.get(models.JobKey, msg.job_key_id)
-            key_row.state = "done" if result else "failed"
-            key_row.trials_done = counted_trials(self.cfg.db_url, msg.job_key_id)
-        self._finish_job(msg.job_id)
-        return f"ran {ran}, finalized"
+            error = f"finalization failed {attempt} times, last: {reason}" if last else reason
+            s.execute(update(models.JobKey).where(
+                models.JobKey.id == msg.job_key_id, models.JobKey.state == "finalizing",
+                models.JobKey.finalize_attempts == attempt).values(state="failed" if last else "running", error=error))
+            if last:
+                store.finish_job(s, msg.job_id)
+        if last:
+            return f"finalization failed {attempt} times; key failed: {reason}"
+        self.send(msg)  # its next batch finds the budget spent and finalizes again
+        return f"finalization {attempt} of {MAX_FINALIZE_ATTEMPTS} failed ({reason}); tried again"
+
+    def _elsewhere(self, s, job, key_row, key, measurement: Measurement, name: str) -> str | None:
+        """Why this worker does not measure the key (None: it does). A retune key is measured only
+        by a worker of a stack it was queued for; any key, in the study the first worker to take it
+        named, while a live worker of that study's stack and class exists."""
+        stacks = live_stacks(s, self.cfg.dead_after_s)
+        if job.kind == "retune":
+            wanted = set((job.request.get("warm") or {}).get(key_row.key_hash, {}).get("new_fingerprints") or ())
+            if wanted and self.fp.hash not in wanted:
+                if any(fps & wanted for slug, fps in stacks.items() if matches(job.device_selector, slug)):
+                    return f"retune key queued for stack {','.join(sorted(wanted))}, this worker runs {self.fp.hash}"
+                error = (f"no live worker runs stack {','.join(sorted(wanted))} any more; the next `tuner retune` "
+                         "queues the key again while it is stale")
+                if s.execute(update(models.JobKey).where(models.JobKey.id == key_row.id, models.JobKey.state == "running")
+                             .values(state="failed", error=error)).rowcount:
+                    store.finish_job(s, job.id)
+                return f"failed: {error}"
+        pinned = self._pin(s, key_row.id, name)
+        if pinned != name and any(study_name(key, slug, fp, measurement) == pinned
+                                  for slug, fps in stacks.items() for fp in fps):
+            return f"key measured in study {pinned} by live workers of another stack or class"
+        return None
 
     @staticmethod
     def _pin(s, key_row_id: int, name: str) -> str:
@@ -151,25 +255,24 @@ class WorkerService:
                   .values(study_name=name))
         return s.scalar(select(models.JobKey.study_name).where(models.JobKey.id == key_row_id))
 
-    def _measured_by_live_workers(self, s, key, measurement: Measurement, study: str) -> bool:
-        return any(study_name(key, slug, fp, measurement) == study
-                   for slug, fps in live_stacks(s, self.cfg.dead_after_s).items() for fp in fps)
+    def hold(self, key_row_id: int | None) -> None:
+        """The key this worker runs now (None: none), for every message from its receipt
+        (workers/tasks.py). The heartbeat writes it to the worker's row, the only writer of that
+        column, within TUNER_HEARTBEAT_S, shorter than TUNER_STALL_S: the janitor sees it before
+        it could take the batch for a lost one, at no cost to a batch."""
+        self.holding = key_row_id
 
     def _cancelled(self, job_id: str) -> bool:
         with session_scope(self.cfg.db_url) as s:
             return s.scalar(select(models.Job.state).where(models.Job.id == job_id)) == "cancelled"
 
-    def _claim_finalize(self, job_key_id: int) -> bool:
+    def _claim_finalize(self, job_key_id: int) -> int | None:
+        """This worker's finalization attempt number, or None when another worker finalizes."""
         with session_scope(self.cfg.db_url) as s:
-            return s.execute(update(models.JobKey).where(models.JobKey.id == job_key_id,
-                                                         models.JobKey.state == "running")
-                             .values(state="finalizing", enqueued_at=utcnow())).rowcount == 1
-
-    def _finish_job(self, job_id: str) -> None:
-        with session_scope(self.cfg.db_url) as s:
-            states = s.scalars(select(models.JobKey.state).where(models.JobKey.job_id == job_id)).all()
-            if all(st in ("done", "failed") for st in states):
-                final = "done" if any(st == "done" for st in states) else "failed"
-                s.execute(update(models.Job).where(models.Job.id == job_id, models.Job.state == "running")
-                          .values(state=final, finished_at=utcnow(),
-                                  error=None if final == "done" else "no configuration ran correctly"))
+            claimed = s.execute(update(models.JobKey).where(models.JobKey.id == job_key_id,
+                                                            models.JobKey.state == "running")
+                                .values(state="finalizing", enqueued_at=utcnow(),
+                                        finalize_attempts=models.JobKey.finalize_attempts + 1)).rowcount
+            if claimed != 1:
+                return None
+            return s.scalar(select(models.JobKey.finalize_attempts).where(models.JobKey.id == job_key_id))

@@ -1,19 +1,38 @@
-"""The Celery task a worker runs: one trial batch, its message validated before any use."""
+"""The Celery task a worker runs: one trial batch, its message validated before any use.
+
+An infrastructure fault (the database or the broker unreachable, workers/faults.py) never
+acknowledges a message as done: after a back-off pause the message is rejected with requeue, so
+it goes back to its queue (late acks: Celery would acknowledge a task that raised).
+"""
 from __future__ import annotations
 
 import logging
 
 from celery import Celery
+from celery.exceptions import Reject
 
 from workers.batch import BatchMessage
+from workers.faults import Backoff, infrastructure
 from workers.queues import BATCH_TASK, RETUNE_TASK
 
 log = logging.getLogger("tuner.worker")
 
 
 def register(app: Celery, service) -> None:
+    backoff = Backoff()
+
     @app.task(name=BATCH_TASK, bind=True)
     def trial_batch(task, payload=None, *args, **kwargs):
+        key_id = payload.get("job_key_id") if isinstance(payload, dict) else None
+        # held from receipt: validating a message may import its kernel (seconds, the first time),
+        # and the janitor must not take that for a stall
+        service.hold(key_id if type(key_id) is int else None)
+        try:
+            return run(task, payload, args, kwargs)
+        finally:
+            service.hold(None)
+
+    def run(task, payload, args, kwargs):
         try:
             if args or kwargs:
                 raise ValueError("trial_batch takes exactly one JSON object")
@@ -22,8 +41,21 @@ def register(app: Celery, service) -> None:
             # a bad message is dropped (acked) and logged; it never reaches the harness
             log.error("rejected message %s: %s", task.request.id, exc)
             return {"rejected": str(exc)}
-        outcome = service.handle(msg, msg.batch_trials)
-        log.info("job %s key %s: %s", msg.job_id, msg.job_key_id, outcome)
+        try:
+            outcome = service.handle(msg)
+        except Exception as exc:
+            if not infrastructure(exc):
+                raise
+            pause = backoff.next_s()
+            log.warning("job %s key %s: %s: %s; the message goes back to its queue in %.0f s", msg.job_id,
+                        msg.job_key_id, type(exc).__name__, str(exc).splitlines()[0][:300], pause)
+            service.wait(pause)
+            raise Reject(f"infrastructure fault: {type(exc).__name__}", requeue=True) from None
+        backoff.reset()
+        if outcome.startswith("refused"):
+            log.warning("refused message %s: job %s key %s: %s", task.request.id, msg.job_id, msg.job_key_id, outcome)
+        else:
+            log.info("job %s key %s: %s", msg.job_id, msg.job_key_id, outcome)
         return {"outcome": outcome}
 
     @app.task(name=RETUNE_TASK, bind=True)

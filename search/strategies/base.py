@@ -6,11 +6,11 @@ it the same way, so what is replayed is what runs:
 
   1. ``sampler()``: the Optuna sampler the study is opened with; once per batch (a worker opens
      the study anew for every batch it takes).
-  2. ``seeds(spec, key, target, warm)``: configurations enqueued, in order, when the study is
-     created (by the first worker to reach the key; never again). ``warm`` holds, likeliest
-     first, configurations imported for this very key (`tuner import`: vLLM's files), the current
-     bests of the nearest stored shapes of the class, then imported ones of the nearest shapes;
-     they may not fit the key. Invalid seeds are dropped by the caller.
+  2. ``seeds(spec, key, target, warm)``: configurations measured first, in order, by every job
+     on the key (those the study has measured, or has in flight, are skipped). ``warm`` holds,
+     likeliest first, configurations imported for this very key (`tuner import`: vLLM's files),
+     the current bests of the nearest stored shapes of the class, then imported ones of the
+     nearest shapes; they may not fit the key. Invalid seeds are dropped by the caller.
   3. Before every proposal: ``next_config(spec, key, target, seen, counted)`` returns a
      configuration to enqueue (then asked for), or None to let the sampler propose. When it
      returns None and ``exhausted(...)`` says so, the search of the key ends.

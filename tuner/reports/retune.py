@@ -34,7 +34,14 @@ def report(settings: Settings, run: str | None) -> dict:
                 trials = s.execute(select(models.TuningTrial.config_hash, models.TuningTrial.median_ms,
                                           models.TuningTrial.status)
                                    .where(models.TuningTrial.job_key_id == key.id)).all()
-                old_on_new = min((m for h, m, st in trials if h == old_hash and st == "ok" and m), default=None)
+                # the old best on the new stack: measured by this retune, or, where another job on
+                # the key measured it first in the same study, taken from there (never twice)
+                studied = s.execute(select(models.TuningTrial.config_hash, models.TuningTrial.median_ms,
+                                           models.TuningTrial.status)
+                                    .where(models.TuningTrial.study_name == key.study_name,
+                                           models.TuningTrial.config_hash == old_hash)).all() if key.study_name else []
+                old_on_new = min((m for h, m, st in [*trials, *studied] if h == old_hash and st == "ok" and m),
+                                 default=None)
                 new = s.scalar(select(models.BestConfig).where(models.BestConfig.job_id == job.id,
                                                                models.BestConfig.key_hash == key.key_hash))
                 old_ms = warm.get("old_ms")

@@ -1,0 +1,88 @@
+"""Least-privilege PostgreSQL roles: what each may do with the tuning database, as the grants that
+`tuner db upgrade` applies after every migration (so a table added later is covered at once).
+
+The roles (cluster-wide: created once by an administrator, with the SQL in the README's
+"Credentials", or by deploy/postgres-roles.sh when docker-compose creates the database):
+  - the owner, which runs `tuner db upgrade` (docker-compose's POSTGRES_USER): owns every table,
+    ours and Optuna's, and is the only role that may create, alter or drop one;
+  - WORKER (`tuner_worker`): workers, the scheduler and the CLI. Reads and writes the rows of the
+    service (jobs, trials, bests, leases, the Optuna studies); deletes only leases, claims and
+    Optuna's rows; never creates, alters, truncates or drops a table, nor deletes a job, a trial
+    or a best configuration;
+  - RUNTIME (`tuner_runtime`): inference hosts (`tuner.runtime`). Reads the best configurations
+    and the identity rows they join, nothing else; writes miss counts in `runtime_misses` when
+    that table exists.
+Grants go only to roles that exist; a role this database does not know is skipped.
+"""
+from __future__ import annotations
+
+from sqlalchemy import text
+
+WORKER, RUNTIME = "tuner_worker", "tuner_runtime"
+# our tables, and what the worker role may do with each (Optuna's tables: all but DDL)
+WORKER_TABLES = {
+    "device_classes": "SELECT, INSERT, UPDATE", "stack_fingerprints": "SELECT, INSERT, UPDATE",
+    "workers": "SELECT, INSERT, UPDATE", "jobs": "SELECT, INSERT, UPDATE", "job_keys": "SELECT, INSERT, UPDATE",
+    "tuning_trials": "SELECT, INSERT, UPDATE", "best_configs": "SELECT, INSERT, UPDATE",
+    "tuner_locks": "SELECT, INSERT, UPDATE, DELETE", "trial_claims": "SELECT, INSERT, UPDATE, DELETE",
+    "tuner_alembic_version": "SELECT",
+}
+OPTUNA_READ_ONLY = ("version_info", "alembic_version")  # Optuna's schema version: `tuner db upgrade` writes it
+RUNTIME_TABLES = {"best_configs": "SELECT", "device_classes": "SELECT", "stack_fingerprints": "SELECT",
+                  "tuner_alembic_version": "SELECT",
+                  "runtime_misses": "SELECT, INSERT, UPDATE"}  # the runtime's miss counts, where the table exists
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def grant(conn, worker: str = WORKER, runtime: str = RUNTIME) -> list[str]:
+    """Apply the grants on conn (PostgreSQL, as the tables' owner), in its transaction: every
+    privilege of the two roles in this database is revoked, then granted as the module docstring
+    says. Returns the roles that exist and were granted to."""
+    roles = set(conn.execute(text("SELECT rolname FROM pg_roles WHERE rolname IN (:w, :r)"),
+                             {"w": worker, "r": runtime}).scalars())
+    tables = set(conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
+    conn.execute(text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))  # PostgreSQL 15 does; older ones do not
+    done = []
+    for role, allowed in ((worker, None), (runtime, RUNTIME_TABLES)):
+        if role not in roles:
+            continue
+        r = _q(role)
+        conn.execute(text(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {r}"))
+        conn.execute(text(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {r}"))
+        conn.execute(text(f"REVOKE CREATE ON SCHEMA public FROM {r}"))
+        conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {r}"))
+        for table in sorted(tables):
+            if allowed is None:
+                privileges = WORKER_TABLES.get(table) or (
+                    "SELECT" if table in OPTUNA_READ_ONLY else "SELECT, INSERT, UPDATE, DELETE")
+            else:
+                privileges = allowed.get(table)
+            if privileges:
+                conn.execute(text(f"GRANT {privileges} ON {_q(table)} TO {r}"))
+        sequences = conn.execute(text(
+            "SELECT s.relname, t.relname FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+            "JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace n ON n.oid = s.relnamespace "
+            "WHERE n.nspname = 'public'")).all()
+        for seq, table in sequences:  # the id sequences of the tables the role may insert into
+            if allowed is None or "INSERT" in (allowed.get(table) or ""):
+                conn.execute(text(f"GRANT USAGE, SELECT ON SEQUENCE {_q(seq)} TO {r}"))
+        done.append(role)
+    return done
+
+
+def grant_if_owner(url: str) -> list[str]:
+    """`tuner db upgrade`'s last step on PostgreSQL: the grants, when the connecting role owns the
+    tables (or is a superuser); nothing on another backend or for another role."""
+    from db.session import make_engine
+
+    engine = make_engine(url)
+    if engine.dialect.name != "postgresql":
+        return []
+    with engine.begin() as conn:
+        owner = conn.execute(text("SELECT tableowner = current_user OR (SELECT rolsuper FROM pg_roles "
+                                  "WHERE rolname = current_user) FROM pg_tables WHERE schemaname = 'public' "
+                                  "AND tablename = 'jobs'")).scalar()
+        return grant(conn) if owner else []

@@ -1,0 +1,44 @@
+"""Kernels for the service's fault tests (register with TUNER_KERNEL_MODULES=tests.kernels.slow):
+
+- `slow`: the trivial copy, with every launch sleeping N milliseconds (N is the key) plus P*Q
+  milliseconds, so a trial can be made to outlast the janitor's stall time, and a configuration's
+  time is known in advance (P=Q=1 is the fastest);
+- `nofinal`: the trivial copy whose `default()` raises, which only the final re-measurement calls
+  (with `--sampler random`, whose seeds are empty): a finalization that fails every time.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from search_spaces.base import Config, Target, TuningKey
+from tests.kernels.trivial import Trivial
+
+
+class Slow(Trivial):
+    name = "slow"
+
+    def space(self, target: Target) -> dict[str, tuple]:
+        return {"P": (1, 2, 3, 4), "Q": (1, 2, 3, 4), "num_warps": (1,)}
+
+    def default(self, key: TuningKey, target: Target) -> Config:
+        return {"P": 4, "Q": 4, "num_warps": 1}
+
+    def make_inputs(self, key: TuningKey, device: str, seed: int) -> tuple[torch.Tensor, float]:
+        return torch.arange(16, dtype=torch.float32, device=device), key.dim_map["N"] / 1e3
+
+    def launch(self, config: Config, inputs) -> torch.Tensor:
+        x, base_s = inputs
+        time.sleep(base_s + config["P"] * config["Q"] * 1e-3)
+        return x.clone()
+
+    def reference(self, inputs) -> torch.Tensor:
+        return inputs[0].clone()
+
+
+class NoFinal(Trivial):
+    name = "nofinal"
+
+    def default(self, key: TuningKey, target: Target) -> Config:
+        raise RuntimeError("nofinal has no default: a staged finalization failure")

@@ -1,0 +1,210 @@
+"""The schema is created by `tuner db upgrade` alone (Optuna's tables included), and the database
+roles are least-privilege (issue 18, items 5 and 9), on the real PostgreSQL; `redact` hides a
+whole password."""
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import ProgrammingError
+
+from db.models import OPTUNA_TABLES
+from db.session import redact
+from tests.cli_helpers import ROOT
+from tests.services import PG_ADMIN, WorkerProc, pg_database, redis_url, run_cli, service_env
+
+pytestmark = pytest.mark.integration
+
+
+def tables(url) -> set[str]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as c:
+            return set(c.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_db_upgrade_creates_optuna_s_tables_too(tmp_path):
+    """Workers opening the study storage on a fresh database raced to create Optuna's tables; now
+    `tuner db upgrade` creates them, at Optuna's newest schema."""
+    import optuna
+
+    with pg_database() as url:
+        env = service_env(tmp_path, url, None)
+        proc = run_cli(env, "db", "upgrade")
+        assert proc.returncode == 0, proc.stderr
+        assert set(OPTUNA_TABLES) <= tables(url)
+        st = optuna.storages.RDBStorage(url, skip_table_creation=True)
+        assert st.get_current_version() == st.get_head_version()
+        st.engine.dispose()
+
+
+def test_a_worker_never_creates_the_schema(tmp_path):
+    """A worker on a database that has our tables but not Optuna's refuses to start, with one line
+    that says what to run, and creates nothing."""
+    from db.session import dispose_all, upgrade
+
+    with pg_database() as url:
+        upgrade(url)  # ours only, as a `tuner db upgrade` of an older tuner left it
+        dispose_all()
+        before = tables(url)
+        env = service_env(tmp_path, url, redis_url())
+        proc = subprocess.run([sys.executable, "-m", "tuner.cli", "worker", "--device", "cpu", "--name", "w@test"],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "run `tuner db upgrade`" in lines[0], proc.stderr
+        assert tables(url) == before
+
+
+@pytest.fixture
+def roles():
+    """A fresh database at head (ours and Optuna's tables, and a `runtime_misses` table as the
+    runtime's miss counts would add), and a worker and a runtime role of unique names (roles are
+    cluster-wide) granted as `tuner db upgrade` grants; the roles are dropped afterwards."""
+    from db.roles import grant
+    from db.session import dispose_all
+    from tuner.database import upgrade_schema
+
+    worker, runtime = (f"tuner_test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("worker", "runtime"))
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with pg_database() as url:
+            upgrade_schema(url)
+            owner = create_engine(url)
+            with owner.begin() as c:
+                c.execute(text("CREATE TABLE runtime_misses (id serial PRIMARY KEY, key_hash varchar(16), n integer)"))
+                for role in (worker, runtime):
+                    c.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD 'not-checked-by-trust-auth'"))
+                assert sorted(grant(c, worker=worker, runtime=runtime)) == sorted([worker, runtime])
+            owner.dispose()
+            try:
+                yield {"url": url, "worker": url.replace("postgres@", f"{worker}@"),
+                       "runtime": url.replace("postgres@", f"{runtime}@")}
+            finally:
+                dispose_all()
+    finally:
+        with admin.connect() as c:
+            for role in (worker, runtime):
+                c.execute(text(f"DROP ROLE IF EXISTS {role}"))
+        admin.dispose()
+
+
+def refused(url: str, sql: str) -> bool:
+    engine = create_engine(url)
+    try:
+        with engine.begin() as c:
+            c.execute(text(sql))
+        return False
+    except ProgrammingError as exc:
+        return "permission denied" in str(exc) or "must be owner" in str(exc)
+    finally:
+        engine.dispose()
+
+
+def test_the_worker_role_writes_rows_and_nothing_else(roles):
+    import optuna
+
+    from db import store
+    from db.session import session_scope
+    from search.studies import Heartbeats, storage
+
+    url = roles["worker"]
+    with session_scope(url) as s:
+        dc, fp = store.store_identity(s, {"slug": "cpu-interpreter", "vendor": "cpu", "arch": "interpreter",
+                                          "name": "cpu", "compute_units": 1, "memory_gb": 1},
+                                      {"hash": "f" * 16, "driver": "none", "runtime": "none", "triton": "3.6.0",
+                                       "torch": "2.13.0"})
+        job, (key,) = store.create_job(s, kind="tune", origin="queued", kernel="trivial", kernel_version="v",
+                                       keys=[{"dims": {"N": 1}}], key_hashes=["k" * 16], sampler="random", seed=0,
+                                       budget_trials=1, request={}, device_selector="cpu")
+        assert store.claim_config(s, study_name="s", config_hash="c", trial_number=0, job_key_id=key, worker_id=None)
+        assert store.record_claimed_trial(s, job_id=job, job_key_id=key, kernel="trivial", key_hash="k" * 16,
+                                          device_class_id=dc, fingerprint_id=fp, study_name="s", optuna_number=0,
+                                          config={"P": 1}, config_hash="c", status="ok", median_ms=1.0)
+        assert store.write_best(s, kernel="trivial", kernel_version="v", key_hash="k" * 16, key={}, dtype="float32",
+                                device_class_id=dc, fingerprint_id=fp, config={"P": 1}, config_hash="c",
+                                median_ms=1.0, default_ms=2.0, speedup=2.0, cv=None, trials=1, job_id=job,
+                                replaces=None) is not None
+        assert store.acquire_lock(s, "l", "me", ttl_s=5)
+        store.release_lock(s, "l", "me")
+        assert store.release_claims(s, "s", [1]) == 0
+        assert store.finish_job(s, job) is None
+    st = storage(url, 1, 2)  # the study storage: ask, heartbeat, tell
+    study = optuna.create_study(study_name="s", storage=st)
+    trial = study.ask()
+    with Heartbeats(st) as beats:
+        beats.add(trial)
+    study.tell(trial, 1.0)
+    assert optuna.load_study(study_name="s", storage=st).trials[0].value == 1.0
+    st.engine.dispose()
+    for sql in ("DROP TABLE jobs", "CREATE TABLE mine (x integer)", "ALTER TABLE jobs ADD COLUMN x integer",
+                "TRUNCATE tuning_trials", "DELETE FROM tuning_trials", "DELETE FROM best_configs",
+                "DELETE FROM jobs", "UPDATE tuner_alembic_version SET version_num = 'x'", "DROP TABLE trials",
+                "UPDATE version_info SET schema_version = 0"):
+        assert refused(url, sql), sql
+
+
+def test_the_runtime_role_reads_bests_and_writes_miss_counts_only(roles):
+    from db import store
+    from db.session import session_scope
+
+    url = roles["runtime"]
+    with session_scope(url) as s:
+        assert store.best_configs(s, kernel="trivial") == []
+        s.execute(text("INSERT INTO runtime_misses (key_hash, n) VALUES ('k', 1)"))
+        s.execute(text("UPDATE runtime_misses SET n = n + 1"))
+    for sql in ("SELECT * FROM jobs", "SELECT * FROM tuning_trials", "SELECT * FROM workers", "SELECT * FROM trials",
+                "INSERT INTO device_classes (slug, vendor, arch, name, compute_units, memory_gb, created_at) "
+                "VALUES ('x', 'x', 'x', 'x', 1, 1, now())", "UPDATE best_configs SET median_ms = 0",
+                "DELETE FROM runtime_misses", "CREATE TABLE mine (x integer)"):
+        assert refused(url, sql), sql
+
+
+@pytest.mark.slow
+def test_a_fleet_runs_as_the_worker_role(roles, tmp_path):
+    """What the worker role must do, done for real: a job submitted and tuned by a worker process
+    that connect as it."""
+    env = service_env(tmp_path, roles["worker"], redis_url())
+    w = WorkerProc("as-role", env, tmp_path)
+    try:
+        proc = run_cli(env, "submit", "trivial", "--shape", "N=16", "--dtype", "float32", "--device-class", "cpu",
+                       "--trials", "4", "--json")
+        assert proc.returncode == 0, proc.stderr
+        job = json.loads(proc.stdout)["job"]
+        end = time.monotonic() + 240
+        while time.monotonic() < end:
+            st = json.loads(run_cli(env, "status", job, "--json").stdout)
+            if st["state"] in ("done", "failed"):
+                break
+            time.sleep(1)
+        assert st["state"] == "done", (st, w.text()[-3000:])
+    finally:
+        w.stop()
+
+
+@pytest.mark.parametrize("url, secret", [
+    ("postgresql+psycopg://tuner:pw1@ss2@db.example:5432/tuner", "pw1@ss2"),
+    ("postgresql+psycopg://tuner:pw1/x@ss2@db.example/tuner", "pw1/x@ss2"),
+    ("redis://:s3cret@@redis:6379/0", "s3cret@"),
+    ("postgresql+psycopg://tuner:plain7@db/tuner", "plain7"),
+])
+def test_redact_hides_the_whole_password(url, secret):
+    """A password with an unencoded '@' was cut at the first one by the URL parser, and its tail
+    shown (tuner:p@ss@host showed `ss`)."""
+    shown = redact(url)
+    assert "***" in shown and shown.endswith(url.rsplit("@", 1)[1])
+    assert not any(part and part in shown for part in secret.split("@")), shown
+
+
+def test_the_worker_role_cannot_upgrade_but_the_owner_grants(roles):
+    """`tuner db upgrade` as the worker role changes nothing and grants nothing; as the owner it
+    re-applies the grants (to the default role names, absent here)."""
+    from db.roles import grant_if_owner
+
+    assert grant_if_owner(roles["worker"]) == []
+    assert refused(roles["worker"], "CREATE ROLE another_one")
