@@ -10,8 +10,7 @@ The roles (cluster-wide: created once by an administrator, with the SQL in the R
     Optuna's rows; never creates, alters, truncates or drops a table, nor deletes a job, a trial
     or a best configuration;
   - RUNTIME (`tuner_runtime`): inference hosts (`tuner.runtime`). Reads the best configurations
-    and the identity rows they join, nothing else; writes miss counts in `runtime_misses` when
-    that table exists.
+    and the identity rows they join, nothing else; adds miss counts to `runtime_misses`.
 Grants go only to roles that exist; a role this database does not know is skipped.
 """
 from __future__ import annotations
@@ -26,11 +25,14 @@ WORKER_TABLES = {
     "tuning_trials": "SELECT, INSERT, UPDATE", "best_configs": "SELECT, INSERT, UPDATE",
     "tuner_locks": "SELECT, INSERT, UPDATE, DELETE", "trial_claims": "SELECT, INSERT, UPDATE, DELETE",
     "tuner_alembic_version": "SELECT",
+    # the runtime's miss counts (`tuner misses`, `retune --misses` read them; the HTTP sink adds to
+    # them) and imported seed configurations: rows are added and updated, never deleted
+    "runtime_misses": "SELECT, INSERT, UPDATE", "imported_configs": "SELECT, INSERT, UPDATE",
 }
 OPTUNA_READ_ONLY = ("version_info", "alembic_version")  # Optuna's schema version: `tuner db upgrade` writes it
 RUNTIME_TABLES = {"best_configs": "SELECT", "device_classes": "SELECT", "stack_fingerprints": "SELECT",
                   "tuner_alembic_version": "SELECT",
-                  "runtime_misses": "SELECT, INSERT, UPDATE"}  # the runtime's miss counts, where the table exists
+                  "runtime_misses": "SELECT, INSERT, UPDATE"}  # the runtime's miss counts
 
 
 def _q(name: str) -> str:

@@ -63,8 +63,7 @@ def test_a_worker_never_creates_the_schema(tmp_path):
 
 @pytest.fixture
 def roles():
-    """A fresh database at head (ours and Optuna's tables, and a `runtime_misses` table as the
-    runtime's miss counts would add), and a worker and a runtime role of unique names (roles are
+    """A fresh database at head (ours and Optuna's tables), and a worker and a runtime role of unique names (roles are
     cluster-wide) granted as `tuner db upgrade` grants; the roles are dropped afterwards."""
     from db.roles import grant
     from db.session import dispose_all
@@ -77,7 +76,6 @@ def roles():
             upgrade_schema(url)
             owner = create_engine(url)
             with owner.begin() as c:
-                c.execute(text("CREATE TABLE runtime_misses (id serial PRIMARY KEY, key_hash varchar(16), n integer)"))
                 for role in (worker, runtime):
                     c.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD 'not-checked-by-trust-auth'"))
                 assert sorted(grant(c, worker=worker, runtime=runtime)) == sorted([worker, runtime])
@@ -151,13 +149,18 @@ def test_the_worker_role_writes_rows_and_nothing_else(roles):
 
 def test_the_runtime_role_reads_bests_and_writes_miss_counts_only(roles):
     from db import store
+    from db.clock import utcnow
     from db.session import session_scope
 
     url = roles["runtime"]
+    now = utcnow()
+    miss = {"kernel": "trivial", "kernel_version": "v", "key_hash": "k" * 16, "device_class": "cpu-interpreter",
+            "fingerprint": "f" * 16, "level": "default", "key": {"N": 1}, "dtype": "float32", "count": 1,
+            "first_seen": now, "last_seen": now}
     with session_scope(url) as s:
         assert store.best_configs(s, kernel="trivial") == []
-        s.execute(text("INSERT INTO runtime_misses (key_hash, n) VALUES ('k', 1)"))
-        s.execute(text("UPDATE runtime_misses SET n = n + 1"))
+        assert store.record_misses(s, [miss]) == 1  # an insert
+        assert store.record_misses(s, [miss]) == 1  # then an update of the same row
     for sql in ("SELECT * FROM jobs", "SELECT * FROM tuning_trials", "SELECT * FROM workers", "SELECT * FROM trials",
                 "INSERT INTO device_classes (slug, vendor, arch, name, compute_units, memory_gb, created_at) "
                 "VALUES ('x', 'x', 'x', 'x', 1, 1, now())", "UPDATE best_configs SET median_ms = 0",

@@ -258,13 +258,21 @@ def test_explain_says_which_level_answered_from_where_and_how_old(live_env, monk
 def test_a_late_answer_replaces_the_default_served_meanwhile(live_env, monkeypatch, tmp_path):
     """With a deadline of 0 no launch waits: the first is served the default, and the stored
     configuration from the moment it has been read."""
+    import os
+
     cfg = {"BLOCK": 128, "num_warps": 4}
-    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=100), cfg, _live_fp())])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
+    staged = tmp_path / "staged.json"
+    _write_bundle(staged, [_entry(_key("tiles", N=100), cfg, _live_fp())])
+    # the bundle is a named pipe: its reader blocks until the test writes it, so the first lookup
+    # is answered, deterministically, while the read is still in flight
+    fifo = tmp_path / "b.json"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(fifo))
     monkeypatch.setenv("TUNER_RUNTIME_DEADLINE_MS", "0")
     live_env()
     first = runtime.explain("tiles", N=100, dtype="float32")
     assert first.level == "default" and "waiting for bundle" in first.reason
+    fifo.write_text(staged.read_text())  # opens once the reader has: the answer arrives now
     assert runtime.settle(30)
     assert runtime.explain("tiles", N=100, dtype="float32").level == "exact"
     assert runtime.lookup("tiles", N=100, dtype="float32") == cfg
