@@ -78,6 +78,44 @@ def test_a_model_file_of_ones_own(tiny):
                                      "matmul": [{"N": 32, "K": 32, "M": 1}, {"N": 32, "K": 32, "M": 4}]}
 
 
+def test_lora_ranks_add_the_adapters_keys_of_every_dense_layer():
+    """--lora-ranks: each dense layer's shrink (over its input, split by tp where the layer splits
+    K) and expand (onto its widest slice, split by tp where it splits N), at every rank and batch
+    size; LORAS is --max-loras, or M where a batch has fewer tokens."""
+    llama = presets.load("llama-3-8b")
+    keys = llama.lora_keys(2, (1, 16), (8, 64), max_loras=4)
+    assert set(keys) == {"lora_shrink", "lora_expand"}
+    # qkv_proj: q, k and v of 4096, 1024 and 1024 columns, split over 2 ranks: tuned at the widest
+    assert {"M": 16, "K": 4096, "RANK": 64, "SLICES": 3, "LORAS": 4} in keys["lora_shrink"]
+    assert {"M": 16, "N": 2048, "RANK": 64, "SLICES": 3, "LORAS": 4} in keys["lora_expand"]
+    # down_proj splits its 14336 input rows: the shrink reads half, the expand writes all 4096
+    assert {"M": 1, "K": 7168, "RANK": 8, "SLICES": 1, "LORAS": 1} in keys["lora_shrink"]
+    assert {"M": 1, "N": 4096, "RANK": 8, "SLICES": 1, "LORAS": 1} in keys["lora_expand"]
+    assert {"M": 1, "N": 14336 // 2, "RANK": 8, "SLICES": 2, "LORAS": 1} in keys["lora_expand"]  # gate, up
+    # four layers' shrinks; o_proj's and down_proj's expands are one key (N 4096, one slice)
+    assert len(keys["lora_shrink"]) == 4 * 2 * 2 and len(keys["lora_expand"]) == 3 * 2 * 2
+    assert llama.serves("lora_expand", {"M": 3, "N": 1024, "RANK": 16, "SLICES": 3, "LORAS": 1})  # tp 4
+    assert not llama.serves("lora_expand", {"M": 3, "N": 1000, "RANK": 16, "SLICES": 2, "LORAS": 1})
+    assert not llama.serves("lora_expand", {"M": 3, "N": 1024, "RANK": 16, "SLICES": 4, "LORAS": 1})
+    assert not llama.serves("lora_shrink", {"M": 3, "K": 1000, "RANK": 16, "SLICES": 1, "LORAS": 1})
+
+
+def test_submit_a_model_with_lora_ranks_queues_the_lora_keys_with_the_dense_ones(tmp_path):
+    home = tmp_path / "home"
+    out = run_json(["submit", "--model", "llama-3-8b", "--lora-ranks", "8,16,64", "--batch-sizes", "1,16",
+                    "--device-class", "cpu", "--trials", "2"], home)
+    assert len(out["jobs"]) == 3
+    with sqlite3.connect(home / "tuner.db") as conn:
+        jobs = {kernel: json.loads(request) for kernel, request in conn.execute("select kernel, request from jobs")}
+    assert set(jobs) == {"matmul", "lora_shrink", "lora_expand"}
+    expected = presets.load("llama-3-8b").lora_keys(1, (1, 16), (8, 16, 64))
+    for kernel in ("lora_shrink", "lora_expand"):
+        assert sorted(json.dumps(k["dims"], sort_keys=True) for k in jobs[kernel]["keys"]) == sorted(
+            json.dumps(d, sort_keys=True) for d in expected[kernel])
+        assert {k["dims"]["RANK"] for k in jobs[kernel]["keys"]} == {8, 16, 64}
+        assert {k["dtype"] for k in jobs[kernel]["keys"]} == {"bfloat16"}
+
+
 def test_tuner_models_lists_the_presets(tmp_path):
     rows = run_json(["models"], tmp_path / "home")
     mixtral = next(r for r in rows if r["name"] == "mixtral-8x7b")
@@ -97,6 +135,11 @@ BAD = {
     "routing a dense kernel": (["tune", "matmul", "--shape", "M=8,N=8,K=8", "--routing", "skewed"],
                                "does not apply to matmul"),
     "no kernel and no model": (["tune"], "give a kernel"),
+    "lora ranks without a model": (["tune", "matmul", "--shape", "M=8,N=8,K=8", "--lora-ranks", "8"],
+                                   "go with --model"),
+    "bad lora ranks": (["submit", "--model", "llama-3-8b", "--lora-ranks", "8,sixteen", "--device-class", "cpu"],
+                       "--lora-ranks '8,sixteen': write positive integers"),
+    "max loras without ranks": (["tune", "--model", "llama-3-8b", "--max-loras", "4"], "needs --lora-ranks"),
 }
 
 
@@ -110,8 +153,16 @@ def test_bad_model_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path):
 
 def test_a_malformed_model_file(tmp_path):
     bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[[dense]]\nN = 96\nK = 8\nslices = [48, 48]\n')  # tp 32 divides N, not a slice
+    assert_one_line_error(run_tuner(["tune", "--model", str(bad), "--tp", "32", "--lora-ranks", "8"], tmp_path / "home"),
+                          "--tp 32 does not divide 48, a slice of x's dense1")
     bad.write_text('name = "x"\n[[moe]]\nE = 4\nN = "wide"\nK = 8\ntopk = 1\n')
     assert_one_line_error(run_tuner(["tune", "--model", str(bad)], tmp_path / "home"), "N must be a positive integer")
+    bad.write_text('name = "x"\n[[dense]]\nN = 64\nK = 8\nslices = [32, 16]\n')
+    assert_one_line_error(run_tuner(["tune", "--model", str(bad)], tmp_path / "home"), "add up to 48, not N = 64")
+    bad.write_text('name = "x"\n[[moe]]\nE = 4\nN = 8\nK = 8\ntopk = 1\n')
+    assert_one_line_error(run_tuner(["tune", "--model", str(bad), "--lora-ranks", "8"], tmp_path / "home"),
+                          "has no dense layer for LoRA adapters")
     bad.write_text("name = [")
     assert_one_line_error(run_tuner(["tune", "--model", str(bad)], tmp_path / "home"), "is not valid TOML")
     assert not (tmp_path / "home").exists()

@@ -46,6 +46,10 @@ ModelOpt = typer.Option(None, "--model", help="A model preset (`tuner models`) o
 TpOpt = typer.Option(None, "--tp", help="With --model: the tensor-parallel size (default 1).")
 BatchOpt = typer.Option(None, "--batch-sizes", help="With --model: tokens per batch, e.g. 1,16,256 "
                         "(default vLLM's 1,2,4,...,4096).")
+LoraRanksOpt = typer.Option(None, "--lora-ranks", help="With --model: also the LoRA shrink and expand keys of "
+                            "every dense layer at these adapter ranks, e.g. 8,16,64.")
+MaxLorasOpt = typer.Option(None, "--max-loras", help="With --lora-ranks: adapters a batch holds (vLLM's "
+                           "--max-loras; default 1).")
 RoutingOpt = typer.Option("uniform", "--routing", help="How a MoE kernel's tokens are routed while timed: "
                           "uniform, or skewed (expert popularity 1/rank); a skewed job keeps a study of its own.")
 SamplerOpt = typer.Option(strategies.DEFAULT, "--sampler", help=f"The search strategy: {', '.join(strategies.BUILTIN)}, "
@@ -103,7 +107,8 @@ def tune(kernel: Optional[str] = typer.Argument(None, help="A registered kernel 
          device: Optional[str] = typer.Option(None, "--device", help="cpu (Triton interpreter) | cuda | cuda:N"),
          rotate_buffers: int = RotateOpt, cuda_graph: bool = GraphOpt, max_cv: Optional[float] = MaxCvOpt,
          routing: str = RoutingOpt, model: Optional[str] = ModelOpt, tp: Optional[int] = TpOpt,
-         batch_sizes: Optional[str] = BatchOpt, as_json: bool = JsonOpt) -> None:
+         batch_sizes: Optional[str] = BatchOpt, lora_ranks: Optional[str] = LoraRanksOpt,
+         max_loras: Optional[int] = MaxLorasOpt, as_json: bool = JsonOpt) -> None:
     """Tune KERNEL (or every layer of --model) here, in-process (no broker); re-running continues the same studies."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -111,7 +116,8 @@ def tune(kernel: Optional[str] = typer.Argument(None, help="A registered kernel 
     from tuner.tune import prepare, tune_local
 
     reqs = build_requests(kernel, shape, dtype, trials, sampler, seed,
-                          build_measurement(rotate_buffers, cuda_graph, max_cv, routing), model, tp, batch_sizes)
+                          build_measurement(rotate_buffers, cuda_graph, max_cv, routing), model, tp, batch_sizes,
+                          lora_ranks, max_loras)
     if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UserError(f"unknown --device {device[:40]!r}; use cpu, cuda or cuda:N")
     plans = [prepare(req, settings_mod.get(), device) for req in reqs]
@@ -263,7 +269,8 @@ def submit(kernel: Optional[str] = typer.Argument(None, help="A registered kerne
            parallel: int = typer.Option(2, "--parallel", help="Batches in flight per key (workers that cooperate)."),
            rotate_buffers: int = RotateOpt, cuda_graph: bool = GraphOpt, max_cv: Optional[float] = MaxCvOpt,
            routing: str = RoutingOpt, model: Optional[str] = ModelOpt, tp: Optional[int] = TpOpt,
-           batch_sizes: Optional[str] = BatchOpt,
+           batch_sizes: Optional[str] = BatchOpt, lora_ranks: Optional[str] = LoraRanksOpt,
+           max_loras: Optional[int] = MaxLorasOpt,
            wait_: bool = typer.Option(False, "--wait", help="Wait until the job ends and print its status."),
            timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to --wait at most."),
            as_json: bool = JsonOpt) -> None:
@@ -272,7 +279,8 @@ def submit(kernel: Optional[str] = typer.Argument(None, help="A registered kerne
     from tuner.request import build_measurement, build_requests
 
     reqs = build_requests(kernel, shape, dtype, trials, sampler, seed,
-                          build_measurement(rotate_buffers, cuda_graph, max_cv, routing), model, tp, batch_sizes)
+                          build_measurement(rotate_buffers, cuda_graph, max_cv, routing), model, tp, batch_sizes,
+                          lora_ranks, max_loras)
     job_ids = [do_submit(settings_mod.get(), req, device_class, parallel) for req in reqs]
     if not wait_:
         if as_json:

@@ -140,23 +140,31 @@ def build_request(kernel: str, shapes: list[str], dtypes: list[str], trials: int
 def build_requests(kernel: str | None, shapes: list[str], dtypes: list[str], trials: int,
                    sampler: str = strategies.DEFAULT, seed: int | None = None,
                    measurement: Measurement = Measurement(), model: str | None = None, tp: int | None = None,
-                   batch_sizes: str | None = None) -> list[TuneRequest]:
+                   batch_sizes: str | None = None, lora_ranks: str | None = None,
+                   max_loras: int | None = None) -> list[TuneRequest]:
     """`tuner tune` and `tuner submit`: one request for KERNEL and its --shape list, or with --model
     one request per kernel the model's layers run on (KERNEL's only, where one is named), keyed by
-    every layer at --tp and every batch size, in the model's dtype unless --dtype says."""
+    every layer at --tp and every batch size, in the model's dtype unless --dtype says; with
+    --lora-ranks also the LoRA kernels' keys of every dense layer at those ranks."""
     from tuner import presets
 
     if model is None:
         if kernel is None:
             raise UserError("give a kernel and --shape (`tuner kernels` lists kernels), or --model "
                             "(`tuner models` lists models)")
-        if tp is not None or batch_sizes is not None:
-            raise UserError("--tp and --batch-sizes go with --model; give --model or drop them")
+        if tp is not None or batch_sizes is not None or lora_ranks is not None or max_loras is not None:
+            raise UserError("--tp, --batch-sizes, --lora-ranks and --max-loras go with --model; give --model or drop them")
         return [build_request(kernel, shapes, dtypes, trials, sampler, seed, measurement)]
     if shapes:
         raise UserError("--model expands to the model's own shapes; drop --shape")
+    if max_loras is not None and (lora_ranks is None or max_loras < 1):
+        raise UserError(f"--max-loras {max_loras} needs --lora-ranks and a count of 1 or more, e.g. "
+                        "--lora-ranks 16 --max-loras 4")
     m = presets.load(model)
-    keys = m.keys(1 if tp is None else tp, presets.parse_batch_sizes(batch_sizes))
+    tp, sizes = 1 if tp is None else tp, presets.parse_batch_sizes(batch_sizes)
+    keys = m.keys(tp, sizes)
+    if lora_ranks is not None:
+        keys |= m.lora_keys(tp, sizes, presets.parse_ints(lora_ranks, "--lora-ranks", "8,16,64"), max_loras or 1)
     if kernel is not None:
         if kernel not in keys:
             raise UserError(f"{m.name} has no layer on {kernel[:40]}; its kernels: {', '.join(keys)}")

@@ -11,11 +11,17 @@ the kernel keys a model expands to at a tensor-parallel size and the batch sizes
     name = "qkv_proj"                 #   names the dimension tensor parallelism divides ("N", "K"
     N = 6144; K = 4096; split = "N"   #   or "none"), `divides` counts it must divide as well (heads)
     divides = [32, 8]
-
+    slices = [4096, 1024, 1024]       #   the output widths of a merged projection's parts (q, k,
+                                      #   v; gate, up): LoRA adapts each part, vLLM's num_slices
 A user adds a model with a file of their own (`--model path/to/model.toml`). Keys and tables this
 loader does not know (a layer's `layers` count, LoRA targets) are kept in `Model.raw` for whoever
 reads them. vLLM shards a MoE layer's intermediate size across tensor-parallel ranks (its config
 files are named by N / tp); expert parallelism is not modelled.
+
+With LoRA ranks (`--lora-ranks 8,16,64`) every dense layer also expands to the keys of vLLM's
+multi-LoRA kernels: lora_shrink over the layer's input (K, split by tp where the layer splits K),
+lora_expand onto its widest slice (split by tp where the layer splits N), SLICES its parts and
+LORAS the adapters a batch can hold (--max-loras, at most one per token).
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ class Layer:
     dims: tuple[tuple[str, int], ...]  # moe: E, N, K, topk; dense: N, K
     split: str = "N"  # the dimension tensor parallelism divides
     divides: tuple[int, ...] = ()
+    slices: tuple[int, ...] = ()  # dense: the output widths of its merged parts (sum N); () is one part
 
 
 @dataclass(frozen=True)
@@ -67,13 +74,39 @@ class Model:
                 d[split] //= tp
             kernel = "fused_moe" if layer.kind == "moe" else "matmul"
             for m in batch_sizes:
-                dims = {**d, "M": m}
-                if dims not in out.setdefault(kernel, []):
-                    out[kernel].append(dims)
+                _add(out, kernel, {**d, "M": m})
+        return out
+
+    def lora_keys(self, tp: int, batch_sizes: tuple[int, ...], ranks: tuple[int, ...],
+                  max_loras: int = 1) -> dict[str, list[dict[str, int]]]:
+        """lora_shrink and lora_expand -> the key dims of every dense layer's adapters at rank in
+        ranks, tensor-parallel size tp (checked by keys()) and every batch size; LORAS is
+        max_loras, or M where a batch has fewer tokens than that."""
+        self.keys(tp, batch_sizes)  # the tp checks
+        dense = [layer for layer in self.layers if layer.kind == "dense"]
+        if not dense:
+            raise UserError(f"{self.name} has no dense layer for LoRA adapters; drop --lora-ranks")
+        out: dict[str, list[dict[str, int]]] = {}
+        for layer in dense:
+            d, slices = dict(layer.dims), layer.slices or (dict(layer.dims)["N"],)
+            for width in slices:
+                if layer.split == "N" and width % tp:
+                    raise UserError(f"--tp {tp} does not divide {width}, a slice of {self.name}'s {layer.name}; "
+                                    f"use a tp that divides it: {_divisors(width)}")
+            k = d["K"] // tp if layer.split == "K" else d["K"]
+            n = max(slices) // tp if layer.split == "N" else max(slices)
+            for rank in ranks:
+                for m in batch_sizes:
+                    common = {"M": m, "RANK": rank, "SLICES": len(slices), "LORAS": min(max_loras, m)}
+                    _add(out, "lora_shrink", {"M": m, "K": k, **common})
+                    _add(out, "lora_expand", {"M": m, "N": n, **common})
         return out
 
     def serves(self, kernel: str, dims: dict[str, int]) -> bool:
-        """Whether some tensor-parallel size and batch size make dims one of the model's keys."""
+        """Whether some tensor-parallel size and batch size (and LoRA rank) make dims one of the
+        model's keys."""
+        if kernel in ("lora_shrink", "lora_expand"):
+            return any(_lora_serves(layer, kernel, dims) for layer in self.layers if layer.kind == "dense")
         for layer in self.layers:
             d = dict(layer.dims)
             if kernel != ("fused_moe" if layer.kind == "moe" else "matmul"):
@@ -83,6 +116,20 @@ class Model:
             if fixed and (split == "none" or (dims.get(split) and d[split] % dims[split] == 0)):
                 return True
         return False
+
+
+def _add(out: dict[str, list[dict[str, int]]], kernel: str, dims: dict[str, int]) -> None:
+    if dims not in out.setdefault(kernel, []):
+        out[kernel].append(dims)
+
+
+def _lora_serves(layer: Layer, kernel: str, dims: dict[str, int]) -> bool:
+    slices = layer.slices or (dict(layer.dims)["N"],)
+    if dims.get("SLICES") != len(slices):
+        return False
+    dim, full, split = ("K", dict(layer.dims)["K"], "K") if kernel == "lora_shrink" else ("N", max(slices), "N")
+    have = dims.get(dim)
+    return bool(have) and (have == full or (layer.split == split and full % have == 0))
 
 
 def _divisors(n: int) -> str:
@@ -121,8 +168,14 @@ def parse(doc: Any, path: str) -> Model:
                 raise UserError(f"{at}: divides must be a list of integers")
             if kind == "moe" and dict(dims)["topk"] > dict(dims)["E"]:
                 raise UserError(f"{at}: topk is more than E")
+            slices = entry.get("slices", []) if kind == "dense" else []
+            if not isinstance(slices, list):
+                raise UserError(f"{at}: slices must be a list of integers")
+            slices = tuple(_positive_int(v, f"{at} slices") for v in slices)
+            if slices and sum(slices) != dict(dims)["N"]:
+                raise UserError(f"{at}: slices {list(slices)} add up to {sum(slices)}, not N = {dict(dims)['N']}")
             layers.append(Layer(kind, str(entry.get("name", f"{kind}{i + 1}")), dims, split,
-                                tuple(_positive_int(v, f"{at} divides") for v in divides)))
+                                tuple(_positive_int(v, f"{at} divides") for v in divides), slices))
     if not layers:
         raise UserError(f"model file {where} has no [[moe]] or [[dense]] layer")
     return Model(doc["name"], str(doc.get("source", "")), dtype, tuple(layers), str(path), doc)
@@ -163,12 +216,15 @@ def all_models() -> list[Model]:
 
 def parse_batch_sizes(text: str | None) -> tuple[int, ...]:
     """'1,2,4' -> (1, 2, 4); None -> vLLM's batch sizes."""
-    if text is None:
-        return BATCH_SIZES
+    return BATCH_SIZES if text is None else parse_ints(text, "--batch-sizes", "1,16,256")
+
+
+def parse_ints(text: str, option: str, example: str) -> tuple[int, ...]:
+    """'8,16' -> (8, 16), duplicates dropped; UserError naming option otherwise."""
     out = []
     for part in str(text).split(","):
         part = part.strip()
         if not part.isdigit() or int(part) < 1:
-            raise UserError(f"--batch-sizes {str(text)[:80]!r}: write positive integers separated by commas, e.g. 1,16,256")
+            raise UserError(f"{option} {str(text)[:80]!r}: write positive integers separated by commas, e.g. {example}")
         out.append(int(part))
     return tuple(dict.fromkeys(out))
