@@ -413,3 +413,9 @@ class KernelSpec:
 
     def flops(self, key: TuningKey) -> float | None:
         return None
+
+    def bytes_moved(self, key: TuningKey) -> float | None:
+        """The bytes one launch must read and write at the least (each input and the output
+        once; a fused kernel's intermediates not counted), from which reports count GB/s; None
+        where the kernel cannot say."""
+        return None

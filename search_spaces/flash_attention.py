@@ -335,6 +335,10 @@ class FlashAttention(KernelSpec):
         full = 4.0 * d["BH"] * d["N_CTX"] ** 2 * d["HEAD_DIM"]  # two matmuls of 2*N*N*D each
         return full / 2 if d["STAGE"] == 3 else full
 
+    def bytes_moved(self, key: TuningKey) -> float:
+        d = key.dim_map
+        return 4.0 * d["BH"] * d["N_CTX"] * d["HEAD_DIM"] * DTYPE_BYTES[key.dtype]  # q, k, v, the output
+
     def trial_bytes(self, key: TuningKey, input_sets: int = 1) -> int:
         d, es = key.dim_map, DTYPE_BYTES[key.dtype]
         t = d["BH"] * d["N_CTX"] * d["HEAD_DIM"]

@@ -371,6 +371,13 @@ class FusedMoe(KernelSpec):
         d = key.dim_map
         return 6.0 * d["M"] * d["topk"] * d["N"] * d["K"]
 
+    def bytes_moved(self, key: TuningKey) -> float:
+        d = key.dim_map
+        e, n, k, topk, m = (d[x] for x in self.key_names)
+        # x, the weights (2N x K and K x N) of the experts the tokens are routed to (at most
+        # M x topk of them), the output
+        return float((2 * m * k + min(e, m * topk) * 3 * n * k) * DTYPE_BYTES[key.dtype])
+
     def trial_bytes(self, key: TuningKey, input_sets: int = 1) -> int:
         d, es = key.dim_map, DTYPE_BYTES[key.dtype]
         e, n, k, topk, m = (d[x] for x in self.key_names)

@@ -190,6 +190,12 @@ class LoraExpand(LoraSpec):
         d = key.dim_map
         return 2.0 * d["M"] * d["N"] * d["RANK"] * d["SLICES"]
 
+    def bytes_moved(self, key: TuningKey) -> float:
+        d = key.dim_map
+        # the fp32 input, each slice's B of every adapter in the batch, the output read and written
+        return float(d["SLICES"] * d["M"] * d["RANK"] * 4 + (d["SLICES"] * d["LORAS"] * d["N"] * d["RANK"]
+                                                            + 2 * d["M"] * d["SLICES"] * d["N"]) * DTYPE_BYTES[key.dtype])
+
     def trial_bytes(self, key: TuningKey, input_sets: int = 1) -> int:
         d, es = key.dim_map, DTYPE_BYTES[key.dtype]
         x, b, y = d["SLICES"] * d["M"] * d["RANK"], d["SLICES"] * d["LORAS"] * d["N"] * d["RANK"], \

@@ -215,6 +215,12 @@ class LoraShrink(LoraSpec):
         d = key.dim_map
         return 2.0 * d["M"] * d["K"] * d["RANK"] * d["SLICES"]
 
+    def bytes_moved(self, key: TuningKey) -> float:
+        d = key.dim_map
+        # x, each slice's A of every adapter in the batch, the fp32 output
+        return float((d["M"] * d["K"] + d["SLICES"] * d["LORAS"] * d["RANK"] * d["K"]) * DTYPE_BYTES[key.dtype]
+                     + d["SLICES"] * d["M"] * d["RANK"] * 4)
+
     def trial_bytes(self, key: TuningKey, input_sets: int = 1) -> int:
         d, es = key.dim_map, DTYPE_BYTES[key.dtype]
         ins = d["M"] * d["K"] + d["SLICES"] * d["LORAS"] * d["RANK"] * d["K"]

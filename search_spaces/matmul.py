@@ -270,6 +270,10 @@ class Matmul(KernelSpec):
         d = key.dim_map
         return 2.0 * d["M"] * d["N"] * d["K"]
 
+    def bytes_moved(self, key: TuningKey) -> float:
+        d = key.dim_map
+        return float((d["M"] * d["K"] + d["K"] * d["N"] + d["M"] * d["N"]) * DTYPE_BYTES[key.dtype])
+
     def trial_bytes(self, key: TuningKey, input_sets: int = 1) -> int:
         d, es = key.dim_map, DTYPE_BYTES[key.dtype]
         ins, out = d["M"] * d["K"] + d["K"] * d["N"], d["M"] * d["N"]

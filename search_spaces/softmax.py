@@ -203,3 +203,6 @@ class Softmax(KernelSpec):
         # max, subtract, exp, sum, divide: ~5 operations an element (exp counted as one)
         d = key.dim_map
         return 5.0 * d["M"] * d["N"]
+
+    def bytes_moved(self, key: TuningKey) -> float:
+        return 2.0 * key.dim_map["M"] * key.dim_map["N"] * DTYPE_BYTES[key.dtype]  # read x, write y

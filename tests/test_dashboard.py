@@ -226,4 +226,6 @@ def test_the_dashboard_shows_a_job_submitted_through_its_page(world, browser, tm
     expected = httpx.get(f"{base}/v1/compare", params={"device_class": ["h100", "mi300x"], "kernel": "matmul"}).json()
     assert page.inner_text("#per-kernel .geomean") == f"{expected['per_kernel']['matmul']['geomean_ratio']:.3f}"
     assert page.locator("#compare tr").count() == 4
+    first = page.locator("#compare tr").nth(1).inner_text()  # M=16: a skinny GEMM, judged by its GB/s
+    assert f"{expected['keys'][0]['a']['gbps']:.0f}" in first and f"{expected['keys'][0]['b']['gbps']:.0f}" in first
     shot(page, "compare", tmp_path)

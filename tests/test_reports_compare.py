@@ -50,6 +50,8 @@ def test_compare_two_classes(home):
     assert r["per_kernel"]["matmul"]["geomean_ratio"] == pytest.approx(math.prod(ratios) ** (1 / 3))
     big = r["keys"][2]
     assert big["b"]["tflops"] == pytest.approx(2 * 4096 ** 3 / 0.160e-3 / 1e12)
+    # GB/s from the bytes a launch must move: A, B and C once each (the rows are fp16)
+    assert big["b"]["gbps"] == pytest.approx(3 * 4096 ** 2 * 2 / 0.160e-3 / 1e9)
     # $3.60 an hour is $0.001 a second: a million launches of 0.19 ms take 190 s
     assert big["a"]["cost_per_million"] == pytest.approx(0.19) and big["b"]["cost_per_million"] == pytest.approx(0.08)
     assert [o["key"] for o in r["only_a"]] == [{"M": 64, "N": 64, "K": 64}]

@@ -525,12 +525,13 @@ def report_compare(device_class: list[str] = typer.Option(..., "--device-class",
     if as_json:
         return _print_json(result)
     priced = bool(result["prices"])
-    t = _table("key", f"{result['a']} ms", "TFLOP/s", f"{result['b']} ms", "TFLOP/s", "A/B",
+    t = _table("key", f"{result['a']} ms", "TFLOP/s", "GB/s", f"{result['b']} ms", "TFLOP/s", "GB/s", "A/B",
                *(["A $/1M", "B $/1M"] if priced else []),
                title=f"{result['a']} vs {result['b']}", caption=f"timings: {result['timing']}; A/B above 1: B is faster")
     for k in result["keys"]:
-        t.add_row(_key(f"{k['kernel']}:{dims_word(k['key'], k['dtype'])}"), _ms(k["a"]["ms"]), _num(k["a"]["tflops"]),
-                  _ms(k["b"]["ms"]), _num(k["b"]["tflops"]), f"{k['ratio']:.2f}",
+        t.add_row(_key(f"{k['kernel']}:{dims_word(k['key'], k['dtype'])}"),
+                  *(v for side in ("a", "b") for v in (_ms(k[side]["ms"]), _num(k[side]["tflops"]), _num(k[side]["gbps"], ".0f"))),
+                  f"{k['ratio']:.2f}",
                   *([_num(k["a"]["cost_per_million"], ".4f"), _num(k["b"]["cost_per_million"], ".4f")] if priced else []))
     _print(t)
     for kn, summary in result["per_kernel"].items():

@@ -1,6 +1,7 @@
 """`tuner report compare`: two device classes side by side on the keys tuned on both.
 
-Per key: each class's current best time, its TFLOP/s (where the kernel counts its flops), the
+Per key: each class's current best time, its TFLOP/s and GB/s (where the kernel counts its flops
+and the bytes a launch must move: a skinny or memory-bound kernel is judged by the second), the
 ratio (A's time over B's: above 1, B is faster), and, where list prices per hour are configured
 (TUNER_DEVICE_PRICES), the cost of a million launches on each; per kernel, the geometric mean of
 the ratios. Keys tuned on one class only are listed as such. Of a key's several current rows on a
@@ -24,15 +25,27 @@ from tuner.settings import Settings
 KNOWN_DEVICES_SLUGS = [d.slug for d in KNOWN_DEVICES]
 
 
-def tflops(key: dict, ms: float | None) -> float | None:
-    """The TFLOP/s of one launch of the key's kernel in ms, where the kernel counts its flops."""
+def _rate(key: dict, ms: float | None, count: str) -> float | None:
+    """The kernel's count (`flops` or `bytes_moved`) of one launch of key over ms, per second."""
     if not ms:
         return None
     try:
-        flops = registry.get(key["kernel"]).flops(TuningKey.from_json(key))
+        n = getattr(registry.get(key["kernel"]), count)(TuningKey.from_json(key))
     except (SpecError, KeyError, ValueError):  # a kernel this process has not registered
         return None
-    return flops / (ms * 1e-3) / 1e12 if flops else None
+    return n / (ms * 1e-3) if n else None
+
+
+def tflops(key: dict, ms: float | None) -> float | None:
+    """The TFLOP/s of one launch of the key's kernel in ms, where the kernel counts its flops."""
+    rate = _rate(key, ms, "flops")
+    return rate / 1e12 if rate else None
+
+
+def gbps(key: dict, ms: float | None) -> float | None:
+    """The GB/s (10^9 bytes) of one launch in ms, where the kernel counts the bytes it must move."""
+    rate = _rate(key, ms, "bytes_moved")
+    return rate / 1e9 if rate else None
 
 
 def cost_per_million(price_per_hour: float | None, ms: float | None) -> float | None:
@@ -84,7 +97,7 @@ def report(settings: Settings, classes: list[str], kernel: str | None = None) ->
 
 def _side(p: dict) -> dict:
     return {"device_class": p["device_class"], "fingerprint": p["fingerprint"], "config": p["config"],
-            "ms": p["ms"], "tflops": tflops(p["key"], p["ms"]),
+            "ms": p["ms"], "tflops": tflops(p["key"], p["ms"]), "gbps": gbps(p["key"], p["ms"]),
             "cost_per_million": cost_per_million(p["price_per_hour"], p["ms"])}
 
 
