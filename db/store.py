@@ -14,8 +14,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.clock import utcnow
-from db.models import (BestConfig, DeviceClass, ImportedConfig, Job, JobKey, Lock, RuntimeMiss, StackFingerprint,
-                       TrialClaim, TuningTrial)
+from db.models import (
+    BestConfig,
+    DeviceClass,
+    ImportedConfig,
+    Job,
+    JobKey,
+    Lock,
+    RuntimeMiss,
+    StackFingerprint,
+    TrialClaim,
+    TuningTrial,
+)
 
 ANY = object()  # write_best: supersede whatever row is current
 

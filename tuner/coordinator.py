@@ -19,7 +19,7 @@ from harness.protocol import Measurement
 from search_spaces import registry
 from search_spaces.base import TuningKey, config_hash
 from tuner.database import open_for_read, open_for_write
-from tuner.errors import NotFound, Unavailable, UserError
+from tuner.errors import Conflict, NotFound, Unavailable, UserError
 from tuner.request import TuneRequest, host_memory, refuse_unfit
 from tuner.settings import Settings
 
@@ -113,7 +113,8 @@ def retune(settings: Settings, device_class: str | None, kernel: str | None, sta
 
 def cancel(settings: Settings, job_id: str) -> str:
     """Cancel a queued or running job: one conditional UPDATE, so a job that a worker ends meanwhile
-    keeps its end (`done` is never overwritten). UserError when the job has already ended."""
+    keeps its end (`done` is never overwritten). Cancelling a cancelled job is harmless (returns
+    "cancelled" again); Conflict (a UserError: exit 2, HTTP 409) when it ended otherwise."""
     url = open_for_read(settings)
     with session_scope(url) as s:
         job = _job(s, job_id)
@@ -121,7 +122,8 @@ def cancel(settings: Settings, job_id: str) -> str:
                               .values(state="cancelled", finished_at=utcnow(), error="cancelled by user")).rowcount
         if not cancelled:
             state = s.scalar(select(models.Job.state).where(models.Job.id == job.id))
-            raise UserError(f"job {job.id} has already ended ({state}); nothing to cancel")
+            if state != "cancelled":
+                raise Conflict(f"job {job.id} has already ended ({state}); nothing to cancel")
     return "cancelled"
 
 
