@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from db.session import DatabaseError, redact
 from search_spaces.base import SpecError
 from tuner.api.auth import Unauthorized
+from tuner.api.render import error_page
 from tuner.errors import Conflict, NotFound, Unavailable, UserError
 
 log = logging.getLogger("tuner.api")
@@ -44,8 +45,6 @@ def respond(request: Request, status: int, message: str, headers: dict | None = 
     message = one_line(message)
     if request.url.path.startswith(API_PREFIXES) or "text/html" not in request.headers.get("accept", ""):
         return JSONResponse({"error": message}, status_code=status, headers=headers)
-    from tuner.api.pages import error_page  # the dashboard's own look
-
     return HTMLResponse(error_page(request, status, message), status_code=status, headers=headers)
 
 

@@ -5,35 +5,23 @@ figures, inlined as SVG.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
-from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from db.session import session_scope
 from tuner import coordinator, display, fleet
 from tuner.api import auth
-from tuner.api.errors import MAX_BODY
+from tuner.api.errors import MAX_BODY, status_of, validation_message
+from tuner.api.render import page
 from tuner.api.routes import JobIn, build, key_view, settings_of
 from tuner.database import open_for_read
 from tuner.errors import UserError
 
 router = APIRouter(include_in_schema=False, max_body_size=MAX_BODY)
-templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-templates.env.filters.update(config=display.config_word, ms=display.ms, dims=display.dims_word,
-                             speedup=display.speedup)
 REFRESH_S = 3  # how often a page with running work reloads
-
-
-def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context, status_code=status)
-
-
-def error_page(request: Request, status: int, message: str) -> str:
-    return templates.get_template("error.html").render(request=request, status=status, message=message)
 
 
 def _attempt(fn, *args):
@@ -86,12 +74,8 @@ def submit_form(request: Request, kernel: str = Form(..., max_length=100), shape
                     dtypes=[dtype], device_class=device_class, trials=trials)
         job_id = coordinator.submit(settings, build(job), job.device_class, job.parallel)
     except UserError as exc:
-        from tuner.api.errors import status_of
-
         return _jobs(request, error=str(exc), status=status_of(exc), form=form)
     except ValidationError as exc:
-        from tuner.api.errors import validation_message
-
         return _jobs(request, error=validation_message(exc), status=422, form=form)
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
