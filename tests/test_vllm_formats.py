@@ -168,7 +168,7 @@ def test_files_carry_the_device_name_torch_reports(gpu_bests, db_url, tmp_path):
     assert list(other.iterdir()) == []
 
 
-@pytest.mark.parametrize("output, expected", [("/sys", "cannot write in /sys"), ("missing/dir", "does not exist"),
+@pytest.mark.parametrize("output, expected", [("/sys", "in /sys; choose a writable place"), ("missing/dir", "does not exist"),
                                               ("README.md", "is not a directory")])
 def test_an_export_folder_that_cannot_be_written(tmp_path, output, expected):
     home = tmp_path / "home"

@@ -69,7 +69,8 @@ def export(settings, fmt: str, output: str, kernel: str | None, device_class: st
     try:  # a file made and removed at once: whether this user may write there (root included)
         tempfile.TemporaryFile(dir=parent).close()
     except OSError as exc:
-        raise UserError(f"cannot write in {str(parent)[:80]}: {exc.strerror or exc}; choose a writable place") from None
+        raise UserError(f"cannot write {str(output)[:80]}: {exc.strerror or exc} in {str(parent)[:80]}; "
+                        "choose a writable place") from None
     entries = current_entries(settings, kernel, device_class, model=model)
     try:
         return module.write(entries, out)
