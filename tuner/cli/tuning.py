@@ -271,12 +271,10 @@ def retune(device_class: Optional[str] = typer.Option(None, "--device-class"),
     if misses_:
         return _retune_misses(device_class, kernel, top, min_count, dry_run, as_json)
     result = do_retune(settings_mod.get(), device_class, kernel, stale_only, dry_run)
-    if as_json:
-        return print_json(result)
-    if result.get("locked_by_other"):
-        err.print("another retune holds the lease; nothing queued")
-    t = table("job", "kernel", "device class", "keys", "budgets", "old -> new stack",
-               title=f"retune run {result['run']}" + (" (dry run)" if dry_run else ""))
+    t = _queued_table(result, as_json, dry_run, "retune", "retune run",
+                      "job", "kernel", "device class", "keys", "budgets", "old -> new stack")
+    if t is None:
+        return
     for j in result["jobs"]:
         t.add_row(j.get("job", "-")[:12], j["kernel"], j["device_class"], str(len(j["keys"])),
                   ", ".join(map(str, j["budgets"])),
@@ -286,20 +284,29 @@ def retune(device_class: Optional[str] = typer.Option(None, "--device-class"),
         err.print("nothing stale: every current configuration was tuned under a stack that live workers run")
 
 
+def _queued_table(result: dict, as_json: bool, dry_run: bool, lease: str, title: str, *columns: str):
+    """A retune's jobs: printed as JSON (None returned), or the table to fill, after saying when
+    another run held the lease."""
+    if as_json:
+        print_json(result)
+        return None
+    if result.get("locked_by_other"):
+        err.print(f"another {lease} holds the lease; nothing queued")
+    return table(*columns, title=f"{title} {result['run']}" + (" (dry run)" if dry_run else ""))
+
+
 def _retune_misses(device_class, kernel, top, min_count, dry_run: bool, as_json: bool) -> None:
     from tuner.misses import retune_misses
 
     result = retune_misses(settings_mod.get(), device_class, kernel, top, min_count, dry_run)
-    if as_json:
-        return print_json(result)
-    if result.get("locked_by_other"):
-        err.print("another retune of misses holds the lease; nothing queued")
-    t = table("job", "kernel", "device class", "key", "misses", "levels",
-              title=f"retune of misses {result['run']}" + (" (dry run)" if dry_run else ""))
+    t = _queued_table(result, as_json, dry_run, "retune of misses", "retune of misses",
+                      "job", "kernel", "device class", "key", "misses", "levels")
+    if t is None:
+        return
     for j in result["jobs"]:
         t.add_row(j.get("job", "-"), j["kernel"], j["device_class"],
                   ",".join(f"{k}={v}" for k, v in j["key"].items()) + f" {j['dtype']}", str(j["count"]),
                   ",".join(j["levels"]))
-    out.print(t)
+    show(t)
     for sk in result["skipped"]:
         err.print(f"skipped {sk['kernel']} {sk['key']} {sk['dtype']} on {sk['device_class']}: {sk['reason']}")
