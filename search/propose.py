@@ -53,7 +53,13 @@ def propose(study: optuna.Study, strategy: Strategy, spec: KernelSpec, key: Tuni
         if nxt is not None:
             study.enqueue_trial(nxt)
         trial = study.ask()
-        config = suggest(trial, space)
+        try:
+            config = suggest(trial, space)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # this process stood still between ask and suggest (stopped, starved) for longer than
+            # the heartbeat's grace, and another worker failed the trial as stale and re-enqueued
+            # what it held: nothing of it is ours to measure, ask again
+            continue
         h = config_hash(config)
         if h in seen:
             status, median = seen[h]

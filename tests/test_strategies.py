@@ -156,3 +156,39 @@ def test_a_space_with_few_valid_points_is_measured_whole_with_few_asks(sweep, na
         study.tell(trial, t)
         measured += 1
     assert measured == 13 and len(study.trials) <= 3 * 13, len(study.trials)
+
+
+class _StoppedBetweenAskAndSuggest:
+    """A study whose first asked trial is failed, as stale, before this process suggests its
+    parameters: what another worker's heartbeat check does to a worker that was stopped (SIGSTOP,
+    a starved host) between `ask` and `suggest` for longer than the heartbeat's grace."""
+
+    def __init__(self, study):
+        self.study, self.failed = study, None
+
+    def ask(self):
+        trial = self.study.ask()
+        if self.failed is None:
+            import optuna
+
+            self.failed = trial.number
+            self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # the other worker
+        return trial
+
+    def __getattr__(self, name):
+        return getattr(self.study, name)
+
+
+def test_a_trial_failed_as_stale_before_it_was_suggested_is_asked_again(sweep):
+    """Seen in the chaos test: the resumed worker's `suggest` raised UpdateFinishedTrialError and
+    the whole batch ended in a traceback; now the proposal asks again."""
+    import optuna
+
+    from search.propose import propose
+
+    spec, key, target = sweep
+    strategy = strategies.make("random", 0)
+    study = _StoppedBetweenAskAndSuggest(optuna.create_study(sampler=strategy.sampler(), direction="minimize"))
+    trial, config = propose(study, strategy, spec, key, target, {}, 0)
+    assert study.failed is not None and trial.number != study.failed
+    assert spec.check(config, key, target) is None
