@@ -74,8 +74,11 @@ def _best(engine, m: int, n: int):
 @pytest.mark.slow
 def test_a_production_miss_comes_back_tuned(world):
     env, engine = world["env"], world["engine"]
-    # a neighbour is tuned, so the miss is served from the nearest stored shape meanwhile
-    assert tuner_json(env, "tune", "tutorial_softmax", "--shape", "M=64,N=100", "--trials", "3", "--seed", "0",
+    # a neighbour is tuned, so the miss is served from the nearest stored shape meanwhile: one of
+    # the same rows and padded row (N=120 and N=100 both pad to 128), so whichever configuration
+    # wins its three trials, the kernel's check() accepts it for M=16, N=100 (a best of M=64 with
+    # PROGRAMS=64 was refused for M=16 and the default served: a flake on a loaded machine)
+    assert tuner_json(env, "tune", "tutorial_softmax", "--shape", "M=16,N=120", "--trials", "3", "--seed", "0",
                       "--device", "cpu")["keys"][0]["config"]
     served = serve(env, 16, 100)
     assert served["level"] == "nearest"
