@@ -47,6 +47,11 @@ class Layer:
     divides: tuple[int, ...] = ()
     slices: tuple[int, ...] = ()  # dense: the output widths of its merged parts (sum N); () is one part
 
+    @property
+    def parts(self) -> tuple[int, ...]:
+        """The output widths LoRA adapts one by one: the slices, or the whole N."""
+        return self.slices or (dict(self.dims)["N"],)
+
 
 @dataclass(frozen=True)
 class Model:
@@ -60,16 +65,11 @@ class Model:
     def keys(self, tp: int, batch_sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, list[dict[str, int]]]:
         """kernel -> the key dims (without dtype) of every layer at tensor-parallel size tp and every
         batch size; UserError when tp does not divide a dimension it must."""
-        if tp < 1:
-            raise UserError(f"--tp {tp} is impossible: give the tensor-parallel size, 1 or more")
+        self._check_tp(tp)
         out: dict[str, list[dict[str, int]]] = {}
         for layer in self.layers:
             d = dict(layer.dims)
             split = "N" if layer.kind == "moe" else layer.split
-            for need in ((d[split],) if split != "none" else ()) + layer.divides:
-                if need % tp:
-                    raise UserError(f"--tp {tp} does not divide {need}, a dimension of {self.name}'s {layer.name} "
-                                    f"that tensor parallelism splits; use a tp that divides it: {_divisors(need)}")
             if split != "none":
                 d[split] //= tp
             kernel = "fused_moe" if layer.kind == "moe" else "matmul"
@@ -77,18 +77,30 @@ class Model:
                 _add(out, kernel, {**d, "M": m})
         return out
 
+    def _check_tp(self, tp: int) -> None:
+        """UserError when tp is not a size tensor parallelism can split every layer by."""
+        if tp < 1:
+            raise UserError(f"--tp {tp} is impossible: give the tensor-parallel size, 1 or more")
+        for layer in self.layers:
+            d = dict(layer.dims)
+            split = "N" if layer.kind == "moe" else layer.split
+            for need in ((d[split],) if split != "none" else ()) + layer.divides:
+                if need % tp:
+                    raise UserError(f"--tp {tp} does not divide {need}, a dimension of {self.name}'s {layer.name} "
+                                    f"that tensor parallelism splits; use a tp that divides it: {_divisors(need)}")
+
     def lora_keys(self, tp: int, batch_sizes: tuple[int, ...], ranks: tuple[int, ...],
                   max_loras: int = 1) -> dict[str, list[dict[str, int]]]:
         """lora_shrink and lora_expand -> the key dims of every dense layer's adapters at rank in
         ranks, tensor-parallel size tp (checked by keys()) and every batch size; LORAS is
         max_loras, or M where a batch has fewer tokens than that."""
-        self.keys(tp, batch_sizes)  # the tp checks
+        self._check_tp(tp)
         dense = [layer for layer in self.layers if layer.kind == "dense"]
         if not dense:
             raise UserError(f"{self.name} has no dense layer for LoRA adapters; drop --lora-ranks")
         out: dict[str, list[dict[str, int]]] = {}
         for layer in dense:
-            d, slices = dict(layer.dims), layer.slices or (dict(layer.dims)["N"],)
+            d, slices = dict(layer.dims), layer.parts
             for width in slices:
                 if layer.split == "N" and width % tp:
                     raise UserError(f"--tp {tp} does not divide {width}, a slice of {self.name}'s {layer.name}; "
@@ -124,7 +136,7 @@ def _add(out: dict[str, list[dict[str, int]]], kernel: str, dims: dict[str, int]
 
 
 def _lora_serves(layer: Layer, kernel: str, dims: dict[str, int]) -> bool:
-    slices = layer.slices or (dict(layer.dims)["N"],)
+    slices = layer.parts
     if dims.get("SLICES") != len(slices):
         return False
     dim, full, split = ("K", dict(layer.dims)["K"], "K") if kernel == "lora_shrink" else ("N", max(slices), "N")
