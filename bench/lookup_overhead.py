@@ -94,16 +94,25 @@ def warm(bundle: Path) -> dict:
         runtime.lookup("matmul", **dims, dtype="float16")
         runtime.settle(60)
         levels[name] = runtime.explain("matmul", **dims, dtype="float16").level
-    # the floor on this machine at this moment: a dict hit on the same key, built from keywords
-    table = {("matmul", (("M", 4096), ("N", 4096), ("K", 4096), ("dtype", "float16"))): 1}
+    # the floors on this machine at this moment: a dict hit on the same key, built from keywords,
+    # and from positional values (what bind() does)
+    names, values = ("M", "N", "K", "dtype"), (4096, 4096, 4096, "float16")
+    table = {("matmul", names, values): 1}
 
     def bare(kernel, **key):
-        return table.get((kernel, tuple(key.items())))
+        return table.get((kernel, tuple(key), tuple(key.values())))
 
-    lookup = runtime.lookup
+    def bare_bound(*values):
+        return table.get(("matmul", names, values))
+
+    lookup, get = runtime.lookup, runtime.bind("matmul", *names)
+    get(2048, 4096, 4096, "float16")
     out = interleaved_ns({"exact": lambda: lookup("matmul", M=4096, N=4096, K=4096, dtype="float16"),
                           "nearest_counted": lambda: lookup("matmul", M=2048, N=4096, K=4096, dtype="float16"),
-                          "baseline_dict_hit": lambda: bare("matmul", M=4096, N=4096, K=4096, dtype="float16")},
+                          "bound_exact": lambda: get(4096, 4096, 4096, "float16"),
+                          "bound_nearest_counted": lambda: get(2048, 4096, 4096, "float16"),
+                          "baseline_dict_hit": lambda: bare("matmul", M=4096, N=4096, K=4096, dtype="float16"),
+                          "baseline_positional_dict_hit": lambda: bare_bound(4096, 4096, 4096, "float16")},
                          100_000)
     for name, level in levels.items():
         out[name]["level"] = level

@@ -77,6 +77,40 @@ def test_warm_lookup_is_a_cache_hit(live_env):
     assert runtime.lookup("matmul", M=64, N=64, K=64, dtype="float32") is first
 
 
+def test_a_bound_lookup_is_lookup_without_keywords(live_env):
+    """bind() serves what lookup() serves, from the same cache entry; a wrong count of values is
+    the caller's programming error, one clear LookupError."""
+    from tuner.runtime.cache import CACHE
+
+    get = runtime.bind("matmul", "M", "N", "K", "dtype")
+    first = get(64, 64, 64, "float32")
+    assert runtime.lookup("matmul", M=64, N=64, K=64, dtype="float32") is first
+    assert get(64, 64, 64, "float32") is first and len(CACHE) == 1
+    with pytest.raises(LookupError, match=r"takes 4 values, got 3"):
+        get(64, 64, 64)
+    with pytest.raises(LookupError, match=r"names as strings"):
+        runtime.bind("matmul", 64)
+
+
+def test_a_tuned_launch_by_position_or_by_keyword_gets_one_entry(live_env):
+    """@tuned's positional fast path builds the same cache key as a launch that names its
+    arguments, and as lookup() with the same key: one entry, one answer."""
+    import torch
+
+    from tests.kernels.tiles import tile_kernel
+    from tuner.runtime import tuned
+    from tuner.runtime.cache import CACHE
+
+    kernel = tuned("tiles", key=["N"], dtype_arg="out_ptr")(tile_kernel)
+    out, seen = torch.empty(256, dtype=torch.float32), torch.zeros(16, dtype=torch.int64)
+    by_position = kernel.config_for((out, seen, 256), {})  # the first may take the slow path (a new dtype)
+    assert kernel.config_for((out, seen, 256), {}) is by_position
+    assert kernel.config_for((out,), {"seen_ptr": seen, "N": 256}) is by_position
+    assert runtime.lookup("tiles", N=256, dtype="float32") is by_position
+    assert len(CACHE) == 1
+    assert kernel.config_for((out.double(), seen, 256), {}) is not by_position  # the dtype is the key's
+
+
 def test_unreadable_sources_serve_defaults_with_one_warning(live_env, monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("TUNER_DB_URL", "postgresql+psycopg://u:pw@127.0.0.1:1/none")
     live_env()
@@ -183,7 +217,7 @@ def test_the_cache_is_bounded_and_keeps_what_is_used(live_env, monkeypatch):
     for n in (5, 6, 7):
         runtime.lookup("tiles", N=n)
         assert len(CACHE) <= 4
-    kept = {dict(items)["N"] for _, items in CACHE}
+    kept = {dict(zip(names, values))["N"] for _, names, values in CACHE}
     assert 1 in kept and {2, 3} & kept == set(), kept
     for n in range(8, 200):
         runtime.lookup("tiles", N=n)

@@ -3,6 +3,7 @@
     from tuner.runtime import lookup, tuned, explain
     cfg = lookup("matmul", M=4096, N=4096, K=4096, dtype="float16")   # read-only dict
     why = explain("matmul", M=4096, N=4096, K=4096, dtype="float16")  # = lookup(..., explain=True)
+    get = bind("matmul", "M", "N", "K", "dtype"); cfg = get(4096, 4096, 4096, "float16")  # no keywords
 
 Fallback order (levels.py): exact key on this device class and stack fingerprint -> the same key
 under another fingerprint of the class -> the nearest stored shape of the class -> the kernel's
@@ -32,7 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.runtime.answer import Answer, ReadOnlyConfig
-from tuner.runtime.cache import clear_cache, flush_misses, lookup, settle
+from tuner.runtime.cache import bind, clear_cache, flush_misses, lookup, settle
 from tuner.runtime.decorator import TunedKernel, tuned
 from tuner.runtime.keys import dtype_name
 
@@ -42,5 +43,5 @@ def explain(kernel: str, **key: Any) -> Answer:
     return lookup(kernel, explain=True, **key)
 
 
-__all__ = ["Answer", "ReadOnlyConfig", "TunedKernel", "clear_cache", "dtype_name", "explain", "flush_misses",
+__all__ = ["Answer", "ReadOnlyConfig", "TunedKernel", "bind", "clear_cache", "dtype_name", "explain", "flush_misses",
            "lookup", "settle", "tuned"]

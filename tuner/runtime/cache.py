@@ -34,7 +34,9 @@ from tuner.runtime.misses import MissCounter, MissKey, open_sink
 
 log = logging.getLogger("tuner.runtime")
 
-# (kernel, ((name, value), ...)) -> Entry, in the order of insertion (or of a second chance)
+# (kernel, names, values) -> Entry, in the order of insertion (or of a second chance); names
+# and values are the key's, in the caller's order, as two flat tuples (cheaper to build and hash
+# than one tuple of pairs)
 CACHE: dict[tuple, "Entry"] = {}
 _lock = threading.Lock()  # cache writes and waiting questions; never held across I/O
 _state_lock = threading.Lock()  # creating the process state (settings, probe)
@@ -55,9 +57,10 @@ class Entry:
 def lookup(kernel: str, explain: bool = False, **key: Any) -> Any:
     """The configuration for kernel at this key (its dims by name, and dtype); with explain=True
     the Answer saying where it came from."""
-    entry = CACHE.get((kernel, tuple(key.items())))
+    ck = (kernel, tuple(key), tuple(key.values()))
+    entry = CACHE.get(ck)
     if entry is None:
-        entry = cold((kernel, tuple(key.items())), kernel, key)
+        entry = cold(ck, kernel, key)
     else:
         entry.used = True
     tally = entry.tally
@@ -66,17 +69,43 @@ def lookup(kernel: str, explain: bool = False, **key: Any) -> Any:
     return entry.answer if explain else entry.config
 
 
-def entry_for(kernel: str, items: tuple) -> Entry:
-    """lookup() for @tuned: the whole entry, its miss counted."""
-    entry = CACHE.get((kernel, items))
+def entry_for(kernel: str, names: tuple, values: tuple) -> Entry:
+    """lookup() for @tuned and bind(): the whole entry, its miss counted."""
+    ck = (kernel, names, values)
+    entry = CACHE.get(ck)
     if entry is None:
-        entry = cold((kernel, items), kernel, dict(items))
+        entry = cold(ck, kernel, dict(zip(names, values)))
     else:
         entry.used = True
     tally = entry.tally
     if tally is not None:
         tally.count += 1
     return entry
+
+
+def bind(kernel: str, *names: str) -> Any:
+    """lookup() without keywords, for a launch loop: `get = bind("matmul", "M", "N", "K", "dtype")`,
+    then `get(4096, 4096, 4096, "float16")` is lookup("matmul", M=4096, ..., dtype="float16"),
+    the same cache and answers, without the cost of building a keyword dict on every call."""
+    if not names or not all(isinstance(n, str) for n in names):
+        raise LookupError(f"bind({kernel!r}, ...) takes the key's names as strings, e.g. "
+                          f"bind({kernel!r}, 'M', 'N', 'K', 'dtype')")
+    keys, width = tuple(names), len(names)
+
+    def get(*values: Any) -> Any:
+        entry = CACHE.get((kernel, keys, values))
+        if entry is None:
+            if len(values) != width:
+                raise LookupError(f"the lookup bound to {kernel} ({', '.join(keys)}) takes {width} values, "
+                                  f"got {len(values)}")
+            return entry_for(kernel, keys, values).config
+        entry.used = True
+        tally = entry.tally
+        if tally is not None:
+            tally.count += 1
+        return entry.config
+
+    return get
 
 
 class _Question:

@@ -15,18 +15,17 @@ from: constexprs and launch options to the kernel, grid-only entries to the grid
 """
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any, Callable, Mapping
 
 from tuner.runtime.cache import Entry, entry_for
 from tuner.runtime.keys import dtype_name
 
-_DTYPES: dict[Any, str] = {}
+_DTYPES: dict[Any, str] = {None: "float32"}  # an argument's dtype -> its name (no dtype: float32)
 
 
 def _dtype_of(value: Any) -> str:
     dt = getattr(value, "dtype", None)
-    if dt is None:
-        return "float32"
     name = _DTYPES.get(dt)
     if name is None:
         name = _DTYPES[dt] = dtype_name(dt)
@@ -58,10 +57,21 @@ class TunedKernel:
             raise ValueError(f"@tuned({kernel!r}) dtype_arg {dtype_arg!r} is not an argument of {self.__name__}")
         dtype_from = dtype_arg or (names[0] if names else "")
         self._dtype = (names.index(dtype_from) if dtype_from else 0, dtype_from)
+        # the fast path of a launch that passes the key's arguments and the dtype's by position:
+        # the key's values in one C call, the cache key built without a keyword dict
+        positions = tuple(p for _, p, _ in self._slots)
+        self._key_names = tuple(t for t, _, _ in self._slots) + ("dtype",)
+        self._fast_after = max(positions + (self._dtype[0],)) if self._key_fn is None else 1 << 30
+        self._values = (itemgetter(*positions) if len(positions) > 1
+                        else (lambda args, p=positions[0]: (args[p],)) if positions else (lambda args: ()))
 
     def entry(self, args: tuple, kwargs: dict) -> Entry:
         """The cached answer for a launch with these arguments (a dictionary hit when warm)."""
         n = len(args)
+        if n > self._fast_after:
+            dtype = _DTYPES.get(getattr(args[self._dtype[0]], "dtype", None))
+            if dtype is not None:
+                return entry_for(self.kernel, self._key_names, (*self._values(args), dtype))
         if self._key_fn is None:
             items = []
             for t, p, a in self._slots:
@@ -81,7 +91,8 @@ class TunedKernel:
         if not has_dtype:
             p, a = self._dtype
             items.append(("dtype", _dtype_of(args[p] if p < n else kwargs.get(a))))
-        return entry_for(self.kernel, tuple(items))
+        names, values = zip(*items)
+        return entry_for(self.kernel, names, values)
 
     def config_for(self, args: tuple, kwargs: dict) -> Any:
         """The (read-only) configuration a launch with these arguments gets."""
