@@ -6,6 +6,20 @@ import os
 # its GPU kernels interpreted (the GPU-only harness tests crawled past their timeouts on an H200).
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# scripts/test runs the suite in pytest-xdist workers. Each gets a Redis server of its own, on a
+# free port (started by tests/services.py as it starts a Redis that is down, stopped at the end),
+# so a test that restarts "the" Redis restarts only its worker's. Databases need no such care:
+# every test makes its own (tests/services.py: pg_database, scratch names; roles have unique names).
+if os.environ.get("PYTEST_XDIST_WORKER") and "TUNER_TEST_REDIS_PORT" not in os.environ:
+    import socket
+
+    with socket.socket() as _s:
+        _s.bind(("127.0.0.1", 0))
+        os.environ["TUNER_TEST_REDIS_PORT"] = str(_s.getsockname()[1])
+    _OWN_REDIS = True
+else:
+    _OWN_REDIS = False
+
 import pytest  # noqa: E402
 
 from search_spaces import registry  # noqa: E402
@@ -32,3 +46,10 @@ def db_url(request, tmp_path):
             yield url
         finally:
             dispose_all()  # pooled connections would keep the database from being dropped
+
+
+def pytest_sessionfinish(session):
+    if _OWN_REDIS:
+        from tests.services import redis_cli
+
+        redis_cli("shutdown", "nosave")
