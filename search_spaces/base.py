@@ -22,6 +22,42 @@ DTYPES = ("float16", "bfloat16", "float32")
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
+class LazyTorch:
+    """A stand-in for torch in a kernel module (`torch = LazyTorch(globals())`), replaced there by
+    torch itself at its first use. Reading a kernel's space, key, constraints and default (the
+    CLI's checks, `tuner submit`, `tuner kernels`, a worker's main process) needs no torch, whose
+    import costs ~3 s of CPU; making inputs, launching and checking results do."""
+
+    def __init__(self, namespace: dict[str, Any]):
+        self._namespace = namespace
+
+    def __getattr__(self, name: str) -> Any:
+        import torch
+
+        self._namespace["torch"] = torch
+        return getattr(torch, name)
+
+
+class _TorchDtypes(Mapping):
+    """DTYPES as torch dtypes, torch imported at the first lookup."""
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in DTYPES:
+            raise KeyError(name)
+        import torch
+
+        return getattr(torch, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(DTYPES)
+
+    def __len__(self) -> int:
+        return len(DTYPES)
+
+
+TORCH_DTYPES: Mapping[str, Any] = _TorchDtypes()
+
+
 class SpecError(ValueError):
     """A request that names a kernel, shape or dtype this module cannot serve.
 
@@ -201,6 +237,8 @@ def kernel_source(cls: type) -> str:
     names = vars(module) if module is not None else {}
 
     def source(obj: Any) -> str | None:
+        if isinstance(obj, LazyTorch):  # asking it for .fn would import torch
+            return None
         fn = getattr(obj, "fn", None)  # a JITFunction (or the interpreter's) wraps the Python function
         target = fn if callable(fn) and not inspect.isclass(obj) else obj
         if (inspect.isfunction(target) or inspect.isclass(target)) and target.__module__ == cls.__module__:

@@ -18,15 +18,16 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, NamedTuple
 
-import torch
 import triton
 import triton.language as tl
 
 from search_spaces.base import (
     DTYPE_BYTES,
     NV_REGS_PER_BLOCK,
+    TORCH_DTYPES,
     Config,
     KernelSpec,
+    LazyTorch,
     SpecError,
     Specialization,
     Target,
@@ -36,7 +37,8 @@ from search_spaces.base import (
 )
 from search_spaces.gemm import mma_path
 
-TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+torch = LazyTorch(globals())  # imported at its first use: reading a space needs none
+
 HEAD_DIMS = (16, 32, 64, 128, 256)  # tl.arange needs a power of two; the tutorial's set
 STAGES = {1: "full attention", 3: "causal"}
 _BLOCKS = ("BLOCK_M", "BLOCK_N")

@@ -24,15 +24,16 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-import torch
 import triton
 import triton.language as tl
 
 from search_spaces import fused_moe_vllm as vllm_data
 from search_spaces.base import (
     DTYPE_BYTES,
+    TORCH_DTYPES,
     Config,
     KernelSpec,
+    LazyTorch,
     SpecError,
     Specialization,
     Target,
@@ -46,7 +47,8 @@ from search_spaces.base import (
 )
 from search_spaces.gemm import amd_knob_refusal, mma_path, tile_refusal
 
-TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+torch = LazyTorch(globals())  # imported at its first use: reading a space needs none
+
 ROUTINGS = ("uniform", "skewed")
 _BLOCKS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K")
 _NV_SPACE = {"BLOCK_SIZE_M": (16, 32, 64, 128, 256), "BLOCK_SIZE_N": (32, 64, 128, 256),

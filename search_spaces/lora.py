@@ -22,7 +22,6 @@ import sys
 from functools import cached_property
 from typing import Any, Mapping, NamedTuple
 
-import torch
 import triton
 import triton.language as tl
 
@@ -30,6 +29,7 @@ from search_spaces.base import (
     NV_REGS_PER_BLOCK,
     Config,
     KernelSpec,
+    LazyTorch,
     SpecError,
     Target,
     TuningKey,
@@ -37,7 +37,8 @@ from search_spaces.base import (
 )
 from search_spaces.gemm import mma_path
 
-TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+torch = LazyTorch(globals())  # imported at its first use: reading a space needs none
+
 # Registers a thread needs: a x the fp32 accumulator + c x its share of the two operand tiles
 # (32-bit words) + fixed, refused above `limit` (on NVIDIA also above the block's 65,536). Fitted
 # to Triton 3.6's bf16 builds of both kernels (bench/constraint_check.py,

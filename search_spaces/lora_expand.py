@@ -14,12 +14,23 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import torch
 import triton
 import triton.language as tl
 
-from search_spaces.base import DTYPE_BYTES, Config, Specialization, Target, TuningKey, next_pow2, require_launchable
-from search_spaces.lora import TORCH_DTYPES, LoraSpec, Segments, adapter_rows, make_segments, segment_rows, tile_resources
+from search_spaces.base import (
+    DTYPE_BYTES,
+    TORCH_DTYPES,
+    Config,
+    LazyTorch,
+    Specialization,
+    Target,
+    TuningKey,
+    next_pow2,
+    require_launchable,
+)
+from search_spaces.lora import LoraSpec, Segments, adapter_rows, make_segments, segment_rows, tile_resources
+
+torch = LazyTorch(globals())  # imported at its first use: reading a space needs none
 
 # Expand configurations vLLM's own tuning found on an H100 at rank 16, one adapter, one slice
 # (vllm/lora/ops/triton_ops/configs/NVIDIA_H100_80GB_HBM3_EXPAND_FALSE.json, vllm-project/vllm

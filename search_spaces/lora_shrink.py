@@ -13,14 +13,22 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import torch
 import triton
 import triton.language as tl
 
-from search_spaces.base import DTYPE_BYTES, Config, Specialization, Target, TuningKey, next_pow2, require_launchable
+from search_spaces.base import (
+    DTYPE_BYTES,
+    TORCH_DTYPES,
+    Config,
+    LazyTorch,
+    Specialization,
+    Target,
+    TuningKey,
+    next_pow2,
+    require_launchable,
+)
 from search_spaces.lora import (
     GROUP_M,
-    TORCH_DTYPES,
     LoraSpec,
     Segments,
     adapter_rows,
@@ -28,6 +36,8 @@ from search_spaces.lora import (
     segment_rows,
     tile_resources,
 )
+
+torch = LazyTorch(globals())  # imported at its first use: reading a space needs none
 
 SCALING = 0.5  # the adapter's alpha / rank: any value but 1 proves the kernel applies it
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-import torch
 import triton
 import triton.language as tl
 
 from search_spaces.base import (
     DTYPE_BYTES,
+    TORCH_DTYPES,
     Config,
     KernelSpec,
+    LazyTorch,
     Specialization,
     Target,
     TuningKey,
@@ -26,7 +27,8 @@ from search_spaces.base import (
 )
 from search_spaces.gemm import amd_knob_refusal, mma_path, tile_refusal
 
-TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+torch = LazyTorch(globals())  # imported at its first use: reading a space needs none
+
 
 _BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
 _DIM_OF = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "K"}

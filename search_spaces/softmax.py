@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 import triton
 import triton.language as tl
 
 from search_spaces.base import (
     DTYPE_BYTES,
     NV_REGS_PER_BLOCK,
+    TORCH_DTYPES,
     Config,
     KernelSpec,
+    LazyTorch,
     Specialization,
     Target,
     TuningKey,
@@ -24,7 +25,8 @@ from search_spaces.base import (
     require_launchable,
 )
 
-TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+torch = LazyTorch(globals())  # imported at its first use: reading a space needs none
+
 
 # Registers a thread needs for v fp32 row values: each value and its exponential, plus
 # addressing. Fitted to Triton 3.6's sm_90 and gfx942 builds (bench/constraint_check.py,

@@ -97,6 +97,29 @@ print(json.dumps({"names": names, "heavy": sorted(m for m in ("torch", "triton")
     assert got["heavy"] == [] and {"matmul", "softmax"} <= set(got["names"])
 
 
+def test_reading_every_built_in_kernel_imports_no_torch():
+    """A kernel's space, key, constraints, default and version are what the CLI's checks, `tuner
+    submit`, `tuner kernels` and a worker's main process read: none of it imports torch (~3 s of
+    CPU a process); the first input made does."""
+    got = run_python("""
+import json, sys
+from search_spaces import registry, target_for
+target, seen = target_for("sm_90"), {}
+small = {"STAGE": 1, "topk": 2, "SLICES": 1, "LORAS": 2, "RANK": 16}
+for name in registry.names():
+    spec = registry.get(name)
+    key = spec.make_key({d: small.get(d, 64) for d in spec.key_names}, "bfloat16")
+    seen[name] = (len(spec.valid_configs(key, target)), spec.check(spec.default(key, target), key, target), spec.version)
+before = "torch" in sys.modules
+spec = registry.get("matmul")
+spec.make_inputs(spec.make_key({"M": 8, "N": 8, "K": 8}, "float32"), "cpu", 0)
+print(json.dumps({"before": before, "after": "torch" in sys.modules, "seen": seen}))
+""", {"TRITON_INTERPRET": "1"})
+    assert got["before"] is False and got["after"] is True, got
+    assert {"matmul", "fused_moe", "lora_shrink", "flash_attention"} <= set(got["seen"])
+    assert all(n > 0 and refusal is None for n, refusal, _ in got["seen"].values()), got["seen"]
+
+
 def test_the_external_kernel_runs():
     # the user's kernel keeps the same contract as the built-ins (interpreter on the CPU)
     got = run_python("""

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 
-import torch
-
-from search_spaces.base import Config, Target, TuningKey
+from search_spaces.base import Config, LazyTorch, Target, TuningKey
 from tests.kernels.trivial import Trivial
+
+torch = LazyTorch(globals())  # as the built-ins: a worker's main process never imports torch
 
 
 class Slow(Trivial):

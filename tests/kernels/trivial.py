@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import time
 
-import torch
 import triton
 import triton.language as tl
 
-from search_spaces.base import Config, KernelSpec, Target, TuningKey
+from search_spaces.base import Config, KernelSpec, LazyTorch, Target, TuningKey
+
+torch = LazyTorch(globals())  # as the built-ins: a worker's main process never imports torch
 
 
 @triton.jit
