@@ -93,6 +93,7 @@ def bind(kernel: str, *names: str) -> Any:
     keys, width = tuple(names), len(names)
 
     def get(*values: Any) -> Any:
+        # lookup()'s warm path written out again: a call to entry_for would cost as much as the hit
         entry = CACHE.get((kernel, keys, values))
         if entry is None:
             if len(values) != width:

@@ -15,6 +15,7 @@ from: constexprs and launch options to the kernel, grid-only entries to the grid
 """
 from __future__ import annotations
 
+import sys
 from operator import itemgetter
 from typing import Any, Callable, Mapping
 
@@ -58,20 +59,21 @@ class TunedKernel:
         dtype_from = dtype_arg or (names[0] if names else "")
         self._dtype = (names.index(dtype_from) if dtype_from else 0, dtype_from)
         # the fast path of a launch that passes the key's arguments and the dtype's by position:
-        # the key's values in one C call, the cache key built without a keyword dict
+        # those arguments in one C call (a tuple: the dtype's comes last, so there are two or more),
+        # the cache key built without a keyword dict; none for a key function
         positions = tuple(p for _, p, _ in self._slots)
         self._key_names = tuple(t for t, _, _ in self._slots) + ("dtype",)
-        self._fast_after = max(positions + (self._dtype[0],)) if self._key_fn is None else 1 << 30
-        self._values = (itemgetter(*positions) if len(positions) > 1
-                        else (lambda args, p=positions[0]: (args[p],)) if positions else (lambda args: ()))
+        self._fast_after = max(positions + (self._dtype[0],)) if positions else sys.maxsize
+        self._key_args = itemgetter(*positions, self._dtype[0]) if positions else None
 
     def entry(self, args: tuple, kwargs: dict) -> Entry:
         """The cached answer for a launch with these arguments (a dictionary hit when warm)."""
         n = len(args)
         if n > self._fast_after:
-            dtype = _DTYPES.get(getattr(args[self._dtype[0]], "dtype", None))
+            values = self._key_args(args)
+            dtype = _DTYPES.get(getattr(values[-1], "dtype", None))
             if dtype is not None:
-                return entry_for(self.kernel, self._key_names, (*self._values(args), dtype))
+                return entry_for(self.kernel, self._key_names, values[:-1] + (dtype,))
         if self._key_fn is None:
             items = []
             for t, p, a in self._slots:
