@@ -1,6 +1,6 @@
 """How fast each search strategy finds the optimum, replayed offline on recorded sweeps.
 
-    .venv/bin/python bench/search_efficiency.py --record matmul --shape M=128,N=128,K=128 --dtype float32 [--rounds 5]
+    .venv/bin/python bench/search_efficiency.py --record matmul --shape M=128,N=128,K=128 --dtype float32 [--rounds 5] [--refine 5]
     .venv/bin/python bench/search_efficiency.py --replay [--seeds 50] [--sweeps 'sweep-lora_*'] [--out PATH]
 
 --record measures every valid configuration of the live device's space through the real
@@ -32,12 +32,19 @@ RESULTS = ROOT / "bench" / "results"
 BUDGETS = (10, 20, 50, 100)
 
 
-def record(kernel: str, shape: str, dtype: str, device: str, rounds: int) -> Path:
+REFINE_WITHIN = 0.10  # the targets quote fractions of 0.95 and up: the configurations this close decide them
+
+
+def record(kernel: str, shape: str, dtype: str, device: str, rounds: int, refine: int = 0, data: Path = DATA) -> Path:
     """Measure every valid configuration `rounds` times, each round in a fresh shuffled order,
     and keep the fastest round's median. A shared machine slows a process in phases of a few
     seconds (measured here: one launch repeated 20 times took 64 to 128 ms, in runs); that
     only ever adds time, so the quietest round is the estimate, and shuffling the rounds puts
-    every configuration in quiet and busy phases alike. Every round's median is kept."""
+    every configuration in quiet and busy phases alike. Every round's median is kept.
+
+    refine: that many more rounds for the configurations within REFINE_WITHIN of the fastest, all
+    of them alike: their order decides the fractions of the optimum a replay reports, and a few
+    per cent between two of them is inside one round's noise on the interpreter."""
     import random
 
     from devices.fingerprint import live_fingerprint
@@ -58,9 +65,10 @@ def record(kernel: str, shape: str, dtype: str, device: str, rounds: int) -> Pat
     times: dict[str, list[float]] = {config_hash(c): [] for c in configs}
     status: dict[str, str] = {}
     rng, t0 = random.Random(0), time.perf_counter()
-    with Harness() as h:
-        for round_ in range(rounds):
-            order = [c for c in configs if status.get(config_hash(c), "ok") == "ok"]
+
+    def measure(h: Harness, among: list[dict], n: int, label: str) -> None:
+        for round_ in range(n):
+            order = [c for c in among if status.get(config_hash(c), "ok") == "ok"]
             rng.shuffle(order)
             todo = iter(enumerate(order))
 
@@ -76,8 +84,14 @@ def record(kernel: str, shape: str, dtype: str, device: str, rounds: int) -> Pat
                 status[config_hash(config)] = r.status
                 if r.status == "ok":
                     times[config_hash(config)].append(r.median_ms)
-                print(f"round {round_ + 1}/{rounds} {i + 1}/{len(order)} {config} {r.status} {r.median_ms}",
-                      flush=True)
+                print(f"{label} {round_ + 1}/{n} {i + 1}/{len(order)} {config} {r.status} {r.median_ms}", flush=True)
+
+    with Harness() as h:
+        measure(h, configs, rounds, "round")
+        ok = [c for c in configs if status.get(config_hash(c)) == "ok" and times[config_hash(c)]]
+        fastest = min((min(times[config_hash(c)]) for c in ok), default=None)
+        close = [c for c in ok if min(times[config_hash(c)]) <= fastest * (1 + REFINE_WITHIN)] if refine else []
+        measure(h, close, refine, "refine")
     rows = []
     for c in configs:
         got = times[config_hash(c)]
@@ -88,23 +102,25 @@ def record(kernel: str, shape: str, dtype: str, device: str, rounds: int) -> Pat
            "key": key.to_json(), "device_class": dc.slug, "fingerprint": fp.to_json() | {"hash": fp.hash},
            "date": datetime.now(timezone.utc).isoformat(), "sweep_s": round(time.perf_counter() - t0, 1),
            "timing": "triton-interpreter (CPU)" if dc.target.is_interpreter else "cuda events, L2 flushed",
-           "rounds": rounds, "params": names,
-           # ms: the fastest round's median; round_ms: every round's median, in round order
+           "rounds": rounds, "refined": {"rounds": refine, "within": REFINE_WITHIN, "configs": len(close)},
+           "params": names,
+           # ms: the fastest round's median; round_ms: every round's median, in round order (the refined
+           # configurations' rounds follow their first ones)
            "columns": names + ["ms", "status", "round_ms"], "rows": rows}
-    DATA.mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True)
     dims = "x".join(str(v) for _, v in key.dims)
-    path = DATA / f"sweep-{kernel}-{dc.slug}-{dims}-{dtype}-{doc['date'][:10]}.json.gz"
+    path = data / f"sweep-{kernel}-{dc.slug}-{dims}-{dtype}-{doc['date'][:10]}.json.gz"
     with gzip.open(path, "wt") as f:
         json.dump(doc, f, separators=(",", ":"))
     return path
 
 
-def replay(seeds: int, names: list[str], patterns: tuple[str, ...] = ("sweep-*.json.gz",)) -> dict:
+def replay(seeds: int, names: list[str], patterns: tuple[str, ...] = ("sweep-*.json.gz",), data: Path = DATA) -> dict:
     from search.replay import SweepSpec, load, noise, replay_one, target_of
     from search_spaces.base import TuningKey
 
     out = {"date": datetime.now(timezone.utc).isoformat(), "seeds": seeds, "budgets": list(BUDGETS), "sweeps": []}
-    for path in sorted({p for pattern in patterns for p in DATA.glob(pattern)}):
+    for path in sorted({p for pattern in patterns for p in data.glob(pattern)}):
         doc = load(path)
         spec = SweepSpec(doc)
         key = TuningKey.from_json(doc["key"])
@@ -112,7 +128,8 @@ def replay(seeds: int, names: list[str], patterns: tuple[str, ...] = ("sweep-*.j
         opt = min(t for t in spec.times.values() if t is not None)
         n_valid = len(spec.times)
         entry = {"sweep": path.name, "device_class": doc["device_class"], "key": doc["key"], "timing": doc["timing"],
-                 "valid_configs": n_valid, "optimum_ms": opt, "noise": noise(doc), "strategies": {}}
+                 "valid_configs": n_valid, "optimum_ms": opt, "noise": noise(doc), "refined": doc.get("refined"),
+                 "strategies": {}}
         budget = max(max(BUDGETS), n_valid // 10)
         for name in names:
             t0 = time.perf_counter()
@@ -166,7 +183,9 @@ def write_markdown(result: dict) -> str:
         lines += [f"## {s['sweep']}", f"{s['valid_configs']} valid configurations, optimum {s['optimum_ms']:.3f} ms "
                   f"({s['timing']}); 10% of the space = {tenth} evaluations"
                   + (f"; a configuration's slowest round is {s['noise']['median_round_spread']:.0%} over its fastest "
-                     f"(median of {s['noise']['rounds']} rounds)" if s.get("noise") else ""), "",
+                     f"(median of {s['noise']['rounds']} rounds)" if s.get("noise") else "")
+                  + (f"; the {s['refined']['configs']} within {s['refined']['within']:.0%} of the fastest measured "
+                     f"{s['refined']['rounds']} rounds more" if (s.get("refined") or {}).get("rounds") else ""), "",
                   "| strategy | @10 | @20 | @50 | @100 | @10% space | evals to 95% | evals to 99% |", "|---|---|---|---|---|---|---|---|"]
         for name, r in s["strategies"].items():
             f = r["median_fraction_of_optimum"]
@@ -183,11 +202,14 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=5, help="measurements of each configuration, interleaved")
+    ap.add_argument("--refine", type=int, default=5,
+                    help="more rounds for the configurations within 10%% of the fastest, which decide the targets")
+    ap.add_argument("--data", default=str(DATA), help="the folder sweeps are written to and replayed from")
     ap.add_argument("--replay", action="store_true")
     ap.add_argument("--seeds", type=int, default=50)
     ap.add_argument("--strategies", default="auto,auto@8,auto-cold,tpe,random,grid",
                     help="NAME[@WIDTH]: WIDTH proposals asked for together, as on a GPU's compile pool")
-    ap.add_argument("--sweeps", default="sweep-*.json.gz", help="comma-separated file patterns under bench/data; "
+    ap.add_argument("--sweeps", default="sweep-*.json.gz", help="comma-separated file patterns under --data; "
                     "given, their entries replace the old ones in the results file and the others are kept")
     ap.add_argument("--out", default=str(RESULTS / "search_efficiency"), help="results path, without .json/.md")
     args = ap.parse_args()
@@ -195,9 +217,9 @@ def main() -> None:
 
     settings.configure_plugins(settings.get())  # TUNER_KERNEL_MODULES, TUNER_STRATEGY_MODULES
     if args.record:
-        print(record(args.record, args.shape, args.dtype, args.device, args.rounds))
+        print(record(args.record, args.shape, args.dtype, args.device, args.rounds, args.refine, Path(args.data)))
     if args.replay:
-        result = replay(args.seeds, args.strategies.split(","), tuple(args.sweeps.split(",")))
+        result = replay(args.seeds, args.strategies.split(","), tuple(args.sweeps.split(",")), Path(args.data))
         out = Path(args.out)
         if args.sweeps != "sweep-*.json.gz" and out.with_suffix(".json").exists():
             kept = json.loads(out.with_suffix(".json").read_text())

@@ -54,3 +54,29 @@ def test_the_replay_takes_a_subset_of_the_sweeps(tmp_path):
     sweeps = [s["sweep"] for s in json.loads(out.with_suffix(".json").read_text())["sweeps"]]
     assert sweeps and all(s.startswith("sweep-lora_expand-") for s in sweeps)
     assert "target auto >= 0.97" in out.with_suffix(".md").read_text()
+
+
+def test_a_recorded_sweep_measures_the_configurations_near_the_fastest_again(tmp_path):
+    """--refine: the configurations within 10% of the fastest get that many more rounds, all of
+    them alike (their order decides the targets); the others keep their first rounds. The replay
+    reads the sweep back from the same --data folder."""
+    import gzip
+    import json
+    script = [sys.executable, str(ROOT / "bench" / "search_efficiency.py"), "--data", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNER_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([*script, "--record", "softmax", "--shape", "M=4,N=64", "--rounds", "1", "--refine", "2"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = tmp_path.glob("sweep-softmax-*.json.gz")
+    with gzip.open(path, "rt") as f:
+        doc = json.load(f)
+    ms, rounds = doc["columns"].index("ms"), doc["columns"].index("round_ms")
+    fastest = min(r[rounds][0] for r in doc["rows"])
+    near = [r for r in doc["rows"] if r[rounds][0] <= fastest * 1.1]
+    assert doc["refined"] == {"rounds": 2, "within": 0.1, "configs": len(near)} and len(near) < len(doc["rows"])
+    assert all(len(r[rounds]) == (3 if r in near else 1) and abs(r[ms] - min(r[rounds])) < 1e-3
+               for r in doc["rows"])  # rounds are stored to 4 decimals
+    proc = subprocess.run([*script, "--replay", "--seeds", "1", "--strategies", "grid", "--out", str(tmp_path / "r")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"the {len(near)} within 10% of the fastest measured 2 rounds more" in (tmp_path / "r.md").read_text()
