@@ -88,9 +88,9 @@ def record(kernel: str, shape: str, dtype: str, device: str, rounds: int, refine
 
     with Harness() as h:
         measure(h, configs, rounds, "round")
-        ok = [c for c in configs if status.get(config_hash(c)) == "ok" and times[config_hash(c)]]
-        fastest = min((min(times[config_hash(c)]) for c in ok), default=None)
-        close = [c for c in ok if min(times[config_hash(c)]) <= fastest * (1 + REFINE_WITHIN)] if refine else []
+        best = {config_hash(c): min(times[config_hash(c)]) for c in configs if status.get(config_hash(c)) == "ok"}
+        bar = min(best.values(), default=0.0) * (1 + REFINE_WITHIN) if refine else 0.0
+        close = [c for c in configs if best.get(config_hash(c), float("inf")) <= bar]
         measure(h, close, refine, "refine")
     rows = []
     for c in configs:
@@ -203,7 +203,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=5, help="measurements of each configuration, interleaved")
     ap.add_argument("--refine", type=int, default=5,
-                    help="more rounds for the configurations within 10%% of the fastest, which decide the targets")
+                    help=f"more rounds for the configurations within {REFINE_WITHIN:.0%}% of the fastest, which decide the targets")
     ap.add_argument("--data", default=str(DATA), help="the folder sweeps are written to and replayed from")
     ap.add_argument("--replay", action="store_true")
     ap.add_argument("--seeds", type=int, default=50)
