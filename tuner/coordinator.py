@@ -146,31 +146,11 @@ def live_workers(s, selector: str, dead_after_s: float) -> list[models.Worker]:
 
 
 def status(settings: Settings, job_id: str) -> dict:
-    from workers.batch import key_budget
-
     url = open_for_read(settings)
     with session_scope(url) as s:
         job = _job(s, job_id)
         keys = s.scalars(select(models.JobKey).where(models.JobKey.job_id == job.id).order_by(models.JobKey.id)).all()
-        out_keys = []
-        for k in keys:
-            trials = s.execute(select(models.TuningTrial.status, models.TuningTrial.median_ms,
-                                      models.TuningTrial.config, models.Worker.name, models.TuningTrial.config_hash,
-                                      models.TuningTrial.device_class_id)
-                               .outerjoin(models.Worker, models.Worker.id == models.TuningTrial.worker_id)
-                               .where(models.TuningTrial.job_key_id == k.id)).all()
-            ok = [t for t in trials if t.status == "ok" and t.median_ms is not None]
-            best = min(ok, key=lambda t: t.median_ms) if ok else None
-            defaults = {c: _default_hash(s, job.kernel, k.key, c) for c in {t.device_class_id for t in ok}}
-            default = [t.median_ms for t in ok if t.config_hash == defaults[t.device_class_id]]
-            out_keys.append({
-                "key": k.key["dims"], "dtype": k.key["dtype"], "key_hash": k.key_hash, "state": k.state,
-                "trials_done": sum(1 for t in trials if t.status != "invalid"), "budget": key_budget(job, k.key_hash),
-                "failed_trials": sum(1 for t in trials if t.status not in ("ok", "invalid")),
-                "best_ms_so_far": best.median_ms if best else None, "best_config_so_far": best.config if best else None,
-                "default_ms_so_far": min(default, default=None),
-                "workers": sorted({t.name for t in trials if t.name}),
-            })
+        out_keys = [_key_status(s, job, k) for k in keys]
         alive = live_workers(s, job.device_selector or "", settings.worker_dead_after_s) if job.device_selector else []
         note = None
         if job.state not in FINAL and job.origin == "queued" and not alive:
@@ -180,6 +160,68 @@ def status(settings: Settings, job_id: str) -> dict:
                 "measurement": Measurement.from_json(job.request.get("measurement")).to_json(),
                 "created_at": job.created_at.isoformat(), "finished_at": job.finished_at.isoformat() if job.finished_at else None,
                 "error": job.error, "live_workers": [w.name for w in alive], "note": note, "keys": out_keys}
+
+
+# what a trial's status counts as in a job's progress: every trial run is one of these
+OUTCOMES = {"ok": "ok", "invalid": "invalid", "timeout": "timeout", "compile_error": "failed",
+            "out_of_resources": "failed", "wrong_result": "failed", "crashed": "failed"}
+
+
+def _key_status(s, job: models.Job, k: models.JobKey) -> dict:
+    """One key of a job: progress by outcome, the search's best so far and, once the key is done,
+    its stored result (what the final re-measurement decided, which may differ from the best so far)."""
+    from workers.batch import key_budget
+
+    trials = s.execute(select(models.TuningTrial.status, models.TuningTrial.median_ms,
+                              models.TuningTrial.config, models.Worker.name, models.TuningTrial.config_hash,
+                              models.TuningTrial.device_class_id)
+                       .outerjoin(models.Worker, models.Worker.id == models.TuningTrial.worker_id)
+                       .where(models.TuningTrial.job_key_id == k.id)).all()
+    ok = [t for t in trials if t.status == "ok" and t.median_ms is not None]
+    best = min(ok, key=lambda t: t.median_ms) if ok else None
+    defaults = {c: _default_hash(s, job.kernel, k.key, c) for c in {t.device_class_id for t in ok}}
+    default = [t.median_ms for t in ok if t.config_hash == defaults[t.device_class_id]]
+    outcomes = dict.fromkeys(("ok", "invalid", "failed", "timeout"), 0)
+    for t in trials:
+        outcomes[OUTCOMES.get(t.status, "failed")] += 1
+    return {
+        "key": k.key["dims"], "dtype": k.key["dtype"], "key_hash": k.key_hash, "state": _key_state(job, k),
+        # the budget counts every trial run but those check() refused (they cost nothing to run)
+        "trials_done": len(trials) - outcomes["invalid"], "trials_run": len(trials), "outcomes": outcomes,
+        "budget": key_budget(job, k.key_hash),
+        "failed_trials": outcomes["failed"] + outcomes["timeout"],
+        "best_ms_so_far": best.median_ms if best else None, "best_config_so_far": best.config if best else None,
+        "default_ms_so_far": min(default, default=None),
+        "result": _stored_result(s, job, k, {t.device_class_id for t in trials}) if k.state == "done" else None,
+        "workers": sorted({t.name for t in trials if t.name}),
+    }
+
+
+def _key_state(job: models.Job, k: models.JobKey) -> str:
+    """A key's own row says running from the job's creation on; until a worker takes the job, and
+    once it is cancelled, the job's state is the key's too."""
+    if job.state == "queued" or (job.state == "cancelled" and k.state not in ("done", "failed")):
+        return job.state
+    return k.state
+
+
+def _stored_result(s, job: models.Job, k: models.JobKey, class_ids: set[int]) -> dict | None:
+    """What the key's final re-measurement stored: the best this job wrote (`changed`), or else the
+    current best it kept; None when no configuration ran correctly."""
+    q = select(models.BestConfig).where(models.BestConfig.kernel == job.kernel,
+                                        models.BestConfig.kernel_version == job.kernel_version,
+                                        models.BestConfig.key_hash == k.key_hash)
+    row = s.scalars(q.where(models.BestConfig.job_id == job.id).order_by(models.BestConfig.id.desc())).first()
+    changed = row is not None
+    if row is None and class_ids:
+        row = s.scalars(q.where(models.BestConfig.superseded_at.is_(None),
+                                models.BestConfig.device_class_id.in_(class_ids))
+                        .order_by(models.BestConfig.created_at.desc())).first()
+    if row is None:
+        return None
+    return {"config": row.config, "median_ms": row.median_ms, "default_ms": row.default_ms,
+            "speedup": row.speedup, "changed": changed, "current": row.superseded_at is None,
+            "best_id": row.id}
 
 
 def _default_hash(s, kernel: str, key: dict, device_class_id: int) -> str | None:
