@@ -15,12 +15,13 @@ from db import models, store
 from db.clock import utcnow
 from db.session import redact, session_scope
 from devices.classes import DeviceClass, matches, resolve_device_class
+from devices.fit import host_memory
 from harness.protocol import Measurement
 from search_spaces import registry
 from search_spaces.base import TuningKey, config_hash
 from tuner.database import open_for_read, open_for_write
 from tuner.errors import Conflict, NotFound, Unavailable, UserError
-from tuner.request import TuneRequest, host_memory, refuse_unfit
+from tuner.request import TuneRequest, refuse_unfit
 from tuner.settings import Settings
 
 FINAL = ("done", "failed", "cancelled")

@@ -11,11 +11,12 @@ from db.clock import utcnow
 from db.session import session_scope
 from devices.classes import DeviceClass
 from devices.fingerprint import StackFingerprint
+from devices.fit import host_memory
 from devices.probe import live_identity
 from search_spaces import registry
 from search_spaces.base import Config, TuningKey
 from tuner.database import open_for_write, open_studies
-from tuner.request import TuneRequest, host_memory, refuse_unfit
+from tuner.request import TuneRequest, refuse_unfit
 from tuner.settings import Settings
 
 
