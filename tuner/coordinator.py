@@ -51,10 +51,10 @@ def broker_app(settings: Settings, **options):
 def await_services(settings: Settings, limit_s: float | None, say=None, *, database: bool = True,
                    broker: bool = True) -> None:
     """Wait until the database and/or the broker answer, with back-off, telling `say` (default:
-    stderr) once and then every minute (workers/faults.py); Unavailable, one line, after `limit_s` seconds (None: wait
-    for ever). A long-lived process started during an outage waits for it instead of exiting. A
-    fault that waiting cannot cure (a wrong password, a missing database) is left to the checks
-    the process makes next, which end it at once; the embedded SQLite defaults are never waited for."""
+    stderr) once and then every minute (workers/faults.py); Unavailable, one line, after `limit_s`
+    seconds (None: wait for ever). A long-lived process started during an outage waits for it
+    instead of exiting. A fault that waiting cannot cure (a wrong password, a missing database)
+    is Unavailable at once; the embedded SQLite defaults are never waited for."""
     from db.session import check_reachable, sqlite_path
     from workers.app import BrokerUnreachable, check_broker, make_app
     from workers.faults import StillDown, wait_for_service

@@ -22,12 +22,11 @@ def worker_app(settings: Settings):
 
 def run_worker(settings: Settings, device: str | None, name: str | None, loglevel: str = "INFO",
                wait_s: float | None = None) -> None:
+    from tuner.coordinator import await_services
     from workers import tasks
     from workers.app import send_batch
     from workers.queues import CONTROL_QUEUE, queue_names
     from workers.service import WorkerConfig, WorkerService
-
-    from tuner.coordinator import await_services
 
     dc, fp, device_str = live_identity(device or settings.device, settings.fingerprint_override)
     await_services(settings, wait_s)  # a fleet restarted during an outage waits, not crash-loops

@@ -7,7 +7,8 @@ search starts from the default, the nearest stored shapes' bests and the known-g
 is skipped while a job of its class is queued or running for it, once it is tuned under a stack
 that live workers of the class run, when its kernel version is not the one registered here
 (a worker would refuse it), and when its trial does not fit the class's memory (devices/fit.py,
-the check of `tuner submit`; the CPU class: this host's). A database lease makes two runs at once queue each key once.
+the check of `tuner submit`; the CPU class: this host's). A database lease makes two runs at
+once queue each key once.
 """
 from __future__ import annotations
 
