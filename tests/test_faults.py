@@ -332,7 +332,7 @@ def test_a_worker_started_during_a_database_outage_waits_and_then_serves_a_job(f
         job = submit(fleet["env"], "trivial", 1010, 3, "--parallel", "1")
         wait_done(engine, job, timeout=240)
         assert "answered after" in w.text()
-        assert live(engine) == {"outage@test"}
+        wait_for(lambda: live(engine) == {"outage@test"}, 60, "the worker's heartbeat")
     finally:
         w.stop()
 
