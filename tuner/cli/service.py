@@ -31,12 +31,19 @@ def scheduler(loglevel: str = typer.Option("INFO", "--loglevel")) -> None:
 
 @app.command()
 def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; beyond the loopback "
-                                   "interface TUNER_API_TOKEN is required."),
-          port: int = typer.Option(8000, "--port"), loglevel: str = typer.Option("info", "--loglevel")) -> None:
-    """The HTTP API, dashboard and /metrics (FastAPI on uvicorn; docs at /docs)."""
+                                   "interface a TUNER_API_TOKEN of 32 characters or more is required."),
+          port: int = typer.Option(8000, "--port"), loglevel: str = typer.Option("info", "--loglevel"),
+          open_reads: bool = typer.Option(False, "--open-reads", help="Reads need no token (a single user's "
+                                          "laptop; loopback only; also TUNER_API_OPEN_READS=1). Writes still do.")
+          ) -> None:
+    """The HTTP API, dashboard and /metrics (FastAPI on uvicorn; docs at /docs). Every request but
+    /healthz needs TUNER_API_TOKEN, or TUNER_RUNTIME_TOKEN for the runtime's bundle and misses."""
+    from dataclasses import replace
+
     from tuner.api.app import serve as run
 
-    run(settings_mod.get(), host, port, loglevel)
+    settings = settings_mod.get()
+    run(replace(settings, api_open_reads=True) if open_reads else settings, host, port, loglevel)
 
 
 @db_app.command("upgrade")
