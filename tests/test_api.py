@@ -223,7 +223,6 @@ def test_each_token_has_its_scope(tmp_path):
     runtime = make_client(tmp_path / "home", client=REMOTE, db_url=url, auth=False)
     r = runtime.get("/v1/bundle", params={"device_class": "h100-sxm-80gb"}, headers=RUNTIME)
     assert r.status_code == 200 and len(r.json()["entries"]) == 1
-    assert runtime.head("/v1/bundle", params={"device_class": "h100-sxm-80gb"}, headers=RUNTIME).status_code != 403
     r = runtime.post("/v1/misses", json={"records": [miss()]}, headers=RUNTIME)
     assert r.status_code == 200 and r.json()["records"] == 1, r.text
     for path in ("/v1/jobs", "/v1/runtime-misses", "/metrics", "/", "/docs"):

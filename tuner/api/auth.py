@@ -29,7 +29,7 @@ MAX_SESSIONS = 1000  # the oldest login is dropped beyond this
 MIN_TOKEN = 32  # characters of a token a server beyond the loopback accepts (`openssl rand -hex 24` gives 48)
 OPEN_PATHS = ("/healthz", "/login")  # the container's healthcheck (status only); the page that logs in
 OPEN_PREFIXES = ("/static/",)  # the dashboard's and /docs' packaged CSS and JS: nothing of the service's
-RUNTIME_ROUTES = frozenset({("GET", "/v1/bundle"), ("HEAD", "/v1/bundle"), ("POST", "/v1/misses")})
+RUNTIME_ROUTES = frozenset({("GET", "/v1/bundle"), ("POST", "/v1/misses")})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 READS = ("GET", "HEAD")
 
