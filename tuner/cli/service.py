@@ -41,9 +41,13 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to liste
     from dataclasses import replace
 
     from tuner.api.app import serve as run
+    from tuner.api.auth import is_loopback
 
-    settings = settings_mod.get()
-    run(replace(settings, api_open_reads=True) if open_reads else settings, host, port, loglevel)
+    settings = replace(settings_mod.get(), api_open_reads=True) if open_reads else settings_mod.get()
+    if not settings.api_token and not settings.api_open_reads and is_loopback(host):  # elsewhere: refused
+        err.print("note: no TUNER_API_TOKEN, so every request but /healthz will be refused; set one, or give "
+                  "--open-reads for reads on this machine")
+    run(settings, host, port, loglevel)
 
 
 @db_app.command("upgrade")
