@@ -47,14 +47,25 @@ def scheduler(loglevel: str = typer.Option("INFO", "--loglevel"),
 
 @app.command()
 def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; beyond the loopback "
-                                   "interface TUNER_API_TOKEN is required."),
+                                   "interface a TUNER_API_TOKEN of 32 characters or more is required."),
           port: int = typer.Option(8000, "--port"), loglevel: str = typer.Option("info", "--loglevel"),
+          open_reads: bool = typer.Option(False, "--open-reads", help="Reads need no token (a single user's "
+                                          "laptop; loopback only; also TUNER_API_OPEN_READS=1). Writes still do."),
           wait_s: float = wait_option(SERVE_WAIT_S, "the database")) -> None:
-    """The HTTP API, dashboard and /metrics (FastAPI on uvicorn; docs at /docs)."""
+    """The HTTP API, dashboard and /metrics (FastAPI on uvicorn; docs at /docs). Every request but
+    /healthz needs TUNER_API_TOKEN, or TUNER_RUNTIME_TOKEN for the runtime's bundle and misses."""
+    from dataclasses import replace
+
+    from tuner.api.app import policy_of
     from tuner.api.app import serve as run
+    from tuner.api.auth import check_bind, is_loopback
     from tuner.coordinator import await_services
 
-    settings = settings_mod.get()
+    settings = replace(settings_mod.get(), api_open_reads=True) if open_reads else settings_mod.get()
+    if not settings.api_token and not settings.api_open_reads and is_loopback(host):  # elsewhere: refused
+        err.print("note: no TUNER_API_TOKEN, so every request but /healthz will be refused; set one, or give "
+                  "--open-reads for reads on this machine")
+    check_bind(host, policy_of(settings))  # before waiting: a misconfigured server fails at once
     # the database only: without the broker the API still serves every read (a submit is a 503)
     await_services(settings, wait_s, broker=False)
     run(settings, host, port, loglevel)
