@@ -388,3 +388,13 @@ def test_an_export_of_imported_seeds_only_says_they_wait_to_be_measured(tmp_path
                           "configuration(s) are seeds, not measurements: tuning their keys measures them, e.g. "
                           "tuner submit fused_moe --shape E=8,N=14336,M=1,K=...,topk=...")
     assert list(out.iterdir()) == []
+
+
+def test_an_empty_bundle_is_written_and_says_why(tmp_path):
+    """A bundle of no rows is still a file a runtime reads (defaults everywhere): written, exit 0,
+    with the reason it is empty."""
+    home = tmp_path / "home"
+    assert run_tuner(["db", "upgrade"], home).returncode == 0
+    proc = run_tuner(["export", "--format", "bundle", "-o", str(tmp_path / "b.json")], home)
+    assert proc.returncode == 0 and (tmp_path / "b.json").exists()
+    assert "the bundle is empty: no current best of any kernel on any device class" in proc.stderr

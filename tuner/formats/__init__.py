@@ -100,7 +100,10 @@ def export(settings, fmt: str, output: str, kernel: str | None, device_class: st
     except OSError as exc:
         raise UserError(f"cannot write {str(output)[:80]}: {exc.strerror or exc}; choose a writable place") from None
     if written.count == 0 and not (ask.shipped and fmt == "sglang"):
-        raise UserError(_nothing_to_write(settings, module, kernel, device_class, model, written.notes))
+        why = _nothing_to_write(settings, module, kernel, device_class, model, written.notes)
+        if module.WRITES == "directory":  # no file at all: the server would read nothing of ours
+            raise UserError(why)
+        return Written(0, written.notes + (why.replace("nothing to export", "the bundle is empty", 1),))
     return written
 
 
