@@ -116,7 +116,9 @@ def _nothing_to_write(settings, module, kernel: str | None, device_class: str | 
     from tuner.database import open_for_read
     from tuner.queries import device_class_slugs
 
-    kernels = [k for k in (module.KERNELS or (kernel,)) if kernel in (None, k)] if module.KERNELS else [kernel]
+    if module.KERNELS and kernel is not None and kernel not in module.KERNELS:
+        return f"nothing to export: this format writes {' and '.join(module.KERNELS)}, not {kernel[:40]}"
+    kernels = [k for k in module.KERNELS if kernel in (None, k)] if module.KERNELS else [kernel]
     what = " or ".join(k for k in kernels if k) or "any kernel"
     where = f"device class {device_class}" if device_class else "any device class"
     why = f"nothing to export: no current best of {what} on {where}" + (f" for {model}" if model else "")
