@@ -12,7 +12,6 @@ import importlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 FORMATS = {"bundle": "tuner.formats.bundle",
            "vllm": "tuner.formats.vllm",
