@@ -80,7 +80,7 @@ def api_request(args: list[str]) -> tuple[str, dict]:
         body["kernel"], rest = rest[0], rest[1:]
     names = {"--shape": "shapes", "--dtype": "dtypes", "--trials": "trials", "--sampler": "sampler",
              "--device": "device_class", "--device-class": "device_class", "--rotate-buffers": "rotate_buffers",
-             "--max-cv": "max_cv"}
+             "--max-cv": "max_cv", "--parallel": "parallel"}
     i = 0
     while i < len(rest):
         opt = rest[i]

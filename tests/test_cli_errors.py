@@ -32,6 +32,14 @@ CASES = {
                                    "more than the"),
     "trial too big for the class": (["submit", "matmul", "--shape", "M=100000,N=100000,K=100000", "--dtype",
                                      "bfloat16", "--device-class", "h100"], "GiB of device class h100"),
+    # bounded writes (issue 31, item 5): batches in flight per key, and messages per request
+    "parallel past the bound": (["submit", "matmul", "--shape", "M=64,N=64,K=64", "--device-class", "cpu",
+                                 "--parallel", "1000000000"], "--parallel 1000000000 is out of range: give 1 to 64"),
+    "zero parallel": (["submit", "matmul", "--shape", "M=64,N=64,K=64", "--device-class", "cpu", "--parallel", "0"],
+                      "--parallel 0 is out of range"),
+    "too many messages": (["submit", "matmul", *[a for m in range(1, 66) for a in ("--shape", f"M={m},N=64,K=64")],
+                           "--device-class", "cpu", "--trials", "1000", "--parallel", "64"],
+                          "65 keys x 64 batches would queue 4160 messages, more than 4096"),
     # what the argument parser (typer, click) refuses: the same one line, never a traceback
     "non-integer trials": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--trials", "abc"],
                            "Invalid value for '--trials'"),

@@ -19,8 +19,8 @@ from harness.protocol import Measurement
 from search_spaces import registry
 from search_spaces.base import TuningKey, config_hash
 from tuner.database import open_for_read, open_for_write
-from tuner.errors import Conflict, NotFound, Unavailable, UserError
-from tuner.request import TuneRequest, host_memory, refuse_unfit
+from tuner.errors import Conflict, NotFound, Unavailable
+from tuner.request import TuneRequest, check_fanout, host_memory, refuse_unfit
 from tuner.settings import Settings
 
 FINAL = ("done", "failed", "cancelled")
@@ -54,8 +54,7 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
     from workers.batch import batch_message
 
     selector = resolve_device_class(device_class)
-    if parallel < 1:
-        raise UserError(f"--parallel {parallel} must be at least 1")
+    (batches,) = check_fanout([req], parallel, settings.batch_trials)
     refuse_unfit(req, selector, f"device class {selector}", host_memory=host_memory())
     app = broker_app(settings)
     url = open_for_write(settings)
@@ -70,7 +69,7 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
         messages = [batch_message(job, s.get(models.JobKey, key_id)) for key_id in key_ids]
     try:
         for msg in messages:
-            for _ in range(min(parallel, -(-req.trials // batch))):
+            for _ in range(batches):
                 send_batch(app, msg)
     except Exception as exc:
         with session_scope(url) as s:
