@@ -13,7 +13,8 @@ from sqlalchemy import func, select, update
 
 from db import models, store
 from db.clock import utcnow
-from db.session import redact, session_scope
+from db.session import session_scope
+from db.urls import redact, scrub
 from devices.classes import DeviceClass, matches, resolve_device_class
 from harness.protocol import Measurement
 from search_spaces import registry
@@ -41,7 +42,7 @@ def broker_app(settings: Settings, **options):
     try:
         check_broker(app)
     except ConnectionError as exc:
-        raise Unavailable(f"cannot reach broker {redact(settings.broker_url)}: {exc}; start it or set "
+        raise Unavailable(f"cannot reach broker {redact(settings.broker_url)}: {scrub(exc, settings.broker_url)}; start it or set "
                         "TUNER_BROKER_URL") from None
     return app
 
@@ -74,8 +75,9 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
     except Exception as exc:
         with session_scope(url) as s:
             s.execute(update(models.Job).where(models.Job.id == job_id)
-                      .values(state="failed", error=f"could not queue: {exc}", finished_at=utcnow()))
-        raise Unavailable(f"job {job_id} could not be queued on {redact(settings.broker_url)}: {exc}") from None
+                      .values(state="failed", error=f"could not queue: {scrub(exc, settings.broker_url)}", finished_at=utcnow()))
+        raise Unavailable(f"job {job_id} could not be queued on {redact(settings.broker_url)}: "
+                          f"{scrub(exc, settings.broker_url)}") from None
     return job_id
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from db.urls import scrub
 from workers.queues import BATCH_TASK, DEFAULT_QUEUE
 
 SQLITE_BROKER_LOCK_WAIT_S = 60.0
@@ -51,6 +52,11 @@ def send_batch(app: Celery, msg) -> None:
     app.send_task(BATCH_TASK, args=[msg.to_json()], queue=msg.queue)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def check_broker(app: Celery, timeout: float = 3.0) -> None:
     """Raise ConnectionError with a one-line reason when the broker cannot be reached."""
     url = str(app.conf.broker_url or "")
@@ -64,7 +70,7 @@ def check_broker(app: Celery, timeout: float = 3.0) -> None:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
     except Exception as exc:  # kombu raises transport-specific types
-        raise ConnectionError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise ConnectionError(f"{type(exc).__name__}: {scrub(_first_line(exc), url)}") from None
 
 
 def queue_depths(app: Celery, names, timeout: float = 2.0) -> dict[str, int]:
@@ -84,4 +90,4 @@ def queue_depths(app: Celery, names, timeout: float = 2.0) -> dict[str, int]:
                     out[name] = 0
             return out
     except Exception as exc:
-        raise ConnectionError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise ConnectionError(f"{type(exc).__name__}: {scrub(_first_line(exc), app.conf.broker_url)}") from None

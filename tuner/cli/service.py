@@ -42,7 +42,8 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to liste
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Create or migrate the schema of TUNER_DB_URL to REVISION (default: head, with Optuna's tables)."""
-    from db.session import DatabaseError, check_reachable, redact
+    from db.session import DatabaseError, check_reachable
+    from db.urls import redact
     from tuner.database import sqlite_path, upgrade_schema
 
     s = settings_mod.get()
