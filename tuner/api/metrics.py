@@ -11,6 +11,8 @@ any number of API processes report the same values.
     tuner_stale_keys{device_class}                  current bests no live stack of the class has retuned
     tuner_runtime_misses_total{device_class,kernel,level}  launches runtimes served from a fallback level
     tuner_runtime_missed_keys{device_class}         keys served from a fallback level and not tuned since
+
+The miss series name registered kernels and known device classes only (fleet.labelled_misses).
 """
 from __future__ import annotations
 
@@ -44,8 +46,8 @@ class FleetCollector:
                 rate = fleet.trials_last_minute(s)
                 outcomes = fleet.trial_outcomes(s)
                 stale = fleet.stale_keys(s, settings.worker_dead_after_s)
-                misses = fleet.runtime_misses(s, include_tuned=True)  # counted ever: a counter only grows
-                untuned = fleet.runtime_misses(s)
+                misses = fleet.labelled_misses(s, include_tuned=True)  # counted ever: a counter only grows
+                untuned = fleet.labelled_misses(s)
         except Exception as exc:  # a scrape answers what it can; the database's state is the first gauge
             log.warning("metrics: database unavailable: %s", exc)
             yield gauge("tuner_database_up", "1 if the database answered this scrape", [], {(): 0})
