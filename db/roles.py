@@ -9,6 +9,9 @@ The roles (cluster-wide: created once by an administrator, with the SQL in the R
     service (jobs, trials, bests, leases, the Optuna studies); deletes only leases, claims and
     Optuna's rows; never creates, alters, truncates or drops a table, nor deletes a job, a trial
     or a best configuration;
+  - API (`tuner_api`): `tuner serve`. Reads every table; writes only jobs and their keys (submit,
+    cancel) and adds miss counts to `runtime_misses` (POST /v1/misses); never a trial, a best, a
+    worker or a device name, and deletes nothing;
   - RUNTIME (`tuner_runtime`): inference hosts (`tuner.runtime`). Reads the best configurations
     and the identity rows they join, nothing else; adds miss counts to `runtime_misses`.
 Grants go only to roles that exist; a role this database does not know is skipped.
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-WORKER, RUNTIME = "tuner_worker", "tuner_runtime"
+WORKER, API, RUNTIME = "tuner_worker", "tuner_api", "tuner_runtime"
 # our tables, and what the worker role may do with each (Optuna's tables: all but DDL)
 WORKER_TABLES = {
     "device_classes": "SELECT, INSERT, UPDATE", "stack_fingerprints": "SELECT, INSERT, UPDATE",
@@ -25,11 +28,13 @@ WORKER_TABLES = {
     "tuning_trials": "SELECT, INSERT, UPDATE", "best_configs": "SELECT, INSERT, UPDATE",
     "tuner_locks": "SELECT, INSERT, UPDATE, DELETE", "trial_claims": "SELECT, INSERT, UPDATE, DELETE",
     "tuner_alembic_version": "SELECT",
-    # the runtime's miss counts (`tuner misses`, `retune --misses` read them; the HTTP sink adds to
-    # them) and imported seed configurations: rows are added and updated, never deleted
-    "runtime_misses": "SELECT, INSERT, UPDATE", "imported_configs": "SELECT, INSERT, UPDATE",
+    # the runtime's miss counts (`tuner misses`, `retune --misses` read them; the janitor prunes the
+    # old ones) and imported seed configurations (added and updated, never deleted)
+    "runtime_misses": "SELECT, INSERT, UPDATE, DELETE", "imported_configs": "SELECT, INSERT, UPDATE",
 }
 OPTUNA_READ_ONLY = ("version_info", "alembic_version")  # Optuna's schema version: `tuner db upgrade` writes it
+API_WRITES = {"jobs": "SELECT, INSERT, UPDATE", "job_keys": "SELECT, INSERT, UPDATE",
+              "runtime_misses": "SELECT, INSERT, UPDATE"}  # every other table: SELECT
 RUNTIME_TABLES = {"best_configs": "SELECT", "device_classes": "SELECT", "stack_fingerprints": "SELECT",
                   "tuner_alembic_version": "SELECT",
                   "runtime_misses": "SELECT, INSERT, UPDATE"}  # the runtime's miss counts
@@ -39,16 +44,17 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def grant(conn, worker: str = WORKER, runtime: str = RUNTIME) -> list[str]:
+def grant(conn, worker: str = WORKER, runtime: str = RUNTIME, api: str = API) -> list[str]:
     """Apply the grants on conn (PostgreSQL, as the tables' owner), in its transaction: every
-    privilege of the two roles in this database is revoked, then granted as the module docstring
+    privilege of the three roles in this database is revoked, then granted as the module docstring
     says. Returns the roles that exist and were granted to."""
-    roles = set(conn.execute(text("SELECT rolname FROM pg_roles WHERE rolname IN (:w, :r)"),
-                             {"w": worker, "r": runtime}).scalars())
+    roles = set(conn.execute(text("SELECT rolname FROM pg_roles WHERE rolname IN (:w, :r, :a)"),
+                             {"w": worker, "r": runtime, "a": api}).scalars())
     tables = set(conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
     conn.execute(text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))  # PostgreSQL 15 does; older ones do not
     done = []
-    for role, allowed in ((worker, None), (runtime, RUNTIME_TABLES)):
+    api_tables = {t: API_WRITES.get(t, "SELECT") for t in tables}
+    for role, allowed in ((worker, None), (api, api_tables), (runtime, RUNTIME_TABLES)):
         if role not in roles:
             continue
         r = _q(role)
