@@ -6,9 +6,9 @@ The roles (cluster-wide: created once by an administrator, with the SQL in the R
   - the owner, which runs `tuner db upgrade` (docker-compose's POSTGRES_USER): owns every table,
     ours and Optuna's, and is the only role that may create, alter or drop one;
   - WORKER (`tuner_worker`): workers, the scheduler and the CLI. Reads and writes the rows of the
-    service (jobs, trials, bests, leases, the Optuna studies); deletes only leases, claims and
-    Optuna's rows; never creates, alters, truncates or drops a table, nor deletes a job, a trial
-    or a best configuration;
+    service (jobs, trials, bests, leases, the Optuna studies); deletes only leases, claims, old
+    miss rows (the janitor's prune) and Optuna's rows; never creates, alters, truncates or drops a
+    table, nor deletes a job, a trial or a best configuration;
   - API (`tuner_api`): `tuner serve`. Reads every table; writes only jobs and their keys (submit,
     cancel) and adds miss counts to `runtime_misses` (POST /v1/misses); never a trial, a best, a
     worker or a device name, and deletes nothing;
@@ -94,3 +94,17 @@ def grant_if_owner(url: str) -> list[str]:
                                   "WHERE rolname = current_user) FROM pg_tables WHERE schemaname = 'public' "
                                   "AND tablename = 'jobs'")).scalar()
         return grant(conn) if owner else []
+
+
+def writes_bests(url: str) -> str | None:
+    """The PostgreSQL role url connects as when it may write best configurations, which `tuner
+    serve` never needs (it should connect as API); None for a role without that right, or
+    another backend."""
+    from db.session import make_engine
+
+    engine = make_engine(url)
+    if engine.dialect.name != "postgresql":
+        return None
+    with engine.connect() as conn:
+        role, can = conn.execute(text("SELECT current_user, has_table_privilege('best_configs', 'INSERT')")).one()
+    return role if can else None

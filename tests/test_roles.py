@@ -192,6 +192,10 @@ def test_the_api_role_serves_the_api_and_cannot_write_bests(roles, tmp_path):
                  "/v1/runtime-misses", "/v1/bundle?device_class=h100-sxm-80gb", "/metrics", "/healthz", "/"):
         r = api.get(path, headers=AUTH)
         assert r.status_code == 200, (path, r.text[:300])
+    from db.roles import writes_bests
+
+    assert writes_bests(roles["api"]) is None  # `tuner serve` warns when its role could write bests
+    assert writes_bests(roles["worker"]) == roles["worker"].split("://")[1].split("@")[0]
     for sql in ("UPDATE best_configs SET median_ms = 0", "INSERT INTO best_configs (id) VALUES (999)",
                 "UPDATE tuning_trials SET median_ms = 0", "UPDATE workers SET name = 'x'",
                 "UPDATE device_classes SET device_names = '[]'", "INSERT INTO stack_fingerprints (id) VALUES (999)",

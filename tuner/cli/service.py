@@ -36,7 +36,22 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to liste
     """The HTTP API, dashboard and /metrics (FastAPI on uvicorn; docs at /docs)."""
     from tuner.api.app import serve as run
 
-    run(settings_mod.get(), host, port, loglevel)
+    settings = settings_mod.get()
+    _warn_if_privileged(settings.db_url)
+    run(settings, host, port, loglevel)
+
+
+def _warn_if_privileged(url: str) -> None:
+    """One line when the server's database role could write bests: it needs the API role's rights only."""
+    from db.roles import API, writes_bests
+
+    try:
+        role = writes_bests(url)
+    except Exception:  # unreachable, or no schema yet: the server's own start-up check says which
+        return
+    if role is not None:
+        err.print(f"warning: tuner serve connects as the database role {role!r}, which can write best "
+                  f"configurations; connect as {API!r} (reads, jobs and miss counts only; README, Credentials)")
 
 
 @db_app.command("upgrade")
