@@ -121,13 +121,27 @@ def stale_keys(s, dead_after_s: float) -> dict[str, int]:
     return out
 
 
-def runtime_misses(s, kernel: str | None = None, include_tuned: bool = False) -> list[dict]:
+def runtime_misses(s, kernel: str | None = None, include_tuned: bool = False, device_classes=None,
+                   limit: int | None = None) -> list[dict]:
     """Lookups runtimes served from a fallback level (as they write or post them: db.store.misses),
-    most frequent first; keys tuned since are left out unless include_tuned."""
+    most frequent first (the first `limit`); keys tuned since are left out unless include_tuned."""
     return [{"kernel": m.kernel, "kernel_version": m.kernel_version, "key": m.key["dims"], "dtype": m.dtype,
              "device_class": m.device_class, "fingerprint": m.fingerprint, "level": m.level, "count": m.count,
              "first_seen": _iso(m.first_seen), "last_seen": _iso(m.last_seen)}
-            for m in store.misses(s, kernel=kernel, include_tuned=include_tuned)]
+            for m in store.misses(s, kernel=kernel, include_tuned=include_tuned, device_classes=device_classes,
+                                  limit=limit)]
+
+
+def labelled_misses(s, include_tuned: bool = False) -> list[dict]:
+    """runtime_misses of registered kernels and of known classes (a product this version knows, or
+    one a worker registered) only: what /metrics may name, so a posted name never makes a series."""
+    from devices.classes import KNOWN_DEVICES
+    from search_spaces import registry
+
+    classes = {dc.slug for dc in KNOWN_DEVICES} | set(s.scalars(select(models.DeviceClass.slug)))
+    kernels = set(registry.names())
+    return [m for m in runtime_misses(s, include_tuned=include_tuned)
+            if m["kernel"] in kernels and m["device_class"] in classes]
 
 
 def heartbeat_ages(s) -> dict[tuple[str, str], float]:

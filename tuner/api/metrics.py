@@ -21,6 +21,8 @@ any number of API processes report the same values.
 
 Every gauge has a sample even when it is zero (a class with no trial in the last minute, no stale
 key), so an alert on it can tell "zero" from "absent".
+
+The miss series name registered kernels and known device classes only (fleet.labelled_misses).
 """
 from __future__ import annotations
 
@@ -58,8 +60,8 @@ class FleetCollector:
                 rate = fleet.trials_last_minute(s)
                 outcomes = fleet.trial_outcomes(s)
                 stale = fleet.stale_keys(s, settings.worker_dead_after_s)
-                misses = fleet.runtime_misses(s, include_tuned=True)  # counted ever: a counter only grows
-                untuned = fleet.runtime_misses(s)
+                misses = fleet.labelled_misses(s, include_tuned=True)  # counted ever: a counter only grows
+                untuned = fleet.labelled_misses(s)
                 ages = fleet.heartbeat_ages(s)
                 consumers = fleet.queue_consumers(s, settings.worker_dead_after_s, names)
                 oldest = fleet.queue_oldest(s)
