@@ -62,12 +62,12 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to liste
     from tuner.coordinator import await_services
 
     settings = replace(settings_mod.get(), api_open_reads=True) if open_reads else settings_mod.get()
-    if not settings.api_token and not settings.api_open_reads and is_loopback(host):  # elsewhere: refused
-        err.print("note: no TUNER_API_TOKEN, so every request but /healthz will be refused; set one, or give "
-                  "--open-reads for reads on this machine")
     check_bind(host, policy_of(settings))  # before waiting: a misconfigured server fails at once
     # the database only: without the broker the API still serves every read (a submit is a 503)
     await_services(settings, wait_s, broker=False)
+    if not settings.api_token and not settings.api_open_reads and is_loopback(host):  # elsewhere: refused
+        err.print("note: no TUNER_API_TOKEN, so every request but /healthz will be refused; set one, or give "
+                  "--open-reads for reads on this machine")
     _warn_if_privileged(settings.db_url)
     run(settings, host, port, loglevel)
 
