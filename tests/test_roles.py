@@ -182,7 +182,7 @@ def test_the_api_role_serves_the_api_and_cannot_write_bests(roles, tmp_path):
     rows.live_worker(roles["url"], "w1@test", "h100-sxm-80gb")
     env = {"TUNER_HOME": str(tmp_path / "home"), "TUNER_API_TOKEN": TOKEN, "TUNER_DB_URL": roles["api"],
            "TUNER_BROKER_URL": redis_url(), "TUNER_KERNEL_MODULES": "tests.kernels.trivial"}
-    api = TestClient(create_app(settings_mod.from_env(env)), raise_server_exceptions=False)
+    api = TestClient(create_app(settings_mod.from_env(env)), base_url="http://localhost", raise_server_exceptions=False)
     job = api.post("/v1/jobs", json={"kernel": "trivial", "shapes": ["N=16"], "device_class": "cpu", "trials": 2},
                    headers=AUTH)
     assert job.status_code == 201, job.text
