@@ -16,8 +16,10 @@ from tuner import runtime
 GOOD = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 1, "num_warps": 4, "num_stages": 1}
 # (kernel, dims, stored configuration, the cause's words in its warning); float32 throughout, so
 # that no good row of float32 is near enough to be served instead
+WRONG_SUMS = {"BLOCK_SIZE": 16, "num_warps": 4, "num_stages": 1, "PROGRAMS": 4}  # a row is 1000 wide
 TAMPERED = [
-    ("softmax", {"M": 8, "N": 1000}, {"BLOCK_SIZE": 16, "ROWS": 1, "num_warps": 4}, "BLOCK_SIZE=16"),
+    ("tutorial_softmax", {"M": 8, "N": 1000}, WRONG_SUMS, "BLOCK_SIZE=16 must be N=1000 padded"),
+    ("softmax", {"M": 8, "N": 1000}, {"BLOCK_SIZE": 16, "ROWS": 1, "num_warps": 4}, "BLOCK_SIZE=16 is outside"),
     ("matmul", {"M": 128, "N": 128, "K": 128}, dict(GOOD, BLOCK_M=48), "BLOCK_M=48"),
     ("matmul", {"M": 256, "N": 256, "K": 256}, dict(GOOD, EVIL=1), "EVIL is not a parameter"),
     ("matmul", {"M": 512, "N": 512, "K": 512}, dict(GOOD, num_warps="4"), "num_warps='4' is not an integer"),
@@ -67,8 +69,8 @@ def test_a_tampered_bundle_serves_defaults(live_env, monkeypatch, tmp_path, capl
 
 
 def test_the_softmax_computes_right_with_what_is_served(live_env, monkeypatch, tmp_path):  # noqa: F811
-    """BLOCK_SIZE 16 made the softmax's sums wrong (max error 0.27 in the report); what is served
-    in its place computes the reference's."""
+    """The tutorial's softmax holds a whole row in one block: BLOCK_SIZE 16 for rows of 1000 sums
+    16 of them (wrong results, as in the report); what is served in its place computes torch's."""
     import torch
 
     from search_spaces import registry
@@ -77,10 +79,11 @@ def test_the_softmax_computes_right_with_what_is_served(live_env, monkeypatch, t
     path.write_bytes(bundle(*_entries()))
     monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(path))
     live_env()
-    spec = registry.get("softmax")
-    inputs = spec.make_inputs(spec.make_key({"M": 8, "N": 1000}, "float32"), "cpu", seed=0)
-    out = spec.launch(dict(runtime.lookup("softmax", M=8, N=1000, dtype="float32")), inputs)
-    torch.testing.assert_close(out, spec.reference(inputs), atol=1e-4, rtol=1e-4)
+    spec = registry.get("tutorial_softmax")
+    x = spec.make_inputs(spec.make_key({"M": 8, "N": 1000}, "float32"), "cpu", seed=0)
+    assert not torch.allclose(spec.launch(WRONG_SUMS, x), torch.softmax(x, dim=-1), atol=1e-3)  # the poison
+    out = spec.launch(dict(runtime.lookup("tutorial_softmax", M=8, N=1000, dtype="float32")), x)
+    torch.testing.assert_close(out, torch.softmax(x, dim=-1), atol=1e-4, rtol=1e-4)
 
 
 def test_a_tampered_config_server_serves_defaults_and_its_copy_keeps_only_honest_rows(
