@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from datetime import timedelta
 
@@ -13,14 +14,15 @@ from sqlalchemy import func, select, update
 
 from db import models, store
 from db.clock import utcnow
-from db.session import redact, session_scope
+from db.session import DatabaseError, redact, session_scope
 from devices.classes import DeviceClass, matches, resolve_device_class
+from devices.fit import host_memory
 from harness.protocol import Measurement
 from search_spaces import registry
 from search_spaces.base import TuningKey, config_hash
 from tuner.database import open_for_read, open_for_write
 from tuner.errors import Conflict, NotFound, Unavailable, UserError
-from tuner.request import TuneRequest, host_memory, refuse_unfit
+from tuner.request import TuneRequest, refuse_unfit
 from tuner.settings import Settings
 
 FINAL = ("done", "failed", "cancelled")
@@ -44,6 +46,43 @@ def broker_app(settings: Settings, **options):
         raise Unavailable(f"cannot reach broker {redact(settings.broker_url)}: {exc}; start it or set "
                         "TUNER_BROKER_URL") from None
     return app
+
+
+def await_services(settings: Settings, limit_s: float | None, say=None, *, database: bool = True,
+                   broker: bool = True) -> None:
+    """Wait until the database and/or the broker answer, with back-off, telling `say` (default:
+    stderr) once and then every minute (workers/faults.py); Unavailable, one line, after `limit_s`
+    seconds (None: wait for ever). A long-lived process started during an outage waits for it
+    instead of exiting. A fault that waiting cannot cure (a wrong password, a missing database)
+    is Unavailable at once; the embedded SQLite defaults are never waited for."""
+    from db.session import check_reachable, sqlite_path
+    from workers.app import BrokerUnreachable, check_broker, make_app
+    from workers.faults import StillDown, wait_for_service
+
+    if limit_s is not None and not 0 <= limit_s < float("inf"):
+        raise UserError(f"--wait-for-services {limit_s:g} is impossible: give the seconds to wait, e.g. 300, "
+                        "or 0 to fail at once")
+    app = make_app(settings.broker_url) if broker and not settings.broker_url.startswith("sqla+sqlite:") else None
+    wait_db = database and sqlite_path(settings.db_url) is None
+
+    def check() -> None:
+        if wait_db:
+            check_reachable(settings.db_url)
+        if app is not None:
+            try:
+                check_broker(app)
+            except BrokerUnreachable as exc:
+                raise BrokerUnreachable(f"cannot reach broker {redact(settings.broker_url)}: {exc}; start it or "
+                                        "set TUNER_BROKER_URL", exc.transient) from None
+
+    try:
+        wait_for_service(check, limit_s, say or _say)
+    except (StillDown, DatabaseError, BrokerUnreachable) as exc:
+        raise Unavailable(str(exc)) from None
+
+
+def _say(line: str) -> None:
+    print(f"tuner: {line}", file=sys.stderr, flush=True)
 
 
 def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: int = 2,
@@ -146,31 +185,11 @@ def live_workers(s, selector: str, dead_after_s: float) -> list[models.Worker]:
 
 
 def status(settings: Settings, job_id: str) -> dict:
-    from workers.batch import key_budget
-
     url = open_for_read(settings)
     with session_scope(url) as s:
         job = _job(s, job_id)
         keys = s.scalars(select(models.JobKey).where(models.JobKey.job_id == job.id).order_by(models.JobKey.id)).all()
-        out_keys = []
-        for k in keys:
-            trials = s.execute(select(models.TuningTrial.status, models.TuningTrial.median_ms,
-                                      models.TuningTrial.config, models.Worker.name, models.TuningTrial.config_hash,
-                                      models.TuningTrial.device_class_id)
-                               .outerjoin(models.Worker, models.Worker.id == models.TuningTrial.worker_id)
-                               .where(models.TuningTrial.job_key_id == k.id)).all()
-            ok = [t for t in trials if t.status == "ok" and t.median_ms is not None]
-            best = min(ok, key=lambda t: t.median_ms) if ok else None
-            defaults = {c: _default_hash(s, job.kernel, k.key, c) for c in {t.device_class_id for t in ok}}
-            default = [t.median_ms for t in ok if t.config_hash == defaults[t.device_class_id]]
-            out_keys.append({
-                "key": k.key["dims"], "dtype": k.key["dtype"], "key_hash": k.key_hash, "state": k.state,
-                "trials_done": sum(1 for t in trials if t.status != "invalid"), "budget": key_budget(job, k.key_hash),
-                "failed_trials": sum(1 for t in trials if t.status not in ("ok", "invalid")),
-                "best_ms_so_far": best.median_ms if best else None, "best_config_so_far": best.config if best else None,
-                "default_ms_so_far": min(default, default=None),
-                "workers": sorted({t.name for t in trials if t.name}),
-            })
+        out_keys = [_key_status(s, job, k) for k in keys]
         alive = live_workers(s, job.device_selector or "", settings.worker_dead_after_s) if job.device_selector else []
         note = None
         if job.state not in FINAL and job.origin == "queued" and not alive:
@@ -180,6 +199,68 @@ def status(settings: Settings, job_id: str) -> dict:
                 "measurement": Measurement.from_json(job.request.get("measurement")).to_json(),
                 "created_at": job.created_at.isoformat(), "finished_at": job.finished_at.isoformat() if job.finished_at else None,
                 "error": job.error, "live_workers": [w.name for w in alive], "note": note, "keys": out_keys}
+
+
+# what a trial's status counts as in a job's progress: every trial run is one of these
+OUTCOMES = {"ok": "ok", "invalid": "invalid", "timeout": "timeout", "compile_error": "failed",
+            "out_of_resources": "failed", "wrong_result": "failed", "crashed": "failed"}
+
+
+def _key_status(s, job: models.Job, k: models.JobKey) -> dict:
+    """One key of a job: progress by outcome, the search's best so far and, once the key is done,
+    its stored result (what the final re-measurement decided, which may differ from the best so far)."""
+    from workers.batch import key_budget
+
+    trials = s.execute(select(models.TuningTrial.status, models.TuningTrial.median_ms,
+                              models.TuningTrial.config, models.Worker.name, models.TuningTrial.config_hash,
+                              models.TuningTrial.device_class_id)
+                       .outerjoin(models.Worker, models.Worker.id == models.TuningTrial.worker_id)
+                       .where(models.TuningTrial.job_key_id == k.id)).all()
+    ok = [t for t in trials if t.status == "ok" and t.median_ms is not None]
+    best = min(ok, key=lambda t: t.median_ms) if ok else None
+    defaults = {c: _default_hash(s, job.kernel, k.key, c) for c in {t.device_class_id for t in ok}}
+    default = [t.median_ms for t in ok if t.config_hash == defaults[t.device_class_id]]
+    outcomes = dict.fromkeys(("ok", "invalid", "failed", "timeout"), 0)
+    for t in trials:
+        outcomes[OUTCOMES.get(t.status, "failed")] += 1
+    return {
+        "key": k.key["dims"], "dtype": k.key["dtype"], "key_hash": k.key_hash, "state": _key_state(job, k),
+        # the budget counts every trial run but those check() refused (they cost nothing to run)
+        "trials_done": len(trials) - outcomes["invalid"], "trials_run": len(trials), "outcomes": outcomes,
+        "budget": key_budget(job, k.key_hash),
+        "failed_trials": outcomes["failed"] + outcomes["timeout"],
+        "best_ms_so_far": best.median_ms if best else None, "best_config_so_far": best.config if best else None,
+        "default_ms_so_far": min(default, default=None),
+        "result": _stored_result(s, job, k, {t.device_class_id for t in trials}) if k.state == "done" else None,
+        "workers": sorted({t.name for t in trials if t.name}),
+    }
+
+
+def _key_state(job: models.Job, k: models.JobKey) -> str:
+    """A key's own row says running from the job's creation on; until a worker takes the job, and
+    once it is cancelled, the job's state is the key's too."""
+    if job.state == "queued" or (job.state == "cancelled" and k.state not in ("done", "failed")):
+        return job.state
+    return k.state
+
+
+def _stored_result(s, job: models.Job, k: models.JobKey, class_ids: set[int]) -> dict | None:
+    """What the key's final re-measurement stored: the best this job wrote (`changed`), or else the
+    current best it kept; None when no configuration ran correctly."""
+    q = select(models.BestConfig).where(models.BestConfig.kernel == job.kernel,
+                                        models.BestConfig.kernel_version == job.kernel_version,
+                                        models.BestConfig.key_hash == k.key_hash)
+    row = s.scalars(q.where(models.BestConfig.job_id == job.id).order_by(models.BestConfig.id.desc())).first()
+    changed = row is not None
+    if row is None and class_ids:
+        row = s.scalars(q.where(models.BestConfig.superseded_at.is_(None),
+                                models.BestConfig.device_class_id.in_(class_ids))
+                        .order_by(models.BestConfig.created_at.desc())).first()
+    if row is None:
+        return None
+    return {"config": row.config, "median_ms": row.median_ms, "default_ms": row.default_ms,
+            "speedup": row.speedup, "changed": changed, "current": row.superseded_at is None,
+            "best_id": row.id}
 
 
 def _default_hash(s, kernel: str, key: dict, device_class_id: int) -> str | None:

@@ -231,10 +231,16 @@ def _show_status(st: dict, as_json: bool) -> None:
                title=f"job {st['job'][:12]} {st['kernel']} on {st['device_class'] or 'this machine'}: {st['state']}",
                caption=f"timed with {how}" if how else None)
     for k in st["keys"]:
-        failed = f" {k['failed_trials']} failed" if k["failed_trials"] else ""
-        t.add_row(key_cell(dims_word(k["key"], k["dtype"])), k["state"], f"{k['trials_done']}/{k['budget']}{failed}",
-                  _ms(k["best_ms_so_far"]), _ms(k.get("default_ms_so_far")), config_word(k["best_config_so_far"]),
-                  ", ".join(k["workers"]) or "-")
+        others = ", ".join(f"{n} {name}" for name, n in k["outcomes"].items() if n and name != "ok")
+        trials = f"{k['trials_done']}/{k['budget']}" + (f" ({others})" if others else "")
+        r = k["result"]
+        if r:  # what the final re-measurement stored, not the search's best so far
+            best = (_ms(r["median_ms"]), _ms(r["default_ms"]),
+                    config_word(r["config"]) + (" (new best)" if r["changed"] else " (current best stays)"))
+        else:
+            best = (_ms(k["best_ms_so_far"]) + (" so far" if k["best_ms_so_far"] else ""),
+                    _ms(k.get("default_ms_so_far")), config_word(k["best_config_so_far"]))
+        t.add_row(key_cell(dims_word(k["key"], k["dtype"])), k["state"], trials, *best, ", ".join(k["workers"]) or "-")
     out.print(t)
     if st.get("note"):
         err.print(f"note: {st['note']}")
@@ -280,8 +286,17 @@ def retune(device_class: Optional[str] = typer.Option(None, "--device-class"),
                   ", ".join(map(str, j["budgets"])),
                   f"{', '.join(j['old_fingerprint'])}\n-> {', '.join(j['new_fingerprint'])}")
     show(t)
-    if not result["jobs"]:
+    _print_skipped(result)
+    if not result["jobs"] and not result["skipped"]:
         err.print("nothing stale: every current configuration was tuned under a stack that live workers run")
+
+
+def _print_skipped(result: dict) -> None:
+    """A retune's keys left out, one line each with the reason."""
+    for sk in result["skipped"]:
+        dims = ",".join(f"{k}={v}" for k, v in sk["key"].items())
+        err.print(f"skipped {sk['kernel']} {dims} {sk['dtype']} on {sk['device_class']}: {sk['reason']}",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 def _queued_table(result: dict, as_json: bool, dry_run: bool, lease: str, title: str, *columns: str):
@@ -308,5 +323,4 @@ def _retune_misses(device_class, kernel, top, min_count, dry_run: bool, as_json:
                   ",".join(f"{k}={v}" for k, v in j["key"].items()) + f" {j['dtype']}", str(j["count"]),
                   ",".join(j["levels"]))
     show(t)
-    for sk in result["skipped"]:
-        err.print(f"skipped {sk['kernel']} {sk['key']} {sk['dtype']} on {sk['device_class']}: {sk['reason']}")
+    _print_skipped(result)
