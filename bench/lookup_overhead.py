@@ -239,12 +239,13 @@ def silent_config_server(bundle: Path) -> dict:
     a restart finds, which answers while the refresh waits on the server."""
     from devices.probe import probe
     from tuner import runtime
+    from tuner.runtime.client import Options
     from tuner.runtime.sources import HttpSource
 
     server = SilentDatabase()
     use(TUNER_CONFIG_URL=server.http_url)
     out = {"deadline_ms": 50.0, "without_copy": timed_misses(100)}
-    copy = HttpSource(server.http_url, "", Path(os.environ["TUNER_HOME"])).copy_path(probe("cpu")[0].slug)
+    copy = HttpSource(server.http_url, Options(), Path(os.environ["TUNER_HOME"])).copy_path(probe("cpu")[0].slug)
     copy.parent.mkdir(parents=True, exist_ok=True)
     copy.write_text(json.dumps({**json.loads(bundle.read_text()), "served_by": {"url": server.http_url}}))
     use(TUNER_CONFIG_URL=server.http_url)

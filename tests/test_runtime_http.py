@@ -3,7 +3,9 @@ real PostgreSQL database, from fresh model-like processes that hold no database 
 the exact row over HTTP, the copy on disk that a restart without the server serves, misses
 posted to POST /v1/misses and listed by `tuner misses` and GET /v1/runtime-misses, a wrong token
 refused with one warning. The server listens on this machine's non-loopback address, so that
-reads need the token as they do for an inference host on another machine.
+reads need the token as they do for an inference host on another machine, and over TLS (uvicorn's,
+with a test CA from trustme that the model processes trust through SSL_CERT_FILE): the runtime
+sends no token over plain http:// beyond the loopback.
 
 A server that accepts and never answers is a real TCP listener (as the silent database of
 test_runtime_safety.py): the launch returns while the runtime's question is still waiting on it.
@@ -12,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -63,12 +66,40 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+# `tuner serve`'s app under uvicorn with TLS (`tuner serve` itself takes no certificate)
+SERVE_TLS = """
+import sys, uvicorn
+from tuner import settings
+from tuner.api.app import create_app
+host, port, certfile, keyfile = sys.argv[1:]
+uvicorn.run(create_app(settings.get(), host), host=host, port=int(port), ssl_certfile=certfile, ssl_keyfile=keyfile)
+"""
+
+
+def tls_files(directory, host: str) -> dict[str, str]:
+    """A certificate for host from a fresh test CA: the paths of the CA (what clients trust), the
+    certificate and its key."""
+    import trustme
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    cert = ca.issue_cert(host)
+    paths = {name: str(directory / f"{name}.pem") for name in ("ca", "cert", "key")}
+    ca.cert_pem.write_to_path(paths["ca"])
+    cert.cert_chain_pems[0].write_to_path(paths["cert"])
+    cert.private_key_pem.write_to_path(paths["key"])
+    return paths
+
+
 class Server:
-    """`tuner serve` on host:port, on the test's database."""
+    """`tuner serve`'s app over https on host:port, on the test's database."""
 
     def __init__(self, home, db_url: str, host: str, port: int):
-        self.url = f"http://{host}:{port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", "serve", "--host", host, "--port", str(port)],
+        self.url = f"https://{host}:{port}"
+        self.tls = tls_files(home / "tls", host)
+        self.context = ssl.create_default_context(cafile=self.tls["ca"])
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVE_TLS, host, str(port), self.tls["cert"],
+                                      self.tls["key"]],
                                      # the server takes misses of the kernels it has registered only
                                      env=tuner_env(home, TUNER_DB_URL=db_url, TUNER_API_TOKEN=TOKEN,
                                                    TUNER_KERNEL_MODULES="tests.kernels.tiles"), cwd=ROOT,
@@ -84,7 +115,7 @@ class Server:
         import urllib.request
 
         try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as r:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2, context=self.context) as r:
                 return r.status == 200
         except OSError:
             return False
@@ -93,7 +124,7 @@ class Server:
         import urllib.request
 
         request = urllib.request.Request(f"{self.url}{path}", headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(request, timeout=30) as r:
+        with urllib.request.urlopen(request, timeout=30, context=self.context) as r:
             return json.loads(r.read())
 
     def stop(self) -> str:
@@ -122,10 +153,12 @@ def server(database, tmp_path):
     srv.stop()
 
 
-def model(home, url: str, *shapes: int, token: str = TOKEN) -> tuple[dict, str]:
+def model(home, server: Server, *shapes: int, token: str = TOKEN) -> tuple[dict, str]:
     """A fresh model-like process with only TUNER_CONFIG_URL and TUNER_API_TOKEN set (besides its
-    home, its device, the test kernel's module and when it counts): (what it printed, its stderr)."""
-    env = tuner_env(home, TUNER_CONFIG_URL=url, TUNER_API_TOKEN=token, TUNER_DEVICE="cpu",
+    home, its device, the test kernel's module, when it counts, and the CA it trusts): (what it
+    printed, its stderr)."""
+    env = tuner_env(home, TUNER_CONFIG_URL=server.url, TUNER_API_TOKEN=token, TUNER_DEVICE="cpu",
+                    SSL_CERT_FILE=server.tls["ca"],
                     TUNER_KERNEL_MODULES=KERNELS, TUNER_MISS_FLUSH_S="3600",  # written when it flushes
                     TUNER_RUNTIME_DEADLINE_MS="60000")  # each lookup waits for its answer: counts are exact
     done = subprocess.run([sys.executable, "-c", MODEL, *map(str, shapes)], env=env, cwd=ROOT, capture_output=True,
@@ -141,7 +174,7 @@ def warnings_in(stderr: str) -> list[str]:
 @pytest.mark.integration
 def test_the_tuned_row_over_http_and_from_the_copy_after_the_server_stops(server, tmp_path):
     home = tmp_path / "model"
-    out, err = model(home, server.url, 64)
+    out, err = model(home, server, 64)
     assert out["answers"]["64"] == {"level": "exact", "source": "http", "config": TUNED, "reason": None}
     assert out["database_code"] == [] and not out["database_file"]  # no database of its own, no driver loaded
     assert warnings_in(err) == [], err
@@ -149,15 +182,15 @@ def test_the_tuned_row_over_http_and_from_the_copy_after_the_server_stops(server
     assert stat.S_IMODE(copy.stat().st_mode) == 0o600 and TOKEN not in copy.read_text()
 
     server.stop()
-    again, err = model(home, server.url, 64)  # a restart without the server: the copy answers
+    again, err = model(home, server, 64)  # a restart without the server: the copy answers
     assert again["answers"]["64"] == out["answers"]["64"] and "Traceback" not in err
-    elsewhere, _ = model(tmp_path / "fresh", server.url, 64)  # a host without a copy gets the default
+    elsewhere, _ = model(tmp_path / "fresh", server, 64)  # a host without a copy gets the default
     assert elsewhere["answers"]["64"]["level"] == "default" and "unreachable" in elsewhere["answers"]["64"]["reason"]
 
 
 @pytest.mark.integration
 def test_a_miss_reaches_the_database_through_the_api(server, database, tmp_path):
-    out, err = model(tmp_path / "model", server.url, 64, 100)
+    out, err = model(tmp_path / "model", server, 64, 100)
     assert out["answers"]["100"]["level"] == "nearest" and out["answers"]["100"]["config"] == TUNED
     assert out["misses_posted"] == 1 and warnings_in(err) == [], err  # N=100 only: N=64 was exact
     proc = subprocess.run([sys.executable, "-m", "tuner.cli", "misses", "--json"], cwd=ROOT, capture_output=True,
@@ -171,7 +204,7 @@ def test_a_miss_reaches_the_database_through_the_api(server, database, tmp_path)
 
 @pytest.mark.integration
 def test_a_wrong_token_is_refused_with_one_warning(server, tmp_path):
-    out, err = model(tmp_path / "model", server.url, 64, 100, token="not-the-token")
+    out, err = model(tmp_path / "model", server, 64, 100, token="not-the-token")
     assert {a["level"] for a in out["answers"].values()} == {"default"}
     (warning,) = warnings_in(err)
     assert "HTTP 401" in warning and "wrong token" in warning and "Traceback" not in err

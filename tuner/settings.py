@@ -44,6 +44,8 @@ class Settings:
     miss_flush_s: float = 5.0  # misses are written at most once this often (0: not counted)
     miss_file: Path | None = None  # JSON lines of misses when the source is a bundle
     config_url: str | None = None  # a `tuner serve` the runtime takes its bundle from (and posts misses to)
+    runtime_max_bundle_mb: float = 64.0  # a larger answer from it is refused
+    runtime_proxy_from_env: bool = False  # reach it through the environment's http(s)_proxy (no_proxy honoured)
     retune_misses: bool = True  # the nightly scheduler also queues the most frequent misses
     retune_misses_max_jobs: int = 20  # at most this many miss jobs a night
     retune_misses_trials: int = 20  # trials of a miss job
@@ -189,6 +191,8 @@ def from_env(env: dict[str, str] | None = None, on_error=None) -> Settings:
         miss_flush_s=num("TUNER_MISS_FLUSH_S", 5.0, 0),
         miss_file=Path(env["TUNER_MISS_FILE"]).expanduser() if env.get("TUNER_MISS_FILE") else None,
         config_url=_url(env, "TUNER_CONFIG_URL", on_error),
+        runtime_max_bundle_mb=num("TUNER_RUNTIME_MAX_BUNDLE_MB", 64.0, 0.001),
+        runtime_proxy_from_env=_flag(env, "TUNER_RUNTIME_PROXY_FROM_ENV", False, on_error),
         retune_misses=_flag(env, "TUNER_RETUNE_MISSES", True, on_error),
         retune_misses_max_jobs=int(num("TUNER_RETUNE_MISSES_MAX_JOBS", 20, 0)),
         retune_misses_trials=int(num("TUNER_RETUNE_MISSES_TRIALS", 20, 1)),

@@ -7,13 +7,13 @@ key hit since it was last passed over is kept once more, so a hit never reorders
 
 Cold (a key not in the cache), on the caller's thread: the settings (read leniently: a bad value
 gets its default and one warning), the device probe (once), the kernel's spec and key (a bad
-dtype or a dim below 1 gets the default, with one warning per cause), then the question is handed
-to the resolver thread, which asks the source; the caller waits for it at most the deadline
-(TUNER_RUNTIME_DEADLINE_MS) and otherwise serves the kernel's default, which the answer replaces
-in the cache when it arrives. `_lock` guards the cache's writes and the waiting questions and
-is never held across I/O. A default served because the source was unreachable is asked again
-after TUNER_RUNTIME_RETRY_S; an answer from a fallback level after TUNER_RUNTIME_REFRESH_S, so
-that a key tuned since is picked up without a restart.
+dtype or a dim below 1 gets the default, with one warning per cause); the resolver thread asks
+the source (it starts with the state and reads a local one at once, Source.prepare, while the
+caller imports the kernel: a bundle or SQLite file answers a first lookup in time); the caller
+waits at most TUNER_RUNTIME_DEADLINE_MS, else serves the default (its launches are misses if the
+answer is one) until the answer replaces it. `_lock` guards the cache's writes and the waiting
+questions, never held across I/O. A default served because the source was unreachable is asked
+again after TUNER_RUNTIME_RETRY_S; a fallback level's answer after TUNER_RUNTIME_REFRESH_S.
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ from typing import Any
 
 from tuner.runtime.answer import OTHER_FINGERPRINT, Answer, Identity
 from tuner.runtime.keys import first_line as _first_line
-from tuner.runtime.keys import key_for, probe_identity, spec_for
+from tuner.runtime.keys import key_for, probe_identity, spec_for, with_fingerprint
 from tuner.runtime.levels import default_answer, resolve
-from tuner.runtime.misses import MissCounter, MissKey, open_sink
+from tuner.runtime.misses import MissCounter, MissKey, Waiting, open_sink
 
 log = logging.getLogger("tuner.runtime")
 
@@ -140,7 +140,7 @@ class State:
         if self.identity.device_class is not None:
             from tuner.runtime.sources import open_source
 
-            self.source = open_source(s)
+            self.source = open_source(s, self.identity.target, self.warn)
             sink = open_sink(s, self.source) if s.miss_flush_s > 0 else None
             if sink is not None:
                 self.counter = MissCounter(sink, s.miss_flush_s, self.warn)
@@ -148,11 +148,11 @@ class State:
         self.pending: dict[tuple, _Question] = {}
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.later: list[tuple] = []  # heap of (due, seq, ck, spec, key): answers to ask again
-        self.seq = 0
+        self.seq, self.closed = 0, False
         self.thread: threading.Thread | None = None
-        self.fingerprint_known = False
         self.down_until, self.down_reason, self.refreshed_at = 0.0, "", time.monotonic()
-        self.closed = False
+        if self.source is not None:
+            self._start()
 
     def warn(self, tag: str, message: str) -> None:
         if tag not in self.warned:
@@ -170,14 +170,19 @@ class State:
             raise
 
     # ---- the cache (any thread; _lock held) ------------------------------------------------
-    def insert(self, ck: tuple, spec: Any, key: Any, answer: Answer, count: bool = True) -> Entry:
+    def insert(self, ck: tuple, spec: Any, key: Any, answer: Answer, count: bool = True, waiting: bool = False
+               ) -> Entry:
         """Put an answer in the cache (while this state is the live one); its launches count as
         misses when it is a real answer from a fallback level (not a default served while the
-        source was unreachable or still being asked, nor one for a key the caller got wrong)."""
-        tally = None
-        if count and answer.is_miss and not answer.unreachable and self.counter is not None:
+        source was unreachable, nor one for a key the caller got wrong). Those of a default served
+        while the source is asked (`waiting`) are held until the answer says whether they were."""
+        tally = Waiting() if waiting and self.counter is not None else None
+        if not waiting and count and answer.is_miss and not answer.unreachable and self.counter is not None:
             tally = self.counter.tally(MissKey(key.kernel, key.version, key.stable_hash, key.dims, key.dtype,
                                                self.identity.slug, self.identity.fingerprint, answer.level))
+            held = CACHE.get(ck)
+            if held is not None and type(held.tally) is Waiting:
+                tally.count += held.tally.count
         entry = Entry(answer, spec.split_config(dict(answer.config), self.identity.target.vendor), tally)
         if not self.closed:
             CACHE[ck] = entry
@@ -199,11 +204,19 @@ class State:
             q = self.pending[ck] = _Question(ck, spec, key)
             self.queue.put(q)
             if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="tuner-runtime", daemon=True)
-                self.thread.start()
+                self._start()
         return q
 
+    def _start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="tuner-runtime", daemon=True)
+        self.thread.start()
+
     def _run(self) -> None:
+        try:
+            self._fingerprint()
+            self.source.prepare()
+        except Exception:  # the first question meets it again, and says so
+            pass
         while not self.closed:
             wait = max(0.0, self.later[0][0] - time.monotonic()) if self.later else None
             try:
@@ -251,7 +264,7 @@ class State:
             if now - self.refreshed_at >= self.retry_s:
                 self.source.refresh()
                 self.refreshed_at = now
-            answer = resolve(spec, key, self.identity, self.source)
+            answer = resolve(spec, key, self.identity, self.source, self.warn)
         except Exception as exc:
             # don't pay a connection attempt for every new key while the source is down
             self.down_until, self.down_reason = time.monotonic() + self.retry_s, _first_line(exc)
@@ -268,20 +281,8 @@ class State:
 
     def _fingerprint(self) -> None:
         """The live stack's fingerprint, read once (files, or nvidia-smi: never on a launch)."""
-        if self.fingerprint_known:
-            return
-        from dataclasses import replace
-
-        from devices.fingerprint import live_fingerprint
-
-        dc = self.identity.device_class
-        try:
-            fp = live_fingerprint(dc, self.settings.fingerprint_override).hash
-        except Exception as exc:  # a bad TUNER_FINGERPRINT_OVERRIDE must not stop the model
-            self.warn("fingerprint", f"tuner: TUNER_FINGERPRINT_OVERRIDE is not usable ({_first_line(exc)}); "
-                                     "using the live stack's fingerprint")
-            fp = live_fingerprint(dc).hash
-        self.identity, self.fingerprint_known = replace(self.identity, fingerprint=fp), True
+        if not self.identity.fingerprint:
+            self.identity = with_fingerprint(self.identity, self.settings, self.warn)
 
     def settle(self, timeout_s: float) -> bool:
         end = time.monotonic() + timeout_s
@@ -345,7 +346,7 @@ def cold(ck: tuple, kernel: str, raw: dict) -> Entry:
     with _lock:
         if q.entry is not None:  # it came while the default was computed
             return q.entry
-        return st.insert(ck, spec, key, answer, count=False)
+        return st.insert(ck, spec, key, answer, waiting=True)
 
 
 def _default(spec: Any, key: Any, identity: Identity, reason: str) -> Answer:

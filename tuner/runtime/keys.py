@@ -45,6 +45,23 @@ def probe_identity(settings: Any, warn: Warn) -> Identity:
         return Identity(None, "", target)
 
 
+def with_fingerprint(identity: Identity, settings: Any, warn: Warn) -> Identity:
+    """identity with the live stack's fingerprint (read from files, or nvidia-smi: off the caller's
+    thread), TUNER_FINGERPRINT_OVERRIDE applied when it is usable."""
+    from dataclasses import replace
+
+    from devices.fingerprint import live_fingerprint
+
+    dc = identity.device_class
+    try:
+        fp = live_fingerprint(dc, settings.fingerprint_override).hash
+    except Exception as exc:  # a bad TUNER_FINGERPRINT_OVERRIDE must not stop the model
+        warn("fingerprint", f"tuner: TUNER_FINGERPRINT_OVERRIDE is not usable ({first_line(exc)}); "
+                            "using the live stack's fingerprint")
+        fp = live_fingerprint(dc).hash
+    return replace(identity, fingerprint=fp)
+
+
 def spec_for(kernel: str) -> Any:
     from search_spaces import registry
 

@@ -6,25 +6,21 @@ calls it directly.
   -> the same key under another fingerprint of the class (newest first)
   -> the nearest stored shape of the class (log2 distance; the live fingerprint first among equals)
   -> the kernel's default.
-A row from a fallback level is served only if the kernel's `check()` accepts it for the
-requested key on the live class's limits: a nearest shape's tiles may not fit this one.
+A row of any level is served only if it passes `checks.refusal` for the key asked on the live
+class's limits (names, int values, the kernel's `check()`); one that does not is passed over for
+the next. A nearest shape's tiles may legitimately not fit this key: that is quiet; anything
+else refused (a row of this very key, or a row no kernel could take) is warned of, once per cause.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from tuner.runtime.answer import DEFAULT, EXACT, NEAREST, OTHER_FINGERPRINT, Answer, Identity, ReadOnlyConfig
+from tuner.runtime.checks import Warn, refusal, warn_refused
 from tuner.runtime.sources import Source, Stored
 
 # nearest shapes tried (nearest first) before the default is served
 NEAREST_TRIED = 8
-
-
-def _accepts(spec: Any, config: Any, key: Any, target: Any) -> bool:
-    try:
-        return spec.check(dict(config), key, target) is None
-    except Exception:  # a stored config the kernel cannot even read (a parameter renamed since)
-        return False
 
 
 def default_answer(spec: Any, key: Any, identity: Identity, reason: str, unreachable: bool = False) -> Answer:
@@ -33,31 +29,37 @@ def default_answer(spec: Any, key: Any, identity: Identity, reason: str, unreach
                   identity.slug, reason=reason, unreachable=unreachable)
 
 
-def resolve(spec: Any, key: Any, identity: Identity, source: Source) -> Answer:
+def resolve(spec: Any, key: Any, identity: Identity, source: Source, warn: Warn | None = None) -> Answer:
     """The answer for key (a search_spaces.base.TuningKey). Raises what the source raises."""
     slug, fp, target = identity.slug, identity.fingerprint, identity.target
+    refused: list[str] = []
+
+    def passes(row: Stored, level: str) -> bool:
+        bad = refusal(spec, row.config, key, target)
+        if bad is None:
+            return True
+        refused.append(bad.message)
+        if warn is not None and (level != NEAREST or bad.cause != "check"):
+            warn_refused(warn, spec.name, bad, f"served the next level for {key.label()} instead")
+        return False
 
     def stored(row: Stored, level: str, distance: float | None = None) -> Answer:
         return Answer(spec.name, ReadOnlyConfig(row.config), level, source.name, slug, row.fingerprint,
                       row.tuned_at, dict(row.dims), distance)
 
     rows = source.exact(key.kernel, key.version, key.stable_hash, slug)
-    for row in rows:
-        if row.fingerprint == fp:
-            return stored(row, EXACT)
-    refused = 0
-    for row in rows:
-        if _accepts(spec, row.config, key, target):
-            return stored(row, OTHER_FINGERPRINT)
-        refused += 1
+    for row in sorted(rows, key=lambda r: r.fingerprint != fp):  # the live fingerprint first, else newest first
+        level = EXACT if row.fingerprint == fp else OTHER_FINGERPRINT
+        if passes(row, level):
+            return stored(row, level)
     dims = key.dim_map
     for row, distance in source.shapes(key.kernel, key.version, key.dtype, slug).ranked(dims, fp, NEAREST_TRIED):
         if distance == 0:  # the same shape: an exact row, already seen above
             continue
-        if _accepts(spec, row.config, key, target):
+        if passes(row, NEAREST):
             return stored(row, NEAREST, round(distance, 3))
-        refused += 1
     why = f"nothing stored for {key.label()} on {slug}"
     if refused:
-        why = f"{refused} stored configuration(s) near {key.label()} on {slug} do not pass {spec.name}'s check for it"
+        why = (f"{len(refused)} stored configuration(s) for or near {key.label()} on {slug} are refused "
+               f"(first: {refused[0][:160]})")
     return default_answer(spec, key, identity, why)

@@ -55,6 +55,16 @@ class Tally:
         self.first_seen = datetime.now(timezone.utc).isoformat()
 
 
+class Waiting:
+    """The launches of a default served while the source was asked: misses if the answer turns out
+    to be a miss (added to its tally then), else not counted."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 def record(key: MissKey, count: int, first_seen: str, last_seen: str) -> dict[str, Any]:
     """A miss record as sinks, files and db.store.record_misses take it (JSON)."""
     return {"kernel": key.kernel, "kernel_version": key.kernel_version, "key_hash": key.key_hash,
@@ -164,7 +174,8 @@ class DatabaseSink(MissSink):
 
 class FileSink(MissSink):
     """JSON lines appended to a file (TUNER_MISS_FILE; by default TUNER_HOME/misses.jsonl when the
-    source is a bundle), for `tuner misses import FILE`. Each flush is one append."""
+    source is a bundle), for `tuner misses import FILE`. Each flush is one append. A file (and a
+    TUNER_HOME) it creates is this user's only (tuner/runtime/files.py)."""
 
     name = "file"
 
@@ -180,10 +191,12 @@ class FileSink(MissSink):
         return None
 
     def write(self, records: list[dict[str, Any]]) -> None:
+        from tuner.runtime.files import PRIVATE_FILE, private_dir
+
         if self.make_dir:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
         data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
         try:
             os.write(fd, data)  # one append: processes sharing the file never interleave a line
         finally:
@@ -195,23 +208,29 @@ class FileSink(MissSink):
 
 class HttpSink(MissSink):
     """The `tuner serve` the configurations come from (TUNER_CONFIG_URL): POST /v1/misses with the
-    bearer token, at most POST_BATCH records a request. A server that is down, hangs (for at most
-    POST_TIMEOUT_S, in the flusher thread) or refuses costs the batch, never a launch."""
+    source's token, at most POST_BATCH records a request. A server that is down, hangs (for at most
+    POST_TIMEOUT_S, in the flusher thread) or refuses costs the batch, never a launch. None where
+    the client will not send the token there (the source already warned of it)."""
 
     name = "http"
 
-    def __init__(self, url: str, token: str):
-        self.url, self.token = url.rstrip("/"), token
+    def __init__(self, url: str, options: Any):
+        self.url, self.options = url.rstrip("/"), options
 
     @classmethod
     def from_settings(cls, settings: Any, source: Any) -> "HttpSink | None":
-        return cls(settings.config_url, settings.api_token) if getattr(source, "name", None) == "http" else None
+        from tuner.runtime import client
+
+        if getattr(source, "name", None) != "http":
+            return None
+        options = client.Options.from_settings(settings)
+        return None if client.refusal(settings.config_url, options) else cls(settings.config_url, options)
 
     def write(self, records: list[dict[str, Any]]) -> None:
         from tuner.runtime import client
 
         for i in range(0, len(records), POST_BATCH):
-            client.call("POST", f"{self.url}/v1/misses", self.token, POST_TIMEOUT_S,
+            client.call("POST", f"{self.url}/v1/misses", self.options, POST_TIMEOUT_S,
                         body={"records": records[i:i + POST_BATCH]})
 
     def describe(self) -> str:

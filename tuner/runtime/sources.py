@@ -5,7 +5,9 @@ returns an instance when the settings ask for it (else None), `exact` and `shape
 in `SOURCES`, before the kinds it should win over. The first kind whose `from_settings` answers
 is the process's source. Both questions are asked from the runtime's background thread, never
 on a launch; a source may raise (the runtime then serves defaults and asks again later) and
-may keep what it read until `refresh()`.
+may keep what it read until `refresh()`. What a source returns is checked before it is served
+(checks.py): a source need not trust its rows, but one that keeps rows on disk keeps only those
+that pass (HttpSource).
 
 The kinds, in the order they win: a `tuner serve` (TUNER_CONFIG_URL; HttpSource), a bundle file
 (TUNER_CONFIG_BUNDLE), the database (TUNER_DB_URL, or the embedded default).
@@ -17,7 +19,7 @@ import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from tuner.runtime.keys import first_line as _first_line
 
@@ -47,9 +49,10 @@ class ShapeSet:
 
         names = tuple(dims)
         index = self._index.get(names)
-        if index is None:
-            usable = [i for i, r in enumerate(self.rows) if all(n in r.dims for n in names)]
-            logs = np.array([[math.log2(max(1, int(self.rows[i].dims[n]))) for n in names] for i in usable],
+        if index is None:  # a row whose dims are not positive ints (a damaged source) is never near
+            usable = [i for i, r in enumerate(self.rows)
+                      if all(type(r.dims.get(n)) is int and r.dims[n] > 0 for n in names)]
+            logs = np.array([[math.log2(self.rows[i].dims[n]) for n in names] for i in usable],
                             dtype=np.float64).reshape(len(usable), len(names))
             fps = np.array([self.rows[i].fingerprint for i in usable], dtype=object)
             index = self._index[names] = (usable, logs, fps)
@@ -66,6 +69,10 @@ class Source:
     """Stored configurations by key (see the module docstring for adding a kind)."""
 
     name: ClassVar[str] = "source"
+    # the live device's limits, and the runtime's one-warning-per-cause, for a source that checks
+    # rows as it reads them; open_source sets them (None: no such check, e.g. `tuner lookup`)
+    target: Any = None
+    warn: Callable[[str, str], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Source | None":
@@ -83,18 +90,27 @@ class Source:
     def refresh(self) -> None:
         """Forget what was read, so the next questions see rows stored since."""
 
+    def prepare(self) -> None:
+        """Read now what the first question will need, if that is local and cheap: the runtime calls
+        it from its background thread as it starts, while the caller's thread imports the kernel, so
+        that a first lookup is answered within the deadline. May raise (then asked again later)."""
+
     def describe(self) -> str:
         """Where it reads, for messages (no password)."""
         return self.name
 
 
 class DatabaseSource(Source):
-    """The tuning database (TUNER_DB_URL), through db.store's one reader of best rows."""
+    """The tuning database (TUNER_DB_URL). A SQLite file (the embedded default) is read with the
+    standard library's sqlite3 (db.best_rows), so that a model process's first lookup is answered
+    within the deadline; any other database through db.store's reader of best rows."""
 
     name = "database"
 
     def __init__(self, url: str):
-        self.url = url
+        from db.best_rows import sqlite_file
+
+        self.url, self.file = url, sqlite_file(url)
         self._shapes: dict[tuple, ShapeSet] = {}
 
     @classmethod
@@ -102,30 +118,32 @@ class DatabaseSource(Source):
         return cls(settings.db_url)
 
     def describe(self) -> str:
+        if self.file is not None:  # no password in it, and no SQLAlchemy to import for redact
+            return f"database {self.url}"
         from db.urls import redact
 
         return f"database {redact(self.url)}"
 
-    def _rows(self, **filters: Any) -> list[Stored]:
-        from db import store
-        from db.session import session_scope, sqlite_path
+    def _rows(self, kernel: str, version: str, slug: str, **narrow: str) -> list[Stored]:
+        if self.file is not None:
+            from db.best_rows import current_rows
 
-        path = sqlite_path(self.url)
-        if path is not None and not path.exists():
-            # connecting would create an empty file: say so instead
-            raise FileNotFoundError(f"no tuning database at {path}")
+            return [Stored(*row) for row in current_rows(self.file, kernel, version, slug, **narrow)]
+        from db import store
+        from db.session import session_scope
+
         with session_scope(self.url) as s:
             return [Stored(b.key["dims"], fp.hash, b.config, b.created_at.isoformat())
-                    for b, _, fp in store.best_configs(s, **filters)]
+                    for b, _, fp in store.best_configs(s, kernel=kernel, kernel_version=version, device_classes=[slug],
+                                                       **narrow)]
 
     def exact(self, kernel: str, version: str, key_hash: str, slug: str) -> list[Stored]:
-        return self._rows(kernel=kernel, kernel_version=version, key_hash=key_hash, device_classes=[slug])
+        return self._rows(kernel, version, slug, key_hash=key_hash)
 
     def shapes(self, kernel: str, version: str, dtype: str, slug: str) -> ShapeSet:
         k = (kernel, version, dtype, slug)
         if k not in self._shapes:  # one scan per kernel and dtype, then nearest lookups are in memory
-            self._shapes[k] = ShapeSet(self._rows(kernel=kernel, kernel_version=version, dtype=dtype,
-                                                  device_classes=[slug]))
+            self._shapes[k] = ShapeSet(self._rows(kernel, version, slug, dtype=dtype))
         return self._shapes[k]
 
     def refresh(self) -> None:
@@ -179,6 +197,9 @@ class BundleSource(Source):
             self._rows, self._mtime = BundleRows(read(self.path)), mtime
         return self._rows
 
+    def prepare(self) -> None:
+        self._load()
+
     def exact(self, kernel: str, version: str, key_hash: str, slug: str) -> list[Stored]:
         return self._load().exact(kernel, version, key_hash, slug)
 
@@ -205,7 +226,11 @@ class _Held:
 
 class HttpSource(Source):
     """A `tuner serve` (TUNER_CONFIG_URL): the bundle of the process's device class, from
-    GET /v1/bundle?device_class=SLUG with the bearer token TUNER_API_TOKEN (tuner/runtime/client.py).
+    GET /v1/bundle?device_class=SLUG with the bearer token TUNER_RUNTIME_TOKEN, else
+    TUNER_API_TOKEN (tuner/runtime/client.py: bounded, and never in clear beyond this machine).
+    The entries it keeps, in memory and on disk, are those that pass the runtime's checks for the
+    live device (checks.screen_bundle); without the live device's limits (`tuner lookup`) it keeps
+    no copy.
 
     The first question of a class reads the copy kept on disk (TUNER_HOME/config-url/SLUG.json,
     0600, written atomically; the URL it came from is in it) and serves from it while the server
@@ -219,8 +244,8 @@ class HttpSource(Source):
     name = "http"
     FETCH_TIMEOUT_S = 10.0
 
-    def __init__(self, url: str, token: str, home: Path):
-        self.url, self.token, self.home = url.rstrip("/"), token, Path(home)
+    def __init__(self, url: str, options: Any, home: Path):
+        self.url, self.options, self.home = url.rstrip("/"), options, Path(home)
         self._held: dict[str, _Held] = {}  # slug -> what is served; replaced whole, never changed in place
         self._fetching: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -228,7 +253,9 @@ class HttpSource(Source):
 
     @classmethod
     def from_settings(cls, settings: Any) -> "HttpSource | None":
-        return cls(settings.config_url, settings.api_token, settings.home) if settings.config_url else None
+        from tuner.runtime.client import Options
+
+        return cls(settings.config_url, Options.from_settings(settings), settings.home) if settings.config_url else None
 
     def describe(self) -> str:
         from db.urls import redact
@@ -268,17 +295,22 @@ class HttpSource(Source):
         from tuner.runtime import client
 
         old = self._held.get(slug)
-        status, headers, body = client.call("GET", f"{self.url}/v1/bundle?device_class={quote(slug)}", self.token,
+        status, headers, body = client.call("GET", f"{self.url}/v1/bundle?device_class={quote(slug)}", self.options,
                                             self.FETCH_TIMEOUT_S, etag=old.etag if old is not None else None)
         if status == 304 and old is not None:
             return old
         try:
             doc = json.loads(body)
+            if self.target is not None and isinstance(doc, dict) and isinstance(doc.get("entries"), list):
+                from tuner.runtime.checks import screen_bundle
+
+                doc = screen_bundle(doc, slug, self.target, self.warn or (lambda tag, message: None))
             rows = BundleRows(Bundle(doc, f"the answer of {self.describe()}"))
         except (ValueError, KeyError, TypeError) as exc:  # json's errors are ValueErrors
             raise ValueError(f"GET /v1/bundle answered {status} with no bundle: {str(exc)[:120]}") from None
         held = self._held[slug] = _Held(rows, headers.get("etag"), _now())
-        self._write_copy(slug, doc, held)
+        if self.target is not None:
+            self._write_copy(slug, doc, held)
         return held
 
     def _fetch_in_background(self, slug: str) -> None:
@@ -325,11 +357,13 @@ class HttpSource(Source):
 
         from tuner.formats.bundle import write_atomic
 
+        from tuner.runtime.files import PRIVATE_FILE, private_dir
+
         path = self.copy_path(slug)
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(path.parent)
             write_atomic(path, json.dumps({**doc, "served_by": {"url": self.url, "etag": held.etag,
-                                                                 "fetched_at": held.fetched_at}}), mode=0o600)
+                                                                 "fetched_at": held.fetched_at}}), mode=PRIVATE_FILE)
         except OSError as exc:
             self._warn("copy-write", f"tuner: cannot keep a copy of the tuned configurations at {path} "
                                      f"({_first_line(exc)}); a restart without the server will serve defaults")
@@ -351,10 +385,12 @@ def _now() -> str:
 SOURCES: list[type[Source]] = [HttpSource, BundleSource, DatabaseSource]
 
 
-def open_source(settings: Any) -> Source:
-    """The process's source for these settings."""
+def open_source(settings: Any, target: Any = None, warn: Callable[[str, str], None] | None = None) -> Source:
+    """The process's source for these settings; rows it keeps are checked for target (the live
+    device's limits), refusals told through warn."""
     for kind in SOURCES:
         source = kind.from_settings(settings)
         if source is not None:
+            source.target, source.warn = target, warn
             return source
     raise LookupError("no configuration source is configured")
