@@ -269,3 +269,17 @@ def test_prune_configs(served, with_perf_model: bool):  # test_autotuner.py::tes
         assert records == {'run_perf_model': True}
     else:
         assert records == {'run_early_config_prune': True, 'capture_kwargs': True, 'capture_named_args': True}
+
+
+@pytest.mark.parametrize("args, says", [
+    (["tune", "--from-misses"], "name it, e.g. tuner tune KERNEL --from-misses"),
+    (["tune", kernels.MATMUL, "--from-misses", "--shape", "M=64,N=64,K=64"], "drop --shape and --model"),
+    (["tune", kernels.MATMUL, "--from-misses"], f"no untuned misses of {kernels.MATMUL}"),
+])
+def test_tune_from_misses_refuses_in_one_line(tmp_path, args, says):
+    from tests.cli_helpers import run_tuner
+
+    assert run_tuner(["db", "upgrade"], tmp_path).returncode == 0
+    proc = run_tuner(args + ["--device", "cpu"], tmp_path, TUNER_KERNEL_MODULES="tests.kernels.dropin")
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
