@@ -232,7 +232,8 @@ def main() -> None:
 def _trials_md(t: dict | None) -> str:
     if not t:
         return ""
-    lines = [f"\n## Trials to the list's best (triton-interpreter timings, medians of {t['rounds']} interleaved rounds)\n",
+    lines = [f"\n## Trials to the list's best (triton-interpreter timings, medians of {t['rounds']} "
+             "interleaved rounds)\n",
              f"Timing the whole list: {t['list']['trials']} configurations, best "
              f"{t['list']['best']} at {t['list']['best_ms']:.1f} ms.\n",
              "| tuner tune --from-misses --trials | its best | ms | vs the list's best | tune wall s |",

@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, text
 from tests.cli_helpers import ROOT
 from tests.kernels.dropin import LAYER_NORM, MATMUL
 from tests.services import WorkerProc, pg_database, redis_url, run_cli, service_env, wait_for
+from tests.test_runtime_loop import tuner_json
 
 pytestmark = pytest.mark.integration
 
@@ -44,12 +45,6 @@ for _ in range(2):
     assert torch.allclose(out.float(), want, atol=atol, rtol=atol), (out.float() - want).abs().max()
 print(json.dumps({"level": runtime.explain(kernel.name, **key).level, "best_config": config_dict(kernel.best_config)}))
 """  # the misses are written at exit
-
-
-def tuner_json(env, *args):
-    proc = run_cli(env, *args, "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
 
 
 def launch(env, which: str, *dims: int) -> dict:

@@ -190,16 +190,9 @@ def submit(kernel: Optional[str] = typer.Argument(None, help="A registered kerne
     from tuner.coordinator import submit as do_submit
     from tuner.request import build_measurement, build_requests
 
-    if from_misses:
-        from tuner.misses import request_from_misses
-
-        if shape or model is not None:
-            raise UserError("--from-misses takes its keys from the recorded misses: drop --shape and --model")
-        reqs = [request_from_misses(settings_mod.get(), kernel, trials, sampler, seed, device)]
-    else:
-        reqs = build_requests(kernel, shape, dtype, trials, sampler, seed,
-                              build_measurement(rotate_buffers, cuda_graph, max_cv, routing), model, tp, batch_sizes,
-                              lora_ranks, max_loras)
+    reqs = build_requests(kernel, shape, dtype, trials, sampler, seed,
+                          build_measurement(rotate_buffers, cuda_graph, max_cv, routing), model, tp, batch_sizes,
+                          lora_ranks, max_loras)
     job_ids = [do_submit(settings_mod.get(), req, device_class, parallel) for req in reqs]
     if not wait_:
         if as_json:
