@@ -184,6 +184,8 @@ class DropinSpec(KernelSpec):
                 args[name] = a["value"]
         if self.kernel.inputs is not None:
             args.update(self.kernel.inputs(sig, device, seed))
+        # in the kernel's order (a record read back may have its names sorted): what launch() returns
+        args = {n: args[n] for n in self.kernel.arg_names if n in args}
         missing = [n for n in self.kernel.arg_names if n not in args and n not in self.space_]
         if missing:
             raise ValueError(f"{self.name}: cannot rebuild {', '.join(missing)} from the launch signature "

@@ -283,3 +283,38 @@ def test_tune_from_misses_refuses_in_one_line(tmp_path, args, says):
     proc = run_tuner(args + ["--device", "cpu"], tmp_path, TUNER_KERNEL_MODULES="tests.kernels.dropin")
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_the_fleet_launch_honours_reset_to_zero_and_inputs(served, tmp_path):
+    """What a worker runs for a recorded launch: an accumulating output reset before every launch
+    (reset_to_zero, as triton.autotune does between timings), and an index tensor made valid by
+    inputs= where zeros would not tell configurations apart."""
+    served()
+    made = []
+
+    def gather_inputs(signature, device, seed):
+        made.append(signature["key"])
+        n = signature["args"]["idx"]["shape"][0]
+        return {"idx": torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)}
+
+    @autotune(configs=[triton.Config({"BLOCK": 16}), triton.Config({"BLOCK": 64})], key=["N"],
+              reset_to_zero=["total"], inputs=gather_inputs)
+    @triton.jit
+    def _gather_sum(out, total, x, idx, N, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        v = tl.load(x + tl.load(idx + offs, mask=offs < N, other=0), mask=offs < N, other=0.)
+        tl.store(out + offs, v, mask=offs < N)
+        tl.atomic_add(total, tl.sum(v, axis=0))
+
+    n = 100
+    x, idx = torch.randn(n), torch.arange(n)
+    out, total = torch.empty(n), torch.zeros(1)
+    _gather_sum[lambda META: (triton.cdiv(n, META["BLOCK"]),)](out, total, x, idx, n)
+    (rec,) = _misses(tmp_path)
+    spec = registry.get(_gather_sum.name)
+    inputs = spec.make_inputs(spec.make_key({"N": n}, "float32"), "cpu", 3, rec["signature"])
+    assert made == [{"N": n}] and sorted(inputs.args["idx"].tolist()) == list(range(n))
+    for config in ({"BLOCK": 64, "num_warps": 4, "num_stages": 3}, {"BLOCK": 16, "num_warps": 8, "num_stages": 2}):
+        o, t, xs, ix = spec.launch(config, inputs)
+        spec.launch(config, inputs)  # a second launch adds nothing to the reset total
+        assert torch.equal(o, xs[ix]) and torch.allclose(t, xs.sum().reshape(1), atol=1e-4)
