@@ -28,6 +28,7 @@ torch = LazyTorch(globals())
 
 OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 MAX_GRIDS = 4096  # grid evaluations a signature keeps (one per combination of the space's constexprs)
+MAX_ELEMENTS = 1 << 32  # the most elements a rebuilt tensor may span (a worker allocates it)
 SIGNATURE_BYTES = 256 * 1024  # the largest signature a miss record may carry (checked where it lands)
 _SCALARS = (bool, int, float, str, type(None))
 
@@ -118,6 +119,8 @@ def check_signature(sig: Any) -> str | None:
         if "shape" in a and not (all(type(x) is int and x >= 0 for x in a["shape"] + a.get("strides", [0]))
                                  and len(a.get("strides", [])) == len(a["shape"]) and isinstance(a.get("dtype"), str)):
             return f"signature tensor {str(name)[:40]!r} needs non-negative integer shape and strides and a dtype"
+        if "shape" in a and 1 + sum((s - 1) * st for s, st in zip(a["shape"], a["strides"]) if s) > MAX_ELEMENTS:
+            return f"signature tensor {str(name)[:40]!r} spans more than {MAX_ELEMENTS:,} elements"
     return None
 
 

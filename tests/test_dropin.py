@@ -85,6 +85,9 @@ def test_a_record_without_a_signature_still_parses_and_a_bad_one_is_refused(serv
     assert "signature" not in parse_record(old)["key"]
     with pytest.raises(ValueError, match="shape and strides"):
         parse_record({**rec, "signature": {"args": {"a_ptr": {"shape": [-1], "strides": [1], "dtype": "float16"}}}})
+    with pytest.raises(ValueError, match="more than"):
+        parse_record({**rec, "signature": {"args": {"a_ptr": {"shape": [1 << 20, 1 << 20], "strides": [1 << 20, 1],
+                                                              "dtype": "float16"}}}})
 
 
 def test_inputs_are_rebuilt_from_the_signature_and_checked_against_the_first_config(served, tmp_path):
