@@ -17,6 +17,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from harness.protocol import DEFAULT_ROUTING, TrialRequest, TrialResult
+from search_spaces.base import canonical_json
 
 _inputs: "OrderedDict[tuple, tuple[Any, Any]]" = OrderedDict()
 _targets: dict[str, Any] = {}
@@ -66,12 +67,16 @@ def error_message(exc: BaseException) -> str:
 
 
 def _inputs_for(spec, key, device: str, seed: int, keep: int = 4, reference: bool = True,
-                routing: str = DEFAULT_ROUTING):
+                routing: str = DEFAULT_ROUTING, signature: dict | None = None):
     """(inputs, reference or None) for one seed, cached: the last `keep` input sets stay. A routing
-    other than the default is handed to a kernel that routes tokens (its make_inputs takes it)."""
-    k = (key.kernel, key.version, key.stable_hash, device, seed, routing)
+    other than the default is handed to a kernel that routes tokens (its make_inputs takes it), a
+    launch signature to a drop-in kernel."""
+    k = (key.kernel, key.version, key.stable_hash, device, seed, routing,
+         None if signature is None else canonical_json(signature))
     if k not in _inputs:
         extra = {} if routing == DEFAULT_ROUTING else {"routing": routing}
+        if signature is not None:
+            extra["signature"] = signature
         _inputs[k] = (spec.make_inputs(key, device, seed, **extra), None)
     _inputs.move_to_end(k)
     inputs, ref = _inputs[k]
@@ -162,10 +167,11 @@ def run_trial(req: TrialRequest) -> TrialResult:
     rotate = max(1, req.rotate_buffers)
     try:
         use_device(req.device)
-        inputs, ref = _inputs_for(spec, key, req.device, req.seed, keep=rotate, routing=req.routing)
+        inputs, ref = _inputs_for(spec, key, req.device, req.seed, keep=rotate, routing=req.routing,
+                                  signature=req.signature)
         # more input sets (seeds seed+1 ...), made the same way: the output is checked on the first
         sets = [inputs] + [_inputs_for(spec, key, req.device, req.seed + j, keep=rotate, reference=False,
-                                       routing=req.routing)[0] for j in range(1, rotate)]
+                                       routing=req.routing, signature=req.signature)[0] for j in range(1, rotate)]
     except Exception as exc:
         return TrialResult.failed("crashed", f"making inputs failed: {error_message(exc)}", config)
 

@@ -98,9 +98,14 @@ class TrialRequest:
     cuda_graph: bool = False
     max_cv: float | None = None
     routing: str = DEFAULT_ROUTING
+    # the launch signature a drop-in kernel's inputs are rebuilt from (search_spaces/dropin.py)
+    signature: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["signature"] is None:  # a message without one reads as it did before drop-ins
+            del d["signature"]
+        return d
 
     @classmethod
     def from_json(cls, d: Any) -> "TrialRequest":
@@ -116,6 +121,7 @@ class TrialRequest:
         _need(_num(d.get("min_time_s", 0.0)), "min_time_s must be a number")
         _need(d.get("early_stop_ms") is None or _num(d["early_stop_ms"]), "early_stop_ms must be a number or null")
         _need(_num(d.get("timeout_s", 1.0)) and d.get("timeout_s", 1.0) > 0, "timeout_s must be > 0")
+        _need(d.get("signature") is None or isinstance(d["signature"], dict), "signature must be an object or null")
         try:
             Measurement.from_json({k: d[k] for k in Measurement.__dataclass_fields__ if k in d})
         except ValueError as exc:

@@ -56,6 +56,7 @@ class SearchContext:
     measurement: Measurement = Measurement()
     heartbeat_s: float = 10.0  # how often Optuna's heartbeat of a trial in flight is recorded
     grace_s: float = 60.0  # a trial whose heartbeat is older is dead: failed, and enqueued again
+    signature: dict | None = None  # a drop-in kernel's launch signature (the job key's "signature")
 
 
 def study_name(key: TuningKey, device_class_slug: str, fingerprint_hash: str,
@@ -164,7 +165,8 @@ def request_for(ctx: SearchContext, config: Config, early_stop_ms: float | None,
         arch=ctx.target.arch, seed=ctx.seed or 0,
         warmup=0 if interpreter else 3,  # the correctness launch already warms the interpreter
         reps=3 if interpreter else reps, min_time_s=0.0 if interpreter else min_time_s,
-        early_stop_ms=early_stop_ms, timeout_s=ctx.trial_timeout_s, **ctx.measurement.to_json())
+        early_stop_ms=early_stop_ms, timeout_s=ctx.trial_timeout_s, signature=ctx.signature,
+        **ctx.measurement.to_json())
 
 
 def store_trial(ctx: SearchContext, trial_number: int | None, config: Config, result: TrialResult,

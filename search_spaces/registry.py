@@ -102,6 +102,13 @@ def configure(modules: str | Iterable[str]) -> None:
     KERNELS.configure(modules)
 
 
+def add(cls: type[KernelSpec]) -> None:
+    """Register a kernel class made in this process (a drop-in @autotune kernel): found by name
+    here without TUNER_KERNEL_MODULES; a class of the same name made again replaces it."""
+    KERNELS._classes[cls.name] = cls
+    _instances.pop(cls.name, None)
+
+
 def names() -> list[str]:
     return sorted(KERNELS.names())
 

@@ -15,7 +15,7 @@ from devices.classes import ALIASES, class_for, resolve_device_class
 from search_spaces import registry
 from tuner.database import open_for_read, open_for_write
 from tuner.errors import UserError
-from tuner.request import build_request
+from tuner.request import TuneRequest, build_request
 from tuner.settings import Settings
 
 DEFAULT_TOP, DEFAULT_MIN_COUNT = 10, 1
@@ -85,6 +85,40 @@ def _store(settings: Settings, records: list[dict]) -> int:
     except DataError as exc:  # a value the checks let through and the database's types do not
         reason = str(exc.orig).strip().splitlines()[0][:120] if exc.orig is not None else "a value out of range"
         raise UserError(f"the database refused a miss record ({reason}); nothing recorded") from None
+
+
+def request_from_misses(settings: Settings, kernel: str | None, trials: int, sampler: str, seed: int | None,
+                        device: str | None) -> "TuneRequest":
+    """`tuner tune KERNEL --from-misses`: the untuned keys this machine's device class missed on the
+    registered version of KERNEL, most frequent first, each with the launch signature a drop-in
+    kernel recorded (its inputs are rebuilt from it)."""
+    from dataclasses import replace
+
+    from devices.probe import probe
+    from search_spaces.base import SpecError, TuningKey
+
+    if kernel is None:
+        raise UserError("--from-misses tunes one kernel's misses: name it, e.g. tuner tune KERNEL --from-misses")
+    try:
+        spec = registry.get(kernel)
+    except SpecError as exc:
+        raise UserError(str(exc)) from None
+    slug = probe(device or settings.device)[0].slug
+    url = open_for_read(settings)
+    with session_scope(url) as s:
+        rows = [(m.key, m.kernel_version) for m in store.misses(s, kernel=kernel, device_classes=[slug])]
+    found: dict[str, tuple] = {}
+    for key_json, version in rows:
+        if version == spec.version:
+            key = TuningKey.from_json(key_json)
+            found.setdefault(key.stable_hash, (key, key_json.get("signature")))
+    if not found:
+        raise UserError(f"no untuned misses of {kernel[:80]} (version {spec.version}) on {slug}; launch it in a "
+                        "model process with TUNER_DB_URL set first, or tune given shapes with --shape")
+    keys, sigs = zip(*found.values())
+    first = keys[0]
+    req = build_request(kernel, [",".join(f"{n}={v}" for n, v in first.dims)], [first.dtype], trials, sampler, seed)
+    return replace(req, keys=tuple(keys), signatures=tuple(sigs))
 
 
 def retune_misses(settings: Settings, device_class: str | None, kernel: str | None, top: int | None,

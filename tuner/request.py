@@ -33,6 +33,13 @@ class TuneRequest:
     sampler: str = strategies.DEFAULT
     seed: int | None = None
     measurement: Measurement = Measurement()
+    # per key (same order), a drop-in kernel's launch signature or None (`tuner tune --from-misses`)
+    signatures: tuple[dict | None, ...] = ()
+
+    def key_rows(self) -> list[dict]:
+        """The keys as their job rows store them: a drop-in's signature beside the key's fields."""
+        sigs = self.signatures or (None,) * len(self.keys)
+        return [{**k.to_json(), **({"signature": sig} if sig is not None else {})} for k, sig in zip(self.keys, sigs)]
 
     def to_json(self) -> dict:
         return {"kernel": self.kernel, "keys": [k.to_json() for k in self.keys], "trials": self.trials,

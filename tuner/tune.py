@@ -82,7 +82,7 @@ def tune_local(plan: LocalPlan, progress=None, finalizing=None) -> TuneOutcome:
         dc_id, fp_id = store.store_identity(s, dc.to_json(), {**fp.to_json(), "hash": fp.hash})
         job_id, key_ids = store.create_job(
             s, kind="tune", origin="local", kernel=req.kernel, kernel_version=spec.version,
-            keys=[k.to_json() for k in req.keys], key_hashes=[k.stable_hash for k in req.keys],
+            keys=req.key_rows(), key_hashes=[k.stable_hash for k in req.keys],
             sampler=req.sampler, seed=req.seed, budget_trials=req.trials,
             # who runs it: the janitor fails the job when this process is gone (workers/janitor.py)
             request={**req.to_json(), "runner": {"host": socket.gethostname(), "pid": os.getpid()}},
@@ -95,13 +95,14 @@ def tune_local(plan: LocalPlan, progress=None, finalizing=None) -> TuneOutcome:
             t = time.perf_counter()
             harness.start(plan.device)
             startup_s = time.perf_counter() - t
-            for key, key_id, name in zip(req.keys, key_ids, names):
+            for key, row, key_id, name in zip(req.keys, req.key_rows(), key_ids, names):
                 ctx = SearchContext(db_url=url, job_id=job_id, job_key_id=key_id, key=key,
                                     device=plan.device, target=target, device_class_id=dc_id,
                                     fingerprint_id=fp_id, study_name=name,
                                     sampler=req.sampler, seed=req.seed, budget_trials=req.trials,
                                     trial_timeout_s=plan.trial_timeout_s, measurement=req.measurement,
-                                    heartbeat_s=plan.heartbeat_s, grace_s=plan.grace_s)
+                                    heartbeat_s=plan.heartbeat_s, grace_s=plan.grace_s,
+                                    signature=row.get("signature"))
                 t = time.perf_counter()
                 ran = run_batch(ctx, harness, req.trials, first=seed_configs(ctx),
                                 on_trial=(lambda c, r: progress(1)) if progress else None).ran

@@ -164,7 +164,7 @@ class WorkerService:
                             fingerprint_id=self.fp_id, study_name=name, sampler=msg.sampler, seed=msg.seed,
                             budget_trials=msg.budget_trials, trial_timeout_s=self.cfg.trial_timeout_s,
                             worker_id=self.worker_id, measurement=measurement, heartbeat_s=self.cfg.heartbeat_s,
-                            grace_s=self.cfg.dead_after_s)
+                            grace_s=self.cfg.dead_after_s, signature=msg.key.get("signature"))
         first = self._first.get(msg.job_key_id)
         if first is None:  # once per key: the nearest stored shapes' bests and the strategy's seeds
             if len(self._first) > 256:

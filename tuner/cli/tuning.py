@@ -102,16 +102,27 @@ def tune(kernel: Optional[str] = typer.Argument(None, help="A registered kernel 
          rotate_buffers: int = RotateOpt, cuda_graph: bool = GraphOpt, max_cv: Optional[float] = MaxCvOpt,
          routing: str = RoutingOpt, model: Optional[str] = ModelOpt, tp: Optional[int] = TpOpt,
          batch_sizes: Optional[str] = BatchOpt, lora_ranks: Optional[str] = LoraRanksOpt,
-         max_loras: Optional[int] = MaxLorasOpt, as_json: bool = JsonOpt) -> None:
+         max_loras: Optional[int] = MaxLorasOpt,
+         from_misses: bool = typer.Option(False, "--from-misses", help="Tune the keys model processes on this "
+                                          "device class missed (a drop-in kernel's inputs rebuilt from its "
+                                          "recorded launches); not with --shape or --model."),
+         as_json: bool = JsonOpt) -> None:
     """Tune KERNEL (or every layer of --model) here, in-process (no broker); re-running continues the same studies."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tuner.request import build_measurement, build_requests
     from tuner.tune import prepare, tune_local
 
-    reqs = build_requests(kernel, shape, dtype, trials, sampler, seed,
-                          build_measurement(rotate_buffers, cuda_graph, max_cv, routing), model, tp, batch_sizes,
-                          lora_ranks, max_loras)
+    if from_misses:
+        from tuner.misses import request_from_misses
+
+        if shape or model is not None:
+            raise UserError("--from-misses takes its keys from the recorded misses: drop --shape and --model")
+        reqs = [request_from_misses(settings_mod.get(), kernel, trials, sampler, seed, device)]
+    else:
+        reqs = build_requests(kernel, shape, dtype, trials, sampler, seed,
+                              build_measurement(rotate_buffers, cuda_graph, max_cv, routing), model, tp, batch_sizes,
+                              lora_ranks, max_loras)
     if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UserError(f"unknown --device {device[:40]!r}; use cpu, cuda or cuda:N")
     plans = [prepare(req, settings_mod.get(), device) for req in reqs]

@@ -2,6 +2,7 @@
 
     from tuner.runtime import lookup, tuned, explain
     cfg = lookup("matmul", M=4096, N=4096, K=4096, dtype="float16")   # read-only dict
+    @autotune(configs=[...], key=["N"])   # in place of @triton.autotune: see dropin.py
     why = explain("matmul", M=4096, N=4096, K=4096, dtype="float16")  # = lookup(..., explain=True)
     get = bind("matmul", "M", "N", "K", "dtype"); cfg = get(4096, 4096, 4096, "float16")  # no keywords
 
@@ -38,10 +39,19 @@ from tuner.runtime.decorator import TunedKernel, tuned
 from tuner.runtime.keys import dtype_name
 
 
+def __getattr__(name: str) -> Any:
+    # @autotune imports triton: only a process that uses it pays for it
+    if name in ("autotune", "DropinKernel"):
+        from tuner.runtime import dropin
+
+        return getattr(dropin, name)
+    raise AttributeError(f"module 'tuner.runtime' has no attribute {name!r}")
+
+
 def explain(kernel: str, **key: Any) -> Answer:
     """Where lookup(kernel, **key) gets its configuration: level, source, row age, distance, reason."""
     return lookup(kernel, explain=True, **key)
 
 
-__all__ = ["Answer", "ReadOnlyConfig", "TunedKernel", "bind", "clear_cache", "dtype_name", "explain", "flush_misses",
+__all__ = ["Answer", "DropinKernel", "autotune", "ReadOnlyConfig", "TunedKernel", "bind", "clear_cache", "dtype_name", "explain", "flush_misses",
            "lookup", "settle", "tuned"]

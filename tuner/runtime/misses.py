@@ -48,11 +48,13 @@ class MissKey:
 
 
 class Tally:
-    __slots__ = ("key", "count", "flushed", "first_seen")
+    # signature: the launch a drop-in kernel (@autotune) missed with, for rebuilding its inputs
+    __slots__ = ("key", "count", "flushed", "first_seen", "signature")
 
     def __init__(self, key: MissKey):
         self.key, self.count, self.flushed = key, 0, 0
         self.first_seen = datetime.now(timezone.utc).isoformat()
+        self.signature: dict[str, Any] | None = None
 
 
 class Waiting:
@@ -65,24 +67,32 @@ class Waiting:
         self.count = 0
 
 
-def record(key: MissKey, count: int, first_seen: str, last_seen: str) -> dict[str, Any]:
-    """A miss record as sinks, files and db.store.record_misses take it (JSON)."""
-    return {"kernel": key.kernel, "kernel_version": key.kernel_version, "key_hash": key.key_hash,
-            "key": {"kernel": key.kernel, "version": key.kernel_version, "dims": dict(key.dims), "dtype": key.dtype},
-            "dtype": key.dtype, "device_class": key.device_class, "fingerprint": key.fingerprint,
-            "level": key.level, "count": count, "first_seen": first_seen, "last_seen": last_seen}
+def record(key: MissKey, count: int, first_seen: str, last_seen: str,
+           signature: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A miss record as sinks, files and db.store.record_misses take it (JSON); `signature` only
+    where a drop-in kernel recorded one, so a record without it reads as it always did."""
+    out = {"kernel": key.kernel, "kernel_version": key.kernel_version, "key_hash": key.key_hash,
+           "key": {"kernel": key.kernel, "version": key.kernel_version, "dims": dict(key.dims), "dtype": key.dtype},
+           "dtype": key.dtype, "device_class": key.device_class, "fingerprint": key.fingerprint,
+           "level": key.level, "count": count, "first_seen": first_seen, "last_seen": last_seen}
+    if signature is not None:
+        out["signature"] = signature
+    return out
 
 
 def parse_record(data: Any) -> dict[str, Any]:
     """Check one record read from outside (a JSON line, a POST, a sink's batch); ValueError says
     what is wrong. Only a registered kernel at its current version, a key its make_key accepts, a
     known device-class slug and a stack hash are taken (anything else grows the table and /metrics
-    with rows nobody can tune). The key hash is recomputed from the key, never taken from the line."""
+    with rows nobody can tune). The key hash is recomputed from the key, never taken from the line.
+    A drop-in's launch signature (an optional field) is checked and kept in the stored key's JSON
+    as "signature", outside the key's identity and hash."""
     import re
 
     from devices.classes import class_for
     from search_spaces import registry
     from search_spaces.base import SpecError, TuningKey
+    from search_spaces.dropin import check_signature
 
     if not isinstance(data, dict):
         raise ValueError("a miss record must be a JSON object")
@@ -124,7 +134,13 @@ def parse_record(data: Any) -> dict[str, Any]:
         except ValueError:
             raise ValueError(f"{f} must be an ISO-8601 time") from None
         seen.append(when if when.tzinfo else when.replace(tzinfo=timezone.utc))
-    return {**{f: data[f] for f in RECORD_FIELDS}, "key": key.to_json(), "key_hash": key.stable_hash,
+    stored = key.to_json()
+    if data.get("signature") is not None:
+        why = check_signature(data["signature"])
+        if why is not None:
+            raise ValueError(why)
+        stored["signature"] = data["signature"]
+    return {**{f: data[f] for f in RECORD_FIELDS}, "key": stored, "key_hash": key.stable_hash,
             "first_seen": seen[0], "last_seen": seen[1]}
 
 
@@ -296,7 +312,7 @@ class MissCounter:
         batch = []
         for t, n in self.pending():
             t.flushed += n
-            batch.append(record(t.key, n, t.first_seen, now))
+            batch.append(record(t.key, n, t.first_seen, now, t.signature))
         if not batch:
             return 0
         try:

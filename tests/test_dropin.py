@@ -1,0 +1,323 @@
+"""@autotune, the drop-in for @triton.autotune, in one process on the interpreter: the kernel it
+registers (space, default, check, inputs rebuilt from a recorded launch), what a launch is served
+(a stored row, or on a miss the first config), the miss record and its signature, and Triton's own
+autotuner tests that apply to it (python/test/unit/runtime/test_autotuner.py in
+triton-lang/triton), run with on_miss="autotune", the path that times the list as Triton does."""
+import json
+import time
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from devices.classes import CPU_INTERPRETER
+from search_spaces import registry
+from tests.kernels import dropin as kernels
+from tests.test_runtime import _entry, _key, _live_fp, _write_bundle, live_env  # noqa: F401
+from tuner import runtime
+from tuner.runtime import autotune
+from tuner.runtime.misses import parse_record
+
+TUTORIAL_SPACE = {  # tutorial 03's eight CUDA configs: the values they use, warps and stages a step wider
+    "BLOCK_SIZE_M": (32, 64, 128), "BLOCK_SIZE_N": (32, 64, 128, 256), "BLOCK_SIZE_K": (32, 64),
+    "GROUP_SIZE_M": (8,), "num_warps": (1, 2, 4, 8, 16), "num_stages": (2, 3, 4, 5, 6)}
+
+
+@pytest.fixture
+def served(live_env, monkeypatch, tmp_path):  # noqa: F811
+    """A runtime serving from a bundle (`entries`), its misses written to a file when flushed."""
+    def serve(entries=()):
+        bundle = tmp_path / "bundle.json"
+        _write_bundle(bundle, list(entries))
+        monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(bundle))
+        monkeypatch.setenv("TUNER_MISS_FILE", str(tmp_path / "misses.jsonl"))
+        monkeypatch.setenv("TUNER_MISS_FLUSH_S", "3600")
+        live_env()
+    return serve
+
+
+def _misses(tmp_path):
+    runtime.flush_misses()
+    path = tmp_path / "misses.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_the_kernel_it_registers_spans_the_values_of_the_config_list():
+    spec, target = registry.get(kernels.MATMUL), CPU_INTERPRETER.target
+    assert spec.space(target) == TUTORIAL_SPACE and len(list(spec.configs(target))) == 3 * 4 * 2 * 1 * 5 * 5
+    key = spec.make_key({"M": 64, "N": 80, "K": 48}, "float16")
+    assert spec.default(key, target) == {"BLOCK_SIZE_M": 128, "BLOCK_SIZE_N": 256, "BLOCK_SIZE_K": 64,
+                                       "GROUP_SIZE_M": 8, "num_warps": 8, "num_stages": 3}
+    off_list = {"BLOCK_SIZE_M": 32, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 8, "num_warps": 16,
+                "num_stages": 6}
+    assert spec.check(off_list, key, target) is None
+    assert "BLOCK_SIZE_M=16" in spec.check({**off_list, "BLOCK_SIZE_M": 16}, key, target)
+
+
+def test_a_miss_launches_the_first_config_and_records_the_launch(served, tmp_path):
+    served()
+    a = torch.randn(64, 48, dtype=torch.float16)
+    b = torch.randn(80, 48, dtype=torch.float16).t()  # strides (1, 48): recorded as launched
+    c = kernels.matmul(a, b)
+    assert torch.allclose(c.float(), a.float() @ b.float(), atol=1e-2, rtol=1e-2)
+    assert kernels.matmul_kernel.best_config == kernels.get_cuda_autotune_config()[0]
+    (rec,) = _misses(tmp_path)
+    assert (rec["key"]["dims"], rec["dtype"], rec["level"]) == ({"M": 64, "N": 80, "K": 48}, "float16", "default")
+    sig = rec["signature"]
+    assert sig["args"]["b_ptr"] == {"shape": [48, 80], "strides": [1, 48], "dtype": "float16"}
+    assert sig["args"]["ACTIVATION"] == {"value": ""} and sig["args"]["stride_bn"] == {"value": 48}
+    assert "BLOCK_SIZE_M" not in sig["args"] and "num_warps" not in sig["args"]
+    grids = {json.dumps(p, sort_keys=True): g for p, g in sig["grids"]}
+    assert len(grids) == 3 * 4 * 2  # one per combination of the space's constexprs
+    # the tutorial's grid, cdiv(M, BM) * cdiv(N, BN), for a tile no listed config has
+    assert grids[json.dumps({"BLOCK_SIZE_K": 64, "BLOCK_SIZE_M": 32, "BLOCK_SIZE_N": 32, "GROUP_SIZE_M": 8},
+                            sort_keys=True)] == [2 * 3]
+    stored = parse_record(rec)  # where it lands: checked, and kept beside the key outside its hash
+    assert stored["key"]["signature"] == sig and stored["key_hash"] == rec["key_hash"]
+
+
+def test_a_record_without_a_signature_still_parses_and_a_bad_one_is_refused(served, tmp_path):
+    served()
+    kernels.matmul(torch.randn(32, 32, dtype=torch.float16), torch.randn(32, 32, dtype=torch.float16))
+    (rec,) = _misses(tmp_path)
+    old = {k: v for k, v in rec.items() if k != "signature"}
+    assert "signature" not in parse_record(old)["key"]
+    with pytest.raises(ValueError, match="shape and strides"):
+        parse_record({**rec, "signature": {"args": {"a_ptr": {"shape": [-1], "strides": [1], "dtype": "float16"}}}})
+    with pytest.raises(ValueError, match="more than"):
+        parse_record({**rec, "signature": {"args": {"a_ptr": {"shape": [1 << 20, 1 << 20], "strides": [1 << 20, 1],
+                                                              "dtype": "float16"}}}})
+
+
+def test_inputs_are_rebuilt_from_the_signature_and_checked_against_the_first_config(served, tmp_path):
+    served()
+    a, b = torch.randn(64, 48, dtype=torch.float16), torch.randn(80, 48, dtype=torch.float16).t()
+    kernels.matmul(a, b)
+    (rec,) = _misses(tmp_path)
+    spec = registry.get(kernels.MATMUL)
+    key = spec.make_key(rec["key"]["dims"], rec["dtype"])
+    inputs = spec.make_inputs(key, "cpu", 0, rec["signature"])
+    rb = inputs.args["b_ptr"]
+    assert (tuple(rb.shape), rb.stride(), rb.dtype) == ((48, 80), (1, 48), torch.float16)
+    ref = spec.reference(inputs)
+    other = {"BLOCK_SIZE_M": 32, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 8, "num_warps": 1,
+             "num_stages": 2}
+    out = spec.launch(other, inputs)
+    ra, rb = inputs.args["a_ptr"], inputs.args["b_ptr"]
+    assert torch.allclose(out[2].float(), ra.float() @ rb.float(), atol=1e-2, rtol=1e-2)
+    assert all(torch.allclose(o.float(), r.float(), atol=1e-2, rtol=1e-2) for o, r in zip(out, ref))
+    with pytest.raises(ValueError, match="inputs="):
+        spec.make_inputs(key, "cpu", 0, None)
+
+
+def test_a_stored_row_is_launched_and_is_best_config(served, tmp_path):
+    spec = registry.get(kernels.LAYER_NORM)
+    stored = {"BLOCK_SIZE": 128, "num_warps": 4, "num_stages": 2}  # in the space, in no listed config
+    served([_entry(_key(kernels.LAYER_NORM, N=100), stored, _live_fp())])
+    x, w, b = torch.randn(8, 100), torch.rand(100), torch.rand(100)
+    y = kernels.layer_norm(x, w, b)
+    assert torch.allclose(y, torch.nn.functional.layer_norm(x, (100,), w, b, 1e-5), atol=1e-4)
+    best = kernels._layer_norm_fwd_fused.best_config
+    assert isinstance(best, triton.Config) and best == spec.kernel.triton_config(stored)
+    assert (best.kwargs, best.num_warps, best.num_stages) == ({"BLOCK_SIZE": 128}, 4, 2)
+    assert _misses(tmp_path) == []
+
+
+# ---- Triton's autotuner tests (python/test/unit/runtime/test_autotuner.py), on the interpreter ----
+
+def cpu_bench(kernel_call, quantiles):
+    t = time.perf_counter()
+    kernel_call()
+    return [time.perf_counter() - t] * 3
+
+
+def test_kwargs(served):  # test_autotuner.py::test_kwargs: keys from positional or keyword arguments
+    served()
+    M, N = 1024, 16
+    src, dst = torch.randn(M * N), torch.empty(M * N)
+    configs = [triton.Config(kwargs={'BLOCK_SIZE_M': 32}), triton.Config(kwargs={'BLOCK_SIZE_M': 128})]
+    benched = []
+
+    @autotune(configs=configs, key=["M"], do_bench=lambda k, quantiles: benched.append(1) or cpu_bench(k, quantiles),
+              on_miss="autotune")
+    @triton.jit
+    def _kernel(dst, src, stride_m: tl.constexpr, M, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_M: tl.constexpr):
+        offsets_m = tl.program_id(0) * stride_m + tl.arange(0, BLOCK_SIZE_M)
+        offsets_n = tl.arange(0, BLOCK_SIZE_N)
+        x = tl.load(src + offsets_m[:, None] * BLOCK_SIZE_N + offsets_n[None, :])
+        tl.store(dst + offsets_m[:, None] * BLOCK_SIZE_N + offsets_n[None, :], x)
+
+    grid = lambda META: (triton.cdiv(N, META['BLOCK_SIZE_M']), )
+    _kernel[grid](dst, src, N, M, N)
+    _kernel[grid](dst=dst, src=src, M=M // 2, stride_m=N, BLOCK_SIZE_N=N)
+    assert len(_kernel.cache) == 2 and len(benched) == 4
+    _kernel[grid](dst, src, N, M, N)  # timed once per key per process
+    assert len(benched) == 4 and _kernel.best_config in configs
+
+
+@pytest.mark.parametrize('pass_kwargs_to_kernel', [False, True])
+def test_restore(served, pass_kwargs_to_kernel):  # test_autotuner.py::test_restore
+    served()
+    N = 1024
+    src = torch.zeros(N)
+    configs = [triton.Config(kwargs={'BLOCK_SIZE': 32}), triton.Config(kwargs={'BLOCK_SIZE': 128})]
+
+    @autotune(configs=configs, key=['N'], restore_value=['src'], do_bench=cpu_bench, on_miss="autotune")
+    @triton.jit
+    def _kernel(src, N, BLOCK_SIZE: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        x = tl.load(src + offsets, mask=offsets < N) + 1
+        tl.store(src + offsets, x, mask=offsets < N)
+
+    grid = lambda META: (triton.cdiv(N, META['BLOCK_SIZE']), )
+    if pass_kwargs_to_kernel:
+        _kernel[grid](src=src, N=N)
+    else:
+        _kernel[grid](src, N)
+    triton.testing.assert_close(src, torch.ones_like(src))
+
+
+@pytest.mark.parametrize('pass_kwargs_to_kernel', [False, True])
+def test_reset_to_zero(served, pass_kwargs_to_kernel):  # test_autotuner.py::test_reset_to_zero (a tensor src)
+    served()
+    N = 1024
+    dst = torch.full((N, ), 2.0)
+    src = dst
+    configs = [triton.Config(kwargs={'BLOCK_SIZE': 32}), triton.Config(kwargs={'BLOCK_SIZE': 128})]
+
+    @autotune(configs=configs, key=['N'], reset_to_zero=['src'], do_bench=cpu_bench, on_miss="autotune")
+    @triton.jit
+    def _kernel(src, dst, N, BLOCK_SIZE: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = offsets < N
+        tl.store(src + offsets, tl.full([BLOCK_SIZE], 1, dtype=src.dtype.element_ty), mask=mask)
+
+    grid = lambda META: (triton.cdiv(N, META['BLOCK_SIZE']), )
+    if pass_kwargs_to_kernel:
+        _kernel[grid](src=src, dst=dst, N=N)
+    else:
+        _kernel[grid](src, dst, N)
+    triton.testing.assert_close(dst, torch.ones_like(dst))
+
+
+def test_hooks(served):  # test_autotuner.py::test_hooks: pre- and post-hooks called in pairs
+    served()
+    N = 4096
+    src = torch.zeros(N)
+    configs = [triton.Config(kwargs={'BLOCK_SIZE': 4096}), triton.Config(kwargs={'BLOCK_SIZE': 32})]
+    values = {"counter": 0, "has_exception": False, "pre": 0}
+
+    def _pre_hook(*args, **kwargs):
+        values["counter"] += 1
+        values["pre"] += 1
+
+    def _post_hook(*args, exception):
+        values["counter"] -= 1
+        if exception is not None:
+            values["has_exception"] = True
+        assert values["counter"] == 0
+
+    @autotune(configs=configs, key=['N'], do_bench=cpu_bench, pre_hook=_pre_hook, post_hook=_post_hook,
+              on_miss="autotune")
+    @triton.heuristics({"N_STAGES": lambda nargs: 64 if nargs['N'] == 4096 else 4})
+    @triton.jit
+    def _kernel(src, N, N_STAGES: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+        offsets = tl.arange(0, BLOCK_SIZE)
+        max_iters = tl.cdiv(N, BLOCK_SIZE)
+        for _ in tl.range(max_iters, num_stages=N_STAGES):
+            x = tl.load(src + offsets, mask=offsets < N)
+            tl.store(src + offsets, x, mask=offsets < N)
+            offsets += BLOCK_SIZE
+
+    _kernel[(1, )](src, N)
+    # every config timed between the hooks; the interpreter has no shared memory to run out of
+    assert values["pre"] >= len(configs) and values["has_exception"] is False
+
+
+@pytest.mark.parametrize('with_perf_model', [False, True])
+def test_prune_configs(served, with_perf_model: bool):  # test_autotuner.py::test_prune_configs
+    served()
+    N = 1024
+    src, dst = torch.randn(N), torch.empty(N)
+    records = {}
+
+    def early_config_prune(configs, named_args, **kwargs):
+        records['run_early_config_prune'] = True
+        if "N" in kwargs and kwargs["N"] == 1024:
+            records['capture_kwargs'] = True
+        if "dst" in named_args and "src" in named_args and len(named_args) == 2:
+            records['capture_named_args'] = True
+        return [configs[0]]
+
+    def perf_model(*args, **kwargs):
+        records['run_perf_model'] = True
+        return kwargs['BLOCK_SIZE']
+
+    configs = [triton.Config(kwargs={'BLOCK_SIZE': 32}), triton.Config(kwargs={'BLOCK_SIZE': 128})]
+    prune_configs_by = ({'perf_model': perf_model, 'top_k': 1} if with_perf_model
+                        else {'early_config_prune': early_config_prune})
+
+    @autotune(configs=configs, key=['N'], prune_configs_by=prune_configs_by, do_bench=cpu_bench, on_miss="autotune")
+    @triton.jit
+    def _kernel(dst, src, N, BLOCK_SIZE: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        x = tl.load(src + offsets, mask=offsets < N)
+        tl.store(dst + offsets, x, mask=offsets < N)
+
+    grid = lambda META: (triton.cdiv(N, META['BLOCK_SIZE']), )
+    _kernel[grid](dst, src, N=N)
+    torch.testing.assert_close(src, dst)
+    if with_perf_model:
+        assert records == {'run_perf_model': True}
+    else:
+        assert records == {'run_early_config_prune': True, 'capture_kwargs': True, 'capture_named_args': True}
+
+
+@pytest.mark.parametrize("args, says", [
+    (["tune", "--from-misses"], "name it, e.g. tuner tune KERNEL --from-misses"),
+    (["tune", kernels.MATMUL, "--from-misses", "--shape", "M=64,N=64,K=64"], "drop --shape and --model"),
+    (["tune", kernels.MATMUL, "--from-misses"], f"no untuned misses of {kernels.MATMUL}"),
+])
+def test_tune_from_misses_refuses_in_one_line(tmp_path, args, says):
+    from tests.cli_helpers import run_tuner
+
+    assert run_tuner(["db", "upgrade"], tmp_path).returncode == 0
+    proc = run_tuner(args + ["--device", "cpu"], tmp_path, TUNER_KERNEL_MODULES="tests.kernels.dropin")
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_the_fleet_launch_honours_reset_to_zero_and_inputs(served, tmp_path):
+    """What a worker runs for a recorded launch: an accumulating output reset before every launch
+    (reset_to_zero, as triton.autotune does between timings), and an index tensor made valid by
+    inputs= where zeros would not tell configurations apart."""
+    served()
+    made = []
+
+    def gather_inputs(signature, device, seed):
+        made.append(signature["key"])
+        n = signature["args"]["idx"]["shape"][0]
+        return {"idx": torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)}
+
+    @autotune(configs=[triton.Config({"BLOCK": 16}), triton.Config({"BLOCK": 64})], key=["N"],
+              reset_to_zero=["total"], inputs=gather_inputs)
+    @triton.jit
+    def _gather_sum(out, total, x, idx, N, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        v = tl.load(x + tl.load(idx + offs, mask=offs < N, other=0), mask=offs < N, other=0.)
+        tl.store(out + offs, v, mask=offs < N)
+        tl.atomic_add(total, tl.sum(v, axis=0))
+
+    n = 100
+    x, idx = torch.randn(n), torch.arange(n)
+    out, total = torch.empty(n), torch.zeros(1)
+    _gather_sum[lambda META: (triton.cdiv(n, META["BLOCK"]),)](out, total, x, idx, n)
+    (rec,) = _misses(tmp_path)
+    spec = registry.get(_gather_sum.name)
+    inputs = spec.make_inputs(spec.make_key({"N": n}, "float32"), "cpu", 3, rec["signature"])
+    assert made == [{"N": n}] and sorted(inputs.args["idx"].tolist()) == list(range(n))
+    for config in ({"BLOCK": 64, "num_warps": 4, "num_stages": 3}, {"BLOCK": 16, "num_warps": 8, "num_stages": 2}):
+        o, t, xs, ix = spec.launch(config, inputs)
+        spec.launch(config, inputs)  # a second launch adds nothing to the reset total
+        assert torch.equal(o, xs[ix]) and torch.allclose(t, xs.sum().reshape(1), atol=1e-4)

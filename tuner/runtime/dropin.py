@@ -1,0 +1,144 @@
+"""`@autotune`: the drop-in for `@triton.autotune` whose configurations come from the fleet.
+
+    from tuner.runtime import autotune
+
+    @autotune(configs=[triton.Config({"BLOCK": 64}, num_warps=4), ...], key=["N"])   # was @triton.autotune
+    @triton.jit
+    def kernel(x_ptr, N, BLOCK: tl.constexpr): ...
+
+    kernel[lambda META: (triton.cdiv(N, META["BLOCK"]),)](x, N)
+    kernel.best_config   # the triton.Config the last launch used
+
+Same arguments and meaning as triton.autotune (configs, key, prune_configs_by, reset_to_zero,
+restore_value, pre_hook, post_hook, warmup, rep, do_bench), plus `name=` (default
+module.function), `on_miss=` and `inputs=`. At launch the key is formed as triton.autotune forms
+it and looked up through the runtime (tuner.runtime.lookup's cache, sources, deadline and
+checks) under the kernel's name: dims are the key's arguments (positive integers), the dtype that
+of the first floating-point tensor. A stored row is launched. On a miss, on_miss="default"
+launches the first config at once; on_miss="autotune" times the list here as triton.autotune
+does (once per key per process). Every miss is counted with the launch's signature
+(search_spaces.dropin), so that `tuner tune NAME --from-misses` or `tuner retune --misses` tune
+the keys production launched. A key the fleet cannot name (a key argument that is not a
+positive integer, no floating-point tensor) is served as on a miss, and not counted.
+
+`inputs(signature, device, seed) -> {argument: value}` makes the arguments a tuning worker cannot
+rebuild from the signature (index tensors whose values must be valid); the signature holds the
+recorded arguments, and "key", "dtype", "seed" and "device".
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from triton import Config
+from triton.runtime.autotuner import Autotuner
+
+from search_spaces import dropin
+from search_spaces.base import canonical_json
+from tuner.runtime.answer import DEFAULT
+from tuner.runtime.cache import entry_for
+
+ON_MISS = ("default", "autotune")
+_UNKEYED = object()
+
+
+class DropinKernel(Autotuner):
+    """A @triton.jit kernel launched with the fleet's configuration for each key (module docstring)."""
+
+    def __init__(self, fn: Any, configs: list, key: list, *, name: str | None, on_miss: str,
+                 inputs: Callable | None, **triton_kw: Any):
+        if on_miss not in ON_MISS:
+            raise ValueError(f"@autotune on_miss={str(on_miss)[:40]!r}: use one of {', '.join(ON_MISS)}")
+        super().__init__(fn, fn.arg_names, configs, key, **triton_kw)
+        self.name = name or f"{self.base_fn.__module__}.{self.base_fn.__name__}"
+        self.on_miss, self.inputs = on_miss, inputs
+        self.best_config: Config | None = None
+        # a config's dict form -> the user's own Config (its pre_hook kept)
+        self._listed = {canonical_json(dropin.config_dict(c)): c for c in reversed(self.configs)}
+        self._runtime_keys: dict[tuple, Any] = {}  # triton's key -> (names, values) of the runtime's, or None
+        self._configs: dict[int, tuple[Any, Config]] = {}  # id(cache entry) -> (entry, its Config)
+        self.spec_class = dropin.spec_class(self)
+
+    def triton_config(self, config: dict) -> Config:
+        """The Config of a point of the space (the listed one where it is listed)."""
+        listed = self._listed.get(canonical_json(config))
+        if listed is not None:
+            return listed
+        options = {n: config[n] for n in dropin.OPTIONS if n in config}
+        return Config({n: v for n, v in config.items() if n not in dropin.OPTIONS}, **options)
+
+    def _runtime_key(self, args: dict) -> tuple | None:
+        dims = []
+        for k in self.keys:
+            v = args.get(k)
+            if type(v) is not int or v < 1:
+                return None
+            dims.append(v)
+        dtype = dropin.dtype_of(args)
+        return None if dtype is None else (tuple(self.keys) + ("dtype",), tuple(dims) + (dtype,))
+
+    def _config(self, entry: Any) -> Config:
+        hit = self._configs.get(id(entry))
+        if hit is not None and hit[0] is entry:
+            return hit[1]
+        if len(self._configs) > 4096:  # entries replaced by refreshed answers
+            self._configs.clear()
+        config = self.triton_config(dict(entry.config))
+        self._configs[id(entry)] = (entry, config)
+        return config
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        self.nargs = nargs = dict(zip(self.arg_names, args))
+        all_args = {**nargs, **kwargs}
+        _args = {k: v for (k, v) in all_args.items() if k in self.arg_names}
+        key = [_args[k] for k in self.keys if k in _args]
+        for arg in _args.values():  # triton.autotune's key: the named values and every tensor's dtype
+            if hasattr(arg, "dtype"):
+                key.append(str(arg.dtype))
+        key = tuple(key)
+        rk = self._runtime_keys.get(key, _UNKEYED)
+        if rk is _UNKEYED:
+            rk = self._runtime_keys[key] = self._runtime_key(_args)
+        entry = None
+        if rk is not None:
+            try:
+                entry = entry_for(self.name, rk[0], rk[1])
+            except Exception:  # never into the model: served as a miss
+                entry = None
+        if entry is not None:
+            tally = entry.tally
+            if tally is not None and tally.signature is None:
+                tally.signature = self._signature(_args, kwargs.get("grid"))
+            if entry.answer.level != DEFAULT or self.on_miss == "default":
+                config = self._config(entry)
+                return self._launch(config, args, kwargs)
+        if self.on_miss == "autotune":
+            return super().run(*args, **kwargs)  # timed once per key, kept in self.cache
+        return self._launch(self.configs[0], args, kwargs)
+
+    def _signature(self, args: dict, grid: Any) -> dict | None:
+        try:
+            return dropin.signature_of(self, args, grid)
+        except Exception:  # a grid that cannot be evaluated off its launch: counted without one
+            return None
+
+    def _launch(self, config: Config, args: tuple, kwargs: dict) -> Any:
+        self.best_config = config
+        if config.pre_hook is not None:
+            config.pre_hook({**self.nargs, **kwargs, **config.all_kwargs()})
+        ret = self.fn.run(*args, **kwargs, **config.all_kwargs())
+        self.nargs = None
+        return ret
+
+
+def autotune(configs: list, key: list, prune_configs_by: dict | None = None, reset_to_zero: list | None = None,
+             restore_value: list | None = None, pre_hook: Callable | None = None, post_hook: Callable | None = None,
+             warmup: int | None = None, rep: int | None = None, use_cuda_graph: bool = False,
+             do_bench: Callable | None = None, cache_results: bool = False, *, name: str | None = None,
+             on_miss: str = "default", inputs: Callable | None = None) -> Callable[[Any], DropinKernel]:
+    """Decorate a @triton.jit kernel as triton.autotune would (see the module docstring)."""
+    def decorator(fn: Any) -> DropinKernel:
+        return DropinKernel(fn, configs, key, name=name, on_miss=on_miss, inputs=inputs,
+                            reset_to_zero=reset_to_zero, restore_value=restore_value, pre_hook=pre_hook,
+                            post_hook=post_hook, prune_configs_by=prune_configs_by, warmup=warmup, rep=rep,
+                            use_cuda_graph=use_cuda_graph, do_bench=do_bench, cache_results=cache_results)
+    return decorator
