@@ -136,3 +136,81 @@ def test_a_trial_in_the_harness_runs_each_routing(tmp_path):
                                       arch="interpreter", warmup=0, reps=1, **Measurement(routing=r).to_json()))
                    for r in ("uniform", "skewed")]
     assert [r.status for r in results] == ["ok", "ok"], [r.message for r in results]
+
+
+# ---- quantized weights: fused_moe_quant ----------------------------------------------------
+QUANT = registry.get("fused_moe_quant")
+CONFIG = {"GROUP_SIZE_M": 8, "num_warps": 4, "num_stages": 2}
+
+
+@pytest.mark.parametrize("dtype", ["fp8_w8a8", "fp8_w8a8_block128", "int8_w8a16"])
+@pytest.mark.parametrize("dims, blocks", [
+    ({"M": 3, "N": 128, "K": 256}, (16, 32, 64)),  # a batch under one block; two scale groups along K
+    ({"M": 24, "N": 256, "K": 128}, (32, 64, 32)),  # several row blocks; BLOCK_SIZE_N under the 128-wide block
+    ({"M": 16, "N": 128, "K": 384}, (16, 128, 128)),  # K tiles equal to the scale group
+])
+def test_quantized_output_matches_the_dequantized_reference(dtype, dims, blocks):
+    """The kernel on the interpreter (fp8 e4m3 tl.dot runs there: products of fp8 values are exact in
+    fp32) against the reference that dequantizes weights and activations to fp32."""
+    k = QUANT.make_key({"E": 4, "topk": 2, **dims}, dtype)
+    config = {**dict(zip(("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"), blocks)), **CONFIG}
+    assert QUANT.check(config, k, INTERP) is None
+    inputs = QUANT.make_inputs(k, "cpu", seed=5)
+    weight_type = torch.int8 if dtype == "int8_w8a16" else torch.float8_e4m3fn
+    assert inputs.w1.q.dtype == inputs.w2.q.dtype == weight_type
+    out, ref = QUANT.launch(config, inputs), QUANT.reference(inputs)
+    atol, rtol = QUANT.tolerances[dtype]
+    assert out.shape == ref.shape == (dims["M"], dims["K"]) and out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), ref.float(), atol=atol, rtol=rtol), (out.float() - ref.float()).abs().max()
+    assert ref.float().abs().mean() > 0.2  # outputs ~N(0, 0.3): a skipped scale or GEMM would be far off
+    # most entries agree far closer than the tolerance, which only the rare fp8 step may need
+    assert (out.float() - ref.float()).abs().median() < 0.01
+
+
+def test_the_quantization_follows_vllms_per_token_group_and_block_rules():
+    """per_token_group_quant_fp8 (vLLM's quantization/utils/fp8_utils.py): scale = max(|x|, 1e-10) /
+    448 per token and group of 128; block weights: a scale per 128x128 block, each block's own."""
+    from search_spaces.fused_moe_quant import dequantize_weights, quantize_groups, quantize_weights
+    from search_spaces.fused_moe_vllm import SCHEMES
+
+    x = torch.zeros(2, 256)
+    x[0, :128] = torch.linspace(-3.0, 3.0, 128)
+    x[0, 128:] = 0.5
+    q = quantize_groups(x, 128, torch.float8_e4m3fn)
+    assert q.scale.shape == (2, 2)
+    assert torch.allclose(q.scale[0], torch.tensor([3.0 / 448, 0.5 / 448]))
+    assert torch.allclose(q.scale[1], torch.full((2,), 1e-10 / 448))  # an all-zero row: eps, not 0
+    dq = q.q.float() * q.scale.repeat_interleave(128, dim=1)
+    assert torch.allclose(dq, x, rtol=2 ** -3, atol=0)  # e4m3 keeps 3 mantissa bits
+    assert q.q.float().abs().max() == 448
+    w = torch.ones(1, 256, 256)
+    w[0, 130, 5] = 100.0  # one large weight: its block's scale only
+    qw = quantize_weights(w, SCHEMES["fp8_w8a8_block128"], torch.float8_e4m3fn)
+    assert qw.scale.shape == (1, 2, 2)
+    assert torch.allclose(qw.scale[0], torch.tensor([[1 / 448, 1 / 448], [100 / 448, 1 / 448]]))
+    assert torch.allclose(dequantize_weights(qw, SCHEMES["fp8_w8a8_block128"]), w, rtol=2 ** -3)
+    qi = quantize_weights(w, SCHEMES["int8_w8a16"], None)
+    assert qi.q.dtype == torch.int8 and qi.scale.shape == (1, 256) and qi.scale[0, 130] == 100 / 127
+
+
+def test_block_quantized_keys_take_vllms_default_and_refuse_k_tiles_past_a_scale_group():
+    """get_default_config for fp8_w8a8 with block_shape [128, 128]; invoke_fused_moe_kernel launches
+    BLOCK_SIZE_K min(BLOCK_SIZE_K, 128), so 256 is the same launch as 128 and is not measured twice."""
+    k = QUANT.make_key({"E": 256, "N": 256, "K": 7168, "topk": 8, "M": 64}, "fp8_w8a8_block128")
+    h100, mi300x = target_for("sm_90"), target_for("gfx942")
+    assert QUANT.default(k, h100) == {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 128, "BLOCK_SIZE_K": 128,
+                                      "GROUP_SIZE_M": 32, "num_warps": 4, "num_stages": 3}
+    assert QUANT.default(k, mi300x) == {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 128, "BLOCK_SIZE_K": 128,
+                                        "GROUP_SIZE_M": 32, "num_warps": 4, "num_stages": 2, "waves_per_eu": 0}
+    wide = {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 128, "BLOCK_SIZE_K": 256, "GROUP_SIZE_M": 1, "num_warps": 4,
+            "num_stages": 3}
+    assert "BLOCK_SIZE_K=256 spans 128-wide scale groups" in QUANT.check(wide, k, h100)
+    # vLLM's 8-bit ROCm grid (get_rocm_tuning_space(use_fp16=False)): no 16-deep K tile, no fp16 MFMA knobs
+    assert 16 not in QUANT.space(mi300x)["BLOCK_SIZE_K"]
+    assert not {"matrix_instr_nonkdim", "kpack"} & set(QUANT.space(mi300x))
+    good = QUANT.known_good(k, h100)
+    assert good and all(QUANT.check(c, k, h100) is None for c in good)
+    with pytest.raises(SpecError, match="multiples of 128"):
+        QUANT.make_key({"E": 4, "N": 96, "K": 128, "topk": 2, "M": 1}, "fp8_w8a8_block128")
+    with pytest.raises(SpecError, match="not supported by fused_moe_quant"):
+        QUANT.make_key({"E": 4, "N": 96, "K": 128, "topk": 2, "M": 1}, "bfloat16")
