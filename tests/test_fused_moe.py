@@ -1,5 +1,7 @@
 """The fused MoE kernel: its output against the per-expert PyTorch reference on the interpreter,
 the alignment, the routings, vLLM's default and grid, and the spaces for sm_90 and gfx942."""
+import json
+
 import pytest
 import torch
 
@@ -214,3 +216,55 @@ def test_block_quantized_keys_take_vllms_default_and_refuse_k_tiles_past_a_scale
         QUANT.make_key({"E": 4, "N": 96, "K": 128, "topk": 2, "M": 1}, "fp8_w8a8_block128")
     with pytest.raises(SpecError, match="not supported by fused_moe_quant"):
         QUANT.make_key({"E": 4, "N": 96, "K": 128, "topk": 2, "M": 1}, "bfloat16")
+
+
+# ---- the quantized keys' files, as vLLM and SGLang look them up ------------------------------
+def vllm_file(E, N, dtype, device_name, block_shape=None):
+    """vLLM's get_config_file_name (fused_moe.py, vllm-project/vllm 000d1458), with the device name
+    handed in: try_get_optimal_moe_config passes block_shape [block_n, block_k] only when both are set."""
+    device_name = device_name.replace(" ", "_")
+    if "H200" in device_name.split("_"):  # newer vLLM folds every H200 onto one name
+        device_name = "NVIDIA_H200"
+    dtype_selector = "" if not dtype else f",dtype={dtype}"
+    block_shape_selector = ("" if not block_shape or not all(block_shape) else f",block_shape={block_shape}").replace(" ", "")
+    return f"E={E},N={N},device_name={device_name}{dtype_selector}{block_shape_selector}.json"
+
+
+def sglang_file(E, N, dtype, device_name, block_shape=None):
+    """SGLang's get_config_file_name (fused_moe_triton_config.py, sgl-project/sglang 083d6013): the
+    block shape is formatted as Python prints a list, with its space."""
+    dtype_selector = "" if not dtype else f",dtype={dtype}"
+    block_shape_selector = "" if not block_shape or not all(block_shape) else f",block_shape={block_shape}"
+    return f"E={E},N={N},device_name={device_name.replace(' ', '_')}{dtype_selector}{block_shape_selector}.json"
+
+
+def entry(dtype, m, config, e=256, n=256):
+    return {"kernel": "fused_moe_quant", "key": {"dims": {"E": e, "N": n, "K": 7168, "topk": 8, "M": m}},
+            "dtype": dtype, "config": config, "tuned_at": f"2026-12-01T00:00:0{m % 10}",
+            "device_names": ["NVIDIA H100 80GB HBM3"], "stack": {"triton": "3.6.0"}}
+
+
+def test_quantized_bests_are_written_under_vllms_and_sglangs_names(tmp_path):
+    """get_config_dtype_str gives fp8_w8a8 or int8_w8a16; the block shape follows for block-wise fp8.
+    A DeepSeek-V3 tp 8 export lands on vLLM's shipped name
+    E=256,N=256,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8,block_shape=[128,128].json."""
+    from tuner.formats import sglang, vllm
+
+    config = {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 128, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 32, "num_warps": 4,
+              "num_stages": 3}
+    entries = [entry("fp8_w8a8_block128", 1, config), entry("fp8_w8a8_block128", 64, {**config, "num_stages": 4}),
+               entry("fp8_w8a8", 1, config), entry("int8_w8a16", 1, config, n=768)]
+    assert vllm.write(entries, tmp_path / "vllm") == 4
+    assert sglang.write(entries, tmp_path / "sglang") == 4
+    h100 = "NVIDIA H100 80GB HBM3"
+    for dtype, block, n, ms in (("fp8_w8a8", [128, 128], 256, (1, 64)), ("fp8_w8a8", None, 256, (1,)),
+                                ("int8_w8a16", None, 768, (1,))):
+        got = json.loads((tmp_path / "vllm" / vllm_file(256, n, dtype, h100, block)).read_text())
+        assert sorted(int(m) for m in got) == list(ms)
+        sg = tmp_path / "sglang" / "configs" / "triton_3_6_0" / sglang_file(256, n, dtype, h100, block)
+        assert json.loads(sg.read_text()) == got
+    assert (tmp_path / "vllm" / "E=256,N=256,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8,"
+                                "block_shape=[128,128].json").exists()
+    assert json.loads((tmp_path / "vllm" / vllm_file(256, 256, "fp8_w8a8", h100, [128, 128])).read_text())["64"][
+        "num_stages"] == 4
+    assert len(list((tmp_path / "vllm").iterdir())) == 3

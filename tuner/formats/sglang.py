@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuner.formats.vllm import dtype_selector, files, write_files
+from tuner.formats.vllm import block_shape, dtype_selector, files, write_files
 
 DESCRIPTION = "SGLang's fused-MoE config files under configs/triton_X_Y_Z/, for SGLANG_MOE_CONFIG_DIR"
 WRITES = "directory"
@@ -23,13 +23,16 @@ def folder(triton_version: str) -> str:
     return f"configs/triton_{triton_version.replace('.', '_')}"
 
 
-def file_name(e: int, n: int, device: str, dtype: str | None = None) -> str:
-    return f"E={e},N={n},device_name={device.replace(' ', '_')}" + (f",dtype={dtype}" if dtype else "") + ".json"
+def file_name(e: int, n: int, device: str, dtype: str | None = None, block: list[int] | None = None) -> str:
+    # unlike vLLM's, SGLang's get_config_file_name keeps the list's space: block_shape=[128, 128]
+    return (f"E={e},N={n},device_name={device.replace(' ', '_')}" + (f",dtype={dtype}" if dtype else "")
+            + (f",block_shape={block}" if block else "") + ".json")
 
 
 def write(entries: list[dict[str, Any]], output: Path) -> int:
     def name(e: dict[str, Any], device: str) -> str:
         d = e["key"]["dims"]
-        return f"{folder(e['stack']['triton'])}/{file_name(d['E'], d['N'], device, dtype_selector(e['dtype']))}"
+        return (f"{folder(e['stack']['triton'])}/"
+                f"{file_name(d['E'], d['N'], device, dtype_selector(e['dtype']), block_shape(e['dtype']))}")
 
     return write_files(files(entries, name), output)
