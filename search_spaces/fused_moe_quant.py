@@ -39,7 +39,7 @@ from search_spaces.base import (
     require_launchable,
 )
 from search_spaces.fused_moe import FusedMoe, _em, _grid, align
-from search_spaces.gemm import mma_path, tile_refusal
+from search_spaces.gemm import AMD_ACC_LIMIT, REGISTERS, mma_path, tile_refusal
 
 torch = LazyTorch(globals())
 
@@ -222,17 +222,28 @@ class FusedMoeQuant(FusedMoe):
         return super().check(config, key, target)
 
     def _check_resources(self, config: Config, key: TuningKey, target: Target) -> str | None:
-        """The tile by the shared tl.dot model with the operands' own widths: fp8 A and B of a byte;
-        w8a16's int8 B is widened to bf16 before the dot, so counted at two bytes like A."""
-        bm, bn, bk = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"]
-        width = 1 if SCHEMES[key.dtype].act_quant else 2
+        """The tile by the shared tl.dot model with the operands' own widths (fp8 A and B of a byte;
+        w8a16's int8 B is widened to bf16 before the dot, so two bytes like A), then what the
+        quantized loop adds, fitted to Triton 3.6's sm_90 and gfx942 builds of DeepSeek-V3's layer
+        (bench/results/constraints-fused_moe_quant*.md): the block-wise loop keeps each K tile's
+        product beside the accumulator to scale it, which on wgmma spills past 64 accumulators a
+        thread (half the unscaled limit); on gfx942 fp8 tiles spill at 256 accumulators a lane,
+        where 16-bit ones fit. Then the warps this kernel prunes on AMD."""
+        bm, bn, bk, warps = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], config["BLOCK_SIZE_K"], config["num_warps"]
+        scheme = SCHEMES[key.dtype]
         path = mma_path(config, target, block_m="BLOCK_SIZE_M")
-        reason = tile_refusal(bm, bn, bk, config["num_warps"], config["num_stages"], config.get("waves_per_eu", 0),
-                              key, target, path, elem=width)
-        if reason or not target.is_hip:
+        reason = tile_refusal(bm, bn, bk, warps, config["num_stages"], config.get("waves_per_eu", 0), key, target, path,
+                              elem=1 if scheme.act_quant else 2)
+        if reason:
             return reason
-        warps = config["num_warps"]
-        if bm * bn < warps * 256 and warps > 4:
+        acc = bm * bn / (warps * target.warp_size)
+        limit = (REGISTERS["wgmma"][2] // 2 if scheme.block and path == "wgmma" else
+                 AMD_ACC_LIMIT // 2 if scheme.act_quant and path == "mfma" else None)
+        if limit is not None and acc > limit:
+            why = "the scaled product beside the accumulator" if path == "wgmma" else "fp8 MFMA tiles"
+            return (f"registers: a {bm}x{bn} tile over {warps} warps keeps {acc:.0f} accumulators a thread > {limit} "
+                    f"for {why}; it would spill")
+        if target.is_hip and bm * bn < warps * 256 and warps > 4:
             return f"warps vs tile: {warps} wavefronts for a {bm}x{bn} tile leave some without a 16x16 tile"
         return None
 
