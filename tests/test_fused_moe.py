@@ -268,3 +268,28 @@ def test_quantized_bests_are_written_under_vllms_and_sglangs_names(tmp_path):
     assert json.loads((tmp_path / "vllm" / vllm_file(256, 256, "fp8_w8a8", h100, [128, 128])).read_text())["64"][
         "num_stages"] == 4
     assert len(list((tmp_path / "vllm").iterdir())) == 3
+
+
+@pytest.mark.slow
+def test_an_fp8_model_is_tuned_and_exported_under_vllms_block_shape_name(tmp_path):
+    """The README's fp8 commands on the interpreter: `tuner tune --model` of a block-quantized model
+    keys its experts on fused_moe_quant, and `tuner export --format vllm --model` writes the file vLLM
+    looks up for them (get_config_file_name with dtype fp8_w8a8 and block_shape [128, 128])."""
+    from tests.cli_helpers import run_tuner
+
+    model = tmp_path / "tiny-fp8.toml"
+    model.write_text('name = "tiny-fp8"\ndtype = "fp8_w8a8_block128"\n'
+                     '[[moe]]\nname = "experts"\nE = 4\nN = 256\nK = 128\ntopk = 2\n')
+    home = tmp_path / "home"
+    proc = run_tuner(["tune", "--model", str(model), "--tp", "2", "--batch-sizes", "4", "--trials", "1",
+                      "--device", "cpu", "--json"], home)
+    assert proc.returncode == 0, proc.stderr
+    (out,) = json.loads(proc.stdout)
+    assert out["kernel"] == "fused_moe_quant" and out["keys"][0]["dtype"] == "fp8_w8a8_block128"
+    folder = tmp_path / "vllm"
+    folder.mkdir()
+    proc = run_tuner(["export", "--format", "vllm", "-o", str(folder), "--model", str(model)], home)
+    assert proc.returncode == 0, proc.stderr
+    name = vllm_file(4, 128, "fp8_w8a8", "Triton CPU interpreter", [128, 128])
+    assert [p.name for p in folder.iterdir()] == [name]
+    assert json.loads((folder / name).read_text())["4"] == out["keys"][0]["config"]
