@@ -21,7 +21,9 @@ unquantized per-expert computation, so what the kernel must get right is the sca
 """
 from __future__ import annotations
 
+import hashlib
 import math
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import triton
@@ -36,9 +38,10 @@ from search_spaces.base import (
     Specialization,
     Target,
     TuningKey,
+    kernel_source,
     require_launchable,
 )
-from search_spaces.fused_moe import FusedMoe, _em, _grid, align
+from search_spaces.fused_moe import FusedMoe, _em, _grid, align, grouped_block
 from search_spaces.gemm import AMD_ACC_LIMIT, REGISTERS, mma_path, tile_refusal
 
 torch = LazyTorch(globals())
@@ -64,14 +67,7 @@ def fused_moe_quant_kernel(a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, topk_w
     """C[pair] = dequant(A[pair // top_k] @ B[expert].T) for BLOCK_SIZE_M sorted pairs of one expert.
     W8A8: A and B fp8, scaled per tensor and per expert (GROUP_K == 0) or per token group and
     weight block (GROUP_N, GROUP_K); else B int8 with a scale per output channel, A in DOT_TYPE."""
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(EM, BLOCK_SIZE_M)
-    num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
-    num_pid_in_group = GROUP_SIZE_M * num_pid_n
-    first_pid_m = (pid // num_pid_in_group) * GROUP_SIZE_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_SIZE_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = grouped_block(EM, N, BLOCK_SIZE_M, BLOCK_SIZE_N, GROUP_SIZE_M)
     if pid_m * BLOCK_SIZE_M >= tl.load(num_tokens_post_padded_ptr):
         return
     rows = tl.load(sorted_token_ids_ptr + pid_m * BLOCK_SIZE_M + tl.arange(0, BLOCK_SIZE_M).to(tl.int64))
@@ -189,6 +185,13 @@ def dequantize_weights(w: Quantized, scheme: Scheme) -> torch.Tensor:
 
 class FusedMoeQuant(FusedMoe):
     name = "fused_moe_quant"
+
+    @cached_property
+    def version(self) -> str:
+        """A hash of this kernel's code and of FusedMoe's (the alignment, grid, limits and space it
+        runs on live there): an edit to either gets a new version."""
+        return hashlib.sha256((kernel_source(type(self)) + kernel_source(FusedMoe)).encode()).hexdigest()[:12]
+
     dtypes = tuple(SCHEMES)
     # outputs ~N(0, 0.3); the kernel and the reference quantize the same activations, so what
     # differs is fp32 summation order, one bf16 ulp of h where the two round it differently, and
