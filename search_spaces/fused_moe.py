@@ -159,6 +159,18 @@ def route(m: int, experts: int, topk: int, routing: str, gen: torch.Generator) -
     return ids.to(torch.int32), weights.float()
 
 
+def draw(key: TuningKey, seed: int, routing: str) -> tuple[torch.Tensor, ...]:
+    """(x, w1, w2, topk_ids, topk_weights) in fp32 for key (E, N, K, topk, M), drawn on the CPU so a
+    seed gives the same tensors on every device; weights scaled by 1/sqrt(fan-in) so h ~ N(0, 1) and
+    the output stays O(1) at every size."""
+    e, n, k, topk, m = (key.dim_map[x] for x in ("E", "N", "K", "topk", "M"))
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=gen)
+    w1 = torch.randn(e, 2 * n, k, generator=gen) / math.sqrt(k)
+    w2 = torch.randn(e, k, n, generator=gen) / math.sqrt(n)
+    return (x, w1, w2, *route(m, e, topk, routing, gen))
+
+
 def _grid(config: Config, em: int, n: int) -> tuple[int]:
     return (triton.cdiv(em, config["BLOCK_SIZE_M"]) * triton.cdiv(n, config["BLOCK_SIZE_N"]),)
 
@@ -282,16 +294,8 @@ class FusedMoe(KernelSpec):
         return {**args, "DOT_TYPE": getattr(tl, dot), **options}
 
     def make_inputs(self, key: TuningKey, device: str, seed: int, routing: str = "uniform") -> MoeInputs:
-        d, dtype = key.dim_map, TORCH_DTYPES[key.dtype]
-        e, n, k, topk, m = (d[x] for x in self.key_names)
-        # drawn on the CPU so a seed gives the same tensors on every device; weights scaled by
-        # 1/sqrt(fan-in) so h ~ N(0, 1) and the output stays O(1) at every size
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(m, k, generator=gen)
-        w1 = torch.randn(e, 2 * n, k, generator=gen) / math.sqrt(k)
-        w2 = torch.randn(e, k, n, generator=gen) / math.sqrt(n)
-        ids, weights = route(m, e, topk, routing, gen)
-        on = dict(device=device, dtype=dtype)
+        x, w1, w2, ids, weights = draw(key, seed, routing)
+        on = dict(device=device, dtype=TORCH_DTYPES[key.dtype])
         return MoeInputs(x.to(**on), w1.to(**on), w2.to(**on), weights.to(device), ids.to(device), {})
 
     def _aligned(self, inputs: MoeInputs, block: int) -> Aligned:

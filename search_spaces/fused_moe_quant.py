@@ -22,7 +22,6 @@ unquantized per-expert computation, so what the kernel must get right is the sca
 from __future__ import annotations
 
 import hashlib
-import math
 from functools import cached_property
 from typing import Any, NamedTuple
 
@@ -41,7 +40,7 @@ from search_spaces.base import (
     kernel_source,
     require_launchable,
 )
-from search_spaces.fused_moe import FusedMoe, _em, _grid, align, grouped_block
+from search_spaces.fused_moe import FusedMoe, _em, _grid, align, draw, grouped_block
 from search_spaces.gemm import AMD_ACC_LIMIT, REGISTERS, mma_path, tile_refusal
 
 torch = LazyTorch(globals())
@@ -275,15 +274,8 @@ class FusedMoeQuant(FusedMoe):
                 "DOT_TYPE": getattr(tl, dot), **options}
 
     def make_inputs(self, key: TuningKey, device: str, seed: int, routing: str = "uniform") -> QuantInputs:
-        from search_spaces.fused_moe import route
-
-        d, scheme = key.dim_map, SCHEMES[key.dtype]
-        e, n, k, topk, m = (d[x] for x in self.key_names)
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(m, k, generator=gen)
-        w1 = torch.randn(e, 2 * n, k, generator=gen) / math.sqrt(k)
-        w2 = torch.randn(e, k, n, generator=gen) / math.sqrt(n)
-        ids, weights = route(m, e, topk, routing, gen)
+        scheme = SCHEMES[key.dtype]
+        x, w1, w2, ids, weights = draw(key, seed, routing)
         f8 = fp8_dtype(device.startswith("cuda") and torch.version.hip is not None)
         q1, q2 = quantize_weights(w1, scheme, f8), quantize_weights(w2, scheme, f8)
         on = lambda w: Quantized(w.q.to(device), w.scale.to(device))  # noqa: E731
