@@ -43,9 +43,12 @@ CASES = [("matmul", {"M": 4096, "N": 4096, "K": 4096}, ("bfloat16", "float32")),
          ("lora_expand", {"M": 4096, "N": 4096, "RANK": 128, "SLICES": 2, "LORAS": 4}, ("bfloat16",)),
          ("flash_attention", {"BH": 32, "N_CTX": 4096, "HEAD_DIM": 128, "STAGE": 3}, ("bfloat16",)),
          ("flash_attention", {"BH": 32, "N_CTX": 4096, "HEAD_DIM": 64, "STAGE": 1}, ("bfloat16",)),
-         ("fused_moe", {"E": 8, "N": 14336, "K": 4096, "topk": 2, "M": 4096}, ("bfloat16", "float32"))]
+         ("fused_moe", {"E": 8, "N": 14336, "K": 4096, "topk": 2, "M": 4096}, ("bfloat16", "float32")),
+         # DeepSeek-V3 at TP 8 (vLLM's E=256,N=256 files) in each quantization scheme
+         ("fused_moe_quant", {"E": 256, "N": 256, "K": 7168, "topk": 8, "M": 4096},
+          ("fp8_w8a8", "fp8_w8a8_block128", "int8_w8a16"))]
 # parameters that only reorder programs: held fixed, as they change no resource
-FIXED = {"matmul": {"GROUP_M": 8}, "fused_moe": {"GROUP_SIZE_M": 8}}
+FIXED = {"matmul": {"GROUP_M": 8}, "fused_moe": {"GROUP_SIZE_M": 8}, "fused_moe_quant": {"GROUP_SIZE_M": 8}}
 
 
 def build_all(jobs: list[dict], workers: int, timeout_s: float) -> list[dict]:

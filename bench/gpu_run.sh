@@ -15,6 +15,13 @@
 #   moe             issue 19: the fused MoE kernel tuned for Mixtral-8x7B at TP 1 (E=8,N=14336,K=4096,
 #                   top-2, bf16) at BATCH_SIZES, against vLLM's shipped H100 file and the default
 #                   (bench/moe_tuning_cost.py; TRIALS per batch size, 48 by default to fit one call)
+#   moe-fp8         issue 27: the quantized fused MoE on the GPU. Each scheme (fp8_w8a8_block128,
+#                   fp8_w8a8, int8_w8a16) tuned briefly for DeepSeek-V3's experts at TP 8 (E=256,N=256,
+#                   K=7168, top-8) at M=16 through `tuner tune` (every trial checked against the
+#                   dequantized reference: a wrong scale index is a wrong_result), exported with
+#                   `tuner export --format vllm` (the file names land in $OUT/vllm-fp8.txt); then
+#                   bench/moe_tuning_cost.py --kernel fused_moe_quant on Qwen3-30B-A3B-FP8 at TP 2
+#                   (E=128,N=384), against vLLM's shipped H100 fp8 file (tests/data/vllm), TRIALS per M
 #   moe-grid M      vLLM's full 1,920-point grid for one batch size beside the service: about 45
 #                   minutes on an H100 by vLLM's own account, more than one call; where a GPU is held longer
 #   check           issue 6 in one call: throughput (the >= 3x target), the GPU-only harness tests
@@ -58,6 +65,19 @@ case "${1:-}" in
     timeout "${MOE_S:-560}" python3 bench/moe_tuning_cost.py --device cuda:0 --trials "${TRIALS:-48}" \
       --batch-sizes "${BATCH_SIZES:-1,16,64,256,1024,4096}" 2>&1 | tee "$out/moe.log"
     cp bench/results/moe_tuning_cost-*.json bench/results/moe_tuning_cost-*.md "$out"/ ;;
+  moe-fp8)
+    export TUNER_HOME=/tmp/tuner-fp8 PYTHONUNBUFFERED=1; rc=0
+    for dtype in fp8_w8a8_block128 fp8_w8a8 int8_w8a16; do
+      timeout 100 python3 -m tuner.cli tune fused_moe_quant --shape E=256,N=256,K=7168,topk=8,M=16 --dtype "$dtype" \
+        --trials "${QUANT_TRIALS:-12}" --device cuda 2>&1 | tee -a "$out/moe-fp8-tune.log" || rc=1
+    done
+    python3 -m tuner.cli export --format vllm -o "$out/vllm" && ls "$out/vllm" | tee "$out/vllm-fp8.txt" || rc=1
+    timeout "${MOE_S:-240}" python3 bench/moe_tuning_cost.py --device cuda:0 --kernel fused_moe_quant \
+      --dtype fp8_w8a8_block128 --key '{"E": 128, "N": 384, "K": 2048, "topk": 8}' --trials "${TRIALS:-24}" \
+      --vllm-file "tests/data/vllm/E=128,N=384,device_name=NVIDIA_H100,dtype=fp8_w8a8,block_shape=[128,128].json" \
+      --batch-sizes "${BATCH_SIZES:-1,64,1024}" --out bench/results/moe_tuning_cost-fp8 2>&1 | tee "$out/moe-fp8.log" || rc=1
+    cp bench/results/moe_tuning_cost-fp8.* "$out"/ 2>/dev/null || true
+    exit $rc ;;
   moe-grid)
     m=${2:?give a batch size, e.g. 16}
     python3 bench/moe_tuning_cost.py --device cuda:0 --trials 96 --batch-sizes "$m" --grid-batch-sizes "$m" \
@@ -104,5 +124,5 @@ case "${1:-}" in
       cp bench/results/search_rate.md "$out"/ 2>/dev/null || true
     fi
     exit $rc ;;
-  *) echo "usage: bash bench/gpu_run.sh suite NK | sweep SHAPE | throughput | replay | check | llm lora|attention | moe | moe-grid M" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_run.sh suite NK | sweep SHAPE | throughput | replay | check | llm lora|attention | moe | moe-fp8 | moe-grid M" >&2; exit 2 ;;
 esac

@@ -109,13 +109,13 @@ def run_grid(spec, key, inputs, device: str, reps: int) -> dict:
             "failed": sum(r["ms"] is None for r in rows)}
 
 
-def run_service(shape: str, dtype: str, trials: int, device: str, seed: int) -> dict:
+def run_service(kernel: str, shape: str, dtype: str, trials: int, device: str, seed: int) -> dict:
     """`tuner tune` in a fresh TUNER_HOME; each trial's config and when it was stored."""
     home = tempfile.mkdtemp(prefix="tuner-moe-cost-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNER_")}
     env.update(TUNER_HOME=home, PYTHONPATH=str(ROOT))
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "tuner.cli", "tune", "fused_moe", "--shape", shape, "--dtype", dtype,
+    proc = subprocess.run([sys.executable, "-m", "tuner.cli", "tune", kernel, "--shape", shape, "--dtype", dtype,
                            "--trials", str(trials), "--device", device, "--seed", str(seed), "--json"],
                           env=env, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t
@@ -158,7 +158,7 @@ def one_batch(args, spec, m: int, grid: bool) -> dict:
     inputs = spec.make_inputs(key, args.device, 0)
     out: dict = {"M": m, "shape": shape}
     print(f"M={m}: the service, {args.trials} trials", flush=True)
-    svc = run_service(shape, args.dtype, args.trials, args.device, args.seed)
+    svc = run_service(args.kernel, shape, args.dtype, args.trials, args.device, args.seed)
     incumbents, best, order = {}, None, []
     for i, t in enumerate(svc["trials"]):
         if t["status"] == "ok" and (best is None or t["ms"] < best["ms"]):
@@ -214,6 +214,8 @@ def markdown(doc: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu (the interpreter) or cuda:N")
+    ap.add_argument("--kernel", default="fused_moe", help="fused_moe, or fused_moe_quant with a quantized --dtype "
+                    "(e.g. fp8_w8a8_block128) and that scheme's vLLM file; its grid is vLLM's unquantized one")
     ap.add_argument("--key", default=None, help='E, N, K, topk as JSON (default: {"E": 8, "N": 64, "K": 128, '
                     '"topk": 2} on the interpreter, Mixtral-8x7B at TP 1 on a GPU)')
     ap.add_argument("--dtype", default=None, help="default float32 on the interpreter, bfloat16 on a GPU")
@@ -237,12 +239,13 @@ def main() -> None:
     from devices.probe import probe
     from search_spaces import registry
 
-    spec = registry.get("fused_moe")
+    spec = registry.get(args.kernel)
     dc, _ = probe(args.device)
     sizes = [int(x) for x in args.batch_sizes.split(",")]
     chosen = args.grid_batch_sizes if args.grid_batch_sizes is not None else (args.batch_sizes if cpu else "")
     grid_sizes = {int(x) for x in chosen.split(",") if x.strip()}
-    doc = {"date": datetime.now(timezone.utc).isoformat(), "device_class": dc.slug, "key": args.key, "dtype": args.dtype,
+    doc = {"date": datetime.now(timezone.utc).isoformat(), "device_class": dc.slug, "kernel": args.kernel,
+           "key": args.key, "dtype": args.dtype,
            "timing": "triton-interpreter, CPU time of the benchmark process (not GPU figures); the service's "
                      "own trials: wall time" if cpu else "cuda events, L2 flushed",
            "command": "python bench/moe_tuning_cost.py " + " ".join(sys.argv[1:]),

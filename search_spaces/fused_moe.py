@@ -57,21 +57,26 @@ _NV_SPACE = {"BLOCK_SIZE_M": (16, 32, 64, 128, 256), "BLOCK_SIZE_N": (32, 64, 12
 
 
 @triton.jit
-def fused_moe_kernel(a_ptr, b_ptr, c_ptr, topk_weights_ptr, sorted_token_ids_ptr, expert_ids_ptr,
-                     num_tokens_post_padded_ptr, N, K, EM, num_valid_tokens, stride_am, stride_ak, stride_be,
-                     stride_bk, stride_bn, stride_cm, stride_cn, BLOCK_SIZE_M: tl.constexpr,
-                     BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
-                     MUL_ROUTED_WEIGHT: tl.constexpr, top_k: tl.constexpr, DOT_TYPE: tl.constexpr):
-    """C[pair] = A[pair // top_k] @ B[expert].T for BLOCK_SIZE_M sorted pairs of one expert."""
-    # grouped order: GROUP_SIZE_M row blocks share the weight columns they load, for L2 reuse
+def grouped_block(EM, N, BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, GROUP_SIZE_M: tl.constexpr):
+    """This program's (row block, column block), in grouped order: GROUP_SIZE_M row blocks share the
+    weight columns they load, for L2 reuse (the quantized kernel's too)."""
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(EM, BLOCK_SIZE_M)
     num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
     num_pid_in_group = GROUP_SIZE_M * num_pid_n
     first_pid_m = (pid // num_pid_in_group) * GROUP_SIZE_M
     group_size_m = min(num_pid_m - first_pid_m, GROUP_SIZE_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    return first_pid_m + ((pid % num_pid_in_group) % group_size_m), (pid % num_pid_in_group) // group_size_m
+
+
+@triton.jit
+def fused_moe_kernel(a_ptr, b_ptr, c_ptr, topk_weights_ptr, sorted_token_ids_ptr, expert_ids_ptr,
+                     num_tokens_post_padded_ptr, N, K, EM, num_valid_tokens, stride_am, stride_ak, stride_be,
+                     stride_bk, stride_bn, stride_cm, stride_cn, BLOCK_SIZE_M: tl.constexpr,
+                     BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
+                     MUL_ROUTED_WEIGHT: tl.constexpr, top_k: tl.constexpr, DOT_TYPE: tl.constexpr):
+    """C[pair] = A[pair // top_k] @ B[expert].T for BLOCK_SIZE_M sorted pairs of one expert."""
+    pid_m, pid_n = grouped_block(EM, N, BLOCK_SIZE_M, BLOCK_SIZE_N, GROUP_SIZE_M)
     # the grid is sized before the alignment is known (no host sync): surplus programs leave
     if pid_m * BLOCK_SIZE_M >= tl.load(num_tokens_post_padded_ptr):
         return
@@ -152,6 +157,18 @@ def route(m: int, experts: int, topk: int, routing: str, gen: torch.Generator) -
         raise SpecError(f"unknown routing {routing[:40]!r}; use one of {', '.join(ROUTINGS)}")
     weights = torch.softmax(torch.randn(m, topk, generator=gen), dim=1)
     return ids.to(torch.int32), weights.float()
+
+
+def draw(key: TuningKey, seed: int, routing: str) -> tuple[torch.Tensor, ...]:
+    """(x, w1, w2, topk_ids, topk_weights) in fp32 for key (E, N, K, topk, M), drawn on the CPU so a
+    seed gives the same tensors on every device; weights scaled by 1/sqrt(fan-in) so h ~ N(0, 1) and
+    the output stays O(1) at every size."""
+    e, n, k, topk, m = (key.dim_map[x] for x in ("E", "N", "K", "topk", "M"))
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=gen)
+    w1 = torch.randn(e, 2 * n, k, generator=gen) / math.sqrt(k)
+    w2 = torch.randn(e, k, n, generator=gen) / math.sqrt(n)
+    return (x, w1, w2, *route(m, e, topk, routing, gen))
 
 
 def _grid(config: Config, em: int, n: int) -> tuple[int]:
@@ -277,16 +294,8 @@ class FusedMoe(KernelSpec):
         return {**args, "DOT_TYPE": getattr(tl, dot), **options}
 
     def make_inputs(self, key: TuningKey, device: str, seed: int, routing: str = "uniform") -> MoeInputs:
-        d, dtype = key.dim_map, TORCH_DTYPES[key.dtype]
-        e, n, k, topk, m = (d[x] for x in self.key_names)
-        # drawn on the CPU so a seed gives the same tensors on every device; weights scaled by
-        # 1/sqrt(fan-in) so h ~ N(0, 1) and the output stays O(1) at every size
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(m, k, generator=gen)
-        w1 = torch.randn(e, 2 * n, k, generator=gen) / math.sqrt(k)
-        w2 = torch.randn(e, k, n, generator=gen) / math.sqrt(n)
-        ids, weights = route(m, e, topk, routing, gen)
-        on = dict(device=device, dtype=dtype)
+        x, w1, w2, ids, weights = draw(key, seed, routing)
+        on = dict(device=device, dtype=TORCH_DTYPES[key.dtype])
         return MoeInputs(x.to(**on), w1.to(**on), w2.to(**on), weights.to(device), ids.to(device), {})
 
     def _aligned(self, inputs: MoeInputs, block: int) -> Aligned:

@@ -9,6 +9,7 @@ kernel module; no torch, no triton.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 from search_spaces.base import Config
 
@@ -94,3 +95,20 @@ def tuning_grid(amd: bool) -> dict[str, tuple[int, ...]]:
 def grid_configs(amd: bool) -> list[Config]:
     grid = tuning_grid(amd)
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A quantization scheme of the expert weights, as vLLM names its config files for it."""
+    weight: str  # "fp8" | "int8"
+    act_quant: bool  # activations quantized to fp8 before each GEMM (w8a8)
+    block: tuple[int, int] | None  # (block_n, block_k) of the weight scales; None: per expert / channel
+    vllm_dtype: str  # get_config_dtype_str: the `dtype=` of vLLM's (and SGLang's) file names
+
+
+# the key dtypes of search_spaces/fused_moe_quant.py: what a preset's `dtype` may say for a
+# quantized checkpoint, and what the vLLM and SGLang exports name files by (`dtype=fp8_w8a8`, and
+# `block_shape=[128,128]` where the checkpoint's quantization_config has weight_block_size)
+SCHEMES = {"fp8_w8a8": Scheme("fp8", True, None, "fp8_w8a8"),
+           "fp8_w8a8_block128": Scheme("fp8", True, (128, 128), "fp8_w8a8"),
+           "int8_w8a16": Scheme("int8", False, None, "int8_w8a16")}

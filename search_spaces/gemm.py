@@ -29,12 +29,13 @@ def mma_path(config: Config, target: Target, block_m: str = "BLOCK_M") -> str:
 
 
 def register_refusal(bm: int, bn: int, bk: int, warps: int, waves: int, key: TuningKey, target: Target,
-                     path: str) -> str | None:
+                     path: str, elem: int | None = None) -> str | None:
     """Why a bm x bn x bk tile over `warps` warps (waves_per_eu `waves` on AMD, 0: uncapped) would
-    spill in the matmul-shaped pipeline, else None."""
+    spill in the matmul-shaped pipeline, else None. `elem`: the operands' bytes where they are not
+    the key dtype's (a quantized kernel's fp8 tiles)."""
     threads = warps * target.warp_size
     acc = bm * bn / threads
-    operands = (bm * bk + bk * bn) * DTYPE_BYTES[key.dtype] / 4 / threads
+    operands = (bm * bk + bk * bn) * (elem or DTYPE_BYTES[key.dtype]) / 4 / threads
     copies, fixed, limit = REGISTERS[path]
     if path == "mfma" and waves:
         limit //= waves
@@ -47,7 +48,7 @@ def register_refusal(bm: int, bn: int, bk: int, warps: int, waves: int, key: Tun
 
 
 def tile_refusal(bm: int, bn: int, bk: int, warps: int, stages: int, waves: int, key: TuningKey,
-                 target: Target, path: str) -> str | None:
+                 target: Target, path: str, elem: int | None = None) -> str | None:
     """Why the pipeline of a bm x bn x bk tile cannot run on target, else None: its shared memory
     (LDS), then its registers.
 
@@ -56,14 +57,14 @@ def tile_refusal(bm: int, bn: int, bk: int, warps: int, stages: int, waves: int,
     and gfx9's synchronous one keep num_stages-1 (the next tile waits in flight or in registers),
     at least one. Matches every sm_90 and gfx942 build of bench/constraint_check.py that fits (sm_90
     adds 1 KiB of static shared memory; no point of the spaces comes within 1 KiB of the limit)."""
-    elem = DTYPE_BYTES[key.dtype]
+    elem = elem or DTYPE_BYTES[key.dtype]
     buffers = stages if path == "wgmma" else max(1, stages - 1)
     smem = buffers * (bm * bk + bk * bn) * elem
     if smem > target.smem_bytes:
         kind = "LDS" if target.is_hip else "shared memory"
         return (f"{kind}: {buffers} x ({bm}x{bk} + {bk}x{bn}) x {elem} B = {smem // 1024} KiB > "
                 f"{target.smem_bytes // 1024} KiB on {target.arch}")
-    return register_refusal(bm, bn, bk, warps, waves, key, target, path)
+    return register_refusal(bm, bn, bk, warps, waves, key, target, path, elem)
 
 
 def amd_knob_refusal(bm: int, bn: int, nonkdim: int, kpack: int, key: TuningKey) -> str | None:

@@ -90,6 +90,7 @@ KERNELS: Registry[KernelSpec] = Registry("kernel", KernelSpec, {
     "matmul": "search_spaces.matmul:Matmul",
     "softmax": "search_spaces.softmax:Softmax",
     "fused_moe": "search_spaces.fused_moe:FusedMoe",
+    "fused_moe_quant": "search_spaces.fused_moe_quant:FusedMoeQuant",
     "lora_shrink": "search_spaces.lora_shrink:LoraShrink",
     "lora_expand": "search_spaces.lora_expand:LoraExpand",
     "flash_attention": "search_spaces.flash_attention:FlashAttention",

@@ -175,3 +175,25 @@ def test_fused_moe_default_and_the_seeds_auto_takes_build_clean(builder, arch, m
         b = build(builder, "fused_moe", dims, "bfloat16", arch, config)
         assert b.load_error(target, config["num_warps"]) is None, (config, b)
         assert b.mma, f"{config} builds without matrix instructions on {arch}"
+
+
+@pytest.mark.parametrize("arch", ["sm_90", "gfx942"])
+@pytest.mark.parametrize("dtype", ["fp8_w8a8", "fp8_w8a8_block128", "int8_w8a16"])
+def test_quantized_fused_moe_default_and_seeds_build_to_8_bit_matrix_instructions(builder, arch, dtype):
+    """DeepSeek-V3's experts at tp 8 (vLLM's E=256,N=256 files): vLLM's default and the first seeds
+    build and load within the limits, fp8 keys on the GPUs' fp8 instructions: v_mfma_*_fp8_fp8 on
+    gfx942 (the e4m3fnuz type it computes in), wgmma over e4m3 (k32, where 16-bit wgmma is k16) on
+    sm_90; a tile under 64 rows or 4 warps builds to mma.sync, which Triton 3.6 runs in fp16 there."""
+    spec, target = registry.get("fused_moe_quant"), target_for(arch)
+    dims = {"E": 256, "N": 256, "K": 7168, "topk": 8, "M": 64}
+    key = spec.make_key(dims, dtype)
+    for config in [spec.default(key, target), *spec.known_good(key, target)[:2]]:
+        b = build(builder, "fused_moe_quant", dims, dtype, arch, config)
+        assert b.load_error(target, config["num_warps"]) is None, (config, b)
+        assert b.mma, f"{config} builds without matrix instructions on {arch}"
+        if arch == "gfx942":
+            assert all(("fp8" in m) == dtype.startswith("fp8") for m in b.mma), b.mma
+        else:
+            k = "k32" if dtype.startswith("fp8") else "k16"
+            assert all(m.endswith(k) for m in b.mma if m.startswith("wgmma")), b.mma
+        assert b.spill_bytes <= 16, (config, b)

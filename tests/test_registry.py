@@ -108,7 +108,8 @@ target, seen = target_for("sm_90"), {}
 small = {"STAGE": 1, "topk": 2, "SLICES": 1, "LORAS": 2, "RANK": 16}
 for name in registry.names():
     spec = registry.get(name)
-    key = spec.make_key({d: small.get(d, 64) for d in spec.key_names}, "bfloat16")
+    dtype = "bfloat16" if "bfloat16" in spec.dtypes else spec.dtypes[0]  # fused_moe_quant's schemes
+    key = spec.make_key({d: small.get(d, 64) for d in spec.key_names}, dtype)
     seen[name] = (len(spec.valid_configs(key, target)), spec.check(spec.default(key, target), key, target), spec.version)
 before = "torch" in sys.modules
 spec = registry.get("matmul")

@@ -165,18 +165,20 @@ def build_requests(kernel: str | None, shapes: list[str], dtypes: list[str], tri
                         "--lora-ranks 16 --max-loras 4")
     m = presets.load(model)
     tp, sizes = 1 if tp is None else tp, presets.parse_batch_sizes(batch_sizes)
-    keys = m.keys(tp, sizes)
-    if lora_ranks is not None:
-        keys |= m.lora_keys(tp, sizes, presets.parse_ints(lora_ranks, "--lora-ranks", "8,16,64"), max_loras or 1)
-    if kernel is not None:
-        if kernel not in keys:
-            raise UserError(f"{m.name} has no layer on {kernel[:40]}; its kernels: {', '.join(keys)}")
-        keys = {kernel: keys[kernel]}
     out = []
-    for name, dims_list in keys.items():
-        spec = registry.get(name)
-        # a routing is the MoE layers' measurement: the dense projections are timed as always
-        how = measurement if spec.routings else replace(measurement, routing=DEFAULT_ROUTING)
-        out.append(build_request(name, [",".join(f"{k}={v}" for k, v in dims.items()) for dims in dims_list],
-                                 dtypes or [m.dtype], trials, sampler, seed, how))
+    # a dtype decides the kernels (a quantized scheme's MoE layers run on fused_moe_quant): keyed per dtype
+    for dtype in dict.fromkeys(dtypes or [m.dtype]):
+        keys = m.keys(tp, sizes, dtype=dtype[:40])
+        if lora_ranks is not None:
+            keys |= m.lora_keys(tp, sizes, presets.parse_ints(lora_ranks, "--lora-ranks", "8,16,64"), max_loras or 1)
+        if kernel is not None:
+            if kernel not in keys:
+                raise UserError(f"{m.name} has no layer on {kernel[:40]} in {dtype[:40]}; its kernels: {', '.join(keys)}")
+            keys = {kernel: keys[kernel]}
+        for name, dims_list in keys.items():
+            spec = registry.get(name)
+            # a routing is the MoE layers' measurement: the dense projections are timed as always
+            how = measurement if spec.routings else replace(measurement, routing=DEFAULT_ROUTING)
+            out.append(build_request(name, [",".join(f"{k}={v}" for k, v in dims.items()) for dims in dims_list],
+                                     [dtype], trials, sampler, seed, how))
     return out

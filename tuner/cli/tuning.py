@@ -78,18 +78,23 @@ def models(as_json: bool = JsonOpt) -> None:
     """The model presets `--model` takes, and their layers."""
     from tuner import presets
 
-    rows = [{"name": m.name, "source": m.source, "dtype": m.dtype,
+    rows = [{"name": m.name, "source": m.source, "config": list(m.config), "dtype": m.dtype,
              "layers": [{"kind": la.kind, "name": la.name, **dict(la.dims),
-                         **({"split": la.split} if la.kind == "dense" else {})} for la in m.layers]}
+                         **({"split": la.split} if la.kind == "dense" else {}),
+                         "kernel": presets.layer_kernel(la.kind, m.dtype)} for la in m.layers]}
             for m in presets.all_models()]
     if as_json:
         return print_json(rows)
     t = table("model", "dtype", "MoE layers: E,N,K,topk", "dense layers", "source")
     for r in rows:
+        dense = [la for la in r["layers"] if la["kind"] == "dense"]
         t.add_row(r["name"], r["dtype"],
                   " ".join(f"{la['E']},{la['N']},{la['K']},{la['topk']}" for la in r["layers"] if la["kind"] == "moe") or "-",
-                  str(sum(la["kind"] == "dense" for la in r["layers"])), r["source"])
-    out.print(t)
+                  str(len(dense)) + ("" if not dense or dense[0]["kernel"] else " (not keyed in this dtype)"), r["source"])
+    show(t)
+    for r in rows:  # where each preset's numbers come from, to check against the model's own file
+        if r["config"]:
+            out.print(f"{r['name']}: {r['source']} config.json {'; '.join(r['config'])}", highlight=False)
 
 
 @app.command()

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from tuner.formats import Written
-from tuner.formats.vllm import KERNEL, dtype_selector, files, write_files
+from tuner.formats.vllm import KERNELS, block_shape, dtype_selector, files, write_files
 
 DESCRIPTION = "SGLang's fused-MoE config files under configs/triton_X_Y_Z/, for SGLANG_MOE_CONFIG_DIR"
 WRITES = "directory"
-KERNELS = (KERNEL,)
 _BASE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 
 
@@ -38,8 +37,10 @@ def folder(triton_version: str) -> str:
     return f"configs/triton_{(m.group(0) if m else '0').replace('.', '_')}"
 
 
-def file_name(e: int, n: int, device: str, dtype: str | None = None) -> str:
-    return f"E={e},N={n},device_name={device.replace(' ', '_')}" + (f",dtype={dtype}" if dtype else "") + ".json"
+def file_name(e: int, n: int, device: str, dtype: str | None = None, block: list[int] | None = None) -> str:
+    # unlike vLLM's, SGLang's get_config_file_name keeps the list's space: block_shape=[128, 128]
+    return (f"E={e},N={n},device_name={device.replace(' ', '_')}" + (f",dtype={dtype}" if dtype else "")
+            + (f",block_shape={block}" if block else "") + ".json")
 
 
 def shipped_tables(shipped: Path) -> dict[str, dict[int, dict]]:
@@ -67,7 +68,8 @@ def shipped_tables(shipped: Path) -> dict[str, dict[int, dict]]:
 def write(entries: list[dict[str, Any]], output: Path, ask: Any = None) -> Written:
     def name(e: dict[str, Any], device: str) -> str:
         d = e["key"]["dims"]
-        return f"{folder(e['stack']['triton'])}/{file_name(d['E'], d['N'], device, dtype_selector(e['dtype']))}"
+        return (f"{folder(e['stack']['triton'])}/"
+                f"{file_name(d['E'], d['N'], device, dtype_selector(e['dtype']), block_shape(e['dtype']))}")
 
     ours = files(entries, name)
     if ask is None or ask.shipped is None:

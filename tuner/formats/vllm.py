@@ -9,8 +9,9 @@ and get_moe_configs; benchmarks/kernels/benchmark_moe.py writes them):
 
 N is the intermediate size per expert after tensor parallelism (w2's last dimension); a device of
 the H200 family is named NVIDIA_H200 whatever it reports; dtype is absent for bf16 and fp16 (one
-file serves both), "float32" for fp32, and a quantization scheme (fp8_w8a8, int8_w8a16, ...) for
-quantized weights, which this kernel does not run. At run time vLLM reads the file for its layer and
+file serves both), "float32" for fp32, and the quantization scheme (fp8_w8a8, int8_w8a16) for the
+fused_moe_quant kernel's keys, with `,block_shape=[128,128]` after it for block-wise fp8 weights
+(get_config_file_name writes the list without spaces). At run time vLLM reads the file for its layer and
 takes the entry whose M is nearest the batch. A top-level "triton_version" (newer tuning scripts
 write one) is metadata.
 """
@@ -21,13 +22,15 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from search_spaces.fused_moe_vllm import SCHEMES
 from tuner.formats import Written, inside
 from tuner.formats.bundle import write_atomic
 
 DESCRIPTION = "vLLM's fused-MoE config files, one per (E, N, device, dtype), for VLLM_TUNED_CONFIG_FOLDER"
 WRITES = "directory"
 KERNEL = "fused_moe"
-KERNELS = (KERNEL,)
+# the kernels whose bests vLLM's fused-MoE files hold: both run vLLM's fused_moe_kernel configuration
+KERNELS = (KERNEL, "fused_moe_quant")
 # vLLM's key order (benchmark_moe.py sort_config): the ROCm knobs only where the config has them
 PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages",
           "waves_per_eu", "matrix_instr_nonkdim", "kpack")
@@ -37,9 +40,17 @@ _NAME = re.compile(r"E=(?P<E>[0-9]+),N=(?P<N>[0-9]+),device_name=(?P<device>[^,]
 
 
 def dtype_selector(dtype: str) -> str | None:
-    """What a file name says for one of our dtypes (vLLM's _get_config_dtype_str for unquantized
-    weights): nothing for bf16 and fp16, "float32" for fp32."""
+    """What a file name says for one of our dtypes (vLLM's get_config_dtype_str): nothing for bf16
+    and fp16, "float32" for fp32, the scheme's name for a quantized key (fp8_w8a8, int8_w8a16)."""
+    if dtype in SCHEMES:
+        return SCHEMES[dtype].vllm_dtype
     return "float32" if dtype == "float32" else None
+
+
+def block_shape(dtype: str) -> list[int] | None:
+    """The weights' scale block [block_n, block_k] a quantized key's file names, else None."""
+    scheme = SCHEMES.get(dtype)
+    return list(scheme.block) if scheme and scheme.block else None
 
 
 def device_file_name(name: str) -> str:
@@ -48,9 +59,10 @@ def device_file_name(name: str) -> str:
     return "NVIDIA_H200" if "H200" in name.split("_") else name
 
 
-def file_name(e: int, n: int, device: str, dtype: str | None = None) -> str:
-    """vLLM's file name; `device` as torch reports it."""
-    return f"E={e},N={n},device_name={device_file_name(device)}" + (f",dtype={dtype}" if dtype else "") + ".json"
+def file_name(e: int, n: int, device: str, dtype: str | None = None, block: list[int] | None = None) -> str:
+    """vLLM's file name; `device` as torch reports it, `block` the weights' scale block."""
+    return (f"E={e},N={n},device_name={device_file_name(device)}" + (f",dtype={dtype}" if dtype else "")
+            + (f",block_shape={block}".replace(" ", "") if block else "") + ".json")
 
 
 def vllm_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +74,7 @@ def files(entries: list[dict[str, Any]], name: Callable[[dict[str, Any], str], s
     device name its class has (`name(entry, device_name)`). Where two entries land on one file and M
     (bf16 and fp16, or two models with the same E and N), the one tuned last wins."""
     out: dict[str, dict[int, dict]] = {}
-    for e in sorted((e for e in entries if e["kernel"] == KERNEL), key=lambda e: e["tuned_at"]):
+    for e in sorted((e for e in entries if e["kernel"] in KERNELS), key=lambda e: e["tuned_at"]):
         for device in e.get("device_names", ()):
             out.setdefault(name(e, device), {})[int(e["key"]["dims"]["M"])] = vllm_config(e["config"])
     return out
@@ -81,7 +93,7 @@ def write_files(tables: dict[str, dict[int, dict]], output: Path) -> int:
 def write(entries: list[dict[str, Any]], output: Path, ask: Any = None) -> Written:
     def name(e: dict[str, Any], device: str) -> str:
         d = e["key"]["dims"]
-        return file_name(d["E"], d["N"], device, dtype_selector(e["dtype"]))
+        return file_name(d["E"], d["N"], device, dtype_selector(e["dtype"]), block_shape(e["dtype"]))
 
     return Written(write_files(files(entries, name), output))
 

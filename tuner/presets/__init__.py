@@ -3,16 +3,23 @@ the kernel keys a model expands to at a tensor-parallel size and the batch sizes
 
     name = "mixtral-8x7b"             # what --model takes
     source = "mistralai/Mixtral-8x7B-Instruct-v0.1"
-    dtype = "bfloat16"                # what it is served in: the keys' dtype unless --dtype says
+    dtype = "bfloat16"                # what it is served in: the keys' dtype unless --dtype says; a
+                                      #   quantized checkpoint's scheme (fp8_w8a8_block128, ...) puts
+                                      #   its MoE layers on fused_moe_quant (its dense GEMMs on no
+                                      #   kernel here: listed, not keyed)
+    config = ["num_local_experts = 8", ...]  # the config.json fields the numbers come from
     [[moe]]                           # fused_moe layers: E experts of intermediate size N (before
     name = "experts"                  #   tensor parallelism), hidden size K, top-k routing
     E = 8; N = 14336; K = 4096; topk = 2
     [[dense]]                         # matmul layers, y = x W with W of K rows and N columns; `split`
     name = "qkv_proj"                 #   names the dimension tensor parallelism divides ("N", "K"
     N = 6144; K = 4096; split = "N"   #   or "none"), `divides` counts it must divide as well (heads)
-    divides = [32, 8]
+    divides = [32]
     slices = [4096, 1024, 1024]       #   the output widths of a merged projection's parts (q, k,
                                       #   v; gate, up): LoRA adapts each part, vLLM's num_slices
+    kv_heads = 8                      #   a qkv projection's key/value heads (its last two slices):
+                                      #   split by tp while tp < kv_heads, else one head a rank,
+                                      #   replicated (vLLM's QKVParallelLinear), so tp 16 serves it
 A user adds a model with a file of their own (`--model path/to/model.toml`). Keys and tables this
 loader does not know (a layer's `layers` count, LoRA targets) are kept in `Model.raw` for whoever
 reads them. vLLM shards a MoE layer's intermediate size across tensor-parallel ranks (its config
@@ -32,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces.base import DTYPES
-from search_spaces.fused_moe_vllm import BATCH_SIZES
+from search_spaces.fused_moe_vllm import BATCH_SIZES, SCHEMES
 from tuner.errors import UserError
 
 HERE = Path(__file__).resolve().parent
@@ -47,11 +54,35 @@ class Layer:
     split: str = "N"  # the dimension tensor parallelism divides
     divides: tuple[int, ...] = ()
     slices: tuple[int, ...] = ()  # dense: the output widths of its merged parts (sum N); () is one part
+    kv_heads: int = 0  # a qkv projection's key/value heads (its last two slices); 0: none
 
     @property
     def parts(self) -> tuple[int, ...]:
         """The output widths LoRA adapts one by one: the slices, or the whole N."""
         return self.slices or (dict(self.dims)["N"],)
+
+    def shard(self, tp: int, model: str) -> tuple[int, ...]:
+        """The widths of the parts one of tp ranks computes, N split: every part divided by tp, but a
+        qkv projection's k and v, which hold one head a rank once tp reaches kv_heads (vLLM's
+        QKVParallelLinear: num_kv_heads = 1, replicated tp / kv_heads times); UserError where tp
+        does not divide a part (or kv_heads, or is not a multiple of it)."""
+        parts = self.parts
+        kv = parts[-2:] if self.kv_heads else ()
+        out = []
+        for i, width in enumerate(parts):
+            if i >= len(parts) - len(kv) and tp >= self.kv_heads:
+                if tp % self.kv_heads:
+                    raise UserError(f"--tp {tp} is neither a divisor nor a multiple of the {self.kv_heads} key/value "
+                                    f"heads of {model}'s {self.name}; use one of: {_divisors(self.kv_heads)} or a "
+                                    f"multiple of {self.kv_heads}")
+                out.append(width // self.kv_heads)
+            elif width % tp:
+                what = "a slice" if len(parts) > 1 else "a dimension"
+                raise UserError(f"--tp {tp} does not divide {width}, {what} of {model}'s {self.name} "
+                                f"that tensor parallelism splits; use a tp that divides it: {_divisors(width)}")
+            else:
+                out.append(width // tp)
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -62,18 +93,31 @@ class Model:
     layers: tuple[Layer, ...]
     path: str
     raw: Any  # the whole document, for fields read elsewhere
+    config: tuple[str, ...] = ()  # the config.json fields the preset's numbers come from
 
-    def keys(self, tp: int, batch_sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, list[dict[str, int]]]:
+    def keys(self, tp: int, batch_sizes: tuple[int, ...] = BATCH_SIZES,
+             dtype: str | None = None) -> dict[str, list[dict[str, int]]]:
         """kernel -> the key dims (without dtype) of every layer at tensor-parallel size tp and every
-        batch size; UserError when tp does not divide a dimension it must."""
+        batch size, in dtype (the model's unless given: a quantized scheme keys the MoE layers on
+        fused_moe_quant and no dense layer); UserError when tp does not divide a dimension it must."""
         self._check_tp(tp)
+        dtype = dtype or self.dtype
         out: dict[str, list[dict[str, int]]] = {}
         for layer in self.layers:
+            kernel = layer_kernel(layer.kind, dtype)
+            if kernel is None:
+                continue
             d = dict(layer.dims)
             split = "N" if layer.kind == "moe" else layer.split
-            if split != "none":
+            if split == "N":
+                d["N"] = sum(layer.shard(tp, self.name)) if layer.kind == "dense" else d["N"] // tp
+                block = SCHEMES[dtype].block if dtype in SCHEMES else None
+                if layer.kind == "moe" and block and d["N"] % block[0]:
+                    # vLLM's Fp8MoEMethod refuses an intermediate size per rank its weight blocks do not tile
+                    raise UserError(f"--tp {tp} leaves {self.name}'s experts N = {d['N']} a rank, which its "
+                                    f"{block[0]}-wide weight blocks do not divide; use a smaller tp")
+            elif split != "none":
                 d[split] //= tp
-            kernel = "fused_moe" if layer.kind == "moe" else "matmul"
             for m in batch_sizes:
                 _add(out, kernel, {**d, "M": m})
         return out
@@ -85,7 +129,9 @@ class Model:
         for layer in self.layers:
             d = dict(layer.dims)
             split = "N" if layer.kind == "moe" else layer.split
-            for need in ((d[split],) if split != "none" else ()) + layer.divides:
+            if layer.kind == "dense" and split == "N":
+                layer.shard(tp, self.name)
+            for need in ((d[split],) if split == "K" or layer.kind == "moe" else ()) + layer.divides:
                 if need % tp:
                     raise UserError(f"--tp {tp} does not divide {need}, a dimension of {self.name}'s {layer.name} "
                                     f"that tensor parallelism splits; use a tp that divides it: {_divisors(need)}")
@@ -102,12 +148,8 @@ class Model:
         out: dict[str, list[dict[str, int]]] = {}
         for layer in dense:
             d, slices = dict(layer.dims), layer.parts
-            for width in slices:
-                if layer.split == "N" and width % tp:
-                    raise UserError(f"--tp {tp} does not divide {width}, a slice of {self.name}'s {layer.name}; "
-                                    f"use a tp that divides it: {_divisors(width)}")
             k = d["K"] // tp if layer.split == "K" else d["K"]
-            n = max(slices) // tp if layer.split == "N" else max(slices)
+            n = max(layer.shard(tp, self.name)) if layer.split == "N" else max(slices)
             for rank in ranks:
                 for m in batch_sizes:
                     common = {"M": m, "RANK": rank, "SLICES": len(slices), "LORAS": max_loras}
@@ -126,13 +168,26 @@ class Model:
             return any(_lora_serves(layer, kernel, dims) for layer in self.layers if layer.kind == "dense")
         for layer in self.layers:
             d = dict(layer.dims)
-            if kernel != ("fused_moe" if layer.kind == "moe" else "matmul"):
+            if kernel not in LAYER_KERNELS[layer.kind]:
                 continue
             split = "N" if layer.kind == "moe" else layer.split
             fixed = all(dims.get(k) == v for k, v in d.items() if k != split)
             if fixed and (split == "none" or (dims.get(split) and d[split] % dims[split] == 0)):
                 return True
         return False
+
+
+# the kernels a layer runs on: unquantized, and (MoE only) with quantized weights
+LAYER_KERNELS = {"moe": ("fused_moe", "fused_moe_quant"), "dense": ("matmul",)}
+
+
+def layer_kernel(kind: str, dtype: str) -> str | None:
+    """The kernel a layer of this kind runs on in dtype; None where none here does (a quantized
+    checkpoint's dense GEMMs: vLLM runs them with its own fp8 kernels)."""
+    quantized = dtype in SCHEMES
+    if kind == "moe":
+        return LAYER_KERNELS["moe"][quantized]
+    return None if quantized else LAYER_KERNELS["dense"][0]
 
 
 def _add(out: dict[str, list[dict[str, int]]], kernel: str, dims: dict[str, int]) -> None:
@@ -165,8 +220,11 @@ def parse(doc: Any, path: str) -> Model:
     if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or not doc["name"]:
         raise UserError(f"model file {where} needs name = \"...\"")
     dtype = doc.get("dtype", "bfloat16")
-    if dtype not in DTYPES:
-        raise UserError(f"{where}: dtype {str(dtype)[:20]!r} is not one of {', '.join(DTYPES)}")
+    if dtype not in DTYPES and dtype not in SCHEMES:
+        raise UserError(f"{where}: dtype {str(dtype)[:20]!r} is not one of {', '.join((*DTYPES, *SCHEMES))}")
+    config = doc.get("config", [])
+    if not isinstance(config, list) or not all(isinstance(c, str) for c in config):
+        raise UserError(f"{where}: config must be a list of strings (the config.json fields used)")
     layers = []
     for kind, names in (("moe", ("E", "N", "K", "topk")), ("dense", ("N", "K"))):
         entries = doc.get(kind, [])
@@ -191,11 +249,16 @@ def parse(doc: Any, path: str) -> Model:
             slices = tuple(_positive_int(v, f"{at} slices") for v in slices)
             if slices and sum(slices) != dict(dims)["N"]:
                 raise UserError(f"{at}: slices {list(slices)} add up to {sum(slices)}, not N = {dict(dims)['N']}")
+            kv_heads = entry.get("kv_heads", 0)
+            if kv_heads:
+                kv_heads = _positive_int(kv_heads, f"{at} kv_heads")
+                if kind != "dense" or split != "N" or len(slices) < 3:
+                    raise UserError(f"{at}: kv_heads goes with a qkv projection: split = \"N\" and slices = [q, k, v]")
             layers.append(Layer(kind, str(entry.get("name", f"{kind}{i + 1}")), dims, split,
-                                tuple(_positive_int(v, f"{at} divides") for v in divides), slices))
+                                tuple(_positive_int(v, f"{at} divides") for v in divides), slices, kv_heads))
     if not layers:
         raise UserError(f"model file {where} has no [[moe]] or [[dense]] layer")
-    return Model(doc["name"], str(doc.get("source", "")), dtype, tuple(layers), str(path), doc)
+    return Model(doc["name"], str(doc.get("source", "")), dtype, tuple(layers), str(path), doc, tuple(config))
 
 
 def _read(path: Path) -> Model:
