@@ -130,6 +130,55 @@ def runtime_misses(s, kernel: str | None = None, include_tuned: bool = False) ->
             for m in store.misses(s, kernel=kernel, include_tuned=include_tuned)]
 
 
+def heartbeat_ages(s) -> dict[tuple[str, str], float]:
+    """(worker name, class slug) -> seconds since its last heartbeat, for every worker that has not
+    stopped cleanly (a crashed one keeps aging, which is what an alert looks for)."""
+    now = utcnow()
+    rows = s.execute(select(models.Worker.name, models.DeviceClass.slug, models.Worker.heartbeat_at)
+                     .outerjoin(models.DeviceClass, models.DeviceClass.id == models.Worker.device_class_id)
+                     .where(models.Worker.stopped_at.is_(None), models.Worker.heartbeat_at.is_not(None))).all()
+    return {(name, slug or ""): max(0.0, (now - beat).total_seconds()) for name, slug, beat in rows}
+
+
+def queue_consumers(s, dead_after_s: float, names: list[str]) -> dict[str, int]:
+    """Live workers that consume each queue (a worker listens on its class's queue and its
+    families'): 0 for queued work that no live worker will take."""
+    out = dict.fromkeys(names, 0)
+    for w in workers(s, dead_after_s):
+        if w["alive"] and w["device_class"]:
+            for name in (w["device_class"], *aliases_of(w["device_class"])):
+                out[QUEUE_PREFIX + name] = out.get(QUEUE_PREFIX + name, 0) + 1
+    return out
+
+
+def queue_oldest(s) -> dict[str, float]:
+    """Per class queue, the age in seconds of the oldest batch still waiting for a worker: the
+    earliest enqueue of a key of a job no worker has started (the broker's messages carry no time)."""
+    from workers.queues import queue_for
+
+    now = utcnow()
+    rows = s.execute(select(models.Job.device_selector, func.min(models.JobKey.enqueued_at))
+                     .join(models.JobKey, models.JobKey.job_id == models.Job.id)
+                     .where(models.Job.state == "queued", models.Job.device_selector.is_not(None))
+                     .group_by(models.Job.device_selector)).all()
+    out: dict[str, float] = {}
+    for selector, first in rows:
+        try:
+            queue = queue_for(selector)
+        except Exception:  # a selector no class answers to any more: its raw name is the queue
+            queue = QUEUE_PREFIX + selector
+        if first is not None:
+            out[queue] = max(out.get(queue, 0.0), (now - first).total_seconds())
+    return out
+
+
+def job_durations(s) -> list[tuple[str, float]]:
+    """(kind, seconds from creation to end) of every ended job."""
+    rows = s.execute(select(models.Job.kind, models.Job.created_at, models.Job.finished_at)
+                     .where(models.Job.finished_at.is_not(None))).all()
+    return [(kind, max(0.0, (end - start).total_seconds())) for kind, start, end in rows]
+
+
 def _iso(value) -> str | None:
     return value.isoformat() if value else None
 

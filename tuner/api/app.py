@@ -36,6 +36,7 @@ def create_app(settings: Settings) -> FastAPI:
         return {"status": "ok"}
 
     app.add_middleware(errors.Guard, token=settings.api_token)
+    metrics.instrument(app)
     return app
 
 

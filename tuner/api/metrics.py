@@ -11,14 +11,26 @@ any number of API processes report the same values.
     tuner_stale_keys{device_class}                  current bests no live stack of the class has retuned
     tuner_runtime_misses_total{device_class,kernel,level}  launches runtimes served from a fallback level
     tuner_runtime_missed_keys{device_class}         keys served from a fallback level and not tuned since
+    tuner_worker_heartbeat_age_seconds{worker,device_class}  seconds since each not-stopped worker's heartbeat
+    tuner_workers_dead                              workers silent past the grace that never stopped cleanly
+    tuner_queue_consumers{queue}                    live workers consuming each class queue
+    tuner_queue_oldest_seconds{queue}               age of the oldest batch of a job no worker has started
+    tuner_job_duration_seconds{kind}                histogram of ended jobs' creation-to-end times
+    tuner_api_requests_total{route,method,status}   requests this API process answered (its own counter)
+    tuner_api_request_seconds{route,method}         their latency (histogram)
+
+Every gauge has a sample even when it is zero (a class with no trial in the last minute, no stale
+key), so an alert on it can tell "zero" from "absent".
 """
 from __future__ import annotations
 
 import logging
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from db.session import session_scope
 from tuner import fleet
@@ -27,6 +39,8 @@ from tuner.settings import Settings
 
 log = logging.getLogger("tuner.api")
 router = APIRouter()
+# a job runs from seconds (a small interpreter tune) to hours (a model's keys on a fleet)
+JOB_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 12 * 3600, 24 * 3600)
 
 
 class FleetCollector:
@@ -46,6 +60,11 @@ class FleetCollector:
                 stale = fleet.stale_keys(s, settings.worker_dead_after_s)
                 misses = fleet.runtime_misses(s, include_tuned=True)  # counted ever: a counter only grows
                 untuned = fleet.runtime_misses(s)
+                ages = fleet.heartbeat_ages(s)
+                consumers = fleet.queue_consumers(s, settings.worker_dead_after_s, names)
+                oldest = fleet.queue_oldest(s)
+                durations = fleet.job_durations(s)
+                classes = sorted({w["device_class"] for w in workers if w["device_class"]} | set(stale) | set(rate))
         except Exception as exc:  # a scrape answers what it can; the database's state is the first gauge
             log.warning("metrics: database unavailable: %s", exc)
             yield gauge("tuner_database_up", "1 if the database answered this scrape", [], {(): 0})
@@ -66,11 +85,11 @@ class FleetCollector:
         yield gauge("tuner_workers_live", "Live workers per device class and stack fingerprint",
                     ["device_class", "fingerprint"], live)
         yield gauge("tuner_trials_per_minute", "Measured trials stored in the last minute", ["device_class"],
-                    {(dc,): n for dc, n in rate.items()})
-        yield gauge("tuner_trials", "Trials stored, by outcome", ["device_class", "status"], outcomes,
-                    CounterMetricFamily)
+                    {(dc,): rate.get(dc, 0) for dc in classes})
+        yield gauge("tuner_trials", "Trials stored, by outcome", ["device_class", "status"],
+                    {(dc, "ok"): 0 for dc in classes} | outcomes, CounterMetricFamily)
         yield gauge("tuner_stale_keys", "Current bests tuned under a stack no live worker of the class runs",
-                    ["device_class"], {(dc,): n for dc, n in stale.items()})
+                    ["device_class"], {(dc,): stale.get(dc, 0) for dc in classes})
         launches: dict[tuple[str, str, str], int] = {}
         for m in misses:
             k = (m["device_class"], m["kernel"], m["level"])
@@ -82,6 +101,15 @@ class FleetCollector:
             keys[(m["device_class"],)] = keys.get((m["device_class"],), 0) + 1
         yield gauge("tuner_runtime_missed_keys", "Keys served from a fallback level and not tuned since",
                     ["device_class"], keys)
+        yield gauge("tuner_worker_heartbeat_age_seconds", "Seconds since the heartbeat of each worker that has "
+                    "not stopped cleanly", ["worker", "device_class"], ages)
+        yield gauge("tuner_workers_dead", "Workers silent past the heartbeat grace that never stopped cleanly", [],
+                    {(): sum(1 for w in workers if not w["alive"] and not w["stopped_at"])})
+        yield gauge("tuner_queue_consumers", "Live workers consuming each class queue", ["queue"],
+                    {(q,): n for q, n in consumers.items()})
+        yield gauge("tuner_queue_oldest_seconds", "Age of the oldest batch of a job that no worker has started",
+                    ["queue"], {(q,): oldest.get(q, 0.0) for q in names})
+        yield histogram("tuner_job_duration_seconds", "Ended jobs, creation to end", "kind", durations, JOB_BUCKETS)
 
 
 def gauge(name: str, text: str, labels: list[str], values: dict[tuple, float], kind=GaugeMetricFamily):
@@ -92,10 +120,45 @@ def gauge(name: str, text: str, labels: list[str], values: dict[tuple, float], k
     return family
 
 
+def histogram(name: str, text: str, label: str, samples: list[tuple[str, float]], buckets: tuple[float, ...]):
+    """A histogram family of (label value, observation) pairs, cumulative buckets as Prometheus
+    expects them; a family with no sample still says so (an empty `kind` series is not emitted)."""
+    family = HistogramMetricFamily(name, text, labels=[label])
+    for value in sorted({v for v, _ in samples}):
+        seen = [x for v, x in samples if v == value]
+        counts = [(str(float(b)), sum(1 for x in seen if x <= b)) for b in buckets] + [("+Inf", len(seen))]
+        family.add_metric([value], counts, sum(seen))
+    return family
+
+
 def registry_for(settings: Settings) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(settings))
     return registry
+
+
+def instrument(app) -> None:
+    """Count and time every request this process answers, by route template (never the raw path:
+    a job id in a label would make a series per job), method and status."""
+    registry = app.state.metrics
+    requests = Counter("tuner_api_requests", "Requests answered by this API process", ["route", "method", "status"],
+                       registry=registry)
+    seconds = Histogram("tuner_api_request_seconds", "Time to answer a request", ["route", "method"],
+                        registry=registry)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            name = getattr(route, "path", None) or "unmatched"
+            requests.labels(name, request.method, str(status)).inc()
+            seconds.labels(name, request.method).observe(time.perf_counter() - start)
 
 
 @router.get("/metrics", include_in_schema=False)
