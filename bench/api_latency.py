@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "api_latency.json"
 CLASSES = ("h100-sxm-80gb", "h200-141gb", "mi300x-192gb", "a100-sxm-80gb")
 TOKEN = "bench-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}  # every read needs the token
 
 
 CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
@@ -115,7 +116,7 @@ def throughput(base: str, path: str, clients: int, seconds: float, headers: dict
     end = time.perf_counter() + seconds
 
     def run(i: int) -> None:
-        with httpx.Client(base_url=base, timeout=60) as c:
+        with httpx.Client(base_url=base, timeout=60, headers=AUTH) as c:
             while time.perf_counter() < end:
                 c.get(path, headers=headers)
                 counts[i] += 1
@@ -397,7 +398,7 @@ def main() -> None:
             bundle = f"/v1/bundle?device_class={CLASSES[0]}&kernel=matmul"
             status = f"/v1/jobs/{job}"
             results = {}
-            with httpx.Client(base_url=base, timeout=60) as c:
+            with httpx.Client(base_url=base, timeout=60, headers=AUTH) as c:
                 first = c.get(bundle)
                 tag, size, entries = first.headers["etag"], len(first.content), len(first.json()["entries"])
                 for _ in range(10):  # warm the server's pools and caches

@@ -26,7 +26,13 @@ _makers: dict[str, sessionmaker] = {}
 
 
 class DatabaseError(RuntimeError):
-    """A database that cannot be used as configured; the message says what to do."""
+    """A database that cannot be used as configured; the message says what to do. `transient`: the
+    server did not answer or refused connections for now (down, starting, an outage), so waiting
+    may cure it; a wrong password, a missing database or schema never cures itself."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 def redact(url: str | URL) -> str:
@@ -109,15 +115,17 @@ def dispose_all() -> None:
     _makers.clear()
 
 
-def _hint(reason: str, sqlite: bool) -> str:
+def _diagnose(reason: str, sqlite: bool) -> tuple[str, bool]:
+    """(how to fix a connection failure, whether it may pass by itself: the server down or
+    refusing connections, as in an outage)."""
     low = reason.lower()
     if sqlite:
-        return "check that the file and its directory are writable, or set TUNER_DB_URL"
+        return "check that the file and its directory are writable, or set TUNER_DB_URL", False
     if "password" in low or "role" in low or "authentication" in low:
-        return "check the user and password in TUNER_DB_URL"
+        return "check the user and password in TUNER_DB_URL", False
     if "database" in low and "does not exist" in low:
-        return "create the database (createdb NAME) or set TUNER_DB_URL"
-    return "start the database server or set TUNER_DB_URL"
+        return "create the database (createdb NAME) or set TUNER_DB_URL", False
+    return "start the database server or set TUNER_DB_URL", True
 
 
 @contextmanager
@@ -131,8 +139,8 @@ def _translated(url: str) -> Iterator[None]:
         password = make_url(url).password
         if password:  # drivers do not echo it today; make sure no future one does either
             reason = reason.replace(str(password), "***")
-        sqlite = sqlite_path(url) is not None
-        raise DatabaseError(f"cannot use database {redact(url)}: {reason}; {_hint(reason, sqlite)}") from None
+        hint, transient = _diagnose(reason, sqlite_path(url) is not None)
+        raise DatabaseError(f"cannot use database {redact(url)}: {reason}; {hint}", transient) from None
 
 
 def check_reachable(url: str, *, create_dir: bool = False) -> None:

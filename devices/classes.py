@@ -171,6 +171,20 @@ def device_names(slug: str, reported: tuple[str, ...] | list[str] = ()) -> tuple
     return (_BY_SLUG[slug].name,) if slug in _BY_SLUG else ()
 
 
+# vLLM, SGLang and the LoRA export make file names of a device name: letters, digits and what real
+# GPUs' names hold (NVIDIA H100 80GB HBM3, AMD Instinct MI300X (gfx942)), never a path separator
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_. ()-]{1,100}")
+
+
+def check_device_name(name: str) -> str:
+    """A device name torch reported, refused (SpecError, one line) unless it is safe in a file name:
+    `[A-Za-z0-9_. ()-]`, at most 100 characters, no `..`. An empty name (none reported) passes."""
+    if name and (not _SAFE_NAME.fullmatch(name) or ".." in name):
+        raise SpecError(f"device name {name[:80]!r} is not a safe file name (exports name files by it): the "
+                        "driver must report letters, digits, spaces and _ . ( ) - only, at most 100, without '..'")
+    return name
+
+
 def known_selectors() -> list[str]:
     return sorted(ALIASES) + sorted(_BY_SLUG)
 

@@ -2,7 +2,8 @@
 the token rules, the bundle's ETag, /metrics, and `tuner serve` itself.
 
 The app runs in-process through Starlette's TestClient (httpx over ASGI, with the client address
-set to the loopback or another host); `tuner serve` runs as a real uvicorn process.
+set to the loopback or another host, and the Host header of the loopback); `tuner serve` runs as a
+real uvicorn process.
 """
 import os
 import re
@@ -27,17 +28,23 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 TOKEN = "t0ken-for-tests"
+RUNTIME_TOKEN = "runtime-t0ken-for-tests"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
+RUNTIME = {"authorization": f"Bearer {RUNTIME_TOKEN}"}
 LOCAL, REMOTE = ("127.0.0.1", 40000), ("192.0.2.7", 40000)  # 192.0.2.0/24: documentation addresses
+BASE = "http://localhost:8000"  # the Host header a browser on this machine sends
+SAME_ORIGIN = {"origin": BASE}  # what a browser adds to a form posted from one of the server's pages
 
 
-def make_client(home, client=LOCAL, token=TOKEN, db_url=None, **env):
+def make_client(home, client=LOCAL, token=TOKEN, db_url=None, auth=True, host="127.0.0.1", **env):
+    """A client of the app; `auth`: every request sends the operators' token unless it says otherwise."""
     from tuner.api.app import create_app
 
-    values = {"TUNER_HOME": str(home), "TUNER_API_TOKEN": token, **env}
+    values = {"TUNER_HOME": str(home), "TUNER_API_TOKEN": token, "TUNER_RUNTIME_TOKEN": RUNTIME_TOKEN, **env}
     if db_url:
         values["TUNER_DB_URL"] = db_url
-    return TestClient(create_app(settings_mod.from_env(values)), client=client, raise_server_exceptions=False)
+    return TestClient(create_app(settings_mod.from_env(values), host), client=client, base_url=BASE,
+                      headers=AUTH if auth and token else None, raise_server_exceptions=False)
 
 
 @pytest.fixture
@@ -151,63 +158,200 @@ def test_malformed_json_is_422(api):
     assert r.status_code == 422 and "JSON" in r.json()["error"]
 
 
-# ---- tokens ------------------------------------------------------------------------------
+# ---- tokens, Host, Origin, sessions ------------------------------------------------------------
 
-def test_writes_need_the_token(tmp_path):
+JOB = {"kernel": "trivial", "shapes": ["N=16"], "device_class": "cpu"}
+FORM = {"kernel": "trivial", "shapes": "N=16", "device_class": "cpu", "trials": "3"}
+FAKE_JOB = "f" * 32
+
+# what a caller without the right to it sends: (method, path, client, headers, body, status, what the
+# one line says). Each is refused before anything is read or written.
+REFUSED = {
+    "read without a token": ("GET", "/v1/jobs", LOCAL, {}, None, 401, "needs the token"),
+    "read from another host": ("GET", "/v1/jobs", REMOTE, {}, None, 401, "needs the token"),
+    "page without a token": ("GET", "/", LOCAL, {}, None, 401, "log in at /login"),
+    "metrics without a token": ("GET", "/metrics", LOCAL, {}, None, 401, "needs the token"),
+    "docs without a token": ("GET", "/openapi.json", LOCAL, {}, None, 401, "needs the token"),
+    # a same-host forwarder (ssh tunnel, port-forward, sidecar) or a forged header make a caller
+    # look local: neither grants anything
+    "forwarded for localhost": ("GET", "/v1/bundle?device_class=cpu", REMOTE,
+                                {"x-forwarded-for": "localhost"}, None, 401, "needs the token"),
+    "forwarded for the loopback": ("GET", "/metrics", LOCAL, {"x-forwarded-for": "127.0.0.1",
+                                                              "x-real-ip": "127.0.0.1"}, None, 401, "needs the token"),
+    "wrong token": ("GET", "/v1/jobs", LOCAL, {"authorization": "Bearer wrong"}, None, 401, "wrong token"),
+    "write without a token": ("POST", "/v1/jobs", LOCAL, {}, JOB, 401, "a write needs the token"),
+    "token without Bearer": ("POST", "/v1/jobs", LOCAL, {"authorization": TOKEN}, JOB, 401, "needs the token"),
+    "runtime token submits": ("POST", "/v1/jobs", LOCAL, RUNTIME, JOB, 403, "may only GET /v1/bundle and POST"),
+    "runtime token cancels": ("POST", f"/v1/jobs/{FAKE_JOB}/cancel", LOCAL, RUNTIME, None, 403, "may only GET"),
+    "runtime token reads jobs": ("GET", "/v1/jobs", LOCAL, RUNTIME, None, 403, "use TUNER_API_TOKEN for this"),
+    "runtime token reads metrics": ("GET", "/metrics", LOCAL, RUNTIME, None, 403, "may only GET /v1/bundle"),
+    "runtime token on a page": ("GET", "/", LOCAL, RUNTIME, None, 403, "may only GET /v1/bundle"),
+    "unknown Host": ("POST", "/v1/jobs", LOCAL, {**AUTH, "host": "rebound.example.org"}, JOB, 400,
+                     "unknown Host header 'rebound.example.org'"),
+    "unknown Host on a read": ("GET", "/v1/jobs", LOCAL, {**AUTH, "host": "rebound.example.org:8000"}, None, 400,
+                               "add its name to TUNER_API_ALLOWED_HOSTS"),
+    "cross-origin form": ("POST", "/jobs", LOCAL, {**AUTH, "origin": "http://evil.example"}, FORM, 403,
+                          "posted from this server's own pages"),
+    "form without origin": ("POST", "/jobs", LOCAL, AUTH, FORM, 403, "posted from this server's own pages"),
+    "cross-site referer": ("POST", "/jobs", LOCAL, {**AUTH, "referer": "http://evil.example/jobs"}, FORM, 403,
+                           "posted from this server's own pages"),
+    "cross-origin login": ("POST", "/login", LOCAL, {"origin": "http://evil.example"}, {"token": TOKEN}, 403,
+                           "posted from this server's own pages"),
+    "form without a session": ("POST", "/jobs", LOCAL, SAME_ORIGIN, FORM, 401, "needs the token"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_a_request_without_the_right_is_refused_in_one_json_line_and_writes_nothing(case, tmp_path):
+    method, path, client, headers, body, status, says = REFUSED[case]
     home = tmp_path / "home"
-    body = {"kernel": "trivial", "shapes": ["N=16"], "device_class": "cpu"}
-    api = make_client(home)
-    for headers, says in (({}, "needs the token"), ({"authorization": "Bearer wrong"}, "wrong token"),
-                          ({"authorization": TOKEN}, "needs the token")):  # no "Bearer"
-        r = api.post("/v1/jobs", json=body, headers=headers)
-        assert r.status_code == 401 and says in r.json()["error"], r.text
+    api = make_client(home, client=client, auth=False)
+    form = path in ("/jobs", "/login")
+    r = api.request(method, path, headers=headers, **({"data": body} if form else {"json": body}))
+    assert r.status_code == status, (r.status_code, r.text)
+    error = r.json()["error"]
+    assert says in error and "\n" not in error and len(error) < 300, error
+    assert "set-cookie" not in r.headers and jobs_written(home) == 0
+    if status == 401:
         assert r.headers["www-authenticate"] == "Bearer"
-    no_token = make_client(home, token="")
-    r = no_token.post("/v1/jobs", json=body, headers=AUTH)
-    assert r.status_code == 401 and "no TUNER_API_TOKEN" in r.json()["error"]
-    api.cookies.set("tuner_token", TOKEN)  # a browser's login cookie is no token for an API write
-    assert api.post("/v1/jobs", json=body).status_code == 401
-    api.cookies.clear()
-    # the jobs page's form: its token field, checked by the page; from another host, the login too
-    form = {"kernel": "trivial", "shapes": "N=16", "device_class": "cpu", "trials": "3", "token": "wrong"}
-    r = api.post("/jobs", data=form, headers={"accept": "text/html"})
-    assert r.status_code == 401 and "wrong or missing token" in r.text
-    remote = make_client(home, client=REMOTE)
-    r = remote.post("/jobs", data=form, headers={"accept": "text/html"})
-    assert r.status_code == 401 and "<table" not in r.text  # no jobs list for a caller without the token
-    assert jobs_written(home) == 0
-    assert api.post("/v1/jobs", json=body, headers=AUTH).status_code == 201
 
 
-def test_reads_are_open_on_the_loopback_and_need_the_token_elsewhere(tmp_path):
+def test_each_token_has_its_scope(tmp_path):
+    """The operators' token does everything; the runtime's fetches the bundle and posts misses."""
+    url = rows.schema(f"sqlite:///{tmp_path}/t.db")
+    rows.best(url, "h100-sxm-80gb", MISS_DIMS, 0.03)
+    runtime = make_client(tmp_path / "home", client=REMOTE, db_url=url, auth=False)
+    r = runtime.get("/v1/bundle", params={"device_class": "h100-sxm-80gb"}, headers=RUNTIME)
+    assert r.status_code == 200 and len(r.json()["entries"]) == 1
+    r = runtime.post("/v1/misses", json={"records": [miss()]}, headers=RUNTIME)
+    assert r.status_code == 200 and r.json()["records"] == 1, r.text
+    for path in ("/v1/jobs", "/v1/runtime-misses", "/metrics", "/", "/docs"):
+        assert runtime.get(path, headers=RUNTIME).status_code == 403, path
+    operator = make_client(tmp_path / "home", client=REMOTE, db_url=url)
+    for path in ("/v1/jobs", "/v1/runtime-misses", "/metrics", "/", "/docs", "/openapi.json", "/v1/bundle?device_class=cpu"):
+        assert operator.get(path).status_code == 200, path
+    assert operator.post("/v1/jobs", json=JOB).status_code == 201
+    assert operator.post("/v1/misses", json={"records": [miss()]}).status_code == 200
+
+
+def test_open_reads_open_reads_only(tmp_path):
+    """`tuner serve --open-reads` (a laptop's single user): reads without a token, writes with it."""
     home = tmp_path / "home"
-    assert make_client(home).post("/v1/jobs", json={"kernel": "trivial", "shapes": ["N=16"], "device_class": "cpu"},
-                                  headers=AUTH).status_code == 201
-    local, remote, logged_in = make_client(home), make_client(home, client=REMOTE), make_client(home, client=REMOTE)
-    logged_in.cookies.set("tuner_token", TOKEN)
-    for path in ("/v1/jobs", "/v1/workers", "/metrics", "/", "/docs", "/openapi.json"):
-        assert local.get(path).status_code == 200, path
-        r = remote.get(path)
-        assert r.status_code == 401, path
-        assert remote.get(path, headers=AUTH).status_code == 200, path
-        assert logged_in.get(path).status_code == 200, path
-    assert remote.get("/healthz").status_code == 200  # the container's healthcheck needs no token
-    login = remote.post("/login", data={"token": TOKEN}, follow_redirects=False)
-    assert login.status_code == 303 and "tuner_token" in login.headers["set-cookie"]
-    assert "HttpOnly" in login.headers["set-cookie"] and "SameSite=strict" in login.headers["set-cookie"]
-    assert remote.post("/login", data={"token": "nope"}).status_code == 401
+    laptop = make_client(home, auth=False, TUNER_API_OPEN_READS="1")
+    assert laptop.post("/v1/jobs", json=JOB).status_code == 401
+    assert laptop.post("/v1/jobs", json=JOB, headers=AUTH).status_code == 201
+    for path in ("/v1/jobs", "/metrics", "/", "/docs", "/openapi.json"):
+        assert laptop.get(path).status_code == 200, path
+    assert laptop.post("/jobs", data=FORM, headers=SAME_ORIGIN).status_code == 401  # a form still needs a login
+    assert laptop.get("/v1/jobs", headers=RUNTIME).status_code == 403  # a token is held to its scope
+    assert jobs_written(home) == 1
+
+
+def test_allowed_hosts(tmp_path):
+    """The bound address, the loopback's names and TUNER_API_ALLOWED_HOSTS; nothing else."""
+    api = make_client(tmp_path / "home", host="10.1.2.3", TUNER_API_ALLOWED_HOSTS="tuner.internal,*.example.org")
+    for host in ("localhost:8000", "127.0.0.1", "[::1]:8000", "10.1.2.3:8000", "tuner.internal",
+                 "a.b.example.org:443", "LOCALHOST"):
+        r = api.get("/v1/kernels", headers={"host": host})
+        assert r.status_code == 200, (host, r.text)
+    for host in ("10.1.2.4", "example.org", "evil-example.org", "tuner.internal.evil.net", "", "[::1", "a b"):
+        r = api.get("/v1/kernels", headers={"host": host})
+        assert r.status_code == 400 and "unknown Host header" in r.json()["error"], (host, r.text)
+
+
+def test_login_gives_a_session_not_the_token_and_logout_ends_it(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    rows.schema(f"sqlite:///{home}/tuner.db")  # the embedded default, with its tables
+    browser = make_client(home, client=REMOTE, auth=False)
+    assert browser.get("/jobs").status_code == 401
+    assert browser.post("/login", data={"token": RUNTIME_TOKEN}, headers=SAME_ORIGIN).status_code == 401
+    assert browser.post("/login", data={"token": "nope"}, headers=SAME_ORIGIN).status_code == 401
+    assert not browser.cookies
+    login = browser.post("/login", data={"token": TOKEN}, headers=SAME_ORIGIN, follow_redirects=False)
+    assert login.status_code == 303
+    cookie = login.headers["set-cookie"]
+    sid = browser.cookies["tuner_session"]
+    assert TOKEN not in cookie and len(sid) >= 32
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    for path in ("/", "/jobs", "/v1/jobs", "/metrics", "/docs", "/openapi.json"):
+        assert browser.get(path).status_code == 200, path
+    assert browser.post("/v1/jobs", json=JOB).status_code == 401  # a cookie is no token for an API write
+    r = browser.post("/jobs", data=FORM, headers=SAME_ORIGIN, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/jobs/") and jobs_written(home) == 1
+    assert browser.post("/logout", headers=SAME_ORIGIN, follow_redirects=False).status_code == 303
+    assert not browser.cookies
+    browser.cookies.set("tuner_session", sid)  # the old session id is dead on the server too
+    assert browser.get("/v1/jobs").status_code == 401
+    browser.cookies.set("tuner_session", TOKEN)  # nor is the token itself a session
+    assert browser.get("/v1/jobs").status_code == 401
+
+
+def test_every_answer_carries_the_security_headers(tmp_path):
+    api = make_client(tmp_path / "home")
+    for path, headers in (("/", {"accept": "text/html"}), ("/login", {}), ("/v1/kernels", {}), ("/docs", {}),
+                          ("/v1/nosuch", {}), ("/static/dashboard.css", {}), ("/healthz", {}),
+                          ("/v1/jobs", {"host": "evil.example"})):
+        r = api.get(path, headers=headers)
+        csp = {d.split()[0]: d.split()[1:] for d in r.headers["content-security-policy"].split("; ")}
+        assert csp["default-src"] == ["'self'"] and csp["frame-ancestors"] == ["'none'"], path
+        assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff", path
+
+
+def test_the_dashboard_has_no_inline_script_or_style(tmp_path):
+    """What `default-src 'self'` would block: an inline <script> or <style>, a style attribute, or
+    anything from another origin (the plots' SVG included: rows of a key give the key page its plot)."""
+    url = rows.schema(f"sqlite:///{tmp_path}/t.db")
+    key_hash = rows.best(url, "h100-sxm-80gb", {"M": 64, "N": 64, "K": 64}, 0.5)
+    api = make_client(tmp_path / "home", db_url=url)
+    for path in ("/", "/jobs", "/login", "/docs", f"/keys/matmul/{key_hash}"):
+        html = api.get(path).text
+        assert "<svg" in html or path != f"/keys/matmul/{key_hash}"
+        assert not re.search(r"<script(?![^>]*\bsrc=)|<style|\sstyle=|\son[a-z]+=", html), path
+        for ref in re.findall(r'(?:src|href)="([^"]*)"', html):
+            assert ref.startswith(("/", "#")) and not ref.startswith("//"), (path, ref)  # "#": the SVG's own parts
+
+
+def test_docs_are_served_from_packaged_files(tmp_path):
+    """/docs names no other origin, and every file it loads is served here (no internet needed)."""
+    api = make_client(tmp_path / "home")
+    html = api.get("/docs").text
+    refs = re.findall(r'(?:src|href)="([^"]*)"', html)
+    assert any(r.endswith("swagger-ui-bundle.js") for r in refs) and any(r.endswith(".css") for r in refs)
+    for ref in refs:
+        r = api.get(ref, headers={})
+        assert r.status_code == 200 and len(r.content) > 100, ref
+    assert "SwaggerUIBundle" in api.get("/static/docs.js").text
+    assert "/v1/jobs" in api.get("/openapi.json").json()["paths"]
+
+
+def test_healthz_says_no_more_than_its_status_without_the_token(tmp_path):
+    api = make_client(tmp_path / "home", db_url="postgresql+psycopg://tuner:s3cret@127.0.0.1:1/nowhere", auth=False)
+    r = api.get("/healthz")
+    assert r.status_code == 503 and r.json() == {"status": "unavailable"}
+    r = api.get("/healthz", headers=AUTH)  # an operator is told why
+    assert r.status_code == 503 and "127.0.0.1:1" in r.json()["error"] and "s3cret" not in r.text
 
 
 def test_check_bind():
-    from tuner.api.auth import check_bind, is_loopback
+    from tuner.api.auth import Policy, check_bind, is_loopback
     from tuner.errors import UserError
 
+    long, other = "x" * 32, "y" * 40
     assert all(is_loopback(h) for h in ("127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.0.2.7", "example.org", "testclient", None))
-    check_bind("127.0.0.1", "")
-    check_bind("0.0.0.0", "tok")
-    with pytest.raises(UserError, match="refusing to listen on 0.0.0.0 without a token"):
-        check_bind("0.0.0.0", "")
+    check_bind("127.0.0.1", Policy())
+    check_bind("127.0.0.1", Policy("tok", "", open_reads=True))  # short tokens and open reads: loopback only
+    check_bind("0.0.0.0", Policy(long, other))
+    for host, policy, says in (
+            ("0.0.0.0", Policy(), "refusing to listen on 0.0.0.0 without a token"),
+            ("0.0.0.0", Policy("t"), "with a 1-character TUNER_API_TOKEN: give one of at least 32 characters"),
+            ("::", Policy("x" * 31), "with a 31-character TUNER_API_TOKEN"),
+            ("192.0.2.7", Policy(long, "short"), "with a 5-character TUNER_RUNTIME_TOKEN"),
+            ("0.0.0.0", Policy(long, open_reads=True), "refusing open reads on 0.0.0.0"),
+            ("127.0.0.1", Policy(long, long), "TUNER_RUNTIME_TOKEN equals TUNER_API_TOKEN")):
+        with pytest.raises(UserError, match=re.escape(says)):
+            check_bind(host, policy)
 
 
 # ---- jobs ----------------------------------------------------------------------------------
@@ -415,13 +559,13 @@ def test_bad_misses_get_one_json_line_and_write_nothing(case, tmp_path):
 
 def test_posting_misses_needs_the_token(tmp_path):
     url = rows.schema(f"sqlite:///{tmp_path}/t.db")
-    api = make_client(tmp_path / "home", db_url=url)
+    api = make_client(tmp_path / "home", db_url=url, auth=False)
     for headers in ({}, {"authorization": "Bearer wrong"}):
         r = api.post("/v1/misses", json={"records": [miss()]}, headers=headers)
         assert r.status_code == 401 and r.json()["error"], r.text
     r = api.post("/v1/misses", content=b"{not json", headers={**AUTH, "content-type": "application/json"})
     assert r.status_code == 422 and "JSON" in r.json()["error"]
-    assert api.get("/v1/runtime-misses").json() == []
+    assert api.get("/v1/runtime-misses", headers=AUTH).json() == []
 
 
 # ---- tuner serve -----------------------------------------------------------------------------
@@ -432,12 +576,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_refuses_a_public_address_without_a_token(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tuner.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
-                          env=tuner_env(tmp_path / "home"), cwd=ROOT, capture_output=True, text=True, timeout=120)
+# `tuner serve` refuses these at start, in one line with exit status 2: (arguments, environment, says)
+SERVE_REFUSES = {
+    "no token": (["--host", "0.0.0.0"], {}, "error: refusing to listen on 0.0.0.0 without a token"),
+    "short token": (["--host", "0.0.0.0"], {"TUNER_API_TOKEN": "x" * 31},
+                    "error: refusing to listen on 0.0.0.0 with a 31-character TUNER_API_TOKEN"),
+    "open reads beyond the loopback": (["--host", "0.0.0.0", "--open-reads"], {"TUNER_API_TOKEN": "x" * 48},
+                                       "error: refusing open reads on 0.0.0.0"),
+    "bad allowed host": ([], {"TUNER_API_ALLOWED_HOSTS": "http://tuner.internal/"},
+                         "error: TUNER_API_ALLOWED_HOSTS: 'http://tuner.internal/' is not a host name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SERVE_REFUSES))
+def test_serve_refuses_what_anyone_could_read_or_guess(case, tmp_path):
+    args, env, says = SERVE_REFUSES[case]
+    proc = subprocess.run([sys.executable, "-m", "tuner.cli", "serve", "--port", "1", *args],
+                          env=tuner_env(tmp_path / "home", **env), cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: refusing to listen on 0.0.0.0 without a token")
+    assert lines[0].startswith(says), lines[0]
+    assert "x" * 31 not in proc.stderr and not (tmp_path / "home").exists()
 
 
 @pytest.mark.integration
@@ -459,8 +618,11 @@ def test_serve_answers_on_the_loopback(tmp_path):
                 pass
             assert proc.poll() is None and time.monotonic() < end, "tuner serve did not come up"
             time.sleep(0.3)
-        assert httpx.get(f"{base}/v1/jobs").json() == []
-        assert httpx.get(f"{base}/docs").status_code == 200
+        # no address grants anything, the server's own included, nor a header that names one
+        for headers in ({}, {"x-forwarded-for": "127.0.0.1"}):
+            assert httpx.get(f"{base}/v1/jobs", headers=headers).status_code == 401
+        assert httpx.get(f"{base}/v1/jobs", headers=AUTH).json() == []
+        assert httpx.get(f"{base}/docs", headers=AUTH).status_code == 200
         r = httpx.post(f"{base}/v1/jobs", content=b"x" * (10 << 20),
                        headers={**AUTH, "content-type": "application/json"}, timeout=30)
         assert r.status_code == 413 and "larger than" in r.json()["error"]

@@ -32,6 +32,9 @@ CASES = {
                                    "more than the"),
     "trial too big for the class": (["submit", "matmul", "--shape", "M=100000,N=100000,K=100000", "--dtype",
                                      "bfloat16", "--device-class", "h100"], "GiB of device class h100"),
+    "negative wait for services": (["worker", "--device", "cpu", "--wait-for-services", "-1"],
+                                   "--wait-for-services -1 is impossible"),
+    "wait for services not a number": (["serve", "--wait-for-services", "nan"], "--wait-for-services nan is impossible"),
     # what the argument parser (typer, click) refuses: the same one line, never a traceback
     "non-integer trials": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--trials", "abc"],
                            "Invalid value for '--trials'"),

@@ -1,10 +1,11 @@
 """The dashboard in a real browser: Debian's Chromium, headless, driven by Playwright, against
 `tuner serve`, a real `tuner worker` on the CPU, Redis and PostgreSQL.
 
-A job is submitted through the jobs page's form, the job page is watched until the worker has
-finished it, and every page is checked against the database: the fleet, the job's progress, the
+The browser logs in with the token, a job is submitted through the jobs page's form, the job
+page is watched until the worker has finished it, and every page is checked against the database: the fleet, the job's progress, the
 key's plot of every trial and its best, the retune report after a simulated driver update, the
-shape sweep, and the class comparison. A screenshot of each page is written to tmp_path, and to
+shape sweep, the class comparison, and /docs (its Swagger UI from the server's own files, with
+every other origin cut off); no page breaks the Content-Security-Policy. A screenshot of each page is written to tmp_path, and to
 the directory in TUNER_SCREENSHOTS when it is set (docs/dashboard/ holds the committed ones).
 """
 import json
@@ -31,6 +32,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
 INSTALL = "apt-get install -y --no-install-recommends chromium; pip install 'playwright>=1.44'"
 TOKEN = "dashboard-test-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
@@ -109,26 +111,36 @@ def registered(world, name: str) -> bool:
 
 def wait_job(world, job: str, timeout: float = 300) -> dict:
     def done():
-        st = httpx.get(f"{world['base']}/v1/jobs/{job}").json()
+        st = httpx.get(f"{world['base']}/v1/jobs/{job}", headers=AUTH).json()
         return st["state"] in ("done", "failed", "cancelled")
     wait_for(done, timeout, f"job {job}", poll_s=1)
-    return httpx.get(f"{world['base']}/v1/jobs/{job}").json()
+    return httpx.get(f"{world['base']}/v1/jobs/{job}", headers=AUTH).json()
 
 
 def test_the_dashboard_shows_a_job_submitted_through_its_page(world, browser, tmp_path):
     base = world["base"]
     wait_for(lambda: registered(world, "w1@test"), 180, "the worker to register")
     page = browser.new_page(viewport={"width": 1280, "height": 800})
+    blocked = []  # what the Content-Security-Policy refused, as Chromium reports it
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
 
-    # submit through the jobs page's form; a wrong token is refused on the page, nothing queued
+    # no page without a login; a wrong token is refused on the login page, nothing set
+    page.goto(f"{base}/jobs")
+    assert "needs the token" in page.inner_text("main")
+    page.click("main a[href='/login']")
+    page.fill("input[name=token]", "wrong")
+    page.click("#login button")
+    assert "wrong token" in page.inner_text("#login-error") and not page.context.cookies()
+    page.fill("input[name=token]", TOKEN)
+    page.click("#login button")
+    page.wait_for_url(f"{base}/")
+    (cookie,) = page.context.cookies()
+    assert cookie["value"] != TOKEN and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
+    # submit through the jobs page's form
     page.goto(f"{base}/jobs")
     page.fill("textarea[name=shapes]", "M=32,N=32,K=32")
     page.fill("input[name=trials]", "6")
-    page.fill("input[name=token]", "wrong")
-    page.click("#submit button")
-    assert "wrong or missing token" in page.inner_text("#submit-error")
-    assert sql(world, "select count(*) from jobs")[0][0] == 0
-    page.fill("input[name=token]", TOKEN)
     page.click("#submit button")
     page.wait_for_url(re.compile(r".*/jobs/[0-9a-f]{32}$"))
     job = page.url.rsplit("/", 1)[1]
@@ -157,6 +169,9 @@ def test_the_dashboard_shows_a_job_submitted_through_its_page(world, browser, tm
     measured = sql(world, "select count(*) from tuning_trials where key_hash = :h and status != 'invalid'",
                    h=key_hash)[0][0]
     assert page.locator("#trials-plot g[id^=trials-] use").count() == measured
+    # the plot's colours survive the CSP (matplotlib's style attributes would be dropped: all black)
+    fills = page.locator("#trials-plot g[id^=trials-] use").evaluate_all("els => els.map(e => getComputedStyle(e).fill)")
+    assert "rgb(0, 0, 0)" not in fills, fills
     (best_config,) = sql(world, "select config from best_configs where key_hash = :h and superseded_at is null",
                          h=key_hash)[0]
     best_config = best_config if isinstance(best_config, dict) else json.loads(best_config)
@@ -191,7 +206,7 @@ def test_the_dashboard_shows_a_job_submitted_through_its_page(world, browser, tm
     assert retune.returncode == 0, retune.stderr
     (rjob,) = [j["job"] for j in json.loads(retune.stdout)["jobs"]]
     assert wait_job(world, rjob)["state"] == "done"
-    report = httpx.get(f"{base}/v1/retune").json()
+    report = httpx.get(f"{base}/v1/retune", headers=AUTH).json()
     page.goto(f"{base}/retune")
     table = page.inner_text("#retune")
     (row,) = report["keys"]
@@ -216,9 +231,29 @@ def test_the_dashboard_shows_a_job_submitted_through_its_page(world, browser, tm
         for m, t in zip((16, 128, 4096), ms):
             rows.best(world["db_url"], slug, {"M": m, "N": 4096, "K": 4096}, t, dtype="bfloat16")
     page.goto(f"{base}/compare?a=h100&b=mi300x&kernel=matmul")
-    expected = httpx.get(f"{base}/v1/compare", params={"device_class": ["h100", "mi300x"], "kernel": "matmul"}).json()
+    expected = httpx.get(f"{base}/v1/compare", params={"device_class": ["h100", "mi300x"], "kernel": "matmul"},
+                         headers=AUTH).json()
     assert page.inner_text("#per-kernel .geomean") == f"{expected['per_kernel']['matmul']['geomean_ratio']:.3f}"
     assert page.locator("#compare tr").count() == 4
     first = page.locator("#compare tr").nth(1).inner_text()  # M=16: a skinny GEMM, judged by its GB/s
     assert f"{expected['keys'][0]['a']['gbps']:.0f}" in first and f"{expected['keys'][0]['b']['gbps']:.0f}" in first
     shot(page, "compare", tmp_path)
+
+    # /docs: Swagger UI from the server's own files, with every other origin cut off
+    outside = []
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base)
+               else (outside.append(route.request.url), route.abort()))
+    page.goto(f"{base}/docs")
+    page.wait_for_selector(".swagger-ui .info .title")
+    assert "tuner" in page.inner_text(".swagger-ui .info .title")
+    assert page.locator(".opblock-summary-path[data-path='/v1/jobs']").count() >= 1
+    assert outside == []
+    shot(page, "docs", tmp_path)
+    assert blocked == []
+
+    # logging out ends the session: the pages need a login again
+    page.goto(f"{base}/")
+    page.click("#logout button")
+    page.wait_for_url(f"{base}/login")
+    page.goto(f"{base}/")
+    assert "needs the token" in page.inner_text("main")

@@ -310,3 +310,47 @@ def test_a_rerun_never_leaves_a_worse_current_best(fleet):
     best = json.loads(run_cli(env, "best", "slow", "--shape", "N=1", "--dtype", "float32", "--json").stdout)
     assert best[0]["config"] == fastest, (best, again)
     assert again["kept_current_best"] and again["config"] == fastest
+
+
+def test_a_worker_started_during_a_database_outage_waits_and_then_serves_a_job(fleet):
+    """Issue 31 item 9: a worker started while PostgreSQL refuses connections says it is waiting,
+    stays up (it used to exit at once with status 2, so a fleet restarted in an outage crash-looped),
+    and registers and runs a job once the database is back."""
+    fleet["workers"](0)
+    engine = fleet["engine"]
+    engine.dispose()
+    with database_outage(fleet["db_url"]):
+        w = WorkerProc("outage", fleet["env"], fleet["home"])
+        try:
+            wait_for(lambda: "waiting: cannot use database" in w.text() or not w.alive(), 120,
+                     "the worker to report the outage")
+            assert w.alive(), w.text()[-2000:]
+        except BaseException:
+            w.stop()
+            raise
+    try:
+        job = submit(fleet["env"], "trivial", 1010, 3, "--parallel", "1")
+        wait_done(engine, job, timeout=240)
+        assert "answered after" in w.text()
+        wait_for(lambda: live(engine) == {"outage@test"}, 60, "the worker's heartbeat")
+    finally:
+        w.stop()
+
+
+def test_a_bounded_wait_for_an_unreachable_database_is_one_line_exit_2(tmp_path):
+    """`--wait-for-services 1` against a database that refuses connections: it says it waits, then
+    gives up with one error line and exit 2, having written nothing."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: bound, never listened
+        s.bind(("127.0.0.1", 0))
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{s.getsockname()[1]}/nothing"
+        env = service_env(tmp_path / "home", url, None)
+        for args in (["worker", "--device", "cpu"], ["serve"]):
+            proc = run_cli(env, *args, "--wait-for-services", "1", timeout=120)
+            assert proc.returncode == 2, proc.stderr
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+            assert errors == [proc.stderr.strip().splitlines()[-1]], proc.stderr
+            assert "gave up after 1 s (--wait-for-services)" in errors[0] and "cannot use database" in errors[0]
+            assert "Traceback" not in proc.stderr and "waiting: cannot use database" in proc.stderr
+    assert not (tmp_path / "home").exists() or not any((tmp_path / "home").iterdir())

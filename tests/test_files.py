@@ -44,3 +44,71 @@ def test_beat_keeps_its_schedule_as_json_in_a_private_file(tmp_path):
     assert mode(schedule) == 0o600
     assert isinstance(json.loads(schedule.read_text()), dict)
     assert not list(home.glob("celerybeat-schedule*"))  # Celery's default: a pickle shelve
+
+
+def test_a_device_name_that_is_a_path_never_takes_an_export_outside_its_folder(tmp_path):
+    """A device-class row whose reported name is `../../../x`, written straight into the database
+    (what a worker on a tampered driver, or anyone with the worker role, could store): every export
+    format writes nothing outside -o; those whose file would leave it refuse in one line, exit 2,
+    having written nothing at all."""
+    from sqlalchemy import text
+
+    from db.session import make_engine
+    from tests import rows
+    from tests.test_cli_errors import assert_one_line_error
+
+    home = tmp_path / "home"
+    home.mkdir()
+    url = rows.schema(f"sqlite:///{home}/tuner.db")
+    rows.best(url, "h100-sxm-80gb", {"E": 4, "N": 32, "K": 64, "topk": 2, "M": 16}, 1.0, kernel="fused_moe",
+              config={"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 1,
+                      "num_warps": 4, "num_stages": 3})
+    rows.best(url, "h100-sxm-80gb", {"M": 16, "K": 4096, "RANK": 16, "SLICES": 1, "LORAS": 1}, 1.0,
+              kernel="lora_shrink", config={"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 256, "SPLIT_K": 8,
+                                            "num_warps": 4, "num_stages": 2})
+    with make_engine(url).begin() as c:
+        c.execute(text("UPDATE device_classes SET device_names = :n WHERE slug = 'h100-sxm-80gb'"),
+                  {"n": json.dumps(["../../../x"])})
+    top = tmp_path / "d1" / "d2" / "d3" / "d4"
+    for fmt, refused in (("bundle", False), ("vllm", True), ("sglang", False), ("vllm-lora", True)):
+        out = top / fmt
+        out.mkdir(parents=True)
+        target = out / "b.json" if fmt == "bundle" else out
+        proc = run_tuner(["export", "--format", fmt, "-o", str(target)], home)
+        if refused:
+            assert_one_line_error(proc, "would land outside")
+            assert not any(out.iterdir()), list(out.rglob("*"))
+        else:
+            assert proc.returncode == 0, proc.stderr
+            assert any(p.is_file() for p in out.rglob("*"))
+    outside = [p for p in (tmp_path / "d1").rglob("*") if p.is_file() and not any(
+        p.is_relative_to(top / fmt) for fmt in ("bundle", "vllm", "sglang", "vllm-lora"))]
+    assert outside == []
+
+
+def test_a_worker_refuses_to_register_a_device_name_that_is_not_a_safe_file_name(tmp_path):
+    from dataclasses import replace
+
+    import pytest
+    from sqlalchemy import text
+
+    from db.session import make_engine, upgrade
+    from devices.classes import CPU_INTERPRETER, check_device_name
+    from devices.fingerprint import live_fingerprint
+    from search_spaces.base import SpecError
+    from workers.service import WorkerConfig, WorkerService
+
+    for good in ("", "NVIDIA H100 80GB HBM3", "AMD Instinct MI300X (gfx942)", "Tesla V100-SXM2-16GB"):
+        assert check_device_name(good) == good
+    for bad in ("../../../x", "a/b", "..", "H100\nx", "x" * 101, "NVIDIA H100; rm", "C:\\x"):
+        with pytest.raises(SpecError):
+            check_device_name(bad)
+    url = f"sqlite:///{tmp_path}/tuner.db"
+    upgrade(url)
+    dc = replace(CPU_INTERPRETER, device_name="../../../x")
+    with pytest.raises(SpecError, match="not a safe file name") as refused:
+        WorkerService(WorkerConfig(db_url=url, device="cpu", name="w"), dc, live_fingerprint(dc), print)
+    assert "\n" not in str(refused.value)
+    with make_engine(url).connect() as c:
+        assert c.execute(text("SELECT count(*) FROM device_classes")).scalar() == 0
+        assert c.execute(text("SELECT count(*) FROM workers")).scalar() == 0

@@ -71,7 +71,7 @@ def test_a_finished_key_shows_what_was_stored_not_the_best_so_far(url, tmp_path)
 
     from tuner.api.app import create_app
 
-    client = TestClient(create_app(settings(url, tmp_path)), raise_server_exceptions=False)
+    client = TestClient(create_app(settings(url, tmp_path)), base_url="http://localhost", raise_server_exceptions=False)
     page = client.get(f"/jobs/{job}", headers={"authorization": f"Bearer {TOKEN}"})
     assert page.status_code == 200, page.text[:300]
     assert config_word(B) in page.text and "the key's new best" in page.text

@@ -50,7 +50,7 @@ def scrape(tmp_path_factory):
     from tuner.api.app import create_app
 
     app = create_app(settings_mod.from_env({"TUNER_HOME": str(home), "TUNER_DB_URL": url, "TUNER_API_TOKEN": TOKEN}))
-    client = TestClient(app, raise_server_exceptions=False)
+    client = TestClient(app, base_url="http://localhost", raise_server_exceptions=False)
     assert client.get(f"/v1/jobs/{job}", headers=AUTH).status_code == 200
     from tests.test_api import miss  # a record as the runtime posts it
 

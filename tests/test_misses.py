@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from db import store
 from db.session import session_scope, upgrade
 from devices.classes import CPU_INTERPRETER
+from search_spaces import registry
 from tests.cli_helpers import ROOT, run_json, run_tuner, tuner_env
 from tests.test_runtime import _entry, _key, _live_fp, _write_bundle, live_env  # noqa: F401
 from tuner import runtime
@@ -148,3 +149,60 @@ def test_tuner_lookup_says_what_a_process_would_be_served(tmp_path):
     assert gpu[0]["level"] == "default" and "nothing stored" in gpu[0]["reason"]
     table = run_tuner(["lookup", "tiles", "--shape", "N=100"], home, TUNER_KERNEL_MODULES="tests.kernels.tiles")
     assert table.returncode == 0 and "nearest" in table.stdout
+
+
+def _live_cpu_worker(url: str) -> str:
+    """A worker row of the CPU class with a fresh heartbeat (what `tuner worker --device cpu` writes)."""
+    from db import models
+    from db.clock import utcnow
+    from devices.fingerprint import live_fingerprint
+
+    fp = live_fingerprint(CPU_INTERPRETER)
+    with session_scope(url) as s:
+        dc_id, fp_id = store.store_identity(s, CPU_INTERPRETER.to_json(), {**fp.to_json(), "hash": fp.hash})
+        s.add(models.Worker(name="cpu-w", hostname="test", pid=1, device="cpu", device_class_id=dc_id,
+                            fingerprint_id=fp_id, started_at=utcnow(), heartbeat_at=utcnow()))
+    return fp.hash
+
+
+def test_a_miss_no_worker_of_its_class_could_hold_is_skipped_with_the_reason_tuner_submit_gives(tmp_path):
+    """A posted miss for a 200000^3 matmul (320 GB of fp32 inputs on the CPU class, 160 GB of fp16
+    on an 80 GB H100) is skipped by `tuner retune --misses` with `tuner submit`'s own refusal; a
+    64^3 miss of the same classes is planned."""
+    from tests import rows
+    from tuner.misses import record_posted
+    from tuner.runtime.misses import MissKey, record
+    from tuner.settings import from_env
+
+    home = tmp_path / "home"
+    url = f"sqlite:///{home}/tuner.db"
+    home.mkdir()
+    upgrade(url)
+    cpu_fp = _live_cpu_worker(url)
+    rows.live_worker(url, "h100-w", "h100-sxm-80gb")
+    spec, now = registry.get("matmul"), datetime.now(timezone.utc).isoformat()
+    posted = []
+    for slug, dtype, fp in (("cpu-interpreter", "float32", cpu_fp), ("h100-sxm-80gb", "float16", "0" * 16)):
+        for n in (200000, 64):
+            key = spec.make_key({"M": n, "N": n, "K": n}, dtype)
+            posted.append(record(MissKey(key.kernel, key.version, key.stable_hash, key.dims, dtype, slug, fp, "nearest"),
+                                 5, now, now))
+    assert record_posted(from_env({"TUNER_DB_URL": url, "TUNER_HOME": str(home)}), posted) == (4, 4)
+
+    plan = run_json(["retune", "--misses", "--dry-run"], home)
+    assert sorted((j["device_class"], j["key"]["M"]) for j in plan["jobs"]) == [("cpu-interpreter", 64),
+                                                                                ("h100-sxm-80gb", 64)]
+    skipped = {sk["device_class"]: sk for sk in plan["skipped"]}
+    assert sorted(skipped) == ["cpu-interpreter", "h100-sxm-80gb"]
+    for slug, dtype in (("cpu-interpreter", "float32"), ("h100-sxm-80gb", "float16")):
+        assert skipped[slug]["key"] == {"M": 200000, "N": 200000, "K": 200000}
+        refused = run_tuner(["submit", "matmul", "--shape", "M=200000,N=200000,K=200000", "--dtype", dtype,
+                             "--device-class", slug], home)
+        assert refused.returncode == 2 and refused.stderr.startswith("error: "), refused.stderr
+        assert skipped[slug]["reason"] == refused.stderr[len("error: "):].strip()
+        assert "GiB for one trial" in skipped[slug]["reason"]
+    assert "this host" in skipped["cpu-interpreter"]["reason"]
+    assert "device class h100-sxm-80gb" in skipped["h100-sxm-80gb"]["reason"]
+    table = run_tuner(["retune", "--misses", "--dry-run"], home)
+    assert table.returncode == 0
+    assert "skipped matmul M=200000,N=200000,K=200000 float16 on h100-sxm-80gb: matmul" in table.stderr

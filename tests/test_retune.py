@@ -180,3 +180,27 @@ def test_scheduler_sends_the_nightly_retune(world):
 def test_bad_cron_is_one_line_exit_2(world):
     proc = tuner(dict(world["env"], TUNER_RETUNE_CRON="every night"), "scheduler")
     assert proc.returncode == 2 and "must have 5 fields" in proc.stderr
+
+
+def test_a_stale_key_no_worker_of_its_class_could_hold_is_skipped_with_the_reason(tmp_path):
+    """A stale 200000^3 fp16 matmul best (160 GB of inputs; stored straight in the database) is
+    not queued for an 80 GB H100 whose driver changed: it is listed with `tuner submit`'s reason;
+    the 64^3 key beside it is planned."""
+    from tests import rows
+    from tests.cli_helpers import run_json, run_tuner
+
+    home = tmp_path / "home"
+    home.mkdir()
+    url = rows.schema(f"sqlite:///{home}/tuner.db")
+    for n in (200000, 64):
+        rows.best(url, "h100-sxm-80gb", {"M": n, "N": n, "K": n}, 1.0)
+    rows.live_worker(url, "h100-new", "h100-sxm-80gb", driver="999.9")
+    plan = run_json(["retune", "--dry-run"], home)
+    assert [k["M"] for j in plan["jobs"] for k in j["keys"]] == [64]
+    (skipped,) = plan["skipped"]
+    assert (skipped["device_class"], skipped["key"]["M"]) == ("h100-sxm-80gb", 200000)
+    refused = run_tuner(["submit", "matmul", "--shape", "M=200000,N=200000,K=200000", "--dtype", "float16",
+                         "--device-class", "h100-sxm-80gb"], home)
+    assert refused.returncode == 2 and skipped["reason"] == refused.stderr[len("error: "):].strip()
+    table = run_tuner(["retune", "--dry-run"], home)
+    assert table.returncode == 0 and "skipped matmul M=200000,N=200000,K=200000 float16" in table.stderr

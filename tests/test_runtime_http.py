@@ -25,7 +25,7 @@ from tests.test_runtime import _entry, _key, _live_fp, live_env  # noqa: F401  (
 from tests.test_runtime_safety import SilentDatabase
 from tuner import runtime
 
-TOKEN = "t0ken-for-the-runtime"
+TOKEN = "t0ken-for-the-runtime-0123456789abcdef"  # beyond the loopback a token has 32 characters or more
 KERNELS = "tests.kernels.tiles"
 TUNED = {"BLOCK": 64, "num_warps": 4}  # stored for tiles N=64; the kernel's default is BLOCK 16, 1 warp
 

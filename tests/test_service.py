@@ -341,3 +341,42 @@ def test_an_idle_worker_has_its_benchmark_process_up(tmp_path):
         assert w.alive()
     finally:
         w.stop()
+
+
+def test_waiting_for_a_service_says_so_once_then_every_minute_and_gives_up_at_its_limit():
+    """workers.faults.wait_for_service on a simulated clock: a transient fault is waited out with
+    back-off (1, 2, 4 ... 30 s pauses), reported once and then once a minute; a fault that waiting
+    cannot cure comes through at once; a limit ends the wait with StillDown naming the reason."""
+    from workers.faults import StillDown, wait_for_service
+
+    class Down(Exception):
+        transient = True
+
+    now, said = [0.0], []
+
+    def sleep(s):
+        now[0] += s
+
+    def down_until(t):
+        def check():
+            if now[0] < t:
+                raise Down("cannot use database x: refused")
+            return "up"
+        return check
+
+    assert wait_for_service(down_until(200), None, said.append, clock=lambda: now[0], sleep=sleep) == "up"
+    assert said[0].startswith("waiting: cannot use database x: refused; trying again with back-off until it answers")
+    # tries at 0, 1, 3, 7, 15, 31, 61, 91, 121, 151, 181, 211 s: reported at 0, then the first try a minute on
+    assert [line.split(":")[0] for line in said[1:-1]] == ["still waiting after 61 s", "still waiting after 121 s",
+                                                          "still waiting after 181 s"]
+    assert said[-1].startswith("answered after") and 200 <= now[0] <= 230
+    now[0], said = 0.0, []
+    with pytest.raises(StillDown, match=r"gave up after 5 s \(--wait-for-services\): cannot use database x"):
+        wait_for_service(down_until(10**6), 5, said.append, clock=lambda: now[0], sleep=sleep)
+    assert now[0] == 5 and len(said) == 1
+
+    def wrong_password():
+        raise ValueError("cannot use database x: password authentication failed")
+
+    with pytest.raises(ValueError):
+        wait_for_service(wrong_password, None, said.append, clock=lambda: now[0], sleep=sleep)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from datetime import timedelta
 
@@ -13,14 +14,15 @@ from sqlalchemy import func, select, update
 
 from db import models, store
 from db.clock import utcnow
-from db.session import redact, session_scope
+from db.session import DatabaseError, redact, session_scope
 from devices.classes import DeviceClass, matches, resolve_device_class
+from devices.fit import host_memory
 from harness.protocol import Measurement
 from search_spaces import registry
 from search_spaces.base import TuningKey, config_hash
 from tuner.database import open_for_read, open_for_write
 from tuner.errors import Conflict, NotFound, Unavailable, UserError
-from tuner.request import TuneRequest, host_memory, refuse_unfit
+from tuner.request import TuneRequest, refuse_unfit
 from tuner.settings import Settings
 
 FINAL = ("done", "failed", "cancelled")
@@ -44,6 +46,43 @@ def broker_app(settings: Settings, **options):
         raise Unavailable(f"cannot reach broker {redact(settings.broker_url)}: {exc}; start it or set "
                         "TUNER_BROKER_URL") from None
     return app
+
+
+def await_services(settings: Settings, limit_s: float | None, say=None, *, database: bool = True,
+                   broker: bool = True) -> None:
+    """Wait until the database and/or the broker answer, with back-off, telling `say` (default:
+    stderr) once and then every minute (workers/faults.py); Unavailable, one line, after `limit_s`
+    seconds (None: wait for ever). A long-lived process started during an outage waits for it
+    instead of exiting. A fault that waiting cannot cure (a wrong password, a missing database)
+    is Unavailable at once; the embedded SQLite defaults are never waited for."""
+    from db.session import check_reachable, sqlite_path
+    from workers.app import BrokerUnreachable, check_broker, make_app
+    from workers.faults import StillDown, wait_for_service
+
+    if limit_s is not None and not 0 <= limit_s < float("inf"):
+        raise UserError(f"--wait-for-services {limit_s:g} is impossible: give the seconds to wait, e.g. 300, "
+                        "or 0 to fail at once")
+    app = make_app(settings.broker_url) if broker and not settings.broker_url.startswith("sqla+sqlite:") else None
+    wait_db = database and sqlite_path(settings.db_url) is None
+
+    def check() -> None:
+        if wait_db:
+            check_reachable(settings.db_url)
+        if app is not None:
+            try:
+                check_broker(app)
+            except BrokerUnreachable as exc:
+                raise BrokerUnreachable(f"cannot reach broker {redact(settings.broker_url)}: {exc}; start it or "
+                                        "set TUNER_BROKER_URL", exc.transient) from None
+
+    try:
+        wait_for_service(check, limit_s, say or _say)
+    except (StillDown, DatabaseError, BrokerUnreachable) as exc:
+        raise Unavailable(str(exc)) from None
+
+
+def _say(line: str) -> None:
+    print(f"tuner: {line}", file=sys.stderr, flush=True)
 
 
 def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: int = 2,

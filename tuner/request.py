@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from devices.classes import CPU_INTERPRETER, class_memory_bytes, matches
+from devices.fit import unfit
 from harness.protocol import DEFAULT_ROUTING, MAX_ROTATE_BUFFERS, Measurement
 from search import strategies
 from search_spaces import registry
@@ -67,39 +67,14 @@ def build_measurement(rotate_buffers: int = 1, cuda_graph: bool = False, max_cv:
     return Measurement(rotate_buffers, cuda_graph, max_cv, routing)
 
 
-def host_memory() -> int | None:
-    """This host's physical memory in bytes, where the platform says."""
-    import os
-
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def refuse_unfit(req: TuneRequest, selector: str, where: str, host_memory: int | None = None) -> None:
-    """Refuse, before anything is written, what a device class cannot run: CUDA graphs on the
-    interpreter, and a key whose trial needs more memory than the class has (on the interpreter,
-    `host_memory`: this host's for a local tune, and for `tuner submit` to the CPU class, whose
-    workers are taken to have as much), which would fail every trial it is given or, on the
-    interpreter, wake the host's OOM killer."""
-    interpreter = matches(selector, CPU_INTERPRETER.slug)
-    if interpreter and req.measurement.cuda_graph:
-        raise UserError(f"--cuda-graph needs a GPU, and {where} is the Triton CPU interpreter, which has "
-                        "no CUDA graphs; drop --cuda-graph or tune on a GPU")
-    memory_bytes = host_memory if interpreter else class_memory_bytes(selector)
-    where = "this host" if interpreter else where
-    if not memory_bytes:
-        return
-    spec = registry.get(req.kernel)
-    sets = req.measurement.rotate_buffers
-    for key in req.keys:
-        need = spec.trial_bytes(key, sets)
-        if need is not None and need > memory_bytes:
-            fewer = " or fewer --rotate-buffers" if sets > 1 else ""
-            raise UserError(f"{req.kernel} {key.label()} needs about {need / 2**30:.1f} GiB for one trial (inputs, "
-                            f"output, reference), more than the {memory_bytes / 2**30:.0f} GiB of {where}; "
-                            f"tune a smaller shape{fewer}")
+    """Refuse, before anything is written, what a device class cannot run (devices/fit.py: CUDA
+    graphs on the interpreter, a trial bigger than the class's memory; on the interpreter
+    `host_memory`, this host's for a local tune and for `tuner submit` to the CPU class)."""
+    why = unfit(registry.get(req.kernel), req.keys, selector, where, input_sets=req.measurement.rotate_buffers,
+                cuda_graph=req.measurement.cuda_graph, host_bytes=host_memory)
+    if why is not None:
+        raise UserError(why)
 
 
 def build_request(kernel: str, shapes: list[str], dtypes: list[str], trials: int,

@@ -72,11 +72,12 @@ class JsonScheduler(beat.Scheduler):
         self.sync()
 
 
-def run_scheduler(settings: Settings, loglevel: str = "INFO") -> None:
+def run_scheduler(settings: Settings, loglevel: str = "INFO", wait_s: float | None = None) -> None:
     from db.session import private_dir
-    from tuner.coordinator import broker_app
+    from tuner.coordinator import await_services, broker_app
 
     schedule = parse_cron(settings.retune_cron)
+    await_services(settings, wait_s, database=False)  # beat only sends; a worker reads the database
     app = broker_app(settings)
     app.conf.beat_schedule = {"nightly-retune": {"task": RETUNE_TASK, "schedule": schedule,
                                                  "kwargs": retune_args(settings),

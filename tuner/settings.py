@@ -8,6 +8,7 @@ plug-in modules to the kernel and strategy registries).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -47,7 +48,10 @@ class Settings:
     retune_misses_max_jobs: int = 20  # at most this many miss jobs a night
     retune_misses_trials: int = 20  # trials of a miss job
     # the HTTP API and metrics (tuner/api/, workers/metrics.py)
-    api_token: str = ""  # bearer token for writes (and reads from other hosts than the loopback)
+    api_token: str = ""  # the operators' bearer token: every read and write
+    runtime_token: str = ""  # the inference hosts' bearer token: GET /v1/bundle and POST /v1/misses only
+    api_open_reads: bool = False  # reads without a token: a single user's laptop (loopback only)
+    api_allowed_hosts: tuple[str, ...] = ()  # Host headers served besides the bound host and the loopback
     metrics_port: int | None = None  # a worker's own Prometheus metrics port; None: none served
     # device-class slug -> list price per hour, for the cost column of `tuner report compare`
     device_prices: tuple[tuple[str, float], ...] = ()
@@ -127,6 +131,21 @@ def _url(env: dict, name: str, on_error=None) -> str | None:
     return raw.rstrip("/")
 
 
+HOST_PATTERN = re.compile(r"\*|(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*|\[?[0-9a-f:.]+\]?")
+
+
+def _hosts(env: dict, name: str, on_error=None) -> tuple[str, ...]:
+    """'tuner.internal,10.0.0.5,*.example.org' -> the names a Host header may carry (no port)."""
+    out = []
+    for part in filter(None, (p.strip().lower() for p in (env.get(name) or "").split(","))):
+        if not HOST_PATTERN.fullmatch(part):
+            _refuse(f"{name}: {part[:80]!r} is not a host name; write names or addresses without scheme or port, "
+                    "e.g. tuner.internal,10.0.0.5,*.example.org", on_error)
+            return ()
+        out.append(part)
+    return tuple(out)
+
+
 def _flag(env: dict, name: str, default: bool, on_error=None) -> bool:
     raw = str(env.get(name) or "").strip().lower()
     if not raw:
@@ -172,6 +191,9 @@ def from_env(env: dict[str, str] | None = None, on_error=None) -> Settings:
         retune_misses_max_jobs=int(num("TUNER_RETUNE_MISSES_MAX_JOBS", 20, 0)),
         retune_misses_trials=int(num("TUNER_RETUNE_MISSES_TRIALS", 20, 1)),
         api_token=env.get("TUNER_API_TOKEN", ""),
+        runtime_token=env.get("TUNER_RUNTIME_TOKEN", ""),
+        api_open_reads=_flag(env, "TUNER_API_OPEN_READS", False, on_error),
+        api_allowed_hosts=_hosts(env, "TUNER_API_ALLOWED_HOSTS", on_error),
         metrics_port=_port(env, "TUNER_METRICS_PORT", on_error),
         device_prices=_prices(env, "TUNER_DEVICE_PRICES", on_error),
         extra={"explicit": tuple(k for k in ("TUNER_DB_URL", "TUNER_BROKER_URL") if env.get(k))},

@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from db import models, store
 from db.clock import utcnow
 from db.session import session_scope
-from devices.classes import DeviceClass
+from devices.classes import DeviceClass, check_device_name
 from devices.fingerprint import StackFingerprint
+from devices.fit import host_memory
 from devices.probe import live_identity
 from search_spaces import registry
 from search_spaces.base import Config, TuningKey
 from tuner.database import open_for_write, open_studies
-from tuner.request import TuneRequest, host_memory, refuse_unfit
+from tuner.request import TuneRequest, refuse_unfit
 from tuner.settings import Settings
 
 
@@ -57,6 +58,7 @@ class LocalPlan:
 
 def prepare(req: TuneRequest, settings: Settings, device: str | None) -> LocalPlan:
     dc, fp, device_str = live_identity(device or settings.device, settings.fingerprint_override)
+    check_device_name(dc.device_name)  # a local tune registers it as a worker does
     refuse_unfit(req, dc.slug, f"device {device_str} ({dc.slug})", host_memory=host_memory())
     url = open_for_write(settings)
     open_studies(settings, url)

@@ -20,13 +20,16 @@ def worker_app(settings: Settings):
                                                                             settings.trial_timeout_s))
 
 
-def run_worker(settings: Settings, device: str | None, name: str | None, loglevel: str = "INFO") -> None:
+def run_worker(settings: Settings, device: str | None, name: str | None, loglevel: str = "INFO",
+               wait_s: float | None = None) -> None:
+    from tuner.coordinator import await_services
     from workers import tasks
     from workers.app import send_batch
     from workers.queues import CONTROL_QUEUE, queue_names
     from workers.service import WorkerConfig, WorkerService
 
     dc, fp, device_str = live_identity(device or settings.device, settings.fingerprint_override)
+    await_services(settings, wait_s)  # a fleet restarted during an outage waits, not crash-loops
     app = worker_app(settings)
     db_url = open_for_write(settings)
     open_studies(settings, db_url)  # Optuna's tables, created by `tuner db upgrade`, never here

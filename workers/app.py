@@ -51,20 +51,36 @@ def send_batch(app: Celery, msg) -> None:
     app.send_task(BATCH_TASK, args=[msg.to_json()], queue=msg.queue)
 
 
+class BrokerUnreachable(ConnectionError):
+    """The broker did not answer; `transient` when waiting may cure it (down, refusing, a name not
+    resolved yet), not a missing directory or a refused login."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
 def check_broker(app: Celery, timeout: float = 3.0) -> None:
-    """Raise ConnectionError with a one-line reason when the broker cannot be reached."""
+    """Raise BrokerUnreachable (a ConnectionError) with a one-line reason when the broker cannot be
+    reached."""
     url = str(app.conf.broker_url or "")
     if url.startswith("sqla+sqlite:"):  # kombu opens the file only when the first message is sent
         from db.session import sqlite_path
 
         path = sqlite_path(url[len("sqla+"):])
         if path is not None and not path.parent.is_dir():
-            raise ConnectionError(f"the directory {path.parent} of its SQLite file does not exist; create it")
+            raise BrokerUnreachable(f"the directory {path.parent} of its SQLite file does not exist; create it")
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
     except Exception as exc:  # kombu raises transport-specific types
-        raise ConnectionError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        from redis.exceptions import AuthenticationError
+
+        from workers.faults import chain, infrastructure
+
+        transient = infrastructure(exc) and not any(isinstance(e, AuthenticationError) for e in chain(exc))
+        raise BrokerUnreachable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                                transient) from None
 
 
 def queue_depths(app: Celery, names, timeout: float = 2.0) -> dict[str, int]:

@@ -8,12 +8,16 @@ messages. Anything else a batch raises is a fault of the batch, handled where it
 from __future__ import annotations
 
 import socket
+import time
+from typing import Callable, TypeVar
 
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
+REPORT_EVERY_S = 60.0  # a process waiting for a service says so once, then this often
+T = TypeVar("T")
 
 
-def _chain(exc: BaseException):
+def chain(exc: BaseException):
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -30,7 +34,7 @@ def infrastructure(exc: BaseException) -> bool:
     from sqlalchemy.exc import DBAPIError, InterfaceError
     from sqlalchemy.exc import OperationalError as DatabaseOperationalError
 
-    for e in _chain(exc):
+    for e in chain(exc):
         if isinstance(e, (DatabaseOperationalError, InterfaceError, BrokerError, RedisConnectionError,
                           RedisTimeoutError, ConnectionError, TimeoutError, socket.timeout)):
             return True
@@ -52,3 +56,40 @@ class Backoff:
 
     def reset(self) -> None:
         self.faults = 0
+
+
+class StillDown(RuntimeError):
+    """A service did not answer within the time a process was given to wait for it."""
+
+
+def wait_for_service(check: Callable[[], T], limit_s: float | None, say: Callable[[str], None],
+                     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> T:
+    """check()'s result, once it stops raising an exception whose `transient` is true (a service
+    down or refusing connections: an outage, or one starting beside this process), trying again
+    with Backoff's pauses; anything else it raises comes through at once. A process started
+    during an outage waits for it instead of exiting, which under a supervisor is a crash loop.
+    `say` hears of the wait once, then every REPORT_EVERY_S, and of its end; after `limit_s`
+    (None: never) StillDown, one line with the last reason."""
+    start, backoff, said = clock(), Backoff(), None
+    while True:
+        try:
+            result = check()
+        except Exception as exc:
+            if not getattr(exc, "transient", False):
+                raise
+            reason, waited = str(exc).splitlines()[0][:300], clock() - start
+            if limit_s is not None and waited >= limit_s:
+                raise StillDown(f"gave up after {limit_s:g} s (--wait-for-services): {reason}") from None
+            if said is None:
+                until = "until it answers" if limit_s is None else f"for up to {limit_s:g} s"
+                say(f"waiting: {reason}; trying again with back-off {until}")
+                said = waited
+            elif waited - said >= REPORT_EVERY_S:
+                say(f"still waiting after {waited:.0f} s: {reason}")
+                said = waited
+            pause = backoff.next_s()
+            sleep(pause if limit_s is None else max(0.0, min(pause, limit_s - waited)))
+            continue
+        if said is not None:
+            say(f"answered after {clock() - start:.0f} s; starting")
+        return result

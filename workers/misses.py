@@ -5,8 +5,10 @@ Run by `tuner retune --misses` and by the nightly retune task. Per device class 
 workers, the most frequent missed keys become one job each (kind `miss`, sampler `auto`, so the
 search starts from the default, the nearest stored shapes' bests and the known-good list). A key
 is skipped while a job of its class is queued or running for it, once it is tuned under a stack
-that live workers of the class run, and when its kernel version is not the one registered here
-(a worker would refuse it). A database lease makes two runs at once queue each key once.
+that live workers of the class run, when its kernel version is not the one registered here
+(a worker would refuse it), and when its trial does not fit the class's memory (devices/fit.py,
+the check of `tuner submit`; the CPU class: this host's). A database lease makes two runs at
+once queue each key once.
 """
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ from sqlalchemy import select
 from db import models, store
 from db.session import session_scope
 from devices.classes import matches
+from devices.fit import host_memory, unfit
 from harness.protocol import Measurement
 from search_spaces import registry
-from search_spaces.base import SpecError
+from search_spaces.base import SpecError, TuningKey
 from workers.batch import BatchMessage
 from workers.queues import queue_for
 from workers.retune import live_stacks
@@ -69,7 +72,8 @@ def _active(s) -> list[tuple[str, str]]:
                           .where(models.Job.state.in_(("queued", "running")))).all())
 
 
-def _why_not(mk: MissedKey, stacks: dict[str, set[str]], active: list, current: set) -> str | None:
+def _why_not(mk: MissedKey, stacks: dict[str, set[str]], active: list, current: set,
+             host_bytes: int | None) -> str | None:
     if mk.device_class not in stacks:
         return f"no live worker of class {mk.device_class}"
     if any(h == mk.key_hash and sel and matches(sel, mk.device_class) for h, sel in active):
@@ -78,12 +82,14 @@ def _why_not(mk: MissedKey, stacks: dict[str, set[str]], active: list, current: 
            for fp in stacks[mk.device_class]):
         return "tuned under a stack live workers run (the runtime's stack differs: see `tuner retune --stale-only`)"
     try:
-        version = registry.get(mk.kernel).version
+        spec = registry.get(mk.kernel)
     except SpecError:
         return f"kernel {mk.kernel} is not registered here"
-    if version != mk.kernel_version:
-        return f"served by kernel version {mk.kernel_version}, and version {version} is registered here"
-    return None
+    if spec.version != mk.kernel_version:
+        return f"served by kernel version {mk.kernel_version}, and version {spec.version} is registered here"
+    # what `tuner submit` would refuse is never queued: no worker of the class could hold a trial
+    return unfit(spec, [TuningKey.from_json(mk.key)], mk.device_class, f"device class {mk.device_class}",
+                 host_bytes=host_bytes)
 
 
 def enqueue_misses(db_url: str, send: Callable[[BatchMessage], None] | None, *, holder: str, dead_after_s: float,
@@ -106,9 +112,9 @@ def enqueue_misses(db_url: str, send: Callable[[BatchMessage], None] | None, *, 
             current = {(b.kernel, b.kernel_version, b.key_hash, slug, fp.hash)
                        for b, slug, fp in store.best_configs(s, kernel=kernel)}
             per_class: dict[str, int] = {}
-            chosen = []
+            chosen, host_bytes = [], host_memory()
             for mk in missed_keys(s, kernel=kernel, device_class=device_class, min_count=min_count):
-                why = _why_not(mk, stacks, active, current)
+                why = _why_not(mk, stacks, active, current, host_bytes)
                 if why is None and per_class.get(mk.device_class, 0) >= top:
                     why = f"beyond the top {top} of its class"
                 if why is None and max_jobs is not None and len(chosen) >= max_jobs:

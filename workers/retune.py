@@ -18,7 +18,10 @@ from sqlalchemy import select
 from db import models, store
 from db.clock import utcnow
 from db.session import session_scope
+from devices.fit import host_memory, unfit
 from harness.protocol import Measurement
+from search_spaces import registry
+from search_spaces.base import SpecError, TuningKey
 from workers.batch import BatchMessage, batch_message
 
 LOCK = "retune"
@@ -92,6 +95,27 @@ def find_stale(s, *, dead_after_s: float, device_class: Callable[[str], bool] | 
     return sorted(out.values(), key=lambda st: st.old_best_id)
 
 
+def fitting(stale: list[StaleKey]) -> tuple[list[StaleKey], list[dict]]:
+    """(the stale keys whose trial fits their class's memory, the others with the reason): a key
+    `tuner submit` would refuse (devices/fit.py; the CPU class: this host's memory) is not queued."""
+    keep, skipped, host_bytes = [], [], host_memory()
+    for st in stale:
+        try:
+            spec = registry.get(st.kernel)
+        except SpecError:  # not loaded where the retune runs: its workers judge it, as before
+            why = None
+        else:
+            why = unfit(spec, [TuningKey.from_json(st.key)], st.device_class, f"device class {st.device_class}",
+                        input_sets=st.measurement.rotate_buffers, cuda_graph=st.measurement.cuda_graph,
+                        host_bytes=host_bytes)
+        if why is None:
+            keep.append(st)
+        else:
+            skipped.append({"kernel": st.kernel, "device_class": st.device_class, "key": st.key["dims"],
+                            "dtype": st.key["dtype"], "reason": why})
+    return keep, skipped
+
+
 def top_configs(s, stale: StaleKey, k: int = TOP_K) -> list[dict]:
     """The old study's k fastest distinct configurations (ok trials), for the warm start."""
     rows = s.execute(select(models.TuningTrial.config, models.TuningTrial.config_hash, models.TuningTrial.median_ms)
@@ -117,18 +141,19 @@ def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: 
                   kernel: str | None = None, stale_only: bool = True, dry_run: bool = False,
                   min_budget: int = 4, parallel: int = 2, batch_trials: int = 4,
                   run_id: str | None = None) -> dict:
-    """Queue one retune job per (kernel, device class); returns what was (or would be) queued.
+    """Queue one retune job per (kernel, device class); returns what was (or would be) queued, and
+    the stale keys skipped because their trial does not fit the class, with the reason.
 
     The lease makes concurrent schedulers safe: the second waits nothing and finds the keys
     already active, so it queues nothing."""
     run_id = run_id or uuid.uuid4().hex[:12]
     with session_scope(db_url) as s:
         if not dry_run and not store.acquire_lock(s, LOCK, holder, ttl_s=300):
-            return {"run": run_id, "locked_by_other": True, "jobs": []}
+            return {"run": run_id, "locked_by_other": True, "jobs": [], "skipped": []}
     try:
         with session_scope(db_url) as s:
-            stale = find_stale(s, dead_after_s=dead_after_s, device_class=device_class, kernel=kernel,
-                               stale_only=stale_only)
+            stale, skipped = fitting(find_stale(s, dead_after_s=dead_after_s, device_class=device_class,
+                                                kernel=kernel, stale_only=stale_only))
             # a job times all its keys one way: keys tuned with other measurement options go apart
             groups: dict[tuple[str, str, str, Measurement], list[StaleKey]] = {}
             for st in stale:
@@ -160,7 +185,7 @@ def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: 
                 planned[-1]["job"] = job_id
         for msg in messages:  # after commit, so a worker never sees a message before its rows
             send(msg)
-        return {"run": run_id, "locked_by_other": False, "dry_run": dry_run, "jobs": planned}
+        return {"run": run_id, "locked_by_other": False, "dry_run": dry_run, "jobs": planned, "skipped": skipped}
     finally:
         if not dry_run:
             with session_scope(db_url) as s:

@@ -23,7 +23,7 @@ from sqlalchemy import func, select, update
 from db import models, store
 from db.clock import utcnow
 from db.session import session_scope
-from devices.classes import DeviceClass, matches
+from devices.classes import DeviceClass, check_device_name, matches
 from devices.fingerprint import StackFingerprint
 from harness.harness import Harness
 from harness.protocol import Measurement
@@ -68,6 +68,7 @@ class WorkerService:
         self.holding: int | None = None  # the job key of the batch this worker runs now
         self._first: dict[int, list] = {}  # job key -> what its batches measure first
         self._stop = threading.Event()
+        check_device_name(dc.device_name)  # before it is stored: exports make file names of it
         with session_scope(cfg.db_url) as s:
             self.dc_id, self.fp_id = store.store_identity(s, dc.to_json(), {**fp.to_json(), "hash": fp.hash})
             row = s.scalar(select(models.Worker).where(models.Worker.name == cfg.name))

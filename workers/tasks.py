@@ -83,12 +83,22 @@ def register(app: Celery, service) -> None:
                                batch_trials=batch_trials)
         log.info("nightly retune %s: %d job(s)%s", result["run"], len(result["jobs"]),
                  " (another scheduler holds the lease)" if result.get("locked_by_other") else "")
-        jobs = [j.get("job") for j in result["jobs"]]
+        _log_skipped("nightly retune", result)
+        jobs, skipped = [j.get("job") for j in result["jobs"]], list(result["skipped"])
         if misses and misses_max_jobs > 0:
             found = enqueue_misses(service.cfg.db_url, service.send, holder=service.cfg.name,
                                    dead_after_s=dead_after_s, trials=misses_trials, top=misses_max_jobs,
                                    max_jobs=misses_max_jobs, batch_trials=batch_trials)
             log.info("nightly retune of runtime misses %s: %d job(s)%s", found["run"], len(found["jobs"]),
                      " (another scheduler holds the lease)" if found.get("locked_by_other") else "")
+            _log_skipped("nightly retune of runtime misses", found)
             jobs += [j.get("job") for j in found["jobs"]]
-        return {"run": result["run"], "jobs": jobs}
+            skipped += found["skipped"]
+        return {"run": result["run"], "jobs": jobs, "skipped": skipped}
+
+
+def _log_skipped(what: str, result: dict) -> None:
+    for sk in result["skipped"]:
+        dims = ",".join(f"{k}={v}" for k, v in sk["key"].items())
+        log.info("%s %s skipped %s %s %s on %s: %s", what, result["run"], sk["kernel"], dims, sk["dtype"],
+                 sk["device_class"], sk["reason"])

@@ -1,22 +1,41 @@
 """The FastAPI app and `tuner serve`: uvicorn on the same database and broker as the CLI.
 
-OpenAPI docs at /docs; /healthz for a container's healthcheck (no token, never a secret in it).
+OpenAPI docs at /docs, Swagger UI from fastapi-offline's packaged files (no CDN: it works with no
+internet, and no third party's script runs beside the dashboard's forms); /healthz for a
+container's healthcheck (no token, so it says only ok or not; the reason to an operator).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from tuner.api import auth, errors, metrics, pages, routes
+from tuner.api.guard import Guard
 from tuner.settings import Settings
 
+STATIC = Path(__file__).parent / "static"
 
-def create_app(settings: Settings) -> FastAPI:
-    app = FastAPI(title="tuner", version="1",
-                  description="Triton kernel autotuning service: jobs, workers, best configurations, reports. "
-                              "Writes need `Authorization: Bearer <TUNER_API_TOKEN>`; reads are open on the "
-                              "loopback interface and need the token from anywhere else.")
+
+def policy_of(settings: Settings) -> auth.Policy:
+    return auth.Policy(settings.api_token, settings.runtime_token, settings.api_open_reads)
+
+
+def create_app(settings: Settings, host: str = "127.0.0.1") -> FastAPI:
+    """The app as served on `host` (a Host header must name it, the loopback or
+    TUNER_API_ALLOWED_HOSTS)."""
+    # fastapi-offline mounts its Swagger UI files at static_url; /docs itself is pages.docs, whose
+    # start-up script is a file (the CSP forbids an inline one)
+    app = FastAPIOffline(title="tuner", version="1", docs_url=None, redoc_url=None, static_url="/static/docs",
+                         description="Triton kernel autotuning service: jobs, workers, best configurations, "
+                                     "reports. Send `Authorization: Bearer <TUNER_API_TOKEN>`; inference hosts' "
+                                     "`TUNER_RUNTIME_TOKEN` may only GET /v1/bundle and POST /v1/misses.")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.settings = settings
+    app.state.sessions = auth.Sessions()
     app.state.metrics = metrics.registry_for(settings)
     app.state.bundles = {}  # GET /v1/bundle's last answers (tuner/api/routes.py)
     errors.install(app)
@@ -26,30 +45,34 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     def healthz(request: Request):
-        """200 while the database answers at the schema this server needs; 503 with the reason otherwise."""
+        """200 while the database answers at the schema this server needs, else 503; the reason
+        only to a caller with TUNER_API_TOKEN (it names the database)."""
         from tuner.database import open_for_read
 
         try:
             open_for_read(request.app.state.settings, recheck=True)
         except Exception as exc:
-            return JSONResponse({"status": "unavailable", "error": errors.one_line(str(exc))}, status_code=503)
+            body = {"status": "unavailable"}
+            if getattr(request.state, "role", None) == "operator":
+                body["error"] = errors.one_line(str(exc))
+            return JSONResponse(body, status_code=503)
         return {"status": "ok"}
 
-    app.add_middleware(errors.Guard, token=settings.api_token)
-    metrics.instrument(app)
+    app.add_middleware(Guard, policy=policy_of(settings), hosts=auth.allowed_hosts(host, settings.api_allowed_hosts),
+                       sessions=app.state.sessions)
+    metrics.instrument(app)  # outermost: it counts what the guard refuses too
     return app
 
 
 def serve(settings: Settings, host: str, port: int, log_level: str = "info") -> None:
-    """Run the API until interrupted. Refuses a non-loopback address without TUNER_API_TOKEN, and
-    checks the database first (creating the embedded default), so a misconfigured server fails at
-    start with one line. Behind a reverse proxy on this host, uvicorn takes the client's address
-    from X-Forwarded-For (it trusts that header from 127.0.0.1 only), so the proxy's clients are
-    not taken for local ones."""
+    """Run the API until interrupted. Refuses a non-loopback address without a long enough
+    TUNER_API_TOKEN, or with open reads, and checks the database first (creating the embedded
+    default), so a misconfigured server fails at start with one line. No address grants anything
+    (auth.py), so uvicorn's reading of X-Forwarded-For changes only what its log shows."""
     import uvicorn
 
     from tuner.database import open_for_write
 
-    auth.check_bind(host, settings.api_token)
+    auth.check_bind(host, policy_of(settings))
     open_for_write(settings)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level.lower())
+    uvicorn.run(create_app(settings, host), host=host, port=port, log_level=log_level.lower())

@@ -1,7 +1,8 @@
 """Every error the API answers with: one line in a JSON body {"error": ...} (an HTML page for the
 dashboard's paths), with the status its kind calls for. Bad input is 400 (422 for a body that does
 not fit the schema, 413 for one over MAX_BODY); a name that finds nothing 404; a state that forbids
-the action 409; no token 401; a database or broker that cannot be used 503. Nothing a caller sends
+the action 409; no token 401; a token whose scope does not cover it, or a form posted from
+another site, 403; an unknown Host header 400; a database or broker that cannot be used 503. Nothing a caller sends
 gets a 500; an unexpected exception is logged and answered 500 without its details.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from starlette.exceptions import HTTPException
 
 from db.session import DatabaseError, redact
 from search_spaces.base import SpecError
-from tuner.api.auth import Unauthorized
+from tuner.api.auth import Forbidden, Unauthorized
 from tuner.api.render import error_page
 from tuner.errors import Conflict, NotFound, Unavailable, UserError
 
@@ -29,7 +30,7 @@ API_PREFIXES = ("/v1/", "/metrics", "/healthz", "/docs", "/openapi.json")
 
 
 def status_of(exc: Exception) -> int:
-    for kind, code in ((Unauthorized, 401), (NotFound, 404), (Conflict, 409), (Unavailable, 503),
+    for kind, code in ((Unauthorized, 401), (Forbidden, 403), (NotFound, 404), (Conflict, 409), (Unavailable, 503),
                        (DatabaseError, 503), (UserError, 400), (SpecError, 400)):
         if isinstance(exc, kind):
             return code
@@ -97,29 +98,3 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception):
         log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         return respond(request, 500, "internal error; the server's log has the details")
-
-
-class Guard:
-    """ASGI middleware in front of everything: the token rules of tuner/api/auth.py, and a body
-    whose Content-Length exceeds MAX_BODY refused with 413 before it is read. A body sent without
-    a length is cut off at MAX_BODY by FastAPI's own max_body_size on the routers (the same 413
-    through the handler above). Either way nothing is parsed or written."""
-
-    def __init__(self, app, token: str):
-        self.app, self.token = app, token
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            from starlette.requests import Request as Req
-
-            from tuner.api.auth import COOKIE, authorize
-
-            request = Req(scope)
-            reason = authorize(scope["method"], scope["path"], (scope.get("client") or (None,))[0],
-                               request.headers.get("authorization"), request.cookies.get(COOKIE), self.token)
-            if reason is not None:
-                return await respond(request, 401, reason, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > MAX_BODY:
-                return await respond(request, 413, TOO_LARGE)(scope, receive, send)
-        await self.app(scope, receive, send)

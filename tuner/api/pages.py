@@ -1,7 +1,8 @@
-"""The dashboard: server-rendered pages (Jinja2 templates in tuner/api/templates/), no JavaScript.
-Pages that show running work reload themselves every few seconds (<meta http-equiv="refresh">).
-Each page reads through the same functions as its /v1 endpoint; plots are the reports' own
-figures, inlined as SVG.
+"""The dashboard: server-rendered pages (Jinja2 templates in tuner/api/templates/, CSS in
+static/), no JavaScript but /docs' Swagger UI. Pages that show running work reload themselves
+every few seconds (<meta http-equiv="refresh">). Each page reads through the same functions as its
+/v1 endpoint; plots are the reports' own figures, inlined as SVG (render.plot). A browser logs in
+with the operators' token for a session (auth.py); guard.py checks every form's Origin.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from db.session import session_scope
 from tuner import coordinator, display, fleet
 from tuner.api import auth
 from tuner.api.errors import MAX_BODY, status_of, validation_message
-from tuner.api.render import page
+from tuner.api.render import page, plot
 from tuner.api.routes import JobIn, build, key_view, settings_of
 from tuner.database import open_for_read
 from tuner.errors import UserError
@@ -64,12 +65,11 @@ def _jobs(request: Request, error: str | None = None, status: int = 200, form: d
 @router.post("/jobs", response_class=HTMLResponse)
 def submit_form(request: Request, kernel: str = Form(..., max_length=100), shapes: str = Form(..., max_length=2000),
                 dtype: str = Form("float32", max_length=16), device_class: str = Form(..., max_length=80),
-                trials: int = Form(20), token: str = Form("", max_length=200)):
-    """The jobs page's form: one shape per line."""
+                trials: int = Form(20)):
+    """The jobs page's form: one shape per line (a logged-in session's; guard.py checked its Origin)."""
     form = {"kernel": kernel, "shapes": shapes, "dtype": dtype, "device_class": device_class, "trials": trials}
     try:
         settings = settings_of(request)
-        auth.check_form(token, request.cookies.get(auth.COOKIE), settings.api_token)
         job = JobIn(kernel=kernel, shapes=[s.strip() for s in shapes.splitlines() if s.strip()] or [""],
                     dtypes=[dtype], device_class=device_class, trials=trials)
         job_id = coordinator.submit(settings, build(job), job.device_class, job.parallel)
@@ -95,50 +95,47 @@ def _measurement(st: dict) -> str:
 
 @router.get("/keys/{kernel}/{key_hash}", response_class=HTMLResponse)
 def key_page(request: Request, kernel: str, key_hash: str, device_class: Optional[str] = None):
-    from tuner.reports import figures, trials
+    from tuner.reports import trials
 
     view = key_view(settings_of(request), kernel[:100], key_hash[:32], device_class)
     classes = sorted({t["device_class"] for t in view["trials"]} | {b["device_class"] for b in view["history"]})
-    return page(request, "key.html", view=view, plot=figures.svg(trials.figure(view)),
+    return page(request, "key.html", view=view, plot=plot(trials.figure(view)),
                 timing=display.timing_label(classes), device_class=device_class)
 
 
 @router.get("/retune", response_class=HTMLResponse)
 def retune_page(request: Request, run: Optional[str] = None):
-    from tuner.reports import figures
     from tuner.reports.retune import figure, report
 
     result, error = _attempt(report, settings_of(request), run[:64] if run else None)
-    plot = figures.svg(figure(result)) if result and result["keys"] else None
-    return page(request, "retune.html", result=result, error=error, plot=plot)
+    svg = plot(figure(result)) if result and result["keys"] else None
+    return page(request, "retune.html", result=result, error=error, plot=svg)
 
 
 @router.get("/compare", response_class=HTMLResponse)
 def compare_page(request: Request, a: Optional[str] = None, b: Optional[str] = None, kernel: Optional[str] = None):
-    from tuner.reports import figures
     from tuner.reports.compare import figure, report
 
-    result = error = plot = None
+    result = error = svg = None
     if a and b:
         result, error = _attempt(report, settings_of(request), [a[:80], b[:80]], kernel[:100] if kernel else None)
-        plot = figures.svg(figure(result)) if result and result["keys"] else None
-    return page(request, "compare.html", result=result, error=error, plot=plot, form={"a": a, "b": b, "kernel": kernel},
+        svg = plot(figure(result)) if result and result["keys"] else None
+    return page(request, "compare.html", result=result, error=error, plot=svg, form={"a": a, "b": b, "kernel": kernel},
                 classes=_stored_classes(request))
 
 
 @router.get("/shapes", response_class=HTMLResponse)
 def shapes_page(request: Request, kernel: Optional[str] = None, vary: Optional[str] = None,
                 shape: Optional[str] = None, device_class: Optional[str] = None, dtype: str = "float32"):
-    from tuner.reports import figures
     from tuner.reports.shapes import figure, report
 
-    result = error = plot = None
+    result = error = svg = None
     form = {"kernel": kernel, "vary": vary, "shape": shape, "device_class": device_class, "dtype": dtype}
     if kernel and vary and device_class:
         result, error = _attempt(report, settings_of(request), kernel[:100], vary[:100], shape[:200] if shape else None,
                                  device_class[:80], dtype[:16])
-        plot = figures.svg(figure(result)) if result and result["points"] else None
-    return page(request, "shapes.html", result=result, error=error, plot=plot, form=form,
+        svg = plot(figure(result)) if result and result["points"] else None
+    return page(request, "shapes.html", result=result, error=error, plot=svg, form=form,
                 classes=_stored_classes(request))
 
 
@@ -148,6 +145,12 @@ def _stored_classes(request: Request) -> list[str]:
         return [c["slug"] for c in fleet.device_classes(s, settings.worker_dead_after_s)]
 
 
+@router.get("/docs", response_class=HTMLResponse)
+def docs(request: Request):
+    """Swagger UI of /openapi.json, from packaged files (tuner/api/app.py)."""
+    return page(request, "docs.html")
+
+
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request):
     return page(request, "login.html", error=None)
@@ -155,9 +158,20 @@ def login_page(request: Request):
 
 @router.post("/login", response_class=HTMLResponse)
 def login(request: Request, token: str = Form(..., max_length=200)):
+    """The operators' token for a session: the cookie holds a random id, never the token."""
     settings = settings_of(request)
     if not auth.token_matches(token, settings.api_token):
-        return page(request, "login.html", status=401, error="wrong token: give the server's TUNER_API_TOKEN")
+        return page(request, "login.html", status=401, error="wrong token: give the server's TUNER_API_TOKEN "
+                                                              "(the runtime token is for inference hosts only)")
     response = RedirectResponse("/", status_code=303)
-    response.set_cookie(auth.COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    response.set_cookie(auth.COOKIE, request.app.state.sessions.start(), max_age=auth.SESSION_S, httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request):
+    request.app.state.sessions.end(request.cookies.get(auth.COOKIE))
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(auth.COOKIE, httponly=True, samesite="strict")
     return response

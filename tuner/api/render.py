@@ -3,6 +3,7 @@ in the dashboard's own look, are rendered. Its own module so that the error hand
 (errors.py) and the pages (pages.py) both use it without importing each other."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fastapi import Request
@@ -22,3 +23,27 @@ def page(request: Request, name: str, status: int = 200, **context) -> HTMLRespo
 
 def error_page(request: Request, status: int, message: str) -> str:
     return templates.get_template("error.html").render(request=request, status=status, message=message)
+
+
+STYLE_ATTRIBUTE = re.compile(r' style="([^"]*)"')
+STYLE_ELEMENT = re.compile(r'<style[^>]*>\s*\*\s*\{([^}]*)\}\s*</style>')
+
+
+def _attributes(declarations: str) -> str:
+    pairs = (d.split(":", 1) for d in declarations.split(";") if ":" in d)
+    return "".join(f' {name.strip()}="{value.strip()}"' for name, value in pairs)
+
+
+def plot(fig) -> str:
+    """A report's figure as inline SVG that the Content-Security-Policy lets the browser draw:
+    matplotlib writes its colours and strokes as style attributes and a <style> element, which
+    `default-src 'self'` blocks (every line would be black), so they become SVG presentation
+    attributes, and the <style> element's rule for every element becomes (inherited) attributes
+    of the root <svg>."""
+    from tuner.reports import figures
+
+    text = figures.svg(fig)
+    root = STYLE_ELEMENT.search(text)
+    text = STYLE_ELEMENT.sub("", text)
+    text = STYLE_ATTRIBUTE.sub(lambda m: _attributes(m.group(1)), text)
+    return text.replace("<svg", "<svg" + _attributes(root.group(1)), 1) if root else text

@@ -11,32 +11,64 @@ from tuner.cli.common import app, db_app, err
 from tuner.errors import UserError
 
 
+# A worker or beat is one of a fleet that a supervisor (re)starts, often all at once after an
+# outage: it waits for its services as long as it takes. `tuner serve` waits a minute: long enough
+# for a database started beside it (compose) or restarted, short enough that an API pointed at
+# the wrong host fails where its operator or supervisor sees it, instead of hanging with no port open.
+SERVE_WAIT_S = 60.0
+
+
+def wait_option(default: float | None, what: str):
+    return typer.Option(default, "--wait-for-services", metavar="SECONDS",
+                        help=f"While {what} does not answer, wait for it with back-off, saying so once a "
+                             "minute, for at most SECONDS (0: fail at once)"
+                             + (f"; default {default:g}." if default is not None else "; default: for ever."))
+
+
 @app.command()
 def worker(device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N"),
            name: Optional[str] = typer.Option(None, "--name", help="Worker node name (default: class-device-pid@host)."),
-           loglevel: str = typer.Option("INFO", "--loglevel")) -> None:
+           loglevel: str = typer.Option("INFO", "--loglevel"),
+           wait_s: Optional[float] = wait_option(None, "the database or the broker")) -> None:
     """Run a worker for one device: it consumes only the queues of its device class."""
     from tuner.worker import run_worker
 
-    run_worker(settings_mod.get(), device, name, loglevel)
+    run_worker(settings_mod.get(), device, name, loglevel, wait_s)
 
 
 @app.command()
-def scheduler(loglevel: str = typer.Option("INFO", "--loglevel")) -> None:
+def scheduler(loglevel: str = typer.Option("INFO", "--loglevel"),
+              wait_s: Optional[float] = wait_option(None, "the broker")) -> None:
     """Run Celery beat: the nightly retune at TUNER_RETUNE_CRON (default '0 3 * * *', UTC)."""
     from tuner.scheduler import run_scheduler
 
-    run_scheduler(settings_mod.get(), loglevel)
+    run_scheduler(settings_mod.get(), loglevel, wait_s)
 
 
 @app.command()
 def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; beyond the loopback "
-                                   "interface TUNER_API_TOKEN is required."),
-          port: int = typer.Option(8000, "--port"), loglevel: str = typer.Option("info", "--loglevel")) -> None:
-    """The HTTP API, dashboard and /metrics (FastAPI on uvicorn; docs at /docs)."""
-    from tuner.api.app import serve as run
+                                   "interface a TUNER_API_TOKEN of 32 characters or more is required."),
+          port: int = typer.Option(8000, "--port"), loglevel: str = typer.Option("info", "--loglevel"),
+          open_reads: bool = typer.Option(False, "--open-reads", help="Reads need no token (a single user's "
+                                          "laptop; loopback only; also TUNER_API_OPEN_READS=1). Writes still do."),
+          wait_s: float = wait_option(SERVE_WAIT_S, "the database")) -> None:
+    """The HTTP API, dashboard and /metrics (FastAPI on uvicorn; docs at /docs). Every request but
+    /healthz needs TUNER_API_TOKEN, or TUNER_RUNTIME_TOKEN for the runtime's bundle and misses."""
+    from dataclasses import replace
 
-    run(settings_mod.get(), host, port, loglevel)
+    from tuner.api.app import policy_of
+    from tuner.api.app import serve as run
+    from tuner.api.auth import check_bind, is_loopback
+    from tuner.coordinator import await_services
+
+    settings = replace(settings_mod.get(), api_open_reads=True) if open_reads else settings_mod.get()
+    if not settings.api_token and not settings.api_open_reads and is_loopback(host):  # elsewhere: refused
+        err.print("note: no TUNER_API_TOKEN, so every request but /healthz will be refused; set one, or give "
+                  "--open-reads for reads on this machine")
+    check_bind(host, policy_of(settings))  # before waiting: a misconfigured server fails at once
+    # the database only: without the broker the API still serves every read (a submit is a 503)
+    await_services(settings, wait_s, broker=False)
+    run(settings, host, port, loglevel)
 
 
 @db_app.command("upgrade")

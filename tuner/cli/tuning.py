@@ -286,8 +286,17 @@ def retune(device_class: Optional[str] = typer.Option(None, "--device-class"),
                   ", ".join(map(str, j["budgets"])),
                   f"{', '.join(j['old_fingerprint'])}\n-> {', '.join(j['new_fingerprint'])}")
     show(t)
-    if not result["jobs"]:
+    _print_skipped(result)
+    if not result["jobs"] and not result["skipped"]:
         err.print("nothing stale: every current configuration was tuned under a stack that live workers run")
+
+
+def _print_skipped(result: dict) -> None:
+    """A retune's keys left out, one line each with the reason."""
+    for sk in result["skipped"]:
+        dims = ",".join(f"{k}={v}" for k, v in sk["key"].items())
+        err.print(f"skipped {sk['kernel']} {dims} {sk['dtype']} on {sk['device_class']}: {sk['reason']}",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 def _queued_table(result: dict, as_json: bool, dry_run: bool, lease: str, title: str, *columns: str):
@@ -314,5 +323,4 @@ def _retune_misses(device_class, kernel, top, min_count, dry_run: bool, as_json:
                   ",".join(f"{k}={v}" for k, v in j["key"].items()) + f" {j['dtype']}", str(j["count"]),
                   ",".join(j["levels"]))
     show(t)
-    for sk in result["skipped"]:
-        err.print(f"skipped {sk['kernel']} {sk['key']} {sk['dtype']} on {sk['device_class']}: {sk['reason']}")
+    _print_skipped(result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 FORMATS = {"bundle": "tuner.formats.bundle",
            "vllm": "tuner.formats.vllm",
@@ -23,6 +24,28 @@ def get(name: str):
     if name not in FORMATS:
         raise UserError(f"unknown export format {str(name)[:40]!r}; use one of {', '.join(FORMATS)}")
     return importlib.import_module(FORMATS[name])
+
+
+def inside(output: Path, names: Iterable[str]) -> dict[str, Path]:
+    """{name: its path under output}, each resolved (symlinks followed) and checked to stay inside
+    output, for every file of an export before the first is written. File names are made of
+    database rows (the device names workers registered, a stack's Triton version): a name that
+    leaves output is refused with UserError, one line, and nothing is written."""
+    from tuner.errors import UserError
+
+    root = Path(output).resolve()
+    out = {}
+    for name in names:
+        try:
+            path = (root / name).resolve()
+        except (ValueError, OSError):  # a NUL byte, a symlink loop
+            path = root
+        if path == root or not path.is_relative_to(root):
+            raise UserError(f"export file {str(name)[:80]!r} would land outside {str(output)[:80]}: its name comes "
+                            "from a device name or stack version in the database (device_classes.device_names, "
+                            "stack_fingerprints); correct that row. Nothing was written")
+        out[name] = path
+    return out
 
 
 def current_entries(settings, kernel: str | None, device_class: str | None, version: bool = False,

@@ -64,8 +64,11 @@ def digest(doc: dict[str, Any]) -> str:
 
 
 def write(entries: list[dict[str, Any]], output: Path) -> int:
+    from tuner.formats import inside
+
     doc = document(entries)
-    write_atomic(output, json.dumps(doc, indent=1, sort_keys=True))
+    output = Path(output)
+    write_atomic(inside(output.parent, [output.name])[output.name], json.dumps(doc, indent=1, sort_keys=True))
     return len(doc["entries"])
 
 

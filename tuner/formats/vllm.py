@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from tuner.formats import inside
 from tuner.formats.bundle import write_atomic
 
 DESCRIPTION = "vLLM's fused-MoE config files, one per (E, N, device, dtype), for VLLM_TUNED_CONFIG_FOLDER"
@@ -67,8 +68,9 @@ def files(entries: list[dict[str, Any]], name: Callable[[dict[str, Any], str], s
 
 
 def write_files(tables: dict[str, dict[int, dict]], output: Path) -> int:
+    paths = inside(output, tables)
     for rel, table in sorted(tables.items()):
-        path = Path(output) / rel
+        path = paths[rel]
         path.parent.mkdir(parents=True, exist_ok=True)
         doc = {str(m): table[m] for m in sorted(table)}
         write_atomic(path, json.dumps(doc, indent=4) + "\n")

@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tuner.formats import inside
 from tuner.formats.bundle import write_atomic
 
 DESCRIPTION = "vLLM's LoRA shrink/expand files for VLLM_TUNED_CONFIG_FOLDER ({gpu}_SHRINK.json, {gpu}_EXPAND_TRUE.json)"
@@ -76,9 +77,10 @@ def files(entries: list[dict[str, Any]]) -> dict[str, dict]:
 
 def write(entries: list[dict[str, Any]], output: Path) -> int:
     """Write every file (each atomically); the number of configurations written."""
-    written = 0
-    for name, doc in files(entries).items():
-        write_atomic(Path(output) / name, json.dumps(doc, indent=1) + "\n")
+    written, docs = 0, files(entries)
+    paths = inside(output, docs)
+    for name, doc in docs.items():
+        write_atomic(paths[name], json.dumps(doc, indent=1) + "\n")
         written += _leaves(doc)
     return written
 
