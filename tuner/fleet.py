@@ -179,6 +179,20 @@ def job_durations(s) -> list[tuple[str, float]]:
     return [(kind, max(0.0, (end - start).total_seconds())) for kind, start, end in rows]
 
 
+def miss_counts(s) -> dict[tuple[str, str, str], int]:
+    """(class slug, kernel, level) -> launches runtimes reported served from that level, summed in SQL."""
+    M = models.RuntimeMiss
+    return {(dc, k, lvl): int(n) for dc, k, lvl, n in s.execute(
+        select(M.device_class, M.kernel, M.level, func.sum(M.count)).group_by(M.device_class, M.kernel, M.level)).all()}
+
+
+def missed_keys(s) -> dict[str, int]:
+    """Per class slug: miss rows whose key has not been tuned since, counted in SQL."""
+    M = models.RuntimeMiss
+    return dict(s.execute(select(M.device_class, func.count()).where(~store.tuned_since(M).exists())
+                          .group_by(M.device_class)).all())
+
+
 def _iso(value) -> str | None:
     return value.isoformat() if value else None
 

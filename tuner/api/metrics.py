@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Request, Response
+import threading
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -40,14 +41,45 @@ from tuner.settings import Settings
 log = logging.getLogger("tuner.api")
 router = APIRouter()
 # a job runs from seconds (a small interpreter tune) to hours (a model's keys on a fleet)
+CACHE_S = 10.0  # a scrape reads the database at most this often (Prometheus scrapes every 15 to 60 s)
 JOB_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 12 * 3600, 24 * 3600)
 
 
 class FleetCollector:
+    """The families of one scrape, read from the database and the broker. A scrape is answered from
+    the last reading while it is younger than CACHE_S, and a reading older than that is renewed
+    by one background thread while scrapes keep getting the last one: at fleet scale a reading
+    takes seconds (a million trials grouped, a hundred thousand misses), any number of scrapers
+    and API processes must not each pay it, and a Prometheus scrape times out at 10 s."""
+
     def __init__(self, settings: Settings):
         self.settings = settings
+        self._lock = threading.Lock()
+        self._reading: tuple[float, list] | None = None  # (monotonic time read, families)
+        self._renewing = False
 
     def collect(self):
+        now = time.monotonic()
+        reading = self._reading
+        if reading is None:
+            with self._lock:  # the first scrape of a process reads; those meanwhile wait for it
+                if self._reading is None:
+                    self._reading = (time.monotonic(), list(self._read()))
+            return self._reading[1]
+        if now - reading[0] > CACHE_S:
+            with self._lock:
+                start, self._renewing = not self._renewing, True
+            if start:
+                threading.Thread(target=self._renew, name="tuner-metrics", daemon=True).start()
+        return reading[1]
+
+    def _renew(self) -> None:
+        try:
+            self._reading = (time.monotonic(), list(self._read()))
+        finally:
+            self._renewing = False
+
+    def _read(self):
         settings = self.settings
         try:
             url = open_for_read(settings)
@@ -58,8 +90,8 @@ class FleetCollector:
                 rate = fleet.trials_last_minute(s)
                 outcomes = fleet.trial_outcomes(s)
                 stale = fleet.stale_keys(s, settings.worker_dead_after_s)
-                misses = fleet.runtime_misses(s, include_tuned=True)  # counted ever: a counter only grows
-                untuned = fleet.runtime_misses(s)
+                launches = fleet.miss_counts(s)  # counted ever: a counter only grows
+                keys = fleet.missed_keys(s)
                 ages = fleet.heartbeat_ages(s)
                 consumers = fleet.queue_consumers(s, settings.worker_dead_after_s, names)
                 oldest = fleet.queue_oldest(s)
@@ -90,17 +122,10 @@ class FleetCollector:
                     {(dc, "ok"): 0 for dc in classes} | outcomes, CounterMetricFamily)
         yield gauge("tuner_stale_keys", "Current bests tuned under a stack no live worker of the class runs",
                     ["device_class"], {(dc,): stale.get(dc, 0) for dc in classes})
-        launches: dict[tuple[str, str, str], int] = {}
-        for m in misses:
-            k = (m["device_class"], m["kernel"], m["level"])
-            launches[k] = launches.get(k, 0) + m["count"]
         yield gauge("tuner_runtime_misses", "Launches runtimes served from a fallback level (as they report them)",
                     ["device_class", "kernel", "level"], launches, CounterMetricFamily)
-        keys: dict[tuple[str], int] = {}
-        for m in untuned:
-            keys[(m["device_class"],)] = keys.get((m["device_class"],), 0) + 1
         yield gauge("tuner_runtime_missed_keys", "Keys served from a fallback level and not tuned since",
-                    ["device_class"], keys)
+                    ["device_class"], {(dc,): keys.get(dc, 0) for dc in sorted(set(classes) | set(keys))})
         yield gauge("tuner_worker_heartbeat_age_seconds", "Seconds since the heartbeat of each worker that has "
                     "not stopped cleanly", ["worker", "device_class"], ages)
         yield gauge("tuner_workers_dead", "Workers silent past the heartbeat grace that never stopped cleanly", [],
