@@ -177,7 +177,8 @@ def populate_scale(url: str) -> dict:
             "sampler, seed, budget_trials, request, created_at, started_at, finished_at) "
             "SELECT md5('job' || g), CASE WHEN g % 10 = 0 THEN 'retune' ELSE 'tune' END, 'queued', 'matmul', :v, "
             ":dcs[1 + g % 4], 'h100', CASE WHEN g <= 50 THEN 'queued' WHEN g <= 100 THEN 'running' "
-            "WHEN g % 20 = 0 THEN 'failed' ELSE 'done' END, 'auto', 0, 100, CAST('{}' AS json), "
+            "WHEN g % 20 = 0 THEN 'failed' ELSE 'done' END, 'auto', 0, 100, CASE WHEN g % 10 = 0 THEN "
+            "json_build_object('retune_run', 'run-' || (g / 200)) ELSE CAST('{}' AS json) END, "
             "now() - (g || ' minutes')::interval, now() - (g || ' minutes')::interval, "
             "CASE WHEN g > 100 THEN now() - (g || ' minutes')::interval + interval '20 minutes' END "
             "FROM generate_series(1, :n) g"), {"v": spec.version, "dcs": dc_ids, "n": SCALE["jobs"]})

@@ -95,12 +95,36 @@ def _measurement(st: dict) -> str:
 
 @router.get("/keys/{kernel}/{key_hash}", response_class=HTMLResponse)
 def key_page(request: Request, kernel: str, key_hash: str, device_class: Optional[str] = None):
+    settings = settings_of(request)
+    view = key_view(settings, kernel[:100], key_hash[:32], device_class)
+    classes = sorted({t["device_class"] for t in view["trials"]} | {b["device_class"] for b in view["history"]})
+    return page(request, "key.html", view=view, plot=_key_plot(settings, view, device_class),
+                timing=display.timing_label(classes), device_class=device_class)
+
+
+_PLOTS: dict[tuple, str] = {}  # a key's plot per state of the key (its trials, its bests)
+MAX_PLOTS = 64
+
+
+def _key_plot(settings, view: dict, device_class: str | None) -> str:
+    """The key's trial plot, drawn once per state of the key rather than per view: a key of 100,000
+    trials takes a second to sample and draw, and its page is looked at again and again."""
+    from tuner import queries
     from tuner.reports import trials
 
-    view = key_view(settings_of(request), kernel[:100], key_hash[:32], device_class)
-    classes = sorted({t["device_class"] for t in view["trials"]} | {b["device_class"] for b in view["history"]})
-    return page(request, "key.html", view=view, plot=plot(trials.figure(view)),
-                timing=display.timing_label(classes), device_class=device_class)
+    state = (view["kernel"], view["key_hash"], device_class, view["trials_total"], view["last_trial"],
+             tuple((b["device_class"], b["fingerprint"], b["median_ms"]) for b in view["current"]))
+    svg = _PLOTS.get(state)
+    if svg is None:
+        url = open_for_read(settings)
+        slugs = queries.device_class_slugs(url, device_class, None)
+        with session_scope(url) as s:
+            points = queries.key_points(s, view["kernel"], view["key_hash"], slugs, view["trials_total"])
+        svg = plot(trials.figure({**view, "trials": points}))
+        if len(_PLOTS) >= MAX_PLOTS:
+            _PLOTS.clear()
+        _PLOTS[state] = svg
+    return svg
 
 
 @router.get("/retune", response_class=HTMLResponse)
