@@ -6,9 +6,12 @@ The roles (cluster-wide: created once by an administrator, with the SQL in the R
   - the owner, which runs `tuner db upgrade` (docker-compose's POSTGRES_USER): owns every table,
     ours and Optuna's, and is the only role that may create, alter or drop one;
   - WORKER (`tuner_worker`): workers, the scheduler and the CLI. Reads and writes the rows of the
-    service (jobs, trials, bests, leases, the Optuna studies); deletes only leases, claims and
-    Optuna's rows; never creates, alters, truncates or drops a table, nor deletes a job, a trial
-    or a best configuration;
+    service (jobs, trials, bests, leases, the Optuna studies); deletes only leases, claims, old
+    miss rows (the janitor's prune) and Optuna's rows; never creates, alters, truncates or drops a
+    table, nor deletes a job, a trial or a best configuration;
+  - API (`tuner_api`): `tuner serve`. Reads every table; writes only jobs and their keys (submit,
+    cancel) and adds miss counts to `runtime_misses` (POST /v1/misses); never a trial, a best, a
+    worker or a device name, and deletes nothing;
   - RUNTIME (`tuner_runtime`): inference hosts (`tuner.runtime`). Reads the best configurations
     and the identity rows they join, nothing else; adds miss counts to `runtime_misses`.
 Grants go only to roles that exist; a role this database does not know is skipped.
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-WORKER, RUNTIME = "tuner_worker", "tuner_runtime"
+WORKER, API, RUNTIME = "tuner_worker", "tuner_api", "tuner_runtime"
 # our tables, and what the worker role may do with each (Optuna's tables: all but DDL)
 WORKER_TABLES = {
     "device_classes": "SELECT, INSERT, UPDATE", "stack_fingerprints": "SELECT, INSERT, UPDATE",
@@ -25,11 +28,13 @@ WORKER_TABLES = {
     "tuning_trials": "SELECT, INSERT, UPDATE", "best_configs": "SELECT, INSERT, UPDATE",
     "tuner_locks": "SELECT, INSERT, UPDATE, DELETE", "trial_claims": "SELECT, INSERT, UPDATE, DELETE",
     "tuner_alembic_version": "SELECT",
-    # the runtime's miss counts (`tuner misses`, `retune --misses` read them; the HTTP sink adds to
-    # them) and imported seed configurations: rows are added and updated, never deleted
-    "runtime_misses": "SELECT, INSERT, UPDATE", "imported_configs": "SELECT, INSERT, UPDATE",
+    # the runtime's miss counts (`tuner misses`, `retune --misses` read them; the janitor prunes the
+    # old ones) and imported seed configurations (added and updated, never deleted)
+    "runtime_misses": "SELECT, INSERT, UPDATE, DELETE", "imported_configs": "SELECT, INSERT, UPDATE",
 }
 OPTUNA_READ_ONLY = ("version_info", "alembic_version")  # Optuna's schema version: `tuner db upgrade` writes it
+API_WRITES = {"jobs": "SELECT, INSERT, UPDATE", "job_keys": "SELECT, INSERT, UPDATE",
+              "runtime_misses": "SELECT, INSERT, UPDATE"}  # every other table: SELECT
 RUNTIME_TABLES = {"best_configs": "SELECT", "device_classes": "SELECT", "stack_fingerprints": "SELECT",
                   "tuner_alembic_version": "SELECT",
                   "runtime_misses": "SELECT, INSERT, UPDATE"}  # the runtime's miss counts
@@ -39,16 +44,17 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def grant(conn, worker: str = WORKER, runtime: str = RUNTIME) -> list[str]:
+def grant(conn, worker: str = WORKER, runtime: str = RUNTIME, api: str = API) -> list[str]:
     """Apply the grants on conn (PostgreSQL, as the tables' owner), in its transaction: every
-    privilege of the two roles in this database is revoked, then granted as the module docstring
+    privilege of the three roles in this database is revoked, then granted as the module docstring
     says. Returns the roles that exist and were granted to."""
-    roles = set(conn.execute(text("SELECT rolname FROM pg_roles WHERE rolname IN (:w, :r)"),
-                             {"w": worker, "r": runtime}).scalars())
+    roles = set(conn.execute(text("SELECT rolname FROM pg_roles WHERE rolname IN (:w, :r, :a)"),
+                             {"w": worker, "r": runtime, "a": api}).scalars())
     tables = set(conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
     conn.execute(text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))  # PostgreSQL 15 does; older ones do not
     done = []
-    for role, allowed in ((worker, None), (runtime, RUNTIME_TABLES)):
+    api_tables = {t: API_WRITES.get(t, "SELECT") for t in tables}
+    for role, allowed in ((worker, None), (api, api_tables), (runtime, RUNTIME_TABLES)):
         if role not in roles:
             continue
         r = _q(role)
@@ -88,3 +94,17 @@ def grant_if_owner(url: str) -> list[str]:
                                   "WHERE rolname = current_user) FROM pg_tables WHERE schemaname = 'public' "
                                   "AND tablename = 'jobs'")).scalar()
         return grant(conn) if owner else []
+
+
+def writes_bests(url: str) -> str | None:
+    """The PostgreSQL role url connects as when it may write best configurations, which `tuner
+    serve` never needs (it should connect as API); None for a role without that right, or
+    another backend."""
+    from db.session import make_engine
+
+    engine = make_engine(url)
+    if engine.dialect.name != "postgresql":
+        return None
+    with engine.connect() as conn:
+        role, can = conn.execute(text("SELECT current_user, has_table_privilege('best_configs', 'INSERT')")).one()
+    return role if can else None

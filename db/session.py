@@ -15,6 +15,8 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.urls import redact, scrub
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "tuner_alembic_version"  # Optuna's own Alembic uses alembic_version
 # pg_advisory_xact_lock key that serializes concurrent `upgrade` calls (any constant of our own)
@@ -33,21 +35,6 @@ class DatabaseError(RuntimeError):
     def __init__(self, message: str, transient: bool = False):
         super().__init__(message)
         self.transient = transient
-
-
-def redact(url: str | URL) -> str:
-    """The URL with its password shown as ***. Read from the text, not parsed: a password that holds
-    an unencoded '@' (tuner:p@ss@host) is split by URL parsers at the first '@', and its tail shown."""
-    if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    scheme, sep, rest = str(url).partition("://")
-    first = rest.find("@")
-    if not sep or first < 0:
-        return str(url)
-    slash = rest.find("/", first)
-    at = rest.rfind("@", 0, slash if slash >= 0 else len(rest))  # the host follows the last '@'
-    user, colon, _ = rest[:at].partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{rest[at + 1:]}"
 
 
 def private_dir(path: Path) -> None:
@@ -135,10 +122,7 @@ def _translated(url: str) -> Iterator[None]:
         yield
     except OperationalError as exc:
         lines = str(exc.orig).strip().splitlines() if exc.orig is not None else []
-        reason = lines[0] if lines else "connection failed"
-        password = make_url(url).password
-        if password:  # drivers do not echo it today; make sure no future one does either
-            reason = reason.replace(str(password), "***")
+        reason = scrub(lines[0] if lines else "connection failed", url)  # a host name may hold a password's tail
         hint, transient = _diagnose(reason, sqlite_path(url) is not None)
         raise DatabaseError(f"cannot use database {redact(url)}: {reason}; {hint}", transient) from None
 

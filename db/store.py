@@ -9,7 +9,7 @@ import uuid
 from datetime import timedelta
 from typing import Any, Iterable
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import case, delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -299,34 +299,45 @@ def release_lock(s: Session, name: str, holder: str) -> None:
 
 
 _MISS_KEY = ("kernel", "kernel_version", "key_hash", "device_class", "fingerprint", "level")
+MAX_MISS_COUNT = 2**53  # a row's count stops here (exact as a float in JSON and Prometheus; far from int8's end)
+MAX_MISS_ROWS = 100_000  # new keys beyond this many rows are dropped until old ones are pruned
 
 
-def record_misses(s: Session, records: Iterable[dict[str, Any]], chunk: int = 500) -> int:
+def record_misses(s: Session, records: Iterable[dict[str, Any]], chunk: int = 500,
+                  max_rows: int = MAX_MISS_ROWS) -> int:
     """Add counted misses (each: the _MISS_KEY fields, key, dtype, count, first_seen and last_seen as
-    aware datetimes) to their rows: counts summed, the first and last sightings widened. One
-    statement per chunk (INSERT ... ON CONFLICT DO UPDATE, on SQLite and PostgreSQL alike), so
-    concurrent writers never lose a count. Returns the rows touched."""
+    aware datetimes) to their rows: counts summed up to MAX_MISS_COUNT (saturating, so no sum ever
+    overflows and fails a later batch), the first and last sightings widened but never past now
+    (a row dated in the future would outlive pruning). A key without a row gets one only while
+    the table holds fewer than max_rows. One upsert per chunk (INSERT ... ON CONFLICT DO UPDATE,
+    on SQLite and PostgreSQL alike), so concurrent writers never lose a count. Returns the rows
+    touched."""
+    now = utcnow()
     merged: dict[tuple, dict[str, Any]] = {}
     for r in records:
         k = tuple(r[f] for f in _MISS_KEY)
+        last = min(r["last_seen"], now)
+        first = min(r["first_seen"], last)
         row = merged.get(k)
         if row is None:
-            merged[k] = {**{f: r[f] for f in _MISS_KEY}, "key": r["key"], "dtype": r["dtype"], "count": r["count"],
-                         "first_seen": r["first_seen"], "last_seen": r["last_seen"]}
+            merged[k] = {**{f: r[f] for f in _MISS_KEY}, "key": r["key"], "dtype": r["dtype"],
+                         "count": min(r["count"], MAX_MISS_COUNT), "first_seen": first, "last_seen": last}
         else:
-            row["count"] += r["count"]
-            row["first_seen"], row["last_seen"] = min(row["first_seen"], r["first_seen"]), max(row["last_seen"], r["last_seen"])
+            row["count"] = min(row["count"] + r["count"], MAX_MISS_COUNT)
+            row["first_seen"], row["last_seen"] = min(row["first_seen"], first), max(row["last_seen"], last)
+    rows = _within_cap(s, list(merged.values()), max_rows)
     dialect = s.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    rows = list(merged.values())
     for i in range(0, len(rows), chunk):
         stmt = insert(RuntimeMiss).values(rows[i:i + chunk])
         new = stmt.excluded
         s.execute(stmt.on_conflict_do_update(index_elements=list(_MISS_KEY), set_={
-            "count": RuntimeMiss.count + new.count,
+            # compared before added: the sum itself never exceeds the cap (nor int8, nor SQLite's int64)
+            "count": case((new.count > MAX_MISS_COUNT - RuntimeMiss.count, MAX_MISS_COUNT),
+                          else_=RuntimeMiss.count + new.count),
             "first_seen": case((new.first_seen < RuntimeMiss.first_seen, new.first_seen), else_=RuntimeMiss.first_seen),
             "last_seen": case((new.last_seen > RuntimeMiss.last_seen, new.last_seen), else_=RuntimeMiss.last_seen)}))
     return len(rows)
@@ -343,8 +354,29 @@ def tuned_since(miss=RuntimeMiss):
                    StackFingerprint.hash == miss.fingerprint, BestConfig.superseded_at.is_(None)))
 
 
+def _within_cap(s: Session, rows: list[dict[str, Any]], max_rows: int) -> list[dict[str, Any]]:
+    """The rows of a batch the table has room for: every key it holds already, new ones up to max_rows."""
+    if not rows:
+        return rows
+    columns = [getattr(RuntimeMiss, f) for f in _MISS_KEY]
+    held = {tuple(r) for i in range(0, len(rows), 500) for r in s.execute(select(*columns).where(
+        tuple_(*columns).in_([tuple(r[f] for f in _MISS_KEY) for r in rows[i:i + 500]])))}
+    fresh = [r for r in rows if tuple(r[f] for f in _MISS_KEY) not in held]
+    if not fresh:
+        return rows
+    room = max(0, max_rows - s.scalar(select(func.count()).select_from(RuntimeMiss)))
+    keep = {id(r) for r in fresh[:room]}
+    return [r for r in rows if tuple(r[f] for f in _MISS_KEY) in held or id(r) in keep]
+
+
+def prune_misses(s: Session, keep_days: float) -> int:
+    """Delete the miss rows not seen for keep_days (the janitor, hourly); returns how many."""
+    cutoff = utcnow() - timedelta(days=keep_days)
+    return s.execute(delete(RuntimeMiss).where(RuntimeMiss.last_seen < cutoff)).rowcount
+
+
 def misses(s: Session, *, kernel: str | None = None, device_classes: Iterable[str] | None = None,
-           min_count: int = 1, include_tuned: bool = False) -> list[RuntimeMiss]:
+           min_count: int = 1, include_tuned: bool = False, limit: int | None = None) -> list[RuntimeMiss]:
     """Miss rows, most frequent first. A row whose key has been tuned since (a current best of the
     same kernel version, key, class and fingerprint) is left out unless include_tuned."""
     q = select(RuntimeMiss).where(RuntimeMiss.count >= min_count)
@@ -354,4 +386,4 @@ def misses(s: Session, *, kernel: str | None = None, device_classes: Iterable[st
         q = q.where(RuntimeMiss.device_class.in_(list(device_classes)))
     if not include_tuned:
         q = q.where(~tuned_since(RuntimeMiss).exists())
-    return list(s.scalars(q.order_by(RuntimeMiss.count.desc(), RuntimeMiss.last_seen.desc(), RuntimeMiss.id)))
+    return list(s.scalars(q.order_by(RuntimeMiss.count.desc(), RuntimeMiss.last_seen.desc(), RuntimeMiss.id).limit(limit)))

@@ -6,8 +6,10 @@
 set -eu
 if [ -n "${TUNER_RUNTIME_DB_PASSWORD:-}" ]; then runtime_login="LOGIN PASSWORD :'runtime_pw'"; else runtime_login="NOLOGIN"; fi
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
-     -v worker_pw="$TUNER_WORKER_DB_PASSWORD" -v runtime_pw="${TUNER_RUNTIME_DB_PASSWORD:-}" <<SQL
+     -v worker_pw="$TUNER_WORKER_DB_PASSWORD" -v api_pw="$TUNER_API_DB_PASSWORD" \
+     -v runtime_pw="${TUNER_RUNTIME_DB_PASSWORD:-}" <<SQL
 CREATE ROLE tuner_worker LOGIN PASSWORD :'worker_pw';
+CREATE ROLE tuner_api LOGIN PASSWORD :'api_pw';
 CREATE ROLE tuner_runtime $runtime_login;
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 SQL

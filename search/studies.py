@@ -30,7 +30,8 @@ from sqlalchemy import func, select, text
 
 from db import models, store
 from db.models import OPTUNA_TABLES
-from db.session import DatabaseError, make_engine, missing_tables, redact, schema_lock, session_scope
+from db.session import DatabaseError, make_engine, missing_tables, schema_lock, session_scope
+from db.urls import redact
 from search.propose import tell
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,11 @@ projection's output). Both kernels follow vLLM's design (vllm/lora/ops/triton_op
 lora_shrink_op.py and lora_expand_op.py): the grid is (tiles, slices, adapters in the batch),
 each program finds its adapter's segment of the token list sorted by adapter, and programs past
 their segment's tokens return at once. The keys: tokens M, the rank RANK, the hidden size (K for
-shrink, N for expand), SLICES and LORAS (the adapters in the batch): what vLLM looks a tuned
-configuration up by (`get_lora_op_configs`: max_loras, num_slices, m, k, n).
+shrink, N for expand), SLICES and LORAS, the server's --max-loras: what vLLM looks a tuned
+configuration up by (`get_lora_op_configs`: max_loras, num_slices, m, k, n), except that vLLM's
+max_loras is `lora_ids.size(0)`, LORAS + 1 (its ids array has a slot for "no adapter" too,
+lora_kernel_metadata.py `LoRAKernelMeta.make`), at every batch size. So the grid's third axis has
+LORAS + 1 slots, as vLLM launches it, of which min(M, LORAS) hold tokens; the rest return at once.
 
 The resource model (shared memory/LDS and registers of a BLOCK_M x BLOCK_N x BLOCK_K tile) was
 held against Triton 3.6's sm_90 and gfx942 builds of both kernels (bench/constraint_check.py,
@@ -20,7 +23,7 @@ import hashlib
 import inspect
 import sys
 from functools import cached_property
-from typing import Any, Mapping, NamedTuple
+from typing import NamedTuple
 
 import triton
 import triton.language as tl
@@ -30,7 +33,6 @@ from search_spaces.base import (
     Config,
     KernelSpec,
     LazyTorch,
-    SpecError,
     Target,
     TuningKey,
     block_limit,
@@ -52,19 +54,28 @@ class Segments(NamedTuple):
     """The batch's tokens grouped by adapter, as vLLM's LoRAKernelMeta holds them."""
 
     token_indices: torch.Tensor  # int32 [M]: token ids, sorted by adapter slot
-    tokens_per_lora: torch.Tensor  # int32 [LORAS]: tokens of each slot
-    start: torch.Tensor  # int32 [LORAS + 1]: where each slot's tokens begin in token_indices
-    lora_ids: torch.Tensor  # int32 [LORAS]: the adapter (weight index) of each slot
+    tokens_per_lora: torch.Tensor  # int32 [LORAS + 1]: tokens of each slot (0 for an unused one)
+    start: torch.Tensor  # int32 [LORAS + 2]: where each slot's tokens begin in token_indices
+    lora_ids: torch.Tensor  # int32 [LORAS + 1]: the adapter (weight index) of each slot, -1 unused
+
+
+def slots(loras: int) -> int:
+    """The adapter slots vLLM's ops launch for a server holding `loras` adapters, and the max_loras
+    they look their configuration up by: `lora_ids.size(0)`, --max-loras + 1."""
+    return loras + 1
 
 
 def make_segments(m: int, loras: int, gen: torch.Generator, device: str) -> Segments:
-    """M tokens over LORAS adapters, as even as M allows, in a random order (requests with
-    different adapters interleave in a batch); slot i serves a random adapter, so a kernel that
-    took the slot for the adapter would fail the check."""
-    slot_of_token = (torch.arange(m) % loras)[torch.randperm(m, generator=gen)]
-    lora_ids = torch.randperm(loras, generator=gen)
-    counts = torch.bincount(slot_of_token, minlength=loras)
-    start = torch.zeros(loras + 1, dtype=torch.int64)
+    """M tokens over min(M, LORAS) of the LORAS adapters, as even as M allows, in a random order
+    (requests with different adapters interleave in a batch), in LORAS + 1 slots as vLLM holds
+    them: the used slots first, the others empty with adapter -1 (vLLM's `_reset` fills -1). Slot i
+    serves a random adapter, so a kernel that took the slot for the adapter would fail the check."""
+    used, n = min(m, loras), slots(loras)
+    slot_of_token = (torch.arange(m) % used)[torch.randperm(m, generator=gen)]
+    lora_ids = torch.full((n,), -1, dtype=torch.int64)
+    lora_ids[:used] = torch.randperm(loras, generator=gen)[:used]
+    counts = torch.bincount(slot_of_token, minlength=n)
+    start = torch.zeros(n + 1, dtype=torch.int64)
     start[1:] = torch.cumsum(counts, 0)
     order = torch.argsort(slot_of_token, stable=True)
     return Segments(*(t.to(dtype=torch.int32, device=device) for t in (order, counts, start, lora_ids)))
@@ -85,7 +96,7 @@ def segment_rows(seg: Segments) -> list[tuple[int, torch.Tensor]]:
     """(adapter, its token ids) per slot: what the references loop over."""
     rows = seg.token_indices.long().cpu()
     starts = seg.start.tolist()
-    return [(int(a), rows[starts[i]:starts[i + 1]]) for i, a in enumerate(seg.lora_ids.tolist())]
+    return [(int(a), rows[starts[i]:starts[i + 1]]) for i, a in enumerate(seg.lora_ids.tolist()) if a >= 0]
 
 
 def tile_resources(config: Config, target: Target, a_bytes: int, b_bytes: int, out_bytes: int,
@@ -140,14 +151,6 @@ class LoraSpec(KernelSpec):
         """A hash of the kernel's module and this one: both decide what a configuration does."""
         source = "".join(inspect.getsource(sys.modules[m]) for m in (type(self).__module__, __name__))
         return hashlib.sha256(source.encode()).hexdigest()[:12]
-
-    def make_key(self, dims: Mapping[str, Any], dtype: str) -> TuningKey:
-        key = super().make_key(dims, dtype)
-        d = key.dim_map
-        if d["LORAS"] > d["M"]:
-            raise SpecError(f"LORAS={d['LORAS']} adapters in a batch of M={d['M']} tokens: every adapter in the "
-                            "batch has a token, so LORAS <= M; lower LORAS or raise M")
-        return key
 
     def example_dims(self) -> dict[str, int]:
         return {"M": 64, self.hidden: 4096, "RANK": 16, "SLICES": 1, "LORAS": 4}

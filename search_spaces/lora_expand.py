@@ -5,7 +5,7 @@ as vLLM does), B is [SLICES, adapters, N, RANK] (each slice's LoRA B, stacked), 
 projection's output [M, SLICES x N]: slice s adds into columns s*N .. (s+1)*N. The kernel reads
 y_in and writes y_out, which may be one tensor (vLLM's in-place add, `add_inputs=True`); trials
 pass two, so that no launch reads another's output. The grid is (M tiles x N tiles, SLICES,
-LORAS), M tiles first, as in vLLM's `lora_expand`, whose `get_lora_op_configs("expand")` default
+LORAS + 1), M tiles first, as in vLLM's `lora_expand`, whose `get_lora_op_configs("expand")` default
 is this kernel's default (see lora.py). All slices are N wide (vLLM also serves slices of
 different widths, as GQA's q, k and v, by their widest: tune those at the widest N).
 """
@@ -28,7 +28,7 @@ from search_spaces.base import (
     next_pow2,
     require_launchable,
 )
-from search_spaces.lora import LoraSpec, Segments, adapter_rows, make_segments, segment_rows, tile_resources
+from search_spaces.lora import LoraSpec, Segments, adapter_rows, make_segments, segment_rows, slots, tile_resources
 
 torch = LazyTorch(globals())  # imported at its first use: reading a space needs none
 
@@ -95,7 +95,8 @@ class ExpandInputs(NamedTuple):
 
 
 def _grid(config: Config, d: dict[str, int]) -> tuple[int, int, int]:
-    return (triton.cdiv(d["M"], config["BLOCK_M"]) * triton.cdiv(d["N"], config["BLOCK_N"]), d["SLICES"], d["LORAS"])
+    return (triton.cdiv(d["M"], config["BLOCK_M"]) * triton.cdiv(d["N"], config["BLOCK_N"]), d["SLICES"],
+            slots(d["LORAS"]))
 
 
 def vllm_default(slices: int) -> Config:
@@ -203,8 +204,10 @@ class LoraExpand(LoraSpec):
 
     def bytes_moved(self, key: TuningKey) -> float:
         d = key.dim_map
-        # the fp32 input, each slice's B of every adapter in the batch, the output read and written
-        return float(d["SLICES"] * d["M"] * d["RANK"] * 4 + (d["SLICES"] * d["LORAS"] * d["N"] * d["RANK"]
+        # the fp32 input, each slice's B of every adapter in the batch (min(M, LORAS) of them), the
+        # output read and written
+        used = min(d["M"], d["LORAS"])
+        return float(d["SLICES"] * d["M"] * d["RANK"] * 4 + (d["SLICES"] * used * d["N"] * d["RANK"]
                                                             + 2 * d["M"] * d["SLICES"] * d["N"]) * DTYPE_BYTES[key.dtype])
 
     def trial_bytes(self, key: TuningKey, input_sets: int = 1) -> int:

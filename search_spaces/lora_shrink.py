@@ -2,7 +2,7 @@
 
 x is [M, K] (the projection's input), A is [SLICES, adapters, RANK, K] (each slice's LoRA A,
 stacked), out is [SLICES, M, RANK] in fp32, as vLLM's shrink writes it for the expand to read.
-The grid is (SPLIT_K x M tiles x RANK tiles, SLICES, LORAS): each program takes BLOCK_M of its
+The grid is (SPLIT_K x M tiles x RANK tiles, SLICES, LORAS + 1): each program takes BLOCK_M of its
 adapter's tokens (gathered by token id) and one of SPLIT_K interleaved parts of K; with SPLIT_K > 1
 the parts are summed with atomic adds into the zeroed output. A skinny GEMM (RANK is 8 to 256)
 whose best tiles depend on M, K, RANK, SLICES and LORAS: what vLLM's `lora_shrink` computes, and
@@ -34,6 +34,7 @@ from search_spaces.lora import (
     adapter_rows,
     make_segments,
     segment_rows,
+    slots,
     tile_resources,
 )
 
@@ -121,7 +122,7 @@ class ShrinkInputs(NamedTuple):
 
 def _grid(config: Config, d: dict[str, int]) -> tuple[int, int, int]:
     tiles = triton.cdiv(d["M"], config["BLOCK_M"]) * triton.cdiv(d["RANK"], config["BLOCK_N"])
-    return (config["SPLIT_K"] * tiles, d["SLICES"], d["LORAS"])
+    return (config["SPLIT_K"] * tiles, d["SLICES"], slots(d["LORAS"]))
 
 
 class LoraShrink(LoraSpec):
@@ -227,8 +228,9 @@ class LoraShrink(LoraSpec):
 
     def bytes_moved(self, key: TuningKey) -> float:
         d = key.dim_map
-        # x, each slice's A of every adapter in the batch, the fp32 output
-        return float((d["M"] * d["K"] + d["SLICES"] * d["LORAS"] * d["RANK"] * d["K"]) * DTYPE_BYTES[key.dtype]
+        # x, each slice's A of every adapter in the batch (min(M, LORAS) of them), the fp32 output
+        used = min(d["M"], d["LORAS"])
+        return float((d["M"] * d["K"] + d["SLICES"] * used * d["RANK"] * d["K"]) * DTYPE_BYTES[key.dtype]
                      + d["SLICES"] * d["M"] * d["RANK"] * 4)
 
     def trial_bytes(self, key: TuningKey, input_sets: int = 1) -> int:

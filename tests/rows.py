@@ -7,6 +7,7 @@ from db import models, store
 from db.clock import utcnow
 from db.session import session_scope, upgrade
 from devices.classes import KNOWN_DEVICES
+from devices.fingerprint import StackFingerprint
 from search_spaces import registry
 from search_spaces.base import config_hash
 
@@ -18,11 +19,15 @@ def schema(url: str) -> str:
     return url
 
 
+def stack(driver: str = "555.1") -> dict:
+    """A GPU stack with this driver, as a worker registers it (its hash a real stack hash)."""
+    fp = StackFingerprint(driver, "cuda-12.8", "3.6.0", "2.13.0")
+    return {"hash": fp.hash, **fp.to_json()}
+
+
 def identity(s, slug: str, driver: str = "555.1") -> tuple[int, int]:
     dc = next(d for d in KNOWN_DEVICES if d.slug == slug)
-    fp = {"hash": f"{slug[:4]}{driver}".replace(".", "")[:16].ljust(16, "0"), "driver": driver,
-          "runtime": "cuda-12.8", "triton": "3.6.0", "torch": "2.13.0"}
-    return store.store_identity(s, dc.to_json(), fp)
+    return store.store_identity(s, dc.to_json(), stack(driver))
 
 
 def best(url: str, slug: str, dims: dict, ms: float, *, kernel: str = "matmul", dtype: str = "float16",

@@ -21,6 +21,7 @@ from tests import rows
 from tests.cli_helpers import ROOT, tuner_env
 from tests.test_cli_errors import CASES
 from tuner import settings as settings_mod
+from db.clock import utcnow
 from tuner.runtime.misses import POST_BATCH
 
 with warnings.catch_warnings():
@@ -87,7 +88,7 @@ def api_request(args: list[str]) -> tuple[str, dict]:
         body["kernel"], rest = rest[0], rest[1:]
     names = {"--shape": "shapes", "--dtype": "dtypes", "--trials": "trials", "--sampler": "sampler",
              "--device": "device_class", "--device-class": "device_class", "--rotate-buffers": "rotate_buffers",
-             "--max-cv": "max_cv"}
+             "--max-cv": "max_cv", "--parallel": "parallel"}
     i = 0
     while i < len(rest):
         opt = rest[i]
@@ -485,7 +486,7 @@ def test_metrics(tmp_path):
 # ---- runtime misses (what tuner.runtime's HttpSink posts) --------------------------------------
 
 MISS_DIMS = {"M": 16, "N": 4096, "K": 4096}
-MISS_FP = "h100555100000000"  # the fingerprint tests.rows gives h100-sxm-80gb with driver 555.1
+MISS_FP = rows.stack("555.1")["hash"]  # the stack tests.rows gives a class with driver 555.1
 
 
 def miss(**change) -> dict:
@@ -542,6 +543,20 @@ BAD_MISSES = {
     "key mismatch": ({"records": [miss(dtype="float32")]}, 400, "must match the key"),
     "bad level": ({"records": [miss(level="exact")]}, 400, "level must be one of other_fingerprint"),
     "bad time": ({"records": [miss(last_seen="yesterday")]}, 400, "last_seen must be an ISO-8601 time"),
+    # only what a registered kernel at its version, a known class and a stack could have served
+    # (issue 31, item 5): anything else made rows and /metrics series nobody can tune
+    "unknown kernel": ({"records": [miss(kernel="k" * 5000, key={**miss()["key"], "kernel": "k" * 5000})]}, 400,
+                       "records[0] is not a miss record (unknown kernel 'kkkk"),
+    "old kernel version": ({"records": [miss(kernel_version="0" * 16, key={**miss()["key"], "version": "0" * 16})]},
+                           400, "is not matmul's current version"),
+    "a key make_key refuses": ({"records": [miss(key={**miss()["key"], "dims": {"M": 0, "N": 1, "K": 1}})]}, 400,
+                               "shape dim M=0 must be a positive integer"),
+    "a dim past int64": ({"records": [miss(key={**miss()["key"], "dims": {**MISS_DIMS, "M": 2**63}})]}, 400,
+                         "each an integer below 2**63"),
+    "unknown class": ({"records": [miss(device_class="tpu-v5")]}, 400, "device_class 'tpu-v5' is not a device-class slug"),
+    "a family for a class": ({"records": [miss(device_class="h100")]}, 400, "is not a device-class slug"),
+    "bad fingerprint": ({"records": [miss(fingerprint="x" * 80)]}, 400, "fingerprint must be a stack hash"),
+    "count past the bound": ({"records": [miss(count=2**63 - 1)]}, 400, "count must be an integer from 1 to 1000000000"),
 }
 
 
@@ -555,6 +570,45 @@ def test_bad_misses_get_one_json_line_and_write_nothing(case, tmp_path):
     error = r.json()["error"]
     assert says in error and "\n" not in error and "Traceback" not in error, error
     assert api.get("/v1/runtime-misses").json() == []
+
+
+def test_list_endpoints_take_a_limit(tmp_path):
+    """GET /v1/runtime-misses answered every row the table held; every list takes `limit` now
+    (default 100, at most 1000)."""
+    url = rows.schema(f"sqlite:///{tmp_path}/t.db")
+    api = make_client(tmp_path / "home", db_url=url)
+    levels = ("nearest", "default", "other_fingerprint")
+    r = api.post("/v1/misses", json={"records": [miss(level=lv, count=n + 1) for n, lv in enumerate(levels)]},
+                 headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert [m["level"] for m in api.get("/v1/runtime-misses", params={"limit": 2}).json()] == [
+        "other_fingerprint", "default"]  # the most frequent first
+    assert len(api.get("/v1/runtime-misses").json()) == 3
+    for path in ("/v1/runtime-misses", "/v1/jobs", "/v1/workers", "/v1/device-classes", "/v1/best"):
+        r = api.get(path, params={"limit": 1001})
+        assert r.status_code == 422 and "limit" in r.json()["error"], (path, r.text)
+        assert api.get(path, params={"limit": 1}).status_code == 200, path
+
+
+def test_metrics_name_registered_kernels_and_known_classes_only(tmp_path):
+    """10 posted requests made 5,003 series: what the runtime posts names the labels. Rows of an
+    unregistered kernel or an unknown class (written before the checks, or straight to the
+    database) are left out of /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from db import store
+    from db.session import session_scope
+
+    url = rows.schema(f"sqlite:///{tmp_path}/t.db")
+    good = {**miss(), "key_hash": "1" * 16, "first_seen": utcnow(), "last_seen": utcnow()}
+    with session_scope(url) as s:
+        store.record_misses(s, [good, {**good, "key_hash": "2" * 16, "kernel": "garbage-kernel"},
+                                {**good, "key_hash": "3" * 16, "device_class": "nvidia-zz-1sm-1gb"}])
+    api = make_client(tmp_path / "home", db_url=url)
+    labels = {tuple(sorted(sample.labels.items())) for family in text_string_to_metric_families(api.get("/metrics").text)
+              if family.name.startswith("tuner_runtime_miss") for sample in family.samples}
+    assert labels == {(("device_class", "h100-sxm-80gb"), ("kernel", "matmul"), ("level", "nearest")),
+                      (("device_class", "h100-sxm-80gb"),)}, labels
 
 
 def test_posting_misses_needs_the_token(tmp_path):

@@ -35,6 +35,14 @@ CASES = {
     "negative wait for services": (["worker", "--device", "cpu", "--wait-for-services", "-1"],
                                    "--wait-for-services -1 is impossible"),
     "wait for services not a number": (["serve", "--wait-for-services", "nan"], "--wait-for-services nan is impossible"),
+    # bounded writes (issue 31, item 5): batches in flight per key, and messages per request
+    "parallel past the bound": (["submit", "matmul", "--shape", "M=64,N=64,K=64", "--device-class", "cpu",
+                                 "--parallel", "1000000000"], "--parallel 1000000000 is out of range: give 1 to 64"),
+    "zero parallel": (["submit", "matmul", "--shape", "M=64,N=64,K=64", "--device-class", "cpu", "--parallel", "0"],
+                      "--parallel 0 is out of range"),
+    "too many messages": (["submit", "matmul", *[a for m in range(1, 66) for a in ("--shape", f"M={m},N=64,K=64")],
+                           "--device-class", "cpu", "--trials", "1000", "--parallel", "64"],
+                          "65 keys x 64 batches would queue 4160 messages, more than 4096"),
     # what the argument parser (typer, click) refuses: the same one line, never a traceback
     "non-integer trials": (["tune", "matmul", "--shape", "M=64,N=64,K=64", "--trials", "abc"],
                            "Invalid value for '--trials'"),
@@ -53,7 +61,8 @@ CASES = {
     "misses unknown class": (["misses", "--device-class", "tpu"], "unknown device class 'tpu'"),
     "misses import missing file": (["misses", "import", "/no/such/misses.jsonl"], "cannot read miss file"),
     "misses import bad line": (["misses", "import", str(DATA / "misses-bad-line.jsonl")],
-                               "misses-bad-line.jsonl:2 is not a miss record (missing"),
+                               # its first record names a kernel this process has not registered
+                               "misses-bad-line.jsonl:1 is not a miss record (unknown kernel 'tiles'"),
     "misses import no file": (["misses", "import"], "Missing argument"),
     "retune top without misses": (["retune", "--top", "3"], "add --misses"),
     "retune zero top": (["retune", "--misses", "--top", "0"], "--top 0 is impossible"),

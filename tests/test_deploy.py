@@ -36,7 +36,8 @@ def compose_cmd() -> list[str] | None:
     return None
 
 
-SECRETS = ("POSTGRES_PASSWORD", "TUNER_WORKER_DB_PASSWORD", "REDIS_PASSWORD", "TUNER_API_TOKEN")  # each required
+SECRETS = ("POSTGRES_PASSWORD", "TUNER_WORKER_DB_PASSWORD", "REDIS_PASSWORD", "TUNER_API_TOKEN",
+           "TUNER_API_DB_PASSWORD", "FLOWER_PASSWORD")  # each required
 
 
 def run_compose(tmp_path: Path, *args: str, password: str | None = "not-a-real-secret",
@@ -103,23 +104,27 @@ def test_redis_requires_the_password_that_every_client_gives(tmp_path):
 
 def test_postgres_creates_the_least_privilege_roles(services):
     """The roles of db/roles.py are created with the database, by a script the postgres image runs."""
-    from db.roles import RUNTIME, WORKER
+    from db.roles import API, RUNTIME, WORKER
 
     mounts = {m.split(":")[1]: m.split(":")[0] for m in services["postgres"]["volumes"] if ":" in m}
     script = ROOT / mounts["/docker-entrypoint-initdb.d/10-tuner-roles.sh"]
     text = script.read_text()
     assert script.is_file() and os.access(script, os.X_OK)
     assert f"CREATE ROLE {WORKER} LOGIN PASSWORD :'worker_pw'" in text and f"CREATE ROLE {RUNTIME}" in text
+    assert f"CREATE ROLE {API} LOGIN PASSWORD :'api_pw'" in text
     assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
 
 
 def test_the_api_serves_on_the_loopback_with_the_token_from_the_environment(tmp_path):
-    r = run_compose(tmp_path, "config", TUNER_API_TOKEN="t0k-from-env")
+    r = run_compose(tmp_path, "config", TUNER_API_TOKEN="t0k-from-env", TUNER_API_DB_PASSWORD="api-pw")
     assert r.returncode == 0, r.stderr
-    api = yaml.safe_load(r.stdout)["services"]["api"]
+    cfg = yaml.safe_load(r.stdout)["services"]
+    api = cfg["api"]
     assert api["environment"]["TUNER_API_TOKEN"] == "t0k-from-env"
-    # the API submits jobs and records misses as the worker role, never as the tables' owner
-    assert api["environment"]["TUNER_DB_URL"].startswith("postgresql+psycopg://tuner_worker:")
+    # the API submits jobs and records misses as its own role (db/roles.py API: it can write no
+    # best, trial or worker), never as the worker role or the tables' owner
+    assert api["environment"]["TUNER_DB_URL"] == "postgresql+psycopg://tuner_api:api-pw@postgres:5432/tuner"
+    assert cfg["postgres"]["environment"]["TUNER_API_DB_PASSWORD"] == "api-pw"
     (port,) = api["ports"]
     if isinstance(port, dict):  # Compose v2 writes the long form
         assert (port["host_ip"], str(port["published"]), int(port["target"])) == ("127.0.0.1", "8000", 8000)
@@ -195,6 +200,18 @@ def test_mi300x_worker_maps_the_rocm_devices(services):
     assert "seccomp=unconfined" in w["security_opt"]
     assert w.get("ipc") == "host" or w.get("shm_size")
     assert w["command"] == ["tuner", "worker", "--device", "cuda:0"]  # ROCm GPUs are cuda:N in torch
+
+
+def test_flower_asks_for_the_password_from_the_environment(tmp_path):
+    """Flower reads its options from FLOWER_* variables (mher/flower flower/command.py,
+    FlowerCommand.apply_env_options: ENV_VAR_PREFIX = 'FLOWER_', the name lowercased, so
+    FLOWER_BASIC_AUTH is --basic_auth user:password); its /healthcheck handler needs no login
+    (flower/api/prometheus_metrics.py, Healthcheck has no @web.authenticated)."""
+    r = run_compose(tmp_path, "config", FLOWER_PASSWORD="fl0wer-pw")
+    assert r.returncode == 0, r.stderr
+    flower = yaml.safe_load(r.stdout)["services"]["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == "admin:fl0wer-pw"
+    assert "/healthcheck" in " ".join(flower["healthcheck"]["test"])
 
 
 def test_cpu_worker_and_flower(services):

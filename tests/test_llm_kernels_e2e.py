@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.cli_helpers import ROOT, run_json, run_tuner, tuner_env
-from tests.vllm_lora_lookup import get_lora_op_configs, launch_fields
+from search_spaces import registry
+from tests.vllm_lora_lookup import get_lora_op_configs, launch_fields, server_max_loras
 from tuner.formats import vllm_lora
 
 SHAPES = {"lora_shrink": ["M=8,K=64,RANK=16,SLICES=2,LORAS=2", "M=16,K=128,RANK=16,SLICES=1,LORAS=2"],
@@ -67,8 +68,8 @@ def test_vllm_lora_export_is_found_by_vllms_lookup(tuned, tmp_path):
     for kernel, (op, hidden) in OPS.items():
         for key in results[kernel]["keys"]:
             d = key["dims"]
-            # vLLM passes max_loras = lora_ids.size(0), one more than its adapters: the nearest key serves it
-            for max_loras in (d["LORAS"], d["LORAS"] + 1):
+            # vLLM passes max_loras = lora_ids.size(0), --max-loras + 1: the exact level
+            for max_loras in (server_max_loras(d["LORAS"]),):
                 got = get_lora_op_configs(str(tmp_path), "Triton CPU interpreter", op, max_loras, d["M"], d[hidden],
                                           d["RANK"], d["SLICES"], add_inputs=True if op == "expand" else None)
                 assert got == vllm_lora.vllm_config(key["config"]), (kernel, d)
@@ -104,7 +105,9 @@ def test_export_to_a_missing_directory_is_one_line_exit_2(tuned, tmp_path):
 # ---- the format itself, on GPU classes no test machine has ----------------------------------
 def _entry(kernel, slug, dims, config, dtype="bfloat16", minutes=0):
     at = datetime(2026, 11, 30, tzinfo=timezone.utc) + timedelta(minutes=minutes)
-    return {"kernel": kernel, "key": {"kernel": kernel, "version": "v", "dims": dims, "dtype": dtype}, "dtype": dtype,
+    version = registry.get(kernel).version
+    return {"kernel": kernel, "kernel_version": version, "key": {"kernel": kernel, "version": version, "dims": dims,
+                                                                 "dtype": dtype}, "dtype": dtype,
             "device_class": slug, "config": config, "tuned_at": at.isoformat()}
 
 
@@ -122,12 +125,14 @@ def test_files_are_named_by_the_torch_device_name_and_nested_as_vllm_reads_them(
                       EXPAND_CFG),
                _entry("flash_attention", "h100-sxm-80gb", {"BH": 8, "N_CTX": 128, "HEAD_DIM": 64, "STAGE": 1},
                       {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3})]
-    assert vllm_lora.write(entries, tmp_path) == 3
+    assert vllm_lora.write(entries, tmp_path).count == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["AMD_Instinct_MI300X_EXPAND_TRUE.json",
                                                            "NVIDIA_H100_80GB_HBM3_SHRINK.json"]
     doc = json.loads((tmp_path / "NVIDIA_H100_80GB_HBM3_SHRINK.json").read_text())
-    assert list(doc) == ["4"] and list(doc["4"]["3"]) == ["16", "256"] and list(doc["4"]["3"]["16"]) == ["4096"]
-    assert doc["4"]["3"]["16"]["4096"]["16"] == {"block_m": 16, "block_n": 16, "block_k": 128, "split_k": 32,
+    # the level is what a server with --max-loras 4 asks: lora_ids.size(0) = 5; num_slices 1 and 2 filled
+    assert list(doc) == ["5"] and list(doc["5"]) == ["1", "2", "3"] and list(doc["5"]["3"]) == ["16", "256"]
+    assert list(doc["5"]["3"]["16"]) == ["4096"]
+    assert doc["5"]["3"]["16"]["4096"]["16"] == {"block_m": 16, "block_n": 16, "block_k": 128, "split_k": 32,
                                                  "num_warps": 4, "num_stages": 4, "num_ctas": 1, "max_nreg": None}
     # what vLLM on an H100 finds: the decode config for 1..~135 tokens, the prefill one above
     name = "NVIDIA H100 80GB HBM3"

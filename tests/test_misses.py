@@ -121,11 +121,13 @@ def test_a_bundle_deployment_writes_misses_to_a_file_that_imports(tmp_path):
     assert sorted((r["key"]["dims"]["N"], r["level"], r["count"]) for r in lines) == [(48, "nearest", 8),
                                                                                        (96, "nearest", 7)]
     home = tmp_path / "tuner"
-    proc = run_tuner(["misses", "import", str(served / "misses.jsonl")], home)
+    # the importing side knows the kernel too: a record of an unregistered one is refused
+    proc = run_tuner(["misses", "import", str(served / "misses.jsonl")], home, TUNER_KERNEL_MODULES="tests.kernels.tiles")
     assert proc.returncode == 0 and "imported 2 miss record(s)" in proc.stderr, proc.stderr
     listed = run_json(["misses"], home)
     assert [(r["key"], r["count"], r["level"]) for r in listed] == [({"N": 48}, 8, "nearest"), ({"N": 96}, 7, "nearest")]
-    assert run_tuner(["misses", "import", str(served / "misses.jsonl")], home).returncode == 0
+    assert run_tuner(["misses", "import", str(served / "misses.jsonl")], home,
+                     TUNER_KERNEL_MODULES="tests.kernels.tiles").returncode == 0
     assert [r["count"] for r in run_json(["misses", "--device-class", "cpu"], home)] == [16, 14]
     assert run_json(["misses", "--kernel", "matmul"], home) == []
 

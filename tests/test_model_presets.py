@@ -81,7 +81,7 @@ def test_a_model_file_of_ones_own(tiny):
 def test_lora_ranks_add_the_adapters_keys_of_every_dense_layer():
     """--lora-ranks: each dense layer's shrink (over its input, split by tp where the layer splits
     K) and expand (onto its widest slice, split by tp where it splits N), at every rank and batch
-    size; LORAS is --max-loras, or M where a batch has fewer tokens."""
+    size; LORAS is --max-loras at every batch size, as vLLM looks it up (tests/test_vllm_lora_files.py)."""
     llama = presets.load("llama-3-8b")
     keys = llama.lora_keys(2, (1, 16), (8, 64), max_loras=4)
     assert set(keys) == {"lora_shrink", "lora_expand"}
@@ -89,9 +89,9 @@ def test_lora_ranks_add_the_adapters_keys_of_every_dense_layer():
     assert {"M": 16, "K": 4096, "RANK": 64, "SLICES": 3, "LORAS": 4} in keys["lora_shrink"]
     assert {"M": 16, "N": 2048, "RANK": 64, "SLICES": 3, "LORAS": 4} in keys["lora_expand"]
     # down_proj splits its 14336 input rows: the shrink reads half, the expand writes all 4096
-    assert {"M": 1, "K": 7168, "RANK": 8, "SLICES": 1, "LORAS": 1} in keys["lora_shrink"]
-    assert {"M": 1, "N": 4096, "RANK": 8, "SLICES": 1, "LORAS": 1} in keys["lora_expand"]
-    assert {"M": 1, "N": 14336 // 2, "RANK": 8, "SLICES": 2, "LORAS": 1} in keys["lora_expand"]  # gate, up
+    assert {"M": 1, "K": 7168, "RANK": 8, "SLICES": 1, "LORAS": 4} in keys["lora_shrink"]
+    assert {"M": 1, "N": 4096, "RANK": 8, "SLICES": 1, "LORAS": 4} in keys["lora_expand"]
+    assert {"M": 1, "N": 14336 // 2, "RANK": 8, "SLICES": 2, "LORAS": 4} in keys["lora_expand"]  # gate, up
     # four layers' shrinks; o_proj's and down_proj's expands are one key (N 4096, one slice)
     assert len(keys["lora_shrink"]) == 4 * 2 * 2 and len(keys["lora_expand"]) == 3 * 2 * 2
     assert llama.serves("lora_expand", {"M": 3, "N": 1024, "RANK": 16, "SLICES": 3, "LORAS": 1})  # tp 4

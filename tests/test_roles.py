@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import ProgrammingError
 
 from db.models import OPTUNA_TABLES
-from db.session import redact
+from db.urls import redact
 from tests.cli_helpers import ROOT
 from tests.services import PG_ADMIN, WorkerProc, pg_database, redis_url, run_cli, service_env
 
@@ -69,25 +69,25 @@ def roles():
     from db.session import dispose_all
     from tuner.database import upgrade_schema
 
-    worker, runtime = (f"tuner_test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("worker", "runtime"))
+    worker, runtime, api = (f"tuner_test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("worker", "runtime", "api"))
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     try:
         with pg_database() as url:
             upgrade_schema(url)
             owner = create_engine(url)
             with owner.begin() as c:
-                for role in (worker, runtime):
+                for role in (worker, runtime, api):
                     c.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD 'not-checked-by-trust-auth'"))
-                assert sorted(grant(c, worker=worker, runtime=runtime)) == sorted([worker, runtime])
+                assert sorted(grant(c, worker=worker, runtime=runtime, api=api)) == sorted([worker, runtime, api])
             owner.dispose()
             try:
                 yield {"url": url, "worker": url.replace("postgres@", f"{worker}@"),
-                       "runtime": url.replace("postgres@", f"{runtime}@")}
+                       "runtime": url.replace("postgres@", f"{runtime}@"), "api": url.replace("postgres@", f"{api}@")}
             finally:
                 dispose_all()
     finally:
         with admin.connect() as c:
-            for role in (worker, runtime):
+            for role in (worker, runtime, api):
                 c.execute(text(f"DROP ROLE IF EXISTS {role}"))
         admin.dispose()
 
@@ -166,6 +166,42 @@ def test_the_runtime_role_reads_bests_and_writes_miss_counts_only(roles):
                 "VALUES ('x', 'x', 'x', 'x', 1, 1, now())", "UPDATE best_configs SET median_ms = 0",
                 "DELETE FROM runtime_misses", "CREATE TABLE mine (x integer)"):
         assert refused(url, sql), sql
+
+
+def test_the_api_role_serves_the_api_and_cannot_write_bests(roles, tmp_path):
+    """`tuner serve` as the tuner_api role (issue 31, item 8): every read, a job queued and
+    cancelled, misses posted; and no best, trial, worker or device name can be written with it."""
+    from fastapi.testclient import TestClient
+
+    from tests import rows
+    from tests.test_api import AUTH, TOKEN, miss
+    from tuner import settings as settings_mod
+    from tuner.api.app import create_app
+
+    rows.best(roles["url"], "h100-sxm-80gb", {"M": 64, "N": 64, "K": 64}, 0.5)  # as a worker would have
+    rows.live_worker(roles["url"], "w1@test", "h100-sxm-80gb")
+    env = {"TUNER_HOME": str(tmp_path / "home"), "TUNER_API_TOKEN": TOKEN, "TUNER_DB_URL": roles["api"],
+           "TUNER_BROKER_URL": redis_url(), "TUNER_KERNEL_MODULES": "tests.kernels.trivial"}
+    api = TestClient(create_app(settings_mod.from_env(env)), raise_server_exceptions=False)
+    job = api.post("/v1/jobs", json={"kernel": "trivial", "shapes": ["N=16"], "device_class": "cpu", "trials": 2},
+                   headers=AUTH)
+    assert job.status_code == 201, job.text
+    assert api.post(f"{job.json()['url']}/cancel", headers=AUTH).json()["state"] == "cancelled"
+    assert api.post("/v1/misses", json={"records": [miss()]}, headers=AUTH).json() == {"records": 1, "rows": 1}
+    for path in ("/v1/jobs", job.json()["url"], "/v1/workers", "/v1/device-classes", "/v1/best?kernel=matmul",
+                 "/v1/runtime-misses", "/v1/bundle?device_class=h100-sxm-80gb", "/metrics", "/healthz", "/"):
+        r = api.get(path, headers=AUTH)
+        assert r.status_code == 200, (path, r.text[:300])
+    from db.roles import writes_bests
+
+    assert writes_bests(roles["api"]) is None  # `tuner serve` warns when its role could write bests
+    assert writes_bests(roles["worker"]) == roles["worker"].split("://")[1].split("@")[0]
+    for sql in ("UPDATE best_configs SET median_ms = 0", "INSERT INTO best_configs (id) VALUES (999)",
+                "UPDATE tuning_trials SET median_ms = 0", "UPDATE workers SET name = 'x'",
+                "UPDATE device_classes SET device_names = '[]'", "INSERT INTO stack_fingerprints (id) VALUES (999)",
+                "DELETE FROM jobs", "DELETE FROM runtime_misses", "UPDATE tuner_locks SET holder = 'x'",
+                "UPDATE trials SET state = 'FAIL'", "CREATE TABLE mine (x integer)"):
+        assert refused(roles["api"], sql), sql
 
 
 @pytest.mark.slow

@@ -69,7 +69,9 @@ class Server:
     def __init__(self, home, db_url: str, host: str, port: int):
         self.url = f"http://{host}:{port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", "serve", "--host", host, "--port", str(port)],
-                                     env=tuner_env(home, TUNER_DB_URL=db_url, TUNER_API_TOKEN=TOKEN), cwd=ROOT,
+                                     # the server takes misses of the kernels it has registered only
+                                     env=tuner_env(home, TUNER_DB_URL=db_url, TUNER_API_TOKEN=TOKEN,
+                                                   TUNER_KERNEL_MODULES="tests.kernels.tiles"), cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
         end = time.monotonic() + 120

@@ -160,11 +160,13 @@ def test_files_carry_the_device_name_torch_reports(gpu_bests, db_url, tmp_path):
     h100 = {name: json.loads((folder / f"E=8,N=14336,device_name={name}.json").read_text())
             for name in ("NVIDIA_H100", "NVIDIA_H100_80GB_HBM3")}
     assert h100["NVIDIA_H100"] == h100["NVIDIA_H100_80GB_HBM3"] and set(h100["NVIDIA_H100"]) == {"1", "64"}
-    # and a model that does not run E=8,N=14336 exports nothing
+    # and a model that does not run E=8,N=14336 exports nothing, and says why
     other = tmp_path / "other"
     other.mkdir()
-    assert run_tuner(["export", "--format", "vllm", "-o", str(other), "--model", "qwen3-30b-a3b"], tmp_path / "home",
-                     TUNER_DB_URL=db_url).returncode == 0
+    assert_one_line_error(run_tuner(["export", "--format", "vllm", "-o", str(other), "--model", "qwen3-30b-a3b"],
+                                    tmp_path / "home", TUNER_DB_URL=db_url),
+                          "nothing to export: no current best of fused_moe on any device class for qwen3-30b-a3b; "
+                          "tune its keys first (tuner submit --model qwen3-30b-a3b")
     assert list(other.iterdir()) == []
 
 
@@ -185,9 +187,14 @@ def test_import_vllms_shipped_files_as_seeds(tmp_path):
     result = run_json(["import", str(VLLM_DATA)], home)
     # 5 H100 files (18 batch sizes each, one of 28) and 3 MI300X files (18, 18, 3), each for bf16 and fp16
     assert result["files"] == 8 and result["imported"] == 2 * (4 * 18 + 28 + 18 + 18 + 3)
+    # the folder is read recursively; an unknown device is skipped by its name, before its content
+    # (the Intel Arc file's string grf_mode is never read)
     assert result["skipped"] == [{"file": "E=128,N=384,device_name=NVIDIA_H100,dtype=fp8_w8a8,block_shape=[128,128].json",
                                   "why": "block_shape=[128,128]: block-quantized weights, which this kernel does not run"},
-                                 {"file": "README.md", "why": "not a fused-MoE config name (E=..,N=..,device_name=...json)"}]
+                                 {"file": "README.md", "why": "not a fused-MoE config name (E=..,N=..,device_name=...json)"},
+                                 {"file": "intel/E=10,N=512,device_name=Intel(R)_Arc(TM)_Pro_B60_Graphics.json",
+                                  "why": "device Intel(R)_Arc(TM)_Pro_B60_Graphics is not a known device class; "
+                                         "give --device-class"}]
     assert result["dropped_parameters"] == ["SPLIT_K", "SPLIT_K_SIZE"]
     with sqlite3.connect(home / "tuner.db") as conn:
         assert conn.execute("select count(*) from best_configs").fetchone()[0] == 0  # seeds, not measured bests
@@ -209,25 +216,87 @@ def test_import_an_unknown_device_needs_a_class(tmp_path):
     src.write_text(json.dumps({"triton_version": "3.4.0", "1": {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32,
                                                                  "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 1}}))
     home = tmp_path / "home"
-    out = run_json(["import", str(src)], home)
-    assert out["imported"] == 0 and "NVIDIA_GB10 is not a known device class" in out["skipped"][0]["why"]
+    assert_one_line_error(run_tuner(["import", str(src)], home), "NVIDIA_GB10 is not a known device class")
     assert run_json(["import", str(src), "--device-class", "h100"], home)["imported"] == 2
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("{not json", "is not readable JSON"),
-    ('{"1": {"BLOCK_SIZE_M": "16", "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 64}}', "needs integer BLOCK_SIZE_M"),
-    ('{"one": {"BLOCK_SIZE_M": 16}}', "is not a batch size"),
-    ("[1, 2]", "holds no table"),
-])
-def test_a_malformed_vllm_file_is_one_line_and_writes_nothing(tmp_path, content, expected):
+MALFORMED = {
+    "not json": ("{not json", "is not readable JSON"),
+    "not a table": ("[1, 2]", "holds no table"),
+    "a word for a batch size": ('{"one": {"BLOCK_SIZE_M": 16}}', "is not a batch size (1 to 1048576)"),
+    "a superscript digit": ('{"\u00b2": {"BLOCK_SIZE_M": 16}}', "is not a batch size"),
+    "batch size 0": ('{"0": {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 64}}', "is not a batch size"),
+    "batch size over 2^20": ('{"1048577": {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 64}}',
+                             "is not a batch size"),
+    "no block sizes": ('{"1": {"num_warps": 4}}', "needs BLOCK_SIZE_M, _N and _K"),
+    "nested option": ('{"1": {"BLOCK_SIZE_M": {"x": 1}, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 64}}', "nests deeper"),
+    "deep nesting": ("[" * 100_000 + "]" * 100_000, "nests deeper"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_single_malformed_vllm_file_is_one_line_and_writes_nothing(tmp_path, case):
+    content, expected = MALFORMED[case]
+    named = tmp_path / "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json"
+    named.write_text(content)
+    home = tmp_path / "home"
+    assert_one_line_error(run_tuner(["import", str(named)], home), expected)
+    assert not home.exists()
+
+
+def test_a_file_over_the_size_cap_is_refused_unread(tmp_path):
+    named = tmp_path / "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json"
+    with open(named, "wb") as f:
+        f.truncate(16 * 1024 * 1024 + 1)  # sparse: no 16 MB written
+    home = tmp_path / "home"
+    assert_one_line_error(run_tuner(["import", str(named)], home), "is over 16 MB")
+    assert not home.exists()
+
+
+def test_a_folder_imports_what_it_can_and_lists_every_skip(tmp_path):
+    """A malformed file in a folder is skipped, not fatal; an entry out of range, or with an option
+    this kernel has not (Intel's grf_mode, once --device-class places the file), is skipped alone."""
+    folder = tmp_path / "configs"
+    (folder / "deep").mkdir(parents=True)
+    good = "E=8,N=14336,device_name=NVIDIA_H100_80GB_HBM3.json"
+    (folder / "deep" / good).write_bytes((VLLM_DATA / good).read_bytes())
+    (folder / "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json").write_text("{not json")
+    (folder / "E=8,N=3584,device_name=NVIDIA_H100_80GB_HBM3.json").write_text(json.dumps(
+        {"1": {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 64, "num_warps": 4096},
+         "2": {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 64, "num_warps": True},
+         "4": {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 64, "num_warps": 4}}))
+    home = tmp_path / "home"
+    proc = run_tuner(["import", str(folder)], home)
+    assert proc.returncode == 0, proc.stderr
+    assert "They are seeds, not measurements" in proc.stderr  # until a tuning measures them
+    out = run_json(["import", str(folder)], home)
+    assert out["imported"] == 2 * (18 + 1) and out["files"] == 2
+    assert out["skipped"] == [
+        {"file": "E=8,N=3584,device_name=NVIDIA_H100_80GB_HBM3.json", "entry": 1,
+         "why": "num_warps=4096 is out of range (1 to 32)"},
+        {"file": "E=8,N=3584,device_name=NVIDIA_H100_80GB_HBM3.json", "entry": 2,
+         "why": "num_warps=True is out of range (1 to 32)"},
+        {"file": "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json",
+         "why": "malformed: E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json is not readable JSON "
+                "(Expecting property name enclosed in double quotes: line 1 co)"}]
+    # the Intel file, placed on a class: every entry carries grf_mode, so nothing is imported
+    intel = VLLM_DATA / "intel" / "E=10,N=512,device_name=Intel(R)_Arc(TM)_Pro_B60_Graphics.json"
+    assert_one_line_error(run_tuner(["import", str(intel), "--device-class", "h100"], tmp_path / "other"),
+                          "nothing to import from")
+    proc = run_tuner(["import", str(intel), "--device-class", "h100", "--json"], tmp_path / "other")
+    assert "option grf_mode=256 is not one this kernel has" in proc.stderr
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("files", [[], ["README.md", "notes/E=8.txt"]], ids=["empty", "no vLLM file"])
+def test_a_folder_with_nothing_to_import_is_exit_2(tmp_path, files):
     folder = tmp_path / "configs"
     folder.mkdir()
-    (folder / "E=8,N=14336,device_name=NVIDIA_H100_80GB_HBM3.json").write_bytes(
-        (VLLM_DATA / "E=8,N=14336,device_name=NVIDIA_H100_80GB_HBM3.json").read_bytes())
-    (folder / "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json").write_text(content)
+    for f in files:
+        (folder / f).parent.mkdir(parents=True, exist_ok=True)
+        (folder / f).write_text("x")
     home = tmp_path / "home"
-    assert_one_line_error(run_tuner(["import", str(folder)], home), expected)
+    assert_one_line_error(run_tuner(["import", str(folder)], home), f"nothing to import from {folder}: {len(files)} file(s)")
     assert not home.exists()
     assert_one_line_error(run_tuner(["import", str(tmp_path / "nothing")], home), "no file or folder")
 
@@ -251,7 +320,8 @@ def test_auto_tries_imported_configs_first(db_url):
     key, before = seeds(1)
     fitted = nearest(SPEC.valid_configs(key, interp), shipped["1"])
     assert fitted not in before  # nothing imported yet: the shipped H100 list comes after the default
-    got, _ = vllm.read_file(VLLM_DATA / "E=8,N=14336,device_name=AMD_Instinct_MI300X.json", set(shipped["1"]))
+    got, _ = vllm.read_file(VLLM_DATA / "E=8,N=14336,device_name=AMD_Instinct_MI300X.json",
+                            {p: (0, 1 << 20) for p in shipped["1"]})
     with session_scope(db_url) as s:
         store.write_imported(s, [{"kernel": "fused_moe", "device_selector": "cpu", "dtype": "bfloat16",
                                   "dims": {"E": 8, "N": 14336, "M": m}, "dims_hash": stable_hash({"E": 8, "N": 14336, "M": m}),
@@ -261,3 +331,70 @@ def test_auto_tries_imported_configs_first(db_url):
     key3, _ = seeds(3)
     exact, near = imported_seeds(db_url, key3, dc_id)
     assert exact == [] and near[:2] == [shipped["4"], shipped["2"]]  # log2 distance 0.42 and 0.58
+
+
+# ---- SGLang: the folder SGLang asks, and a complete SGLANG_MOE_CONFIG_DIR --------------------
+def test_sglang_folders_are_named_by_trittons_base_version():
+    """A local Triton build reports 3.6.0+git9a1b2c3d; SGLang names and parses its folders by the
+    numbers only (fused_moe_triton_config.py: version_dir = f"triton_{version with _}", and the
+    folder names read back as integers), so the export writes triton_3_6_0."""
+    from tuner.formats import sglang
+
+    assert sglang.folder("3.6.0+git9a1b2c3d") == "configs/triton_3_6_0"
+    assert sglang.folder("3.4.0") == "configs/triton_3_4_0"
+    assert sglang.folder("3.5.0rc1") == "configs/triton_3_5_0"
+
+
+def test_sglang_with_shipped_hides_nothing(tmp_path):
+    """SGLANG_MOE_CONFIG_DIR replaces SGLang's shipped folder (get_moe_configs: config_dir =
+    os.environ.get("SGLANG_MOE_CONFIG_DIR", <its own folder>)): with --with-shipped the export holds
+    every shipped file, ours merged over the shipped batch sizes of the same file."""
+    from tuner.formats import Ask, sglang
+
+    shipped = tmp_path / "sglang_configs" / "configs"
+    for version in ("triton_3_4_0", "triton_3_6_0"):
+        (shipped / version).mkdir(parents=True)
+    h100 = "E=128,N=384,device_name=NVIDIA_H100_80GB_HBM3.json"
+    kept = json.loads((VLLM_DATA / "E=128,N=768,device_name=NVIDIA_H100_80GB_HBM3.json").read_text())
+    (shipped / "triton_3_4_0" / h100).write_text(json.dumps(kept))
+    (shipped / "triton_3_6_0" / "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json").write_text(json.dumps(kept))
+    ours = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 1, "num_warps": 4,
+            "num_stages": 3}
+    entries = [{"kernel": "fused_moe", "key": {"dims": {"E": 8, "N": 7168, "K": 4096, "topk": 2, "M": 1}},
+                "dtype": "bfloat16", "device_names": ["NVIDIA H100 80GB HBM3"], "config": ours,
+                "stack": {"triton": "3.6.0+git9a1b2c3d"}, "tuned_at": "2026-12-01T00:00:00"}]
+    out = tmp_path / "out"
+    out.mkdir()
+    written = sglang.write(entries, out, Ask(shipped=shipped.parent))
+    assert written.count == 1 and written.notes == ("copied 2 of SGLang's shipped file(s), 1 of them with our "
+                                                    "batch sizes merged in",)
+    device = "NVIDIA H100 80GB HBM3"
+    for m in (1, 64, 4096):  # ours where we tuned it, the shipped entries elsewhere
+        want = ours if m == 1 else kept[str(m)]
+        assert sglang_lookup((8, 4096, 7168), None, m, device, "3.6.0", str(out)) == want
+    assert sglang_lookup((128, 2048, 384), None, 64, device, "3.4.0", str(out)) == kept["64"]
+    assert_one_line_error(run_tuner(["export", "--format", "vllm", "-o", str(out), "--with-shipped", str(shipped)],
+                                    tmp_path / "home"), "--with-shipped is for --format sglang")
+
+
+def test_an_export_of_imported_seeds_only_says_they_wait_to_be_measured(tmp_path):
+    home = tmp_path / "home"
+    assert run_tuner(["import", str(VLLM_DATA / "E=8,N=14336,device_name=NVIDIA_H100_80GB_HBM3.json")],
+                     home).returncode == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_one_line_error(run_tuner(["export", "--format", "vllm", "-o", str(out)], home),
+                          "nothing to export: no current best of fused_moe on any device class; 36 imported "
+                          "configuration(s) are seeds, not measurements: tuning their keys measures them, e.g. "
+                          "tuner submit fused_moe --shape E=8,N=14336,M=1,K=...,topk=...")
+    assert list(out.iterdir()) == []
+
+
+def test_an_empty_bundle_is_written_and_says_why(tmp_path):
+    """A bundle of no rows is still a file a runtime reads (defaults everywhere): written, exit 0,
+    with the reason it is empty."""
+    home = tmp_path / "home"
+    assert run_tuner(["db", "upgrade"], home).returncode == 0
+    proc = run_tuner(["export", "--format", "bundle", "-o", str(tmp_path / "b.json")], home)
+    assert proc.returncode == 0 and (tmp_path / "b.json").exists()
+    assert "the bundle is empty: no current best of any kernel on any device class" in proc.stderr

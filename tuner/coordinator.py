@@ -14,7 +14,8 @@ from sqlalchemy import func, select, update
 
 from db import models, store
 from db.clock import utcnow
-from db.session import DatabaseError, redact, session_scope
+from db.session import DatabaseError, session_scope
+from db.urls import redact, scrub
 from devices.classes import DeviceClass, matches, resolve_device_class
 from devices.fit import host_memory
 from harness.protocol import Measurement
@@ -22,7 +23,7 @@ from search_spaces import registry
 from search_spaces.base import TuningKey, config_hash
 from tuner.database import open_for_read, open_for_write
 from tuner.errors import Conflict, NotFound, Unavailable, UserError
-from tuner.request import TuneRequest, refuse_unfit
+from tuner.request import TuneRequest, check_fanout, refuse_unfit
 from tuner.settings import Settings
 
 FINAL = ("done", "failed", "cancelled")
@@ -43,7 +44,7 @@ def broker_app(settings: Settings, **options):
     try:
         check_broker(app)
     except ConnectionError as exc:
-        raise Unavailable(f"cannot reach broker {redact(settings.broker_url)}: {exc}; start it or set "
+        raise Unavailable(f"cannot reach broker {redact(settings.broker_url)}: {scrub(exc, settings.broker_url)}; start it or set "
                         "TUNER_BROKER_URL") from None
     return app
 
@@ -93,8 +94,7 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
     from workers.batch import batch_message
 
     selector = resolve_device_class(device_class)
-    if parallel < 1:
-        raise UserError(f"--parallel {parallel} must be at least 1")
+    (batches,) = check_fanout([req], parallel, settings.batch_trials)
     refuse_unfit(req, selector, f"device class {selector}", host_memory=host_memory())
     app = broker_app(settings)
     url = open_for_write(settings)
@@ -109,13 +109,14 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
         messages = [batch_message(job, s.get(models.JobKey, key_id)) for key_id in key_ids]
     try:
         for msg in messages:
-            for _ in range(min(parallel, -(-req.trials // batch))):
+            for _ in range(batches):
                 send_batch(app, msg)
     except Exception as exc:
         with session_scope(url) as s:
             s.execute(update(models.Job).where(models.Job.id == job_id)
-                      .values(state="failed", error=f"could not queue: {exc}", finished_at=utcnow()))
-        raise Unavailable(f"job {job_id} could not be queued on {redact(settings.broker_url)}: {exc}") from None
+                      .values(state="failed", error=f"could not queue: {scrub(exc, settings.broker_url)}", finished_at=utcnow()))
+        raise Unavailable(f"job {job_id} could not be queued on {redact(settings.broker_url)}: "
+                          f"{scrub(exc, settings.broker_url)}") from None
     return job_id
 
 

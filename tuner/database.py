@@ -11,7 +11,8 @@ the API answers with 503 (tuner/api/errors.py). `recheck` forces the full check 
 from __future__ import annotations
 
 from db.models import OPTUNA_TABLES
-from db.session import DatabaseError, check_reachable, ensure_schema, missing_tables, redact, sqlite_path, upgrade
+from db.session import DatabaseError, check_reachable, ensure_schema, missing_tables, sqlite_path, upgrade
+from db.urls import redact
 from tuner.errors import Unavailable
 from tuner.settings import Settings
 

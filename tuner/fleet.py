@@ -121,13 +121,15 @@ def stale_keys(s, dead_after_s: float) -> dict[str, int]:
     return out
 
 
-def runtime_misses(s, kernel: str | None = None, include_tuned: bool = False) -> list[dict]:
+def runtime_misses(s, kernel: str | None = None, include_tuned: bool = False, device_classes=None,
+                   limit: int | None = None) -> list[dict]:
     """Lookups runtimes served from a fallback level (as they write or post them: db.store.misses),
-    most frequent first; keys tuned since are left out unless include_tuned."""
+    most frequent first (the first `limit`); keys tuned since are left out unless include_tuned."""
     return [{"kernel": m.kernel, "kernel_version": m.kernel_version, "key": m.key["dims"], "dtype": m.dtype,
              "device_class": m.device_class, "fingerprint": m.fingerprint, "level": m.level, "count": m.count,
              "first_seen": _iso(m.first_seen), "last_seen": _iso(m.last_seen)}
-            for m in store.misses(s, kernel=kernel, include_tuned=include_tuned)]
+            for m in store.misses(s, kernel=kernel, include_tuned=include_tuned, device_classes=device_classes,
+                                  limit=limit)]
 
 
 def heartbeat_ages(s) -> dict[tuple[str, str], float]:
@@ -180,17 +182,38 @@ def job_durations(s) -> list[tuple[str, float]]:
 
 
 def miss_counts(s) -> dict[tuple[str, str, str], int]:
-    """(class slug, kernel, level) -> launches runtimes reported served from that level, summed in SQL."""
+    """(class slug, kernel, level) -> launches runtimes reported served from that level, summed in
+    SQL; of registered kernels and known classes only (`labelled`)."""
     M = models.RuntimeMiss
-    return {(dc, k, lvl): int(n) for dc, k, lvl, n in s.execute(
-        select(M.device_class, M.kernel, M.level, func.sum(M.count)).group_by(M.device_class, M.kernel, M.level)).all()}
+    rows = s.execute(select(M.device_class, M.kernel, M.level, func.sum(M.count))
+                     .group_by(M.device_class, M.kernel, M.level)).all()
+    ok = labelled(s)
+    return {(dc, k, lvl): int(n) for dc, k, lvl, n in rows if ok(k, dc)}
 
 
 def missed_keys(s) -> dict[str, int]:
-    """Per class slug: miss rows whose key has not been tuned since, counted in SQL."""
+    """Per class slug: miss rows whose key has not been tuned since, counted in SQL; of registered
+    kernels and known classes only."""
     M = models.RuntimeMiss
-    return dict(s.execute(select(M.device_class, func.count()).where(~store.tuned_since(M).exists())
-                          .group_by(M.device_class)).all())
+    rows = s.execute(select(M.device_class, M.kernel, func.count()).where(~store.tuned_since(M).exists())
+                     .group_by(M.device_class, M.kernel)).all()
+    ok, out = labelled(s), {}
+    for dc, kernel, n in rows:
+        if ok(kernel, dc):
+            out[dc] = out.get(dc, 0) + n
+    return out
+
+
+def labelled(s):
+    """Whether a (kernel, class slug) may name a /metrics series: a registered kernel and a known
+    class (a product this version knows, or one a worker registered), so a posted name never
+    makes a series."""
+    from devices.classes import KNOWN_DEVICES
+    from search_spaces import registry
+
+    classes = {dc.slug for dc in KNOWN_DEVICES} | set(s.scalars(select(models.DeviceClass.slug)))
+    kernels = set(registry.names())
+    return lambda kernel, slug: kernel in kernels and slug in classes
 
 
 def _iso(value) -> str | None:

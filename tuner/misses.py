@@ -11,7 +11,7 @@ from pathlib import Path
 
 from db import store
 from db.session import session_scope
-from devices.classes import class_for, matches, resolve_device_class
+from devices.classes import ALIASES, class_for, resolve_device_class
 from search_spaces import registry
 from tuner.database import open_for_read, open_for_write
 from tuner.errors import UserError
@@ -21,15 +21,18 @@ from tuner.settings import Settings
 DEFAULT_TOP, DEFAULT_MIN_COUNT = 10, 1
 
 
-def list_misses(settings: Settings, kernel: str | None, device_class: str | None) -> list[dict]:
-    """Untuned misses, most frequent first (`tuner misses`, GET /v1/runtime-misses)."""
+def list_misses(settings: Settings, kernel: str | None, device_class: str | None,
+                limit: int | None = None) -> list[dict]:
+    """Untuned misses, most frequent first, the first `limit` (`tuner misses`, GET /v1/runtime-misses)."""
     from tuner.fleet import runtime_misses
 
-    selector = resolve_device_class(device_class) if device_class is not None else None
+    slugs = None
+    if device_class is not None:
+        selector = resolve_device_class(device_class)
+        slugs = ALIASES.get(selector, (selector,))  # what `matches` accepts: the class, or its family's
     url = open_for_read(settings)
     with session_scope(url) as s:
-        rows = runtime_misses(s, kernel=kernel)
-    return [r for r in rows if selector is None or matches(selector, r["device_class"])]
+        return runtime_misses(s, kernel=kernel, device_classes=slugs, limit=limit)
 
 
 def import_file(settings: Settings, path: str) -> tuple[int, int]:
@@ -73,9 +76,15 @@ def record_posted(settings: Settings, posted: list) -> tuple[int, int]:
 
 
 def _store(settings: Settings, records: list[dict]) -> int:
+    from sqlalchemy.exc import DataError
+
     url = open_for_write(settings)
-    with session_scope(url) as s:
-        return store.record_misses(s, records)
+    try:
+        with session_scope(url) as s:
+            return store.record_misses(s, records)
+    except DataError as exc:  # a value the checks let through and the database's types do not
+        reason = str(exc.orig).strip().splitlines()[0][:120] if exc.orig is not None else "a value out of range"
+        raise UserError(f"the database refused a miss record ({reason}); nothing recorded") from None
 
 
 def retune_misses(settings: Settings, device_class: str | None, kernel: str | None, top: int | None,

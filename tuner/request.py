@@ -13,6 +13,10 @@ from tuner.errors import UserError
 MAX_TRIALS = 100_000  # per key: a budget no search needs more of, and far from int4's limit
 MAX_SEED = 2**31 - 1  # a seed is stored in an int4 column and seeds numpy (0 to 2**32 - 1)
 MAX_DIM_DIGITS = 18  # a dim is an int64 on every path
+MAX_PARALLEL = 64  # batches in flight per key: more workers than this never cooperate on one study
+# trial-batch messages one request may put on the queue (keys x batches each): 25,001 held an API
+# thread for 31 s; a model preset's largest job sends a few hundred
+MAX_MESSAGES = 4096
 
 
 def clip(text: str, limit: int = 40) -> str:
@@ -75,6 +79,23 @@ def refuse_unfit(req: TuneRequest, selector: str, where: str, host_memory: int |
                 cuda_graph=req.measurement.cuda_graph, host_bytes=host_memory)
     if why is not None:
         raise UserError(why)
+
+
+def check_fanout(reqs: list[TuneRequest], parallel: int, batch_trials: int) -> list[int]:
+    """Refuse, before anything is written, a --parallel out of 1..MAX_PARALLEL or a request that
+    would queue more than MAX_MESSAGES batches; returns each request's batches per key."""
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise UserError(f"--parallel {str(parallel)[:20]} is out of range: give 1 to {MAX_PARALLEL} batches in "
+                        "flight per key")
+    per_key = []
+    for req in reqs:
+        batches = min(parallel, -(-req.trials // min(batch_trials, req.trials)))
+        if batches * len(req.keys) > MAX_MESSAGES:
+            raise UserError(f"{req.kernel}: {len(req.keys)} keys x {batches} batches would queue "
+                            f"{batches * len(req.keys)} messages, more than {MAX_MESSAGES}; give fewer shapes "
+                            "or a lower --parallel, or submit them in parts")
+        per_key.append(batches)
+    return per_key
 
 
 def build_request(kernel: str, shapes: list[str], dtypes: list[str], trials: int,

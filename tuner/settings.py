@@ -47,12 +47,14 @@ class Settings:
     retune_misses: bool = True  # the nightly scheduler also queues the most frequent misses
     retune_misses_max_jobs: int = 20  # at most this many miss jobs a night
     retune_misses_trials: int = 20  # trials of a miss job
+    misses_keep_days: float = 30.0  # runtime miss rows not seen for this long are pruned (the janitor)
     # the HTTP API and metrics (tuner/api/, workers/metrics.py)
     api_token: str = ""  # the operators' bearer token: every read and write
     runtime_token: str = ""  # the inference hosts' bearer token: GET /v1/bundle and POST /v1/misses only
     api_open_reads: bool = False  # reads without a token: a single user's laptop (loopback only)
     api_allowed_hosts: tuple[str, ...] = ()  # Host headers served besides the bound host and the loopback
     metrics_port: int | None = None  # a worker's own Prometheus metrics port; None: none served
+    metrics_host: str = "127.0.0.1"  # the address it listens on (0.0.0.0 only where the network is trusted)
     # device-class slug -> list price per hour, for the cost column of `tuner report compare`
     device_prices: tuple[tuple[str, float], ...] = ()
     extra: dict = field(default_factory=dict)
@@ -190,11 +192,13 @@ def from_env(env: dict[str, str] | None = None, on_error=None) -> Settings:
         retune_misses=_flag(env, "TUNER_RETUNE_MISSES", True, on_error),
         retune_misses_max_jobs=int(num("TUNER_RETUNE_MISSES_MAX_JOBS", 20, 0)),
         retune_misses_trials=int(num("TUNER_RETUNE_MISSES_TRIALS", 20, 1)),
+        misses_keep_days=num("TUNER_MISSES_KEEP_DAYS", 30.0, 0),
         api_token=env.get("TUNER_API_TOKEN", ""),
         runtime_token=env.get("TUNER_RUNTIME_TOKEN", ""),
         api_open_reads=_flag(env, "TUNER_API_OPEN_READS", False, on_error),
         api_allowed_hosts=_hosts(env, "TUNER_API_ALLOWED_HOSTS", on_error),
         metrics_port=_port(env, "TUNER_METRICS_PORT", on_error),
+        metrics_host=(env.get("TUNER_METRICS_HOST") or "").strip() or "127.0.0.1",
         device_prices=_prices(env, "TUNER_DEVICE_PRICES", on_error),
         extra={"explicit": tuple(k for k in ("TUNER_DB_URL", "TUNER_BROKER_URL") if env.get(k))},
     )

@@ -5,7 +5,7 @@ two costs. Every point is checked before the first job is queued: a bad one queu
 from __future__ import annotations
 
 from tuner.errors import UserError
-from tuner.request import TuneRequest, build_request, parse_shape, refuse_unfit
+from tuner.request import TuneRequest, build_request, check_fanout, parse_shape, refuse_unfit
 
 MAX_POINTS = 256
 
@@ -62,6 +62,7 @@ def submit_sweep(settings, reqs: list[TuneRequest], device_class: str, parallel:
     from tuner.coordinator import submit
 
     selector = resolve_device_class(device_class)
+    check_fanout(reqs, parallel, settings.batch_trials)
     for req in reqs:
         refuse_unfit(req, selector, f"device class {selector}")
     return [submit(settings, req, device_class, parallel) for req in reqs]

@@ -36,12 +36,13 @@ def run_worker(settings: Settings, device: str | None, name: str | None, logleve
     node = name or f"{dc.slug}-{device_str.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
     cfg = WorkerConfig(db_url=db_url, device=device_str, name=node, heartbeat_s=settings.heartbeat_s,
                        stall_s=settings.stall_s, trial_timeout_s=settings.trial_timeout_s,
-                       dead_after_s=settings.worker_dead_after_s, batch_trials=settings.batch_trials)
+                       dead_after_s=settings.worker_dead_after_s, batch_trials=settings.batch_trials,
+                       misses_keep_days=settings.misses_keep_days)
     service = WorkerService(cfg, dc, fp, lambda msg: send_batch(app, msg))
     if settings.metrics_port:
         from workers import metrics
 
-        service.observe = metrics.serve(settings.metrics_port, dc.slug)
+        service.observe = metrics.serve(settings.metrics_host, settings.metrics_port, dc.slug)
     tasks.register(app, service)
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("tuner.worker").info("worker %s: class %s, fingerprint %s, queues %s",

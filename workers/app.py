@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from db.urls import scrub
 from workers.queues import BATCH_TASK, DEFAULT_QUEUE
 
 SQLITE_BROKER_LOCK_WAIT_S = 60.0
@@ -60,6 +61,11 @@ class BrokerUnreachable(ConnectionError):
         self.transient = transient
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def check_broker(app: Celery, timeout: float = 3.0) -> None:
     """Raise BrokerUnreachable (a ConnectionError) with a one-line reason when the broker cannot be
     reached."""
@@ -79,8 +85,7 @@ def check_broker(app: Celery, timeout: float = 3.0) -> None:
         from workers.faults import chain, infrastructure
 
         transient = infrastructure(exc) and not any(isinstance(e, AuthenticationError) for e in chain(exc))
-        raise BrokerUnreachable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                                transient) from None
+        raise BrokerUnreachable(f"{type(exc).__name__}: {scrub(_first_line(exc), url)}", transient) from None
 
 
 def queue_depths(app: Celery, names, timeout: float = 2.0) -> dict[str, int]:
@@ -100,4 +105,4 @@ def queue_depths(app: Celery, names, timeout: float = 2.0) -> dict[str, int]:
                     out[name] = 0
             return out
     except Exception as exc:
-        raise ConnectionError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise ConnectionError(f"{type(exc).__name__}: {scrub(_first_line(exc), app.conf.broker_url)}") from None

@@ -12,6 +12,9 @@ lease): what a crash, a lost message or a stopped process left behind is found a
     for longer than a batch can take is failed, so no crash leaves a job running for ever.
   - Optuna trials that nobody will tell (their worker died or stopped) are told their stored
     result, or failed and enqueued again (search.studies.recover_all).
+  - Runtime miss rows not seen for TUNER_MISSES_KEEP_DAYS are deleted, once an hour across the
+    fleet (the lease `prune-misses`, left to expire): the writers (the API, `tuner misses import`,
+    a runtime's database sink) may only add and update rows, and stop adding at a row cap.
 Budgets are re-read before every trial and finalization is claimed once, so a duplicate message
 costs nothing.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import uuid
 from datetime import timedelta
 from typing import Callable
 
@@ -36,8 +40,11 @@ log = logging.getLogger("tuner.worker")
 OPEN_KEY_STATES = ("running", "finalizing")
 
 
+PRUNE_EVERY_S = 3600.0
+
+
 def sweep(db_url: str, slug: str, send: Callable[[BatchMessage], None], *, holder: str, stall_s: float,
-          dead_after_s: float, heartbeat_s: float, abandon_s: float) -> None:
+          dead_after_s: float, heartbeat_s: float, abandon_s: float, misses_keep_days: float = 30.0) -> None:
     """One round of the janitor for a worker of class `slug`, if it holds the class's lease."""
     with session_scope(db_url) as s:
         if not store.acquire_lock(s, f"janitor:{slug}", holder, ttl_s=max(0.5, 0.9 * heartbeat_s)):
@@ -45,6 +52,19 @@ def sweep(db_url: str, slug: str, send: Callable[[BatchMessage], None], *, holde
     resend_stalled(db_url, slug, stall_s, dead_after_s, send)
     end_jobs(db_url, abandon_s)
     recover_all(db_url, heartbeat_s, dead_after_s)
+    prune_misses(db_url, misses_keep_days)
+
+
+def prune_misses(db_url: str, keep_days: float) -> int:
+    """Delete the miss rows older than keep_days, if no worker did within PRUNE_EVERY_S."""
+    with session_scope(db_url) as s:
+        # a holder of its own each time: the lease is taken again only once it has expired
+        if not store.acquire_lock(s, "prune-misses", f"prune-{uuid.uuid4().hex}", ttl_s=PRUNE_EVERY_S):
+            return 0
+        pruned = store.prune_misses(s, keep_days)
+    if pruned:
+        log.info("pruned %d runtime miss row(s) not seen for %g days", pruned, keep_days)
+    return pruned
 
 
 def live_holders(s, dead_after_s: float) -> set[int]:

@@ -1,4 +1,6 @@
-"""A worker's own Prometheus metrics (prometheus-client), served on TUNER_METRICS_PORT:
+"""A worker's own Prometheus metrics (prometheus-client), served on TUNER_METRICS_PORT of
+TUNER_METRICS_HOST (the loopback interface unless told otherwise: the port answers anyone who
+reaches it, without a token):
 
     tuner_worker_trials_total{device_class,status}    trials this worker measured, by outcome
     tuner_worker_trial_failures_total{device_class}    of those, the ones that failed (compile error,
@@ -42,6 +44,6 @@ def observer(device_class: str) -> Callable[[], Callable]:
     return batch
 
 
-def serve(port: int, device_class: str) -> Callable[[], Callable]:
-    start_http_server(port)
+def serve(host: str, port: int, device_class: str) -> Callable[[], Callable]:
+    start_http_server(port, addr=host)
     return observer(device_class)

@@ -57,6 +57,7 @@ class WorkerConfig:
     trial_timeout_s: float = 120.0
     dead_after_s: float = 60.0  # a worker whose heartbeat is older is gone
     batch_trials: int = 4
+    misses_keep_days: float = 30.0  # the janitor prunes runtime miss rows not seen for this long
 
 
 class WorkerService:
@@ -112,7 +113,8 @@ class WorkerService:
                               .values(heartbeat_at=utcnow(), fingerprint_id=self.fp_id, holding_key_id=self.holding))
                 sweep(self.cfg.db_url, self.dc.slug, self.send, holder=self.cfg.name, stall_s=self.cfg.stall_s,
                       dead_after_s=self.cfg.dead_after_s, heartbeat_s=self.cfg.heartbeat_s,
-                      abandon_s=longest_batch_s(self.cfg.batch_trials, self.cfg.trial_timeout_s))
+                      abandon_s=longest_batch_s(self.cfg.batch_trials, self.cfg.trial_timeout_s),
+                      misses_keep_days=self.cfg.misses_keep_days)
             except Exception as exc:  # a database blip must not end the heartbeat thread
                 if infrastructure(exc):
                     log.warning("heartbeat failed: %s", str(exc).splitlines()[0][:300])

@@ -12,11 +12,11 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
-from db.session import DatabaseError, redact
+from db.session import DatabaseError
+from db.urls import redact, scrub
 from search_spaces.base import SpecError
 from tuner.api.auth import Forbidden, Unauthorized
 from tuner.api.render import error_page
@@ -90,9 +90,7 @@ def install(app: FastAPI) -> None:
         # the database went away after the server checked it (tuner/database.py checks a URL once)
         raw = request.app.state.settings.db_url
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None and str(exc.orig).strip() else "error"
-        password = make_url(raw).password
-        reason, url = reason.replace(str(password), "***") if password else reason, redact(raw)
-        return respond(request, 503, f"cannot use database {url}: {reason}; check the database server")
+        return respond(request, 503, f"cannot use database {redact(raw)}: {scrub(reason, raw)}; check the database server")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

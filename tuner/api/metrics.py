@@ -21,6 +21,8 @@ any number of API processes report the same values.
 
 Every gauge has a sample even when it is zero (a class with no trial in the last minute, no stale
 key), so an alert on it can tell "zero" from "absent".
+
+The miss series name registered kernels and known device classes only (fleet.labelled_misses).
 """
 from __future__ import annotations
 

@@ -23,6 +23,9 @@ from tuner.settings import Settings
 router = APIRouter(prefix="/v1", max_body_size=MAX_BODY)  # FastAPI refuses more with 413, before parsing
 Text = Annotated[str, StringConstraints(max_length=200)]
 Shape = Union[Text, dict[Annotated[str, StringConstraints(max_length=40)], Union[int, Text]]]
+# every list endpoint answers at most `limit` rows (default 100), so no answer grows with a table
+Limit = Annotated[int, Query(ge=1, le=1000, description="at most this many rows (1 to 1000)")]
+DEFAULT_LIMIT = 100
 
 
 def settings_of(request: Request) -> Settings:
@@ -105,24 +108,24 @@ def kernels() -> list[dict]:
 
 
 @router.get("/device-classes", tags=["fleet"])
-def device_classes(request: Request) -> list[dict]:
+def device_classes(request: Request, limit: Limit = DEFAULT_LIMIT) -> list[dict]:
     """Stored device classes with their live workers, trials per minute and queue depths."""
     settings = settings_of(request)
     with session_scope(open_for_read(settings)) as s:
         depths = fleet.queue_depths(settings, fleet.queue_names(s))
-        return fleet.device_classes(s, settings.worker_dead_after_s, depths)
+        return fleet.device_classes(s, settings.worker_dead_after_s, depths)[:limit]
 
 
 @router.get("/workers", tags=["fleet"])
-def workers(request: Request) -> list[dict]:
-    """Every registered worker: alive, class, stack fingerprint, last heartbeat."""
+def workers(request: Request, limit: Limit = DEFAULT_LIMIT) -> list[dict]:
+    """Registered workers: alive, class, stack fingerprint, last heartbeat."""
     settings = settings_of(request)
     with session_scope(open_for_read(settings)) as s:
-        return fleet.workers(s, settings.worker_dead_after_s)
+        return fleet.workers(s, settings.worker_dead_after_s)[:limit]
 
 
 @router.get("/jobs", tags=["jobs"])
-def jobs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict]:
+def jobs(request: Request, limit: Limit = DEFAULT_LIMIT) -> list[dict]:
     """Recent jobs, newest first."""
     return coordinator.jobs(settings_of(request), limit)
 
@@ -137,27 +140,28 @@ def job(job_id: Annotated[str, StringConstraints(max_length=64)], request: Reque
 def best(request: Request, kernel: Annotated[Optional[str], Query(max_length=100)] = None,
          device_class: Annotated[Optional[str], Query(max_length=80)] = None,
          shape: Annotated[list[str], Query(max_length=256)] = [],
-         dtype: Annotated[list[str], Query(max_length=8)] = []) -> list[dict]:
+         dtype: Annotated[list[str], Query(max_length=8)] = [], limit: Limit = DEFAULT_LIMIT) -> list[dict]:
     """Current best configurations: of the given shapes (a row with config null where none is
     stored), or every one of the kernel and class, as bundle entries."""
     if shape:
         if kernel is None:
             raise UserError("give kernel= with shape=")
         return queries.best_rows(settings_of(request), kernel, shape, dtype or ["float32"], device_class,
-                                 live_class=False)
+                                 live_class=False)[:limit]
     from tuner.formats import current_entries
 
-    return current_entries(settings_of(request), kernel, device_class)
+    return current_entries(settings_of(request), kernel, device_class)[:limit]
 
 
 @router.get("/history", tags=["results"])
 def history(request: Request, kernel: Annotated[str, Query(max_length=100)],
             shape: Annotated[list[str], Query(min_length=1, max_length=256)],
             dtype: Annotated[list[str], Query(max_length=8)] = [],
-            device_class: Annotated[Optional[str], Query(max_length=80)] = None) -> list[dict]:
+            device_class: Annotated[Optional[str], Query(max_length=80)] = None,
+            limit: Limit = DEFAULT_LIMIT) -> list[dict]:
     """Every best configuration the keys have had, superseded ones too, newest first."""
     return queries.best_rows(settings_of(request), kernel, shape, dtype or ["float32"], device_class,
-                             current_only=False, live_class=False)
+                             current_only=False, live_class=False)[:limit]
 
 
 @router.get("/keys/{kernel}/{key_hash}", tags=["results"])
@@ -239,9 +243,10 @@ def bundle(request: Request, device_class: Annotated[str, Query(max_length=80)],
 
 @router.get("/runtime-misses", tags=["fleet"])
 def runtime_misses(request: Request, kernel: Annotated[Optional[str], Query(max_length=100)] = None,
-                   device_class: Annotated[Optional[str], Query(max_length=80)] = None) -> list[dict]:
+                   device_class: Annotated[Optional[str], Query(max_length=80)] = None,
+                   limit: Limit = DEFAULT_LIMIT) -> list[dict]:
     """Keys runtimes were served from a fallback level and not tuned since, most frequent first
     (`tuner misses`)."""
     from tuner.misses import list_misses
 
-    return list_misses(settings_of(request), kernel, device_class)
+    return list_misses(settings_of(request), kernel, device_class, limit)

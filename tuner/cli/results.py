@@ -51,10 +51,23 @@ def export(fmt: str = typer.Option("bundle", "--format", help=f"One of: {', '.jo
            output: str = typer.Option(..., "--output", "-o", help="File (or directory) to write."),
            kernel: Optional[str] = typer.Option(None, "--kernel"),
            device_class: Optional[str] = typer.Option(None, "--device-class"),
-           model: Optional[str] = typer.Option(None, "--model", help="Only the keys this model's layers run (any tp).")) -> None:
+           model: Optional[str] = typer.Option(None, "--model", help="Only the keys this model's layers run (any tp)."),
+           fill: bool = typer.Option(True, "--fill/--no-fill", help="vllm-lora: fill a num_slices vLLM asks but "
+                                     "nobody tuned from the nearest tuned one (default), or refuse."),
+           with_shipped: Optional[str] = typer.Option(None, "--with-shipped", help="sglang: SGLang's own fused_moe_triton/"
+                                                      "configs folder, copied in where we tuned nothing.")) -> None:
     """Export the current best configurations: our bundle, or vLLM's and SGLang's MoE config files."""
-    n = formats.export(settings_mod.get(), fmt, output, kernel, device_class, model)
-    err.print(f"wrote {n} configuration(s) to {output}")
+    from pathlib import Path
+
+    from tuner.errors import UserError
+
+    if with_shipped is not None and fmt != "sglang":
+        raise UserError(f"--with-shipped is for --format sglang (SGLang's shipped configs); drop it for {fmt[:20]}")
+    ask = formats.Ask(fill=fill, shipped=Path(with_shipped).expanduser() if with_shipped else None)
+    written = formats.export(settings_mod.get(), fmt, output, kernel, device_class, model, ask)
+    for note in written.notes:
+        err.print(note, markup=False, highlight=False, soft_wrap=True)
+    err.print(f"wrote {written.count} configuration(s) to {output}", markup=False, highlight=False)
 
 
 @app.command("import")
@@ -67,11 +80,14 @@ def import_(source: str = typer.Argument(..., help="A vLLM config file, or a fol
     result = formats.import_configs(settings_mod.get(), fmt, source, device_class)
     if as_json:
         return print_json(result)
-    err.print(f"imported {result['imported']} configuration(s) from {result['files']} file(s)"
-              + (f"; parameters this kernel has not, dropped: {', '.join(result['dropped_parameters'])}"
-                 if result["dropped_parameters"] else ""), soft_wrap=True)
     for s in result["skipped"]:
         err.print(f"skipped {s['file']}: {s['why']}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"imported {result['imported']} configuration(s) from {result['files']} file(s)"
+              + (f"; parameters this kernel has not, dropped: {', '.join(result['dropped_parameters'])}"
+                 if result["dropped_parameters"] else "")
+              + ". They are seeds, not measurements: the search tries them first when their keys are tuned "
+              "(tuner submit/tune), and `tuner export` writes only measured bests", markup=False, highlight=False,
+              soft_wrap=True)
 
 
 @app.command("lookup")

@@ -62,19 +62,34 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to liste
     from tuner.coordinator import await_services
 
     settings = replace(settings_mod.get(), api_open_reads=True) if open_reads else settings_mod.get()
-    if not settings.api_token and not settings.api_open_reads and is_loopback(host):  # elsewhere: refused
-        err.print("note: no TUNER_API_TOKEN, so every request but /healthz will be refused; set one, or give "
-                  "--open-reads for reads on this machine")
     check_bind(host, policy_of(settings))  # before waiting: a misconfigured server fails at once
     # the database only: without the broker the API still serves every read (a submit is a 503)
     await_services(settings, wait_s, broker=False)
+    if not settings.api_token and not settings.api_open_reads and is_loopback(host):  # elsewhere: refused
+        err.print("note: no TUNER_API_TOKEN, so every request but /healthz will be refused; set one, or give "
+                  "--open-reads for reads on this machine")
+    _warn_if_privileged(settings.db_url)
     run(settings, host, port, loglevel)
+
+
+def _warn_if_privileged(url: str) -> None:
+    """One line when the server's database role could write bests: it needs the API role's rights only."""
+    from db.roles import API, writes_bests
+
+    try:
+        role = writes_bests(url)
+    except Exception:  # unreachable, or no schema yet: the server's own start-up check says which
+        return
+    if role is not None:
+        err.print(f"warning: tuner serve connects as the database role {role!r}, which can write best "
+                  f"configurations; connect as {API!r} (reads, jobs and miss counts only; docs/fleet.md, Credentials)")
 
 
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Create or migrate the schema of TUNER_DB_URL to REVISION (default: head, with Optuna's tables)."""
-    from db.session import DatabaseError, check_reachable, redact
+    from db.session import DatabaseError, check_reachable
+    from db.urls import redact
     from tuner.database import sqlite_path, upgrade_schema
 
     s = settings_mod.get()

@@ -177,11 +177,12 @@ def submit(kernel: Optional[str] = typer.Argument(None, help="A registered kerne
            as_json: bool = JsonOpt) -> None:
     """Queue a tuning job (one per kernel of --model) for a device class; prints the job ids. Needs the broker and database only."""
     from tuner.coordinator import submit as do_submit
-    from tuner.request import build_measurement, build_requests
+    from tuner.request import build_measurement, build_requests, check_fanout
 
     reqs = build_requests(kernel, shape, dtype, trials, sampler, seed,
                           build_measurement(rotate_buffers, cuda_graph, max_cv, routing), model, tp, batch_sizes,
                           lora_ranks, max_loras)
+    check_fanout(reqs, parallel, settings_mod.get().batch_trials)  # every job's, before the first is queued
     job_ids = [do_submit(settings_mod.get(), req, device_class, parallel) for req in reqs]
     if not wait_:
         if as_json:

@@ -1,6 +1,7 @@
 """Export formats: the current best configurations written for those who read them. One module
-per format, each with DESCRIPTION, WRITES ("file" or "directory") and `write(entries, output) ->
-count`; adding a format is one module and one line in FORMATS. Entries are the bundle's
+per format, each with DESCRIPTION, WRITES ("file" or "directory"), KERNELS (those it writes, None
+for all) and `write(entries, output, ask) -> Written` (ask: what the export was asked beyond the
+rows); adding a format is one module and one line in FORMATS. Entries are the bundle's
 (tuner/formats/bundle.py `entry`). A format others tune in as well (vLLM's) also has `read_file`,
 for `tuner import`. Importing this package loads no database code: the runtime imports
 tuner.formats.bundle.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -16,6 +18,21 @@ FORMATS = {"bundle": "tuner.formats.bundle",
            "vllm": "tuner.formats.vllm",
            "sglang": "tuner.formats.sglang",
            "vllm-lora": "tuner.formats.vllm_lora"}
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What an export was asked beyond its rows."""
+
+    lora_slices: tuple[int, ...] = ()  # the num_slices a model's layers run (vllm-lora); () for vLLM's usual 1, 2, 3
+    fill: bool = True  # vllm-lora: fill a num_slices not tuned from the nearest tuned one (else refuse)
+    shipped: Path | None = None  # sglang: SGLang's own configs folder, copied where we tuned nothing
+
+
+@dataclass(frozen=True)
+class Written:
+    count: int  # the tuned configurations written
+    notes: tuple[str, ...] = ()  # what the user should know: what was filled, left out, copied
 
 
 def get(name: str):
@@ -78,9 +95,10 @@ def current_entries(settings, kernel: str | None, device_class: str | None, vers
 
 
 def export(settings, fmt: str, output: str, kernel: str | None, device_class: str | None,
-           model: str | None = None) -> int:
+           model: str | None = None, ask: Ask = Ask()) -> Written:
     """`tuner export`: the current best rows (of one kernel, of the classes a selector names, of the
-    keys a model serves) in format fmt at output. Nothing is written when anything is wrong."""
+    keys a model serves) in format fmt at output. Nothing is written when anything is wrong, and an
+    export that would write nothing says why."""
     from tuner.errors import UserError
 
     module = get(fmt)
@@ -95,21 +113,65 @@ def export(settings, fmt: str, output: str, kernel: str | None, device_class: st
         raise UserError(f"cannot write {str(output)[:80]}: {exc.strerror or exc} in {str(parent)[:80]}; "
                         "choose a writable place") from None
     entries = current_entries(settings, kernel, device_class, model=model)
+    if model is not None and fmt == "vllm-lora":
+        from tuner import presets
+
+        ask = Ask(presets.load(model).lora_slices(), ask.fill, ask.shipped)
     try:
-        return module.write(entries, out)
+        written = module.write(entries, out, ask)
     except OSError as exc:
         raise UserError(f"cannot write {str(output)[:80]}: {exc.strerror or exc}; choose a writable place") from None
+    if written.count == 0 and not (ask.shipped and fmt == "sglang"):
+        why = _nothing_to_write(settings, module, kernel, device_class, model, written.notes)
+        if module.WRITES == "directory":  # no file at all: the server would read nothing of ours
+            raise UserError(why)
+        return Written(0, written.notes + (why.replace("nothing to export", "the bundle is empty", 1),))
+    return written
+
+
+def _nothing_to_write(settings, module, kernel: str | None, device_class: str | None, model: str | None,
+                      notes: tuple[str, ...]) -> str:
+    """Why an export found nothing: no current best of its kernels there; the imported seeds that
+    wait to be measured, and how to measure them."""
+    from db import store
+    from db.session import session_scope
+    from tuner.database import open_for_read
+    from tuner.queries import device_class_slugs
+
+    if module.KERNELS and kernel is not None and kernel not in module.KERNELS:
+        return f"nothing to export: this format writes {' and '.join(module.KERNELS)}, not {kernel[:40]}"
+    kernels = [k for k in module.KERNELS if kernel in (None, k)] if module.KERNELS else [kernel]
+    what = " or ".join(k for k in kernels if k) or "any kernel"
+    where = f"device class {device_class}" if device_class else "any device class"
+    why = f"nothing to export: no current best of {what} on {where}" + (f" for {model}" if model else "")
+    if notes:
+        return f"{why}; {notes[0]}"
+    url = open_for_read(settings)
+    slugs = set(device_class_slugs(url, device_class, None)) if device_class else None
+    with session_scope(url) as s:
+        seeds = [r for k in kernels if k for r in store.imported_configs(s, kernel=k)
+                 if slugs is None or r.device_selector in slugs or r.device_selector == device_class]
+    if not seeds:
+        how = f"--model {model}" if model else f"{kernels[0] or 'KERNEL'} --shape ..."
+        return f"{why}; tune its keys first (tuner submit {how} --device-class C)"
+    r = seeds[0]
+    shape = ",".join(f"{k}={v}" for k, v in r.dims.items())
+    return (f"{why}; {len(seeds)} imported configuration(s) are seeds, not measurements: tuning their keys "
+            f"measures them, e.g. tuner submit {r.kernel} --shape {shape}{',K=...,topk=...' if r.kernel == 'fused_moe' else ''} "
+            f"--dtype {r.dtype} --device-class {r.device_selector} (or --model M for a preset's keys)")
 
 
 def import_configs(settings, fmt: str, source: str, device_class: str | None) -> dict:
-    """`tuner import`: others' tuned configurations (vLLM's files, one or a folder of them) stored as
-    seeds the search tries first. Files of dtypes, block shapes or devices this service cannot
-    place are listed and skipped; a malformed file stops the import before anything is written."""
+    """`tuner import`: others' tuned configurations (vLLM's files, one or a folder of them, searched
+    recursively) stored as seeds the search tries first. What cannot be placed is skipped and listed
+    with its reason: names of dtypes, block shapes or devices this service does not know (before the
+    content is read), malformed files of a folder, entries out of range. A single named malformed
+    file, or an import that finds nothing, is refused and writes nothing."""
     from db import store
     from db.session import session_scope
-    from devices.classes import ALIASES, DEVICE_NAMES, resolve_device_class
+    from devices.classes import ALIASES, resolve_device_class
     from search_spaces import registry
-    from search_spaces.base import stable_hash, target_for
+    from search_spaces.base import stable_hash
     from tuner.database import open_for_write
     from tuner.errors import UserError
 
@@ -120,34 +182,56 @@ def import_configs(settings, fmt: str, source: str, device_class: str | None) ->
     path = Path(source).expanduser()
     if not path.exists():
         raise UserError(f"no file or folder {str(source)[:80]}; give a vLLM config file or a folder of them")
-    paths = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    single = not path.is_dir()
+    paths = [path] if single else sorted(p for p in path.rglob("*") if p.is_file())
     selector = resolve_device_class(device_class) if device_class else None
     spec = registry.get(module.KERNEL)
-    params = {p for arch in ("sm_90", "gfx942", "interpreter") for p in spec.space(target_for(arch))}
-    read = []
-    for p in paths:  # every file first: a malformed one stops the import before anything is written
+    bounds = module.seed_bounds(spec)
+    known = _known_devices(settings)
+    read, skipped = [], []
+    for p in paths:
+        rel = str(p.relative_to(path)) if not single else p.name
+        head, why = module.parse_name(p.name)
+        where = head and (selector or module.device_selector(head["device"], known, ALIASES))
+        if head and not where:
+            why = f"device {head['device'][:40]} is not a known device class; give --device-class"
+        if why:
+            skipped.append({"file": rel[:120], "why": why})
+            continue
         try:
-            read.append((p, *module.read_file(p, params)))
+            got, _ = module.read_file(p, bounds)
         except module.Malformed as exc:
-            raise UserError(f"malformed vLLM config: {exc}; nothing was imported") from None
+            if single:
+                raise UserError(f"malformed vLLM config: {exc}; nothing was imported") from None
+            skipped.append({"file": rel[:120], "why": f"malformed: {exc}"})
+            continue
+        skipped += [{**s, "file": rel[:120]} for s in got["skipped"]]
+        read.append((rel, where, got))
+    rows = [{"kernel": spec.name, "device_selector": where, "dtype": dtype, "dims": dims,
+             "dims_hash": stable_hash(dims), "config": config, "source": f"{fmt}:{rel}"[:300]}
+            for rel, where, got in read for dtype in got["dtypes"] for m, config in got["table"].items()
+            for dims in ({"E": got["E"], "N": got["N"], "M": m},)]
+    if not rows:
+        first = f" (first: {skipped[0]['file'][:60]}: {skipped[0]['why'][:80]})" if skipped else ""
+        raise UserError(f"nothing to import from {str(source)[:80]}: {len(paths)} file(s), {len(skipped)} "
+                        f"skipped{first}; give vLLM's fused-MoE config files (E=..,N=..,device_name=...json)")
     url = open_for_write(settings)
     with session_scope(url) as s:
-        known = {**DEVICE_NAMES, **{slug: tuple(n) for slug, n in store.device_names(s).items() if n}}
-    rows, skipped, dropped, files = [], [], set(), 0
-    for p, got, why in read:
-        where = got and (selector or module.device_selector(got["device"], known, ALIASES))
-        if got and not where:
-            why = f"device {got['device'][:40]} is not a known device class; give --device-class"
-        if why:
-            skipped.append({"file": p.name, "why": why})
-            continue
-        files += 1
-        dropped |= set(got["dropped"])
-        for dtype in got["dtypes"]:
-            for m, config in got["table"].items():
-                dims = {"E": got["E"], "N": got["N"], "M": m}
-                rows.append({"kernel": spec.name, "device_selector": where, "dtype": dtype, "dims": dims,
-                             "dims_hash": stable_hash(dims), "config": config, "source": f"{fmt}:{p.name}"[:300]})
-    with session_scope(url) as s:
         n = store.write_imported(s, rows)
-    return {"imported": n, "files": files, "skipped": skipped, "dropped_parameters": sorted(dropped)}
+    return {"imported": n, "files": len(read), "skipped": skipped,
+            "dropped_parameters": sorted({d for _, _, got in read for d in got["dropped"]})}
+
+
+def _known_devices(settings) -> dict[str, tuple[str, ...]]:
+    """slug -> the device names torch reports for it: the known products', and those the service's
+    workers reported (none while the embedded database does not exist: nothing is created here)."""
+    from db import store
+    from db.session import session_scope
+    from devices.classes import DEVICE_NAMES
+    from tuner.database import open_for_read, sqlite_path
+
+    path = sqlite_path(settings.db_url)
+    if path is not None and not path.exists():
+        return dict(DEVICE_NAMES)
+    with session_scope(open_for_read(settings)) as s:
+        return {**DEVICE_NAMES, **{slug: tuple(n) for slug, n in store.device_names(s).items() if n}}

@@ -24,6 +24,7 @@ from db.clock import utcnow
 FORMAT, VERSION = "tuner-bundle", 1
 DESCRIPTION = "one JSON file for TUNER_CONFIG_BUNDLE (the runtime's source without a database)"
 WRITES = "file"
+KERNELS = None  # every kernel
 
 
 def entry(best: Any, device_class: str, fingerprint: Any, device_names: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -63,13 +64,13 @@ def digest(doc: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(doc["entries"], sort_keys=True).encode()).hexdigest()[:32]
 
 
-def write(entries: list[dict[str, Any]], output: Path) -> int:
-    from tuner.formats import inside
+def write(entries: list[dict[str, Any]], output: Path, ask: Any = None):
+    from tuner.formats import Written, inside
 
     doc = document(entries)
     output = Path(output)
     write_atomic(inside(output.parent, [output.name])[output.name], json.dumps(doc, indent=1, sort_keys=True))
-    return len(doc["entries"])
+    return Written(len(doc["entries"]))
 
 
 class Bundle:

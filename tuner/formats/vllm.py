@@ -21,12 +21,13 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from tuner.formats import inside
+from tuner.formats import Written, inside
 from tuner.formats.bundle import write_atomic
 
 DESCRIPTION = "vLLM's fused-MoE config files, one per (E, N, device, dtype), for VLLM_TUNED_CONFIG_FOLDER"
 WRITES = "directory"
 KERNEL = "fused_moe"
+KERNELS = (KERNEL,)
 # vLLM's key order (benchmark_moe.py sort_config): the ROCm knobs only where the config has them
 PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages",
           "waves_per_eu", "matrix_instr_nonkdim", "kpack")
@@ -77,12 +78,12 @@ def write_files(tables: dict[str, dict[int, dict]], output: Path) -> int:
     return sum(len(t) for t in tables.values())
 
 
-def write(entries: list[dict[str, Any]], output: Path) -> int:
+def write(entries: list[dict[str, Any]], output: Path, ask: Any = None) -> Written:
     def name(e: dict[str, Any], device: str) -> str:
         d = e["key"]["dims"]
         return file_name(d["E"], d["N"], device, dtype_selector(e["dtype"]))
 
-    return write_files(files(entries, name), output)
+    return Written(write_files(files(entries, name), output))
 
 
 # ---- reading: `tuner import --format vllm` ---------------------------------------------------
@@ -97,11 +98,15 @@ def _dtypes(selector: str | None) -> list[str] | None:
     return ["float32"] if selector == "float32" else None
 
 
-def read_file(path: Path, params: set[str]) -> tuple[dict[str, Any] | None, str | None]:
-    """(what the file holds, None) or (None, why it is skipped). `params`: the kernel's parameter
-    names; others are dropped (listed in "dropped"). Raises Malformed for content that is not a
-    vLLM config table."""
-    m = _NAME.fullmatch(path.name)
+MAX_BYTES = 16 << 20  # vLLM's largest shipped file is ~20 kB: anything near this is not one
+MAX_M = 1 << 20  # a batch size beyond any server's max-num-batched-tokens
+_BATCH = re.compile(r"[0-9]{1,7}")  # ASCII digits only: str.isdigit() takes "²" and int() " 12"
+
+
+def parse_name(name: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(E, N, device and dtypes a file name says, None) or (None, why it is skipped): all that is
+    known before its content is read."""
+    m = _NAME.fullmatch(name)
     if m is None:
         return None, "not a fused-MoE config name (E=..,N=..,device_name=...json)"
     if m["rest"]:
@@ -111,24 +116,75 @@ def read_file(path: Path, params: set[str]) -> tuple[dict[str, Any] | None, str 
     dtypes = _dtypes(m["dtype"])
     if dtypes is None:
         return None, f"dtype={m['dtype'][:30]}: quantized weights, which this kernel does not run"
+    return {"E": int(m["E"]), "N": int(m["N"]), "device": m["device"], "dtypes": dtypes, "file": name}, None
+
+
+def read_file(path: Path, bounds: dict[str, tuple[int, int]]) -> tuple[dict[str, Any] | None, str | None]:
+    """(what the file holds, None) or (None, why it is skipped by its name). bounds: the kernel's
+    parameters and the values accepted for each. An entry with a value out of bounds, or with an
+    option this kernel has not whose value is not an integer (Intel's grf_mode), is left out and
+    listed in "skipped"; other integer options are dropped (listed in "dropped"). Raises Malformed
+    for content that is not a vLLM config table."""
+    head, why = parse_name(path.name)
+    if head is None:
+        return None, why
+    name = path.name[:80]
     try:
+        if path.stat().st_size > MAX_BYTES:
+            raise Malformed(f"{name} is over {MAX_BYTES >> 20} MB, which no vLLM config file is")
         doc = json.loads(path.read_text())
+    except RecursionError:
+        raise Malformed(f"{name} nests deeper than a vLLM config ({{batch size: {{option: value}}}})") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Malformed(f"{path.name[:80]} is not readable JSON ({str(exc)[:60]})") from None
+        raise Malformed(f"{name} is not readable JSON ({str(exc)[:60]})") from None
     if not isinstance(doc, dict):
-        raise Malformed(f"{path.name[:80]} holds no table of batch sizes")
-    table, dropped = {}, set()
+        raise Malformed(f"{name} holds no table of batch sizes")
+    table, dropped, skipped = {}, set(), []
     for key, config in doc.items():
         if key == "triton_version":
             continue
-        if not key.isdigit() or not isinstance(config, dict):
-            raise Malformed(f"{path.name[:80]}: entry {key[:20]!r} is not a batch size with a configuration")
-        if any(type(v) is not int for v in config.values()) or not {"BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"} <= set(config):
-            raise Malformed(f"{path.name[:80]}: entry {key} needs integer BLOCK_SIZE_M, _N, _K and integer options")
-        dropped |= set(config) - params
-        table[int(key)] = {k: v for k, v in config.items() if k in params}
-    return {"E": int(m["E"]), "N": int(m["N"]), "device": m["device"], "dtypes": dtypes, "table": table,
-            "dropped": sorted(dropped), "file": path.name}, None
+        if not _BATCH.fullmatch(key) or not 1 <= int(key) <= MAX_M or not isinstance(config, dict):
+            raise Malformed(f"{name}: entry {key[:20]!r} is not a batch size (1 to {MAX_M}) with a configuration")
+        if any(isinstance(v, (dict, list)) for v in config.values()):
+            raise Malformed(f"{name}: entry {key} nests deeper than a vLLM config ({{option: value}})")
+        if not {"BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"} <= set(config):
+            raise Malformed(f"{name}: entry {key} needs BLOCK_SIZE_M, _N and _K")
+        why = _entry_problem(config, bounds)
+        if why:
+            skipped.append({"file": name, "entry": int(key), "why": why})
+            continue
+        dropped |= set(config) - set(bounds)
+        table[int(key)] = {k: v for k, v in config.items() if k in bounds}
+    return {**head, "table": table, "dropped": sorted(dropped), "skipped": skipped}, None
+
+
+# vLLM's ROCm files carry 0 for these: Triton's old AMD pipeliner's num_stages, and "no cap" waves
+_ZERO_ALLOWED = ("num_stages", "waves_per_eu")
+
+
+def seed_bounds(spec: Any) -> dict[str, tuple[int, int]]:
+    """parameter -> (lowest, highest) value an imported seed of the kernel may carry: positive
+    (0 where vLLM's files use it), up to 4 times the largest any target's space holds (a seed is
+    fitted to the space before it is tried; a value beyond this is not a configuration but a typo)."""
+    from search_spaces.base import target_for
+
+    values: dict[str, list[int]] = {}
+    for arch in ("sm_90", "gfx942", "interpreter"):
+        for p, vs in spec.space(target_for(arch)).items():
+            values.setdefault(p, []).extend(vs)
+    return {p: (0 if p in _ZERO_ALLOWED else 1, 4 * max(vs)) for p, vs in values.items()}
+
+
+def _entry_problem(config: dict[str, Any], bounds: dict[str, tuple[int, int]]) -> str | None:
+    """Why an entry cannot be a seed of this kernel, or None."""
+    for k, v in config.items():
+        if k in bounds:
+            lo, hi = bounds[k]
+            if type(v) is not int or not lo <= v <= hi:
+                return f"{k[:30]}={str(v)[:20]} is out of range ({lo} to {hi})"
+        elif type(v) is not int:
+            return f"option {k[:30]}={str(v)[:20]} is not one this kernel has"
+    return None
 
 
 def device_selector(device: str, known: dict[str, tuple[str, ...]], aliases: dict[str, tuple[str, ...]]) -> str | None:

@@ -21,7 +21,8 @@ files are named by N / tp); expert parallelism is not modelled.
 With LoRA ranks (`--lora-ranks 8,16,64`) every dense layer also expands to the keys of vLLM's
 multi-LoRA kernels: lora_shrink over the layer's input (K, split by tp where the layer splits K),
 lora_expand onto its widest slice (split by tp where the layer splits N), SLICES its parts and
-LORAS the adapters a batch can hold (--max-loras, at most one per token).
+LORAS the server's --max-loras at every batch size: vLLM looks its configuration up by the size of
+its adapter-slot array, --max-loras + 1 whatever the batch (search_spaces/lora.py `slots`).
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ class Model:
                   max_loras: int = 1) -> dict[str, list[dict[str, int]]]:
         """lora_shrink and lora_expand -> the key dims of every dense layer's adapters at rank in
         ranks, tensor-parallel size tp (checked by keys()) and every batch size; LORAS is
-        max_loras, or M where a batch has fewer tokens than that."""
+        max_loras at every batch size, as vLLM's lookup asks."""
         self._check_tp(tp)
         dense = [layer for layer in self.layers if layer.kind == "dense"]
         if not dense:
@@ -109,10 +110,14 @@ class Model:
             n = max(slices) // tp if layer.split == "N" else max(slices)
             for rank in ranks:
                 for m in batch_sizes:
-                    common = {"M": m, "RANK": rank, "SLICES": len(slices), "LORAS": min(max_loras, m)}
+                    common = {"M": m, "RANK": rank, "SLICES": len(slices), "LORAS": max_loras}
                     _add(out, "lora_shrink", {"M": m, "K": k, **common})
                     _add(out, "lora_expand", {"M": m, "N": n, **common})
         return out
+
+    def lora_slices(self) -> tuple[int, ...]:
+        """The num_slices vLLM's LoRA ops run for this model's dense layers (its parts each)."""
+        return tuple(sorted({len(layer.parts) for layer in self.layers if layer.kind == "dense"}))
 
     def serves(self, kernel: str, dims: dict[str, int]) -> bool:
         """Whether some tensor-parallel size and batch size (and LoRA rank) make dims one of the

@@ -94,14 +94,3 @@ def call(method: str, url: str, token: str, timeout_s: float, body: Any = None,
             raise TimeoutError(f"the answer stopped coming for {timeout_s:g} s") from None
         return response.status, {k.lower(): v for k, v in response.headers.items()}, b"".join(chunks)
 
-
-def redact(url: str) -> str:
-    """url without a user or password in it (for messages)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    return urlunsplit(parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")))

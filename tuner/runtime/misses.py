@@ -28,6 +28,7 @@ from tuner.runtime.answer import MISS_LEVELS
 EXIT_WAIT_S = 2.0
 POST_BATCH = 500  # records per POST /v1/misses (about 200 KB; the API takes at most this many a request)
 POST_TIMEOUT_S = 5.0
+MAX_RECORD_COUNT = 10**9  # launches one record may count: a flush every few seconds never comes near
 RECORD_FIELDS = ("kernel", "kernel_version", "key_hash", "key", "dtype", "device_class", "fingerprint", "level",
                  "count", "first_seen", "last_seen")
 
@@ -63,9 +64,15 @@ def record(key: MissKey, count: int, first_seen: str, last_seen: str) -> dict[st
 
 
 def parse_record(data: Any) -> dict[str, Any]:
-    """Check one record read from outside (a JSON line); ValueError says what is wrong. The key
-    hash is recomputed from the key, never taken from the line."""
-    from search_spaces.base import TuningKey
+    """Check one record read from outside (a JSON line, a POST, a sink's batch); ValueError says
+    what is wrong. Only a registered kernel at its current version, a key its make_key accepts, a
+    known device-class slug and a stack hash are taken (anything else grows the table and /metrics
+    with rows nobody can tune). The key hash is recomputed from the key, never taken from the line."""
+    import re
+
+    from devices.classes import class_for
+    from search_spaces import registry
+    from search_spaces.base import SpecError, TuningKey
 
     if not isinstance(data, dict):
         raise ValueError("a miss record must be a JSON object")
@@ -78,17 +85,32 @@ def parse_record(data: Any) -> dict[str, Any]:
         raise ValueError("key must be {kernel, version, dims: {NAME: INT}, dtype}") from None
     if (key.kernel, key.version, key.dtype) != (data["kernel"], data["kernel_version"], data["dtype"]):
         raise ValueError("kernel, kernel_version and dtype must match the key")
+    try:
+        spec = registry.get(key.kernel)
+        made = spec.make_key(key.dim_map, key.dtype)
+    except SpecError as exc:
+        raise ValueError(str(exc).splitlines()[0][:160]) from None
+    if key.version != spec.version:
+        raise ValueError(f"kernel_version {key.version[:40]!r} is not {spec.name}'s current version {spec.version}")
+    if made != key or any(v >= 2**63 for _, v in key.dims):
+        raise ValueError(f"key dims must be {spec.name}'s {', '.join(spec.key_names)}, each an integer below 2**63")
     if data["level"] not in MISS_LEVELS:
         raise ValueError(f"level must be one of {', '.join(MISS_LEVELS)}")
-    if type(data["count"]) is not int or data["count"] < 1:
-        raise ValueError("count must be a positive integer")
-    for f in ("device_class", "fingerprint"):
-        if not isinstance(data[f], str) or not data[f] or len(data[f]) > 80:
-            raise ValueError(f"{f} must be a non-empty string")
+    if type(data["count"]) is not int or not 1 <= data["count"] <= MAX_RECORD_COUNT:
+        raise ValueError(f"count must be an integer from 1 to {MAX_RECORD_COUNT}")
+    slug = data["device_class"]
+    try:
+        known = isinstance(slug, str) and len(slug) <= 80 and class_for(slug).slug == slug
+    except SpecError:
+        known = False
+    if not known:
+        raise ValueError(f"device_class {str(slug)[:40]!r} is not a device-class slug (`tuner devices` prints them)")
+    if not isinstance(data["fingerprint"], str) or not re.fullmatch("[0-9a-f]{16}", data["fingerprint"]):
+        raise ValueError("fingerprint must be a stack hash: 16 hex digits")
     seen = []
     for f in ("first_seen", "last_seen"):
         try:
-            when = datetime.fromisoformat(str(data[f]))
+            when = datetime.fromisoformat(str(data[f])[:64])
         except ValueError:
             raise ValueError(f"{f} must be an ISO-8601 time") from None
         seen.append(when if when.tzinfo else when.replace(tzinfo=timezone.utc))
@@ -135,7 +157,7 @@ class DatabaseSink(MissSink):
             store.record_misses(s, [parse_record(r) for r in records])
 
     def describe(self) -> str:
-        from db.session import redact
+        from db.urls import redact
 
         return f"database {redact(self.url)}"
 
@@ -193,7 +215,7 @@ class HttpSink(MissSink):
                         body={"records": records[i:i + POST_BATCH]})
 
     def describe(self) -> str:
-        from tuner.runtime.client import redact
+        from db.urls import redact
 
         return f"config server {redact(self.url)}"
 

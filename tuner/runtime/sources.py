@@ -102,7 +102,7 @@ class DatabaseSource(Source):
         return cls(settings.db_url)
 
     def describe(self) -> str:
-        from db.session import redact
+        from db.urls import redact
 
         return f"database {redact(self.url)}"
 
@@ -231,7 +231,7 @@ class HttpSource(Source):
         return cls(settings.config_url, settings.api_token, settings.home) if settings.config_url else None
 
     def describe(self) -> str:
-        from tuner.runtime.client import redact
+        from db.urls import redact
 
         return f"config server {redact(self.url)}"
 
