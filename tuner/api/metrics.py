@@ -22,7 +22,7 @@ any number of API processes report the same values.
 Every gauge has a sample even when it is zero (a class with no trial in the last minute, no stale
 key), so an alert on it can tell "zero" from "absent".
 
-The miss series name registered kernels and known device classes only (fleet.labelled_misses).
+The miss series name registered kernels and known device classes only (fleet.labelled).
 """
 from __future__ import annotations
 
@@ -43,13 +43,12 @@ from tuner.settings import Settings
 log = logging.getLogger("tuner.api")
 router = APIRouter()
 # a job runs from seconds (a small interpreter tune) to hours (a model's keys on a fleet)
-CACHE_S = 10.0  # a scrape reads the database at most this often (Prometheus scrapes every 15 to 60 s)
 JOB_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 12 * 3600, 24 * 3600)
 
 
 class FleetCollector:
     """The families of one scrape, read from the database and the broker. A scrape is answered from
-    the last reading while it is younger than CACHE_S, and a reading older than that is renewed
+    the last reading while it is younger than TUNER_METRICS_CACHE_S, and a reading older than that is renewed
     by one background thread while scrapes keep getting the last one: at fleet scale a reading
     takes seconds (a million trials grouped, a hundred thousand misses), any number of scrapers
     and API processes must not each pay it, and a Prometheus scrape times out at 10 s."""
@@ -61,6 +60,8 @@ class FleetCollector:
         self._renewing = False
 
     def collect(self):
+        if self.settings.metrics_cache_s <= 0:
+            return list(self._read())
         now = time.monotonic()
         reading = self._reading
         if reading is None:
@@ -68,7 +69,7 @@ class FleetCollector:
                 if self._reading is None:
                     self._reading = (time.monotonic(), list(self._read()))
             return self._reading[1]
-        if now - reading[0] > CACHE_S:
+        if now - reading[0] > self.settings.metrics_cache_s:
             with self._lock:
                 start, self._renewing = not self._renewing, True
             if start:
