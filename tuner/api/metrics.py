@@ -89,7 +89,8 @@ class FleetCollector:
             with session_scope(url) as s:
                 jobs = fleet.jobs_by_state(s)
                 names = fleet.queue_names(s)
-                workers = fleet.workers(s, settings.worker_dead_after_s)
+                live = fleet.live_by_class(s, settings.worker_dead_after_s)
+                counts = fleet.worker_counts(s, settings.worker_dead_after_s)
                 rate = fleet.trials_last_minute(s)
                 outcomes = fleet.trial_outcomes(s)
                 stale = fleet.stale_keys(s, settings.worker_dead_after_s)
@@ -99,7 +100,7 @@ class FleetCollector:
                 consumers = fleet.queue_consumers(s, settings.worker_dead_after_s, names)
                 oldest = fleet.queue_oldest(s)
                 durations = fleet.job_durations(s)
-                classes = sorted({w["device_class"] for w in workers if w["device_class"]} | set(stale) | set(rate))
+                classes = sorted(set(live) | set(stale) | set(rate))
         except Exception as exc:  # a scrape answers what it can; the database's state is the first gauge
             log.warning("metrics: database unavailable: %s", exc)
             yield gauge("tuner_database_up", "1 if the database answered this scrape", [], {(): 0})
@@ -112,13 +113,9 @@ class FleetCollector:
         if depths is not None:
             yield gauge("tuner_queue_depth", "Messages waiting per class queue", ["queue"],
                         {(q,): n for q, n in depths.items()})
-        live: dict[tuple[str, str], int] = {}
-        for w in workers:
-            if w["alive"]:
-                k = (w["device_class"] or "", w["fingerprint"] or "")
-                live[k] = live.get(k, 0) + 1
         yield gauge("tuner_workers_live", "Live workers per device class and stack fingerprint",
-                    ["device_class", "fingerprint"], live)
+                    ["device_class", "fingerprint"],
+                    {(dc, fp): n for dc, per_fp in live.items() for fp, n in per_fp.items()})
         yield gauge("tuner_trials_per_minute", "Measured trials stored in the last minute", ["device_class"],
                     {(dc,): rate.get(dc, 0) for dc in classes})
         yield gauge("tuner_trials", "Trials stored, by outcome", ["device_class", "status"],
@@ -132,7 +129,7 @@ class FleetCollector:
         yield gauge("tuner_worker_heartbeat_age_seconds", "Seconds since the heartbeat of each worker that has "
                     "not stopped cleanly", ["worker", "device_class"], ages)
         yield gauge("tuner_workers_dead", "Workers silent past the heartbeat grace that never stopped cleanly", [],
-                    {(): sum(1 for w in workers if not w["alive"] and not w["stopped_at"])})
+                    {(): counts["crashed"]})
         yield gauge("tuner_queue_consumers", "Live workers consuming each class queue", ["queue"],
                     {(q,): n for q, n in consumers.items()})
         yield gauge("tuner_queue_oldest_seconds", "Age of the oldest batch of a job that no worker has started",

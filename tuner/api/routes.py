@@ -121,7 +121,7 @@ def workers(request: Request, limit: Limit = DEFAULT_LIMIT) -> list[dict]:
     """Registered workers: alive, class, stack fingerprint, last heartbeat."""
     settings = settings_of(request)
     with session_scope(open_for_read(settings)) as s:
-        return fleet.workers(s, settings.worker_dead_after_s)[:limit]
+        return fleet.workers(s, settings.worker_dead_after_s, limit)
 
 
 @router.get("/jobs", tags=["jobs"])
