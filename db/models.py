@@ -110,7 +110,7 @@ class Job(Base):
 
 class JobKey(Base):
     __tablename__ = "job_keys"
-    __table_args__ = (UniqueConstraint("job_id", "key_hash"),)
+    __table_args__ = (UniqueConstraint("job_id", "key_hash"), Index("ix_job_keys_key_hash", "key_hash"))
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     key_hash: Mapped[str] = mapped_column(String(16))
@@ -126,6 +126,15 @@ class JobKey(Base):
 
 class TuningTrial(Base):
     __tablename__ = "tuning_trials"
+    # the read paths at fleet scale (a key of 100,000 trials, a million in all; revision 0006):
+    # a key's page counts and pages its trials, a job's progress groups its key's trials by outcome
+    # and finds the fastest, /metrics counts the last minute's
+    __table_args__ = (
+        Index("ix_trials_key_order", "kernel", "key_hash", "id"),
+        Index("ix_trials_progress", "job_key_id", "status", "median_ms",
+              postgresql_include=["device_class_id", "worker_id", "config_hash"]),
+        Index("ix_trials_created", "created_at"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     job_key_id: Mapped[int | None] = mapped_column(ForeignKey("job_keys.id", ondelete="CASCADE"), index=True)
@@ -219,6 +228,7 @@ class RuntimeMiss(TuningKeyColumns, Base):
         UniqueConstraint("kernel", "kernel_version", "key_hash", "device_class", "fingerprint", "level",
                          name="uq_runtime_miss"),
         Index("ix_runtime_miss_class", "device_class", "count"),
+        Index("ix_runtime_miss_count", "count", "last_seen"),  # the most frequent first, a page at a time
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     device_class: Mapped[str] = mapped_column(String(80))

@@ -343,6 +343,17 @@ def record_misses(s: Session, records: Iterable[dict[str, Any]], chunk: int = 50
     return len(rows)
 
 
+def tuned_since(miss=RuntimeMiss):
+    """The current bests of a miss row's kernel version, key, class and stack: correlated to `miss`,
+    for `~tuned_since().exists()` (a key tuned since it was missed)."""
+    return (select(BestConfig.id)
+            .join(DeviceClass, DeviceClass.id == BestConfig.device_class_id)
+            .join(StackFingerprint, StackFingerprint.id == BestConfig.fingerprint_id)
+            .where(BestConfig.kernel == miss.kernel, BestConfig.kernel_version == miss.kernel_version,
+                   BestConfig.key_hash == miss.key_hash, DeviceClass.slug == miss.device_class,
+                   StackFingerprint.hash == miss.fingerprint, BestConfig.superseded_at.is_(None)))
+
+
 def _within_cap(s: Session, rows: list[dict[str, Any]], max_rows: int) -> list[dict[str, Any]]:
     """The rows of a batch the table has room for: every key it holds already, new ones up to max_rows."""
     if not rows:
@@ -374,11 +385,5 @@ def misses(s: Session, *, kernel: str | None = None, device_classes: Iterable[st
     if device_classes is not None:
         q = q.where(RuntimeMiss.device_class.in_(list(device_classes)))
     if not include_tuned:
-        tuned = (select(BestConfig.id)
-                 .join(DeviceClass, DeviceClass.id == BestConfig.device_class_id)
-                 .join(StackFingerprint, StackFingerprint.id == BestConfig.fingerprint_id)
-                 .where(BestConfig.kernel == RuntimeMiss.kernel, BestConfig.kernel_version == RuntimeMiss.kernel_version,
-                        BestConfig.key_hash == RuntimeMiss.key_hash, DeviceClass.slug == RuntimeMiss.device_class,
-                        StackFingerprint.hash == RuntimeMiss.fingerprint, BestConfig.superseded_at.is_(None)))
-        q = q.where(~tuned.exists())
+        q = q.where(~tuned_since(RuntimeMiss).exists())
     return list(s.scalars(q.order_by(RuntimeMiss.count.desc(), RuntimeMiss.last_seen.desc(), RuntimeMiss.id).limit(limit)))

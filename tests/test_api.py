@@ -41,7 +41,9 @@ def make_client(home, client=LOCAL, token=TOKEN, db_url=None, auth=True, host="1
     """A client of the app; `auth`: every request sends the operators' token unless it says otherwise."""
     from tuner.api.app import create_app
 
-    values = {"TUNER_HOME": str(home), "TUNER_API_TOKEN": token, "TUNER_RUNTIME_TOKEN": RUNTIME_TOKEN, **env}
+    # every scrape reads the database: these tests change rows between two scrapes
+    values = {"TUNER_HOME": str(home), "TUNER_API_TOKEN": token, "TUNER_RUNTIME_TOKEN": RUNTIME_TOKEN,
+              "TUNER_METRICS_CACHE_S": "0", **env}
     if db_url:
         values["TUNER_DB_URL"] = db_url
     return TestClient(create_app(settings_mod.from_env(values), host), client=client, base_url=BASE,

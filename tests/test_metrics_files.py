@@ -117,3 +117,34 @@ def test_the_alerts_cover_what_on_call_needs():
     for needed in ("tuner_queue_consumers", "tuner_worker_heartbeat_age_seconds", "tuner_stale_keys",
                    "tuner_database_up", "tuner_broker_up", "tuner_runtime_misses_total"):
         assert needed in alerts, needed
+
+
+def test_a_scrape_reads_the_database_at_most_once_per_cache_period(tmp_path):
+    """At fleet scale a reading takes seconds: scrapes within TUNER_METRICS_CACHE_S get the last
+    reading, and an older one is renewed in the background while the scrape gets the last."""
+    import time
+
+    from prometheus_client import generate_latest
+
+    from tuner.api.metrics import registry_for
+
+    url = rows.schema(f"sqlite:///{tmp_path}/tuner.db")
+    settings = settings_mod.from_env({"TUNER_HOME": str(tmp_path), "TUNER_DB_URL": url, "TUNER_METRICS_CACHE_S": "3600"})
+    registry = registry_for(settings)
+    (collector,) = registry._collector_to_names  # the one FleetCollector
+
+    def live() -> list[float]:
+        text = generate_latest(registry).decode()
+        return [s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "tuner_workers_live"]
+
+    assert live() == []
+    rows.live_worker(url, "new@test", "cpu-interpreter")
+    assert live() == []  # within the period: the last reading
+    collector._reading = (time.monotonic() - 7200, collector._reading[1])  # the period has passed
+    assert live() == []  # this scrape still gets the last reading, and starts a renewal
+    for _ in range(200):
+        if live() == [1]:
+            break
+        time.sleep(0.05)
+    assert live() == [1]

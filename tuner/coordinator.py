@@ -181,8 +181,8 @@ def live_workers(s, selector: str, dead_after_s: float) -> list[models.Worker]:
     cutoff = utcnow() - timedelta(seconds=dead_after_s)
     rows = s.execute(select(models.Worker, models.DeviceClass.slug)
                      .join(models.DeviceClass, models.DeviceClass.id == models.Worker.device_class_id)
-                     .where(models.Worker.stopped_at.is_(None))).all()
-    return [w for w, slug in rows if matches(selector, slug) and w.heartbeat_at and w.heartbeat_at >= cutoff]
+                     .where(models.Worker.stopped_at.is_(None), models.Worker.heartbeat_at >= cutoff)).all()
+    return [w for w, slug in rows if matches(selector, slug)]
 
 
 def status(settings: Settings, job_id: str) -> dict:
@@ -212,28 +212,34 @@ def _key_status(s, job: models.Job, k: models.JobKey) -> dict:
     its stored result (what the final re-measurement decided, which may differ from the best so far)."""
     from workers.batch import key_budget
 
-    trials = s.execute(select(models.TuningTrial.status, models.TuningTrial.median_ms,
-                              models.TuningTrial.config, models.Worker.name, models.TuningTrial.config_hash,
-                              models.TuningTrial.device_class_id)
-                       .outerjoin(models.Worker, models.Worker.id == models.TuningTrial.worker_id)
-                       .where(models.TuningTrial.job_key_id == k.id)).all()
-    ok = [t for t in trials if t.status == "ok" and t.median_ms is not None]
-    best = min(ok, key=lambda t: t.median_ms) if ok else None
-    defaults = {c: _default_hash(s, job.kernel, k.key, c) for c in {t.device_class_id for t in ok}}
-    default = [t.median_ms for t in ok if t.config_hash == defaults[t.device_class_id]]
+    # aggregates in SQL, read from ix_trials_progress: a key of a long search holds 100,000 trials,
+    # which a page must not load
+    T = models.TuningTrial
+    of_key = T.job_key_id == k.id
     outcomes = dict.fromkeys(("ok", "invalid", "failed", "timeout"), 0)
-    for t in trials:
-        outcomes[OUTCOMES.get(t.status, "failed")] += 1
+    classes, worker_ids = set(), set()
+    for status, dc, worker, n in s.execute(select(T.status, T.device_class_id, T.worker_id, func.count())
+                                           .where(of_key).group_by(T.status, T.device_class_id, T.worker_id)).all():
+        outcomes[OUTCOMES.get(status, "failed")] += n
+        classes |= {dc} if status == "ok" else set()
+        worker_ids.add(worker)
+    ran = sum(outcomes.values())
+    best = s.execute(select(T.config, T.median_ms).where(of_key, T.status == "ok", T.median_ms.is_not(None))
+                     .order_by(T.median_ms).limit(1)).first()
+    default = [s.scalar(select(func.min(T.median_ms)).where(of_key, T.status == "ok", T.device_class_id == c,
+                                                              T.config_hash == h))
+               for c, h in ((c, _default_hash(s, job.kernel, k.key, c)) for c in sorted(classes)) if h is not None]
+    names = s.scalars(select(models.Worker.name).where(models.Worker.id.in_(worker_ids - {None})))
     return {
         "key": k.key["dims"], "dtype": k.key["dtype"], "key_hash": k.key_hash, "state": _key_state(job, k),
         # the budget counts every trial run but those check() refused (they cost nothing to run)
-        "trials_done": len(trials) - outcomes["invalid"], "trials_run": len(trials), "outcomes": outcomes,
+        "trials_done": ran - outcomes["invalid"], "trials_run": ran, "outcomes": outcomes,
         "budget": key_budget(job, k.key_hash),
         "failed_trials": outcomes["failed"] + outcomes["timeout"],
         "best_ms_so_far": best.median_ms if best else None, "best_config_so_far": best.config if best else None,
-        "default_ms_so_far": min(default, default=None),
-        "result": _stored_result(s, job, k, {t.device_class_id for t in trials}) if k.state == "done" else None,
-        "workers": sorted({t.name for t in trials if t.name}),
+        "default_ms_so_far": min((d for d in default if d is not None), default=None),
+        "result": _stored_result(s, job, k, set(classes)) if k.state == "done" else None,
+        "workers": sorted(names),
     }
 
 

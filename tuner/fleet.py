@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, select
 
 from db import models, store
 from db.clock import utcnow
@@ -31,29 +31,51 @@ def is_alive(worker: models.Worker, dead_after_s: float) -> bool:
     return worker.stopped_at is None and worker.heartbeat_at is not None and worker.heartbeat_at >= cutoff
 
 
-def workers(s, dead_after_s: float) -> list[dict]:
-    """Every worker that has registered, live ones first, newest heartbeat first."""
-    rows = s.execute(select(models.Worker, models.DeviceClass.slug, models.StackFingerprint)
-                     .outerjoin(models.DeviceClass, models.DeviceClass.id == models.Worker.device_class_id)
-                     .outerjoin(models.StackFingerprint, models.StackFingerprint.id == models.Worker.fingerprint_id)
-                     ).all()
-    out = [{"name": w.name, "hostname": w.hostname, "pid": w.pid, "device": w.device, "device_class": slug,
-            "fingerprint": fp.hash if fp else None,
-            "stack": {k: getattr(fp, k) for k in ("driver", "runtime", "triton", "torch")} if fp else None,
-            "alive": is_alive(w, dead_after_s),
-            "started_at": _iso(w.started_at), "heartbeat_at": _iso(w.heartbeat_at), "stopped_at": _iso(w.stopped_at)}
-           for w, slug, fp in rows]
-    return sorted(out, key=lambda w: (not w["alive"], -(_ts(w["heartbeat_at"]))))
+def workers(s, dead_after_s: float, limit: int | None = None) -> list[dict]:
+    """Registered workers, live ones first, newest heartbeat first: at most `limit` (a fleet keeps
+    the rows of every worker that ever ran, thousands, which a page must not list whole)."""
+    W = models.Worker
+    cutoff = utcnow() - timedelta(seconds=dead_after_s)
+    live = and_(W.stopped_at.is_(None), W.heartbeat_at >= cutoff)
+    q = (select(W, models.DeviceClass.slug, models.StackFingerprint)
+         .outerjoin(models.DeviceClass, models.DeviceClass.id == W.device_class_id)
+         .outerjoin(models.StackFingerprint, models.StackFingerprint.id == W.fingerprint_id)
+         .order_by(case((live, 0), else_=1), W.heartbeat_at.desc().nulls_last(), W.id).limit(limit))
+    return [{"name": w.name, "hostname": w.hostname, "pid": w.pid, "device": w.device, "device_class": slug,
+             "fingerprint": fp.hash if fp else None,
+             "stack": {k: getattr(fp, k) for k in ("driver", "runtime", "triton", "torch")} if fp else None,
+             "alive": is_alive(w, dead_after_s),
+             "started_at": _iso(w.started_at), "heartbeat_at": _iso(w.heartbeat_at), "stopped_at": _iso(w.stopped_at)}
+            for w, slug, fp in s.execute(q).all()]
+
+
+def worker_counts(s, dead_after_s: float) -> dict[str, int]:
+    """Workers by state, counted in SQL: live, crashed (silent past the grace, never stopped), stopped."""
+    W = models.Worker
+    cutoff = utcnow() - timedelta(seconds=dead_after_s)
+    state = case((W.stopped_at.is_not(None), "stopped"), (W.heartbeat_at >= cutoff, "live"), else_="crashed")
+    return {"live": 0, "crashed": 0, "stopped": 0, **dict(s.execute(select(state, func.count()).group_by(state)).all())}
+
+
+def live_by_class(s, dead_after_s: float) -> dict[str, dict[str, int]]:
+    """Per class slug, live workers per stack fingerprint, counted in SQL."""
+    W = models.Worker
+    cutoff = utcnow() - timedelta(seconds=dead_after_s)
+    rows = s.execute(select(models.DeviceClass.slug, models.StackFingerprint.hash, func.count()).select_from(W)
+                     .join(models.DeviceClass, models.DeviceClass.id == W.device_class_id)
+                     .join(models.StackFingerprint, models.StackFingerprint.id == W.fingerprint_id)
+                     .where(W.stopped_at.is_(None), W.heartbeat_at >= cutoff)
+                     .group_by(models.DeviceClass.slug, models.StackFingerprint.hash)).all()
+    out: dict[str, dict[str, int]] = {}
+    for slug, fp, n in rows:
+        out.setdefault(slug, {})[fp] = n
+    return out
 
 
 def device_classes(s, dead_after_s: float, depths: dict[str, int] | None = None) -> list[dict]:
     """Stored device classes, each with its live workers (per fingerprint), trials in the last
     minute, and the queues its workers consume with their depths (None: broker not asked or down)."""
-    live: dict[str, dict[str, int]] = {}
-    for w in workers(s, dead_after_s):
-        if w["alive"] and w["device_class"]:
-            per_fp = live.setdefault(w["device_class"], {})
-            per_fp[w["fingerprint"]] = per_fp.get(w["fingerprint"], 0) + 1
+    live = live_by_class(s, dead_after_s)
     rate = trials_last_minute(s)
     out = []
     for dc in s.scalars(select(models.DeviceClass).order_by(models.DeviceClass.slug)).all():
@@ -132,18 +154,6 @@ def runtime_misses(s, kernel: str | None = None, include_tuned: bool = False, de
                                   limit=limit)]
 
 
-def labelled_misses(s, include_tuned: bool = False) -> list[dict]:
-    """runtime_misses of registered kernels and of known classes (a product this version knows, or
-    one a worker registered) only: what /metrics may name, so a posted name never makes a series."""
-    from devices.classes import KNOWN_DEVICES
-    from search_spaces import registry
-
-    classes = {dc.slug for dc in KNOWN_DEVICES} | set(s.scalars(select(models.DeviceClass.slug)))
-    kernels = set(registry.names())
-    return [m for m in runtime_misses(s, include_tuned=include_tuned)
-            if m["kernel"] in kernels and m["device_class"] in classes]
-
-
 def heartbeat_ages(s) -> dict[tuple[str, str], float]:
     """(worker name, class slug) -> seconds since its last heartbeat, for every worker that has not
     stopped cleanly (a crashed one keeps aging, which is what an alert looks for)."""
@@ -158,10 +168,9 @@ def queue_consumers(s, dead_after_s: float, names: list[str]) -> dict[str, int]:
     """Live workers that consume each queue (a worker listens on its class's queue and its
     families'): 0 for queued work that no live worker will take."""
     out = dict.fromkeys(names, 0)
-    for w in workers(s, dead_after_s):
-        if w["alive"] and w["device_class"]:
-            for name in (w["device_class"], *aliases_of(w["device_class"])):
-                out[QUEUE_PREFIX + name] = out.get(QUEUE_PREFIX + name, 0) + 1
+    for slug, per_fp in live_by_class(s, dead_after_s).items():
+        for name in (slug, *aliases_of(slug)):
+            out[QUEUE_PREFIX + name] = out.get(QUEUE_PREFIX + name, 0) + sum(per_fp.values())
     return out
 
 
@@ -193,11 +202,40 @@ def job_durations(s) -> list[tuple[str, float]]:
     return [(kind, max(0.0, (end - start).total_seconds())) for kind, start, end in rows]
 
 
+def miss_counts(s) -> dict[tuple[str, str, str], int]:
+    """(class slug, kernel, level) -> launches runtimes reported served from that level, summed in
+    SQL; of registered kernels and known classes only (`labelled`)."""
+    M = models.RuntimeMiss
+    rows = s.execute(select(M.device_class, M.kernel, M.level, func.sum(M.count))
+                     .group_by(M.device_class, M.kernel, M.level)).all()
+    ok = labelled(s)
+    return {(dc, k, lvl): int(n) for dc, k, lvl, n in rows if ok(k, dc)}
+
+
+def missed_keys(s) -> dict[str, int]:
+    """Per class slug: miss rows whose key has not been tuned since, counted in SQL; of registered
+    kernels and known classes only."""
+    M = models.RuntimeMiss
+    rows = s.execute(select(M.device_class, M.kernel, func.count()).where(~store.tuned_since(M).exists())
+                     .group_by(M.device_class, M.kernel)).all()
+    ok, out = labelled(s), {}
+    for dc, kernel, n in rows:
+        if ok(kernel, dc):
+            out[dc] = out.get(dc, 0) + n
+    return out
+
+
+def labelled(s):
+    """Whether a (kernel, class slug) may name a /metrics series: a registered kernel and a known
+    class (a product this version knows, or one a worker registered), so a posted name never
+    makes a series."""
+    from devices.classes import KNOWN_DEVICES
+    from search_spaces import registry
+
+    classes = {dc.slug for dc in KNOWN_DEVICES} | set(s.scalars(select(models.DeviceClass.slug)))
+    kernels = set(registry.names())
+    return lambda kernel, slug: kernel in kernels and slug in classes
+
+
 def _iso(value) -> str | None:
     return value.isoformat() if value else None
-
-
-def _ts(iso: str | None) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(iso).timestamp() if iso else 0.0

@@ -2,7 +2,7 @@
 `tuner kernels`, `tuner best`, `tuner history`, and a key's page (its trials and its bests)."""
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from db import models, store
 from db.session import session_scope
@@ -74,26 +74,35 @@ def best_rows(settings: Settings, kernel: str, shapes: list[str], dtypes: list[s
     return out
 
 
-def key_page(s, kernel: str, key_hash: str, slugs: list[str] | None) -> dict | None:
-    """A key's trials on the classes (all when slugs is None), oldest first, and every best it has
-    had there, newest first, each with the stack it was measured under; None when nothing of the
-    key is stored."""
+TRIALS_PAGE = 100  # trials a key's view lists at once (`limit`, at most MAX_TRIALS_PAGE; `after` pages on)
+MAX_TRIALS_PAGE = 1000
+PLOT_POINTS = 1500  # a plot of more trials shows each bucket's fastest and its failures, per stack
+
+
+def key_page(s, kernel: str, key_hash: str, slugs: list[str] | None, limit: int = TRIALS_PAGE,
+             after: int | None = None) -> dict | None:
+    """A key: a page of its trials on the classes (all when slugs is None), oldest first, from
+    trial id `after` on (`next` names the page after), how many there are, and every best the key
+    has had there, newest first, each with its stack; None when nothing of the key is stored. A
+    key of a long search holds 100,000 trials: none of this reads them all."""
     key = s.scalar(select(models.JobKey.key).join(models.Job, models.Job.id == models.JobKey.job_id)
                    .where(models.Job.kernel == kernel, models.JobKey.key_hash == key_hash).limit(1))
     history = store.best_configs(s, kernel=kernel, key_hash=key_hash, device_classes=slugs, current=False)
     if key is None and not history:
         return None
-    q = (select(models.TuningTrial, models.DeviceClass.slug, models.StackFingerprint.hash)
-         .join(models.DeviceClass, models.DeviceClass.id == models.TuningTrial.device_class_id)
-         .join(models.StackFingerprint, models.StackFingerprint.id == models.TuningTrial.fingerprint_id)
-         .where(models.TuningTrial.kernel == kernel, models.TuningTrial.key_hash == key_hash)
-         .order_by(models.TuningTrial.created_at, models.TuningTrial.id))
-    if slugs is not None:
-        q = q.where(models.DeviceClass.slug.in_(slugs))
-    trials = [{"n": i, "device_class": slug, "fingerprint": fp, "job": t.job_id, "status": t.status,
-               "config": t.config, "median_ms": t.median_ms, "cv": t.cv, "message": t.message,
-               "created_at": t.created_at.isoformat()}
-              for i, (t, slug, fp) in enumerate(s.execute(q).all())]
+    T = models.TuningTrial
+    total, last = s.execute(_of_key(select(func.count(), func.max(T.id)), kernel, key_hash, slugs)).one()
+    # the page's ids first, from ix_trials_key_order alone: asked for whole rows in id order,
+    # PostgreSQL walks the primary key past every other key's trials to a late key's first
+    page = _of_key(select(T.id), kernel, key_hash, slugs).order_by(T.id).limit(limit + 1)
+    if after is not None:
+        page = page.where(T.id > after)
+    q = (select(T, models.DeviceClass.slug, models.StackFingerprint.hash)
+         .join(models.DeviceClass, models.DeviceClass.id == T.device_class_id)
+         .join(models.StackFingerprint, models.StackFingerprint.id == T.fingerprint_id)
+         .where(T.id.in_(page.scalar_subquery())).order_by(T.id))
+    rows = s.execute(q).all()
+    trials = [_trial(t, slug, fp) for t, slug, fp in rows[:limit]]
     bests = [{"device_class": slug, "fingerprint": fp.hash,
               "stack": {k: getattr(fp, k) for k in ("driver", "runtime", "triton", "torch")},
               "config": b.config, "median_ms": b.median_ms, "default_ms": b.default_ms, "speedup": b.speedup,
@@ -102,5 +111,41 @@ def key_page(s, kernel: str, key_hash: str, slugs: list[str] | None) -> dict | N
              for b, slug, fp in history]
     key = key or history[0][0].key
     return {"kernel": kernel, "key_hash": key_hash, "key": key["dims"], "dtype": key["dtype"],
-            "version": key.get("version"), "trials": trials, "current": [b for b in bests if not b["superseded_at"]],
-            "history": bests}
+            "version": key.get("version"), "trials_total": total, "last_trial": last, "trials": trials,
+            "next": trials[-1]["id"] if len(rows) > limit else None,
+            "current": [b for b in bests if not b["superseded_at"]], "history": bests}
+
+
+def _of_key(q, kernel: str, key_hash: str, slugs: list[str] | None):
+    """The key's trials (of the classes, when slugs): ix_trials_key_order holds them in the order
+    stored, so a count and a page read the index, not 100,000 rows."""
+    T = models.TuningTrial
+    q = q.select_from(T).where(T.kernel == kernel, T.key_hash == key_hash)
+    if slugs is None:
+        return q
+    return q.where(T.device_class_id.in_(select(models.DeviceClass.id).where(models.DeviceClass.slug.in_(slugs))))
+
+
+def _trial(t, slug: str, fp: str, n: int | None = None) -> dict:
+    return {"id": t.id, "n": n, "device_class": slug, "fingerprint": fp, "job": t.job_id, "status": t.status,
+            "config": t.config, "median_ms": t.median_ms, "cv": t.cv, "message": t.message,
+            "created_at": t.created_at.isoformat()}
+
+
+def key_points(s, kernel: str, key_hash: str, slugs: list[str] | None, total: int, points: int = PLOT_POINTS) -> list[dict]:
+    """The trials a plot of the key draws, `n` their place in the order stored: every measured or
+    failed one up to `points`; beyond, per bucket of consecutive trials and per stack, its fastest
+    ok trial and its fastest-failing one (a plot of 100,000 dots is 10 MB and shows no more)."""
+    T = models.TuningTrial
+    width = max(1, -(-total // max(1, points // 2)))
+    ranked = (_of_key(select(T.id, (func.row_number().over(order_by=T.id) - 1).label("n")), kernel, key_hash, slugs)
+              .subquery())
+    picked = (select(ranked.c.id, ranked.c.n, func.row_number().over(
+        partition_by=(ranked.c.n // width, T.device_class_id, T.fingerprint_id, T.status == "ok"),
+        order_by=(T.median_ms, ranked.c.n)).label("pick"))
+              .join(T, T.id == ranked.c.id).where(T.status != "invalid").subquery())
+    q = (select(T, models.DeviceClass.slug, models.StackFingerprint.hash, picked.c.n)
+         .join(picked, picked.c.id == T.id).join(models.DeviceClass, models.DeviceClass.id == T.device_class_id)
+         .join(models.StackFingerprint, models.StackFingerprint.id == T.fingerprint_id)
+         .where(picked.c.pick == 1).order_by(picked.c.n))
+    return [_trial(t, slug, fp, n) for t, slug, fp, n in s.execute(q).all()]

@@ -57,6 +57,7 @@ class Settings:
     api_allowed_hosts: tuple[str, ...] = ()  # Host headers served besides the bound host and the loopback
     metrics_port: int | None = None  # a worker's own Prometheus metrics port; None: none served
     metrics_host: str = "127.0.0.1"  # the address it listens on (0.0.0.0 only where the network is trusted)
+    metrics_cache_s: float = 10.0  # /metrics answers from a reading at most this old (0: read at every scrape)
     # device-class slug -> list price per hour, for the cost column of `tuner report compare`
     device_prices: tuple[tuple[str, float], ...] = ()
     extra: dict = field(default_factory=dict)
@@ -203,6 +204,7 @@ def from_env(env: dict[str, str] | None = None, on_error=None) -> Settings:
         api_allowed_hosts=_hosts(env, "TUNER_API_ALLOWED_HOSTS", on_error),
         metrics_port=_port(env, "TUNER_METRICS_PORT", on_error),
         metrics_host=(env.get("TUNER_METRICS_HOST") or "").strip() or "127.0.0.1",
+        metrics_cache_s=num("TUNER_METRICS_CACHE_S", 10.0),
         device_prices=_prices(env, "TUNER_DEVICE_PRICES", on_error),
         extra={"explicit": tuple(k for k in ("TUNER_DB_URL", "TUNER_BROKER_URL") if env.get(k))},
     )

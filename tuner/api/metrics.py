@@ -22,13 +22,14 @@ any number of API processes report the same values.
 Every gauge has a sample even when it is zero (a class with no trial in the last minute, no stale
 key), so an alert on it can tell "zero" from "absent".
 
-The miss series name registered kernels and known device classes only (fleet.labelled_misses).
+The miss series name registered kernels and known device classes only (fleet.labelled).
 """
 from __future__ import annotations
 
 import logging
 
 from fastapi import APIRouter, Request, Response
+import threading
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -46,27 +47,60 @@ JOB_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 12 * 3600, 24 * 3600)
 
 
 class FleetCollector:
+    """The families of one scrape, read from the database and the broker. A scrape is answered from
+    the last reading while it is younger than TUNER_METRICS_CACHE_S, and a reading older than that is renewed
+    by one background thread while scrapes keep getting the last one: at fleet scale a reading
+    takes seconds (a million trials grouped, a hundred thousand misses), any number of scrapers
+    and API processes must not each pay it, and a Prometheus scrape times out at 10 s."""
+
     def __init__(self, settings: Settings):
         self.settings = settings
+        self._lock = threading.Lock()
+        self._reading: tuple[float, list] | None = None  # (monotonic time read, families)
+        self._renewing = False
 
     def collect(self):
+        if self.settings.metrics_cache_s <= 0:
+            return list(self._read())
+        now = time.monotonic()
+        reading = self._reading
+        if reading is None:
+            with self._lock:  # the first scrape of a process reads; those meanwhile wait for it
+                if self._reading is None:
+                    self._reading = (time.monotonic(), list(self._read()))
+            return self._reading[1]
+        if now - reading[0] > self.settings.metrics_cache_s:
+            with self._lock:
+                start, self._renewing = not self._renewing, True
+            if start:
+                threading.Thread(target=self._renew, name="tuner-metrics", daemon=True).start()
+        return reading[1]
+
+    def _renew(self) -> None:
+        try:
+            self._reading = (time.monotonic(), list(self._read()))
+        finally:
+            self._renewing = False
+
+    def _read(self):
         settings = self.settings
         try:
             url = open_for_read(settings)
             with session_scope(url) as s:
                 jobs = fleet.jobs_by_state(s)
                 names = fleet.queue_names(s)
-                workers = fleet.workers(s, settings.worker_dead_after_s)
+                live = fleet.live_by_class(s, settings.worker_dead_after_s)
+                counts = fleet.worker_counts(s, settings.worker_dead_after_s)
                 rate = fleet.trials_last_minute(s)
                 outcomes = fleet.trial_outcomes(s)
                 stale = fleet.stale_keys(s, settings.worker_dead_after_s)
-                misses = fleet.labelled_misses(s, include_tuned=True)  # counted ever: a counter only grows
-                untuned = fleet.labelled_misses(s)
+                launches = fleet.miss_counts(s)  # counted ever: a counter only grows
+                keys = fleet.missed_keys(s)
                 ages = fleet.heartbeat_ages(s)
                 consumers = fleet.queue_consumers(s, settings.worker_dead_after_s, names)
                 oldest = fleet.queue_oldest(s)
                 durations = fleet.job_durations(s)
-                classes = sorted({w["device_class"] for w in workers if w["device_class"]} | set(stale) | set(rate))
+                classes = sorted(set(live) | set(stale) | set(rate))
         except Exception as exc:  # a scrape answers what it can; the database's state is the first gauge
             log.warning("metrics: database unavailable: %s", exc)
             yield gauge("tuner_database_up", "1 if the database answered this scrape", [], {(): 0})
@@ -79,34 +113,23 @@ class FleetCollector:
         if depths is not None:
             yield gauge("tuner_queue_depth", "Messages waiting per class queue", ["queue"],
                         {(q,): n for q, n in depths.items()})
-        live: dict[tuple[str, str], int] = {}
-        for w in workers:
-            if w["alive"]:
-                k = (w["device_class"] or "", w["fingerprint"] or "")
-                live[k] = live.get(k, 0) + 1
         yield gauge("tuner_workers_live", "Live workers per device class and stack fingerprint",
-                    ["device_class", "fingerprint"], live)
+                    ["device_class", "fingerprint"],
+                    {(dc, fp): n for dc, per_fp in live.items() for fp, n in per_fp.items()})
         yield gauge("tuner_trials_per_minute", "Measured trials stored in the last minute", ["device_class"],
                     {(dc,): rate.get(dc, 0) for dc in classes})
         yield gauge("tuner_trials", "Trials stored, by outcome", ["device_class", "status"],
                     {(dc, "ok"): 0 for dc in classes} | outcomes, CounterMetricFamily)
         yield gauge("tuner_stale_keys", "Current bests tuned under a stack no live worker of the class runs",
                     ["device_class"], {(dc,): stale.get(dc, 0) for dc in classes})
-        launches: dict[tuple[str, str, str], int] = {}
-        for m in misses:
-            k = (m["device_class"], m["kernel"], m["level"])
-            launches[k] = launches.get(k, 0) + m["count"]
         yield gauge("tuner_runtime_misses", "Launches runtimes served from a fallback level (as they report them)",
                     ["device_class", "kernel", "level"], launches, CounterMetricFamily)
-        keys: dict[tuple[str], int] = {}
-        for m in untuned:
-            keys[(m["device_class"],)] = keys.get((m["device_class"],), 0) + 1
         yield gauge("tuner_runtime_missed_keys", "Keys served from a fallback level and not tuned since",
-                    ["device_class"], keys)
+                    ["device_class"], {(dc,): keys.get(dc, 0) for dc in sorted(set(classes) | set(keys))})
         yield gauge("tuner_worker_heartbeat_age_seconds", "Seconds since the heartbeat of each worker that has "
                     "not stopped cleanly", ["worker", "device_class"], ages)
         yield gauge("tuner_workers_dead", "Workers silent past the heartbeat grace that never stopped cleanly", [],
-                    {(): sum(1 for w in workers if not w["alive"] and not w["stopped_at"])})
+                    {(): counts["crashed"]})
         yield gauge("tuner_queue_consumers", "Live workers consuming each class queue", ["queue"],
                     {(q,): n for q, n in consumers.items()})
         yield gauge("tuner_queue_oldest_seconds", "Age of the oldest batch of a job that no worker has started",

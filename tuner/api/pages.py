@@ -33,15 +33,19 @@ def _attempt(fn, *args):
         return None, str(exc)
 
 
+FLEET_WORKERS = 100  # workers the fleet page lists (live first); the rest are counted
+
+
 @router.get("/", response_class=HTMLResponse)
 def fleet_page(request: Request):
     settings = settings_of(request)
     with session_scope(open_for_read(settings)) as s:
         depths = fleet.queue_depths(settings, fleet.queue_names(s))
         classes = fleet.device_classes(s, settings.worker_dead_after_s, depths)
-        workers = fleet.workers(s, settings.worker_dead_after_s)
+        workers = fleet.workers(s, settings.worker_dead_after_s, limit=FLEET_WORKERS)
+        counts = fleet.worker_counts(s, settings.worker_dead_after_s)
         jobs = fleet.jobs_by_state(s)
-    return page(request, "fleet.html", classes=classes, workers=workers, jobs=jobs, depths=depths,
+    return page(request, "fleet.html", classes=classes, workers=workers, counts=counts, jobs=jobs, depths=depths,
                 refresh=REFRESH_S * 3)
 
 
@@ -95,12 +99,48 @@ def _measurement(st: dict) -> str:
 
 @router.get("/keys/{kernel}/{key_hash}", response_class=HTMLResponse)
 def key_page(request: Request, kernel: str, key_hash: str, device_class: Optional[str] = None):
+    settings = settings_of(request)
+    view = key_view(settings, kernel[:100], key_hash[:32], device_class)
+    classes = sorted({t["device_class"] for t in view["trials"]} | {b["device_class"] for b in view["history"]})
+    return page(request, "key.html", view=view, plot=_key_plot(settings, view, device_class),
+                timing=display.timing_label(classes), device_class=device_class)
+
+
+_PLOTS: dict[tuple, str] = {}  # (page, hash of what a plot shows) -> its SVG
+MAX_PLOTS = 64
+
+
+def _key_plot(settings, view: dict, device_class: str | None) -> str:
+    """The key's trial plot, drawn once per state of the key rather than per view: a key of 100,000
+    trials takes a second to sample and draw, and its page is looked at again and again."""
+    from tuner import queries
     from tuner.reports import trials
 
-    view = key_view(settings_of(request), kernel[:100], key_hash[:32], device_class)
-    classes = sorted({t["device_class"] for t in view["trials"]} | {b["device_class"] for b in view["history"]})
-    return page(request, "key.html", view=view, plot=plot(trials.figure(view)),
-                timing=display.timing_label(classes), device_class=device_class)
+    def draw(view: dict):
+        url = open_for_read(settings)
+        slugs = queries.device_class_slugs(url, device_class, None)
+        with session_scope(url) as s:
+            points = queries.key_points(s, view["kernel"], view["key_hash"], slugs, view["trials_total"])
+        return trials.figure({**view, "trials": points})
+
+    state = {k: view[k] for k in ("kernel", "key_hash", "trials_total", "last_trial", "current")}
+    return _drawn("key", {**state, "device_class": device_class}, draw, view)
+
+
+def _drawn(kind: str, state: dict, draw, *args) -> str:
+    """The SVG of draw(*args or state), drawn once per state: matplotlib takes a few hundred
+    milliseconds a figure, and a page is looked at again and again while what it shows stands."""
+    import hashlib
+    import json
+
+    key = (kind, hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest())
+    svg = _PLOTS.get(key)
+    if svg is None:
+        svg = plot(draw(*(args or (state,))))
+        if len(_PLOTS) >= MAX_PLOTS:
+            _PLOTS.clear()
+        _PLOTS[key] = svg
+    return svg
 
 
 @router.get("/retune", response_class=HTMLResponse)
@@ -108,7 +148,7 @@ def retune_page(request: Request, run: Optional[str] = None):
     from tuner.reports.retune import figure, report
 
     result, error = _attempt(report, settings_of(request), run[:64] if run else None)
-    svg = plot(figure(result)) if result and result["keys"] else None
+    svg = _drawn("retune", result, figure) if result and result["keys"] else None
     return page(request, "retune.html", result=result, error=error, plot=svg)
 
 
@@ -119,7 +159,7 @@ def compare_page(request: Request, a: Optional[str] = None, b: Optional[str] = N
     result = error = svg = None
     if a and b:
         result, error = _attempt(report, settings_of(request), [a[:80], b[:80]], kernel[:100] if kernel else None)
-        svg = plot(figure(result)) if result and result["keys"] else None
+        svg = _drawn("retune", result, figure) if result and result["keys"] else None
     return page(request, "compare.html", result=result, error=error, plot=svg, form={"a": a, "b": b, "kernel": kernel},
                 classes=_stored_classes(request))
 
@@ -134,7 +174,7 @@ def shapes_page(request: Request, kernel: Optional[str] = None, vary: Optional[s
     if kernel and vary and device_class:
         result, error = _attempt(report, settings_of(request), kernel[:100], vary[:100], shape[:200] if shape else None,
                                  device_class[:80], dtype[:16])
-        svg = plot(figure(result)) if result and result["points"] else None
+        svg = _drawn("shapes", result, figure) if result and result["points"] else None
     return page(request, "shapes.html", result=result, error=error, plot=svg, form=form,
                 classes=_stored_classes(request))
 

@@ -121,7 +121,7 @@ def workers(request: Request, limit: Limit = DEFAULT_LIMIT) -> list[dict]:
     """Registered workers: alive, class, stack fingerprint, last heartbeat."""
     settings = settings_of(request)
     with session_scope(open_for_read(settings)) as s:
-        return fleet.workers(s, settings.worker_dead_after_s)[:limit]
+        return fleet.workers(s, settings.worker_dead_after_s, limit)
 
 
 @router.get("/jobs", tags=["jobs"])
@@ -167,16 +167,21 @@ def history(request: Request, kernel: Annotated[str, Query(max_length=100)],
 @router.get("/keys/{kernel}/{key_hash}", tags=["results"])
 def key(kernel: Annotated[str, StringConstraints(max_length=100)],
         key_hash: Annotated[str, StringConstraints(max_length=32)], request: Request,
-        device_class: Annotated[Optional[str], Query(max_length=80)] = None) -> dict:
-    """One key: every trial (on the class, or all), its current bests and their history across stacks."""
-    return key_view(settings_of(request), kernel, key_hash, device_class)
+        device_class: Annotated[Optional[str], Query(max_length=80)] = None,
+        limit: Annotated[int, Query(ge=1, le=queries.MAX_TRIALS_PAGE)] = queries.TRIALS_PAGE,
+        after: Annotated[Optional[int], Query(ge=0)] = None) -> dict:
+    """One key: its trials (on the class, or all) a page at a time, oldest first (`next`: the
+    `after` of the page after; `trials_total`: how many), its current bests and their history
+    across stacks."""
+    return key_view(settings_of(request), kernel, key_hash, device_class, limit, after)
 
 
-def key_view(settings: Settings, kernel: str, key_hash: str, device_class: str | None) -> dict:
+def key_view(settings: Settings, kernel: str, key_hash: str, device_class: str | None,
+             limit: int = queries.TRIALS_PAGE, after: int | None = None) -> dict:
     url = open_for_read(settings)
     slugs = queries.device_class_slugs(url, device_class, None)
     with session_scope(url) as s:
-        found = queries.key_page(s, kernel, key_hash, slugs)
+        found = queries.key_page(s, kernel, key_hash, slugs, limit, after)
     if found is None:
         raise NotFound(f"nothing stored for {kernel[:40]} key {key_hash[:32]}; the job pages link to their keys")
     return found
