@@ -185,13 +185,12 @@ def test_an_export_folder_that_cannot_be_written(tmp_path, output, expected):
 def test_import_vllms_shipped_files_as_seeds(tmp_path):
     home = tmp_path / "home"
     result = run_json(["import", str(VLLM_DATA)], home)
-    # 5 H100 files (18 batch sizes each, one of 28) and 3 MI300X files (18, 18, 3), each for bf16 and fp16
-    assert result["files"] == 8 and result["imported"] == 2 * (4 * 18 + 28 + 18 + 18 + 3)
+    # 5 H100 files (18 batch sizes each, one of 28) and 3 MI300X files (18, 18, 3), each for bf16 and
+    # fp16, and one fp8 file with 128x128 blocks (18), fused_moe_quant's seeds of its block-fp8 keys
+    assert result["files"] == 9 and result["imported"] == 2 * (4 * 18 + 28 + 18 + 18 + 3) + 18
     # the folder is read recursively; an unknown device is skipped by its name, before its content
     # (the Intel Arc file's string grf_mode is never read)
-    assert result["skipped"] == [{"file": "E=128,N=384,device_name=NVIDIA_H100,dtype=fp8_w8a8,block_shape=[128,128].json",
-                                  "why": "block_shape=[128,128]: block-quantized weights, which this kernel does not run"},
-                                 {"file": "README.md", "why": "not a fused-MoE config name (E=..,N=..,device_name=...json)"},
+    assert result["skipped"] == [{"file": "README.md", "why": "not a fused-MoE config name (E=..,N=..,device_name=...json)"},
                                  {"file": "intel/E=10,N=512,device_name=Intel(R)_Arc(TM)_Pro_B60_Graphics.json",
                                   "why": "device Intel(R)_Arc(TM)_Pro_B60_Graphics is not a known device class; "
                                          "give --device-class"}]
@@ -202,7 +201,10 @@ def test_import_vllms_shipped_files_as_seeds(tmp_path):
         m1 = json.loads(conn.execute("select config from imported_configs where dims = ? and dtype = 'bfloat16' "
                                      "and device_selector = 'h100-sxm-80gb'",
                                      (json.dumps({"E": 8, "N": 14336, "M": 1}),)).fetchall()[0][0])
-    assert rows == {"h100-sxm-80gb": 200, "mi300x-192gb": 78}
+        fp8 = conn.execute("select kernel, dtype, count(*), min(dims) from imported_configs where kernel != "
+                           "'fused_moe' group by 1, 2").fetchall()
+    assert rows == {"h100-sxm-80gb": 218, "mi300x-192gb": 78}
+    assert [(k, d, n) for k, d, n, _ in fp8] == [("fused_moe_quant", "fp8_w8a8_block128", 18)]
     shipped = json.loads((VLLM_DATA / "E=8,N=14336,device_name=NVIDIA_H100_80GB_HBM3.json").read_text())
     assert m1 == shipped["1"]
     # importing again replaces, never duplicates
@@ -384,7 +386,7 @@ def test_an_export_of_imported_seeds_only_says_they_wait_to_be_measured(tmp_path
     out = tmp_path / "out"
     out.mkdir()
     assert_one_line_error(run_tuner(["export", "--format", "vllm", "-o", str(out)], home),
-                          "nothing to export: no current best of fused_moe on any device class; 36 imported "
+                          "nothing to export: no current best of fused_moe or fused_moe_quant on any device class; 36 imported "
                           "configuration(s) are seeds, not measurements: tuning their keys measures them, e.g. "
                           "tuner submit fused_moe --shape E=8,N=14336,M=1,K=...,topk=...")
     assert list(out.iterdir()) == []

@@ -185,8 +185,7 @@ def import_configs(settings, fmt: str, source: str, device_class: str | None) ->
     single = not path.is_dir()
     paths = [path] if single else sorted(p for p in path.rglob("*") if p.is_file())
     selector = resolve_device_class(device_class) if device_class else None
-    spec = registry.get(module.KERNEL)
-    bounds = module.seed_bounds(spec)
+    bounds = {k: module.seed_bounds(registry.get(k)) for k in module.KERNELS}  # files name their kernel
     known = _known_devices(settings)
     read, skipped = [], []
     for p in paths:
@@ -199,7 +198,7 @@ def import_configs(settings, fmt: str, source: str, device_class: str | None) ->
             skipped.append({"file": rel[:120], "why": why})
             continue
         try:
-            got, _ = module.read_file(p, bounds)
+            got, _ = module.read_file(p, bounds[head["kernel"]])
         except module.Malformed as exc:
             if single:
                 raise UserError(f"malformed vLLM config: {exc}; nothing was imported") from None
@@ -207,7 +206,7 @@ def import_configs(settings, fmt: str, source: str, device_class: str | None) ->
             continue
         skipped += [{**s, "file": rel[:120]} for s in got["skipped"]]
         read.append((rel, where, got))
-    rows = [{"kernel": spec.name, "device_selector": where, "dtype": dtype, "dims": dims,
+    rows = [{"kernel": got["kernel"], "device_selector": where, "dtype": dtype, "dims": dims,
              "dims_hash": stable_hash(dims), "config": config, "source": f"{fmt}:{rel}"[:300]}
             for rel, where, got in read for dtype in got["dtypes"] for m, config in got["table"].items()
             for dims in ({"E": got["E"], "N": got["N"], "M": m},)]

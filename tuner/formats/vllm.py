@@ -103,11 +103,19 @@ class Malformed(ValueError):
     """A file whose name says it is a vLLM config but whose content is not one."""
 
 
-def _dtypes(selector: str | None) -> list[str] | None:
-    """Our dtypes a file's dtype selector serves, or None for a scheme this kernel does not run."""
-    if selector is None:
-        return ["bfloat16", "float16"]
-    return ["float32"] if selector == "float32" else None
+QUANT_KERNEL = KERNELS[1]  # the quantized schemes' kernel (search_spaces/fused_moe_quant.py)
+
+
+def _kernel_dtypes(selector: str | None, block: tuple[int, int] | None) -> tuple[str, list[str]] | None:
+    """(our kernel, the dtypes of its keys) a file's dtype selector and block shape serve, or None
+    for a scheme no kernel here runs: the plain selectors are fused_moe's, the quantized ones
+    (SCHEMES, as vLLM names them) fused_moe_quant's."""
+    if selector is None and block is None:
+        return KERNEL, ["bfloat16", "float16"]
+    if selector == "float32" and block is None:
+        return KERNEL, ["float32"]
+    dtypes = [ours for ours, s in SCHEMES.items() if (s.vllm_dtype, s.block) == (selector, block)]
+    return (QUANT_KERNEL, dtypes) if dtypes else None
 
 
 MAX_BYTES = 16 << 20  # vLLM's largest shipped file is ~20 kB: anything near this is not one
@@ -123,12 +131,14 @@ def parse_name(name: str) -> tuple[dict[str, Any] | None, str | None]:
         return None, "not a fused-MoE config name (E=..,N=..,device_name=...json)"
     if m["rest"]:
         return None, f"{m['rest'].lstrip(',')[:40]}: not a selector this kernel has"
-    if m["bn"]:
-        return None, f"block_shape=[{m['bn']},{m['bk']}]: block-quantized weights, which this kernel does not run"
-    dtypes = _dtypes(m["dtype"])
-    if dtypes is None:
-        return None, f"dtype={m['dtype'][:30]}: quantized weights, which this kernel does not run"
-    return {"E": int(m["E"]), "N": int(m["N"]), "device": m["device"], "dtypes": dtypes, "file": name}, None
+    block = (int(m["bn"]), int(m["bk"])) if m["bn"] else None
+    served = _kernel_dtypes(m["dtype"], block)
+    if served is None:
+        what = f"dtype={str(m['dtype'])[:30]}" + (f",block_shape=[{block[0]},{block[1]}]" if block else "")
+        return None, f"{what}: a quantization no kernel here runs"
+    kernel, dtypes = served
+    return {"E": int(m["E"]), "N": int(m["N"]), "device": m["device"], "kernel": kernel, "dtypes": dtypes,
+            "file": name}, None
 
 
 def read_file(path: Path, bounds: dict[str, tuple[int, int]]) -> tuple[dict[str, Any] | None, str | None]:
