@@ -254,8 +254,8 @@ def test_quantized_bests_are_written_under_vllms_and_sglangs_names(tmp_path):
               "num_stages": 3}
     entries = [entry("fp8_w8a8_block128", 1, config), entry("fp8_w8a8_block128", 64, {**config, "num_stages": 4}),
                entry("fp8_w8a8", 1, config), entry("int8_w8a16", 1, config, n=768)]
-    assert vllm.write(entries, tmp_path / "vllm") == 4
-    assert sglang.write(entries, tmp_path / "sglang") == 4
+    assert vllm.write(entries, tmp_path / "vllm").count == 4
+    assert sglang.write(entries, tmp_path / "sglang").count == 4
     h100 = "NVIDIA H100 80GB HBM3"
     for dtype, block, n, ms in (("fp8_w8a8", [128, 128], 256, (1, 64)), ("fp8_w8a8", None, 256, (1,)),
                                 ("int8_w8a16", None, 768, (1,))):

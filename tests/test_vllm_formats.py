@@ -165,7 +165,7 @@ def test_files_carry_the_device_name_torch_reports(gpu_bests, db_url, tmp_path):
     other.mkdir()
     assert_one_line_error(run_tuner(["export", "--format", "vllm", "-o", str(other), "--model", "qwen3-30b-a3b"],
                                     tmp_path / "home", TUNER_DB_URL=db_url),
-                          "nothing to export: no current best of fused_moe on any device class for qwen3-30b-a3b; "
+                          "nothing to export: no current best of fused_moe or fused_moe_quant on any device class for qwen3-30b-a3b; "
                           "tune its keys first (tuner submit --model qwen3-30b-a3b")
     assert list(other.iterdir()) == []
 

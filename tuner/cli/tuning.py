@@ -247,18 +247,22 @@ def _show_status(st: dict, as_json: bool) -> None:
     t = table("key", "state", "trials", "best ms", "default", "best config", "workers",
                title=f"job {st['job'][:12]} {st['kernel']} on {st['device_class'] or 'this machine'}: {st['state']}",
                caption=f"timed with {how}" if how else None)
+    kept = []
     for k in st["keys"]:
-        others = ", ".join(f"{n} {name}" for name, n in k["outcomes"].items() if n and name != "ok")
-        trials = f"{k['trials_done']}/{k['budget']}" + (f" ({others})" if others else "")
+        # the table's cell: what the budget counts, and the failures; --json has every outcome
+        trials = f"{k['trials_done']}/{k['budget']}" + (f" {k['failed_trials']} failed" if k["failed_trials"] else "")
         r = k["result"]
         if r:  # what the final re-measurement stored, not the search's best so far
-            best = (_ms(r["median_ms"]), _ms(r["default_ms"]),
-                    config_word(r["config"]) + (" (new best)" if r["changed"] else " (current best stays)"))
+            best = (_ms(r["median_ms"]), _ms(r["default_ms"]), config_word(r["config"]))
+            if not r["changed"]:
+                kept.append(dims_word(k["key"], k["dtype"]))
         else:
             best = (_ms(k["best_ms_so_far"]) + (" so far" if k["best_ms_so_far"] else ""),
                     _ms(k.get("default_ms_so_far")), config_word(k["best_config_so_far"]))
         t.add_row(key_cell(dims_word(k["key"], k["dtype"])), k["state"], trials, *best, ", ".join(k["workers"]) or "-")
     out.print(t)
+    for key in kept:  # a finished key's best is what its final re-measurement stored
+        err.print(f"note: {key}: nothing measured beat the key's current best beyond noise; it stays")
     if st.get("note"):
         err.print(f"note: {st['note']}")
     if st.get("error"):

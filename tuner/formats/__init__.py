@@ -157,7 +157,7 @@ def _nothing_to_write(settings, module, kernel: str | None, device_class: str | 
     r = seeds[0]
     shape = ",".join(f"{k}={v}" for k, v in r.dims.items())
     return (f"{why}; {len(seeds)} imported configuration(s) are seeds, not measurements: tuning their keys "
-            f"measures them, e.g. tuner submit {r.kernel} --shape {shape}{',K=...,topk=...' if r.kernel == 'fused_moe' else ''} "
+            f"measures them, e.g. tuner submit {r.kernel} --shape {shape}{',K=...,topk=...' if r.kernel in ('fused_moe', 'fused_moe_quant') else ''} "
             f"--dtype {r.dtype} --device-class {r.device_selector} (or --model M for a preset's keys)")
 
 

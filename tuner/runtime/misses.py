@@ -112,7 +112,8 @@ def parse_record(data: Any) -> dict[str, Any]:
         raise ValueError(str(exc).splitlines()[0][:160]) from None
     if key.version != spec.version:
         raise ValueError(f"kernel_version {key.version[:40]!r} is not {spec.name}'s current version {spec.version}")
-    if made != key or any(v >= 2**63 for _, v in key.dims):
+    # the names and values the kernel's key takes, in any order (a drop-in names them as its key= does)
+    if (made.dim_map, made.dtype) != (key.dim_map, key.dtype) or any(v >= 2**63 for _, v in key.dims):
         raise ValueError(f"key dims must be {spec.name}'s {', '.join(spec.key_names)}, each an integer below 2**63")
     if data["level"] not in MISS_LEVELS:
         raise ValueError(f"level must be one of {', '.join(MISS_LEVELS)}")
