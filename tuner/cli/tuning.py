@@ -262,7 +262,7 @@ def _show_status(st: dict, as_json: bool) -> None:
         t.add_row(key_cell(dims_word(k["key"], k["dtype"])), k["state"], trials, *best, ", ".join(k["workers"]) or "-")
     out.print(t)
     for key in kept:  # a finished key's best is what its final re-measurement stored
-        err.print(f"note: {key}: nothing measured beat the key's current best beyond noise; it stays")
+        err.print(f"note: {key} kept its current best: nothing measured beat it beyond noise")
     if st.get("note"):
         err.print(f"note: {st['note']}")
     if st.get("error"):
