@@ -48,7 +48,7 @@ class SearchContext:
     device_class_id: int
     fingerprint_id: int
     study_name: str
-    sampler: str = "auto"
+    sampler: str = strategies.DEFAULT
     seed: int | None = None
     budget_trials: int = 20
     trial_timeout_s: float = 120.0

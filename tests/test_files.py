@@ -96,7 +96,9 @@ def test_a_worker_refuses_to_register_a_device_name_that_is_not_a_safe_file_name
     from devices.classes import CPU_INTERPRETER, check_device_name
     from devices.fingerprint import live_fingerprint
     from search_spaces.base import SpecError
-    from workers.service import WorkerConfig, WorkerService
+    from tuner import settings as settings_mod
+    from tuner.worker import worker_config
+    from workers.service import WorkerService
 
     for good in ("", "NVIDIA H100 80GB HBM3", "AMD Instinct MI300X (gfx942)", "Tesla V100-SXM2-16GB"):
         assert check_device_name(good) == good
@@ -107,7 +109,7 @@ def test_a_worker_refuses_to_register_a_device_name_that_is_not_a_safe_file_name
     upgrade(url)
     dc = replace(CPU_INTERPRETER, device_name="../../../x")
     with pytest.raises(SpecError, match="not a safe file name") as refused:
-        WorkerService(WorkerConfig(db_url=url, device="cpu", name="w"), dc, live_fingerprint(dc), print)
+        WorkerService(worker_config(settings_mod.get(), url, "cpu", "w"), dc, live_fingerprint(dc), print)
     assert "\n" not in str(refused.value)
     with make_engine(url).connect() as c:
         assert c.execute(text("SELECT count(*) FROM device_classes")).scalar() == 0

@@ -380,3 +380,17 @@ def test_waiting_for_a_service_says_so_once_then_every_minute_and_gives_up_at_it
 
     with pytest.raises(ValueError):
         wait_for_service(wrong_password, None, said.append, clock=lambda: now[0], sleep=sleep)
+
+
+def test_a_workers_timings_and_batch_size_come_from_the_settings_alone():
+    """WorkerConfig had defaults of its own (a stall of 60 s where the settings say 120): a worker
+    built without the settings disagreed with one built from them. Now it has none."""
+    from tuner import settings as settings_mod
+    from tuner.worker import worker_config
+    from workers.service import WorkerConfig
+
+    with pytest.raises(TypeError):
+        WorkerConfig(db_url="sqlite://", device="cpu", name="w")
+    settings = settings_mod.from_env({"TUNER_STALL_S": "77", "TUNER_BATCH_TRIALS": "3"})
+    cfg = worker_config(settings, "sqlite://", "cpu", "w")
+    assert (cfg.stall_s, cfg.batch_trials, cfg.heartbeat_s) == (77.0, 3, settings.heartbeat_s)

@@ -34,10 +34,7 @@ def run_worker(settings: Settings, device: str | None, name: str | None, logleve
     db_url = open_for_write(settings)
     open_studies(settings, db_url)  # Optuna's tables, created by `tuner db upgrade`, never here
     node = name or f"{dc.slug}-{device_str.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
-    cfg = WorkerConfig(db_url=db_url, device=device_str, name=node, heartbeat_s=settings.heartbeat_s,
-                       stall_s=settings.stall_s, trial_timeout_s=settings.trial_timeout_s,
-                       dead_after_s=settings.worker_dead_after_s, batch_trials=settings.batch_trials,
-                       misses_keep_days=settings.misses_keep_days)
+    cfg = worker_config(settings, db_url, device_str, node)
     service = WorkerService(cfg, dc, fp, lambda msg: send_batch(app, msg))
     if settings.metrics_port:
         from workers import metrics
@@ -55,3 +52,13 @@ def run_worker(settings: Settings, device: str | None, name: str | None, logleve
                          "--without-gossip"])
     finally:
         service.stop()
+
+
+def worker_config(settings: Settings, db_url: str, device: str, name: str):
+    """A worker's configuration, its timings and batch size from the settings (their one owner)."""
+    from workers.service import WorkerConfig
+
+    return WorkerConfig(db_url=db_url, device=device, name=name, heartbeat_s=settings.heartbeat_s,
+                        stall_s=settings.stall_s, trial_timeout_s=settings.trial_timeout_s,
+                        dead_after_s=settings.worker_dead_after_s, batch_trials=settings.batch_trials,
+                        misses_keep_days=settings.misses_keep_days)

@@ -25,6 +25,7 @@ from devices.fit import host_memory, unfit
 from harness.protocol import Measurement
 from search_spaces import registry
 from search_spaces.base import SpecError, TuningKey
+from search import strategies
 from workers.batch import BatchMessage
 from workers.queues import queue_for
 from workers.retune import live_stacks
@@ -130,14 +131,14 @@ def enqueue_misses(db_url: str, send: Callable[[BatchMessage], None] | None, *, 
                 planned.append(plan)
                 if dry_run:
                     continue
-                request = {"kernel": mk.kernel, "keys": [mk.key], "trials": trials, "sampler": "auto", "seed": 0,
+                request = {"kernel": mk.kernel, "keys": [mk.key], "trials": trials, "sampler": strategies.DEFAULT, "seed": 0,
                            "measurement": Measurement().to_json(), "batch_trials": batch,
                            "misses": {"count": mk.count, "levels": list(mk.levels), "run": run_id}}
                 job_id, (key_id,) = store.create_job(
                     s, kind="miss", origin="queued", kernel=mk.kernel, kernel_version=mk.kernel_version,
-                    keys=[mk.key], key_hashes=[mk.key_hash], sampler="auto", seed=0, budget_trials=trials,
+                    keys=[mk.key], key_hashes=[mk.key_hash], sampler=strategies.DEFAULT, seed=0, budget_trials=trials,
                     request=request, device_selector=mk.device_class)
-                msg = BatchMessage(job_id=job_id, job_key_id=key_id, key=mk.key, sampler="auto", seed=0,
+                msg = BatchMessage(job_id=job_id, job_key_id=key_id, key=mk.key, sampler=strategies.DEFAULT, seed=0,
                                    budget_trials=trials, batch_trials=batch, queue=queue_for(mk.device_class))
                 messages += [msg] * min(parallel, -(-trials // batch))
                 plan["job"] = job_id

@@ -22,6 +22,7 @@ from devices.fit import host_memory, unfit
 from harness.protocol import Measurement
 from search_spaces import registry
 from search_spaces.base import SpecError, TuningKey
+from search import strategies
 from workers.batch import BatchMessage, batch_message
 
 LOCK = "retune"
@@ -173,11 +174,11 @@ def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: 
                 if dry_run:
                     continue
                 request = {"kernel": kern, "keys": [st.key for st in keys], "retune_run": run_id, "budgets": budgets,
-                           "warm": warm, "batch_trials": batch_trials, "sampler": "auto",
+                           "warm": warm, "batch_trials": batch_trials, "sampler": strategies.DEFAULT,
                            "measurement": measurement.to_json()}
                 job_id, key_ids = store.create_job(
                     s, kind="retune", origin="queued", kernel=kern, kernel_version=version,
-                    keys=[st.key for st in keys], key_hashes=[st.key_hash for st in keys], sampler="auto", seed=0,
+                    keys=[st.key for st in keys], key_hashes=[st.key_hash for st in keys], sampler=strategies.DEFAULT, seed=0,
                     budget_trials=max(budgets.values()), request=request, device_selector=slug)
                 job = s.get(models.Job, job_id)
                 for key_id in key_ids:

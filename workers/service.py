@@ -52,12 +52,14 @@ class WorkerConfig:
     db_url: str
     device: str  # cpu | cuda:N
     name: str
-    heartbeat_s: float = 10.0
-    stall_s: float = 60.0
-    trial_timeout_s: float = 120.0
-    dead_after_s: float = 60.0  # a worker whose heartbeat is older is gone
-    batch_trials: int = 4
-    misses_keep_days: float = 30.0  # the janitor prunes runtime miss rows not seen for this long
+    # the rest from tuner/settings.py, their one owner (tuner.worker.worker_config): no defaults
+    # here to disagree with them
+    heartbeat_s: float
+    stall_s: float
+    trial_timeout_s: float
+    dead_after_s: float  # a worker whose heartbeat is older is gone
+    batch_trials: int
+    misses_keep_days: float  # the janitor prunes runtime miss rows not seen for this long
 
 
 class WorkerService:
