@@ -72,6 +72,7 @@ import sys, uvicorn
 from tuner import settings
 from tuner.api.app import create_app
 host, port, certfile, keyfile = sys.argv[1:]
+settings.configure_plugins(settings.get())  # TUNER_KERNEL_MODULES, as the CLI does
 uvicorn.run(create_app(settings.get(), host), host=host, port=int(port), ssl_certfile=certfile, ssl_keyfile=keyfile)
 """
 

@@ -183,6 +183,7 @@ class State:
             held = CACHE.get(ck)
             if held is not None and type(held.tally) is Waiting:
                 tally.count += held.tally.count
+                tally.signature = tally.signature or held.tally.signature
         entry = Entry(answer, spec.split_config(dict(answer.config), self.identity.target.vendor), tally)
         if not self.closed:
             CACHE[ck] = entry

@@ -61,10 +61,11 @@ class Waiting:
     """The launches of a default served while the source was asked: misses if the answer turns out
     to be a miss (added to its tally then), else not counted."""
 
-    __slots__ = ("count",)
+    __slots__ = ("count", "signature")
 
     def __init__(self) -> None:
         self.count = 0
+        self.signature: dict[str, Any] | None = None  # a drop-in's launch, kept for the tally it becomes
 
 
 def record(key: MissKey, count: int, first_seen: str, last_seen: str,
