@@ -148,3 +148,42 @@ def test_tuner_lookup_says_what_a_process_would_be_served(tmp_path):
     assert gpu[0]["level"] == "default" and "nothing stored" in gpu[0]["reason"]
     table = run_tuner(["lookup", "tiles", "--shape", "N=100"], home, TUNER_KERNEL_MODULES="tests.kernels.tiles")
     assert table.returncode == 0 and "nearest" in table.stdout
+
+
+def _file_counts(path) -> dict[int, int]:
+    """N -> launches counted, summed over the records of a JSON-lines miss file."""
+    out: dict[int, int] = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        out[r["key"]["dims"]["N"]] = out.get(r["key"]["dims"]["N"], 0) + r["count"]
+    return out
+
+
+def test_misses_are_counted_on_every_path(live_env, monkeypatch, tmp_path):  # noqa: F811
+    """Each launch served from a fallback level counts once, whichever way it looks its
+    configuration up: lookup(), a bound lookup (whose warm path is its own code) and @tuned (by
+    position, and by keyword), first launch and warm ones alike."""
+    import torch
+
+    from tests.kernels.tiles import tile_kernel
+    from tuner.runtime import tuned
+
+    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=64), {"BLOCK": 64, "num_warps": 4}, _live_fp())])
+    misses = tmp_path / "m.jsonl"
+    _counting(monkeypatch, live_env, TUNER_CONFIG_BUNDLE=str(tmp_path / "b.json"), TUNER_MISS_FILE=str(misses))
+    get = runtime.bind("tiles", "N", "dtype")
+    kernel = tuned("tiles", key=["N"], dtype_arg="out_ptr")(tile_kernel)
+    out, seen = torch.empty(8, dtype=torch.float32), torch.zeros(8, dtype=torch.int64)
+    launches = {100: 3, 200: 4, 300: 5, 400: 6}
+    for _ in range(launches[100]):
+        runtime.lookup("tiles", N=100, dtype="float32")
+    for _ in range(launches[200]):
+        get(200, "float32")
+    for _ in range(launches[300]):
+        kernel.config_for((out, seen, 300), {})
+    for _ in range(launches[400]):
+        kernel.config_for((out,), {"seen_ptr": seen, "N": 400})
+    for _ in range(5):
+        get(64, "float32")  # exact: never a miss
+    assert runtime.flush_misses() == len(launches)
+    assert _file_counts(misses) == launches
