@@ -187,3 +187,33 @@ def test_misses_are_counted_on_every_path(live_env, monkeypatch, tmp_path):  # n
         get(64, "float32")  # exact: never a miss
     assert runtime.flush_misses() == len(launches)
     assert _file_counts(misses) == launches
+
+
+def test_retune_of_misses_queues_the_most_frequent_keys_first(tmp_path):
+    """`tuner retune --misses --top 2` picks, per class, the two keys served most often from a
+    fallback level, their counts summed over levels (a key seen at two levels outranks one seen
+    more often at one)."""
+    from tests import rows
+    from tuner.misses import retune_misses
+    from tuner.settings import from_env
+
+    url = rows.schema(f"sqlite:///{tmp_path}/t.db")
+    rows.live_worker(url, "w1", "h100-sxm-80gb")
+    now = datetime.now(timezone.utc)
+    counts = {10: {"nearest": 5, "default": 4}, 20: {"nearest": 7}, 30: {"nearest": 3}, 40: {"default": 6}}
+    records = []
+    for n, levels in counts.items():
+        key = _key("tiles", N=n)
+        for level, count in levels.items():
+            records.append({"kernel": "tiles", "kernel_version": key.version, "key_hash": key.stable_hash,
+                            "key": key.to_json(), "dtype": "float32", "device_class": "h100-sxm-80gb",
+                            "fingerprint": "f" * 16, "level": level, "count": count, "first_seen": now, "last_seen": now})
+    with session_scope(url) as s:
+        store.record_misses(s, records)
+    total = {n: sum(levels.values()) for n, levels in counts.items()}
+    want = sorted(total, key=total.get, reverse=True)[:2]
+    # what `tuner retune --misses --top 2 --dry-run --json` prints (its subprocess costs 10 s here)
+    out = retune_misses(from_env({"TUNER_DB_URL": url, "TUNER_HOME": str(tmp_path)}), None, None, 2, None, True)
+    assert [(j["key"]["N"], j["count"]) for j in out["jobs"]] == [(n, total[n]) for n in want]
+    assert sorted(j["key"]["N"] for j in out["skipped"]) == sorted(set(counts) - set(want))
+    assert all("beyond the top 2" in j["reason"] for j in out["skipped"])
