@@ -1,0 +1,95 @@
+"""Trials in flight, on SQLite and the real PostgreSQL: a configuration claimed by one trial is
+refused to every other (so no configuration is measured twice), and the trial of a dead worker
+is failed, its claim released and its configuration proposed again.
+
+The second test asks through a sampler that never proposes the dead trial's configuration:
+only the re-enqueue of the heartbeat's callback can bring it back (a seeded sampler that
+happens to propose it first again would hide a lost callback)."""
+from __future__ import annotations
+
+import threading
+
+import optuna
+import pytest
+
+from db import models, store
+from db.session import session_scope, upgrade
+from search import studies
+from tests.services import wait_for
+
+STUDY = "tiles:v:k:cpu-interpreter:f"
+
+
+def _claim(url, number: int, config_hash: str = "c1") -> bool:
+    with session_scope(url) as s:
+        return store.claim_config(s, study_name=STUDY, config_hash=config_hash, trial_number=number,
+                                  job_key_id=None, worker_id=None)
+
+
+def test_a_claimed_configuration_is_refused_to_every_other_trial(db_url):
+    upgrade(db_url)
+    assert _claim(db_url, 0)
+    assert not _claim(db_url, 1), "a configuration held by a trial in flight was granted to another"
+    assert not _claim(db_url, 0), "a claim is taken once, even by its own trial"
+    assert _claim(db_url, 1, "c2")  # another configuration is free
+    with session_scope(db_url) as s:
+        assert store.release_claims(s, STUDY, [0]) == 1
+    assert _claim(db_url, 2)  # released (its trial failed as dead): free again
+
+
+def test_racing_claims_grant_a_configuration_once(db_url):
+    upgrade(db_url)
+    start, won = threading.Barrier(6), []
+
+    def race(number):
+        start.wait()
+        if _claim(db_url, number):
+            won.append(number)
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(won) == 1, won
+
+
+class FirstChoice(optuna.samplers.BaseSampler):
+    """Always the first value of every parameter: never the dead trial's (the last)."""
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, name, distribution):
+        return distribution.to_external_repr(0)
+
+
+CHOICES = [1, 2, 3, 4]
+
+
+def test_a_dead_worker_s_trial_is_failed_and_its_configuration_proposed_again(tmp_path):
+    url = f"sqlite:///{tmp_path}/t.db"
+    upgrade(url)
+    studies.upgrade_storage(url)
+    st = studies.storage(url, heartbeat_s=1, grace_s=2)
+    study = optuna.create_study(study_name=STUDY, storage=st, sampler=FirstChoice())
+    study.enqueue_trial({"P": CHOICES[-1]})
+    dead = study.ask()
+    assert dead.suggest_categorical("P", CHOICES) == CHOICES[-1]
+    st.record_heartbeat(studies.trial_id(dead))  # its worker beat once, then died
+    assert _claim(url, dead.number, "dead-config")
+
+    def failed():
+        studies.recover(study, url, grace_s=2)
+        return study.trials[dead.number].state == optuna.trial.TrialState.FAIL
+    wait_for(failed, 60, "the dead trial to be failed", poll_s=0.5)
+    with session_scope(url) as s:
+        assert s.query(models.TrialClaim).filter_by(config_hash="dead-config").count() == 0  # released
+    again = study.ask()
+    assert again.suggest_categorical("P", CHOICES) == CHOICES[-1], "the dead trial's configuration was not proposed again"
+    fresh = study.ask()
+    assert fresh.suggest_categorical("P", CHOICES) == CHOICES[0]  # the sampler itself never proposes it
+    st.engine.dispose()
