@@ -37,6 +37,36 @@ def test_a_claimed_configuration_is_refused_to_every_other_trial(db_url):
     assert _claim(db_url, 2)  # released (its trial failed as dead): free again
 
 
+def test_a_result_is_stored_only_by_the_trial_whose_claim_it_is(db_url):
+    """The stored row fills the claim once, and only for its own trial: a second measurement of the
+    configuration (another trial's, or the same trial's again) is dropped."""
+    from devices.classes import CPU_INTERPRETER
+
+    upgrade(db_url)
+    with session_scope(db_url) as s:
+        dc, fp = store.store_identity(s, CPU_INTERPRETER.to_json(), {"hash": "f" * 16, "driver": "none",
+                                                                    "runtime": "none", "triton": "3.6.0",
+                                                                    "torch": "2.13.0"})
+    fields = dict(kernel="tiles", key_hash="k" * 16, device_class_id=dc, fingerprint_id=fp, study_name=STUDY,
+                  config={"BLOCK": 16}, config_hash="c1", status="ok", median_ms=1.0)
+    with session_scope(db_url) as s:
+        assert store.record_claimed_trial(s, optuna_number=0, **fields) is None  # never claimed
+    assert _claim(db_url, 0)
+    with session_scope(db_url) as s:
+        assert store.record_claimed_trial(s, optuna_number=1, **fields) is None  # another trial's claim
+    with session_scope(db_url) as s:
+        row = store.record_claimed_trial(s, optuna_number=0, **fields)
+        assert row is not None
+        stored = row.id
+    with session_scope(db_url) as s:
+        assert store.record_claimed_trial(s, optuna_number=0, **fields) is None  # filled already
+        claim = s.query(models.TrialClaim).filter_by(study_name=STUDY, config_hash="c1").one()
+        assert claim.trial_row_id == stored
+        assert s.query(models.TuningTrial).count() == 1
+        assert store.release_claims(s, STUDY, [0]) == 0  # a filled claim is never released
+        assert store.release_claims(s, STUDY, []) == 0
+
+
 def test_racing_claims_grant_a_configuration_once(db_url):
     upgrade(db_url)
     start, won = threading.Barrier(6), []
