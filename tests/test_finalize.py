@@ -104,3 +104,131 @@ def test_the_final_cv_is_the_job_s_when_stricter():
     remeasure(replace(_ctx(), measurement=Measurement(max_cv=0.03)), Cv({config_hash(config): 1.0}), [config])
     remeasure(_ctx(), Cv({config_hash(config): 1.0}), [config])
     assert seen == [0.03] * ROUNDS + [finalize.FINAL_MAX_CV] * ROUNDS
+
+
+# ---- finalize() on a real database (SQLite), the harness replaced by fixed times per configuration ----
+
+B = {b: {"BLOCK": b, "num_warps": 4} for b in (16, 32, 64, 128)}  # the default of tiles is BLOCK 16, 1 warp
+DEFAULT = {"BLOCK": 16, "num_warps": 1}
+
+
+class TimedHarness:
+    """Each configuration's time per run, in the order of its runs (a list per config); a missing
+    configuration fails."""
+
+    def __init__(self, times: dict[str, list[float]]):
+        self.times, self.runs = times, {h: 0 for h in times}
+
+    def run(self, request):
+        h = config_hash(request.config)
+        if h not in self.times:
+            return TrialResult("error", "staged failure", config=request.config)
+        ms = self.times[h][min(self.runs[h], len(self.times[h]) - 1)]
+        self.runs[h] += 1
+        return TrialResult("ok", median_ms=ms, cv=0.01, config=request.config)
+
+
+@pytest.fixture
+def study(tmp_path):
+    """A key's study with trials stored: BLOCK 32 timed fastest in the search, then 64, then 128."""
+    from dataclasses import replace
+
+    from db import store
+    from db.session import session_scope, upgrade
+
+    url = f"sqlite:///{tmp_path}/t.db"
+    upgrade(url)
+    with session_scope(url) as s:
+        dc, fp = store.store_identity(s, CPU_INTERPRETER.to_json(), {"hash": "f" * 16, "driver": "none",
+                                                                    "runtime": "none", "triton": "3.6.0",
+                                                                    "torch": "2.13.0"})
+        ctx = replace(_ctx(), db_url=url, job_id=None, device_class_id=dc, fingerprint_id=fp)
+        for n, (b, ms, status) in enumerate([(32, 0.5, "ok"), (64, 0.6, "ok"), (128, 0.7, "ok"), (16, 0.1, "invalid"),
+                                             (64, 0.4, "wrong_result")]):
+            store.record_trial(s, kernel="tiles", key_hash=ctx.key.stable_hash, device_class_id=dc, fingerprint_id=fp,
+                               study_name=ctx.study_name, optuna_number=n, config=B[b], config_hash=config_hash(B[b]),
+                               status=status, median_ms=ms)
+    return ctx
+
+
+def _current(ctx):
+    return finalize.current_best(ctx)
+
+
+def _write_current(ctx, config, ms):
+    from db import store
+    from db.session import session_scope
+
+    with session_scope(ctx.db_url) as s:
+        row = store.write_best(s, kernel="tiles", kernel_version=ctx.key.version, key_hash=ctx.key.stable_hash,
+                               key=ctx.key.to_json(), dtype="float32", device_class_id=ctx.device_class_id,
+                               fingerprint_id=ctx.fingerprint_id, config=config, config_hash=config_hash(config),
+                               median_ms=ms, default_ms=None, speedup=None, cv=0.0, trials=1, job_id=None)
+        s.flush()
+        return row.id
+
+
+def _h(b):
+    return config_hash(B[b])
+
+
+def test_the_leaders_are_the_fastest_distinct_ok_trials(study):
+    top, counted = finalize.leaders(study.db_url, study.study_name)
+    assert top == [B[32], B[64], B[128]]  # ok trials only, each configuration once, fastest first
+    assert counted == 4  # the invalid trial is not counted
+    assert finalize.leaders(study.db_url, study.study_name, k=1)[0] == [B[32]]
+
+
+def test_the_re_measurement_decides_and_is_stored_with_the_default_s_time(study):
+    harness = TimedHarness({_h(32): [0.9], _h(64): [0.5], _h(128): [0.8], config_hash(DEFAULT): [1.0]})
+    done = finalize.finalize(study, harness, "cpu-interpreter")
+    assert done.config == B[64] and done.median_ms == 0.5 and done.default_ms == 1.0 and done.speedup == 2.0
+    assert not done.kept and done.trials == 4
+    assert all(n == ROUNDS for n in harness.runs.values())
+    current = _current(study)
+    assert current.id == done.best_id and current.config == B[64] and current.median_ms == 0.5
+
+
+def test_the_default_wins_when_it_re_measures_fastest(study):
+    harness = TimedHarness({_h(32): [0.9], _h(64): [0.7], _h(128): [0.8], config_hash(DEFAULT): [0.6]})
+    done = finalize.finalize(study, harness, "cpu-interpreter")
+    assert done.config == DEFAULT and done.median_ms == 0.6 and done.speedup == 1.0
+
+
+def test_a_current_best_within_noise_stays(study):
+    old = _write_current(study, B[128], 0.8)
+    harness = TimedHarness({_h(32): [0.795], _h(64): [0.9], _h(128): [0.8], config_hash(DEFAULT): [1.0]})
+    done = finalize.finalize(study, harness, "cpu-interpreter")
+    assert done.kept and done.config == B[128] and done.best_id == old and done.median_ms == 0.8
+    assert _current(study).id == old
+
+
+def test_a_current_best_beaten_in_every_round_is_replaced(study):
+    old = _write_current(study, B[128], 0.8)
+    harness = TimedHarness({_h(32): [0.5], _h(64): [0.9], _h(128): [0.8], config_hash(DEFAULT): [1.0]})
+    done = finalize.finalize(study, harness, "cpu-interpreter")
+    assert not done.kept and done.config == B[32] and done.best_id != old
+    assert _current(study).id == done.best_id
+
+
+def test_a_current_best_beaten_in_the_median_only_stays(study):
+    old = _write_current(study, B[128], 0.8)
+    harness = TimedHarness({_h(32): [0.5, 0.5, 0.9], _h(64): [0.9], _h(128): [0.8], config_hash(DEFAULT): [1.0]})
+    done = finalize.finalize(study, harness, "cpu-interpreter")
+    assert done.kept and _current(study).id == old
+
+
+def test_nothing_is_stored_when_no_leader_runs(study):
+    assert finalize.finalize(study, TimedHarness({config_hash(DEFAULT): [1.0]}), "cpu-interpreter") is None
+    assert _current(study) is None
+
+
+def test_a_guard_that_refuses_writes_nothing(study):
+    harness = TimedHarness({_h(32): [0.5], _h(64): [0.9], _h(128): [0.8], config_hash(DEFAULT): [1.0]})
+    with pytest.raises(finalize.Superseded):
+        finalize.finalize(study, harness, "cpu-interpreter", guard=lambda s: False)
+    assert _current(study) is None
+    old = _write_current(study, B[128], 0.5)
+    with pytest.raises(finalize.Superseded):  # kept: the guard is asked too
+        finalize.finalize(study, harness, "cpu-interpreter", guard=lambda s: False)
+    assert _current(study).id == old
