@@ -86,6 +86,22 @@ def test_a_leader_that_fails_in_a_later_round_is_dropped():
 
     timed = remeasure(_ctx(), FailingSecondTime({config_hash(c): 1.0 for c in configs}), configs)
     assert set(timed) == {config_hash(configs[0])}
+    assert timed[config_hash(configs[0])] == ([1.0] * ROUNDS, 0.01)  # the others keep every round, and the cv
+
+
+def test_a_wrong_result_that_carries_a_time_is_dropped_too():
+    configs = [{"BLOCK": b, "num_warps": 1} for b in (16, 32)]
+
+    class Wrong(RecordingHarness):
+        def run(self, request):
+            out = super().run(request)
+            return TrialResult("wrong_result", median_ms=0.1) if request.config == configs[1] else out
+
+    assert set(remeasure(_ctx(), Wrong({config_hash(c): 1.0 for c in configs}), configs)) == {config_hash(configs[0])}
+
+
+def test_exactly_the_noise_is_not_beyond_it():
+    assert not faster([1.0 - NOISE] * 3, [1.0] * 3)
 
 
 def test_the_final_cv_is_the_job_s_when_stricter():
@@ -143,8 +159,9 @@ def study(tmp_path):
                                                                     "runtime": "none", "triton": "3.6.0",
                                                                     "torch": "2.13.0"})
         ctx = replace(_ctx(), db_url=url, job_id=None, device_class_id=dc, fingerprint_id=fp)
+        # a tie (64 measured twice at one time; a slower 128 after a faster one) must not matter
         for n, (b, ms, status) in enumerate([(32, 0.5, "ok"), (64, 0.6, "ok"), (128, 0.7, "ok"), (16, 0.1, "invalid"),
-                                             (64, 0.4, "wrong_result")]):
+                                             (64, 0.4, "wrong_result"), (64, 0.6, "ok"), (128, 0.9, "ok")]):
             store.record_trial(s, kernel="tiles", key_hash=ctx.key.stable_hash, device_class_id=dc, fingerprint_id=fp,
                                study_name=ctx.study_name, optuna_number=n, config=B[b], config_hash=config_hash(B[b]),
                                status=status, median_ms=ms)
@@ -175,7 +192,7 @@ def _h(b):
 def test_the_leaders_are_the_fastest_distinct_ok_trials(study):
     top, counted = finalize.leaders(study.db_url, study.study_name)
     assert top == [B[32], B[64], B[128]]  # ok trials only, each configuration once, fastest first
-    assert counted == 4  # the invalid trial is not counted
+    assert counted == 6  # the invalid trial is not counted
     assert finalize.leaders(study.db_url, study.study_name, k=1)[0] == [B[32]]
 
 
@@ -183,10 +200,12 @@ def test_the_re_measurement_decides_and_is_stored_with_the_default_s_time(study)
     harness = TimedHarness({_h(32): [0.9], _h(64): [0.5], _h(128): [0.8], config_hash(DEFAULT): [1.0]})
     done = finalize.finalize(study, harness, "cpu-interpreter")
     assert done.config == B[64] and done.median_ms == 0.5 and done.default_ms == 1.0 and done.speedup == 2.0
-    assert not done.kept and done.trials == 4
+    assert not done.kept and done.trials == 6
     assert all(n == ROUNDS for n in harness.runs.values())
     current = _current(study)
     assert current.id == done.best_id and current.config == B[64] and current.median_ms == 0.5
+    assert current.config_hash == _h(64) and current.key == study.key.to_json() and current.trials == 6
+    assert (current.default_ms, current.speedup, current.cv, done.cv) == (1.0, 2.0, 0.01, 0.01)
 
 
 def test_the_default_wins_when_it_re_measures_fastest(study):
@@ -200,7 +219,57 @@ def test_a_current_best_within_noise_stays(study):
     harness = TimedHarness({_h(32): [0.795], _h(64): [0.9], _h(128): [0.8], config_hash(DEFAULT): [1.0]})
     done = finalize.finalize(study, harness, "cpu-interpreter")
     assert done.kept and done.config == B[128] and done.best_id == old and done.median_ms == 0.8
+    assert (done.default_ms, done.speedup, done.cv, done.trials) == (1.0, 1.0 / 0.8, 0.01, 6)
     assert _current(study).id == old
+
+
+def test_a_current_best_that_is_no_leader_is_measured_in_the_same_rounds(study):
+    """The current best came from an earlier study (not a leader here): it is re-measured with the
+    leaders, and stays when they are not faster beyond noise."""
+    old = _write_current(study, B[16], 0.1)  # its stored time is not what decides
+    harness = TimedHarness({_h(32): [0.795], _h(64): [0.9], _h(128): [0.95], _h(16): [0.8],
+                            config_hash(DEFAULT): [1.0]})
+    done = finalize.finalize(study, harness, "cpu-interpreter")
+    assert harness.runs[_h(16)] == ROUNDS
+    assert done.kept and done.config == B[16] and done.best_id == old and done.median_ms == 0.8
+
+
+def test_the_best_of_another_key_is_not_this_key_s(study):
+    from dataclasses import replace
+
+    other = replace(study, key=registry.get("tiles").make_key({"N": 128}, "float32"))
+    _write_current(other, B[128], 0.1)
+    assert _current(study) is None
+    harness = TimedHarness({_h(32): [0.5], _h(64): [0.9], _h(128): [0.8], config_hash(DEFAULT): [1.0]})
+    assert not finalize.finalize(study, harness, "cpu-interpreter").kept
+
+
+def test_a_default_as_fast_as_the_best_leader_leaves_the_leader(study):
+    harness = TimedHarness({_h(32): [0.6], _h(64): [0.9], _h(128): [0.8], config_hash(DEFAULT): [0.6]})
+    assert finalize.finalize(study, harness, "cpu-interpreter").config == B[32]
+
+
+def test_a_best_written_meanwhile_is_measured_against(study):
+    """Another finalizer writes the key's best while this one re-measures: this one measures again
+    against it, and gives up with a clear error when that keeps happening."""
+    class Racing(TimedHarness):
+        def __init__(self, times, writes):
+            super().__init__(times)
+            self.writes = writes
+
+        def run(self, request):
+            if self.writes and sum(self.runs.values()) % (4 * ROUNDS) == 0:
+                self.writes -= 1
+                _write_current(study, B[128], 0.8)
+            return super().run(request)
+
+    times = {_h(32): [0.5], _h(64): [0.9], _h(128): [0.8], config_hash(DEFAULT): [1.0]}
+    with pytest.raises(RuntimeError, match=f"changed {finalize.MAX_REMEASURES} times while it was re-measured"):
+        finalize.finalize(study, Racing(times, finalize.MAX_REMEASURES), "cpu-interpreter")
+    raced = Racing(times, 1)
+    done = finalize.finalize(study, raced, "cpu-interpreter")
+    assert not done.kept and done.config == B[32] and _current(study).id == done.best_id
+    assert sum(raced.runs.values()) == 2 * 4 * ROUNDS  # measured again against the row written meanwhile
 
 
 def test_a_current_best_beaten_in_every_round_is_replaced(study):
