@@ -217,3 +217,64 @@ def test_retune_of_misses_queues_the_most_frequent_keys_first(tmp_path):
     assert [(j["key"]["N"], j["count"]) for j in out["jobs"]] == [(n, total[n]) for n in want]
     assert sorted(j["key"]["N"] for j in out["skipped"]) == sorted(set(counts) - set(want))
     assert all("beyond the top 2" in j["reason"] for j in out["skipped"])
+
+
+def _miss(kernel_version, n, device_class, count, kernel="tiles"):
+    key = _key("tiles", N=n)
+    key_json = {**key.to_json(), "kernel": kernel, "version": kernel_version}
+    now = datetime.now(timezone.utc)
+    own = (kernel, kernel_version) == ("tiles", key.version)
+    return {"kernel": kernel, "kernel_version": kernel_version,
+            "key_hash": key.stable_hash if own else f"{kernel}{n}".ljust(16, "0"), "key": key_json,
+            "dtype": "float32", "device_class": device_class, "fingerprint": "f" * 16, "level": "nearest",
+            "count": count, "first_seen": now, "last_seen": now}
+
+
+def test_misses_become_jobs_only_where_a_worker_can_tune_them(tmp_path):
+    """Each missed key becomes one job of kind `miss` on its class, with a message a worker of the
+    class takes, unless no live worker of the class exists, a job for it is open, it is tuned
+    under a stack live workers run, its kernel version is not the registered one, it has too few
+    misses or the kernel is not registered; a second run queues nothing twice, and a run that
+    finds the lease taken queues nothing."""
+    from db import models
+    from tests import rows
+    from workers.misses import LOCK, enqueue_misses
+
+    url = rows.schema(f"sqlite:///{tmp_path}/t.db")
+    rows.live_worker(url, "w1", "h100-sxm-80gb")
+    version = _key("tiles", N=1).version
+    with session_scope(url) as s:
+        store.record_misses(s, [_miss(version, 10, "h100-sxm-80gb", 9), _miss(version, 20, "h100-sxm-80gb", 1),
+                                _miss(version, 30, "mi300x", 5), _miss("0ld", 40, "h100-sxm-80gb", 4),
+                                _miss(version, 50, "h100-sxm-80gb", 6), _miss("v", 60, "h100-sxm-80gb", 3, "nosuch")])
+    rows.best(url, "h100-sxm-80gb", {"N": 50}, 1.0, kernel="tiles", dtype="float32", config={"BLOCK": 32, "num_warps": 4})
+    sent = []
+
+    def run(**kw):
+        return enqueue_misses(url, sent.append, holder="test", dead_after_s=60, trials=6, top=10, min_count=2,
+                              batch_trials=4, **kw)
+
+    out = run()
+    assert [(j["key"]["N"], j["count"], j["device_class"]) for j in out["jobs"]] == [(10, 9, "h100-sxm-80gb")]
+    why = {j["key"]["N"]: j["reason"] for j in out["skipped"]}
+    assert set(why) == {30, 40, 50, 60}  # N=20 has fewer misses than --min-count
+    assert "no live worker of class mi300x" in why[30]
+    assert "version 0ld" in why[40] and "tuned under a stack live workers run" in why[50]
+    assert "kernel nosuch is not registered" in why[60]
+    with session_scope(url) as s:
+        job = s.get(models.Job, out["jobs"][0]["job"])
+        (key_row,) = s.query(models.JobKey).filter_by(job_id=job.id).all()
+        assert (job.kind, job.sampler, job.budget_trials, job.device_selector) == ("miss", "auto", 6, "h100-sxm-80gb")
+        assert job.request["misses"]["count"] == 9 and job.request["batch_trials"] == 4
+        assert key_row.key["dims"] == {"N": 10} and key_row.key_hash == _key("tiles", N=10).stable_hash
+    # 6 trials in batches of 4: two batches, one message each (parallel 2), to the class's queue
+    assert [(m.job_id, m.job_key_id, m.budget_trials, m.batch_trials, m.queue) for m in sent] == \
+        [(job.id, key_row.id, 6, 4, "tune.h100-sxm-80gb")] * 2
+    again = run()
+    assert again["jobs"] == [] and len(sent) == 2
+    assert "already queued or running" in {j["key"]["N"]: j["reason"] for j in again["skipped"]}[10]
+    with session_scope(url) as s:
+        assert store.acquire_lock(s, LOCK, "someone else", ttl_s=300)
+    locked = run()
+    assert locked["locked_by_other"] and locked["jobs"] == [] and len(sent) == 2
+    assert run(dry_run=True)["skipped"]  # a dry run reads without the lease
