@@ -89,6 +89,19 @@ def test_a_leader_that_fails_in_a_later_round_is_dropped():
     assert timed[config_hash(configs[0])] == ([1.0] * ROUNDS, 0.01)  # the others keep every round, and the cv
 
 
+def test_a_leader_that_fails_first_leaves_the_others_every_round():
+    configs = [{"BLOCK": b, "num_warps": 1} for b in (16, 32, 64)]
+
+    class FailingFirst(RecordingHarness):
+        def run(self, request):
+            out = super().run(request)
+            return TrialResult("error", "staged") if request.config == configs[0] else out
+
+    timed = remeasure(_ctx(), FailingFirst({config_hash(c): 1.0 for c in configs}), configs)
+    assert {h: len(rounds) for h, (rounds, _) in timed.items()} == {config_hash(c): ROUNDS for c in configs[1:]}
+    assert remeasure(_ctx(), RecordingHarness({}), []) == {}
+
+
 def test_a_wrong_result_that_carries_a_time_is_dropped_too():
     configs = [{"BLOCK": b, "num_warps": 1} for b in (16, 32)]
 
@@ -158,9 +171,11 @@ def study(tmp_path):
         dc, fp = store.store_identity(s, CPU_INTERPRETER.to_json(), {"hash": "f" * 16, "driver": "none",
                                                                     "runtime": "none", "triton": "3.6.0",
                                                                     "torch": "2.13.0"})
-        ctx = replace(_ctx(), db_url=url, job_id=None, device_class_id=dc, fingerprint_id=fp)
-        # a tie (64 measured twice at one time; a slower 128 after a faster one) must not matter
-        for n, (b, ms, status) in enumerate([(32, 0.5, "ok"), (64, 0.6, "ok"), (128, 0.7, "ok"), (16, 0.1, "invalid"),
+        job, _ = store.create_job(s, kind="tune", origin="local", kernel="tiles", kernel_version="v", keys=[], key_hashes=[],
+                                  sampler="auto", seed=0, budget_trials=1, request={})
+        ctx = replace(_ctx(), db_url=url, job_id=job, device_class_id=dc, fingerprint_id=fp)
+        # ties (64 twice at one time, 128 as fast as 64; a slower 128 after) must not matter
+        for n, (b, ms, status) in enumerate([(32, 0.5, "ok"), (64, 0.6, "ok"), (128, 0.6, "ok"), (16, 0.1, "invalid"),
                                              (64, 0.4, "wrong_result"), (64, 0.6, "ok"), (128, 0.9, "ok")]):
             store.record_trial(s, kernel="tiles", key_hash=ctx.key.stable_hash, device_class_id=dc, fingerprint_id=fp,
                                study_name=ctx.study_name, optuna_number=n, config=B[b], config_hash=config_hash(B[b]),
@@ -206,6 +221,38 @@ def test_the_re_measurement_decides_and_is_stored_with_the_default_s_time(study)
     assert current.id == done.best_id and current.config == B[64] and current.median_ms == 0.5
     assert current.config_hash == _h(64) and current.key == study.key.to_json() and current.trials == 6
     assert (current.default_ms, current.speedup, current.cv, done.cv) == (1.0, 2.0, 0.01, 0.01)
+    assert current.job_id == study.job_id
+
+
+def test_a_default_that_fails_is_reported_as_no_time(study):
+    harness = TimedHarness({_h(32): [0.5], _h(64): [0.9], _h(128): [0.8]})
+    done = finalize.finalize(study, harness, "cpu-interpreter")
+    assert done.config == B[32] and done.default_ms is None and done.speedup is None
+    assert _current(study).speedup is None
+    kept = finalize.finalize(study, harness, "cpu-interpreter")
+    assert kept.kept and kept.default_ms is None and kept.speedup is None
+
+
+def test_leaders_re_measured_alike_are_ranked_without_comparing_configurations(study):
+    harness = TimedHarness({_h(32): [0.7], _h(64): [0.7], _h(128): [0.7], config_hash(DEFAULT): [1.0]})
+    assert finalize.finalize(study, harness, "cpu-interpreter").config == B[32]  # the search's order breaks the tie
+
+
+def test_a_best_on_another_class_with_the_same_stack_is_not_this_class_s(study):
+    from dataclasses import replace
+
+    from db import store
+    from db.session import session_scope
+    from devices.classes import KNOWN_DEVICES
+
+    h100 = next(d for d in KNOWN_DEVICES if d.slug == "h100-sxm-80gb")
+    with session_scope(study.db_url) as s:
+        dc = store.get_or_create_device_class(s, slug=h100.slug, vendor=h100.vendor, arch=h100.arch, name=h100.name,
+                                              compute_units=h100.compute_units, memory_gb=h100.memory_gb)
+        s.flush()
+        other = replace(study, device_class_id=dc.id)
+    _write_current(other, B[128], 0.1)
+    assert _current(study) is None
 
 
 def test_the_default_wins_when_it_re_measures_fastest(study):
@@ -293,11 +340,24 @@ def test_nothing_is_stored_when_no_leader_runs(study):
 
 
 def test_a_guard_that_refuses_writes_nothing(study):
+    from sqlalchemy.orm import Session
+
+    asked = []
+
+    def guard(answer):
+        def check(s):
+            asked.append(isinstance(s, Session))
+            return answer
+        return check
+
     harness = TimedHarness({_h(32): [0.5], _h(64): [0.9], _h(128): [0.8], config_hash(DEFAULT): [1.0]})
     with pytest.raises(finalize.Superseded):
-        finalize.finalize(study, harness, "cpu-interpreter", guard=lambda s: False)
+        finalize.finalize(study, harness, "cpu-interpreter", guard=guard(False))
     assert _current(study) is None
-    old = _write_current(study, B[128], 0.5)
-    with pytest.raises(finalize.Superseded):  # kept: the guard is asked too
-        finalize.finalize(study, harness, "cpu-interpreter", guard=lambda s: False)
-    assert _current(study).id == old
+    done = finalize.finalize(study, harness, "cpu-interpreter", guard=guard(True))
+    assert not done.kept and _current(study).id == done.best_id
+    with pytest.raises(finalize.Superseded):  # kept (the current best is the winner): the guard is asked too
+        finalize.finalize(study, harness, "cpu-interpreter", guard=guard(False))
+    assert finalize.finalize(study, harness, "cpu-interpreter", guard=guard(True)).kept
+    assert _current(study).id == done.best_id
+    assert asked == [True] * 4
