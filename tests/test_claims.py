@@ -123,3 +123,38 @@ def test_a_dead_worker_s_trial_is_failed_and_its_configuration_proposed_again(tm
     fresh = study.ask()
     assert fresh.suggest_categorical("P", CHOICES) == CHOICES[0]  # the sampler itself never proposes it
     st.engine.dispose()
+
+
+def test_claims_belong_to_their_study_and_say_who_holds_them(db_url):
+    """Two studies (two classes, or two stacks) claim the same configuration independently; a
+    claim records the job key and worker that hold it, and when."""
+    from devices.classes import CPU_INTERPRETER
+    from tests import rows
+
+    upgrade(db_url)
+    rows.live_worker(db_url, "w1", "h100-sxm-80gb")
+    other = STUDY + "+rot2"
+    with session_scope(db_url) as s:
+        dc, fp = store.store_identity(s, CPU_INTERPRETER.to_json(), {"hash": "f" * 16, "driver": "none",
+                                                                    "runtime": "none", "triton": "3.6.0",
+                                                                    "torch": "2.13.0"})
+        job, (key_id,) = store.create_job(s, kind="tune", origin="local", kernel="tiles", kernel_version="v",
+                                          keys=[{}], key_hashes=["k" * 16], sampler="auto", seed=0, budget_trials=1,
+                                          request={})
+        worker = s.query(models.Worker).one().id
+        assert store.claim_config(s, study_name=STUDY, config_hash="c1", trial_number=0, job_key_id=key_id,
+                                  worker_id=worker)
+        assert store.claim_config(s, study_name=other, config_hash="c1", trial_number=0, job_key_id=None,
+                                  worker_id=None)
+    with session_scope(db_url) as s:
+        claim = s.query(models.TrialClaim).filter_by(study_name=STUDY).one()
+        assert (claim.job_key_id, claim.worker_id) == (key_id, worker) and claim.claimed_at is not None
+        fields = dict(kernel="tiles", key_hash="k" * 16, device_class_id=dc, fingerprint_id=fp, config={"BLOCK": 16},
+                      status="ok", median_ms=1.0, optuna_number=0)
+        assert store.record_claimed_trial(s, study_name=other, config_hash="c1", **fields) is not None
+        assert store.record_claimed_trial(s, study_name=STUDY, config_hash="c2", **fields) is None  # c2: unclaimed
+    with session_scope(db_url) as s:
+        assert s.query(models.TrialClaim).filter_by(study_name=STUDY).one().trial_row_id is None  # the other's
+        assert store.release_claims(s, other, [0]) == 0  # filled
+        assert store.release_claims(s, STUDY, [0]) == 1
+        assert s.query(models.TrialClaim).filter_by(study_name=other).count() == 1
