@@ -42,7 +42,8 @@ class Module:
 
 MODULES = {
     "search/finalize.py": Module(("tests/test_finalize.py",)),
-    "workers/misses.py": Module(("tests/test_misses.py::test_retune_of_misses_queues_the_most_frequent_keys_first",)),
+    "workers/misses.py": Module(("tests/test_misses.py::test_retune_of_misses_queues_the_most_frequent_keys_first",
+                                 "tests/test_misses.py::test_misses_become_jobs_only_where_a_worker_can_tune_them")),
     "db/store.py": Module(("tests/test_claims.py",), ("claim_config", "record_claimed_trial", "release_claims")),
     "search/studies.py": Module(("tests/test_claims.py",)),
     "workers/service.py": Module(("tests/test_trust.py",)),
@@ -54,8 +55,48 @@ MODULES = {
     "tuner/formats/vllm_lora.py": Module(("tests/test_llm_kernels.py",)),
 }
 
-# (module, function, line before, line after) -> why the surviving mutant changes no behaviour
-EXPLAINED: dict[tuple[str, str, str, str], str] = {}
+# (module, function, "before -> after" as the report writes it) -> why the mutant changes no behaviour
+_KEY_HASH = ("equivalent: the key hash is a hash of the key's JSON, which holds the kernel and its version, "
+             "so the key_hash filter already implies this one")
+_KEPT = ("equivalent: on the kept path the current best is always among the re-measured (it is the winner, or "
+         "it was timed and not beaten), so the fallback is never read")
+_BEST_CONFIGS = "rows = store.best_configs(s, kernel=ctx.key.kernel, kernel_version=ctx.key.version,"
+EXPLAINED: dict[tuple[str, str, str], str] = {
+    ("search/finalize.py", "current_best", f"{_BEST_CONFIGS} -> rows = store.best_configs(s, kernel=None, "
+                                           "kernel_version=ctx.key.version,"): _KEY_HASH,
+    ("search/finalize.py", "current_best", f"{_BEST_CONFIGS} -> rows = store.best_configs(s, "
+                                           "kernel=ctx.key.kernel, kernel_version=None,"): _KEY_HASH,
+    ("search/finalize.py", "current_best", f"{_BEST_CONFIGS} -> rows = store.best_configs(s, "
+                                           "kernel_version=ctx.key.version,"): _KEY_HASH,
+    ("search/finalize.py", "current_best",
+     f"{_BEST_CONFIGS} key_hash=ctx.key.stable_hash, device_class_id=ctx.device_class_id) return next((b for b, _, "
+     "fp in rows if fp.id == ctx.fingerprint_id), None) -> rows = store.best_configs(s, kernel=ctx.key.kernel, "
+     "key_hash=ctx.key.stable_hash, device_class_id=ctx.device_class_id) return next((b for b, _, fp in rows if "
+     "fp.id == ctx.fingerprint_id), None)"): _KEY_HASH,
+    ("search/finalize.py", "finalize",
+     "kept = current is not None and (config_hash(best) == current.config_hash or ( -> kept = current is not None "
+     "and (config_hash(None) == current.config_hash or ("):
+        "equivalent: when the winner is the current best, the second test reads the same rounds for both, and "
+        "faster(x, x) is False: kept either way",
+    ("search/finalize.py", "finalize", "best_ms = med.get(current.config_hash, current.median_ms) -> "
+                                       "best_ms = med.get(current.config_hash, None)"): _KEPT,
+    ("search/finalize.py", "finalize", "best_ms = med.get(current.config_hash, current.median_ms) -> "
+                                       "best_ms = med.get(current.config_hash, )"): _KEPT,
+    ("search/finalize.py", "finalize", "timed.get(current.config_hash, ([], current.cv))[1], counted, current.id, "
+                                       "kept=True) -> timed.get(current.config_hash, None)[1], counted, current.id, "
+                                       "kept=True)"): _KEPT,
+    ("search/finalize.py", "finalize", "timed.get(current.config_hash, ([], current.cv))[1], counted, current.id, "
+                                       "kept=True) -> timed.get(current.config_hash, )[1], counted, current.id, "
+                                       "kept=True)"): _KEPT,
+    ("search/finalize.py", "leaders",
+     'if status == "ok" and median is not None and (h not in best or median < best[h][0]): -> if status == "ok" and '
+     'median is not None and (h not in best or median <= best[h][0]):'):
+        "equivalent: rows of one config hash are one configuration; which of two equal times is kept changes "
+        "neither the time nor the configuration",
+    ("search/finalize.py", "remeasure", "shift = r % len(configs) if configs else 0 -> "
+                                        "shift = r % len(configs) if configs else 1"):
+        "equivalent: with no configurations the shift only slices an empty list",
+}
 
 KILLED = {"killed", "timeout"}  # a mutant that makes a guarding test fail, or hang past mutmut's limit
 
@@ -107,19 +148,19 @@ def mutant_sources(mutated: Path) -> dict[str, list[str]]:
     return out
 
 
-def describe(sources: dict[str, list[str]], mutant: str, module: str, start: int) -> tuple[str, str, str, str]:
-    """(FILE:LINE, "before -> after", before, after) of a mutant: its function against mutmut's copy of
+def describe(sources: dict[str, list[str]], mutant: str, module: str, start: int) -> tuple[str, str]:
+    """(FILE:LINE, "before -> after") of a mutant: its function against mutmut's copy of
     the original, line by line (mutmut keeps the formatting, so line i of the body is start + 1 + i)."""
     name = mutant.rsplit(".", 1)[1]
     mutated, orig = sources.get(name, []), sources.get(re.sub(r"__mutmut_\d+$", "__mutmut_orig", name), [])
     changed = [i for i in range(max(len(orig), len(mutated)))
                if (orig[i] if i < len(orig) else None) != (mutated[i] if i < len(mutated) else None)]
     if not changed:
-        return f"{module}:{start}", "(no textual change found)", "", ""
+        return f"{module}:{start}", "(no textual change found)"
     first, last = changed[0], changed[-1] + 1
     before = " ".join(line.strip() for line in orig[first:last])
     after = " ".join(line.strip() for line in mutated[first:last])
-    return f"{module}:{start + 1 + first}", f"{before} -> {after}", before, after
+    return f"{module}:{start + 1 + first}", f"{before} -> {after}"
 
 
 def run_module(module: str, spec: Module, budget_s: float, children: int) -> tuple[dict, dict]:
@@ -153,8 +194,8 @@ def run_module(module: str, spec: Module, budget_s: float, children: int) -> tup
             if status in KILLED:
                 continue
             fn = function_of(m)
-            where, mutation, before, after = describe(sources, m, module, starts.get(fn, 1))
-            why = EXPLAINED.get((module, fn, before, after))
+            where, mutation = describe(sources, m, module, starts.get(fn, 1))
+            why = EXPLAINED.get((module, fn, mutation))
             if why is None:
                 why = {"no tests": f"not yet caught: no guarding test calls {fn} in the test process",
                        "not checked": "not yet caught: not run within the time budget"}.get(
@@ -170,7 +211,8 @@ def write_markdown(doc: dict) -> str:
     lines = ["# Mutation testing (bench/mutation.py, mutmut)", "",
              "Each module's mutants run against its guarding tests only; killed = a guarding test failed "
              "(or hung). A survivor is a change of the code that no guarding test notices: either a "
-             "test to write, or an equivalent mutant (explained).", "",
+             "test to write, or an equivalent mutant (explained). \"no tests\": no guarding test calls the "
+             "mutated function in the test process (only worker or CLI subprocesses do), counted as not caught.", "",
              "| module | killed / total | % | statuses | guarding tests | run |", "|---|---|---|---|---|---|"]
     for path, r in sorted(doc["modules"].items()):
         how = doc.get("runs", {}).get(path, {})
@@ -179,6 +221,9 @@ def write_markdown(doc: dict) -> str:
         run = f"{how.get('seconds', '?')} s" + ("" if how.get("complete", True) else ", budget spent")
         lines.append(f"| {path} | {r['killed']} / {r['total']} | {pct} | {statuses} | "
                      f"{', '.join(how.get('tests', []))} | {run} |")
+    missing = [m for m in MODULES if m not in doc["modules"]]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)}."]
     for path, r in sorted(doc["modules"].items()):
         explained = [s for s in r["survivors"] if s["why"].startswith("equivalent")]
         caught_not = [s for s in r["survivors"] if not s["why"].startswith("equivalent")]
