@@ -60,6 +60,8 @@ _KEY_HASH = ("equivalent: the key hash is a hash of the key's JSON, which holds 
              "so the key_hash filter already implies this one")
 _KEPT = ("equivalent: on the kept path the current best is always among the re-measured (it is the winner, or "
          "it was timed and not beaten), so the fallback is never read")
+_CLAIMED_AT = ("equivalent: the column's default (db/models.py TrialClaim.claimed_at, default=utcnow) stamps the "
+               "same time when none is given")
 _BEST_CONFIGS = "rows = store.best_configs(s, kernel=ctx.key.kernel, kernel_version=ctx.key.version,"
 EXPLAINED: dict[tuple[str, str, str], str] = {
     ("search/finalize.py", "current_best", f"{_BEST_CONFIGS} -> rows = store.best_configs(s, kernel=None, "
@@ -93,6 +95,10 @@ EXPLAINED: dict[tuple[str, str, str], str] = {
      'median is not None and (h not in best or median <= best[h][0]):'):
         "equivalent: rows of one config hash are one configuration; which of two equal times is kept changes "
         "neither the time nor the configuration",
+    ("db/store.py", "claim_config", "job_key_id=job_key_id, worker_id=worker_id, claimed_at=utcnow())) -> "
+                                    "job_key_id=job_key_id, worker_id=worker_id, claimed_at=None))"): _CLAIMED_AT,
+    ("db/store.py", "claim_config", "job_key_id=job_key_id, worker_id=worker_id, claimed_at=utcnow())) -> "
+                                    "job_key_id=job_key_id, worker_id=worker_id, ))"): _CLAIMED_AT,
     ("search/finalize.py", "remeasure", "shift = r % len(configs) if configs else 0 -> "
                                         "shift = r % len(configs) if configs else 1"):
         "equivalent: with no configurations the shift only slices an empty list",
