@@ -47,7 +47,13 @@ MODULES = {
     "db/store.py": Module(("tests/test_claims.py",), ("claim_config", "record_claimed_trial", "release_claims")),
     "search/studies.py": Module(("tests/test_claims.py",)),
     "workers/service.py": Module(("tests/test_trust.py",)),
-    "tuner/runtime/decorator.py": Module(("tests/test_runtime.py", "tests/test_misses.py", "tests/test_tuned.py")),
+    # in-process tests only: with the whole of test_runtime.py mutmut's first, clean run failed in the copy
+    "tuner/runtime/decorator.py": Module((
+        "tests/test_runtime.py::test_a_tuned_launch_by_position_or_by_keyword_gets_one_entry",
+        "tests/test_runtime.py::test_clear_cache_serves_the_new_source",
+        "tests/test_misses.py::test_misses_are_counted_on_every_path",
+        "tests/test_tuned.py::test_the_tutorial_softmax_is_served_through_a_key_mapping",
+        "tests/test_tuned.py::test_the_tutorial_layer_norm_is_served_through_a_key_function")),
     "tuner/runtime/cache.py": Module(("tests/test_runtime.py", "tests/test_runtime_safety.py", "tests/test_misses.py")),
     "tuner/formats/bundle.py": Module(("tests/test_runtime.py", "tests/test_vllm_formats.py")),
     "tuner/formats/vllm.py": Module(("tests/test_vllm_formats.py",)),
