@@ -111,6 +111,12 @@ def key_audit(engine, job: str) -> list[dict]:
     return out
 
 
+def dropped_results(logs: str) -> int:
+    """Measurements whose result was not stored (search/loop.py logs each): a configuration measured
+    again while another trial held it is one, which `key_audit`'s stored rows cannot show."""
+    return logs.count("its result is dropped")
+
+
 def redis_llen(broker_url: str, queue: str) -> int:
     """Messages waiting in a Celery queue on Redis."""
     import redis

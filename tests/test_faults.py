@@ -5,7 +5,6 @@ The kernels are the tests' trivial one and tests/kernels/slow.py (`slow`: a laun
 N milliseconds plus P*Q; `nofinal`: a finalization that always fails).
 """
 import json
-import time
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -13,6 +12,7 @@ from sqlalchemy import create_engine, text
 from tests.services import (
     WorkerProc,
     database_outage,
+    dropped_results,
     key_audit,
     pg_database,
     redis_llen,
@@ -81,11 +81,18 @@ def wait_done(engine, job, timeout=240, states=("done",)):
     assert state in states, (state, error)
 
 
-def test_a_killed_worker_s_trial_is_failed_and_proposed_again(fleet):
+def test_a_killed_worker_s_trial_is_failed_and_proposed_again(fleet, tmp_path):
     """Item 1: the in-flight trial of a worker killed with SIGKILL does not stay RUNNING (a phantom
     point for constant-liar TPE): Optuna's heartbeat finds it dead, it is failed, and its
-    configuration is proposed again and measured."""
-    (victim,) = fleet["workers"](1)
+    configuration is proposed again and measured. The worker is killed once its benchmark process
+    has started launching the trial (tests/kernels/slow.py leaves a file at each launch; each of the
+    trial's launches sleeps 0.8 s), and the trial measured again is the one Optuna's callback
+    enqueued for the dead one (a sampler proposing the same configuration anew proves nothing)."""
+    from tests.kernels.slow import MARKS
+
+    marks = tmp_path / MARKS
+    marks.mkdir()
+    (victim,) = fleet["workers"](1, TMPDIR=str(tmp_path))
     engine = fleet["engine"]
     job = submit(fleet["env"], "slow", 800, 3, "--parallel", "1", "--sampler", "random")  # a trial: 4 x 0.8 s
 
@@ -100,10 +107,15 @@ def test_a_killed_worker_s_trial_is_failed_and_proposed_again(fleet):
                 "JOIN job_keys k ON k.study_name = s.study_name WHERE k.job_id = :j AND t.state = 'RUNNING' "
                 "GROUP BY t.number"), {"j": job}).first()
 
-    wait_for(lambda: running_trial() is not None, 120, "a trial in flight")
-    time.sleep(1)  # its measurement under way
-    number, p, q = running_trial()
+    wait_for(lambda: any(marks.iterdir()), 120, "the benchmark process to launch a trial", poll_s=0.05)
     victim.kill()
+    # a killed worker changes nothing more: the trial RUNNING now is the one it ran, and the marks
+    # show that it was launched (categorical params are stored as the index of the value)
+    running = running_trial()
+    assert running is not None, "the worker was killed between two trials, not during one"
+    number, p, q = running
+    launched = {m.name.split("-", 1)[1] for m in marks.iterdir()}
+    assert f"P{int(p) + 1}-Q{int(q) + 1}" in launched, (launched, p, q)
     fleet["workers"](1)  # a new worker takes the key over once the janitor finds it stalled
     wait_done(engine, job)
     (key,) = key_audit(engine, job)
@@ -113,23 +125,30 @@ def test_a_killed_worker_s_trial_is_failed_and_proposed_again(fleet):
         killed = c.execute(text("SELECT t.state FROM trials t JOIN studies s ON s.study_id = t.study_id "
                                 "WHERE s.study_name = :s AND t.number = :n"),
                            {"s": key["study_name"], "n": number}).scalar()
-        # the killed configuration (categorical params are stored as the index of the value)
         again = c.execute(text("SELECT count(*) FROM tuning_trials WHERE job_id = :j AND status = 'ok' AND "
                                "config->>'P' = :p AND config->>'Q' = :q"),
                           {"j": job, "p": str(int(p) + 1), "q": str(int(q) + 1)}).scalar()
+        retried = c.execute(text("SELECT t.state FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                                 "JOIN trial_system_attributes a ON a.trial_id = t.trial_id "
+                                 "WHERE s.study_name = :s AND a.key = 'failed_trial' AND a.value_json = :n"),
+                            {"s": key["study_name"], "n": str(number)}).scalars().all()
     assert killed == "FAIL"
-    assert again == 1, "the dead worker's configuration was not proposed again"
+    assert retried == ["COMPLETE"], "the dead worker's trial was not enqueued again and measured"
+    assert again == 1, "the dead worker's configuration was not measured again"
 
 
 def test_three_workers_on_one_key_never_measure_a_configuration_twice(fleet):
     """Item 2: workers see each other's trials in flight. `grid` follows one seeded order, so
     without that all three propose the same configuration at once."""
     fleet["workers"](3)
+    dropped = dropped_results(fleet["logs"]())
     job = submit(fleet["env"], "trivial", 1001, 24, "--parallel", "3", "--sampler", "grid", seed=5)
     wait_done(fleet["engine"], job)
     (key,) = key_audit(fleet["engine"], job)
     assert key["duplicated"] == 0, key
     assert 24 <= key["counted"] <= 24 + 3, key
+    # measurements, not stored rows: a second measurement of a configuration is dropped when stored
+    assert dropped_results(fleet["logs"]()) == dropped
     with fleet["engine"].connect() as c:
         workers = c.execute(text("SELECT count(DISTINCT worker_id) FROM tuning_trials WHERE job_id = :j"),
                             {"j": job}).scalar()

@@ -208,3 +208,133 @@ def test_a_miss_no_worker_of_its_class_could_hold_is_skipped_with_the_reason_tun
     table = run_tuner(["retune", "--misses", "--dry-run"], home)
     assert table.returncode == 0
     assert "skipped matmul M=200000,N=200000,K=200000 float16 on h100-sxm-80gb: matmul" in table.stderr
+
+
+def _file_counts(path) -> dict[int, int]:
+    """N -> launches counted, summed over the records of a JSON-lines miss file."""
+    out: dict[int, int] = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        out[r["key"]["dims"]["N"]] = out.get(r["key"]["dims"]["N"], 0) + r["count"]
+    return out
+
+
+def test_misses_are_counted_on_every_path(live_env, monkeypatch, tmp_path):  # noqa: F811
+    """Each launch served from a fallback level counts once, whichever way it looks its
+    configuration up: lookup(), a bound lookup (whose warm path is its own code) and @tuned (by
+    position, and by keyword), first launch and warm ones alike."""
+    import torch
+
+    from tests.kernels.tiles import tile_kernel
+    from tuner.runtime import tuned
+
+    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=64), {"BLOCK": 64, "num_warps": 4}, _live_fp())])
+    misses = tmp_path / "m.jsonl"
+    _counting(monkeypatch, live_env, TUNER_CONFIG_BUNDLE=str(tmp_path / "b.json"), TUNER_MISS_FILE=str(misses))
+    get = runtime.bind("tiles", "N", "dtype")
+    kernel = tuned("tiles", key=["N"], dtype_arg="out_ptr")(tile_kernel)
+    out, seen = torch.empty(8, dtype=torch.float32), torch.zeros(8, dtype=torch.int64)
+    launches = {100: 3, 200: 4, 300: 5, 400: 6}
+    for _ in range(launches[100]):
+        runtime.lookup("tiles", N=100, dtype="float32")
+    for _ in range(launches[200]):
+        get(200, "float32")
+    for _ in range(launches[300]):
+        kernel.config_for((out, seen, 300), {})
+    for _ in range(launches[400]):
+        kernel.config_for((out,), {"seen_ptr": seen, "N": 400})
+    for _ in range(5):
+        get(64, "float32")  # exact: never a miss
+    assert runtime.flush_misses() == len(launches)
+    assert _file_counts(misses) == launches
+
+
+def test_retune_of_misses_queues_the_most_frequent_keys_first(tmp_path):
+    """`tuner retune --misses --top 2` picks, per class, the two keys served most often from a
+    fallback level, their counts summed over levels (a key seen at two levels outranks one seen
+    more often at one)."""
+    from tests import rows
+    from tuner.misses import retune_misses
+    from tuner.settings import from_env
+
+    url = rows.schema(f"sqlite:///{tmp_path}/t.db")
+    rows.live_worker(url, "w1", "h100-sxm-80gb")
+    now = datetime.now(timezone.utc)
+    counts = {10: {"nearest": 5, "default": 4}, 20: {"nearest": 7}, 30: {"nearest": 3}, 40: {"default": 6}}
+    records = []
+    for n, levels in counts.items():
+        key = _key("tiles", N=n)
+        for level, count in levels.items():
+            records.append({"kernel": "tiles", "kernel_version": key.version, "key_hash": key.stable_hash,
+                            "key": key.to_json(), "dtype": "float32", "device_class": "h100-sxm-80gb",
+                            "fingerprint": "f" * 16, "level": level, "count": count, "first_seen": now, "last_seen": now})
+    with session_scope(url) as s:
+        store.record_misses(s, records)
+    total = {n: sum(levels.values()) for n, levels in counts.items()}
+    want = sorted(total, key=total.get, reverse=True)[:2]
+    # what `tuner retune --misses --top 2 --dry-run --json` prints (its subprocess costs 10 s here)
+    out = retune_misses(from_env({"TUNER_DB_URL": url, "TUNER_HOME": str(tmp_path)}), None, None, 2, None, True)
+    assert [(j["key"]["N"], j["count"]) for j in out["jobs"]] == [(n, total[n]) for n in want]
+    assert sorted(j["key"]["N"] for j in out["skipped"]) == sorted(set(counts) - set(want))
+    assert all("beyond the top 2" in j["reason"] for j in out["skipped"])
+
+
+def _miss(kernel_version, n, device_class, count, kernel="tiles"):
+    key = _key("tiles", N=n)
+    key_json = {**key.to_json(), "kernel": kernel, "version": kernel_version}
+    now = datetime.now(timezone.utc)
+    own = (kernel, kernel_version) == ("tiles", key.version)
+    return {"kernel": kernel, "kernel_version": kernel_version,
+            "key_hash": key.stable_hash if own else f"{kernel}{n}".ljust(16, "0"), "key": key_json,
+            "dtype": "float32", "device_class": device_class, "fingerprint": "f" * 16, "level": "nearest",
+            "count": count, "first_seen": now, "last_seen": now}
+
+
+def test_misses_become_jobs_only_where_a_worker_can_tune_them(tmp_path):
+    """Each missed key becomes one job of kind `miss` on its class, with a message a worker of the
+    class takes, unless no live worker of the class exists, a job for it is open, it is tuned
+    under a stack live workers run, its kernel version is not the registered one, it has too few
+    misses or the kernel is not registered; a second run queues nothing twice, and a run that
+    finds the lease taken queues nothing."""
+    from db import models
+    from tests import rows
+    from workers.misses import LOCK, enqueue_misses
+
+    url = rows.schema(f"sqlite:///{tmp_path}/t.db")
+    rows.live_worker(url, "w1", "h100-sxm-80gb")
+    version = _key("tiles", N=1).version
+    with session_scope(url) as s:
+        store.record_misses(s, [_miss(version, 10, "h100-sxm-80gb", 9), _miss(version, 20, "h100-sxm-80gb", 1),
+                                _miss(version, 30, "mi300x", 5), _miss("0ld", 40, "h100-sxm-80gb", 4),
+                                _miss(version, 50, "h100-sxm-80gb", 6), _miss("v", 60, "h100-sxm-80gb", 3, "nosuch")])
+    rows.best(url, "h100-sxm-80gb", {"N": 50}, 1.0, kernel="tiles", dtype="float32", config={"BLOCK": 32, "num_warps": 4})
+    sent = []
+
+    def run(**kw):
+        return enqueue_misses(url, sent.append, holder="test", dead_after_s=60, trials=6, top=10, min_count=2,
+                              batch_trials=4, **kw)
+
+    out = run()
+    assert [(j["key"]["N"], j["count"], j["device_class"]) for j in out["jobs"]] == [(10, 9, "h100-sxm-80gb")]
+    why = {j["key"]["N"]: j["reason"] for j in out["skipped"]}
+    assert set(why) == {30, 40, 50, 60}  # N=20 has fewer misses than --min-count
+    assert "no live worker of class mi300x" in why[30]
+    assert "version 0ld" in why[40] and "tuned under a stack live workers run" in why[50]
+    assert "kernel nosuch is not registered" in why[60]
+    with session_scope(url) as s:
+        job = s.get(models.Job, out["jobs"][0]["job"])
+        (key_row,) = s.query(models.JobKey).filter_by(job_id=job.id).all()
+        assert (job.kind, job.sampler, job.budget_trials, job.device_selector) == ("miss", "auto", 6, "h100-sxm-80gb")
+        assert job.request["misses"]["count"] == 9 and job.request["batch_trials"] == 4
+        assert key_row.key["dims"] == {"N": 10} and key_row.key_hash == _key("tiles", N=10).stable_hash
+    # 6 trials in batches of 4: two batches, one message each (parallel 2), to the class's queue
+    assert [(m.job_id, m.job_key_id, m.budget_trials, m.batch_trials, m.queue) for m in sent] == \
+        [(job.id, key_row.id, 6, 4, "tune.h100-sxm-80gb")] * 2
+    again = run()
+    assert again["jobs"] == [] and len(sent) == 2
+    assert "already queued or running" in {j["key"]["N"]: j["reason"] for j in again["skipped"]}[10]
+    with session_scope(url) as s:
+        assert store.acquire_lock(s, LOCK, "someone else", ttl_s=300)
+    locked = run()
+    assert locked["locked_by_other"] and locked["jobs"] == [] and len(sent) == 2
+    assert run(dry_run=True)["skipped"]  # a dry run reads without the lease

@@ -108,7 +108,12 @@ def test_a_tuned_launch_by_position_or_by_keyword_gets_one_entry(live_env):
     assert kernel.config_for((out,), {"seen_ptr": seen, "N": 256}) is by_position
     assert runtime.lookup("tiles", N=256, dtype="float32") is by_position
     assert len(CACHE) == 1
-    assert kernel.config_for((out.double(), seen, 256), {}) is not by_position  # the dtype is the key's
+    as_double = kernel.config_for((out.double(), seen, 256), {})  # the dtype is the key's
+    assert as_double is not by_position
+    # the second launch of the new dtype takes the fast path: it must key by that dtype too
+    assert kernel.config_for((out.double(), seen, 256), {}) is as_double
+    assert runtime.lookup("tiles", N=256, dtype="float64") is as_double
+    assert len(CACHE) == 2
 
 
 def test_unreadable_sources_serve_defaults_with_one_warning(live_env, monkeypatch, tmp_path, caplog):
@@ -188,9 +193,34 @@ def test_every_launch_runs_the_tiles_its_grid_was_computed_for(live_env, monkeyp
         seen.zero_()
         kernel[grid](out, seen, 256)
         programs = triton.cdiv(256, blocks[0])
-        if set(seen[:programs].tolist()) != {blocks[0]} or not torch.equal(out, torch.arange(256.0)):
+        if blocks[0] != (16, 128)[i % 2]:  # the new bundle's tiles, not the cached ones
+            wrong.append((i, "stale", blocks[0]))
+        elif set(seen[:programs].tolist()) != {blocks[0]} or not torch.equal(out, torch.arange(256.0)):
             wrong.append((i, blocks[0], seen[:programs].tolist()))
     assert wrong == [], f"{len(wrong)} of 200 launches ran other tiles than their grid's: {wrong[:3]}"
+
+
+def test_clear_cache_serves_the_new_source(live_env, monkeypatch, tmp_path):
+    """After a retune the bundle changes and clear_cache() is called: every lookup after it, by
+    keyword, through bind() and through @tuned, serves the new bundle's configuration."""
+    import torch
+
+    from tests.kernels.tiles import tile_kernel
+    from tuner.runtime import tuned
+
+    key, fp = _key("tiles", N=256), _live_fp()
+    bundle = tmp_path / "tiles.json"
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(bundle))
+    get = runtime.bind("tiles", "N", "dtype")
+    kernel = tuned("tiles", key=["N"], dtype_arg="out_ptr")(tile_kernel)
+    out, seen = torch.empty(256, dtype=torch.float32), torch.zeros(16, dtype=torch.int64)
+    for block in (16, 128, 32, 64, 16):
+        config = {"BLOCK": block, "num_warps": 1}
+        _write_bundle(bundle, [_entry(key, config, fp)])
+        runtime.clear_cache()
+        assert runtime.lookup("tiles", N=256, dtype="float32") == config
+        assert get(256, "float32") == config
+        assert kernel.config_for((out, seen, 256), {}) == config
 
 
 def test_a_returned_configuration_is_read_only(live_env):

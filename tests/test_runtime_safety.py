@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -111,12 +112,22 @@ def test_a_miss_never_waits_on_a_source_that_hangs(live_env, monkeypatch, stuck_
     """A launch waits at most the deadline for its answer, then serves the default; another
     thread's miss meanwhile is not queued behind a lock; the answer is used once it comes. (The
     old runtime held one lock across the read: both lookups would hang with the source.)"""
-    monkeypatch.setenv("TUNER_RUNTIME_DEADLINE_MS", "100")
+    deadline_s = 0.2
+    monkeypatch.setenv("TUNER_RUNTIME_DEADLINE_MS", str(int(deadline_s * 1000)))
     live_env()
-    first, got = _in_thread(lambda: runtime.lookup("tiles", N=100, dtype="float32"))
+    runtime.lookup("tiles", N=64, dtype="float16")  # the process's state made (settings, probe), without the source
+
+    def timed():
+        t0 = time.monotonic()
+        return runtime.lookup("tiles", N=100, dtype="float32"), time.monotonic() - t0
+
+    first, got = _in_thread(timed)
     first.join(60)
     assert not first.is_alive(), "a lookup hung with its source"
-    assert got[0] == {"BLOCK": 16, "num_warps": 1}
+    config, waited_s = got[0]
+    assert config == {"BLOCK": 16, "num_warps": 1}
+    # a generous bound (a loaded machine), which a wait of many deadlines still fails
+    assert waited_s < 10 * deadline_s, f"the launch waited {waited_s:.2f} s for a deadline of {deadline_s} s"
     assert "waiting for bundle" in runtime.explain("tiles", N=100, dtype="float32").reason
     second, other = _in_thread(lambda: runtime.lookup("tiles", N=200, dtype="float32"))
     second.join(60)

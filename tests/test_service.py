@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 
 from tests.services import (
     WorkerProc,
+    dropped_results,
     key_audit,
     pg_database,
     redis_llen,
@@ -110,6 +111,8 @@ def assert_sound(engine, job, budget, in_flight=2):
 
 def test_workers_cooperate_on_one_study(stack):
     stack["ensure"](2)
+    logs = lambda: "".join(w.text() for w in stack["workers"])  # noqa: E731
+    dropped = dropped_results(logs())
     job = submit(stack["env"], "--parallel", "2", trials=18)
     st = wait_state(stack["env"], job)
     assert st["state"] == "done", st
@@ -117,6 +120,7 @@ def test_workers_cooperate_on_one_study(stack):
     assert 18 <= key["trials_done"] <= 18 + 3
     assert len(key["workers"]) == 2, key["workers"]
     assert_sound(stack["engine"], job, 18)
+    assert dropped_results(logs()) == dropped  # no configuration measured twice
 
 
 

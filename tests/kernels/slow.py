@@ -2,18 +2,30 @@
 
 - `slow`: the trivial copy, with every launch sleeping N milliseconds (N is the key) plus P*Q
   milliseconds, so a trial can be made to outlast the janitor's stall time, and a configuration's
-  time is known in advance (P=Q=1 is the fastest);
+  time is known in advance (P=Q=1 is the fastest); while a folder MARKS exists in the process's
+  temporary directory (TMPDIR, which a test sets for its worker), each launch first leaves a file
+  there naming its process and configuration, so a test knows when a trial is being measured;
 - `nofinal`: the trivial copy whose `default()` raises, which only the final re-measurement calls
   (with `--sampler random`, whose seeds are empty): a finalization that fails every time.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+from pathlib import Path
 
 from search_spaces.base import Config, LazyTorch, Target, TuningKey
 from tests.kernels.trivial import Trivial
 
 torch = LazyTorch(globals())  # as the built-ins: a worker's main process never imports torch
+MARKS = "tuner-slow-launches"
+
+
+def _mark(config: Config) -> None:
+    folder = Path(tempfile.gettempdir()) / MARKS
+    if folder.is_dir():
+        (folder / f"{os.getpid()}-P{config['P']}-Q{config['Q']}").touch()
 
 
 class Slow(Trivial):
@@ -30,6 +42,7 @@ class Slow(Trivial):
 
     def launch(self, config: Config, inputs) -> torch.Tensor:
         x, base_s = inputs
+        _mark(config)
         time.sleep(base_s + config["P"] * config["Q"] * 1e-3)
         return x.clone()
 

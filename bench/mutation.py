@@ -1,0 +1,275 @@
+"""Mutation testing of the modules that carry the README's guarantees, with mutmut (slow: not in CI).
+
+Each module's mutants run against the tests that guard it (MODULES), within a time budget per
+module, in a scratch copy of the repository: mutmut writes its mutants under ./mutants and reads
+[tool.mutmut] from ./pyproject.toml, so the copy gets its own and the checkout stays clean.
+mutmut runs, for each mutant, only the guarding tests that call the mutated function in the test
+process (it traces them once first); a function reached only from a worker or CLI subprocess has
+"no tests" here, which is reported as not caught, never as killed.
+
+Results go to bench/results/mutation.json, {"modules": {PATH: {"killed", "total", "survivors":
+[{"where": "FILE:LINE", "mutation", "why"}]}}} (a module that was not run keeps its last
+record), and a summary to bench/results/mutation.md. A survivor's "why" comes from EXPLAINED
+(an equivalent mutant, and why it changes no behaviour), else "not yet caught".
+
+    python bench/mutation.py --modules search/finalize.py,workers/misses.py --budget-s 600
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+MUTMUT = Path(sys.executable).parent / "mutmut"
+
+
+@dataclass(frozen=True)
+class Module:
+    tests: tuple[str, ...]  # pytest arguments selecting the guarding tests
+    functions: tuple[str, ...] = ()  # only these functions' mutants count (all when empty)
+
+
+MODULES = {
+    "search/finalize.py": Module(("tests/test_finalize.py",)),
+    "workers/misses.py": Module(("tests/test_misses.py::test_retune_of_misses_queues_the_most_frequent_keys_first",
+                                 "tests/test_misses.py::test_misses_become_jobs_only_where_a_worker_can_tune_them")),
+    "db/store.py": Module(("tests/test_claims.py",), ("claim_config", "record_claimed_trial", "release_claims")),
+    "search/studies.py": Module(("tests/test_claims.py",)),
+    "workers/service.py": Module(("tests/test_trust.py",)),
+    # in-process tests only: with the whole of test_runtime.py mutmut's first, clean run failed in the copy
+    "tuner/runtime/decorator.py": Module((
+        "tests/test_runtime.py::test_a_tuned_launch_by_position_or_by_keyword_gets_one_entry",
+        "tests/test_runtime.py::test_clear_cache_serves_the_new_source",
+        "tests/test_misses.py::test_misses_are_counted_on_every_path",
+        "tests/test_tuned.py::test_the_tutorial_softmax_is_served_through_a_key_mapping",
+        "tests/test_tuned.py::test_the_tutorial_layer_norm_is_served_through_a_key_function")),
+    "tuner/runtime/cache.py": Module(("tests/test_runtime.py", "tests/test_runtime_safety.py", "tests/test_misses.py")),
+    "tuner/formats/bundle.py": Module(("tests/test_runtime.py", "tests/test_vllm_formats.py")),
+    "tuner/formats/vllm.py": Module(("tests/test_vllm_formats.py",)),
+    "tuner/formats/sglang.py": Module(("tests/test_vllm_formats.py",)),
+    "tuner/formats/vllm_lora.py": Module(("tests/test_llm_kernels.py",)),
+}
+
+# (module, function, "before -> after" as the report writes it) -> why the mutant changes no behaviour
+_KEY_HASH = ("equivalent: the key hash is a hash of the key's JSON, which holds the kernel and its version, "
+             "so the key_hash filter already implies this one")
+_KEPT = ("equivalent: on the kept path the current best is always among the re-measured (it is the winner, or "
+         "it was timed and not beaten), so the fallback is never read")
+_CLAIMED_AT = ("equivalent: the column's default (db/models.py TrialClaim.claimed_at, default=utcnow) stamps the "
+               "same time when none is given")
+_BEST_CONFIGS = "rows = store.best_configs(s, kernel=ctx.key.kernel, kernel_version=ctx.key.version,"
+EXPLAINED: dict[tuple[str, str, str], str] = {
+    ("search/finalize.py", "current_best", f"{_BEST_CONFIGS} -> rows = store.best_configs(s, kernel=None, "
+                                           "kernel_version=ctx.key.version,"): _KEY_HASH,
+    ("search/finalize.py", "current_best", f"{_BEST_CONFIGS} -> rows = store.best_configs(s, "
+                                           "kernel=ctx.key.kernel, kernel_version=None,"): _KEY_HASH,
+    ("search/finalize.py", "current_best", f"{_BEST_CONFIGS} -> rows = store.best_configs(s, "
+                                           "kernel_version=ctx.key.version,"): _KEY_HASH,
+    ("search/finalize.py", "current_best",
+     f"{_BEST_CONFIGS} key_hash=ctx.key.stable_hash, device_class_id=ctx.device_class_id) return next((b for b, _, "
+     "fp in rows if fp.id == ctx.fingerprint_id), None) -> rows = store.best_configs(s, kernel=ctx.key.kernel, "
+     "key_hash=ctx.key.stable_hash, device_class_id=ctx.device_class_id) return next((b for b, _, fp in rows if "
+     "fp.id == ctx.fingerprint_id), None)"): _KEY_HASH,
+    ("search/finalize.py", "finalize",
+     "kept = current is not None and (config_hash(best) == current.config_hash or ( -> kept = current is not None "
+     "and (config_hash(None) == current.config_hash or ("):
+        "equivalent: when the winner is the current best, the second test reads the same rounds for both, and "
+        "faster(x, x) is False: kept either way",
+    ("search/finalize.py", "finalize", "best_ms = med.get(current.config_hash, current.median_ms) -> "
+                                       "best_ms = med.get(current.config_hash, None)"): _KEPT,
+    ("search/finalize.py", "finalize", "best_ms = med.get(current.config_hash, current.median_ms) -> "
+                                       "best_ms = med.get(current.config_hash, )"): _KEPT,
+    ("search/finalize.py", "finalize", "timed.get(current.config_hash, ([], current.cv))[1], counted, current.id, "
+                                       "kept=True) -> timed.get(current.config_hash, None)[1], counted, current.id, "
+                                       "kept=True)"): _KEPT,
+    ("search/finalize.py", "finalize", "timed.get(current.config_hash, ([], current.cv))[1], counted, current.id, "
+                                       "kept=True) -> timed.get(current.config_hash, )[1], counted, current.id, "
+                                       "kept=True)"): _KEPT,
+    ("search/finalize.py", "leaders",
+     'if status == "ok" and median is not None and (h not in best or median < best[h][0]): -> if status == "ok" and '
+     'median is not None and (h not in best or median <= best[h][0]):'):
+        "equivalent: rows of one config hash are one configuration; which of two equal times is kept changes "
+        "neither the time nor the configuration",
+    ("db/store.py", "claim_config", "job_key_id=job_key_id, worker_id=worker_id, claimed_at=utcnow())) -> "
+                                    "job_key_id=job_key_id, worker_id=worker_id, claimed_at=None))"): _CLAIMED_AT,
+    ("db/store.py", "claim_config", "job_key_id=job_key_id, worker_id=worker_id, claimed_at=utcnow())) -> "
+                                    "job_key_id=job_key_id, worker_id=worker_id, ))"): _CLAIMED_AT,
+    ("search/finalize.py", "remeasure", "shift = r % len(configs) if configs else 0 -> "
+                                        "shift = r % len(configs) if configs else 1"):
+        "equivalent: with no configurations the shift only slices an empty list",
+}
+
+KILLED = {"killed", "timeout"}  # a mutant that makes a guarding test fail, or hang past mutmut's limit
+
+
+def scratch_copy(work: Path, module: str, spec: Module) -> None:
+    """The tracked files (the working tree's versions) and a pyproject.toml that configures mutmut."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        src = ROOT / name
+        if src.is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, work / name)
+    packages = sorted({Path(n).parts[0] for n in files.decode().split("\0") if n.endswith(".py") and "/" in n})
+    config = {"source_paths": [module], "also_copy": packages,
+              "pytest_add_cli_args": ["-p", "no:cacheprovider", "-p", "no:xdist", "-x", "-q"],
+              "pytest_add_cli_args_test_selection": list(spec.tests)}
+    lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in config.items()]
+    with open(work / "pyproject.toml", "a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def function_of(mutant: str) -> str:
+    """`search.finalize.x_faster__mutmut_3` -> faster; `...xǁClassǁmethod__mutmut_1` -> Class.method."""
+    tail = mutant.rsplit(".", 1)[1]
+    tail = re.sub(r"__mutmut_\d+$", "", tail)
+    return ".".join(p for p in tail.split("ǁ")[1:]) if tail.startswith("xǁ") else tail[2:]
+
+
+def def_lines(path: Path) -> dict[str, int]:
+    """Function (and Class.method) -> the line of its `def`."""
+    out: dict[str, int] = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            out[node.name] = node.lineno
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    out[f"{node.name}.{item.name}"] = item.lineno
+    return out
+
+
+def mutant_sources(mutated: Path) -> dict[str, list[str]]:
+    """Each function of mutmut's mutated module (its mutants and the `__mutmut_orig` copy) -> its lines."""
+    text = mutated.read_text()
+    out: dict[str, list[str]] = {}
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "__mutmut_" in node.name:
+            out[node.name] = (ast.get_source_segment(text, node) or "").splitlines()[1:]  # the body, def left out
+    return out
+
+
+def describe(sources: dict[str, list[str]], mutant: str, module: str, start: int) -> tuple[str, str]:
+    """(FILE:LINE, "before -> after") of a mutant: its function against mutmut's copy of
+    the original, line by line (mutmut keeps the formatting, so line i of the body is start + 1 + i)."""
+    name = mutant.rsplit(".", 1)[1]
+    mutated, orig = sources.get(name, []), sources.get(re.sub(r"__mutmut_\d+$", "__mutmut_orig", name), [])
+    changed = [i for i in range(max(len(orig), len(mutated)))
+               if (orig[i] if i < len(orig) else None) != (mutated[i] if i < len(mutated) else None)]
+    if not changed:
+        return f"{module}:{start}", "(no textual change found)"
+    first, last = changed[0], changed[-1] + 1
+    before = " ".join(line.strip() for line in orig[first:last])
+    after = " ".join(line.strip() for line in mutated[first:last])
+    return f"{module}:{start + 1 + first}", f"{before} -> {after}"
+
+
+def run_module(module: str, spec: Module, budget_s: float, children: int) -> tuple[dict, dict]:
+    """The module's record in the issue's schema (killed, total, survivors), and how it was run."""
+    with tempfile.TemporaryDirectory(prefix="tuner-mutation-") as tmp:
+        work = Path(tmp)
+        scratch_copy(work, module, spec)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TUNER_")}
+        env["TUNER_HOME"] = str(work / ".tuner")
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.run([str(MUTMUT), "run", "--max-children", str(children)], cwd=work, env=env,
+                                  capture_output=True, text=True, timeout=budget_s)
+            complete, tail = proc.returncode == 0, proc.stdout[-400:] + proc.stderr[-400:]
+        except subprocess.TimeoutExpired:
+            complete, tail = False, f"stopped after the budget of {budget_s:.0f} s"
+        elapsed = time.monotonic() - t0
+        meta = work / "mutants" / (module + ".meta")
+        if not meta.exists():
+            raise SystemExit(f"mutmut produced no results for {module}: {tail}")
+        sys.path.insert(0, str(work))
+        from mutmut.stats import status_by_exit_code
+
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        starts = def_lines(ROOT / module)
+        sources = mutant_sources(work / "mutants" / module)
+        counted = {m: c for m, c in codes.items() if not spec.functions or function_of(m) in spec.functions}
+        statuses = {m: status_by_exit_code[c] for m, c in counted.items()}
+        survivors = []
+        for m, status in sorted(statuses.items(), key=lambda t: (function_of(t[0]), int(t[0].rsplit("_", 1)[1]))):
+            if status in KILLED:
+                continue
+            fn = function_of(m)
+            where, mutation = describe(sources, m, module, starts.get(fn, 1))
+            why = EXPLAINED.get((module, fn, mutation))
+            if why is None:
+                why = {"no tests": f"not yet caught: no guarding test calls {fn} in the test process",
+                       "not checked": "not yet caught: not run within the time budget"}.get(
+                    status, "not yet caught" + ("" if status == "survived" else f" ({status})"))
+            survivors.append({"where": where, "mutation": mutation, "why": why})
+        result = {"killed": sum(s in KILLED for s in statuses.values()), "total": len(statuses), "survivors": survivors}
+        run = {"tests": list(spec.tests), "seconds": round(elapsed), "complete": complete,
+               "statuses": {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}}
+        return result, run
+
+
+def write_markdown(doc: dict) -> str:
+    lines = ["# Mutation testing (bench/mutation.py, mutmut)", "",
+             "Each module's mutants run against its guarding tests only; killed = a guarding test failed "
+             "(or hung). A survivor is a change of the code that no guarding test notices: either a "
+             "test to write, or an equivalent mutant (explained). \"no tests\": no guarding test calls the "
+             "mutated function in the test process (only worker or CLI subprocesses do), counted as not caught.", "",
+             "| module | killed / total | % | statuses | guarding tests | run |", "|---|---|---|---|---|---|"]
+    for path, r in sorted(doc["modules"].items()):
+        how = doc.get("runs", {}).get(path, {})
+        pct = f"{100 * r['killed'] / r['total']:.0f}%" if r["total"] else "-"
+        statuses = ", ".join(f"{k} {v}" for k, v in how.get("statuses", {}).items())
+        run = f"{how.get('seconds', '?')} s" + ("" if how.get("complete", True) else ", budget spent")
+        lines.append(f"| {path} | {r['killed']} / {r['total']} | {pct} | {statuses} | "
+                     f"{', '.join(how.get('tests', []))} | {run} |")
+    missing = [m for m in MODULES if m not in doc["modules"]]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)}."]
+    for path, r in sorted(doc["modules"].items()):
+        explained = [s for s in r["survivors"] if s["why"].startswith("equivalent")]
+        caught_not = [s for s in r["survivors"] if not s["why"].startswith("equivalent")]
+        lines += ["", f"## {path}", f"{len(explained)} equivalent, {len(caught_not)} not yet caught.", ""]
+        lines += [f"- `{s['where']}` `{s['mutation'][:160]}`: {s['why']}" for s in r["survivors"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Mutation testing of the guarantee-carrying modules (mutmut).")
+    ap.add_argument("--modules", default=",".join(MODULES), help="comma-separated module paths (default: all of "
+                    "MODULES, in order)")
+    ap.add_argument("--budget-s", type=float, default=600, help="wall-clock seconds per module (default 600)")
+    ap.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1: a shared machine)")
+    ap.add_argument("--results", type=Path, default=RESULTS / "mutation.json")
+    args = ap.parse_args()
+    chosen = [m.strip() for m in args.modules.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in MODULES]
+    if unknown:
+        ap.error(f"unknown module {unknown[0][:80]!r}: choose among {', '.join(MODULES)}")
+    if not MUTMUT.exists():
+        ap.error(f"mutmut is not installed next to {sys.executable}: pip install 'mutmut>=3.8'")
+    doc = json.loads(args.results.read_text()) if args.results.exists() else {}
+    doc.setdefault("modules", {})
+    doc.setdefault("runs", {})  # beside the issue's schema: which tests, how long, mutmut's statuses
+    for module in chosen:
+        print(f"{module}: mutants against {', '.join(MODULES[module].tests)} (budget {args.budget_s:.0f} s)", flush=True)
+        doc["modules"][module], doc["runs"][module] = run_module(module, MODULES[module], args.budget_s,
+                                                                 args.max_children)
+        r = doc["modules"][module]
+        print(f"  killed {r['killed']} of {r['total']} in {doc['runs'][module]['seconds']} s", flush=True)
+        args.results.write_text(json.dumps(doc, indent=1) + "\n")
+        args.results.with_suffix(".md").write_text(write_markdown(doc))
+
+
+if __name__ == "__main__":
+    main()
