@@ -16,8 +16,10 @@ from devices.probe import probe
 from harness.protocol import Measurement
 from search_spaces import registry
 from tuner.database import upgrade_schema
+from tuner import settings as settings_mod
+from tuner.worker import worker_config
 from workers.batch import batch_message
-from workers.service import WorkerConfig, WorkerService
+from workers.service import WorkerService
 
 
 def _trials(url: str, job: str) -> int:
@@ -31,7 +33,7 @@ def service(tmp_path):
     upgrade_schema(url)
     dc, _ = probe("cpu")
     sent: list = []
-    svc = WorkerService(WorkerConfig(db_url=url, device="cpu", name="w@test"), dc, live_fingerprint(dc), sent.append)
+    svc = WorkerService(worker_config(settings_mod.get(), url, "cpu", "w@test"), dc, live_fingerprint(dc), sent.append)
     yield url, svc, sent
     svc.stop()
 
