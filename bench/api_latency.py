@@ -99,6 +99,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def serving(home: Path, url: str):
+    """`tuner serve` (one uvicorn process) on url's database until the block ends: its base URL."""
+    import httpx
+
+    from workers.local import fleet_env, wait_until
+
+    port = free_port()
+    env = fleet_env(home, url, pythonpath=str(ROOT), TUNER_API_TOKEN=TOKEN)
+    server = subprocess.Popen([sys.executable, "-m", "tuner.cli", "serve", "--port", str(port), "--loglevel",
+                               "warning"], env=env, cwd=ROOT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            try:
+                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(up, 120, "tuner serve")
+        yield base
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
 def latencies(client, url: str, n: int, headers: dict | None = None, want: int = 200) -> list[float]:
     out = []
     for _ in range(n):
@@ -285,7 +311,7 @@ def scale_main(args) -> None:
     """--scale: fill (or reuse, --db) a fleet-sized database, serve it, time every read route."""
     import httpx
 
-    from workers.local import fleet_env, scratch_postgres, wait_until
+    from workers.local import scratch_postgres
 
     home = Path(tempfile.mkdtemp(prefix="tuner-api-scale-"))
     load = os.getloadavg()[0]
@@ -294,21 +320,9 @@ def scale_main(args) -> None:
         ids = json.loads(args.ids) if args.ids else populate_scale(url)
         populate_s = time.perf_counter() - t
         print(f"database ready in {populate_s:.0f} s: {json.dumps(ids)}", flush=True)
-        port = free_port()
-        env = fleet_env(home, url, pythonpath=str(ROOT), TUNER_API_TOKEN=TOKEN)
-        server = subprocess.Popen([sys.executable, "-m", "tuner.cli", "serve", "--port", str(port), "--loglevel",
-                                   "warning"], env=env, cwd=ROOT, start_new_session=True)
-        base = f"http://127.0.0.1:{port}"
         headers = {"authorization": f"Bearer {TOKEN}"}
         results = {}
-        try:
-            def up() -> bool:
-                try:
-                    return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_until(up, 120, "tuner serve")
+        with serving(home, url) as base:
             for name, path in scale_routes(ids).items():
                 if args.only and args.only not in name:
                     continue
@@ -322,9 +336,6 @@ def scale_main(args) -> None:
                 print(f"{name:34s} first {first_ms:9.1f} ms  p50 {r['p50_ms']:9.1f}  p95 {r['p95_ms']:9.1f} ms  "
                       f"{r['bytes'] / 1e3:8.1f} kB  {r['statuses']}  {'met' if results[name]['met'] else 'NOT met'}",
                       flush=True)
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(30)
     doc = {"benchmark": "api_latency --scale", "date": datetime.now(timezone.utc).isoformat(),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
            "load_average_1m": {"start": round(load, 1), "end": round(os.getloadavg()[0], 1)},
@@ -375,7 +386,7 @@ def main() -> None:
 
     import httpx
 
-    from workers.local import fleet_env, scratch_postgres, wait_until
+    from workers.local import scratch_postgres
 
     home = Path(tempfile.mkdtemp(prefix="tuner-api-bench-"))
     load = os.getloadavg()[0]  # other work on the machine: recorded beside the figures
@@ -383,19 +394,7 @@ def main() -> None:
         t = time.perf_counter()
         job = populate(url, args.rows)
         populate_s = time.perf_counter() - t
-        port = free_port()
-        env = fleet_env(home, url, pythonpath=str(ROOT), TUNER_API_TOKEN=TOKEN)
-        server = subprocess.Popen([sys.executable, "-m", "tuner.cli", "serve", "--port", str(port), "--loglevel",
-                                   "warning"], env=env, cwd=ROOT, start_new_session=True)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            def up() -> bool:
-                try:
-                    return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_until(up, 120, "tuner serve")
+        with serving(home, url) as base:
             bundle = f"/v1/bundle?device_class={CLASSES[0]}&kernel=matmul"
             status = f"/v1/jobs/{job}"
             results = {}
@@ -420,9 +419,6 @@ def main() -> None:
             results["bundle_304"]["requests_per_s"] = round(
                 throughput(base, bundle, args.clients, args.seconds, {"if-none-match": tag}), 1)
             results["job_status"]["requests_per_s"] = round(throughput(base, status, args.clients, args.seconds), 1)
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(30)
     doc = {"benchmark": "api_latency", "date": datetime.now(timezone.utc).isoformat(),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
            "load_average_1m": {"start": round(load, 1), "end": round(os.getloadavg()[0], 1)},
