@@ -298,7 +298,9 @@ def test_a_folder_with_nothing_to_import_is_exit_2(tmp_path, files):
         (folder / f).parent.mkdir(parents=True, exist_ok=True)
         (folder / f).write_text("x")
     home = tmp_path / "home"
-    assert_one_line_error(run_tuner(["import", str(folder)], home), f"nothing to import from {str(folder)[:80]}: {len(files)} file(s)"  # the message echoes 80 characters)
+    # the message echoes 80 characters of what was typed
+    assert_one_line_error(run_tuner(["import", str(folder)], home),
+                          f"nothing to import from {str(folder)[:80]}: {len(files)} file(s)")
     assert not home.exists()
     assert_one_line_error(run_tuner(["import", str(tmp_path / "nothing")], home), "no file or folder")
 
