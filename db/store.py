@@ -206,10 +206,10 @@ def write_best(s: Session, *, kernel: str, kernel_version: str, key_hash: str, k
 def best_configs(s: Session, *, kernel: str | None = None, kernel_version: str | None = None,
                  key_hash: str | None = None, dtype: str | None = None,
                  device_classes: Iterable[str] | None = None, device_class_id: int | None = None,
-                 current: bool = True) -> list[tuple[BestConfig, str, StackFingerprint]]:
+                 current: bool = True, limit: int | None = None) -> list[tuple[BestConfig, str, StackFingerprint]]:
     """Best rows, newest first, each with its device class slug and fingerprint row: the current
     ones (never superseded) unless `current` is False (a key's history). Every filter given narrows;
-    `device_classes` is a collection of slugs."""
+    `device_classes` is a collection of slugs; at most `limit` rows."""
     q = (select(BestConfig, DeviceClass.slug, StackFingerprint)
          .join(DeviceClass, DeviceClass.id == BestConfig.device_class_id)
          .join(StackFingerprint, StackFingerprint.id == BestConfig.fingerprint_id)
@@ -218,7 +218,7 @@ def best_configs(s: Session, *, kernel: str | None = None, kernel_version: str |
         q = q.where(BestConfig.superseded_at.is_(None))
     q = _narrowed(q, kernel=kernel, kernel_version=kernel_version, key_hash=key_hash, dtype=dtype,
                   device_classes=device_classes, device_class_id=device_class_id)
-    return [(b, slug, fp) for b, slug, fp in s.execute(q).all()]
+    return [(b, slug, fp) for b, slug, fp in s.execute(q.limit(limit)).all()]
 
 
 def _narrowed(q, *, kernel, kernel_version=None, key_hash=None, dtype=None, device_classes=None,

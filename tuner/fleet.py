@@ -6,6 +6,8 @@ Every function but `queue_depths` works in the caller's session; `queue_depths` 
 """
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 from sqlalchemy import and_, case, func, select
@@ -99,16 +101,33 @@ def queue_names(s) -> list[str]:
     return sorted(names)
 
 
+DEPTHS_S = 2.0  # queue depths a read of the broker stays good for (every page and scrape asks)
+_depths_lock = threading.Lock()
+_depths: dict[tuple, tuple[float, dict[str, int] | None]] = {}
+
+
 def queue_depths(settings: Settings, names: list[str]) -> dict[str, int] | None:
-    """Messages waiting per queue, from the broker; None when the broker cannot be reached."""
+    """Messages waiting per queue, from the broker; None when the broker cannot be reached. One
+    request at a time reads the broker (a Celery app's connection is not for concurrent threads:
+    eight clients at once held requests for 30 s) and its answer serves for DEPTHS_S (or the
+    shorter TUNER_METRICS_CACHE_S: 0 reads at every request)."""
     from workers.app import make_app
     from workers.app import queue_depths as read
 
-    app = _apps.get(settings.broker_url) or _apps.setdefault(settings.broker_url, make_app(settings.broker_url))
-    try:
-        return read(app, names, timeout=1.0)
-    except ConnectionError:
-        return None
+    key = (settings.broker_url, tuple(names))
+    with _depths_lock:
+        held = _depths.get(key)
+        if held is not None and time.monotonic() - held[0] < min(DEPTHS_S, settings.metrics_cache_s):
+            return held[1]
+        app = _apps.get(settings.broker_url) or _apps.setdefault(settings.broker_url, make_app(settings.broker_url))
+        try:
+            depths = read(app, names, timeout=1.0)
+        except ConnectionError:
+            depths = None
+        if len(_depths) > 64:
+            _depths.clear()
+        _depths[key] = (time.monotonic(), depths)
+        return depths
 
 
 def trials_last_minute(s) -> dict[str, int]:

@@ -150,7 +150,7 @@ def best(request: Request, kernel: Annotated[Optional[str], Query(max_length=100
                                  live_class=False)[:limit]
     from tuner.formats import current_entries
 
-    return current_entries(settings_of(request), kernel, device_class)[:limit]
+    return current_entries(settings_of(request), kernel, device_class, limit=limit)
 
 
 @router.get("/history", tags=["results"])

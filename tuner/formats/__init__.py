@@ -66,11 +66,11 @@ def inside(output: Path, names: Iterable[str]) -> dict[str, Path]:
 
 
 def current_entries(settings, kernel: str | None, device_class: str | None, version: bool = False,
-                    model: str | None = None):
+                    model: str | None = None, limit: int | None = None):
     """The bundle entries of the current best rows of one kernel (or all), of the classes a
     selector names (or all), of the keys a model serves (or all): what every format writes and
     GET /v1/bundle sends. version: only store.best_configs_version of those rows (a cheap token
-    that changes whenever they do)."""
+    that changes whenever they do). limit: the newest that many (a model's filter applies after it)."""
     from db import store
     from db.session import session_scope
     from devices.classes import device_names
@@ -90,7 +90,7 @@ def current_entries(settings, kernel: str | None, device_class: str | None, vers
             return store.best_configs_version(s, kernel=kernel, device_classes=slugs)
         reported = store.device_names(s)
         entries = [entry(b, slug, fp, device_names(slug, reported.get(slug, ())))
-                   for b, slug, fp in store.best_configs(s, kernel=kernel, device_classes=slugs)]
+                   for b, slug, fp in store.best_configs(s, kernel=kernel, device_classes=slugs, limit=limit)]
     return entries if served is None else [e for e in entries if served(e["kernel"], e["key"]["dims"])]
 
 
