@@ -148,3 +148,30 @@ def test_a_scrape_reads_the_database_at_most_once_per_cache_period(tmp_path):
             break
         time.sleep(0.05)
     assert live() == [1]
+
+
+def test_a_report_is_computed_once_per_state_of_what_it_reads(tmp_path):
+    """The dashboard asks for the same report again and again; at fleet scale each takes hundreds of
+    milliseconds. It is held while nothing it reads changes, and computed again when a best is
+    written, a trial stored or a job changes state."""
+    from tuner.reports.held import held
+
+    url = rows.schema(f"sqlite:///{tmp_path}/tuner.db")
+    settings = settings_mod.from_env({"TUNER_HOME": str(tmp_path), "TUNER_DB_URL": url})
+    calls = []
+
+    def report(settings, *args):
+        calls.append(args)
+        return {"n": len(calls)}
+
+    assert held("r", report, settings, "a") == held("r", report, settings, "a") == {"n": 1}
+    assert held("r", report, settings, "b") == {"n": 2}  # other arguments: another report
+    rows.best(url, "h100-sxm-80gb", {"M": 64, "N": 64, "K": 64}, 0.5)  # a new best: the state moved
+    assert held("r", report, settings, "a") == {"n": 3}
+    with session_scope(url) as s:
+        key = registry.get("matmul").make_key({"M": 64, "N": 64, "K": 64}, "float16")
+        store.create_job(s, kind="tune", origin="queued", kernel="matmul", kernel_version=key.version,
+                         keys=[key.to_json()], key_hashes=[key.stable_hash], sampler="auto", seed=0,
+                         budget_trials=4, request={}, device_selector="h100")
+    assert held("r", report, settings, "a") == {"n": 4}  # a job queued
+    assert held("r", report, settings, "a") == {"n": 4}

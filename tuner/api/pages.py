@@ -20,6 +20,7 @@ from tuner.api.render import page, plot
 from tuner.api.routes import JobIn, build, key_view, settings_of
 from tuner.database import open_for_read
 from tuner.errors import UserError
+from tuner.reports.held import held
 
 router = APIRouter(include_in_schema=False, max_body_size=MAX_BODY)
 REFRESH_S = 3  # how often a page with running work reloads
@@ -147,7 +148,7 @@ def _drawn(kind: str, state: dict, draw, *args) -> str:
 def retune_page(request: Request, run: Optional[str] = None):
     from tuner.reports.retune import figure, report
 
-    result, error = _attempt(report, settings_of(request), run[:64] if run else None)
+    result, error = _attempt(held, "retune", report, settings_of(request), run[:64] if run else None)
     svg = _drawn("retune", result, figure) if result and result["keys"] else None
     return page(request, "retune.html", result=result, error=error, plot=svg)
 
@@ -158,7 +159,8 @@ def compare_page(request: Request, a: Optional[str] = None, b: Optional[str] = N
 
     result = error = svg = None
     if a and b:
-        result, error = _attempt(report, settings_of(request), [a[:80], b[:80]], kernel[:100] if kernel else None)
+        result, error = _attempt(held, "compare", report, settings_of(request), [a[:80], b[:80]],
+                                 kernel[:100] if kernel else None)
         svg = _drawn("retune", result, figure) if result and result["keys"] else None
     return page(request, "compare.html", result=result, error=error, plot=svg, form={"a": a, "b": b, "kernel": kernel},
                 classes=_stored_classes(request))
@@ -172,7 +174,8 @@ def shapes_page(request: Request, kernel: Optional[str] = None, vary: Optional[s
     result = error = svg = None
     form = {"kernel": kernel, "vary": vary, "shape": shape, "device_class": device_class, "dtype": dtype}
     if kernel and vary and device_class:
-        result, error = _attempt(report, settings_of(request), kernel[:100], vary[:100], shape[:200] if shape else None,
+        result, error = _attempt(held, "shapes", report, settings_of(request), kernel[:100], vary[:100],
+                                 shape[:200] if shape else None,
                                  device_class[:80], dtype[:16])
         svg = _drawn("shapes", result, figure) if result and result["points"] else None
     return page(request, "shapes.html", result=result, error=error, plot=svg, form=form,

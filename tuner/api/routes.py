@@ -190,9 +190,10 @@ def key_view(settings: Settings, kernel: str, key_hash: str, device_class: str |
 @router.get("/retune", tags=["reports"])
 def retune(request: Request, run: Annotated[Optional[str], Query(max_length=64)] = None) -> dict:
     """A retune run's report (the latest by default), regressions flagged."""
+    from tuner.reports.held import held
     from tuner.reports.retune import report
 
-    return report(settings_of(request), run)
+    return held("retune", report, settings_of(request), run)
 
 
 @router.get("/compare", tags=["reports"])
@@ -200,8 +201,9 @@ def compare(request: Request, device_class: Annotated[list[str], Query(max_lengt
             kernel: Annotated[Optional[str], Query(max_length=100)] = None) -> dict:
     """Two device classes on the keys tuned on both: times, TFLOP/s, ratio, cost per million launches."""
     from tuner.reports.compare import report
+    from tuner.reports.held import held
 
-    return report(settings_of(request), device_class, kernel)
+    return held("compare", report, settings_of(request), device_class, kernel)
 
 
 @router.get("/shapes", tags=["reports"])
@@ -210,9 +212,10 @@ def shapes(request: Request, kernel: Annotated[str, Query(max_length=100)],
            shape: Annotated[Optional[str], Query(max_length=200)] = None,
            dtype: Annotated[str, Query(max_length=16)] = "float32") -> dict:
     """Tuned speed against one varied dimension: powers of two marked, dips named."""
+    from tuner.reports.held import held
     from tuner.reports.shapes import report
 
-    return report(settings_of(request), kernel, vary, shape, device_class, dtype)
+    return held("shapes", report, settings_of(request), kernel, vary, shape, device_class, dtype)
 
 
 MAX_CACHED_BUNDLES = 64  # (kernel, class) pairs whose last bundle an app keeps (app.state.bundles)

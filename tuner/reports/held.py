@@ -1,0 +1,39 @@
+"""Reports answered again from memory while what they read stands: at fleet scale a retune,
+compare or shapes report reads thousands of rows and takes a few hundred milliseconds, and the
+dashboard asks for the same one again and again (bench/api_latency.py --scale).
+
+What a report reads changes only with a new best row (bests are never updated in place), a new
+trial, or a job or job key changing state; a few indexed counts say whether any did, and a
+report computed under another state is computed again."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from sqlalchemy import func, select
+
+from db import models, store
+from db.session import session_scope
+from tuner.database import open_for_read
+
+MAX_HELD = 64  # reports kept per process; all are dropped when it is reached
+_held: dict[tuple, Any] = {}
+
+
+def state(settings) -> tuple:
+    """A token that changes whenever anything a report reads does."""
+    with session_scope(open_for_read(settings)) as s:
+        return (store.best_configs_version(s), s.scalar(select(func.max(models.TuningTrial.id))),
+                tuple(sorted(s.execute(select(models.Job.state, func.count()).group_by(models.Job.state)).all())),
+                tuple(sorted(s.execute(select(models.JobKey.state, func.count())
+                                       .group_by(models.JobKey.state)).all())))
+
+
+def held(kind: str, report: Callable[..., Any], settings, *args) -> Any:
+    """report(settings, *args), computed once per state of the database (and per settings: an
+    app's settings object is its own); an error is never held."""
+    key = (kind, id(settings), repr(args), state(settings))
+    if key not in _held:
+        if len(_held) >= MAX_HELD:
+            _held.clear()
+        _held[key] = report(settings, *args)
+    return _held[key]
