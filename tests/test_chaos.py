@@ -153,6 +153,9 @@ def chaos(tmp_path, db_url: str, redis: OwnRedis, workers: list, rng: random.Ran
     wait_for(lambda: holder() is not None, 120, "a worker to receive the lone batch", poll_s=0.05)
     name = holder()
     next(w for w in workers if f"{w.name}@test" == name).kill()
+    with engine.connect() as c:  # on a quiet machine the batch may have ended, and the next been sent, first
+        ran = c.execute(text("SELECT count(*) FROM tuning_trials WHERE job_id = :j"), {"j": lost}).scalar()
+    lost_a_batch = ran < int(env["TUNER_BATCH_TRIALS"])
     start_worker()
     events = {"killed": 1}
 
@@ -212,7 +215,7 @@ def chaos(tmp_path, db_url: str, redis: OwnRedis, workers: list, rng: random.Ran
         if key["current_bests"] != 1 or bests.get(job) != 1:
             broken.append(f"job {job}: {key['current_bests']} current best(s), {bests.get(job)} written by the job")
     logs = "".join(w.text() for w in workers)
-    if f"re-sent stalled key {lost_key} of job {lost}" not in logs:
+    if lost_a_batch and f"re-sent stalled key {lost_key} of job {lost}" not in logs:
         broken.append("the janitor did not re-send the lost batch")
     broken += [f"unexpected traceback: {t}" for w in workers for t in tracebacks(w.text()) if not EXPECTED.search(t)]
     if SECRET in logs:

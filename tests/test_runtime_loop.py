@@ -93,8 +93,12 @@ def test_a_production_miss_comes_back_tuned(world):
     queued = tuner_json(env, "retune", "--misses", "--top", "5")
     assert [(j["key"], j["device_class"]) for j in queued["jobs"]] == [({"M": 16, "N": 100}, "cpu-interpreter")]
     again = tuner_json(env, "retune", "--misses")
-    assert again["jobs"] == [] and "already queued" in again["skipped"][0]["reason"]
     job = queued["jobs"][0]["job"]
+    assert again["jobs"] == []  # never queued twice
+    if again["skipped"]:  # still queued or running
+        assert "already queued" in again["skipped"][0]["reason"]
+    else:  # a quiet machine's worker finished it first: tuned, the key is no longer a miss
+        assert tuner_json(env, "status", job)["state"] == "done"
     wait_for(lambda: tuner_json(env, "status", job)["state"] in ("done", "failed"), 300, "the miss job")
     assert tuner_json(env, "status", job)["state"] == "done"
 
