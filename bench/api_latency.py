@@ -52,7 +52,7 @@ def write_best(s, ids: tuple[int, int], i: int, ms: float) -> None:
     """The current best of the class's i-th shape (superseding the one before)."""
     from db import store
     from search_spaces import registry
-    from search_spaces.base import config_hash
+    from keys import config_hash
 
     key = registry.get("matmul").make_key({"M": 16 * (1 + i % 50), "N": 1024 + 64 * (i // 50), "K": 4096}, "bfloat16")
     store.write_best(s, kernel="matmul", kernel_version=key.version, key_hash=key.stable_hash, key=key.to_json(),
@@ -66,7 +66,7 @@ def populate(url: str, rows: int) -> str:
     from db import store
     from db.session import session_scope, upgrade
     from search_spaces import registry
-    from search_spaces.base import config_hash
+    from keys import config_hash
 
     upgrade(url)
     spec = registry.get("matmul")

@@ -54,7 +54,7 @@ FIXED = {"matmul": {"GROUP_M": 8}, "fused_moe": {"GROUP_SIZE_M": 8}, "fused_moe_
 def build_all(jobs: list[dict], workers: int, timeout_s: float) -> list[dict]:
     """Build every job in `workers` build processes sharing one fresh Triton cache."""
     from harness.cross_build import Builder
-    from search_spaces.base import target_for
+    from devices.targets import target_for
 
     cache = tempfile.mkdtemp(prefix="constraint-check-")
     todo: queue.Queue = queue.Queue()
@@ -167,7 +167,7 @@ def main() -> None:
     import triton
 
     from search_spaces import registry
-    from search_spaces.base import target_for
+    from devices.targets import target_for
 
     result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "triton": triton.__version__,
               "host": f"{platform.machine()} CPU with {os.cpu_count()} cores",

@@ -63,7 +63,7 @@ def autotuner(device: str, target):
 
     from harness.timing import interpreter_do_bench
     from search_spaces import registry
-    from search_spaces.base import target_for
+    from devices.targets import target_for
     from search_spaces.matmul import matmul_kernel, tutorial_configs
 
     spec = registry.get("matmul")

@@ -149,7 +149,8 @@ def reckon(spec, inputs, device: str, configs: dict[str, dict], rounds: int, rep
 
 
 def one_batch(args, spec, m: int, grid: bool) -> dict:
-    from search_spaces.base import config_hash, target_for
+    from keys import config_hash
+    from devices.targets import target_for
     from tuner.formats.vllm import vllm_config
 
     dims = {**json.loads(args.key), "M": m}

@@ -12,7 +12,7 @@ Results go to bench/results/mutation.json, {"modules": {PATH: {"killed", "total"
 record), and a summary to bench/results/mutation.md. A survivor's "why" comes from EXPLAINED
 (an equivalent mutant, and why it changes no behaviour), else "not yet caught".
 
-    python bench/mutation.py --modules search/finalize.py,workers/misses.py --budget-s 600
+    python bench/mutation.py --modules search/finalize.py,workers/miss_jobs.py --budget-s 600
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class Module:
 
 MODULES = {
     "search/finalize.py": Module(("tests/test_finalize.py",)),
-    "workers/misses.py": Module(("tests/test_misses.py::test_retune_of_misses_queues_the_most_frequent_keys_first",
+    "workers/miss_jobs.py": Module(("tests/test_misses.py::test_retune_of_misses_queues_the_most_frequent_keys_first",
                                  "tests/test_misses.py::test_misses_become_jobs_only_where_a_worker_can_tune_them")),
     "db/store.py": Module(("tests/test_claims.py",), ("claim_config", "record_claimed_trial", "release_claims")),
     "search/studies.py": Module(("tests/test_claims.py",)),

@@ -52,7 +52,7 @@ def record(kernel: str, shape: str, dtype: str, device: str, rounds: int, refine
     from harness.harness import Harness
     from harness.protocol import TrialRequest
     from search_spaces import registry
-    from search_spaces.base import config_hash
+    from keys import config_hash
     from tuner.request import parse_shape
 
     spec = registry.get(kernel)
@@ -117,7 +117,7 @@ def record(kernel: str, shape: str, dtype: str, device: str, rounds: int, refine
 
 def replay(seeds: int, names: list[str], patterns: tuple[str, ...] = ("sweep-*.json.gz",), data: Path = DATA) -> dict:
     from search.replay import SweepSpec, load, noise, replay_one, target_of
-    from search_spaces.base import TuningKey
+    from keys import TuningKey
 
     out = {"date": datetime.now(timezone.utc).isoformat(), "seeds": seeds, "budgets": list(BUDGETS), "sweeps": []}
     for path in sorted({p for pattern in patterns for p in data.glob(pattern)}):

@@ -69,7 +69,7 @@ def setup(device: str, size: int, dtype: str, n_configs: int):
     (matmul.tutorial_configs) topped up to n_configs with valid configurations in a seeded order."""
     from devices.probe import probe
     from search_spaces import registry
-    from search_spaces.base import config_hash
+    from keys import config_hash
     from search_spaces.matmul import tutorial_configs
 
     spec = registry.get("matmul")

@@ -16,7 +16,8 @@ from functools import cached_property
 from typing import Any, Mapping
 
 from devices import vendors
-from search_spaces.base import SpecError, Target, stable_hash, target_for
+from keys import SpecError, stable_hash
+from devices.targets import Target, target_for
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from importlib import metadata
 from typing import Any, Mapping
 
 from devices import vendors
-from search_spaces.base import SpecError, stable_hash
+from keys import SpecError, stable_hash
 
 
 @dataclass(frozen=True)

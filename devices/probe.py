@@ -12,7 +12,7 @@ from typing import Any
 
 from devices.classes import CPU_INTERPRETER, DeviceClass, classify
 from devices.fingerprint import StackFingerprint, live_fingerprint
-from search_spaces.base import SpecError
+from keys import SpecError
 
 
 def _cpu_props() -> dict[str, Any]:

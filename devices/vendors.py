@@ -13,7 +13,8 @@ import re
 import subprocess
 from typing import Any, ClassVar, Mapping
 
-from search_spaces.base import SpecError, Target, target_for
+from keys import SpecError
+from devices.targets import Target, target_for
 
 
 def _read(path: str) -> str:

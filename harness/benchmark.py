@@ -17,7 +17,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from harness.protocol import DEFAULT_ROUTING, TrialRequest, TrialResult
-from search_spaces.base import canonical_json
+from keys import canonical_json
 
 _inputs: "OrderedDict[tuple, tuple[Any, Any]]" = OrderedDict()
 _targets: dict[str, Any] = {}
@@ -129,7 +129,7 @@ def resolve(req: TrialRequest):
     unknown kernel or malformed key, a kernel changed since the study began, or a GPU request in
     a process that would interpret its kernels. The benchmark and compile processes both ask."""
     from search_spaces import registry
-    from search_spaces.base import SpecError, TuningKey
+    from keys import SpecError, TuningKey
 
     try:
         spec = registry.get(req.kernel)

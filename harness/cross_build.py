@@ -30,7 +30,7 @@ def _job(msg: dict) -> dict[str, Any]:
 def build_one(job: dict[str, Any]) -> dict[str, Any]:
     from harness.cross_compile import cross_compile
     from search_spaces import registry
-    from search_spaces.base import target_for
+    from devices.targets import target_for
 
     try:
         spec, target = registry.get(job["kernel"]), target_for(job["arch"])

@@ -21,7 +21,9 @@ import time
 from dataclasses import dataclass
 
 from devices import vendors
-from search_spaces.base import NV_REGS_PER_BLOCK, Config, KernelSpec, SpecError, Target, TuningKey
+from keys import Config, SpecError, TuningKey
+from devices.targets import NV_REGS_PER_BLOCK, Target
+from search_spaces.base import KernelSpec
 
 # ptxas stores a word or two to the stack even at 72 of 255 registers (seen on sm_90): that is
 # not register pressure, and costs nothing in the main loop

@@ -20,7 +20,7 @@ from typing import Callable, Iterator, TypeVar
 from harness.benchmark import poisoned
 from harness.children import Child, await_children, spawn_children
 from harness.protocol import TrialRequest, TrialResult
-from search_spaces.base import canonical_json, config_hash
+from keys import canonical_json, config_hash
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -22,7 +22,7 @@ from db.session import session_scope
 from harness.harness import Harness
 from search.loop import SearchContext, request_for
 from search_spaces import registry
-from search_spaces.base import Config, config_hash
+from keys import Config, config_hash
 
 TOP_K = 3
 ROUNDS = 3

@@ -29,7 +29,9 @@ from search import strategies, studies
 from search.propose import propose, tell
 from search.strategies.base import Seen, Strategy
 from search_spaces import registry
-from search_spaces.base import Config, KernelSpec, Target, TuningKey, config_hash
+from keys import Config, TuningKey, config_hash
+from devices.targets import Target
+from search_spaces.base import KernelSpec
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)

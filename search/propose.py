@@ -13,7 +13,9 @@ from typing import Callable
 import optuna
 
 from search.strategies.base import Seen, Strategy
-from search_spaces.base import Config, KernelSpec, Target, TuningKey, config_hash
+from keys import Config, TuningKey, config_hash
+from devices.targets import Target
+from search_spaces.base import KernelSpec
 
 MAX_IDLE_PROPOSALS = 200
 

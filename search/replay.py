@@ -20,7 +20,9 @@ import optuna
 from search import strategies
 from search.loop import Proposals
 from search_spaces import registry
-from search_spaces.base import Config, KernelSpec, Target, TuningKey, config_hash, target_for
+from keys import Config, TuningKey, config_hash
+from devices.targets import Target, target_for
+from search_spaces.base import KernelSpec
 
 # the architecture a recorded device class's family was tuned on (the replay checks no limits)
 _FAMILY_ARCH = {"h100": "sm_90", "h200": "sm_90", "mi300x": "gfx942"}

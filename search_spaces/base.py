@@ -1,4 +1,5 @@
-"""The contract every kernel module keeps, and the frozen keys that name a tuning problem.
+"""The contract every kernel module keeps (keys/ holds the keys that name a tuning problem,
+devices/targets.py the limits a kernel is checked against).
 
 Nothing here imports torch or triton: the coordinator and the runtime read keys and
 spaces without a GPU stack. Kernel modules import those themselves.
@@ -16,10 +17,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
-Config = dict[str, Any]
-
-DTYPES = ("float16", "bfloat16", "float32")
-DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+from devices.targets import ANY_LAUNCH_OPTION, Target, launch_options
+from keys import DTYPES, Config, SpecError, TuningKey, canonical_json, config_hash, nearest
 
 
 class LazyTorch:
@@ -56,126 +55,6 @@ class _TorchDtypes(Mapping):
 
 
 TORCH_DTYPES: Mapping[str, Any] = _TorchDtypes()
-
-
-class SpecError(ValueError):
-    """A request that names a kernel, shape or dtype this module cannot serve.
-
-    The message says what is wrong and how to fix it; the CLI prints it on one line.
-    """
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def stable_hash(value: Any, length: int = 16) -> str:
-    """A hash of the canonical JSON form: the same on every machine and Python version."""
-    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
-
-
-@dataclass(frozen=True)
-class Target:
-    """The hardware limits that constraints are checked against (one per architecture)."""
-
-    vendor: str  # nvidia | amd | cpu
-    arch: str  # sm_90, gfx942, interpreter
-    smem_bytes: int  # shared memory (LDS on AMD) one program may use
-    warp_size: int  # 32 on NVIDIA, 64 (a wavefront) on CDNA
-    max_regs_per_thread: int
-    compute_units: int = 1
-
-    @property
-    def is_hip(self) -> bool:
-        return self.vendor == "amd"
-
-    @property
-    def is_interpreter(self) -> bool:
-        return self.vendor == "cpu"
-
-
-# Per-architecture limits. Shared memory is the per-block opt-in maximum
-# (cudaDevAttrMaxSharedMemoryPerBlockOptin): 227 KiB on Hopper, 163 KiB on A100, 99 KiB on Ada;
-# CDNA2/3 have 64 KiB of LDS per CU.
-_ARCH_LIMITS: dict[str, tuple[str, int, int, int]] = {
-    "sm_90": ("nvidia", 232448, 32, 255),
-    "sm_89": ("nvidia", 101376, 32, 255),
-    "sm_86": ("nvidia", 101376, 32, 255),
-    "sm_80": ("nvidia", 166912, 32, 255),
-    "gfx942": ("amd", 65536, 64, 512),
-    "gfx90a": ("amd", 65536, 64, 512),
-    "gfx950": ("amd", 163840, 64, 512),
-    "interpreter": ("cpu", 1 << 30, 32, 1 << 20),
-}
-
-
-# Compile options a Triton launch takes beside the kernel's own arguments, on every backend, and
-# those only one vendor's backend knows (CUDA's rejects options it does not know).
-LAUNCH_OPTIONS = frozenset({"num_warps", "num_stages", "num_ctas", "maxnreg"})
-_VENDOR_OPTIONS: dict[str, frozenset[str]] = {"amd": frozenset({"waves_per_eu", "matrix_instr_nonkdim", "kpack"})}
-_ANY_OPTION = LAUNCH_OPTIONS.union(*_VENDOR_OPTIONS.values())
-
-
-def launch_options(vendor: str) -> frozenset[str]:
-    """The compile options a launch on this vendor's backend accepts."""
-    return LAUNCH_OPTIONS | _VENDOR_OPTIONS.get(vendor, frozenset())
-
-
-def target_for(arch: str, compute_units: int = 1) -> Target:
-    try:
-        vendor, smem, warp, regs = _ARCH_LIMITS[arch]
-    except KeyError:
-        raise SpecError(f"unknown architecture {arch!r}; known: {', '.join(sorted(_ARCH_LIMITS))}") from None
-    return Target(vendor, arch, smem, warp, regs, compute_units)
-
-
-@dataclass(frozen=True)
-class TuningKey:
-    """What a stored configuration answers: one kernel version, one shape, one dtype."""
-
-    kernel: str
-    version: str
-    dims: tuple[tuple[str, int], ...]
-    dtype: str
-
-    @property
-    def dim_map(self) -> dict[str, int]:
-        return dict(self.dims)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kernel": self.kernel, "version": self.version, "dims": dict(self.dims), "dtype": self.dtype}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "TuningKey":
-        return cls(str(data["kernel"]), str(data["version"]),
-                   tuple((str(k), int(v)) for k, v in data["dims"].items()), str(data["dtype"]))
-
-    @cached_property
-    def stable_hash(self) -> str:
-        return stable_hash(self.to_json())
-
-    def label(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in self.dims) + f" {self.dtype}"
-
-
-def log2_distance(config: Config, want: Config) -> float:
-    """How far config is from want, in doublings summed over want's numeric parameters."""
-    return sum(abs(math.log2(max(config.get(p, 1), 1)) - math.log2(max(v, 1)))
-               for p, v in want.items() if isinstance(v, (int, float)))
-
-
-def nearest(configs: Iterable[Config], want: Config) -> Config:
-    """The configuration closest to want by log2_distance (the first of equals); configs must
-    not be empty."""
-    return min(configs, key=lambda c: log2_distance(c, want))
-
-
-# registers in one NVIDIA block (65,536 on every architecture since Kepler)
-NV_REGS_PER_BLOCK = 65536
-
-
-def config_hash(config: Config) -> str:
-    return stable_hash(config, 12)
 
 
 def compiled_identity(kernel: Any, **launch: Any) -> str:
@@ -346,7 +225,7 @@ class KernelSpec:
         vendor-specific option (the AMD knobs) is dropped on another vendor's backend, and grid-only
         entries go to neither. The harness, the runtime and the exporters all split here."""
         options = launch_options(vendor)
-        args = {k: v for k, v in config.items() if k not in _ANY_OPTION and k not in self.grid_only}
+        args = {k: v for k, v in config.items() if k not in ANY_LAUNCH_OPTION and k not in self.grid_only}
         return args, {k: v for k, v in config.items() if k in options}
 
     def triton_config(self, config: Config, vendor: str):

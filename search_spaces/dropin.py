@@ -22,7 +22,9 @@ import itertools
 import sys
 from typing import Any, Mapping
 
-from search_spaces.base import DTYPES, Config, KernelSpec, LazyTorch, Target, TuningKey, canonical_json
+from keys import DTYPES, Config, TuningKey, canonical_json
+from devices.targets import Target
+from search_spaces.base import KernelSpec, LazyTorch
 
 torch = LazyTorch(globals())
 

@@ -21,17 +21,13 @@ from typing import Any, Mapping, NamedTuple
 import triton
 import triton.language as tl
 
+from keys import DTYPE_BYTES, Config, SpecError, TuningKey
+from devices.targets import NV_REGS_PER_BLOCK, Target
 from search_spaces.base import (
-    DTYPE_BYTES,
-    NV_REGS_PER_BLOCK,
     TORCH_DTYPES,
-    Config,
     KernelSpec,
     LazyTorch,
-    SpecError,
     Specialization,
-    Target,
-    TuningKey,
     block_limit,
     require_launchable,
 )

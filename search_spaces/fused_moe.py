@@ -28,21 +28,15 @@ import triton
 import triton.language as tl
 
 from search_spaces import fused_moe_vllm as vllm_data
+from keys import DTYPE_BYTES, Config, SpecError, TuningKey, config_hash, log2_distance, nearest
+from devices.targets import Target
 from search_spaces.base import (
-    DTYPE_BYTES,
     TORCH_DTYPES,
-    Config,
     KernelSpec,
     LazyTorch,
-    SpecError,
     Specialization,
-    Target,
-    TuningKey,
     block_limit,
     compiled_identity,
-    config_hash,
-    log2_distance,
-    nearest,
     require_launchable,
 )
 from search_spaces.gemm import amd_knob_refusal, mma_path, tile_refusal

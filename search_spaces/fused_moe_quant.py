@@ -30,16 +30,9 @@ import triton.language as tl
 
 from search_spaces import fused_moe_vllm as vllm_data
 from search_spaces.fused_moe_vllm import SCHEMES, Scheme
-from search_spaces.base import (
-    Config,
-    LazyTorch,
-    SpecError,
-    Specialization,
-    Target,
-    TuningKey,
-    kernel_source,
-    require_launchable,
-)
+from keys import Config, SpecError, TuningKey
+from devices.targets import Target
+from search_spaces.base import LazyTorch, Specialization, kernel_source, require_launchable
 from search_spaces.fused_moe import FusedMoe, _em, _grid, align, draw, grouped_block
 from search_spaces.gemm import AMD_ACC_LIMIT, REGISTERS, mma_path, tile_refusal
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from search_spaces.base import Config
+from keys import Config
 
 _NV = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
 _AMD = _NV + ("waves_per_eu", "matrix_instr_nonkdim", "kpack")

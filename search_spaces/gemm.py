@@ -3,7 +3,8 @@ MoE, the LoRA kernels, attention): which matrix instructions a tile builds to, a
 thread of the matmul-shaped pipeline needs. Each kernel's own fit of what differs lives with it."""
 from __future__ import annotations
 
-from search_spaces.base import DTYPE_BYTES, Config, Target, TuningKey
+from keys import DTYPE_BYTES, Config, TuningKey
+from devices.targets import Target
 
 # Registers a thread needs: the fp32 accumulator, plus `operands` copies of the thread's share of
 # the A and B tiles where they pass through registers, plus `fixed` for addressing; refused

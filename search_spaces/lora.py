@@ -28,15 +28,9 @@ from typing import NamedTuple
 import triton
 import triton.language as tl
 
-from search_spaces.base import (
-    NV_REGS_PER_BLOCK,
-    Config,
-    KernelSpec,
-    LazyTorch,
-    Target,
-    TuningKey,
-    block_limit,
-)
+from keys import Config, TuningKey
+from devices.targets import NV_REGS_PER_BLOCK, Target
+from search_spaces.base import KernelSpec, LazyTorch, block_limit
 from search_spaces.gemm import mma_path
 
 torch = LazyTorch(globals())  # imported at its first use: reading a space needs none

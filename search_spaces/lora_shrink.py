@@ -16,17 +16,9 @@ from typing import NamedTuple
 import triton
 import triton.language as tl
 
-from search_spaces.base import (
-    DTYPE_BYTES,
-    TORCH_DTYPES,
-    Config,
-    LazyTorch,
-    Specialization,
-    Target,
-    TuningKey,
-    next_pow2,
-    require_launchable,
-)
+from keys import DTYPE_BYTES, Config, TuningKey
+from devices.targets import Target
+from search_spaces.base import TORCH_DTYPES, LazyTorch, Specialization, next_pow2, require_launchable
 from search_spaces.lora import (
     GROUP_M,
     LoraSpec,

@@ -12,17 +12,14 @@ from typing import Any, NamedTuple
 import triton
 import triton.language as tl
 
+from keys import DTYPE_BYTES, Config, TuningKey, config_hash
+from devices.targets import Target
 from search_spaces.base import (
-    DTYPE_BYTES,
     TORCH_DTYPES,
-    Config,
     KernelSpec,
     LazyTorch,
     Specialization,
-    Target,
-    TuningKey,
     block_limit,
-    config_hash,
     require_launchable,
 )
 from search_spaces.gemm import amd_knob_refusal, mma_path, tile_refusal

@@ -16,7 +16,8 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Generic, Iterable, TypeVar
 
-from search_spaces.base import KernelSpec, SpecError
+from keys import SpecError
+from search_spaces.base import KernelSpec
 
 T = TypeVar("T")
 

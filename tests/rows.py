@@ -9,7 +9,7 @@ from db.session import session_scope, upgrade
 from devices.classes import KNOWN_DEVICES
 from devices.fingerprint import StackFingerprint
 from search_spaces import registry
-from search_spaces.base import config_hash
+from keys import config_hash
 
 CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
 

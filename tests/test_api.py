@@ -22,7 +22,7 @@ from tests.cli_helpers import ROOT, tuner_env
 from tests.test_cli_errors import CASES
 from tuner import settings as settings_mod
 from db.clock import utcnow
-from tuner.runtime.misses import POST_BATCH
+from tuner.runtime.miss_tally import POST_BATCH
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette suggests httpx2; httpx is what it drives today
@@ -492,9 +492,9 @@ MISS_FP = rows.stack("555.1")["hash"]  # the stack tests.rows gives a class with
 
 
 def miss(**change) -> dict:
-    """A record as the runtime makes it (tuner.runtime.misses.record), as JSON."""
+    """A record as the runtime makes it (tuner.runtime.miss_tally.record), as JSON."""
     from search_spaces import registry
-    from tuner.runtime.misses import MissKey, record
+    from tuner.runtime.miss_tally import MissKey, record
 
     key = registry.get("matmul").make_key(MISS_DIMS, "float16")
     made = record(MissKey("matmul", key.version, key.stable_hash, key.dims, "float16", "h100-sxm-80gb", MISS_FP,
@@ -690,7 +690,7 @@ def test_serve_answers_on_the_loopback(tmp_path):
 
 @pytest.mark.integration
 def test_a_database_that_goes_away_after_its_first_check_is_503(tmp_path):
-    """The server checks a database once (tuner/database.py); a query that fails later is a 503
+    """The server checks a database once (tuner/db_open.py); a query that fails later is a 503
     too, with the reason in one line, and /healthz checks afresh."""
     from sqlalchemy import create_engine, text
 

@@ -129,7 +129,7 @@ def test_an_unparsable_database_url_shows_no_piece_of_its_password():
 
 def test_the_runtime_redacts_with_the_same_function():
     """Two redactions disagreed (the runtime's kept what urllib could not parse); one is left."""
-    from tuner.runtime.misses import HttpSink
+    from tuner.runtime.miss_tally import HttpSink
     from tuner.runtime.sources import DatabaseSource
 
     secret = "pw1@ss2"

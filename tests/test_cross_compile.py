@@ -11,7 +11,8 @@ import pytest
 from harness.cross_build import Builder
 from harness.cross_compile import Build, cross_compile
 from search_spaces import registry
-from search_spaces.base import SpecError, target_for
+from keys import SpecError
+from devices.targets import target_for
 
 SQUARE = {"M": 4096, "N": 4096, "K": 4096}
 HIP_BASE = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 2,

@@ -19,7 +19,7 @@ from devices.classes import (
 )
 from devices.fingerprint import StackFingerprint, live_fingerprint, parse_override
 from devices.probe import probe
-from search_spaces.base import SpecError
+from keys import SpecError
 from workers.queues import queue_for, queue_names
 
 PROPS = Path(__file__).parent / "data" / "device_props"

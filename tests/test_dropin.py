@@ -17,7 +17,7 @@ from tests.kernels import dropin as kernels
 from tests.test_runtime import _entry, _key, _live_fp, _write_bundle, live_env  # noqa: F401
 from tuner import runtime
 from tuner.runtime import autotune
-from tuner.runtime.misses import parse_record
+from tuner.runtime.miss_tally import parse_record
 
 TUTORIAL_SPACE = {  # tutorial 03's eight CUDA configs: the values they use, warps and stages a step wider
     "BLOCK_SIZE_M": (32, 64, 128), "BLOCK_SIZE_N": (32, 64, 128, 256), "BLOCK_SIZE_K": (32, 64),

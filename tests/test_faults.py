@@ -174,7 +174,7 @@ def test_the_broker_s_visibility_timeout_exceeds_the_longest_batch():
     """Item 3: Redis re-delivers an unacknowledged message after its visibility timeout; it was 300 s,
     shorter than a batch of 4 trials of 120 s each plus the final re-measurement."""
     from tuner.settings import from_env
-    from tuner.worker import worker_app
+    from tuner.worker_process import worker_app
 
     settings = from_env({"TUNER_BROKER_URL": redis_url()})
     # each trial a compile and a measurement, each up to the trial timeout (4 x 2 x 120 s), then the

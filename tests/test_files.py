@@ -95,9 +95,9 @@ def test_a_worker_refuses_to_register_a_device_name_that_is_not_a_safe_file_name
     from db.session import make_engine, upgrade
     from devices.classes import CPU_INTERPRETER, check_device_name
     from devices.fingerprint import live_fingerprint
-    from search_spaces.base import SpecError
+    from keys import SpecError
     from tuner import settings as settings_mod
-    from tuner.worker import worker_config
+    from tuner.worker_process import worker_config
     from workers.service import WorkerService
 
     for good in ("", "NVIDIA H100 80GB HBM3", "AMD Instinct MI300X (gfx942)", "Tesla V100-SXM2-16GB"):

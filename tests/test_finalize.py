@@ -14,7 +14,7 @@ from search import finalize
 from search.finalize import NOISE, ROUNDS, faster, remeasure
 from search.loop import SearchContext
 from search_spaces import registry
-from search_spaces.base import config_hash
+from keys import config_hash
 
 
 @pytest.mark.parametrize("new, old, why", [

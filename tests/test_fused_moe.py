@@ -7,7 +7,8 @@ import torch
 
 from harness.protocol import Measurement, TrialRequest
 from search_spaces import fused_moe_vllm, registry
-from search_spaces.base import SpecError, target_for
+from keys import SpecError
+from devices.targets import target_for
 from search_spaces.fused_moe import align, route
 
 SPEC = registry.get("fused_moe")

@@ -12,7 +12,7 @@ import pytest
 from db import models, store
 from db.session import session_scope
 from search_spaces import registry
-from search_spaces.base import config_hash
+from keys import config_hash
 from tests import rows
 from tests.cli_helpers import tuner_env
 from tests.services import run_cli

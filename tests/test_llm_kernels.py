@@ -13,7 +13,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from search_spaces import lora_expand, lora_shrink  # noqa: E402
-from search_spaces.base import SpecError, target_for  # noqa: E402
+from keys import SpecError
+from devices.targets import target_for
 from search_spaces.flash_attention import FlashAttention  # noqa: E402
 from search_spaces.lora import make_segments  # noqa: E402
 

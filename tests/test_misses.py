@@ -172,8 +172,8 @@ def test_a_miss_no_worker_of_its_class_could_hold_is_skipped_with_the_reason_tun
     on an 80 GB H100) is skipped by `tuner retune --misses` with `tuner submit`'s own refusal; a
     64^3 miss of the same classes is planned."""
     from tests import rows
-    from tuner.misses import record_posted
-    from tuner.runtime.misses import MissKey, record
+    from tuner.miss_intake import record_posted
+    from tuner.runtime.miss_tally import MissKey, record
     from tuner.settings import from_env
 
     home = tmp_path / "home"
@@ -254,7 +254,7 @@ def test_retune_of_misses_queues_the_most_frequent_keys_first(tmp_path):
     fallback level, their counts summed over levels (a key seen at two levels outranks one seen
     more often at one)."""
     from tests import rows
-    from tuner.misses import retune_misses
+    from tuner.miss_intake import retune_misses
     from tuner.settings import from_env
 
     url = rows.schema(f"sqlite:///{tmp_path}/t.db")
@@ -298,7 +298,7 @@ def test_misses_become_jobs_only_where_a_worker_can_tune_them(tmp_path):
     finds the lease taken queues nothing."""
     from db import models
     from tests import rows
-    from workers.misses import LOCK, enqueue_misses
+    from workers.miss_jobs import LOCK, enqueue_misses
 
     url = rows.schema(f"sqlite:///{tmp_path}/t.db")
     rows.live_worker(url, "w1", "h100-sxm-80gb")

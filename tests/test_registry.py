@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from search_spaces import registry
-from search_spaces.base import KernelSpec, SpecError
+from keys import SpecError
+from search_spaces.base import KernelSpec
 from search_spaces.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -67,7 +67,7 @@ def roles():
     cluster-wide) granted as `tuner db upgrade` grants; the roles are dropped afterwards."""
     from db.roles import grant
     from db.session import dispose_all
-    from tuner.database import upgrade_schema
+    from tuner.db_open import upgrade_schema
 
     worker, runtime, api = (f"tuner_test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("worker", "runtime", "api"))
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")

@@ -69,7 +69,7 @@ def test_compile_builds_the_specialization_its_launch_uses(monkeypatch, module, 
 
     import torch
 
-    from search_spaces.base import target_for
+    from devices.targets import target_for
 
     calls = {}
 
@@ -106,8 +106,8 @@ def test_the_search_keeps_the_pool_busy(harness, tmp_path):
     from db.clock import utcnow
     from db.session import session_scope
     from search.loop import SearchContext, run_batch
-    from search_spaces.base import target_for
-    from tuner.database import upgrade_schema
+    from devices.targets import target_for
+    from tuner.db_open import upgrade_schema
 
     url = f"sqlite:///{tmp_path}/t.db"
     upgrade_schema(url)  # ours and Optuna's tables

@@ -16,7 +16,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from search_spaces.base import SpecError, target_for  # noqa: E402
+from keys import SpecError
+from devices.targets import target_for
 from search_spaces.matmul import Matmul  # noqa: E402
 from search_spaces.softmax import Softmax  # noqa: E402
 

@@ -390,7 +390,7 @@ def test_a_workers_timings_and_batch_size_come_from_the_settings_alone():
     """WorkerConfig had defaults of its own (a stall of 60 s where the settings say 120): a worker
     built without the settings disagreed with one built from them. Now it has none."""
     from tuner import settings as settings_mod
-    from tuner.worker import worker_config
+    from tuner.worker_process import worker_config
     from workers.service import WorkerConfig
 
     with pytest.raises(TypeError):

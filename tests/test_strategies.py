@@ -5,7 +5,8 @@ import pytest
 
 from search import replay, strategies
 from search.strategies.base import STARTUP_TRIALS
-from search_spaces.base import TuningKey, target_for
+from keys import TuningKey
+from devices.targets import target_for
 
 STRATEGIES = strategies.names()
 
@@ -117,7 +118,7 @@ def test_proposals_in_flight_never_repeat(sweep):
 def test_with_trials_in_flight_auto_steps_around_the_incumbent(sweep):
     """Before TPE models anything, a proposal made while others are in flight is a neighbour of
     the best told so far, not a random draw; with nothing in flight nothing changes."""
-    from search_spaces.base import config_hash
+    from keys import config_hash
 
     spec, key, target = sweep
     best, other = {"P": 9, "Q": 4, "num_warps": 1}, {"P": 1, "Q": 1, "num_warps": 1}
@@ -137,7 +138,7 @@ def test_a_space_with_few_valid_points_is_measured_whole_with_few_asks(sweep, na
     import optuna
 
     from search.propose import propose
-    from search_spaces.base import config_hash
+    from keys import config_hash
 
     _, key, target = sweep
     rows = [[p, q, 1, 1.0 + abs(p - 7) + 0.1 * q, "ok"] for p in range(1, 13) for q in range(1, 13)

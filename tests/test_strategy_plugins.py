@@ -4,7 +4,8 @@ import json
 import sqlite3
 
 from search import replay, strategies
-from search_spaces.base import TuningKey, config_hash, target_for
+from keys import TuningKey, config_hash
+from devices.targets import target_for
 from tests.cli_helpers import run_tuner
 from workers.batch import BatchMessage
 

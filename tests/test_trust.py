@@ -15,9 +15,9 @@ from devices.fingerprint import live_fingerprint
 from devices.probe import probe
 from harness.protocol import Measurement
 from search_spaces import registry
-from tuner.database import upgrade_schema
+from tuner.db_open import upgrade_schema
 from tuner import settings as settings_mod
-from tuner.worker import worker_config
+from tuner.worker_process import worker_config
 from workers.batch import batch_message
 from workers.service import WorkerService
 

@@ -17,7 +17,7 @@ from devices.classes import CPU_INTERPRETER, classify
 from devices.fingerprint import live_fingerprint
 from search.loop import SearchContext, imported_seeds, seed_configs
 from search_spaces import registry
-from search_spaces.base import config_hash, nearest, stable_hash
+from keys import config_hash, nearest, stable_hash
 from tests.cli_helpers import ROOT, run_json, run_tuner
 from tests.test_cli_errors import assert_one_line_error
 from tuner.formats import vllm

@@ -20,8 +20,8 @@ from devices.classes import DeviceClass, matches, resolve_device_class
 from devices.fit import host_memory
 from harness.protocol import Measurement
 from search_spaces import registry
-from search_spaces.base import TuningKey, config_hash
-from tuner.database import open_for_read, open_for_write
+from keys import TuningKey, config_hash
+from tuner.db_open import open_for_read, open_for_write
 from tuner.errors import Conflict, NotFound, Unavailable, UserError
 from tuner.request import TuneRequest, check_fanout, refuse_unfit
 from tuner.settings import Settings
@@ -141,8 +141,8 @@ def retune_plumbing(settings: Settings, device_class: str | None, dry_run: bool,
 
 def retune(settings: Settings, device_class: str | None, kernel: str | None, stale_only: bool,
            dry_run: bool, holder: str | None = None) -> dict:
-    """Queue warm-started retune jobs for the keys whose stack changed (workers/retune.py)."""
-    from workers.retune import enqueue_stale
+    """Queue warm-started retune jobs for the keys whose stack changed (workers/stale_jobs.py)."""
+    from workers.stale_jobs import enqueue_stale
 
     match, url, send, holder = retune_plumbing(settings, device_class, dry_run, holder)
     return enqueue_stale(url, send, holder=holder,

@@ -154,7 +154,7 @@ def jobs_by_state(s) -> dict[str, int]:
 def stale_keys(s, dead_after_s: float) -> dict[str, int]:
     """Per class slug: current bests tuned under a stack that no live worker of the class runs,
     with no retune queued yet (what `tuner retune --stale-only` would queue)."""
-    from workers.retune import find_stale
+    from workers.stale_jobs import find_stale
 
     out: dict[str, int] = {}
     for st in find_stale(s, dead_after_s=dead_after_s):

@@ -9,7 +9,7 @@ from db.session import session_scope
 from devices.classes import matches, resolve_device_class
 from devices.probe import probe
 from search_spaces import registry
-from tuner.database import open_for_read
+from tuner.db_open import open_for_read
 from tuner.request import build_request
 from tuner.settings import Settings
 
@@ -19,7 +19,7 @@ def kernel_rows() -> list[dict]:
     sm_90, gfx942 and the interpreter at a shape and dtype the kernel serves (its example shape;
     float16 where it takes it), and the module that defines each. A kernel whose space cannot be
     counted says why in its row instead of stopping the listing."""
-    from search_spaces.base import target_for
+    from devices.targets import target_for
 
     rows = []
     for name in registry.names():

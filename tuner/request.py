@@ -7,7 +7,7 @@ from devices.fit import unfit
 from harness.protocol import DEFAULT_ROUTING, MAX_ROTATE_BUFFERS, Measurement
 from search import strategies
 from search_spaces import registry
-from search_spaces.base import SpecError, TuningKey
+from keys import SpecError, TuningKey
 from tuner.errors import UserError
 
 MAX_TRIALS = 100_000  # per key: a budget no search needs more of, and far from int4's limit

@@ -14,8 +14,8 @@ from devices.fingerprint import StackFingerprint
 from devices.fit import host_memory
 from devices.probe import live_identity
 from search_spaces import registry
-from search_spaces.base import Config, TuningKey
-from tuner.database import open_for_write, open_studies
+from keys import Config, TuningKey
+from tuner.db_open import open_for_write, open_studies
 from tuner.request import TuneRequest, refuse_unfit
 from tuner.settings import Settings
 

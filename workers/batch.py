@@ -13,7 +13,7 @@ from typing import Any
 
 from search import strategies
 from search_spaces import registry
-from search_spaces.base import SpecError, TuningKey
+from keys import SpecError, TuningKey
 from workers.queues import is_class_queue, queue_for
 
 SCHEMA = 1

@@ -32,7 +32,7 @@ from search.loop import SearchContext, counted_trials, run_batch, seed_configs, 
 from workers.batch import BatchMessage, batch_message, disagreements
 from workers.faults import infrastructure
 from workers.janitor import sweep
-from workers.retune import live_stacks, warm_seeds
+from workers.stale_jobs import live_stacks, warm_seeds
 
 log = logging.getLogger("tuner.worker")
 FINAL_JOB_STATES = ("done", "failed", "cancelled")
@@ -52,7 +52,7 @@ class WorkerConfig:
     db_url: str
     device: str  # cpu | cuda:N
     name: str
-    # the rest from tuner/settings.py, their one owner (tuner.worker.worker_config): no defaults
+    # the rest from tuner/settings.py, their one owner (tuner.worker_process.worker_config): no defaults
     # here to disagree with them
     heartbeat_s: float
     stall_s: float

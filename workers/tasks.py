@@ -64,8 +64,8 @@ def register(app: Celery, service) -> None:
         """The nightly retune, sent by `tuner scheduler`: stale keys, then (when `misses`) up to
         `misses_max_jobs` jobs for the most frequent runtime misses; idempotent and safe to run
         twice at once."""
-        from workers.misses import enqueue_misses
-        from workers.retune import enqueue_stale
+        from workers.miss_jobs import enqueue_misses
+        from workers.stale_jobs import enqueue_stale
 
         try:
             if unknown:

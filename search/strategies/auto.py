@@ -7,7 +7,9 @@ import random
 
 from search.strategies.base import STARTUP_TRIALS, Strategy, incumbent, valid_by_hash, valid_configs
 from search.strategies.tpe import tpe_sampler
-from search_spaces.base import Config, KernelSpec, Target, TuningKey, config_hash, nearest
+from keys import Config, TuningKey, config_hash, nearest
+from devices.targets import Target
+from search_spaces.base import KernelSpec
 
 
 class Auto(Strategy):

@@ -36,7 +36,9 @@ from typing import ClassVar
 
 import optuna
 
-from search_spaces.base import Config, KernelSpec, Target, TuningKey, config_hash, nearest
+from keys import Config, TuningKey, config_hash, nearest
+from devices.targets import Target
+from search_spaces.base import KernelSpec
 
 Seen = dict[str, tuple[str, "float | None"]]  # config_hash -> (status, median_ms)
 STARTUP_TRIALS = 8  # TPE's random trials before it models anything

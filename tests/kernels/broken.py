@@ -15,7 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
-from search_spaces.base import Config, KernelSpec, Target, TuningKey, stable_hash
+from keys import Config, TuningKey, stable_hash
+from devices.targets import Target
+from search_spaces.base import KernelSpec
 
 
 @triton.jit

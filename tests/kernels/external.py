@@ -12,7 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from search_spaces.base import Config, KernelSpec, Target, TuningKey, block_limit, require_launchable
+from keys import Config, TuningKey
+from devices.targets import Target
+from search_spaces.base import KernelSpec, block_limit, require_launchable
 
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 

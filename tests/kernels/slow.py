@@ -15,7 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from search_spaces.base import Config, LazyTorch, Target, TuningKey
+from keys import Config, TuningKey
+from devices.targets import Target
+from search_spaces.base import LazyTorch
 from tests.kernels.trivial import Trivial
 
 torch = LazyTorch(globals())  # as the built-ins: a worker's main process never imports torch

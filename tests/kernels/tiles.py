@@ -6,7 +6,9 @@ import torch
 import triton
 import triton.language as tl
 
-from search_spaces.base import Config, KernelSpec, Target, TuningKey
+from keys import Config, TuningKey
+from devices.targets import Target
+from search_spaces.base import KernelSpec
 
 
 @triton.jit

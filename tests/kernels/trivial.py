@@ -11,7 +11,9 @@ import time
 import triton
 import triton.language as tl
 
-from search_spaces.base import Config, KernelSpec, LazyTorch, Target, TuningKey
+from keys import Config, TuningKey
+from devices.targets import Target
+from search_spaces.base import KernelSpec, LazyTorch
 
 torch = LazyTorch(globals())  # as the built-ins: a worker's main process never imports torch
 

@@ -18,7 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from search_spaces.base import Config, KernelSpec, Target, TuningKey, block_limit, next_pow2, require_launchable
+from keys import Config, TuningKey
+from devices.targets import Target
+from search_spaces.base import KernelSpec, block_limit, next_pow2, require_launchable
 
 
 @triton.jit

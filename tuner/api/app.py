@@ -47,7 +47,7 @@ def create_app(settings: Settings, host: str = "127.0.0.1") -> FastAPI:
     def healthz(request: Request):
         """200 while the database answers at the schema this server needs, else 503; the reason
         only to a caller with TUNER_API_TOKEN (it names the database)."""
-        from tuner.database import open_for_read
+        from tuner.db_open import open_for_read
 
         try:
             open_for_read(request.app.state.settings, recheck=True)
@@ -71,7 +71,7 @@ def serve(settings: Settings, host: str, port: int, log_level: str = "info") -> 
     (auth.py), so uvicorn's reading of X-Forwarded-For changes only what its log shows."""
     import uvicorn
 
-    from tuner.database import open_for_write
+    from tuner.db_open import open_for_write
 
     auth.check_bind(host, policy_of(settings))
     open_for_write(settings)

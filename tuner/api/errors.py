@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from db.session import DatabaseError
 from db.urls import redact, scrub
-from search_spaces.base import SpecError
+from keys import SpecError
 from tuner.api.auth import Forbidden, Unauthorized
 from tuner.api.render import error_page
 from tuner.errors import Conflict, NotFound, Unavailable, UserError
@@ -87,7 +87,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def _database_gone(request: Request, exc: OperationalError):
-        # the database went away after the server checked it (tuner/database.py checks a URL once)
+        # the database went away after the server checked it (tuner/db_open.py checks a URL once)
         raw = request.app.state.settings.db_url
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None and str(exc.orig).strip() else "error"
         return respond(request, 503, f"cannot use database {redact(raw)}: {scrub(reason, raw)}; check the database server")

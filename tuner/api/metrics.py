@@ -37,7 +37,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from db.session import session_scope
 from tuner import fleet
-from tuner.database import open_for_read
+from tuner.db_open import open_for_read
 from tuner.settings import Settings
 
 log = logging.getLogger("tuner.api")

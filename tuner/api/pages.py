@@ -18,7 +18,7 @@ from tuner.api import auth
 from tuner.api.errors import MAX_BODY, status_of, validation_message
 from tuner.api.render import page, plot
 from tuner.api.routes import JobIn, build, key_view, settings_of
-from tuner.database import open_for_read
+from tuner.db_open import open_for_read
 from tuner.errors import UserError
 from tuner.reports.held import held
 

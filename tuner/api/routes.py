@@ -15,9 +15,9 @@ from db.session import session_scope
 from search import strategies
 from tuner import coordinator, fleet, queries
 from tuner.api.errors import MAX_BODY
-from tuner.database import open_for_read
+from tuner.db_open import open_for_read
 from tuner.errors import NotFound, UserError
-from tuner.runtime.misses import POST_BATCH
+from tuner.runtime.miss_tally import POST_BATCH
 from tuner.settings import Settings
 
 router = APIRouter(prefix="/v1", max_body_size=MAX_BODY)  # FastAPI refuses more with 413, before parsing
@@ -79,7 +79,7 @@ def cancel_job(job_id: Annotated[str, StringConstraints(max_length=64)], request
 
 class MissesIn(BaseModel):
     """Counted runtime misses, as a runtime with TUNER_CONFIG_URL posts them: records in the form
-    of tuner.runtime.misses.record (its JSON lines)."""
+    of tuner.runtime.miss_tally.record (its JSON lines)."""
     model_config = ConfigDict(extra="forbid")
     records: list[dict] = Field(min_length=1, max_length=POST_BATCH)
 
@@ -88,7 +88,7 @@ class MissesIn(BaseModel):
 def post_misses(misses: MissesIn, request: Request) -> dict:
     """Add a runtime's counted misses (needs the token). Every record is checked before any is
     stored; counts add up. 200 with the records taken and the rows they touched."""
-    from tuner.misses import record_posted
+    from tuner.miss_intake import record_posted
 
     records, rows = record_posted(settings_of(request), misses.records)
     return {"records": records, "rows": rows}
@@ -250,6 +250,6 @@ def runtime_misses(request: Request, kernel: Annotated[Optional[str], Query(max_
                    limit: Limit = DEFAULT_LIMIT) -> list[dict]:
     """Keys runtimes were served from a fallback level and not tuned since, most frequent first
     (`tuner misses`)."""
-    from tuner.misses import list_misses
+    from tuner.miss_intake import list_misses
 
     return list_misses(settings_of(request), kernel, device_class, limit)

@@ -53,7 +53,7 @@ def _usage_error(exc) -> None:
 
 def main() -> None:
     from db.session import DatabaseError
-    from search_spaces.base import SpecError
+    from keys import SpecError
 
     try:
         settings_mod.configure_plugins(settings_mod.get())

@@ -99,7 +99,7 @@ def lookup_cmd(kernel: str = typer.Argument(..., help="A registered kernel (see 
                                                          "devices`); default: this machine's"),
                as_json: bool = JsonOpt) -> None:
     """What tuner.runtime would serve for each key, and why: level, source, row age, distance."""
-    from tuner.misses import lookup_rows
+    from tuner.miss_intake import lookup_rows
 
     rows = lookup_rows(settings_mod.get(), kernel, shape, dtype, device_class, fingerprint)
     if as_json:
@@ -122,7 +122,7 @@ def misses(ctx: typer.Context, kernel: Optional[str] = typer.Option(None, "--ker
     """Keys served from a fallback level and not tuned since, most frequent first."""
     if ctx.invoked_subcommand is not None:
         return
-    from tuner.misses import list_misses
+    from tuner.miss_intake import list_misses
 
     rows = list_misses(settings_mod.get(), kernel, device_class)
     if as_json:
@@ -139,7 +139,7 @@ def misses(ctx: typer.Context, kernel: Optional[str] = typer.Option(None, "--ker
 @misses_app.command("import")
 def misses_import(file: str = typer.Argument(..., help="The JSON-lines file the runtime wrote (TUNER_MISS_FILE).")) -> None:
     """Load a bundle deployment's miss file into the database."""
-    from tuner.misses import import_file
+    from tuner.miss_intake import import_file
 
     records, rows = import_file(settings_mod.get(), file)
     err.print(f"imported {records} miss record(s) into {rows} row(s)")

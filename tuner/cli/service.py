@@ -31,7 +31,7 @@ def worker(device: Optional[str] = typer.Option(None, "--device", help="cpu | cu
            loglevel: str = typer.Option("INFO", "--loglevel"),
            wait_s: Optional[float] = wait_option(None, "the database or the broker")) -> None:
     """Run a worker for one device: it consumes only the queues of its device class."""
-    from tuner.worker import run_worker
+    from tuner.worker_process import run_worker
 
     run_worker(settings_mod.get(), device, name, loglevel, wait_s)
 
@@ -90,7 +90,7 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Create or migrate the schema of TUNER_DB_URL to REVISION (default: head, with Optuna's tables)."""
     from db.session import DatabaseError, check_reachable
     from db.urls import redact
-    from tuner.database import sqlite_path, upgrade_schema
+    from tuner.db_open import sqlite_path, upgrade_schema
 
     s = settings_mod.get()
     path = sqlite_path(s.db_url)

@@ -119,7 +119,7 @@ def tune(kernel: Optional[str] = typer.Argument(None, help="A registered kernel 
     from tuner.tune import prepare, tune_local
 
     if from_misses:
-        from tuner.misses import request_from_misses
+        from tuner.miss_intake import request_from_misses
 
         if shape or model is not None:
             raise UserError("--from-misses takes its keys from the recorded misses: drop --shape and --model")
@@ -332,7 +332,7 @@ def _queued_table(result: dict, as_json: bool, dry_run: bool, lease: str, title:
 
 
 def _retune_misses(device_class, kernel, top, min_count, dry_run: bool, as_json: bool) -> None:
-    from tuner.misses import retune_misses
+    from tuner.miss_intake import retune_misses
 
     result = retune_misses(settings_mod.get(), device_class, kernel, top, min_count, dry_run)
     t = _queued_table(result, as_json, dry_run, "retune of misses", "retune of misses",

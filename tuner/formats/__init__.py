@@ -74,7 +74,7 @@ def current_entries(settings, kernel: str | None, device_class: str | None, vers
     from db import store
     from db.session import session_scope
     from devices.classes import device_names
-    from tuner.database import open_for_read
+    from tuner.db_open import open_for_read
     from tuner.formats.bundle import entry
     from tuner.queries import device_class_slugs
 
@@ -135,7 +135,7 @@ def _nothing_to_write(settings, module, kernel: str | None, device_class: str | 
     wait to be measured, and how to measure them."""
     from db import store
     from db.session import session_scope
-    from tuner.database import open_for_read
+    from tuner.db_open import open_for_read
     from tuner.queries import device_class_slugs
 
     if module.KERNELS and kernel is not None and kernel not in module.KERNELS:
@@ -171,8 +171,8 @@ def import_configs(settings, fmt: str, source: str, device_class: str | None) ->
     from db.session import session_scope
     from devices.classes import ALIASES, resolve_device_class
     from search_spaces import registry
-    from search_spaces.base import stable_hash
-    from tuner.database import open_for_write
+    from keys import stable_hash
+    from tuner.db_open import open_for_write
     from tuner.errors import UserError
 
     module = get(fmt)
@@ -227,7 +227,7 @@ def _known_devices(settings) -> dict[str, tuple[str, ...]]:
     from db import store
     from db.session import session_scope
     from devices.classes import DEVICE_NAMES
-    from tuner.database import open_for_read, sqlite_path
+    from tuner.db_open import open_for_read, sqlite_path
 
     path = sqlite_path(settings.db_url)
     if path is not None and not path.exists():

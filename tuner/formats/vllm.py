@@ -188,7 +188,7 @@ def seed_bounds(spec: Any) -> dict[str, tuple[int, int]]:
     """parameter -> (lowest, highest) value an imported seed of the kernel may carry: positive
     (0 where vLLM's files use it), up to 4 times the largest any target's space holds (a seed is
     fitted to the space before it is tried; a value beyond this is not a configuration but a typo)."""
-    from search_spaces.base import target_for
+    from devices.targets import target_for
 
     values: dict[str, list[int]] = {}
     for arch in ("sm_90", "gfx942", "interpreter"):

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search_spaces.base import DTYPES
+from keys import DTYPES
 from search_spaces.fused_moe_vllm import BATCH_SIZES, SCHEMES
 from tuner.errors import UserError
 

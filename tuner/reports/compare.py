@@ -15,8 +15,8 @@ from db import store
 from db.session import session_scope
 from devices.classes import KNOWN_DEVICES, matches
 from search_spaces import registry
-from search_spaces.base import SpecError, TuningKey
-from tuner.database import open_for_read
+from keys import SpecError, TuningKey
+from tuner.db_open import open_for_read
 from tuner.display import dims_word, timing_label
 from tuner.errors import UserError
 from tuner.queries import device_class_slugs

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from db import models, store
 from db.session import session_scope
-from tuner.database import open_for_read
+from tuner.db_open import open_for_read
 
 MAX_HELD = 64  # reports kept per process; all are dropped when it is reached
 _held: dict[tuple, Any] = {}

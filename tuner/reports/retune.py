@@ -7,8 +7,8 @@ from sqlalchemy import select
 
 from db import models
 from db.session import session_scope
-from search_spaces.base import config_hash
-from tuner.database import open_for_read
+from keys import config_hash
+from tuner.db_open import open_for_read
 from tuner.display import timing_label
 from tuner.errors import NotFound
 from tuner.settings import Settings

@@ -13,8 +13,8 @@ from __future__ import annotations
 from db import store
 from db.session import session_scope
 from search_spaces import registry
-from search_spaces.base import SpecError
-from tuner.database import open_for_read
+from keys import SpecError
+from tuner.db_open import open_for_read
 from tuner.display import timing_label
 from tuner.errors import UserError
 from tuner.queries import device_class_slugs

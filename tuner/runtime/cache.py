@@ -30,7 +30,7 @@ from tuner.runtime.answer import OTHER_FINGERPRINT, Answer, Identity
 from tuner.runtime.keys import first_line as _first_line
 from tuner.runtime.keys import key_for, probe_identity, spec_for, with_fingerprint
 from tuner.runtime.levels import default_answer, resolve
-from tuner.runtime.misses import MissCounter, MissKey, Waiting, open_sink
+from tuner.runtime.miss_tally import MissCounter, MissKey, Waiting, open_sink
 
 log = logging.getLogger("tuner.runtime")
 

@@ -33,7 +33,7 @@ from triton import Config
 from triton.runtime.autotuner import Autotuner
 
 from search_spaces import dropin
-from search_spaces.base import canonical_json
+from keys import canonical_json
 from tuner.runtime.answer import DEFAULT
 from tuner.runtime.cache import entry_for
 

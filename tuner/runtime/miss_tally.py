@@ -92,7 +92,7 @@ def parse_record(data: Any) -> dict[str, Any]:
 
     from devices.classes import class_for
     from search_spaces import registry
-    from search_spaces.base import SpecError, TuningKey
+    from keys import SpecError, TuningKey
     from search_spaces.dropin import check_signature
 
     if not isinstance(data, dict):

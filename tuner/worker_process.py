@@ -6,7 +6,7 @@ import os
 import socket
 
 from devices.probe import live_identity
-from tuner.database import open_for_write, open_studies
+from tuner.db_open import open_for_write, open_studies
 from tuner.settings import Settings
 
 

@@ -1,6 +1,6 @@
 """The CLI's side of runtime misses: `tuner misses` (list), `tuner misses import FILE` (a bundle
 deployment's JSON-lines file into the database), `tuner retune --misses` (queue tuning jobs for
-the most frequent; the work is workers/misses.py's, shared with the nightly retune), and
+the most frequent; the work is workers/miss_jobs.py's, shared with the nightly retune), and
 `tuner lookup` (what a process on a device class would be served, and why); and the misses a
 runtime posts to the API (POST /v1/misses).
 """
@@ -13,7 +13,7 @@ from db import store
 from db.session import session_scope
 from devices.classes import ALIASES, class_for, resolve_device_class
 from search_spaces import registry
-from tuner.database import open_for_read, open_for_write
+from tuner.db_open import open_for_read, open_for_write
 from tuner.errors import UserError
 from tuner.request import TuneRequest, build_request
 from tuner.settings import Settings
@@ -38,7 +38,7 @@ def list_misses(settings: Settings, kernel: str | None, device_class: str | None
 def import_file(settings: Settings, path: str) -> tuple[int, int]:
     """Load a JSON-lines miss file (tuner.runtime's FileSink) into the database: (records, rows).
     Every line is checked before anything is written."""
-    from tuner.runtime.misses import parse_record
+    from tuner.runtime.miss_tally import parse_record
 
     file = Path(path).expanduser()
     try:
@@ -63,7 +63,7 @@ def import_file(settings: Settings, path: str) -> tuple[int, int]:
 def record_posted(settings: Settings, posted: list) -> tuple[int, int]:
     """Misses a runtime posted (POST /v1/misses; tuner.runtime's HttpSink): every record is checked
     before anything is written. (records, rows)."""
-    from tuner.runtime.misses import parse_record
+    from tuner.runtime.miss_tally import parse_record
 
     records = []
     for n, data in enumerate(posted):
@@ -95,7 +95,7 @@ def request_from_misses(settings: Settings, kernel: str | None, trials: int, sam
     from dataclasses import replace
 
     from devices.probe import probe
-    from search_spaces.base import SpecError, TuningKey
+    from keys import SpecError, TuningKey
 
     if kernel is None:
         raise UserError("--from-misses tunes one kernel's misses: name it, e.g. tuner tune KERNEL --from-misses")
@@ -125,7 +125,7 @@ def retune_misses(settings: Settings, device_class: str | None, kernel: str | No
                   min_count: int | None, dry_run: bool, holder: str | None = None) -> dict:
     """Queue tuning jobs for the `top` most frequent missed keys of each class with live workers."""
     from tuner.coordinator import retune_plumbing
-    from workers.misses import enqueue_misses
+    from workers.miss_jobs import enqueue_misses
 
     top = DEFAULT_TOP if top is None else top
     min_count = DEFAULT_MIN_COUNT if min_count is None else min_count

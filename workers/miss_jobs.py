@@ -24,11 +24,11 @@ from devices.classes import matches
 from devices.fit import host_memory, unfit
 from harness.protocol import Measurement
 from search_spaces import registry
-from search_spaces.base import SpecError, TuningKey
+from keys import SpecError, TuningKey
 from search import strategies
 from workers.batch import BatchMessage
 from workers.queues import queue_for
-from workers.retune import live_stacks
+from workers.stale_jobs import live_stacks
 
 LOCK = "retune-misses"
 

@@ -21,7 +21,7 @@ from db.session import session_scope
 from devices.fit import host_memory, unfit
 from harness.protocol import Measurement
 from search_spaces import registry
-from search_spaces.base import SpecError, TuningKey
+from keys import SpecError, TuningKey
 from search import strategies
 from workers.batch import BatchMessage, batch_message
 
