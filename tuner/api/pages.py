@@ -145,12 +145,15 @@ def _drawn(kind: str, state: dict, draw, *args) -> str:
 
 
 @router.get("/retune", response_class=HTMLResponse)
-def retune_page(request: Request, run: Optional[str] = None):
+def retune_page(request: Request, run: Optional[str] = None, offset: int = 0):
+    """A retune run's report (the latest by default), and every run as a list linking to its own."""
+    from tuner.browse import retune_runs
     from tuner.reports.retune import figure, report
 
     result, error = _attempt(held, "retune", report, settings_of(request), run[:64] if run else None)
     svg = _drawn("retune", result, figure) if result and result["keys"] else None
-    return page(request, "retune.html", result=result, error=error, plot=svg)
+    runs = retune_runs(settings_of(request), max(0, min(offset, 1_000_000)))
+    return page(request, "retune.html", result=result, error=error, plot=svg, runs=runs, offset=offset)
 
 
 @router.get("/compare", response_class=HTMLResponse)

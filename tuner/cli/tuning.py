@@ -166,7 +166,7 @@ def _show_tune(doc: dict, result) -> None:
     how = Measurement.from_json(doc["measurement"]).describe()
     search_s = sum(r["search_s"] for r in rows)
     rate = f" ({sum(r['trials'] for r in rows) / search_s * 60:.0f} trials/min)" if search_s > 0 else ""
-    t = table("key", "trials", "best config", "best ms", "default ms", "speedup",
+    t = table("key", "trials", "best config", "best", "default", "speedup",
                title=f"job {result.job_id[:12]}: {doc['kernel']} on {result.device_class} (stack {result.fingerprint})",
                caption=f"timings: {timing}{'; ' + how if how else ''}; search {search_s:.1f} s{rate}, final "
                        f"re-measurement {sum(r['finalize_s'] for r in rows):.1f} s, harness start {result.startup_s:.1f} s")
@@ -244,7 +244,7 @@ def _show_status(st: dict, as_json: bool) -> None:
     from harness.protocol import Measurement
 
     how = Measurement.from_json(st.get("measurement")).describe()
-    t = table("key", "state", "trials", "best ms", "default", "best config", "workers",
+    t = table("key", "state", "trials", "best", "default", "best config", "workers",
                title=f"job {st['job'][:12]} {st['kernel']} on {st['device_class'] or 'this machine'}: {st['state']}",
                caption=f"timed with {how}" if how else None)
     kept = []

@@ -50,10 +50,16 @@ def report(settings: Settings, run: str | None) -> dict:
                 new_fp = (s.get(models.StackFingerprint, new.fingerprint_id).hash if new else
                           ",".join(warm.get("new_fingerprints") or [warm.get("new_fingerprint") or ""]))
                 flags = []
-                if old_ms and new_ms and new_ms > old_ms * (1 + threshold):
+                slower = bool(old_ms and new_ms and new_ms > old_ms * (1 + threshold))
+                # a regression is the search settling on another configuration that is slower; the
+                # same configuration slower is the new stack's doing, said by the flag after
+                same = bool(new and old_hash and new.config_hash == old_hash)
+                if slower and not same:
                     flags.append(f"regression: new stack {new_ms / old_ms:.2f}x slower than the old")
                 if old_ms and old_on_new and old_on_new > old_ms * (1 + threshold):
                     flags.append(f"old config {old_on_new / old_ms:.2f}x slower on the new stack")
+                elif slower and same:
+                    flags.append(f"old config {new_ms / old_ms:.2f}x slower on the new stack (kept: still the best)")
                 rows.append({"job": job.id, "kernel": job.kernel, "device_class": job.device_selector,
                              "key": key.key["dims"], "dtype": key.key["dtype"], "key_hash": key.key_hash,
                              "state": key.state,
