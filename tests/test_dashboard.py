@@ -6,7 +6,11 @@ page is watched until the worker has finished it, and every page is checked agai
 key's plot of every trial and its best, the retune report after a simulated driver update, the
 shape sweep, the class comparison, and /docs (its Swagger UI from the server's own files, with
 every other origin cut off); no page breaks the Content-Security-Policy. A screenshot of each page is written to tmp_path, and to
-the directory in TUNER_SCREENSHOTS when it is set (docs/dashboard/ holds the committed ones).
+the directory in TUNER_SCREENSHOTS when it is set (docs/dashboard/ holds the committed ones:
+`TUNER_SCREENSHOTS=docs/dashboard pytest tests/test_dashboard.py` regenerates them).
+
+A second test follows the service's output as a user does: from the form to the finished job
+page (the stored best), to /bests, to the key page, to a download of the selection's bundle.
 """
 import json
 import os
@@ -26,7 +30,7 @@ from sqlalchemy import create_engine, text
 from tests import rows
 from tests.cli_helpers import ROOT
 from tests.services import WorkerProc, pg_database, redis_url, run_cli, service_env, wait_for
-from tuner.display import config_word
+from tuner.display import config_word, duration
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
@@ -158,8 +162,8 @@ def test_the_dashboard_shows_a_job_submitted_through_its_page(world, browser, tm
     # a finished key shows what its final re-measurement stored (the first job of a fresh database
     # writes the key's best), not the search's best so far
     (best_ms, default_ms), = sql(world, "select median_ms, default_ms from best_configs where job_id = :j", j=job)
-    assert float(page.inner_text(".key .best-ms")) == pytest.approx(best_ms, abs=1e-3)
-    assert float(page.inner_text(".key .default-ms")) == pytest.approx(default_ms, abs=1e-3)
+    assert page.inner_text(".key .best-ms") == duration(best_ms)
+    assert page.inner_text(".key .default-ms") == duration(default_ms)
     assert "Triton-interpreter timings" in page.inner_text("main")
     shot(page, "job", tmp_path)
 
@@ -257,3 +261,79 @@ def test_the_dashboard_shows_a_job_submitted_through_its_page(world, browser, tm
     page.wait_for_url(f"{base}/login")
     page.goto(f"{base}/")
     assert "needs the token" in page.inner_text("main")
+
+
+def log_in(world, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{world['base']}/login")
+    page.fill("input[name=token]", TOKEN)
+    page.click("#login button")
+    page.wait_for_url(f"{world['base']}/")
+    return page
+
+
+def test_from_the_form_to_the_stored_best_its_key_and_a_download(world, browser, tmp_path):
+    base = world["base"]
+    wait_for(lambda: sql(world, "select 1 from workers where stopped_at is null and device like 'cpu%' "
+                                "and heartbeat_at > now() - interval '5 seconds'"), 180, "a CPU worker")
+    page = log_in(world, browser)
+    blocked = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+    shape = "M=16,N=16,K=16"
+
+    # the form: submitted, followed until the worker is done
+    page.goto(f"{base}/jobs")
+    page.fill("textarea[name=shapes]", shape)
+    page.fill("input[name=trials]", "4")
+    page.click("#submit button")
+    page.wait_for_url(re.compile(r".*/jobs/[0-9a-f]{32}$"))
+    job = page.url.rsplit("/", 1)[1]
+    end = time.monotonic() + 240
+    while page.inner_text("#state") != "done":
+        assert page.inner_text("#state") in ("queued", "running") and time.monotonic() < end
+        time.sleep(1)
+        page.goto(f"{base}/jobs/{job}")
+
+    # the finished job page shows what the final re-measurement stored, not the search's best so far
+    (key_hash, config, best_ms), = sql(world, "select key_hash, config, median_ms from best_configs "
+                                              "where job_id = :j", j=job)
+    config = config if isinstance(config, dict) else json.loads(config)
+    assert page.inner_text(".key .best-ms") == duration(best_ms)
+    assert page.inner_text(".key .result").startswith(config_word(config))
+    shot(page, "flow-job", tmp_path)
+
+    # /bests, from the nav, filtered to the key: its row names the stored best and links to its page
+    page.click("header a[href='/bests']")
+    page.fill("#filter input[name=kernel]", "matmul")
+    page.fill("#filter input[name=shape]", shape)
+    page.click("#filter button")
+    page.wait_for_url(re.compile(r".*/bests\?.*shape=M%3D16"))
+    (row,) = page.locator("#bests tr.best").all()
+    assert row.locator(".config").inner_text() == config_word(config)
+    assert row.locator(".time").inner_text() == duration(best_ms)
+    assert page.locator("#downloads a.download").all_inner_texts() == ["bundle.json"]  # matmul: no vLLM file
+    shot(page, "bests", tmp_path)
+
+    # the key page: every measured point named on hover (its <title>), and the stored best
+    row.locator("a").click()
+    page.wait_for_url(f"{base}/keys/matmul/{key_hash}")
+    measured = sql(world, "select config, median_ms from tuning_trials where key_hash = :h and status = 'ok'",
+                   h=key_hash)
+    titles = page.locator("#trials-plot g[id^=trials-ok] use title").all_text_contents()
+    assert sorted(t.split(": ", 1)[1] for t in titles) == sorted(
+        f"{config_word(c if isinstance(c, dict) else json.loads(c))}, {duration(ms)}" for c, ms in measured)
+    assert page.inner_text("#current .config") == config_word(config)
+    page.locator("#trials-plot g[id^=trials-ok] use").first.hover()
+    shot(page, "key-plot", tmp_path)
+
+    # back to the selection, and its bundle downloaded: the file parses and holds the stored best
+    page.go_back()
+    with page.expect_download() as download:
+        page.click("#downloads a[data-format=bundle]")
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    doc = json.loads(saved.read_text())
+    (entry,) = [e for e in doc["entries"] if e["key_hash"] == key_hash]
+    assert doc["format"] == "tuner-bundle" and entry["config"] == config and entry["median_ms"] == best_ms
+    assert {e["key"]["dims"]["M"] for e in doc["entries"]} == {16}  # the selection, not every best
+    assert blocked == []

@@ -36,9 +36,21 @@ def test_times_print_in_adaptive_units():
     assert display.time_axis([0.004, 0.05]) == (1000.0, "µs") and display.time_axis([0.004, 0.2]) == (1.0, "ms")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    """Both databases the service runs on: the filters read JSON, which each spells its own way."""
+    if request.param == "sqlite":
+        yield rows.schema(f"sqlite:///{tmp_path}/t.db")
+        return
+    from tests.services import pg_database
+
+    with pg_database() as url:
+        yield rows.schema(url)
+
+
 @pytest.fixture
-def filled(tmp_path):
-    url = rows.schema(f"sqlite:///{tmp_path}/t.db")
+def filled(database, tmp_path):
+    url = database
     made = {
         "small": rows.best(url, "h100-sxm-80gb", {"M": 16, "N": 4096, "K": 4096}, 0.008),
         "big": rows.best(url, "h100-sxm-80gb", {"M": 4096, "N": 4096, "K": 4096}, 0.25),
@@ -109,8 +121,8 @@ def test_the_selection_downloads_in_the_formats_that_apply(filled):
     assert api.get("/bests/export/nosuch").status_code == 400
 
 
-def test_seeds_and_misses_are_pages(tmp_path):
-    url = rows.schema(f"sqlite:///{tmp_path}/t.db")  # no best: a tuned key's misses are not listed
+def test_seeds_and_misses_are_pages(database, tmp_path):
+    url = database  # no best: a tuned key's misses are not listed
     api = make_client(tmp_path / "home", db_url=url)
     with session_scope(url) as s:
         store.write_imported(s, [{"kernel": "fused_moe", "device_selector": sel, "dtype": "float16",
@@ -156,8 +168,8 @@ def retune_job(url: str, run: str, key_hash: str, old_config: dict, old_ms: floa
     return job
 
 
-def test_every_retune_run_is_listed_and_a_kept_config_is_no_regression(tmp_path):
-    url = rows.schema(f"sqlite:///{tmp_path}/t.db")
+def test_every_retune_run_is_listed_and_a_kept_config_is_no_regression(database, tmp_path):
+    url = database
     h = rows.best(url, "h100-sxm-80gb", {"M": 64, "N": 64, "K": 64}, 0.5)
     other = {**rows.CONFIG, "num_warps": 8}
     retune_job(url, "run-same", h, rows.CONFIG, 0.5, rows.CONFIG, 0.82)  # the same config, 1.64x slower

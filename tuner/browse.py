@@ -177,8 +177,9 @@ def retune_runs(settings, offset: int = 0, limit: int = PAGE) -> dict:
     """Every retune run, newest first: when it was queued, its jobs and keys, and how many of
     them have ended (`next`: the offset after)."""
     J, K = models.Job, models.JobKey
-    run = J.request["retune_run"].as_string()
-    q = (select(run.label("run"), func.min(J.created_at), func.max(J.finished_at), func.count(func.distinct(J.id)),
+    # grouped by its label: PostgreSQL takes GROUP BY run, not two copies of ->> with their own parameters
+    run = J.request["retune_run"].as_string().label("run")
+    q = (select(run, func.min(J.created_at), func.max(J.finished_at), func.count(func.distinct(J.id)),
                 func.count(K.id), func.sum((K.state.in_(("done", "failed", "cancelled"))).cast(Integer)))
          .join(K, K.job_id == J.id).where(J.kind == "retune").group_by(run)
          .order_by(func.min(J.created_at).desc()).offset(offset).limit(limit + 1))

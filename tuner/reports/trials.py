@@ -20,13 +20,14 @@ def figure(view: dict):
     factor, unit = time_axis([t["median_ms"] for t in ok] + [b["median_ms"] for b in view["current"]])
     top = max((t["median_ms"] for t in ok), default=1.0) * factor
     titles: dict[str, list[str]] = {}
-    # gid: the <g id> of the points in the SVG, apart from the legend's copies
+    # gid: the <g id> of the points in the SVG, apart from the legend's copies; the points drawn
+    # above the lines (zorder), which would otherwise take the pointer and hide their titles
     for i, (dc, fp) in enumerate(stacks):
         mine = [t for t in ok if (t["device_class"], t["fingerprint"]) == (dc, fp)]
         if not mine:
             continue
         points = ax.scatter([t["n"] for t in mine], [t["median_ms"] * factor for t in mine], s=14,
-                            label=f"{dc} / {fp}", gid=f"trials-ok-{i}")
+                            label=f"{dc} / {fp}", gid=f"trials-ok-{i}", zorder=3)
         titles[f"trials-ok-{i}"] = [f"trial {t['n']}: {config_word(t['config'])}, {duration(t['median_ms'])}"
                                     for t in mine]
         so_far, best = [], None
@@ -34,15 +35,15 @@ def figure(view: dict):
             best = t["median_ms"] if best is None else min(best, t["median_ms"])
             so_far.append(best * factor)
         ax.step([t["n"] for t in mine], so_far, where="post", linewidth=1, alpha=0.7,
-                color=points.get_facecolor()[0], label=f"best so far, {dc} / {fp}")
+                color=points.get_facecolor()[0], label=f"best so far, {dc} / {fp}", zorder=1)
     failed = [t for t in trials if t["status"] not in ("ok", "invalid")]
     if failed:
         ax.scatter([t["n"] for t in failed], [top * 1.05] * len(failed), marker="x", color="red", s=20,
-                   label="failed (compile error, wrong result, timeout, crash)", gid="trials-failed")
+                   label="failed (compile error, wrong result, timeout, crash)", gid="trials-failed", zorder=3)
         titles["trials-failed"] = [f"trial {t['n']}: {config_word(t['config'])}, {t['status']}"
                                    + (f": {t['message'][:120]}" if t.get("message") else "") for t in failed]
     for b in view["current"]:  # named in the legend, not beside the line: two close bests' labels overlapped
-        ax.axhline(b["median_ms"] * factor, linestyle="--", linewidth=1, color="black",
+        ax.axhline(b["median_ms"] * factor, linestyle="--", linewidth=1, color="black", zorder=1,
                    label=f"stored best {duration(b['median_ms'])} ({b['device_class']} / {b['fingerprint']})")
     from matplotlib.ticker import MaxNLocator
 
