@@ -34,6 +34,11 @@ def test_times_print_in_adaptive_units():
     assert display.duration(0.25) == "0.250 ms" and display.duration(12.5) == "12.500 ms"
     assert display.duration(None) == "-" and display.ms(0.004) == "4.00 µs"
     assert display.time_axis([0.004, 0.05]) == (1000.0, "µs") and display.time_axis([0.004, 0.2]) == (1.0, "ms")
+    from tuner.reports.retune import figure
+
+    fast = {"key": {"M": 16}, "dtype": "float16", "old_best_ms_old_stack": 0.008, "old_best_ms_new_stack": 0.009,
+            "new_best_ms_new_stack": 0.0085, "regression": False}
+    assert figure({"run": "r", "timing": "gpu", "keys": [fast]}).axes[0].get_ylabel() == "median µs"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

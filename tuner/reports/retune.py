@@ -9,7 +9,7 @@ from db import models
 from db.session import session_scope
 from keys import config_hash
 from tuner.db_open import open_for_read
-from tuner.display import timing_label
+from tuner.display import time_axis, timing_label
 from tuner.errors import NotFound
 from tuner.settings import Settings
 
@@ -82,13 +82,16 @@ def figure(result: dict):
               ("new best, new stack", "new_best_ms_new_stack")]
     fig, ax = figures.new(max(6, 1.8 * len(rows)), 4)
     width = 0.27
+    factor, unit = time_axis([r[field] for r in rows for _, field in series])
     for i, (name, field) in enumerate(series):
-        ax.bar([x + (i - 1) * width for x in range(len(rows))], [r[field] or 0 for r in rows], width, label=name)
+        ax.bar([x + (i - 1) * width for x in range(len(rows))], [(r[field] or 0) * factor for r in rows], width,
+               label=name)
     for x, r in enumerate(rows):
         if r["regression"]:
-            ax.annotate("regression", (x, (r["new_best_ms_new_stack"] or 0)), ha="center", va="bottom", color="red")
+            ax.annotate("regression", (x, (r["new_best_ms_new_stack"] or 0) * factor), ha="center", va="bottom",
+                        color="red")
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
-    ax.set_ylabel("median ms")
+    ax.set_ylabel(f"median {unit}")
     ax.set_title(f"retune run {result['run']} ({result['timing']})")
     ax.legend()
     return fig
