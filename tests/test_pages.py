@@ -248,7 +248,9 @@ def test_the_key_plot_labels_do_not_overlap():
 def test_the_new_pages_keep_to_the_content_security_policy(filled):
     url, made, api = filled
     for path in ("/bests", "/seeds", "/misses", "/retune", f"/keys/matmul/{made['small']}"):
-        html = api.get(path).text
+        r = api.get(path)
+        html = r.text
+        assert r.status_code == 200 and "<table id=" in html, path
         assert not re.search(r"<script(?![^>]*\bsrc=)|<style|\sstyle=|\son[a-z]+=", html), path
         for ref in re.findall(r'(?:src|href)="([^"]*)"', html):
             assert ref.startswith(("/", "#")) and not ref.startswith("//"), (path, ref)
