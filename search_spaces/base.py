@@ -6,6 +6,7 @@ spaces without a GPU stack. Kernel modules import those themselves.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import inspect
 import itertools
@@ -13,12 +14,17 @@ import json
 import math
 import re
 import sys
+import textwrap
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 from devices.targets import ANY_LAUNCH_OPTION, Target, launch_options
 from keys import DTYPES, Config, SpecError, TuningKey, canonical_json, config_hash, nearest
+
+
+# how a routing kernel's inputs route tokens unless a job names another of its `routings`
+DEFAULT_ROUTING = "uniform"
 
 
 class LazyTorch:
@@ -107,38 +113,66 @@ def _plain(value: Any) -> bool:
     return isinstance(value, _PLAIN)
 
 
-def kernel_source(cls: type) -> str:
-    """The code a kernel class stands for: its own source and that of its bases in the same module,
-    then, transitively, every function, class and @triton.jit kernel of that module the code names
-    (a jit function by its Python source), and the plain constants it names (by repr). What
-    another kernel of the module alone uses is left out, so editing it changes nothing here."""
-    module = sys.modules.get(cls.__module__)
-    names = vars(module) if module is not None else {}
+def normalized_source(text: str) -> str:
+    """Python source as its syntax tree prints it back: comments, docstrings, blank lines and
+    formatting gone, so that only an edit of what the code does changes it (and the version
+    hashed from it). The printing is `ast.unparse`'s, stable within a Python minor version."""
+    tree = ast.parse(textwrap.dedent(text))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body \
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
 
-    def source(obj: Any) -> str | None:
+
+def kernel_source(cls: type) -> str:
+    """The code a kernel class stands for, normalized (`normalized_source`): its own class and its
+    bases outside this contract module, then, transitively, every function, class and @triton.jit
+    function that code names (a jit function by its Python source) in any module of the kernel's
+    package (search_spaces/ for the built-ins: a tile model shared through search_spaces/lora.py
+    or gemm.py counts for each kernel that calls it), and the plain constants it names (by repr).
+    What another kernel alone uses is left out, so editing it changes nothing here; names are
+    looked up in the module that holds the code naming them."""
+    package = cls.__module__.partition(".")[0]
+
+    def ours(obj: Any) -> bool:
+        module = getattr(obj, "__module__", None) or ""
+        # the contract's own classes (KernelSpec and its helpers) are the service's code, not a kernel's
+        return module.partition(".")[0] == package and not (inspect.isclass(obj) and module == __name__)
+
+    def source(obj: Any) -> tuple[str, dict] | None:
         if isinstance(obj, LazyTorch):  # asking it for .fn would import torch
             return None
         fn = getattr(obj, "fn", None)  # a JITFunction (or the interpreter's) wraps the Python function
         target = fn if callable(fn) and not inspect.isclass(obj) else obj
-        if (inspect.isfunction(target) or inspect.isclass(target)) and target.__module__ == cls.__module__:
+        if (inspect.isfunction(target) or inspect.isclass(target)) and ours(target):
+            namespace = vars(sys.modules[target.__module__]) if target.__module__ in sys.modules else {}
             try:
-                return inspect.getsource(target)
-            except (OSError, TypeError):
-                return target.__qualname__
+                return normalized_source(inspect.getsource(target)), namespace
+            except (OSError, TypeError, SyntaxError):
+                return target.__qualname__, namespace
         return None
 
-    own = [c for c in reversed(cls.__mro__) if c.__module__ == cls.__module__]
-    parts = [source(c) or c.__qualname__ for c in own]
-    seen, todo = {c.__name__ for c in own}, list(parts)
+    own = [c for c in reversed(cls.__mro__) if ours(c)]
+    todo = [source(c) or (c.__qualname__, {}) for c in own]
+    parts = [text for text, _ in todo]
+    seen, emitted = {(c.__module__, c.__name__) for c in own}, set(parts)
     while todo:
-        for name in sorted(set(_NAME.findall(todo.pop(0))) - seen):
-            if name not in names:
+        text, names = todo.pop(0)
+        for name in sorted(set(_NAME.findall(text))):
+            # a dunder (a module's __name__, a type's) names where code lives, not what it does
+            if name not in names or name.startswith("__") or (names.get("__name__"), name) in seen:
                 continue
-            seen.add(name)
-            text = source(names[name])
-            if text is not None:
-                parts.append(text)
-                todo.append(text)
+            seen.add((names.get("__name__"), name))
+            found = source(names[name])
+            if found is not None:
+                if found[0] in emitted:  # the same code reached through another module's name
+                    continue
+                emitted.add(found[0])
+                parts.append(found[0])
+                todo.append(found)
             elif _plain(names[name]):
                 parts.append(f"{name} = {names[name]!r}")
     return "\n".join(parts)
@@ -178,6 +212,9 @@ class KernelSpec:
     # how a kernel that routes tokens (a mixture of experts) may draw the routing of its inputs, the
     # default first; make_inputs takes `routing=` for the others. Empty: the kernel routes nothing.
     routings: ClassVar[tuple[str, ...]] = ()
+    # the export formats (tuner/formats/: "vllm", "sglang", "vllm-lora") that write this kernel's
+    # bests for a server to read: a format writes the kernels that declare it, and refuses others
+    exports: ClassVar[tuple[str, ...]] = ()
 
     # ---- identity -------------------------------------------------------------------
     @cached_property
@@ -227,6 +264,19 @@ class KernelSpec:
         options = launch_options(vendor)
         args = {k: v for k, v in config.items() if k not in ANY_LAUNCH_OPTION and k not in self.grid_only}
         return args, {k: v for k, v in config.items() if k in options}
+
+    @staticmethod
+    def vendor_of(where: Any) -> str:
+        """The vendor whose Triton backend runs a launch on `where` (a tensor, a torch.device or a
+        device string such as "cuda:0"): devices/vendors.py's `launch_vendor`, the one rule every
+        kernel splits its launch by ("cpu" for the interpreter). A kernel never decides it itself,
+        so a new vendor is one class there, not an `else` in every kernel."""
+        import torch
+
+        from devices.vendors import launch_vendor
+
+        device = where.device if isinstance(where, torch.Tensor) else torch.device(where)
+        return launch_vendor(device.type, torch.version.hip, torch.version.cuda)
 
     def triton_config(self, config: Config, vendor: str):
         """The configuration as @triton.autotune takes it (for comparisons with it)."""
@@ -292,6 +342,20 @@ class KernelSpec:
     # ---- running --------------------------------------------------------------------
     def make_inputs(self, key: TuningKey, device: str, seed: int) -> Any:
         raise NotImplementedError
+
+    def trial_inputs(self, key: TuningKey, device: str, seed: int, routing: str = DEFAULT_ROUTING,
+                     signature: Mapping[str, Any] | None = None) -> Any:
+        """The inputs of one trial as its request describes them: the routing it names, for a
+        kernel that routes tokens (`routings`; SpecError for one it does not have), and the launch
+        signature a miss recorded, for a kernel whose inputs are rebuilt from one (a drop-in
+        overrides this; others have no use for it). The harness asks only this, so a kernel whose
+        inputs take something new says so here, not in harness/."""
+        if routing == DEFAULT_ROUTING:
+            return self.make_inputs(key, device, seed)
+        if routing not in self.routings:
+            have = f"use one of {', '.join(self.routings)}" if self.routings else "it routes no tokens"
+            raise SpecError(f"{self.name} has no routing {str(routing)[:40]!r}; {have}")
+        return self.make_inputs(key, device, seed, routing=routing)
 
     def launch(self, config: Config, inputs: Any) -> Any:
         raise NotImplementedError

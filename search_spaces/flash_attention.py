@@ -309,7 +309,7 @@ class FlashAttention(KernelSpec):
         o = torch.empty_like(q)  # fresh per launch, so no config passes on an earlier one's output
         require_launchable(on_cpu=q.device.type == "cpu")
         interpret = bool(triton.knobs.runtime.interpret)
-        vendor = "amd" if q.is_cuda and torch.version.hip is not None else "nvidia"
+        vendor = self.vendor_of(q)
         d = {"BH": bh, "N_CTX": n, "HEAD_DIM": hd, "STAGE": 3 if causal else 1}
         flash_attention_kernel[_grid(config, d)](
             q, k, v, o, 1.0 / math.sqrt(hd), *q.stride(), *k.stride(), *v.stride(), *o.stride(), bh, n,

@@ -246,7 +246,7 @@ class Matmul(KernelSpec):
         c = torch.empty((m, n), device=a.device, dtype=a.dtype)
         require_launchable(on_cpu=a.device.type == "cpu")
         interpret = bool(triton.knobs.runtime.interpret)
-        meta = self._meta(config, "amd" if a.is_cuda and torch.version.hip is not None else "nvidia",
+        meta = self._meta(config, self.vendor_of(a),
                           dot_in_fp32=interpret and a.dtype == torch.bfloat16)
         matmul_kernel[_grid(config, m, n)](
             a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), **meta)

@@ -177,7 +177,7 @@ class Softmax(KernelSpec):
         m, n = x.shape
         y = torch.empty_like(x)  # fresh per launch, so no config passes on an earlier one's output
         require_launchable(on_cpu=x.device.type == "cpu")
-        vendor = "amd" if x.is_cuda and torch.version.hip is not None else "nvidia"
+        vendor = self.vendor_of(x)
         _softmax_kernel[_grid(config, m)](x, y, m, n, x.stride(0), y.stride(0), **self._meta(config, n, vendor))
         return y
 
