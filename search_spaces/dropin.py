@@ -24,7 +24,8 @@ from typing import Any, Mapping
 
 from keys import DTYPES, Config, TuningKey, canonical_json
 from devices.targets import Target
-from search_spaces.base import DEFAULT_ROUTING, KernelSpec, LazyTorch, normalized_source
+from search_spaces.base import DEFAULT_ROUTING, KernelSpec, LazyTorch
+from search_spaces.versions import normalized_source
 
 torch = LazyTorch(globals())
 

@@ -162,6 +162,7 @@ def _grid(config: Config, d: Mapping[str, int]) -> tuple[int, int]:
 class FlashAttention(KernelSpec):
     name = "flash_attention"
     key_names = ("BH", "N_CTX", "HEAD_DIM", "STAGE")
+    tiny_shape = ({"BH": 1, "N_CTX": 32, "HEAD_DIM": 16, "STAGE": 3}, "float32")  # causal: both loops
     # outputs are convex combinations of v ~ N(0, 1); fp32 uses tl.dot's TF32 on GPUs, and p is
     # rounded to the input dtype before the second dot (as the tutorial does)
     tolerances = {"float16": (1e-2, 1e-2), "bfloat16": (3e-2, 2e-2), "float32": (1e-2, 1e-2)}

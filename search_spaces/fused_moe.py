@@ -186,6 +186,7 @@ class FusedMoe(KernelSpec):
     tolerances = {"float16": (1e-2, 1e-2), "bfloat16": (3e-2, 2e-2), "float32": (1e-4, 1e-3)}
     routings = ROUTINGS
     exports = ("vllm", "sglang")  # vLLM's and SGLang's fused_moe_kernel files (E, N, M, dtype)
+    tiny_shape = ({"E": 4, "N": 32, "K": 32, "topk": 2, "M": 4}, "float32")
 
     def make_key(self, dims, dtype: str) -> TuningKey:
         key = super().make_key(dims, dtype)

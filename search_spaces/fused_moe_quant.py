@@ -178,6 +178,7 @@ class FusedMoeQuant(FusedMoe):
     name = "fused_moe_quant"
 
     dtypes = tuple(SCHEMES)
+    tiny_shape = ({"E": 4, "N": 256, "K": 256, "topk": 2, "M": 2}, "fp8_w8a8_block128")  # one 128 block a side
     # outputs ~N(0, 0.3); the kernel and the reference quantize the same activations, so what
     # differs is fp32 summation order, one bf16 ulp of h where the two round it differently, and
     # the fp8 step that ulp may move an activation across: up to max|a| / 14 per tensor, ~0.03

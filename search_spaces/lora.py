@@ -129,7 +129,7 @@ def tile_resources(config: Config, target: Target, a_bytes: int, b_bytes: int, o
 class LoraSpec(KernelSpec):
     """The two kernels' common part: key validation, the block limits, vLLM's default as the
     default. Its code, and what of this module it names, counts in both kernels' versions
-    (`kernel_source` follows it)."""
+    (search_spaces/versions.py follows it)."""
 
     hidden: str  # "K" (shrink) or "N" (expand): the key's hidden-size dim
     blocks: dict[str, str]  # block -> the key dim it tiles

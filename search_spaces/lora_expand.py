@@ -106,6 +106,7 @@ class LoraExpand(LoraSpec):
     exports = ("vllm-lora",)
     # vLLM's file of this op (it adds into the output: add_inputs=True), the dims of its k and n levels
     vllm_lora_op = ("EXPAND_TRUE", "RANK", "N")
+    tiny_shape = ({"M": 8, "N": 64, "RANK": 16, "SLICES": 2, "LORAS": 2}, "float32")
 
     def space(self, target: Target) -> dict[str, tuple]:
         if target.is_interpreter:
