@@ -170,12 +170,15 @@ def _nothing_to_write(settings, written: tuple[str, ...] | None, kernel: str | N
     if not seeds:
         how = f"--model {model}" if model else f"{kernels[0] or 'KERNEL'} --shape ..."
         return f"{why}; tune its keys first (tuner submit {how} --device-class C)"
+    from keys import SpecError
     from search_spaces import registry
 
     r = seeds[0]
     shape = ",".join(f"{k}={v}" for k, v in r.dims.items())
-    # a seed names only what its file does (vLLM's: E, N, M); the key's other dims are the user's to give
-    rest = "".join(f",{n}=..." for n in registry.get(r.kernel).key_names if n not in r.dims)
+    try:  # a seed names only what its file does (vLLM's: E, N, M); the key's other dims are the user's
+        rest = "".join(f",{n}=..." for n in registry.KERNELS.load(r.kernel).key_names if n not in r.dims)
+    except SpecError:  # a seed of a kernel no longer registered
+        rest = ""
     return (f"{why}; {len(seeds)} imported configuration(s) are seeds, not measurements: tuning their keys "
             f"measures them, e.g. tuner submit {r.kernel} --shape {shape}{rest} "
             f"--dtype {r.dtype} --device-class {r.device_selector} (or --model M for a preset's keys)")
