@@ -24,7 +24,7 @@ from db.clock import utcnow
 FORMAT, VERSION = "tuner-bundle", 1
 DESCRIPTION = "one JSON file for TUNER_CONFIG_BUNDLE (the runtime's source without a database)"
 WRITES = "file"
-KERNELS = None  # every kernel
+EVERY_KERNEL = True  # no kernel declares the bundle: it holds them all
 
 
 def entry(best: Any, device_class: str, fingerprint: Any, device_names: tuple[str, ...] = ()) -> dict[str, Any]:
