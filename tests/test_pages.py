@@ -142,6 +142,12 @@ def test_seeds_and_misses_are_pages(database, tmp_path):
     first = api.get("/seeds", params={"limit": 4}).text
     after = re.search(r'<a id="next" href="([^"]+)"', first).group(1).replace("&amp;", "&")
     assert len(cells(first, "seeds")) == 4 and len(cells(api.get(after).text, "seeds")) == 2
+    # the same rows as JSON, paged by the same cursor
+    page1 = api.get("/v1/seeds", params={"limit": 4}, headers=AUTH).json()
+    page2 = api.get("/v1/seeds", params={"limit": 4, "after": page1["next"]}, headers=AUTH).json()
+    assert len(page1["rows"]) == 4 and len(page2["rows"]) == 2 and page2["next"] is None
+    assert {r["device_class"] for r in api.get("/v1/seeds", params={"device_class": "mi300x"},
+                                                 headers=AUTH).json()["rows"]} == {"mi300x"}
 
     for n, level in ((5, "nearest"), (2, "default"), (9, "other_fingerprint")):
         assert api.post("/v1/misses", json={"records": [miss(count=n, level=level)]}, headers=AUTH).status_code == 200
@@ -185,6 +191,10 @@ def test_every_retune_run_is_listed_and_a_kept_config_is_no_regression(database,
     listed = cells(html, "runs")
     assert sorted(r[0] for r in listed) == ["run-other", "run-same"] and all(r[4] == "1 / 1" for r in listed)
     assert 'href="/retune?run=run-same"' in html and 'href="/retune?run=run-other"' in html
+    runs = api.get("/v1/retune-runs", headers=AUTH).json()
+    assert sorted(r["run"] for r in runs["rows"]) == ["run-other", "run-same"] and runs["next"] is None
+    assert all((r["jobs"], r["keys"], r["keys_ended"]) == (1, 1, 1) for r in runs["rows"])
+    assert len(api.get("/v1/retune-runs", params={"limit": 1}, headers=AUTH).json()["rows"]) == 1
 
     same = api.get("/v1/retune", params={"run": "run-same"}).json()["keys"][0]
     assert not same["regression"] and not any(f.startswith("regression") for f in same["flags"])

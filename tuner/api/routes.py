@@ -253,3 +253,25 @@ def runtime_misses(request: Request, kernel: Annotated[Optional[str], Query(max_
     from tuner.miss_intake import list_misses
 
     return list_misses(settings_of(request), kernel, device_class, limit)
+
+
+@router.get("/seeds", tags=["results"])
+def seeds(request: Request, kernel: Annotated[Optional[str], Query(max_length=100)] = None,
+          device_class: Annotated[Optional[str], Query(max_length=80)] = None,
+          after: Annotated[Optional[int], Query(ge=0, description="the `next` of the page before")] = None,
+          limit: Limit = DEFAULT_LIMIT) -> dict:
+    """Imported configurations (`tuner import`), oldest first: seeds a search tries first, never
+    measured bests (the /seeds page)."""
+    from tuner import browse
+
+    return browse.seeds(settings_of(request), kernel, device_class, after, limit)
+
+
+@router.get("/retune-runs", tags=["reports"])
+def retune_runs(request: Request, offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+                limit: Limit = DEFAULT_LIMIT) -> dict:
+    """Every retune run, newest first, with its jobs and keys and how many have ended (the list of
+    /retune; `GET /v1/retune?run=RUN` is one run's report)."""
+    from tuner import browse
+
+    return browse.retune_runs(settings_of(request), offset, limit)
