@@ -134,6 +134,7 @@ class TuningTrial(Base):
         Index("ix_trials_progress", "job_key_id", "status", "median_ms",
               postgresql_include=["device_class_id", "worker_id", "config_hash"]),
         Index("ix_trials_created", "created_at"),
+        Index("ix_trials_worker", "worker_id"),  # pruning gone workers (revision 0007)
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
