@@ -181,7 +181,7 @@ def test_the_dashboard_shows_a_job_submitted_through_its_page(world, browser, tm
 
     # the fleet: the worker alive in its class; the jobs list
     page.goto(f"{base}/")
-    assert "w1@test" in page.inner_text("#workers") and "alive" in page.inner_text("#workers")
+    assert "w1@test" in page.inner_text("#workers") and "live" in page.inner_text("#workers .worker-state")
     assert page.inner_text("#classes .live-workers") == "1"
     shot(page, "fleet", tmp_path)
     page.goto(f"{base}/jobs")
@@ -257,3 +257,68 @@ def test_the_dashboard_shows_a_job_submitted_through_its_page(world, browser, tm
     page.wait_for_url(f"{base}/login")
     page.goto(f"{base}/")
     assert "needs the token" in page.inner_text("main")
+
+
+def login(browser, base: str):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{base}/login")
+    page.fill("input[name=token]", TOKEN)
+    page.click("#login button")
+    page.wait_for_url(f"{base}/")
+    return page
+
+
+def test_the_jobs_page_keeps_what_is_typed_while_its_list_refreshes(world, browser):
+    """The jobs page reloaded whole every 3 s while any job was unfinished, wiping the form being
+    filled; a job queued for a class with no live worker never finishes, so the form was unusable.
+    Now only the list is fetched again (static/refresh.js) and swapped in."""
+    from tuner.api.pages import REFRESH_S
+
+    base = world["base"]
+    queued = httpx.post(f"{base}/v1/jobs", json={"kernel": "trivial", "shapes": ["N=16"], "device_class": "h100"},
+                        headers=AUTH).json()["job"]
+    page = login(browser, base)
+    blocked = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+    page.goto(f"{base}/jobs")
+    page.evaluate("window.notReloaded = true")  # gone if the page loads again
+    page.fill("input[name=kernel]", "softmax")
+    page.fill("textarea[name=shapes]", "M=64,N=512\nM=128,N=512")
+    page.fill("input[name=trials]", "7")
+    page.focus("textarea[name=shapes]")
+    before, typed_at = page.inner_html("#jobs"), time.monotonic()
+    # a job submitted elsewhere meanwhile: the list must show it without a reload
+    later = httpx.post(f"{base}/v1/jobs", json={"kernel": "trivial", "shapes": ["N=32"], "device_class": "h100"},
+                       headers=AUTH).json()["job"]
+    page.wait_for_selector(f"#jobs tr[data-job='{later}']", timeout=(2 * REFRESH_S + 5) * 1000)
+    time.sleep(max(0.0, typed_at + 2 * REFRESH_S + 1 - time.monotonic()))  # past two refresh periods
+    assert page.input_value("input[name=kernel]") == "softmax"
+    assert page.input_value("textarea[name=shapes]") == "M=64,N=512\nM=128,N=512"
+    assert page.input_value("input[name=trials]") == "7"
+    assert page.evaluate("document.activeElement.name") == "shapes"
+    assert page.evaluate("window.notReloaded") is True
+    # the list region itself was fetched again and swapped, twice at least (a polled attribute: a
+    # predicate of wait_for_function is an eval, which the Content-Security-Policy refuses)
+    wait_for(lambda: int(page.get_attribute("#jobs-live", "data-refreshed") or 0) >= 2, REFRESH_S + 5,
+             "two refreshes of the jobs list", poll_s=0.5)
+    assert page.inner_html("#jobs") != before
+    assert page.locator(f"#jobs tr[data-job='{queued}'] .state").inner_text() == "queued"
+
+    # the fleet page flags the queue no live worker takes
+    page.goto(f"{base}/")
+    assert "tune.h100" in page.inner_text("#queues") and "no live worker" in page.inner_text("#queues")
+
+    # the job page's cancel button ends the queued jobs; the filters find them
+    for job in (queued, later):
+        page.goto(f"{base}/jobs/{job}")
+        page.click("#cancel button")
+        page.wait_for_url(f"{base}/jobs/{job}")
+        assert page.inner_text("#state") == "cancelled" and page.locator("#cancel").count() == 0
+    page.goto(f"{base}/jobs")
+    page.select_option("#filters select[name=state]", "cancelled")
+    page.fill("#filters input[name=device_class]", "h100")
+    page.click("#filters button")
+    page.wait_for_url(re.compile(r".*/jobs\?state=cancelled.*"))
+    assert {r.get_attribute("data-job") for r in page.locator("#jobs tr.job").all()} == {queued, later}
+    assert blocked == []
+    page.close()
