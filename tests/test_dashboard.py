@@ -259,6 +259,38 @@ def test_the_dashboard_shows_a_job_submitted_through_its_page(world, browser, tm
     assert "needs the token" in page.inner_text("main")
 
 
+def sql_write(world, query: str, **params) -> None:
+    with world["engine"].begin() as c:
+        c.execute(text(query), params)
+
+
+def running_key(world) -> tuple[str, str]:
+    """A running job of one matmul key on an H100 class, with one trial: (job id, key hash)."""
+    from db import store
+    from db.session import session_scope
+    from search_spaces import registry
+
+    key = registry.get("matmul").make_key({"M": 48, "N": 48, "K": 48}, "float16")
+    with session_scope(world["db_url"]) as s:
+        job, _ = store.create_job(s, kind="tune", origin="queued", kernel="matmul", kernel_version=key.version,
+                                  keys=[key.to_json()], key_hashes=[key.stable_hash], sampler="auto", seed=None,
+                                  budget_trials=8, request={}, device_selector="h100-sxm-80gb", state="running")
+    trial(world, job, key.stable_hash, 0.5)
+    return job, key.stable_hash
+
+
+def trial(world, job: str, key_hash: str, ms: float) -> None:
+    from db import models
+    from db.session import session_scope
+
+    with session_scope(world["db_url"]) as s:
+        dc, fp = rows.identity(s, "h100-sxm-80gb")
+        key_id = s.scalar(text("select id from job_keys where job_id = :j"), {"j": job})
+        s.add(models.TuningTrial(job_id=job, job_key_id=key_id, kernel="matmul", key_hash=key_hash,
+                                 device_class_id=dc, fingerprint_id=fp, config={"BLOCK_M": 16, "ms": ms},
+                                 config_hash=f"{int(ms * 1000):016d}", status="ok", median_ms=ms))
+
+
 def login(browser, base: str):
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.goto(f"{base}/login")
@@ -303,6 +335,25 @@ def test_the_jobs_page_keeps_what_is_typed_while_its_list_refreshes(world, brows
              "two refreshes of the jobs list", poll_s=0.5)
     assert page.inner_html("#jobs") != before
     assert page.locator(f"#jobs tr[data-job='{queued}'] .state").inner_text() == "queued"
+
+    # a key's plot gains the points of its running search without a reload (rows written as a
+    # worker writes them: no worker of this class here), and stops asking once the job has ended
+    key_job, key_hash = running_key(world)
+    page.goto(f"{base}/keys/matmul/{key_hash}")
+    page.evaluate("window.notReloaded = true")
+    points = "#trials-plot g[id^=trials-] use"
+    assert page.locator(points).count() == 1
+    for ms in (0.4, 0.3):
+        trial(world, key_job, key_hash, ms)
+    wait_for(lambda: page.locator(points).count() == 3, 2 * REFRESH_S + 5, "the plot's new points", poll_s=0.5)
+    assert page.evaluate("window.notReloaded") is True
+    sql_write(world, "update jobs set state = 'done', finished_at = now() where id = :j", j=key_job)
+    sql_write(world, "update job_keys set state = 'done' where job_id = :j", j=key_job)
+    wait_for(lambda: page.get_attribute("#key-live", "data-refreshed") is not None, REFRESH_S + 5, "a refresh")
+    time.sleep(REFRESH_S + 1)  # the answer after the job's end says 0: no more requests
+    seen = page.get_attribute("#key-live", "data-refreshed")
+    time.sleep(2 * REFRESH_S)
+    assert page.get_attribute("#key-live", "data-refreshed") == seen
 
     # the fleet page flags the queue no live worker takes
     page.goto(f"{base}/")
