@@ -146,7 +146,7 @@ def test_the_dashboard_shows_a_job_submitted_through_its_page(world, browser, tm
     job = page.url.rsplit("/", 1)[1]
     seen = [page.inner_text("#state")]
 
-    # watch the job page (it reloads itself) until the worker has finished the job
+    # watch the job page (its keys refresh by themselves; loaded again here) until the worker has finished the job
     end = time.monotonic() + 300
     while seen[-1] != "done":
         assert seen[-1] in ("queued", "running") and time.monotonic() < end, seen

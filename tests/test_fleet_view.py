@@ -258,3 +258,12 @@ def test_jobs_are_filtered_by_state_kernel_and_class(tmp_path):
     assert "<option selected>running</option>" in page and 'value="matmul"' in page
     assert shown("/jobs/fragment", state="running", kernel="matmul") == {c}
     assert "No job matches these filters" in api.get("/jobs/fragment", params={"kernel": "softmax"}).text
+
+    # `tuner jobs` takes the same filters
+    home = tmp_path / "home"
+    proc = run_tuner(["jobs", "--state", "running", "--device-class", "h100", "--json"], home, TUNER_DB_URL=url)
+    assert proc.returncode == 0, proc.stderr
+    assert {j["job"] for j in json.loads(proc.stdout)} == {b, c}
+    proc = run_tuner(["jobs", "--state", "sleeping"], home, TUNER_DB_URL=url)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: unknown job state 'sleeping'; one of queued, running, done, failed, cancelled"]

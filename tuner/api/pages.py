@@ -27,7 +27,7 @@ from tuner.errors import UserError
 from tuner.reports.held import held
 
 router = APIRouter(include_in_schema=False, max_body_size=MAX_BODY)
-REFRESH_S = 3  # how often a page with running work reloads
+REFRESH_S = 3  # how often the parts of a page that show running work are fetched again
 
 
 def _attempt(fn, *args):
