@@ -159,7 +159,7 @@ def pg():
 
 def test_gone_workers_are_pruned_after_the_days_kept(pg, tmp_path):
     """On PostgreSQL, whose foreign keys hold: a gone worker's trials keep their results."""
-    from workers.janitor import prune_gone_workers, prune_workers, sweep
+    from workers.janitor import PRUNE_WORKERS_BATCH, prune_gone_workers, prune_in_batches, prune_workers, sweep
 
     _, key_id = job(pg)
     old_stop = worker(pg, "old-stop@test", beat_ago_s=9 * 86400, stopped=True)
@@ -190,6 +190,15 @@ def test_gone_workers_are_pruned_after_the_days_kept(pg, tmp_path):
     assert prune_gone_workers(pg, 7, 60) == 0  # the lease `prune-workers` holds for an hour
     with session_scope(pg) as s:
         assert set(s.scalars(select(models.Worker.name))) == {"live@test", "gone2@test"}
+
+    # a backlog is pruned a batch a transaction; the janitor's round stops within its budget
+    with session_scope(pg) as s:
+        for i in range(PRUNE_WORKERS_BATCH + 10):
+            s.add(models.Worker(name=f"backlog-{i}@test", started_at=utcnow() - timedelta(days=30),
+                                heartbeat_at=utcnow() - timedelta(days=30), stopped_at=utcnow() - timedelta(days=30)))
+    assert prune_in_batches(pg, 7, 60, budget_s=0) == PRUNE_WORKERS_BATCH
+    assert prune_in_batches(pg, 7, 60) == 10 + 1  # and gone2, which the lease kept from the janitor
+    worker(pg, "gone3@test", beat_ago_s=30 * 86400, stopped=True)
 
     # `tuner workers prune`: now, under no lease; a bad --keep-days is one line and exit 2
     home = tmp_path / "home"

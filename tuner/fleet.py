@@ -72,12 +72,11 @@ def worker_state(w: models.Worker, dead_after_s: float) -> str:
 
 def prune(settings: Settings, keep_days: float) -> int:
     """`tuner workers prune`: the janitor's pruning of gone workers' rows, now and under no lease."""
-    from workers.janitor import prune_workers  # Optuna's import, for this command only
+    from workers.janitor import prune_in_batches  # Optuna's import, for this command only
 
     if not math.isfinite(keep_days) or keep_days < 0:
         raise UserError(f"--keep-days {keep_days:g} is not a number of days >= 0")
-    with session_scope(open_for_read(settings)) as s:
-        return prune_workers(s, keep_days, settings.worker_dead_after_s)
+    return prune_in_batches(open_for_read(settings), keep_days, settings.worker_dead_after_s)
 
 
 def worker_counts(s, dead_after_s: float) -> dict[str, int]:
