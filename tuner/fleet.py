@@ -15,7 +15,6 @@ from sqlalchemy import and_, case, func, select
 
 from db import models, store
 from db.clock import utcnow
-from db.session import session_scope
 from devices.classes import ALIASES
 from tuner import coordinator
 from tuner.db_open import open_for_read
