@@ -134,6 +134,7 @@ class TuningTrial(Base):
         Index("ix_trials_progress", "job_key_id", "status", "median_ms",
               postgresql_include=["device_class_id", "worker_id", "config_hash"]),
         Index("ix_trials_created", "created_at"),
+        Index("ix_trials_worker", "worker_id"),  # pruning gone workers (revision 0007)
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -165,6 +166,7 @@ class TrialClaim(Base):
     of a trial that Optuna's heartbeat found dead is deleted, so the configuration can be proposed
     again and a late result of a stopped worker is dropped, never stored twice."""
     __tablename__ = "trial_claims"
+    __table_args__ = (Index("ix_claims_worker", "worker_id"),)  # pruning gone workers (revision 0007)
     study_name: Mapped[str] = mapped_column(String(200), primary_key=True)
     config_hash: Mapped[str] = mapped_column(String(16), primary_key=True)
     trial_number: Mapped[int] = mapped_column(Integer)  # the claimant's Optuna trial in the study

@@ -7,8 +7,8 @@ The roles (cluster-wide: created once by an administrator, with the SQL in the R
     ours and Optuna's, and is the only role that may create, alter or drop one;
   - WORKER (`tuner_worker`): workers, the scheduler and the CLI. Reads and writes the rows of the
     service (jobs, trials, bests, leases, the Optuna studies); deletes only leases, claims, old
-    miss rows (the janitor's prune) and Optuna's rows; never creates, alters, truncates or drops a
-    table, nor deletes a job, a trial or a best configuration;
+    miss rows and the rows of long-gone workers (the janitor's prunes) and Optuna's rows; never
+    creates, alters, truncates or drops a table, nor deletes a job, a trial or a best configuration;
   - API (`tuner_api`): `tuner serve`. Reads every table; writes only jobs and their keys (submit,
     cancel) and adds miss counts to `runtime_misses` (POST /v1/misses); never a trial, a best, a
     worker or a device name, and deletes nothing;
@@ -24,7 +24,8 @@ WORKER, API, RUNTIME = "tuner_worker", "tuner_api", "tuner_runtime"
 # our tables, and what the worker role may do with each (Optuna's tables: all but DDL)
 WORKER_TABLES = {
     "device_classes": "SELECT, INSERT, UPDATE", "stack_fingerprints": "SELECT, INSERT, UPDATE",
-    "workers": "SELECT, INSERT, UPDATE", "jobs": "SELECT, INSERT, UPDATE", "job_keys": "SELECT, INSERT, UPDATE",
+    "workers": "SELECT, INSERT, UPDATE, DELETE",  # the janitor deletes those gone for TUNER_WORKERS_KEEP_DAYS
+    "jobs": "SELECT, INSERT, UPDATE", "job_keys": "SELECT, INSERT, UPDATE",
     "tuning_trials": "SELECT, INSERT, UPDATE", "best_configs": "SELECT, INSERT, UPDATE",
     "tuner_locks": "SELECT, INSERT, UPDATE, DELETE", "trial_claims": "SELECT, INSERT, UPDATE, DELETE",
     "tuner_alembic_version": "SELECT",

@@ -107,9 +107,13 @@ def refused(url: str, sql: str) -> bool:
 def test_the_worker_role_writes_rows_and_nothing_else(roles):
     import optuna
 
-    from db import store
+    from datetime import timedelta
+
+    from db import models, store
+    from db.clock import utcnow
     from db.session import session_scope
     from search.studies import Heartbeats, storage
+    from workers.janitor import prune_workers
 
     url = roles["worker"]
     with session_scope(url) as s:
@@ -132,6 +136,10 @@ def test_the_worker_role_writes_rows_and_nothing_else(roles):
         store.release_lock(s, "l", "me")
         assert store.release_claims(s, "s", [1]) == 0
         assert store.finish_job(s, job) is None
+        s.add(models.Worker(name="gone@test", started_at=utcnow() - timedelta(days=30),
+                            heartbeat_at=utcnow() - timedelta(days=30), stopped_at=utcnow() - timedelta(days=30)))
+    with session_scope(url) as s:
+        assert prune_workers(s, 7, 60) == 1  # the janitor prunes the rows of workers long gone
     st = storage(url, 1, 2)  # the study storage: ask, heartbeat, tell
     study = optuna.create_study(study_name="s", storage=st)
     trial = study.ask()

@@ -109,7 +109,9 @@ def kernels() -> list[dict]:
 
 @router.get("/device-classes", tags=["fleet"])
 def device_classes(request: Request, limit: Limit = DEFAULT_LIMIT) -> list[dict]:
-    """Stored device classes with their live workers, trials per minute and queue depths."""
+    """Stored device classes with their live workers, trials per minute and queue depths, then
+    the queues with messages that no stored class consumes (`registered` false: no worker of
+    theirs ever came); `no_live_worker`: messages wait and no live worker will take them."""
     settings = settings_of(request)
     with session_scope(open_for_read(settings)) as s:
         depths = fleet.queue_depths(settings, fleet.queue_names(s))
@@ -118,16 +120,21 @@ def device_classes(request: Request, limit: Limit = DEFAULT_LIMIT) -> list[dict]
 
 @router.get("/workers", tags=["fleet"])
 def workers(request: Request, limit: Limit = DEFAULT_LIMIT) -> list[dict]:
-    """Registered workers: alive, class, stack fingerprint, last heartbeat."""
+    """Registered workers: state (live, crashed: silent past the grace, stopped: deregistered),
+    class, stack fingerprint, last heartbeat, and the job and key each one runs now."""
     settings = settings_of(request)
     with session_scope(open_for_read(settings)) as s:
         return fleet.workers(s, settings.worker_dead_after_s, limit)
 
 
 @router.get("/jobs", tags=["jobs"])
-def jobs(request: Request, limit: Limit = DEFAULT_LIMIT) -> list[dict]:
-    """Recent jobs, newest first."""
-    return coordinator.jobs(settings_of(request), limit)
+def jobs(request: Request, limit: Limit = DEFAULT_LIMIT,
+         state: Annotated[Optional[str], Query(max_length=16, description="queued, running, done, failed "
+                                                "or cancelled")] = None,
+         kernel: Annotated[Optional[str], Query(max_length=100)] = None,
+         device_class: Annotated[Optional[str], Query(max_length=80)] = None) -> list[dict]:
+    """Recent jobs, newest first; of a state, kernel and device class when given."""
+    return coordinator.jobs(settings_of(request), limit, state, kernel, device_class)
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"])

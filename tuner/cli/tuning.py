@@ -216,11 +216,16 @@ def submit(kernel: Optional[str] = typer.Argument(None, help="A registered kerne
 
 
 @app.command()
-def jobs(limit: int = typer.Option(50, "--limit"), as_json: bool = JsonOpt) -> None:
-    """Recent jobs, newest first."""
+def jobs(limit: int = typer.Option(50, "--limit"),
+         state: Optional[str] = typer.Option(None, "--state", help="queued, running, done, failed or cancelled."),
+         kernel: Optional[str] = typer.Option(None, "--kernel"),
+         device_class: Optional[str] = typer.Option(None, "--device-class", help="As the job named it, or the class "
+                                                    "it ran on."),
+         as_json: bool = JsonOpt) -> None:
+    """Recent jobs, newest first (of a state, kernel and device class when given)."""
     from tuner.coordinator import jobs as list_jobs
 
-    rows = list_jobs(settings_mod.get(), limit)
+    rows = list_jobs(settings_mod.get(), limit, state, kernel, device_class)
     if as_json:
         return print_json(rows)
     t = table("job", "kind", "kernel", "class", "state", "trials", "keys", "created (UTC)")
