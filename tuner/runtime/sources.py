@@ -1,7 +1,8 @@
 """Where the runtime reads stored configurations: one small `Source` interface and its kinds.
 
 Adding a source is one class: subclass `Source`, give it a `name`, a `from_settings` that
-returns an instance when the settings ask for it (else None), `exact` and `shapes`; then put it
+returns an instance when the settings ask for it (else None), `exact` and `shapes` (and
+`reported`, where it can hold what drop-in kernels reported); then put it
 in `SOURCES`, before the kinds it should win over. The first kind whose `from_settings` answers
 is the process's source. Both questions are asked from the runtime's background thread, never
 on a launch; a source may raise (the runtime then serves defaults and asks again later) and
@@ -87,6 +88,11 @@ class Source:
         """Every stored shape of a kernel version and dtype on a device class."""
         raise NotImplementedError
 
+    def reported(self, kernel: str, version: str, key_hash: str, slug: str) -> list[Stored]:
+        """The winners drop-in kernels timed and reported for one key on a class, the first
+        reported first (one per fingerprint); none where the source holds none."""
+        return []
+
     def refresh(self) -> None:
         """Forget what was read, so the next questions see rows stored since."""
 
@@ -139,6 +145,19 @@ class DatabaseSource(Source):
 
     def exact(self, kernel: str, version: str, key_hash: str, slug: str) -> list[Stored]:
         return self._rows(kernel, version, slug, key_hash=key_hash)
+
+    def reported(self, kernel: str, version: str, key_hash: str, slug: str) -> list[Stored]:
+        if self.file is not None:
+            from db.best_rows import reported_rows
+
+            return [Stored(*row) for row in reported_rows(self.file, kernel, version, slug, key_hash)]
+        from db.reported import reported_configs
+        from db.session import session_scope
+
+        with session_scope(self.url) as s:
+            return [Stored(r.key["dims"], r.fingerprint, r.config, r.reported_at.isoformat())
+                    for r in reported_configs(s, kernel=kernel, kernel_version=version, key_hash=key_hash,
+                                              device_class=slug)]
 
     def shapes(self, kernel: str, version: str, dtype: str, slug: str) -> ShapeSet:
         k = (kernel, version, dtype, slug)

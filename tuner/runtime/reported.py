@@ -1,0 +1,65 @@
+"""A drop-in kernel's locally timed winner, reported so that every process of the fleet is served
+the same one (@autotune with on_miss="autotune"; tuner/runtime/dropin.py).
+
+Before timing its list for a key, the drop-in waits (at most WAIT_S) for the source's answer to the
+key, since another process may have reported a winner for it already (level "reported"). After
+timing, `report` puts the winner on the key's miss tally; the flusher writes it with the key's
+record (never on a launch: the caller's thread only sets a field and wakes the flusher), the
+service keeps the first winner per kernel version, key, class and stack, and once written
+`reask` has the resolver thread ask the source for the key again: a process whose report lost to
+an earlier one is then served the first, and its drop-in launches that from its next launch on.
+"""
+from __future__ import annotations
+
+import heapq
+import time
+from typing import Any
+
+from tuner.runtime import cache
+
+WAIT_S = 10.0  # what a drop-in waits for the source's answer before timing its whole list instead
+
+
+def answered(kernel: str, names: tuple, values: tuple, timeout_s: float = WAIT_S) -> Any:
+    """The cache entry of a key once the source has answered it (or timeout_s passed): the
+    launch's own lookup may have served a default while the source was asked."""
+    st = cache._state
+    ck = (kernel, names, values)
+    if st is not None:
+        with cache._lock:
+            q = st.pending.get(ck)
+        if q is not None:
+            q.done.wait(timeout_s)
+    return cache.CACHE.get(ck)
+
+
+def report(kernel: str, names: tuple, values: tuple, config: dict, median_ms: float) -> bool:
+    """Report the winner timed for a key whose launches count as misses; False where nothing is
+    counted for it (misses not written, a key the fleet cannot tune, no device class)."""
+    st = cache._state
+    entry = cache.CACHE.get((kernel, names, values))
+    if st is None or st.counter is None or entry is None or entry.tally is None:
+        return False
+    st.counter.report(entry.tally, config, median_ms, (kernel, names, values))
+    return True
+
+
+def reask(st: Any, cks: list[tuple]) -> None:
+    """The counter's on_reported (flusher thread): ask the source again, now, for the keys whose
+    winners were just written, so the answer served is the one stored (the first reported)."""
+    from tuner.runtime.keys import key_for
+
+    due = []
+    for ck in cks:
+        kernel, names, values = ck
+        try:
+            spec = st.spec(kernel)
+            key, _ = key_for(spec, dict(zip(names, values)), st.warn)
+        except LookupError:
+            continue
+        due.append((ck, spec, key))
+    with cache._lock:
+        for ck, spec, key in due:
+            st.seq += 1
+            heapq.heappush(st.later, (time.monotonic(), st.seq, ck, spec, key))
+    st.queue.put(None)  # wakes the resolver thread, which then finds them due
