@@ -49,3 +49,27 @@ def reported_configs(s: Session, *, kernel: str, kernel_version: str, key_hash: 
     return list(s.scalars(select(M).where(M.kernel == kernel, M.kernel_version == kernel_version,
                                           M.key_hash == key_hash, M.device_class == device_class)
                           .order_by(M.reported_at, M.id)))
+
+
+def reported_list(s: Session, *, kernel: str | None = None,
+                  device_classes: Iterable[str] | None = None) -> list[ReportedConfig]:
+    """Every reported winner of one kernel (or all) on these classes (or all): GET /v1/bundle's."""
+    q = select(ReportedConfig)
+    if kernel is not None:
+        q = q.where(ReportedConfig.kernel == kernel)
+    if device_classes is not None:
+        q = q.where(ReportedConfig.device_class.in_(list(device_classes)))
+    return list(s.scalars(q.order_by(ReportedConfig.id)))
+
+
+def reported_version(s: Session, *, kernel: str | None = None,
+                     device_classes: Iterable[str] | None = None) -> tuple[int, int]:
+    """(highest id, rows) of what reported_list would answer: a row is never changed nor deleted,
+    so this changes whenever they do."""
+    q = select(func.max(ReportedConfig.id), func.count())
+    if kernel is not None:
+        q = q.where(ReportedConfig.kernel == kernel)
+    if device_classes is not None:
+        q = q.where(ReportedConfig.device_class.in_(list(device_classes)))
+    top, n = s.execute(q).one()
+    return (top or 0, n)

@@ -49,6 +49,9 @@ def reask(st: Any, cks: list[tuple]) -> None:
     winners were just written, so the answer served is the one stored (the first reported)."""
     from tuner.runtime.keys import key_for
 
+    fetch_now = getattr(st.source, "fetch_now", None)
+    if fetch_now is not None:  # a source that holds what it read (a config server's bundle): read it anew
+        fetch_now()
     due = []
     for ck in cks:
         kernel, names, values = ck
