@@ -54,7 +54,8 @@ def current_rows(path: Path, kernel: str, version: str, slug: str, *, key_hash: 
             for key, config, fp, created in found]
 
 
-def reported_rows(path: Path, kernel: str, version: str, slug: str, key_hash: str) -> list[tuple[Any, str, Any, str | None]]:
+def reported_rows(path: Path, kernel: str, version: str, slug: str,
+                  key_hash: str) -> list[tuple[Any, str, Any, str | None]]:
     """(dims, fingerprint hash, config, reported_at) of the winners reported for one key, oldest
     first; none from a database not yet upgraded to hold them (its bests are still served)."""
     import sqlite3

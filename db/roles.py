@@ -37,7 +37,8 @@ WORKER_TABLES = {
 }
 OPTUNA_READ_ONLY = ("version_info", "alembic_version")  # Optuna's schema version: `tuner db upgrade` writes it
 API_WRITES = {"jobs": "SELECT, INSERT, UPDATE", "job_keys": "SELECT, INSERT, UPDATE",
-              "runtime_misses": "SELECT, INSERT, UPDATE", "reported_configs": "SELECT, INSERT"}  # every other table: SELECT
+              "runtime_misses": "SELECT, INSERT, UPDATE",
+              "reported_configs": "SELECT, INSERT"}  # every other table: SELECT
 RUNTIME_TABLES = {"best_configs": "SELECT", "device_classes": "SELECT", "stack_fingerprints": "SELECT",
                   "tuner_alembic_version": "SELECT",
                   "runtime_misses": "SELECT, INSERT, UPDATE",  # the runtime's miss counts

@@ -68,7 +68,8 @@ def document(entries: list[dict[str, Any]], reported: list[dict[str, Any]] | Non
     def order(e: dict) -> tuple:
         return e["kernel"], e["key_hash"], e["device_class"], e["fingerprint"]
 
-    doc = {"format": FORMAT, "version": VERSION, "created_at": utcnow().isoformat(), "entries": sorted(entries, key=order)}
+    doc = {"format": FORMAT, "version": VERSION, "created_at": utcnow().isoformat(),
+           "entries": sorted(entries, key=order)}
     if reported:
         doc["reported"] = sorted(reported, key=order)
     return doc

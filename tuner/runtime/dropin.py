@@ -20,8 +20,8 @@ process may have reported a winner for the key: level "reported", launched as an
 else times the list here as triton.autotune does (once per key per process) and reports the
 winner with the key's miss (tuner/runtime/reported.py): the service keeps the first winner
 reported per key, class and stack, and a process whose report lost adopts that one, so the ranks
-of a job agree. A measured best, once the fleet tunes the key, outranks it. Every miss is counted with the launch's signature
-(search_spaces.dropin), so that `tuner tune NAME --from-misses` or `tuner retune --misses` tune
+of a job agree. A measured best, once the fleet tunes the key, outranks it. Every miss is
+counted with the launch's signature (search_spaces.dropin), so that `tuner tune NAME --from-misses` or `tuner retune --misses` tune
 the keys production launched. A key the fleet cannot name (a key argument that is not a
 positive integer, no floating-point tensor) is served as on a miss, and not counted.
 
@@ -41,7 +41,6 @@ from keys import canonical_json
 from tuner.runtime import reported
 from tuner.runtime.answer import DEFAULT
 from tuner.runtime.cache import entry_for
-from tuner.runtime.miss_tally import MAX_REPORTED_MS
 
 ON_MISS = ("default", "autotune")
 _UNKEYED = object()
@@ -136,7 +135,7 @@ class DropinKernel(Autotuner):
 
         timing = (getattr(self, "configs_timings", None) or {}).get(winner)
         median = timing[0] if isinstance(timing, (list, tuple)) else timing
-        if type(median) in (int, float) and math.isfinite(median) and 0 < median <= MAX_REPORTED_MS:
+        if type(median) in (int, float) and math.isfinite(median) and 0 < median <= reported.MAX_REPORTED_MS:
             reported.report(self.name, rk[0], rk[1], dropin.config_dict(winner), float(median))
 
     def _signature(self, args: dict, grid: Any) -> dict | None:

@@ -9,11 +9,8 @@ write that fails is dropped, with one warning, never retried and never on a laun
 Sinks: TUNER_MISS_FILE when set; else the source's own kind: the database, the `tuner serve` of
 TUNER_CONFIG_URL (POST /v1/misses), or with a bundle TUNER_HOME/misses.jsonl.
 
-A drop-in kernel that timed its config list for a key it missed (@autotune, on_miss="autotune")
-reports the winner on that key's tally (`MissCounter.report`): the flusher is woken, the winner
-goes out with the key's next record ("reported": config and median), and once it is written the
-runtime asks the source for the key again (`on_reported`), so that a process whose report lost to
-an earlier one adopts the first (the service keeps the first per key, class and stack).
+A drop-in kernel's locally timed winner (tuner/runtime/reported.py) rides on its key's tally
+(`MissCounter.report` wakes the flusher); once written, `on_reported` has the runtime ask again.
 
 Adding a sink is one class: subclass `MissSink` with `from_settings(settings, source)` (an
 instance when it should receive this process's misses, else None) and `write(records)`, and put
@@ -35,7 +32,6 @@ EXIT_WAIT_S = 2.0
 POST_BATCH = 500  # records per POST /v1/misses (about 200 KB; the API takes at most this many a request)
 POST_TIMEOUT_S = 5.0
 MAX_RECORD_COUNT = 10**9  # launches one record may count: a flush every few seconds never comes near
-MAX_REPORTED_MS = 1e7  # a reported median beyond this (about 3 hours a launch) is no timing
 RECORD_FIELDS = ("kernel", "kernel_version", "key_hash", "key", "dtype", "device_class", "fingerprint", "level",
                  "count", "first_seen", "last_seen")
 
@@ -163,26 +159,10 @@ def parse_record(data: Any) -> dict[str, Any]:
     out = {**{f: data[f] for f in RECORD_FIELDS}, "key": stored, "key_hash": key.stable_hash,
            "first_seen": seen[0], "last_seen": seen[1]}
     if data.get("reported") is not None:
-        out["reported"] = _parse_reported(data["reported"], spec, made, dc.target)
+        from tuner.runtime.reported import parse_reported
+
+        out["reported"] = parse_reported(data["reported"], spec, made, dc.target)
     return out
-
-
-def _parse_reported(rep: Any, spec: Any, key: Any, target: Any) -> dict[str, Any]:
-    """A reported winner checked (parse_record); ValueError in one line says what is wrong."""
-    import math
-
-    from tuner.runtime.checks import refusal
-
-    if not isinstance(rep, dict) or set(rep) != {"config", "median_ms"}:
-        raise ValueError("reported must be {config: {PARAM: INT}, median_ms: NUMBER}")
-    bad = refusal(spec, rep["config"], key, target)
-    if bad is not None:  # what the kernel's check said first (its message leads with the kernel and key)
-        why = bad.message.split(": ", 1)[-1] if bad.cause == "check" else bad.message
-        raise ValueError(f"the reported configuration is refused: {why}")
-    ms = rep["median_ms"]
-    if type(ms) not in (int, float) or not math.isfinite(ms) or not 0 < ms <= MAX_REPORTED_MS:
-        raise ValueError(f"reported median_ms must be a number of milliseconds above 0 and at most {MAX_REPORTED_MS:g}")
-    return {"config": dict(rep["config"]), "median_ms": float(ms)}
 
 
 class MissSink:
@@ -335,10 +315,10 @@ class MissCounter:
                 self._thread.start()
             return t
 
-    def report(self, tally: Any, config: dict[str, Any], median_ms: float, ck: tuple) -> None:
-        """A drop-in's locally timed winner for the key of tally (a Tally, or a Waiting that becomes
-        one): written by the flusher, which is woken for it (never on the caller's thread)."""
-        tally.reported = ({"config": dict(config), "median_ms": float(median_ms)}, ck)
+    def report(self, tally: Any, reported: tuple[dict[str, Any], tuple]) -> None:
+        """A drop-in's locally timed winner ({"config", "median_ms"}, its cache key) for the key of
+        tally (a Tally, or a Waiting that becomes one): written by the flusher, woken for it."""
+        tally.reported = reported
         if type(tally) is Tally:
             self.wake()
 
@@ -388,7 +368,7 @@ class MissCounter:
             self.warn("misses", f"tuner: cannot write runtime misses to {self.sink.describe()} "
                                 f"({type(exc).__name__}: {text[0][:200] if text else ''}); dropped")
             return 0
-        if asked and self.on_reported is not None:
+        if asked and self.on_reported is not None and not self._stop.is_set():  # at exit nobody asks again
             self.on_reported(asked)
         return len(batch)
 

@@ -8,6 +8,7 @@ record (never on a launch: the caller's thread only sets a field and wakes the f
 service keeps the first winner per kernel version, key, class and stack, and once written
 `reask` has the resolver thread ask the source for the key again: a process whose report lost to
 an earlier one is then served the first, and its drop-in launches that from its next launch on.
+Where a record lands, `parse_reported` checks the winner it carries.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 from tuner.runtime import cache
 
 WAIT_S = 10.0  # what a drop-in waits for the source's answer before timing its whole list instead
+MAX_REPORTED_MS = 1e7  # a reported median beyond this (about 3 hours a launch) is no timing
 
 
 def answered(kernel: str, names: tuple, values: tuple, timeout_s: float = WAIT_S) -> Any:
@@ -40,7 +42,7 @@ def report(kernel: str, names: tuple, values: tuple, config: dict, median_ms: fl
     entry = cache.CACHE.get((kernel, names, values))
     if st is None or st.counter is None or entry is None or entry.tally is None:
         return False
-    st.counter.report(entry.tally, config, median_ms, (kernel, names, values))
+    st.counter.report(entry.tally, ({"config": dict(config), "median_ms": float(median_ms)}, (kernel, names, values)))
     return True
 
 
@@ -66,3 +68,23 @@ def reask(st: Any, cks: list[tuple]) -> None:
             st.seq += 1
             heapq.heappush(st.later, (time.monotonic(), st.seq, ck, spec, key))
     st.queue.put(None)  # wakes the resolver thread, which then finds them due
+
+
+def parse_reported(rep: Any, spec: Any, key: Any, target: Any) -> dict[str, Any]:
+    """A reported winner as a record carries it, checked where it lands (miss_tally.parse_record)
+    as the runtime checks any stored row before serving it, since every process of the class is
+    served it once stored; ValueError in one line says what is wrong."""
+    import math
+
+    from tuner.runtime.checks import refusal
+
+    if not isinstance(rep, dict) or set(rep) != {"config", "median_ms"}:
+        raise ValueError("reported must be {config: {PARAM: INT}, median_ms: NUMBER}")
+    bad = refusal(spec, rep["config"], key, target)
+    if bad is not None:  # what the kernel's check said first (its message leads with the kernel and key)
+        why = bad.message.split(": ", 1)[-1] if bad.cause == "check" else bad.message
+        raise ValueError(f"the reported configuration is refused: {why}")
+    ms = rep["median_ms"]
+    if type(ms) not in (int, float) or not math.isfinite(ms) or not 0 < ms <= MAX_REPORTED_MS:
+        raise ValueError(f"reported median_ms must be a number of milliseconds above 0 and at most {MAX_REPORTED_MS:g}")
+    return {"config": dict(rep["config"]), "median_ms": float(ms)}
