@@ -108,8 +108,8 @@ class Answer:
             where += f" (shape {','.join(f'{k}={v}' for k, v in self.dims.items())}, distance {self.distance:g})"
         if self.fingerprint and self.level != DEFAULT:
             where += f", fingerprint {self.fingerprint}"
-        if self.age_s is not None:
-            where += f", tuned {_age(self.age_s)} ago"
+        if self.age_s is not None:  # a reported winner was timed by one process, not tuned by the fleet
+            where += f", {'reported' if self.level == REPORTED else 'tuned'} {_age(self.age_s)} ago"
         return where + (f": {self.reason}" if self.reason else "")
 
 
