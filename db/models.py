@@ -241,6 +241,24 @@ class RuntimeMiss(TuningKeyColumns, Base):
     last_seen: Mapped[datetime]
 
 
+class ReportedConfig(TuningKeyColumns, Base):
+    """The winner a drop-in kernel (@autotune with on_miss="autotune") timed in a model process for
+    a key nothing measured was stored for, as the FIRST process to report it reported it: one row
+    per kernel version, key, class and stack, never overwritten (db.reported.record_reported
+    inserts or does nothing), so every process and rank that asks later is served this one and
+    they agree. The runtime serves it below measured bests (level "reported"); a measured best of
+    the key always outranks it. Class and stack as the runtime names them (slug, hash)."""
+    __tablename__ = "reported_configs"
+    __table_args__ = (UniqueConstraint("kernel", "kernel_version", "key_hash", "device_class", "fingerprint",
+                                       name="uq_reported_config"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_class: Mapped[str] = mapped_column(String(80))
+    fingerprint: Mapped[str] = mapped_column(String(80))
+    config: Mapped[dict[str, Any]]
+    median_ms: Mapped[float] = mapped_column(Float)  # as the reporting process timed it
+    reported_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ImportedConfig(Base):
     """A configuration someone else tuned (a vLLM config file): a seed the search tries first for
     matching and nearby keys, never a measured best. `dims` holds the key's dims the source names

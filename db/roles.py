@@ -10,10 +10,11 @@ The roles (cluster-wide: created once by an administrator, with the SQL in the R
     miss rows and the rows of long-gone workers (the janitor's prunes) and Optuna's rows; never
     creates, alters, truncates or drops a table, nor deletes a job, a trial or a best configuration;
   - API (`tuner_api`): `tuner serve`. Reads every table; writes only jobs and their keys (submit,
-    cancel) and adds miss counts to `runtime_misses` (POST /v1/misses); never a trial, a best, a
-    worker or a device name, and deletes nothing;
+    cancel), adds miss counts to `runtime_misses` and reported winners to `reported_configs`
+    (POST /v1/misses); never a trial, a best, a worker or a device name, and deletes nothing;
   - RUNTIME (`tuner_runtime`): inference hosts (`tuner.runtime`). Reads the best configurations
-    and the identity rows they join, nothing else; adds miss counts to `runtime_misses`.
+    and the identity rows they join, nothing else; adds miss counts to `runtime_misses`, and reads
+    and adds (never changes: the first stays) the winners drop-in kernels timed, `reported_configs`.
 Grants go only to roles that exist; a role this database does not know is skipped.
 """
 from __future__ import annotations
@@ -32,13 +33,17 @@ WORKER_TABLES = {
     # the runtime's miss counts (`tuner misses`, `retune --misses` read them; the janitor prunes the
     # old ones) and imported seed configurations (added and updated, never deleted)
     "runtime_misses": "SELECT, INSERT, UPDATE, DELETE", "imported_configs": "SELECT, INSERT, UPDATE",
+    # winners drop-in kernels reported (`tuner misses import`): first wins, so never updated
+    "reported_configs": "SELECT, INSERT",
 }
 OPTUNA_READ_ONLY = ("version_info", "alembic_version")  # Optuna's schema version: `tuner db upgrade` writes it
 API_WRITES = {"jobs": "SELECT, INSERT, UPDATE", "job_keys": "SELECT, INSERT, UPDATE",
-              "runtime_misses": "SELECT, INSERT, UPDATE"}  # every other table: SELECT
+              "runtime_misses": "SELECT, INSERT, UPDATE",
+              "reported_configs": "SELECT, INSERT"}  # every other table: SELECT
 RUNTIME_TABLES = {"best_configs": "SELECT", "device_classes": "SELECT", "stack_fingerprints": "SELECT",
                   "tuner_alembic_version": "SELECT",
-                  "runtime_misses": "SELECT, INSERT, UPDATE"}  # the runtime's miss counts
+                  "runtime_misses": "SELECT, INSERT, UPDATE",  # the runtime's miss counts
+                  "reported_configs": "SELECT, INSERT"}  # drop-ins' winners: read, and added, never changed
 
 
 def _q(name: str) -> str:

@@ -231,18 +231,21 @@ MAX_CACHED_BUNDLES = 64  # (kernel, class) pairs whose last bundle an app keeps 
 @router.get("/bundle", tags=["results"], responses={304: {"description": "unchanged since the ETag given"}})
 def bundle(request: Request, device_class: Annotated[str, Query(max_length=80)],
            kernel: Annotated[Optional[str], Query(max_length=100)] = None):
-    """The bundle (tuner/formats/bundle.py) of a device class's current bests, for runtimes without
-    database access. Send its ETag back in If-None-Match: 304 while nothing changed."""
-    from tuner.formats import current_entries
+    """The bundle (tuner/formats/bundle.py) of a device class's current bests, and the winners
+    drop-in kernels reported, for runtimes without database access. Send its ETag back in
+    If-None-Match: 304 while nothing changed."""
+    from tuner.formats import current_entries, reported_entries
     from tuner.formats.bundle import digest, document
 
     settings, bundles = settings_of(request), request.app.state.bundles  # (kernel, class) -> (version, ETag, body)
-    version = current_entries(settings, kernel, device_class, version=True)
+    version = (current_entries(settings, kernel, device_class, version=True),
+               reported_entries(settings, kernel, device_class, version=True))
     cached = bundles.get((kernel, device_class))
     if cached is None or cached[0] != version:  # rebuilt only when a best was written since
         if len(bundles) >= MAX_CACHED_BUNDLES:
             bundles.clear()
-        doc = document(current_entries(settings, kernel, device_class))
+        doc = document(current_entries(settings, kernel, device_class),
+                       reported_entries(settings, kernel, device_class))
         # weak: two bundles with one ETag hold the same entries, made at different times
         cached = bundles[(kernel, device_class)] = (version, f'W/"{digest(doc)}"', json.dumps(doc).encode())
     _, tag, body = cached

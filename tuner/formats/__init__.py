@@ -108,6 +108,25 @@ def current_entries(settings, kernel: str | None, device_class: str | None, vers
     return entries if served is None else [e for e in entries if served(e["kernel"], e["key"]["dims"])]
 
 
+def reported_entries(settings, kernel: str | None, device_class: str | None, version: bool = False):
+    """The winners drop-in kernels reported (db.reported) of one kernel (or all) on the classes a
+    selector names (or all), as a bundle's "reported" entries: what GET /v1/bundle sends beside
+    the bests, so that a runtime reading a config server serves them too. version: a token that
+    changes whenever they do."""
+    from db.reported import reported_list, reported_version
+    from db.session import session_scope
+    from tuner.db_open import open_for_read
+    from tuner.formats.bundle import reported_entry
+    from tuner.queries import device_class_slugs
+
+    url = open_for_read(settings)
+    slugs = device_class_slugs(url, device_class, None) if device_class else None
+    with session_scope(url) as s:
+        if version:
+            return reported_version(s, kernel=kernel, device_classes=slugs)
+        return [reported_entry(r) for r in reported_list(s, kernel=kernel, device_classes=slugs)]
+
+
 def export(settings, fmt: str, output: str, kernel: str | None, device_class: str | None,
            model: str | None = None, ask: Ask = Ask()) -> Written:
     """`tuner export`: the current best rows (of one kernel, of the classes a selector names, of the
