@@ -98,7 +98,7 @@ def formats_for(kernels: list[str]) -> list[str]:
     from tuner import formats
 
     return [name for name in formats.FORMATS
-            if kernels and (not formats.get(name).KERNELS or set(formats.get(name).KERNELS) & set(kernels))]
+            if kernels and (formats.kernels_of(name) is None or set(formats.kernels_of(name)) & set(kernels))]
 
 
 def export(settings, fmt: str, sel: Selection) -> tuple[str, bytes, str]:
@@ -126,8 +126,9 @@ def export(settings, fmt: str, sel: Selection) -> tuple[str, bytes, str]:
         raise UserError("nothing to export: the selection holds no current best")
     if fmt == "bundle":
         return "bundle.json", json.dumps(document(entries), indent=1).encode(), "application/json"
-    if not any(e["kernel"] in module.KERNELS for e in entries):
-        raise UserError(f"nothing to export: {fmt} writes {' and '.join(module.KERNELS)}, "
+    writes = formats.declared(fmt)
+    if not any(e["kernel"] in writes for e in entries):
+        raise UserError(f"nothing to export: {fmt} writes {' and '.join(writes)}, "
                         "and the selection holds none of them")
     with tempfile.TemporaryDirectory(prefix="tuner-export-") as tmp:
         written = module.write(entries, Path(tmp), formats.Ask())
