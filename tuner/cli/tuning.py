@@ -204,6 +204,7 @@ def submit(kernel: Optional[str] = typer.Argument(None, help="A registered kerne
         if as_json:
             return print_json({"job": job_ids[0]} if len(job_ids) == 1 else {"jobs": job_ids})
         return print("\n".join(job_ids))
+    from db import lifecycle
     from tuner.coordinator import wait
     states = []
     for job_id in job_ids:
@@ -211,7 +212,7 @@ def submit(kernel: Optional[str] = typer.Argument(None, help="A registered kerne
         st = wait(settings_mod.get(), job_id, timeout)
         _show_status(st, as_json)
         states.append(st["state"])
-    if any(state != "done" for state in states):
+    if any(state != lifecycle.DONE for state in states):
         raise typer.Exit(1)
 
 
