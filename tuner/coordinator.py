@@ -19,9 +19,9 @@ from db.urls import redact, scrub
 from devices.classes import DeviceClass, matches, resolve_device_class
 from devices.fit import host_memory
 from search_spaces import registry
-from keys import TuningKey, config_hash
+from keys import SpecError, TuningKey, config_hash
 from tuner.db_open import open_for_read, open_for_write
-from tuner.errors import Conflict, NotFound, Unavailable, UserError
+from tuner.errors import Conflict, InvalidRequest, NotFound, Unavailable, UserError
 from tuner.request import TuneRequest, check_fanout, refuse_unfit
 from tuner.settings import Settings
 from workers.job_request import JobRequest
@@ -116,6 +116,23 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
         raise Unavailable(f"job {job_id} could not be queued on {redact(settings.broker_url)}: "
                           f"{scrub(exc, settings.broker_url)}") from None
     return job_id
+
+
+def submit_all(settings: Settings, values: dict) -> list[str]:
+    """`tuner submit`, POST /v1/jobs and the dashboard's form: the request fields' values
+    (tuner/request_fields.py) checked, every job's fan-out too, then each job queued; the job ids."""
+    from tuner.request_fields import requests_from
+
+    try:
+        reqs = requests_from(values, settings.batch_trials)
+        selector = resolve_device_class(values["device_class"])
+        for req in reqs:  # what no worker of the class could hold: refused before any job is queued
+            refuse_unfit(req, selector, f"device class {selector}", host_memory=host_memory())
+    except (UserError, SpecError) as exc:
+        if isinstance(exc, (NotFound, Conflict, Unavailable)):
+            raise
+        raise InvalidRequest(str(exc)) from None
+    return [submit(settings, req, values["device_class"], values["parallel"]) for req in reqs]
 
 
 def retune_plumbing(settings: Settings, device_class: str | None, dry_run: bool, holder: str | None):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Optional
 
 from fastapi import APIRouter, Form, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import ValidationError
 
@@ -17,7 +18,8 @@ from tuner import coordinator, display, fleet
 from tuner.api import auth
 from tuner.api.errors import MAX_BODY, status_of, validation_message
 from tuner.api.render import page, plot
-from tuner.api.routes import JobIn, build, key_view, settings_of
+from tuner.api.submit_form import form_fields, request_of, typed_values
+from tuner.api.routes import key_view, settings_of
 from tuner.db_open import open_for_read
 from tuner.errors import UserError
 from tuner.reports.held import held
@@ -63,26 +65,22 @@ def _jobs(request: Request, error: str | None = None, status: int = 200, form: d
             raise
         rows = []  # the form's own error first (no database yet, say); the list when there is one
     running = any(r["state"] not in coordinator.FINAL for r in rows)
-    return page(request, "jobs.html", status=status, jobs=rows, error=error, form=form or {},
+    return page(request, "jobs.html", status=status, jobs=rows, error=error, fields=form_fields(form or {}),
                 refresh=REFRESH_S if running else None)
 
 
 @router.post("/jobs", response_class=HTMLResponse)
-def submit_form(request: Request, kernel: str = Form(..., max_length=100), shapes: str = Form(..., max_length=2000),
-                dtype: str = Form("float32", max_length=16), device_class: str = Form(..., max_length=80),
-                trials: int = Form(20)):
-    """The jobs page's form: one shape per line (a logged-in session's; guard.py checked its Origin)."""
-    form = {"kernel": kernel, "shapes": shapes, "dtype": dtype, "device_class": device_class, "trials": trials}
+async def submit_form(request: Request):
+    """The jobs page's form, the fields of `tuner submit` (tuner/api/submit_form.py; a logged-in
+    session's, guard.py checked its Origin); a --model's several jobs: the first one's page."""
+    typed = typed_values(await request.form())
     try:
-        settings = settings_of(request)
-        job = JobIn(kernel=kernel, shapes=[s.strip() for s in shapes.splitlines() if s.strip()] or [""],
-                    dtypes=[dtype], device_class=device_class, trials=trials)
-        job_id = coordinator.submit(settings, build(job), job.device_class, job.parallel)
+        job_ids = await run_in_threadpool(coordinator.submit_all, settings_of(request), request_of(typed))
     except UserError as exc:
-        return _jobs(request, error=str(exc), status=status_of(exc), form=form)
+        return await run_in_threadpool(_jobs, request, str(exc), status_of(exc), typed)
     except ValidationError as exc:
-        return _jobs(request, error=validation_message(exc), status=422, form=form)
-    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+        return await run_in_threadpool(_jobs, request, validation_message(exc), 422, typed)
+    return RedirectResponse(f"/jobs/{job_ids[0]}", status_code=303)
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
