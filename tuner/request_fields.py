@@ -1,7 +1,7 @@
 """The fields of a tuning request, declared once: the options of `tuner submit` (and of `tuner tune`,
 where they share them), the body of POST /v1/jobs and the dashboard's submit form are all derived
 from REQUEST_FIELDS (tuner/cli/common.py request_options, tuner/api/routes.py JobIn,
-tuner/api/pages.py form_fields), and `requests_from` turns what any of the three doors took into
+tuner/api/submit_form.py form_fields), and `requests_from` turns what any of the three doors took into
 the checked requests (tuner/request.py), so a bad value gets the same one-line error from each.
 A field added here shows in all three.
 
