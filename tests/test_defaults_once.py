@@ -111,3 +111,20 @@ def test_a_batch_is_the_size_its_job_was_queued_with():
         batch_message(Job(), Key())
     Job.request = {**Job.request, "batch_trials": 3}
     assert batch_message(Job(), Key()).batch_trials == 3
+
+
+def test_each_setting_s_default_is_written_once_in_the_settings_dataclass(tmp_path):
+    """from_env reads a setting's default from the dataclass (it wrote each one a second time)."""
+    from tuner import settings as settings_mod
+
+    tree = ast.parse((ROOT / "tuner" / "settings.py").read_text())
+    (from_env,) = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "from_env"]
+    copies = [ast.unparse(call) for call in ast.walk(from_env) if isinstance(call, ast.Call)
+              and getattr(call.func, "id", "") in ("num", "_flag")
+              and any(isinstance(a, ast.Constant) and type(a.value) in (int, float, bool)
+                      for a in call.args[1 if call.func.id == "num" else 2:][:1])]
+    copies += [ast.unparse(op) for op in ast.walk(from_env) if isinstance(op, ast.BoolOp)
+               and isinstance(op.values[-1], ast.Constant) and op.values[-1].value]
+    assert not copies, "read the default from the dataclass (DEFAULTS):\n" + "\n".join(copies)
+    read = settings_mod.from_env({"TUNER_HOME": str(tmp_path)})
+    assert all(getattr(read, name) == value for name, value in settings_mod.DEFAULTS.items() if name != "extra")
