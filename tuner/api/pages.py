@@ -180,7 +180,7 @@ def _key_running(settings, kernel: str, key_hash: str) -> bool:
     J, K = models.Job, models.JobKey
     with session_scope(open_for_read(settings)) as s:
         return s.scalar(select(K.id).join(J, J.id == K.job_id).where(
-            K.key_hash == key_hash, J.kernel == kernel, K.state.in_(("running", "finalizing")),
+            K.key_hash == key_hash, J.kernel == kernel, K.state.in_(lifecycle.OPEN_KEY_STATES),
             J.state.not_in(lifecycle.END_STATES)).limit(1)) is not None
 
 
