@@ -63,8 +63,9 @@ def write_best(s, ids: tuple[int, int], i: int, ms: float) -> None:
 
 def populate(url: str, rows: int) -> str:
     """rows current bests (db.store.write_best) and one job with trials; the job id."""
-    from db import store
+    from db import lifecycle, store
     from db.session import session_scope, upgrade
+    from search import strategies
     from search_spaces import registry
     from keys import config_hash
 
@@ -78,10 +79,10 @@ def populate(url: str, rows: int) -> str:
             for i in range(per_class):
                 write_best(s, ids[slug], i, 0.1 + i * 1e-4)
         keys = [spec.make_key({"M": 4096, "N": 4096 + 64 * i, "K": 4096}, "bfloat16") for i in range(4)]
-        job, key_ids = store.create_job(s, kind="tune", origin="queued", kernel="matmul", kernel_version=spec.version,
+        job, key_ids = lifecycle.create_job(s, kind="tune", origin="queued", kernel="matmul", kernel_version=spec.version,
                                         keys=[k.to_json() for k in keys], key_hashes=[k.stable_hash for k in keys],
-                                        sampler="auto", seed=0, budget_trials=50, request={"keys": []},
-                                        device_selector="h100", state="running")
+                                        sampler=strategies.DEFAULT, seed=0, budget_trials=50, request={"keys": []},
+                                        device_selector="h100", state=lifecycle.RUNNING)
         dc_id, fp_id = ids["h100-sxm-80gb"]
         for key, key_id in zip(keys, key_ids):
             for n in range(50):

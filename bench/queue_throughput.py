@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from db import lifecycle
 from workers.local import WorkerProcess, fleet_env, run_cli, scratch_postgres, scratch_redis, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +71,7 @@ def wait_done(engine, ids: list[str], timeout: float) -> None:
         with engine.connect() as c:
             states = c.execute(text("select state from jobs where id in :ids").bindparams(
                 __import__("sqlalchemy").bindparam("ids", expanding=True)), {"ids": ids}).scalars().all()
-        return len(states) == len(ids) and all(s in ("done", "failed", "cancelled") for s in states)
+        return len(states) == len(ids) and all(s in lifecycle.END_STATES for s in states)
     wait_until(done, timeout, "jobs to finish")
 
 

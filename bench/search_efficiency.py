@@ -156,9 +156,12 @@ def _median_or_none(values):
     return statistics.median(got) if len(got) * 2 > len(values) else None  # a median of the runs that got there, if most did
 
 
-def verdict(sweep: dict, strategy: str = "auto") -> list[str]:
+def verdict(sweep: dict, strategy: str | None = None) -> list[str]:
     """The targets of the default strategy on one sweep: >= 0.97 of the optimum within 10% of
     the valid space, and ahead of random search at every budget."""
+    from search import strategies
+
+    strategy = strategy or strategies.DEFAULT
     got = sweep["strategies"].get(strategy, {}).get("median_fraction_of_optimum")
     rnd = sweep["strategies"].get("random", {}).get("median_fraction_of_optimum")
     if not got or not rnd:

@@ -27,6 +27,7 @@ RESULTS = ROOT / "bench" / "results" / "search_rate.md"
 
 def one(device: str, shape: str, dtype: str, trials: int, depth: int | None, seed: int) -> dict:
     from harness.harness import Harness
+    from search import strategies
     from tuner import settings as settings_mod
     from tuner.request import build_request
     from tuner.tune import prepare, tune_local
@@ -47,7 +48,7 @@ def one(device: str, shape: str, dtype: str, trials: int, depth: int | None, see
     if depth is not None:
         Harness.width = lambda self, device: depth
     try:
-        req = build_request("matmul", [shape], [dtype], trials, "auto", seed)
+        req = build_request("matmul", [shape], [dtype], trials, strategies.DEFAULT, seed)
         out = tune_local(prepare(req, settings_mod.get(), device))
     finally:
         Harness._receive, Harness.width = receive, width

@@ -1,11 +1,10 @@
-"""Plain functions over a Session for the rows every part writes and reads: identity, jobs,
-trials, bests, leases, runtime misses. Each kind of row has one writer here, and the current best
+"""Plain functions over a Session for the rows every part writes and reads: identity, trials,
+bests, leases, runtime misses. Each kind of row has one writer here, and the current best
 rows one reader (`best_configs`), which the runtime, the export, the retune, the search's warm
 start and the CLI all use; the misses one reader (`misses`), which `tuner misses` and the miss
-retune use."""
+retune use. Jobs and their keys are db/lifecycle.py's."""
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 from typing import Any, Iterable
 
@@ -18,8 +17,6 @@ from db.models import (
     BestConfig,
     DeviceClass,
     ImportedConfig,
-    Job,
-    JobKey,
     Lock,
     RuntimeMiss,
     StackFingerprint,
@@ -71,47 +68,6 @@ def store_identity(s: Session, device_class: dict[str, Any], fingerprint: dict[s
                                    fields={k: v for k, v in fingerprint.items() if k != "hash"})
     s.flush()
     return dc.id, fp.id
-
-
-def create_job(s: Session, *, kind: str, origin: str, kernel: str, kernel_version: str, keys: list[dict[str, Any]],
-               key_hashes: list[str], sampler: str, seed: int | None, budget_trials: int, request: dict[str, Any],
-               device_selector: str | None = None, device_class_id: int | None = None,
-               state: str = "queued", study_names: list[str] | None = None) -> tuple[str, list[int]]:
-    """A job row and one row per key (each `running`, stamped as just enqueued), in the caller's
-    transaction: (job id, key row ids in the order of keys). `tuner tune`, `tuner submit` and the
-    retune all create jobs here."""
-    job_id = uuid.uuid4().hex
-    now = utcnow()
-    s.add(Job(id=job_id, kind=kind, origin=origin, kernel=kernel, kernel_version=kernel_version,
-              device_class_id=device_class_id, device_selector=device_selector, state=state, sampler=sampler,
-              seed=seed, budget_trials=budget_trials, request=request, created_at=now,
-              started_at=now if state == "running" else None))
-    s.flush()
-    rows = [JobKey(job_id=job_id, key_hash=h, key=k, study_name=(study_names or [""] * len(keys))[i],
-                   state="running", enqueued_at=now) for i, (k, h) in enumerate(zip(keys, key_hashes))]
-    s.add_all(rows)
-    s.flush()
-    return job_id, [r.id for r in rows]
-
-
-def finish_job(s: Session, job_id: str) -> str | None:
-    """End a running job whose keys have all ended, in the caller's transaction (the one that ended
-    its last key, or the janitor's): failed, with the keys' reasons, when a key failed with one;
-    else done when a key is done; else failed (no configuration ran correctly). Returns the new
-    state, or None when a key is still open or the job has already ended."""
-    keys = s.execute(select(JobKey.state, JobKey.error).where(JobKey.job_id == job_id)).all()
-    if not keys or any(st not in ("done", "failed") for st, _ in keys):
-        return None
-    errors = sorted({e for _, e in keys if e})
-    if errors:
-        state, error = "failed", "; ".join(errors)[:2000]
-    elif any(st == "done" for st, _ in keys):
-        state, error = "done", None
-    else:
-        state, error = "failed", "no configuration ran correctly"
-    ended = s.execute(update(Job).where(Job.id == job_id, Job.state.in_(("queued", "running")))
-                      .values(state=state, finished_at=utcnow(), error=error)).rowcount
-    return state if ended else None
 
 
 def record_trial(s: Session, **fields: Any) -> TuningTrial:

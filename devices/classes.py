@@ -66,38 +66,35 @@ class DeviceClass:
 CPU_INTERPRETER = DeviceClass("cpu", "interpreter", "Triton CPU interpreter", 1, 0, "cpu-interpreter", ("cpu",))
 
 # Products told apart by (arch, compute units, nominal memory). Where two products share all three,
-# the one with a name hint (_NAME_HINTS) wins when the reported name contains it; otherwise the
-# un-hinted one is chosen, so a drifted name degrades to the more common product, never to "unknown".
-KNOWN_DEVICES: tuple[DeviceClass, ...] = (
-    DeviceClass("nvidia", "sm_90", "NVIDIA H100 SXM", 132, 80, "h100-sxm-80gb", ("h100",)),
-    DeviceClass("nvidia", "sm_90", "NVIDIA H100 PCIe", 114, 80, "h100-pcie-80gb", ("h100",)),
-    DeviceClass("nvidia", "sm_90", "NVIDIA H100 NVL", 132, 94, "h100-nvl-94gb", ("h100",)),
-    DeviceClass("nvidia", "sm_90", "NVIDIA H200", 132, 141, "h200-141gb", ("h200",)),
-    DeviceClass("nvidia", "sm_90", "NVIDIA H200 NVL", 132, 141, "h200-nvl-141gb", ("h200",)),
-    DeviceClass("nvidia", "sm_80", "NVIDIA A100 SXM", 108, 40, "a100-sxm-40gb", ("a100",)),
-    DeviceClass("nvidia", "sm_80", "NVIDIA A100 PCIe", 108, 40, "a100-pcie-40gb", ("a100",)),
-    DeviceClass("nvidia", "sm_80", "NVIDIA A100 SXM", 108, 80, "a100-sxm-80gb", ("a100",)),
-    DeviceClass("nvidia", "sm_80", "NVIDIA A100 PCIe", 108, 80, "a100-pcie-80gb", ("a100",)),
-    DeviceClass("amd", "gfx942", "AMD Instinct MI300X", 304, 192, "mi300x-192gb", ("mi300x",)),
-    DeviceClass("amd", "gfx942", "AMD Instinct MI308X", 80, 192, "mi308x-192gb", ("mi308x",)),
-    DeviceClass("amd", "gfx942", "AMD Instinct MI325X", 304, 256, "mi325x-256gb", ("mi325x",)),
-    CPU_INTERPRETER,
+# the one with a name hint wins when the reported name contains it; otherwise the un-hinted one is
+# chosen, so a drifted name degrades to the more common product, never to "unknown". Beside each:
+# what torch.cuda.get_device_name() reports on it, the usual name first (the names in vLLM's
+# shipped config files; where a class has no worker yet, export and import use these), and its
+# name hint. Each slug is written here once; every table below is derived from this one.
+_PRODUCTS: tuple[tuple[DeviceClass, tuple[str, ...], str | None], ...] = (
+    (DeviceClass("nvidia", "sm_90", "NVIDIA H100 SXM", 132, 80, "h100-sxm-80gb", ("h100",)),
+     ("NVIDIA H100 80GB HBM3", "NVIDIA H100"), None),
+    (DeviceClass("nvidia", "sm_90", "NVIDIA H100 PCIe", 114, 80, "h100-pcie-80gb", ("h100",)), ("NVIDIA H100 PCIe",), None),
+    (DeviceClass("nvidia", "sm_90", "NVIDIA H100 NVL", 132, 94, "h100-nvl-94gb", ("h100",)), ("NVIDIA H100 NVL",), None),
+    (DeviceClass("nvidia", "sm_90", "NVIDIA H200", 132, 141, "h200-141gb", ("h200",)), ("NVIDIA H200",), None),
+    # H200 NVL differs from H200 SXM only in power
+    (DeviceClass("nvidia", "sm_90", "NVIDIA H200 NVL", 132, 141, "h200-nvl-141gb", ("h200",)), ("NVIDIA H200 NVL",), "nvl"),
+    # PCIe and SXM A100s have the same SM count and memory
+    (DeviceClass("nvidia", "sm_80", "NVIDIA A100 SXM", 108, 40, "a100-sxm-40gb", ("a100",)), ("NVIDIA A100-SXM4-40GB",), None),
+    (DeviceClass("nvidia", "sm_80", "NVIDIA A100 PCIe", 108, 40, "a100-pcie-40gb", ("a100",)),
+     ("NVIDIA A100-PCIE-40GB",), "pcie"),
+    (DeviceClass("nvidia", "sm_80", "NVIDIA A100 SXM", 108, 80, "a100-sxm-80gb", ("a100",)), ("NVIDIA A100-SXM4-80GB",), None),
+    (DeviceClass("nvidia", "sm_80", "NVIDIA A100 PCIe", 108, 80, "a100-pcie-80gb", ("a100",)),
+     ("NVIDIA A100 80GB PCIe",), "pcie"),
+    (DeviceClass("amd", "gfx942", "AMD Instinct MI300X", 304, 192, "mi300x-192gb", ("mi300x",)), ("AMD Instinct MI300X",), None),
+    (DeviceClass("amd", "gfx942", "AMD Instinct MI308X", 80, 192, "mi308x-192gb", ("mi308x",)), ("AMD Instinct MI308X",), None),
+    (DeviceClass("amd", "gfx942", "AMD Instinct MI325X", 304, 256, "mi325x-256gb", ("mi325x",)), ("AMD Instinct MI325X",), None),
 )
-# PCIe and SXM A100s have the same SM count and memory; H200 NVL differs from H200 SXM only in power.
-_NAME_HINTS: dict[str, str] = {"h200-nvl-141gb": "nvl", "a100-pcie-40gb": "pcie", "a100-pcie-80gb": "pcie"}
+KNOWN_DEVICES: tuple[DeviceClass, ...] = tuple(dc for dc, _, _ in _PRODUCTS) + (CPU_INTERPRETER,)
+_NAME_HINTS: dict[str, str] = {dc.slug: hint for dc, _, hint in _PRODUCTS if hint}
 
 _BY_SLUG: dict[str, DeviceClass] = {dc.slug: dc for dc in KNOWN_DEVICES}
-
-# What torch.cuda.get_device_name() reports on each known product, the usual name first (the
-# names in vLLM's shipped config files); where a class has no worker yet, export and import use these.
-DEVICE_NAMES: dict[str, tuple[str, ...]] = {
-    "h100-sxm-80gb": ("NVIDIA H100 80GB HBM3", "NVIDIA H100"), "h100-pcie-80gb": ("NVIDIA H100 PCIe",),
-    "h100-nvl-94gb": ("NVIDIA H100 NVL",), "h200-141gb": ("NVIDIA H200",), "h200-nvl-141gb": ("NVIDIA H200 NVL",),
-    "a100-sxm-40gb": ("NVIDIA A100-SXM4-40GB",), "a100-pcie-40gb": ("NVIDIA A100-PCIE-40GB",),
-    "a100-sxm-80gb": ("NVIDIA A100-SXM4-80GB",), "a100-pcie-80gb": ("NVIDIA A100 80GB PCIe",),
-    "mi300x-192gb": ("AMD Instinct MI300X",), "mi308x-192gb": ("AMD Instinct MI308X",),
-    "mi325x-256gb": ("AMD Instinct MI325X",),
-}
+DEVICE_NAMES: dict[str, tuple[str, ...]] = {dc.slug: names for dc, names, _ in _PRODUCTS}
 
 
 def _families() -> dict[str, tuple[str, ...]]:

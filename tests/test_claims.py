@@ -12,7 +12,7 @@ import threading
 import optuna
 import pytest
 
-from db import models, store
+from db import lifecycle, models, store
 from db.session import session_scope, upgrade
 from search import studies
 from tests.services import wait_for
@@ -138,7 +138,7 @@ def test_claims_belong_to_their_study_and_say_who_holds_them(db_url):
         dc, fp = store.store_identity(s, CPU_INTERPRETER.to_json(), {"hash": "f" * 16, "driver": "none",
                                                                     "runtime": "none", "triton": "3.6.0",
                                                                     "torch": "2.13.0"})
-        job, (key_id,) = store.create_job(s, kind="tune", origin="local", kernel="tiles", kernel_version="v",
+        job, (key_id,) = lifecycle.create_job(s, kind="tune", origin="local", kernel="tiles", kernel_version="v",
                                           keys=[{}], key_hashes=["k" * 16], sampler="auto", seed=0, budget_trials=1,
                                           request={})
         worker = s.query(models.Worker).one().id

@@ -162,7 +162,7 @@ def study(tmp_path):
     """A key's study with trials stored: BLOCK 32 timed fastest in the search, then 64, then 128."""
     from dataclasses import replace
 
-    from db import store
+    from db import lifecycle, store
     from db.session import session_scope, upgrade
 
     url = f"sqlite:///{tmp_path}/t.db"
@@ -171,7 +171,7 @@ def study(tmp_path):
         dc, fp = store.store_identity(s, CPU_INTERPRETER.to_json(), {"hash": "f" * 16, "driver": "none",
                                                                     "runtime": "none", "triton": "3.6.0",
                                                                     "torch": "2.13.0"})
-        job, _ = store.create_job(s, kind="tune", origin="local", kernel="tiles", kernel_version="v", keys=[], key_hashes=[],
+        job, _ = lifecycle.create_job(s, kind="tune", origin="local", kernel="tiles", kernel_version="v", keys=[], key_hashes=[],
                                   sampler="auto", seed=0, budget_trials=1, request={})
         ctx = replace(_ctx(), db_url=url, job_id=job, device_class_id=dc, fingerprint_id=fp)
         # ties (64 twice at one time, 128 as fast as 64; a slower 128 after) must not matter

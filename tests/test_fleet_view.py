@@ -185,7 +185,7 @@ def test_gone_workers_are_pruned_after_the_days_kept(pg, tmp_path):
     worker(pg, "gone@test", beat_ago_s=30 * 86400, stopped=True)
     # a worker's janitor round (under its class's lease) prunes with the days its settings keep
     sweep(pg, "h100-sxm-80gb", lambda message: None, holder="live@test", stall_s=120, dead_after_s=60,
-          heartbeat_s=10, abandon_s=600, workers_keep_days=7)
+          heartbeat_s=10, abandon_s=600, misses_keep_days=30, workers_keep_days=7)
     worker(pg, "gone2@test", beat_ago_s=30 * 86400, stopped=True)
     assert prune_gone_workers(pg, 7, 60) == 0  # the lease `prune-workers` holds for an hour
     with session_scope(pg) as s:

@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 
-from db import models, store
+from db import lifecycle, models, store
 from db.session import session_scope
 from search_spaces import registry
 from keys import config_hash
@@ -39,7 +39,7 @@ def a_job(url, *, job_state="done", key_state="done", stored=True) -> str:
     key = registry.get("matmul").make_key(DIMS, "float16")
     with session_scope(url) as s:
         dc_id, fp_id = rows.identity(s, SLUG)
-        job_id, (key_id,) = store.create_job(
+        job_id, (key_id,) = lifecycle.create_job(
             s, kind="tune", origin="queued", kernel="matmul", kernel_version=key.version, keys=[key.to_json()],
             key_hashes=[key.stable_hash], sampler="auto", seed=1, budget_trials=4, request={},
             device_selector="h100", state=job_state)

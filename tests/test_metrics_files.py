@@ -11,7 +11,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
-from db import models, store
+from db import lifecycle, models
 from db.clock import utcnow
 from db.session import session_scope
 from search_spaces import registry
@@ -41,7 +41,7 @@ def scrape(tmp_path_factory):
         s.execute(update(models.Worker).where(models.Worker.name == "crashed@test")
                   .values(heartbeat_at=utcnow() - timedelta(seconds=900)))
         for state in ("queued", "done"):
-            job, _ = store.create_job(s, kind="tune", origin="queued", kernel="matmul", kernel_version=key.version,
+            job, _ = lifecycle.create_job(s, kind="tune", origin="queued", kernel="matmul", kernel_version=key.version,
                                       keys=[key.to_json()], key_hashes=[key.stable_hash], sampler="auto", seed=0,
                                       budget_trials=4, request={}, device_selector="h100", state=state)
             if state == "done":
@@ -170,7 +170,7 @@ def test_a_report_is_computed_once_per_state_of_what_it_reads(tmp_path):
     assert held("r", report, settings, "a") == {"n": 3}
     with session_scope(url) as s:
         key = registry.get("matmul").make_key({"M": 64, "N": 64, "K": 64}, "float16")
-        store.create_job(s, kind="tune", origin="queued", kernel="matmul", kernel_version=key.version,
+        lifecycle.create_job(s, kind="tune", origin="queued", kernel="matmul", kernel_version=key.version,
                          keys=[key.to_json()], key_hashes=[key.stable_hash], sampler="auto", seed=0,
                          budget_trials=4, request={}, device_selector="h100")
     assert held("r", report, settings, "a") == {"n": 4}  # a job queued

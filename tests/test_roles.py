@@ -109,7 +109,7 @@ def test_the_worker_role_writes_rows_and_nothing_else(roles):
 
     from datetime import timedelta
 
-    from db import models, store
+    from db import lifecycle, models, store
     from db.clock import utcnow
     from db.session import session_scope
     from search.studies import Heartbeats, storage
@@ -121,7 +121,7 @@ def test_the_worker_role_writes_rows_and_nothing_else(roles):
                                           "name": "cpu", "compute_units": 1, "memory_gb": 1},
                                       {"hash": "f" * 16, "driver": "none", "runtime": "none", "triton": "3.6.0",
                                        "torch": "2.13.0"})
-        job, (key,) = store.create_job(s, kind="tune", origin="queued", kernel="trivial", kernel_version="v",
+        job, (key,) = lifecycle.create_job(s, kind="tune", origin="queued", kernel="trivial", kernel_version="v",
                                        keys=[{"dims": {"N": 1}}], key_hashes=["k" * 16], sampler="random", seed=0,
                                        budget_trials=1, request={}, device_selector="cpu")
         assert store.claim_config(s, study_name="s", config_hash="c", trial_number=0, job_key_id=key, worker_id=None)
@@ -135,7 +135,7 @@ def test_the_worker_role_writes_rows_and_nothing_else(roles):
         assert store.acquire_lock(s, "l", "me", ttl_s=5)
         store.release_lock(s, "l", "me")
         assert store.release_claims(s, "s", [1]) == 0
-        assert store.finish_job(s, job) is None
+        assert lifecycle.finish_job(s, job) is None
         s.add(models.Worker(name="gone@test", started_at=utcnow() - timedelta(days=30),
                             heartbeat_at=utcnow() - timedelta(days=30), stopped_at=utcnow() - timedelta(days=30)))
     with session_scope(url) as s:

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import func, select
 
-from db import models, store
+from db import lifecycle, models
 from db.session import session_scope
 from devices.fingerprint import live_fingerprint
 from devices.probe import probe
@@ -44,7 +44,7 @@ def test_a_message_that_disagrees_with_its_rows_runs_no_trial(service):
     request = {"kernel": "trivial", "keys": [key.to_json()], "trials": 4, "sampler": "random", "seed": 0,
                "measurement": Measurement().to_json(), "batch_trials": 2}
     with session_scope(url) as s:
-        job, (key_id,) = store.create_job(
+        job, (key_id,) = lifecycle.create_job(
             s, kind="tune", origin="queued", kernel="trivial", kernel_version=key.version, keys=[key.to_json()],
             key_hashes=[key.stable_hash], sampler="random", seed=0, budget_trials=4, request=request,
             device_selector="cpu-interpreter")

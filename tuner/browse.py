@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import Integer, func, select
 
-from db import models, store
+from db import lifecycle, models, store
 from db.session import session_scope
 from tuner.db_open import open_for_read
 from tuner.errors import UserError
@@ -181,7 +181,7 @@ def retune_runs(settings, offset: int = 0, limit: int = PAGE) -> dict:
     # grouped by its label: PostgreSQL takes GROUP BY run, not two copies of ->> with their own parameters
     run = J.request["retune_run"].as_string().label("run")
     q = (select(run, func.min(J.created_at), func.max(J.finished_at), func.count(func.distinct(J.id)),
-                func.count(K.id), func.sum((K.state.in_(("done", "failed", "cancelled"))).cast(Integer)))
+                func.count(K.id), func.sum((K.state.in_(lifecycle.END_STATES)).cast(Integer)))
          .join(K, K.job_id == J.id).where(J.kind == "retune").group_by(run)
          .order_by(func.min(J.created_at).desc()).offset(offset).limit(limit + 1))
     with session_scope(open_for_read(settings)) as s:

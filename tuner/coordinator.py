@@ -10,23 +10,22 @@ import sys
 import time
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
-from db import models, store
+from db import lifecycle, models
 from db.clock import utcnow
 from db.session import DatabaseError, session_scope
 from db.urls import redact, scrub
 from devices.classes import DeviceClass, matches, resolve_device_class
 from devices.fit import host_memory
-from harness.protocol import Measurement
 from search_spaces import registry
-from keys import TuningKey, config_hash
+from keys import SpecError, TuningKey, config_hash
 from tuner.db_open import open_for_read, open_for_write
-from tuner.errors import Conflict, NotFound, Unavailable, UserError
+from tuner.errors import Conflict, InvalidRequest, NotFound, Unavailable, UserError
 from tuner.request import TuneRequest, check_fanout, refuse_unfit
 from tuner.settings import Settings
+from workers.job_request import JobRequest
 
-FINAL = ("done", "failed", "cancelled")
 
 
 def broker_app(settings: Settings, **options):
@@ -86,8 +85,7 @@ def _say(line: str) -> None:
     print(f"tuner: {line}", file=sys.stderr, flush=True)
 
 
-def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: int = 2,
-           kind: str = "tune", extra: dict | None = None) -> str:
+def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: int, kind: str = "tune") -> str:
     """Queue the request for a device class; returns the job id. Checks broker and database
     before writing anything, and sends `parallel` batches per key so several workers cooperate."""
     from workers.app import send_batch
@@ -98,13 +96,13 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
     refuse_unfit(req, selector, f"device class {selector}", host_memory=host_memory())
     app = broker_app(settings)
     url = open_for_write(settings)
-    batch = min(settings.batch_trials, req.trials)
-    request = {**req.to_json(), "batch_trials": batch, **(extra or {})}
+    request = req.job_request(batch_trials=min(settings.batch_trials, req.trials))
     with session_scope(url) as s:
-        job_id, key_ids = store.create_job(
+        job_id, key_ids = lifecycle.create_job(
             s, kind=kind, origin="queued", kernel=req.kernel, kernel_version=req.keys[0].version,
             keys=[k.to_json() for k in req.keys], key_hashes=[k.stable_hash for k in req.keys],
-            sampler=req.sampler, seed=req.seed, budget_trials=req.trials, request=request, device_selector=selector)
+            sampler=req.sampler, seed=req.seed, budget_trials=req.trials, request=request.to_json(),
+            device_selector=selector)
         job = s.get(models.Job, job_id)
         messages = [batch_message(job, s.get(models.JobKey, key_id)) for key_id in key_ids]
     try:
@@ -113,11 +111,27 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
                 send_batch(app, msg)
     except Exception as exc:
         with session_scope(url) as s:
-            s.execute(update(models.Job).where(models.Job.id == job_id)
-                      .values(state="failed", error=f"could not queue: {scrub(exc, settings.broker_url)}", finished_at=utcnow()))
+            lifecycle.fail_job(s, job_id, f"could not queue: {scrub(exc, settings.broker_url)}")
         raise Unavailable(f"job {job_id} could not be queued on {redact(settings.broker_url)}: "
                           f"{scrub(exc, settings.broker_url)}") from None
     return job_id
+
+
+def submit_all(settings: Settings, values: dict) -> list[str]:
+    """`tuner submit`, POST /v1/jobs and the dashboard's form: the request fields' values
+    (tuner/request_fields.py) checked, every job's fan-out too, then each job queued; the job ids."""
+    from tuner.request_fields import requests_from
+
+    try:
+        reqs = requests_from(values, settings.batch_trials)
+        selector = resolve_device_class(values["device_class"])
+        for req in reqs:  # what no worker of the class could hold: refused before any job is queued
+            refuse_unfit(req, selector, f"device class {selector}", host_memory=host_memory())
+    except (UserError, SpecError) as exc:
+        if isinstance(exc, (NotFound, Conflict, Unavailable)):
+            raise
+        raise InvalidRequest(str(exc)) from None
+    return [submit(settings, req, values["device_class"], values["parallel"]) for req in reqs]
 
 
 def retune_plumbing(settings: Settings, device_class: str | None, dry_run: bool, holder: str | None):
@@ -158,13 +172,10 @@ def cancel(settings: Settings, job_id: str) -> str:
     url = open_for_read(settings)
     with session_scope(url) as s:
         job = _job(s, job_id)
-        cancelled = s.execute(update(models.Job).where(models.Job.id == job.id, models.Job.state.not_in(FINAL))
-                              .values(state="cancelled", finished_at=utcnow(), error="cancelled by user")).rowcount
-        if not cancelled:
-            state = s.scalar(select(models.Job.state).where(models.Job.id == job.id))
-            if state != "cancelled":
-                raise Conflict(f"job {job.id} has already ended ({state}); nothing to cancel")
-    return "cancelled"
+        state = lifecycle.cancel_job(s, job.id)
+        if state != lifecycle.CANCELLED:
+            raise Conflict(f"job {job.id} has already ended ({state}); nothing to cancel")
+    return state
 
 
 def _job(s, job_id: str) -> models.Job:
@@ -193,11 +204,11 @@ def status(settings: Settings, job_id: str) -> dict:
         out_keys = [_key_status(s, job, k) for k in keys]
         alive = live_workers(s, job.device_selector or "", settings.worker_dead_after_s) if job.device_selector else []
         note = None
-        if job.state not in FINAL and job.origin == "queued" and not alive:
+        if job.state not in lifecycle.END_STATES and job.origin == "queued" and not alive:
             note = f"no worker of class {job.device_selector} is alive; start one with `tuner worker --device ...`"
         return {"job": job.id, "kind": job.kind, "kernel": job.kernel, "state": job.state,
                 "device_class": job.device_selector, "sampler": job.sampler, "budget_trials": job.budget_trials,
-                "measurement": Measurement.from_json(job.request.get("measurement")).to_json(),
+                "measurement": JobRequest.of(job).measurement.to_json(),
                 "created_at": job.created_at.isoformat(), "finished_at": job.finished_at.isoformat() if job.finished_at else None,
                 "error": job.error, "live_workers": [w.name for w in alive], "note": note, "keys": out_keys}
 
@@ -238,7 +249,7 @@ def _key_status(s, job: models.Job, k: models.JobKey) -> dict:
         "failed_trials": outcomes["failed"] + outcomes["timeout"],
         "best_ms_so_far": best.median_ms if best else None, "best_config_so_far": best.config if best else None,
         "default_ms_so_far": min((d for d in default if d is not None), default=None),
-        "result": _stored_result(s, job, k, set(classes)) if k.state == "done" else None,
+        "result": _stored_result(s, job, k, set(classes)) if k.state == lifecycle.DONE else None,
         "workers": sorted(names),
     }
 
@@ -246,7 +257,7 @@ def _key_status(s, job: models.Job, k: models.JobKey) -> dict:
 def _key_state(job: models.Job, k: models.JobKey) -> str:
     """A key's own row says running from the job's creation on; until a worker takes the job, and
     once it is cancelled, the job's state is the key's too."""
-    if job.state == "queued" or (job.state == "cancelled" and k.state not in ("done", "failed")):
+    if job.state == lifecycle.QUEUED or (job.state == lifecycle.CANCELLED and k.state not in lifecycle.KEY_END_STATES):
         return job.state
     return k.state
 
@@ -281,15 +292,12 @@ def _default_hash(s, kernel: str, key: dict, device_class_id: int) -> str | None
         return None
 
 
-JOB_STATES = ("queued", "running", *FINAL)
-
-
 def jobs(settings: Settings, limit: int = 50, state: str | None = None, kernel: str | None = None,
          device_class: str | None = None) -> list[dict]:
     """The newest jobs, of a state, kernel and device class when given (the class as the job named
     it, a family like h100, or the exact class it ran on)."""
-    if state and state not in JOB_STATES:
-        raise UserError(f"unknown job state {state[:40]!r}; one of {', '.join(JOB_STATES)}")
+    if state and state not in lifecycle.JOB_STATES:
+        raise UserError(f"unknown job state {state[:40]!r}; one of {', '.join(lifecycle.JOB_STATES)}")
     url = open_for_read(settings)
     with session_scope(url) as s:
         q = select(models.Job)
@@ -307,7 +315,7 @@ def jobs(settings: Settings, limit: int = 50, state: str | None = None, kernel: 
                                 .group_by(models.TuningTrial.job_id)).all())
         return [{"job": j.id, "kind": j.kind, "origin": j.origin, "kernel": j.kernel, "state": j.state,
                  "device_class": j.device_selector or "", "trials": counts.get(j.id, 0),
-                 "budget_per_key": j.budget_trials, "keys": len(j.request.get("keys", [])),
+                 "budget_per_key": j.budget_trials, "keys": len(JobRequest.of(j).keys),
                  "created_at": j.created_at.isoformat()} for j in rows]
 
 
@@ -317,7 +325,7 @@ def wait(settings: Settings, job_id: str, timeout_s: float | None = None, poll_s
         st = status(settings, job_id)
         if on_poll:
             on_poll(st)
-        if st["state"] in FINAL:
+        if st["state"] in lifecycle.END_STATES:
             return st
         if timeout_s is not None and time.monotonic() - start > timeout_s:
             return st

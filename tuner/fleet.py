@@ -13,10 +13,9 @@ from datetime import timedelta
 
 from sqlalchemy import and_, case, func, select
 
-from db import models, store
+from db import lifecycle, models, store
 from db.clock import utcnow
 from devices.classes import ALIASES
-from tuner import coordinator
 from tuner.db_open import open_for_read
 from tuner.errors import UserError
 from tuner.settings import Settings
@@ -144,7 +143,7 @@ def queue_names(s) -> list[str]:
     for slug in s.scalars(select(models.DeviceClass.slug)).all():
         names.update(QUEUE_PREFIX + n for n in (slug, *aliases_of(slug)))
     names.update(_queue_of(sel) for sel in s.scalars(select(models.Job.device_selector).distinct().where(
-        models.Job.state.not_in(coordinator.FINAL), models.Job.device_selector.is_not(None))).all())
+        models.Job.state.not_in(lifecycle.END_STATES), models.Job.device_selector.is_not(None))).all())
     return sorted(names)
 
 
@@ -256,7 +255,7 @@ def queue_oldest(s) -> dict[str, float]:
     now = utcnow()
     rows = s.execute(select(models.Job.device_selector, func.min(models.JobKey.enqueued_at))
                      .join(models.JobKey, models.JobKey.job_id == models.Job.id)
-                     .where(models.Job.state == "queued", models.Job.device_selector.is_not(None))
+                     .where(models.Job.state == lifecycle.QUEUED, models.Job.device_selector.is_not(None))
                      .group_by(models.Job.device_selector)).all()
     out: dict[str, float] = {}
     for selector, first in rows:

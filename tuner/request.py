@@ -9,6 +9,7 @@ from search import strategies
 from search_spaces import registry
 from keys import SpecError, TuningKey
 from tuner.errors import UserError
+from workers.job_request import JobRequest, Runner
 
 MAX_TRIALS = 100_000  # per key: a budget no search needs more of, and far from int4's limit
 MAX_SEED = 2**31 - 1  # a seed is stored in an int4 column and seeds numpy (0 to 2**32 - 1)
@@ -41,9 +42,10 @@ class TuneRequest:
         sigs = self.signatures or (None,) * len(self.keys)
         return [{**k.to_json(), **({"signature": sig} if sig is not None else {})} for k, sig in zip(self.keys, sigs)]
 
-    def to_json(self) -> dict:
-        return {"kernel": self.kernel, "keys": [k.to_json() for k in self.keys], "trials": self.trials,
-                "sampler": self.sampler, "seed": self.seed, "measurement": self.measurement.to_json()}
+    def job_request(self, batch_trials: int | None = None, runner: Runner | None = None) -> JobRequest:
+        """What the job row stores: a queued job's with its batch size, a local one's with its process."""
+        return JobRequest(self.kernel, tuple(self.key_rows()), self.trials, self.sampler, self.seed,
+                          self.measurement, batch_trials=batch_trials, runner=runner)
 
 
 def parse_shape(text: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -162,6 +162,10 @@ def _flag(env: dict, name: str, default: bool, on_error=None) -> bool:
     return default
 
 
+# each setting's default, written once: in the dataclass above; from_env reads it from there
+DEFAULTS = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+
+
 def from_env(env: dict[str, str] | None = None, on_error=None) -> Settings:
     """The settings in env (default: the process's). A malformed value raises UserError, or, when
     `on_error` is given (the runtime, inside a model), is reported to it and its default used."""
@@ -178,35 +182,35 @@ def from_env(env: dict[str, str] | None = None, on_error=None) -> Settings:
         strategy_modules=env.get("TUNER_STRATEGY_MODULES", ""),
         config_bundle=Path(bundle).expanduser() if bundle else None,
         fingerprint_override=env.get("TUNER_FINGERPRINT_OVERRIDE", ""),
-        retune_cron=env.get("TUNER_RETUNE_CRON") or "0 3 * * *",
-        retune_budget_fraction=num("TUNER_RETUNE_BUDGET_FRACTION", 0.25),
-        retune_regression_threshold=num("TUNER_RETUNE_REGRESSION_THRESHOLD", 0.05),
-        batch_trials=int(num("TUNER_BATCH_TRIALS", 4)),
-        heartbeat_s=num("TUNER_HEARTBEAT_S", 10.0),
-        worker_dead_after_s=num("TUNER_WORKER_DEAD_AFTER_S", 60.0),
-        stall_s=num("TUNER_STALL_S", 120.0),
-        trial_timeout_s=num("TUNER_TRIAL_TIMEOUT_S", 120.0),
-        runtime_deadline_ms=num("TUNER_RUNTIME_DEADLINE_MS", 50.0, 0),
-        runtime_cache_size=int(num("TUNER_RUNTIME_CACHE_SIZE", 4096, 1)),
-        runtime_retry_s=num("TUNER_RUNTIME_RETRY_S", 30.0, 0),
-        runtime_refresh_s=num("TUNER_RUNTIME_REFRESH_S", 600.0, 0),
-        miss_flush_s=num("TUNER_MISS_FLUSH_S", 5.0, 0),
+        retune_cron=env.get("TUNER_RETUNE_CRON") or DEFAULTS["retune_cron"],
+        retune_budget_fraction=num("TUNER_RETUNE_BUDGET_FRACTION", DEFAULTS["retune_budget_fraction"]),
+        retune_regression_threshold=num("TUNER_RETUNE_REGRESSION_THRESHOLD", DEFAULTS["retune_regression_threshold"]),
+        batch_trials=int(num("TUNER_BATCH_TRIALS", DEFAULTS["batch_trials"])),
+        heartbeat_s=num("TUNER_HEARTBEAT_S", DEFAULTS["heartbeat_s"]),
+        worker_dead_after_s=num("TUNER_WORKER_DEAD_AFTER_S", DEFAULTS["worker_dead_after_s"]),
+        stall_s=num("TUNER_STALL_S", DEFAULTS["stall_s"]),
+        trial_timeout_s=num("TUNER_TRIAL_TIMEOUT_S", DEFAULTS["trial_timeout_s"]),
+        runtime_deadline_ms=num("TUNER_RUNTIME_DEADLINE_MS", DEFAULTS["runtime_deadline_ms"], 0),
+        runtime_cache_size=int(num("TUNER_RUNTIME_CACHE_SIZE", DEFAULTS["runtime_cache_size"], 1)),
+        runtime_retry_s=num("TUNER_RUNTIME_RETRY_S", DEFAULTS["runtime_retry_s"], 0),
+        runtime_refresh_s=num("TUNER_RUNTIME_REFRESH_S", DEFAULTS["runtime_refresh_s"], 0),
+        miss_flush_s=num("TUNER_MISS_FLUSH_S", DEFAULTS["miss_flush_s"], 0),
         miss_file=Path(env["TUNER_MISS_FILE"]).expanduser() if env.get("TUNER_MISS_FILE") else None,
         config_url=_url(env, "TUNER_CONFIG_URL", on_error),
-        runtime_max_bundle_mb=num("TUNER_RUNTIME_MAX_BUNDLE_MB", 64.0, 0.001),
-        runtime_proxy_from_env=_flag(env, "TUNER_RUNTIME_PROXY_FROM_ENV", False, on_error),
-        retune_misses=_flag(env, "TUNER_RETUNE_MISSES", True, on_error),
-        retune_misses_max_jobs=int(num("TUNER_RETUNE_MISSES_MAX_JOBS", 20, 0)),
-        retune_misses_trials=int(num("TUNER_RETUNE_MISSES_TRIALS", 20, 1)),
-        misses_keep_days=num("TUNER_MISSES_KEEP_DAYS", 30.0, 0),
-        workers_keep_days=num("TUNER_WORKERS_KEEP_DAYS", 7.0, 0),
+        runtime_max_bundle_mb=num("TUNER_RUNTIME_MAX_BUNDLE_MB", DEFAULTS["runtime_max_bundle_mb"], 0.001),
+        runtime_proxy_from_env=_flag(env, "TUNER_RUNTIME_PROXY_FROM_ENV", DEFAULTS["runtime_proxy_from_env"], on_error),
+        retune_misses=_flag(env, "TUNER_RETUNE_MISSES", DEFAULTS["retune_misses"], on_error),
+        retune_misses_max_jobs=int(num("TUNER_RETUNE_MISSES_MAX_JOBS", DEFAULTS["retune_misses_max_jobs"], 0)),
+        retune_misses_trials=int(num("TUNER_RETUNE_MISSES_TRIALS", DEFAULTS["retune_misses_trials"], 1)),
+        misses_keep_days=num("TUNER_MISSES_KEEP_DAYS", DEFAULTS["misses_keep_days"], 0),
+        workers_keep_days=num("TUNER_WORKERS_KEEP_DAYS", DEFAULTS["workers_keep_days"], 0),
         api_token=env.get("TUNER_API_TOKEN", ""),
         runtime_token=env.get("TUNER_RUNTIME_TOKEN", ""),
-        api_open_reads=_flag(env, "TUNER_API_OPEN_READS", False, on_error),
+        api_open_reads=_flag(env, "TUNER_API_OPEN_READS", DEFAULTS["api_open_reads"], on_error),
         api_allowed_hosts=_hosts(env, "TUNER_API_ALLOWED_HOSTS", on_error),
         metrics_port=_port(env, "TUNER_METRICS_PORT", on_error),
-        metrics_host=(env.get("TUNER_METRICS_HOST") or "").strip() or "127.0.0.1",
-        metrics_cache_s=num("TUNER_METRICS_CACHE_S", 10.0),
+        metrics_host=(env.get("TUNER_METRICS_HOST") or "").strip() or DEFAULTS["metrics_host"],
+        metrics_cache_s=num("TUNER_METRICS_CACHE_S", DEFAULTS["metrics_cache_s"]),
         device_prices=_prices(env, "TUNER_DEVICE_PRICES", on_error),
         extra={"explicit": tuple(k for k in ("TUNER_DB_URL", "TUNER_BROKER_URL") if env.get(k))},
     )

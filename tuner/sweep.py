@@ -56,7 +56,7 @@ def requests(kernel: str, vary: str, shape: str | None, dtypes: list[str], trial
     return [build_request(kernel, [s], dtypes, trials, sampler, seed, measurement) for s in shapes]
 
 
-def submit_sweep(settings, reqs: list[TuneRequest], device_class: str, parallel: int = 2) -> list[str]:
+def submit_sweep(settings, reqs: list[TuneRequest], device_class: str, parallel: int) -> list[str]:
     """Queue every point (coordinator.submit); all are checked against the class first."""
     from devices.classes import resolve_device_class
     from tuner.coordinator import submit

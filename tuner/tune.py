@@ -6,8 +6,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from db import models, store
-from db.clock import utcnow
+from db import lifecycle, store
 from db.session import session_scope
 from devices.classes import DeviceClass, check_device_name
 from devices.fingerprint import StackFingerprint
@@ -18,6 +17,7 @@ from keys import Config, TuningKey
 from tuner.db_open import open_for_write, open_studies
 from tuner.request import TuneRequest, refuse_unfit
 from tuner.settings import Settings
+from workers.job_request import Runner
 
 
 @dataclass(frozen=True)
@@ -80,16 +80,16 @@ def tune_local(plan: LocalPlan, progress=None, finalizing=None) -> TuneOutcome:
     names = [study_name(key, dc.slug, fp.hash, req.measurement) for key in req.keys]
     with session_scope(url) as s:
         dc_id, fp_id = store.store_identity(s, dc.to_json(), {**fp.to_json(), "hash": fp.hash})
-        job_id, key_ids = store.create_job(
+        job_id, key_ids = lifecycle.create_job(
             s, kind="tune", origin="local", kernel=req.kernel, kernel_version=spec.version,
             keys=req.key_rows(), key_hashes=[k.stable_hash for k in req.keys],
             sampler=req.sampler, seed=req.seed, budget_trials=req.trials,
             # who runs it: the janitor fails the job when this process is gone (workers/janitor.py)
-            request={**req.to_json(), "runner": {"host": socket.gethostname(), "pid": os.getpid()}},
-            device_class_id=dc_id, state="running", study_names=names)
+            request=req.job_request(runner=Runner(socket.gethostname(), os.getpid())).to_json(),
+            device_class_id=dc_id, state=lifecycle.RUNNING, study_names=names)
 
     outcomes = []
-    state, error = "done", None
+    state, error = lifecycle.DONE, None
     try:
         with Harness() as harness:
             t = time.perf_counter()
@@ -112,19 +112,17 @@ def tune_local(plan: LocalPlan, progress=None, finalizing=None) -> TuneOutcome:
                 done = finalize(ctx, harness, dc.slug)
                 t3 = time.perf_counter()
                 with session_scope(url) as s:
-                    row = s.get(models.JobKey, key_id)
-                    row.trials_done = ran
-                    row.state = "done" if done else "failed"
+                    lifecycle.end_local_key(s, key_id, bool(done), ran)
                 outcomes.append(KeyOutcome(key, ran, done.config if done else None,
                                            done.median_ms if done else None,
                                            done.default_ms if done else None,
                                            done.speedup if done else None, t2 - t, t3 - t2,
                                            bool(done and done.kept)))
     except BaseException as exc:
-        state, error = ("cancelled", "interrupted") if isinstance(exc, KeyboardInterrupt) else ("failed", repr(exc))
+        state, error = ((lifecycle.CANCELLED, "interrupted") if isinstance(exc, KeyboardInterrupt)
+                        else (lifecycle.FAILED, repr(exc)))
         raise
     finally:
         with session_scope(url) as s:
-            job = s.get(models.Job, job_id)
-            job.state, job.error, job.finished_at = state, error, utcnow()
+            lifecycle.end_local_job(s, job_id, state, error)
     return TuneOutcome(job_id, dc.slug, fp.hash, target.is_interpreter, tuple(outcomes), startup_s)

@@ -14,6 +14,7 @@ from typing import Any
 from search import strategies
 from search_spaces import registry
 from keys import SpecError, TuningKey
+from workers.job_request import JobRequest
 from workers.queues import is_class_queue, queue_for
 
 SCHEMA = 1
@@ -81,16 +82,19 @@ class BatchMessage:
 
 def key_budget(job, key_hash: str) -> int:
     """A job key's budget of counted trials (a retune sets one per key): from the job row."""
-    return int((job.request or {}).get("budgets", {}).get(key_hash, job.budget_trials))
+    return JobRequest.of(job).budget(key_hash)
 
 
-def batch_message(job, key_row, default_batch: int = 4) -> BatchMessage:
+def batch_message(job, key_row) -> BatchMessage:
     """The next batch of a job key (db.models.Job and JobKey rows), every field from the rows: what
-    the coordinator, the retune, the janitor and a worker send, and what a received one must say."""
-    budget = key_budget(job, key_row.key_hash)
+    the coordinator, the retune, the janitor and a worker send, and what a received one must say.
+    The batch size is the one the job was queued with (TUNER_BATCH_TRIALS then): no default here."""
+    request = JobRequest.of(job)
+    if request.batch_trials is None:
+        raise ValueError(f"job {job.id} was not queued (its request has no batch size): no batch is sent for it")
+    budget = request.budget(key_row.key_hash)
     return BatchMessage(job_id=job.id, job_key_id=key_row.id, key=key_row.key, sampler=job.sampler,
-                        seed=job.seed, budget_trials=budget,
-                        batch_trials=min(int((job.request or {}).get("batch_trials", default_batch)), budget),
+                        seed=job.seed, budget_trials=budget, batch_trials=min(request.batch_trials, budget),
                         queue=queue_for(job.device_selector))
 
 

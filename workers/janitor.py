@@ -32,23 +32,23 @@ from typing import Callable
 
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 
-from db import models, store
+from db import lifecycle, models, store
 from db.clock import utcnow
 from db.session import session_scope
 from devices.classes import matches
 from search.studies import recover_all
 from workers.batch import BatchMessage, batch_message
+from workers.job_request import JobRequest, Runner
 
 log = logging.getLogger("tuner.worker")
-OPEN_KEY_STATES = ("running", "finalizing")
 
 
 PRUNE_EVERY_S = 3600.0
 
 
 def sweep(db_url: str, slug: str, send: Callable[[BatchMessage], None], *, holder: str, stall_s: float,
-          dead_after_s: float, heartbeat_s: float, abandon_s: float, misses_keep_days: float = 30.0,
-          workers_keep_days: float = 7.0) -> None:
+          dead_after_s: float, heartbeat_s: float, abandon_s: float, misses_keep_days: float,
+          workers_keep_days: float) -> None:
     """One round of the janitor for a worker of class `slug`, if it holds the class's lease."""
     with session_scope(db_url) as s:
         if not store.acquire_lock(s, f"janitor:{slug}", holder, ttl_s=max(0.5, 0.9 * heartbeat_s)):
@@ -139,8 +139,8 @@ def resend_stalled(db_url: str, slug: str, stall_s: float, dead_after_s: float,
         rows = s.execute(
             select(models.JobKey, models.Job)
             .join(models.Job, models.Job.id == models.JobKey.job_id)
-            .where(models.Job.state.in_(("queued", "running")), models.Job.origin == "queued",
-                   models.JobKey.state.in_(OPEN_KEY_STATES))).all()
+            .where(models.Job.state.in_(lifecycle.ACTIVE), models.Job.origin == "queued",
+                   models.JobKey.state.in_(lifecycle.OPEN_KEY_STATES))).all()
         for key_row, job in rows:
             if not matches(job.device_selector, slug) or key_row.id in held:
                 continue
@@ -149,26 +149,22 @@ def resend_stalled(db_url: str, slug: str, stall_s: float, dead_after_s: float,
             latest = max(t for t in (last, key_row.enqueued_at, job.created_at) if t)
             if latest > cutoff:
                 continue
-            same_clock = (models.JobKey.enqueued_at.is_(None) if key_row.enqueued_at is None
-                          else models.JobKey.enqueued_at == key_row.enqueued_at)
-            claimed = s.execute(update(models.JobKey).where(
-                models.JobKey.id == key_row.id, models.JobKey.state == key_row.state, same_clock)
-                .values(enqueued_at=utcnow(), state="running")).rowcount
-            if claimed:
+            was = key_row.state
+            if lifecycle.requeue_key(s, key_row):
                 s.commit()
                 send(batch_message(job, key_row))
                 log.warning("re-sent stalled key %s of job %s%s", key_row.id, job.id,
-                            " (its finalizer is gone)" if key_row.state == "finalizing" else "")
+                            " (its finalizer is gone)" if was == lifecycle.FINALIZING else "")
                 sent += 1
     return sent
 
 
-def _process_gone(runner: dict) -> bool:
+def _process_gone(runner: Runner) -> bool:
     """Whether the process that runs a local job is known to be gone: only on its own host."""
-    if runner.get("host") != socket.gethostname() or not isinstance(runner.get("pid"), int):
+    if runner.host != socket.gethostname() or not isinstance(runner.pid, int):
         return False
     try:
-        os.kill(runner["pid"], 0)
+        os.kill(runner.pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, another user's
@@ -182,26 +178,23 @@ def end_jobs(db_url: str, abandon_s: float) -> int:
     ended = 0
     with session_scope(db_url) as s:
         open_key = exists().where(and_(models.JobKey.job_id == models.Job.id,
-                                       models.JobKey.state.in_(OPEN_KEY_STATES)))
-        for job_id in s.scalars(select(models.Job.id).where(models.Job.state.in_(("queued", "running")),
+                                       models.JobKey.state.in_(lifecycle.OPEN_KEY_STATES)))
+        for job_id in s.scalars(select(models.Job.id).where(models.Job.state.in_(lifecycle.ACTIVE),
                                                             ~open_key)).all():
-            if store.finish_job(s, job_id):
+            if lifecycle.finish_job(s, job_id):
                 log.warning("ended job %s, whose keys had all ended", job_id)
                 ended += 1
         cutoff = utcnow() - timedelta(seconds=abandon_s)
-        for job in s.scalars(select(models.Job).where(models.Job.origin == "local", models.Job.state == "running")).all():
-            runner = (job.request or {}).get("runner") or {}
+        for job in s.scalars(select(models.Job).where(models.Job.origin == "local", models.Job.state == lifecycle.RUNNING)).all():
+            runner = JobRequest.of(job).runner
             last = s.scalar(select(func.max(models.TuningTrial.created_at)).where(models.TuningTrial.job_id == job.id))
             touched = s.scalar(select(func.max(models.JobKey.enqueued_at)).where(models.JobKey.job_id == job.id))
             idle = max(t for t in (last, touched, job.started_at, job.created_at) if t) < cutoff
-            if not (idle or _process_gone(runner)):
+            if not (idle or (runner is not None and _process_gone(runner))):
                 continue
-            why = (f"the `tuner tune` process (pid {runner.get('pid')} on {runner.get('host')}) is gone"
+            why = (f"the `tuner tune` process (pid {runner.pid} on {runner.host}) is gone"
                    if not idle else f"no progress for {abandon_s:.0f} s: the `tuner tune` process is gone")
-            s.execute(update(models.JobKey).where(models.JobKey.job_id == job.id,
-                                                  models.JobKey.state.in_(OPEN_KEY_STATES))
-                      .values(state="failed", error=why))
-            if store.finish_job(s, job.id):
+            if lifecycle.fail_open_keys(s, job.id, why):
                 log.warning("failed job %s: %s", job.id, why)
                 ended += 1
     return ended

@@ -18,16 +18,14 @@ from typing import Callable
 
 from sqlalchemy import select
 
-from db import models, store
+from db import lifecycle, models, store
 from db.session import session_scope
 from devices.classes import matches
 from devices.fit import host_memory, unfit
-from harness.protocol import Measurement
 from search_spaces import registry
 from keys import SpecError, TuningKey
-from search import strategies
-from workers.batch import BatchMessage
-from workers.queues import queue_for
+from workers.batch import BatchMessage, batch_message
+from workers.job_request import JobRequest, MissOrigin
 from workers.stale_jobs import live_stacks
 
 LOCK = "retune-misses"
@@ -70,7 +68,7 @@ def _active(s) -> list[tuple[str, str]]:
     """(key_hash, device selector) of every key in a queued or running job."""
     return list(s.execute(select(models.JobKey.key_hash, models.Job.device_selector)
                           .join(models.Job, models.Job.id == models.JobKey.job_id)
-                          .where(models.Job.state.in_(("queued", "running")))).all())
+                          .where(models.Job.state.in_(lifecycle.ACTIVE))).all())
 
 
 def _why_not(mk: MissedKey, stacks: dict[str, set[str]], active: list, current: set,
@@ -96,7 +94,7 @@ def _why_not(mk: MissedKey, stacks: dict[str, set[str]], active: list, current: 
 def enqueue_misses(db_url: str, send: Callable[[BatchMessage], None] | None, *, holder: str, dead_after_s: float,
                    trials: int, top: int, min_count: int = 1, max_jobs: int | None = None,
                    device_class: Callable[[str], bool] | None = None, kernel: str | None = None,
-                   dry_run: bool = False, parallel: int = 2, batch_trials: int = 4) -> dict:
+                   dry_run: bool = False, parallel: int = 2, batch_trials: int) -> dict:
     """Queue a tuning job for each of the `top` most frequent missed keys of every class with live
     workers (at most `max_jobs` in all, the most frequent first); returns what was (or would be)
     queued and what was skipped, and why."""
@@ -125,22 +123,19 @@ def enqueue_misses(db_url: str, send: Callable[[BatchMessage], None] | None, *, 
                     continue
                 per_class[mk.device_class] = per_class.get(mk.device_class, 0) + 1
                 chosen.append(mk)
-            batch = min(batch_trials, trials)
             for mk in chosen:
                 plan = mk.to_json()
                 planned.append(plan)
                 if dry_run:
                     continue
-                request = {"kernel": mk.kernel, "keys": [mk.key], "trials": trials, "sampler": strategies.DEFAULT, "seed": 0,
-                           "measurement": Measurement().to_json(), "batch_trials": batch,
-                           "misses": {"count": mk.count, "levels": list(mk.levels), "run": run_id}}
-                job_id, (key_id,) = store.create_job(
+                request = JobRequest(mk.kernel, (mk.key,), trials, seed=0, batch_trials=min(batch_trials, trials),
+                                     misses=MissOrigin(mk.count, mk.levels, run_id))
+                job_id, (key_id,) = lifecycle.create_job(
                     s, kind="miss", origin="queued", kernel=mk.kernel, kernel_version=mk.kernel_version,
-                    keys=[mk.key], key_hashes=[mk.key_hash], sampler=strategies.DEFAULT, seed=0, budget_trials=trials,
-                    request=request, device_selector=mk.device_class)
-                msg = BatchMessage(job_id=job_id, job_key_id=key_id, key=mk.key, sampler=strategies.DEFAULT, seed=0,
-                                   budget_trials=trials, batch_trials=batch, queue=queue_for(mk.device_class))
-                messages += [msg] * min(parallel, -(-trials // batch))
+                    keys=[mk.key], key_hashes=[mk.key_hash], sampler=request.sampler, seed=request.seed,
+                    budget_trials=trials, request=request.to_json(), device_selector=mk.device_class)
+                msg = batch_message(s.get(models.Job, job_id), s.get(models.JobKey, key_id))
+                messages += [msg] * min(parallel, -(-trials // msg.batch_trials))
                 plan["job"] = job_id
         for msg in messages:  # after commit, so a worker never sees a message before its rows
             send(msg)

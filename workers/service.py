@@ -18,9 +18,9 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
-from db import models, store
+from db import lifecycle, models, store
 from db.clock import utcnow
 from db.session import session_scope
 from devices.classes import DeviceClass, check_device_name, matches
@@ -32,10 +32,10 @@ from search.loop import SearchContext, counted_trials, run_batch, seed_configs, 
 from workers.batch import BatchMessage, batch_message, disagreements
 from workers.faults import infrastructure
 from workers.janitor import sweep
-from workers.stale_jobs import live_stacks, warm_seeds
+from workers.job_request import JobRequest
+from workers.stale_jobs import live_stacks
 
 log = logging.getLogger("tuner.worker")
-FINAL_JOB_STATES = ("done", "failed", "cancelled")
 DEFER_S = 1.0  # how long a worker waits before handing back a batch meant for another stack
 MAX_FINALIZE_ATTEMPTS = 3  # a key whose finalization fails this often is failed, with the reason
 
@@ -139,18 +139,16 @@ class WorkerService:
                 return f"refused: the message disagrees with job {job.id} on {', '.join(wrong)}"
             if not job.device_selector or not matches(job.device_selector, self.dc.slug):
                 return f"refused: job {job.id} is for device class {job.device_selector}, this worker is {self.dc.slug}"
-            if job.state in FINAL_JOB_STATES or key_row.state != "running":
+            if job.state in lifecycle.END_STATES or key_row.state != lifecycle.RUNNING:
                 return f"job {job.state}, key {key_row.state}"
-            measurement = Measurement.from_json(job.request.get("measurement"))
+            request = JobRequest.of(job)
+            measurement = request.measurement
             key = rows.tuning_key
             name = study_name(key, self.dc.slug, self.fp.hash, measurement)
-            elsewhere = self._elsewhere(s, job, key_row, key, measurement, name)
+            elsewhere = self._elsewhere(s, job, request, key_row, key, measurement, name)
             if elsewhere is None:
-                key_row.study_name = name  # where the stack or class that began the key is gone: here now
-                s.execute(update(models.Job).where(models.Job.id == job.id, models.Job.state == "queued")
-                          .values(state="running", started_at=utcnow()))
-                key_row.enqueued_at = utcnow()
-            job_request = job.request
+                # where the stack or class that began the key is gone: here now
+                lifecycle.take_key(s, job, key_row, name)
         if elsewhere is not None:
             if elsewhere.startswith("failed"):
                 return elsewhere
@@ -159,9 +157,9 @@ class WorkerService:
             self._stop.wait(DEFER_S)
             self.send(rows)
             return f"{elsewhere}; re-sent"
-        return self._run(rows, key, name, measurement, job_request)
+        return self._run(rows, key, name, measurement, request)
 
-    def _run(self, msg: BatchMessage, key, name: str, measurement: Measurement, job_request: dict) -> str:
+    def _run(self, msg: BatchMessage, key, name: str, measurement: Measurement, request: JobRequest) -> str:
         ctx = SearchContext(db_url=self.cfg.db_url, job_id=msg.job_id, job_key_id=msg.job_key_id, key=key,
                             device=self.cfg.device, target=self.dc.target, device_class_id=self.dc_id,
                             fingerprint_id=self.fp_id, study_name=name, sampler=msg.sampler, seed=msg.seed,
@@ -172,7 +170,7 @@ class WorkerService:
         if first is None:  # once per key: the nearest stored shapes' bests and the strategy's seeds
             if len(self._first) > 256:
                 self._first.clear()
-            first = self._first[msg.job_key_id] = seed_configs(ctx, first=warm_seeds(job_request, key.stable_hash))
+            first = self._first[msg.job_key_id] = seed_configs(ctx, first=request.warm_seeds(key.stable_hash))
         batch = run_batch(ctx, self.harness, msg.batch_trials, should_stop=lambda: self._cancelled(msg.job_id),
                           first=first, on_trial=self.observe() if self.observe else None)
         if self._cancelled(msg.job_id):
@@ -189,20 +187,10 @@ class WorkerService:
         def end(state: str, error: str | None = None):
             """The key's end, in the caller's transaction, only while this finalization is still
             the key's (its attempt number is the fence); the job's end with its last key."""
-            def guard(s) -> bool:
-                trials = s.scalar(select(func.count()).select_from(models.TuningTrial).where(
-                    models.TuningTrial.job_key_id == msg.job_key_id, models.TuningTrial.status != "invalid"))
-                ended = s.execute(update(models.JobKey).where(
-                    models.JobKey.id == msg.job_key_id, models.JobKey.state == "finalizing",
-                    models.JobKey.finalize_attempts == attempt).values(state=state, error=error, trials_done=trials))
-                if ended.rowcount != 1:
-                    return False
-                store.finish_job(s, msg.job_id)
-                return True
-            return guard
+            return lambda s: lifecycle.finish_key(s, msg.job_id, msg.job_key_id, attempt, state, error)
 
         try:
-            result = finalize(ctx, self.harness, self.dc.slug, guard=end("done"))
+            result = finalize(ctx, self.harness, self.dc.slug, guard=end(lifecycle.DONE))
         except Superseded:
             return "another finalizer took the key over"
         except Exception as exc:
@@ -213,7 +201,7 @@ class WorkerService:
             return self._finalize_failed(msg, attempt, reason)
         if result is None:
             with session_scope(self.cfg.db_url) as s:
-                end("failed")(s)
+                end(lifecycle.FAILED)(s)
             return "finalized: no configuration ran correctly"
         return "finalized" + (" (the current best stays)" if result.kept else "")
 
@@ -221,45 +209,32 @@ class WorkerService:
         last = attempt >= MAX_FINALIZE_ATTEMPTS
         with session_scope(self.cfg.db_url) as s:
             error = f"finalization failed {attempt} times, last: {reason}" if last else reason
-            s.execute(update(models.JobKey).where(
-                models.JobKey.id == msg.job_key_id, models.JobKey.state == "finalizing",
-                models.JobKey.finalize_attempts == attempt).values(state="failed" if last else "running", error=error))
-            if last:
-                store.finish_job(s, msg.job_id)
+            lifecycle.finalize_failed(s, msg.job_id, msg.job_key_id, attempt, error, last)
         if last:
             return f"finalization failed {attempt} times; key failed: {reason}"
         self.send(msg)  # its next batch finds the budget spent and finalizes again
         return f"finalization {attempt} of {MAX_FINALIZE_ATTEMPTS} failed ({reason}); tried again"
 
-    def _elsewhere(self, s, job, key_row, key, measurement: Measurement, name: str) -> str | None:
+    def _elsewhere(self, s, job, request: JobRequest, key_row, key, measurement: Measurement, name: str) -> str | None:
         """Why this worker does not measure the key (None: it does). A retune key is measured only
         by a worker of a stack it was queued for; any key, in the study the first worker to take it
         named, while a live worker of that study's stack and class exists."""
         stacks = live_stacks(s, self.cfg.dead_after_s)
         if job.kind == "retune":
-            wanted = set((job.request.get("warm") or {}).get(key_row.key_hash, {}).get("new_fingerprints") or ())
+            warm = request.warm.get(key_row.key_hash)
+            wanted = set(warm.new_fingerprints if warm else ())
             if wanted and self.fp.hash not in wanted:
                 if any(fps & wanted for slug, fps in stacks.items() if matches(job.device_selector, slug)):
                     return f"retune key queued for stack {','.join(sorted(wanted))}, this worker runs {self.fp.hash}"
                 error = (f"no live worker runs stack {','.join(sorted(wanted))} any more; the next `tuner retune` "
                          "queues the key again while it is stale")
-                if s.execute(update(models.JobKey).where(models.JobKey.id == key_row.id, models.JobKey.state == "running")
-                             .values(state="failed", error=error)).rowcount:
-                    store.finish_job(s, job.id)
+                lifecycle.fail_key(s, job.id, key_row.id, error)
                 return f"failed: {error}"
-        pinned = self._pin(s, key_row.id, name)
+        pinned = lifecycle.pin_study(s, key_row.id, name)
         if pinned != name and any(study_name(key, slug, fp, measurement) == pinned
                                   for slug, fps in stacks.items() for fp in fps):
             return f"key measured in study {pinned} by live workers of another stack or class"
         return None
-
-    @staticmethod
-    def _pin(s, key_row_id: int, name: str) -> str:
-        """The study the key is measured in: the first worker to take it names it (one conditional
-        UPDATE, so two workers that take it at once agree), and every later batch goes there."""
-        s.execute(update(models.JobKey).where(models.JobKey.id == key_row_id, models.JobKey.study_name == "")
-                  .values(study_name=name))
-        return s.scalar(select(models.JobKey.study_name).where(models.JobKey.id == key_row_id))
 
     def hold(self, key_row_id: int | None) -> None:
         """The key this worker runs now (None: none), for every message from its receipt
@@ -270,15 +245,9 @@ class WorkerService:
 
     def _cancelled(self, job_id: str) -> bool:
         with session_scope(self.cfg.db_url) as s:
-            return s.scalar(select(models.Job.state).where(models.Job.id == job_id)) == "cancelled"
+            return lifecycle.is_cancelled(s, job_id)
 
     def _claim_finalize(self, job_key_id: int) -> int | None:
         """This worker's finalization attempt number, or None when another worker finalizes."""
         with session_scope(self.cfg.db_url) as s:
-            claimed = s.execute(update(models.JobKey).where(models.JobKey.id == job_key_id,
-                                                            models.JobKey.state == "running")
-                                .values(state="finalizing", enqueued_at=utcnow(),
-                                        finalize_attempts=models.JobKey.finalize_attempts + 1)).rowcount
-            if claimed != 1:
-                return None
-            return s.scalar(select(models.JobKey.finalize_attempts).where(models.JobKey.id == job_key_id))
+            return lifecycle.claim_finalize(s, job_key_id)

@@ -15,15 +15,15 @@ from typing import Callable
 
 from sqlalchemy import select
 
-from db import models, store
+from db import lifecycle, models, store
 from db.clock import utcnow
 from db.session import session_scope
 from devices.fit import host_memory, unfit
 from harness.protocol import Measurement
 from search_spaces import registry
 from keys import SpecError, TuningKey
-from search import strategies
 from workers.batch import BatchMessage, batch_message
+from workers.job_request import JobRequest, WarmStart
 
 LOCK = "retune"
 TOP_K = 3
@@ -63,7 +63,7 @@ def _active_retunes(s) -> set[tuple[str, str]]:
     """(key_hash, device_selector) of keys in retune jobs that are queued or running."""
     rows = s.execute(select(models.JobKey.key_hash, models.Job.device_selector)
                      .join(models.Job, models.Job.id == models.JobKey.job_id)
-                     .where(models.Job.kind == "retune", models.Job.state.in_(("queued", "running")))).all()
+                     .where(models.Job.kind == "retune", models.Job.state.in_(lifecycle.ACTIVE))).all()
     return {(h, sel) for h, sel in rows}
 
 
@@ -73,8 +73,8 @@ def find_stale(s, *, dead_after_s: float, device_class: Callable[[str], bool] | 
     rows = [(b, slug, fp.hash) for b, slug, fp in store.best_configs(s, kernel=kernel)]
     current = {(b.kernel, b.kernel_version, b.key_hash, slug, fp) for b, slug, fp in rows}
     active = _active_retunes(s)
-    requests = dict(s.execute(select(models.Job.id, models.Job.request)
-                              .where(models.Job.id.in_({b.job_id for b, _, _ in rows if b.job_id}))).all())
+    measurements = {job.id: JobRequest.of(job).measurement for job in s.scalars(
+        select(models.Job).where(models.Job.id.in_({b.job_id for b, _, _ in rows if b.job_id}))).all()}
     out: dict[tuple, StaleKey] = {}
     for b, slug, fp in rows:
         if device_class is not None and not device_class(slug):
@@ -89,7 +89,7 @@ def find_stale(s, *, dead_after_s: float, device_class: Callable[[str], bool] | 
         # One retune per key and class, however many live stacks lack it (a rolling upgrade runs
         # two): any worker of the class may take the job. Of several stale rows, the newest (the
         # first: rows come newest first) wins.
-        measurement = Measurement.from_json((requests.get(b.job_id) or {}).get("measurement"))
+        measurement = measurements.get(b.job_id, Measurement())
         out.setdefault((b.kernel, b.kernel_version, b.key_hash, slug), StaleKey(
             b.kernel, b.kernel_version, b.key_hash, b.key, slug, fp, lacking, b.id, b.config, b.median_ms,
             b.trials, measurement))
@@ -140,7 +140,7 @@ def top_configs(s, stale: StaleKey, k: int = TOP_K) -> list[dict]:
 def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: str, dead_after_s: float,
                   budget_fraction: float, device_class: Callable[[str], bool] | None = None,
                   kernel: str | None = None, stale_only: bool = True, dry_run: bool = False,
-                  min_budget: int = 4, parallel: int = 2, batch_trials: int = 4,
+                  batch_trials: int, min_budget: int = 4, parallel: int = 2,
                   run_id: str | None = None) -> dict:
     """Queue one retune job per (kernel, device class); returns what was (or would be) queued, and
     the stale keys skipped because their trial does not fit the class, with the reason.
@@ -162,10 +162,9 @@ def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: 
             planned, messages = [], []
             for (kern, version, slug, measurement), keys in groups.items():
                 budgets = {st.key_hash: max(min_budget, int(round(st.old_trials * budget_fraction))) for st in keys}
-                warm = {st.key_hash: {"old_best_id": st.old_best_id, "old_config": st.old_config,
-                                      "old_ms": st.old_ms, "old_fingerprint": st.old_fingerprint,
-                                      "new_fingerprints": list(st.new_fingerprints), "old_trials": st.old_trials,
-                                      "top": top_configs(s, st)} for st in keys}
+                warm = {st.key_hash: WarmStart(st.old_best_id, st.old_config, st.old_ms, st.old_fingerprint,
+                                               tuple(st.new_fingerprints), st.old_trials, tuple(top_configs(s, st)))
+                        for st in keys}
                 planned.append({"kernel": kern, "device_class": slug, "keys": [st.key["dims"] | {"dtype": st.key["dtype"]}
                                                                                 for st in keys],
                                 "budgets": list(budgets.values()), "old_fingerprint": sorted({st.old_fingerprint for st in keys}),
@@ -173,13 +172,13 @@ def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: 
                                 "measurement": measurement.to_json()})
                 if dry_run:
                     continue
-                request = {"kernel": kern, "keys": [st.key for st in keys], "retune_run": run_id, "budgets": budgets,
-                           "warm": warm, "batch_trials": batch_trials, "sampler": strategies.DEFAULT,
-                           "measurement": measurement.to_json()}
-                job_id, key_ids = store.create_job(
+                request = JobRequest(kern, tuple(st.key for st in keys), max(budgets.values()), seed=0,
+                                     measurement=measurement, batch_trials=batch_trials, budgets=budgets, warm=warm,
+                                     retune_run=run_id)
+                job_id, key_ids = lifecycle.create_job(
                     s, kind="retune", origin="queued", kernel=kern, kernel_version=version,
-                    keys=[st.key for st in keys], key_hashes=[st.key_hash for st in keys], sampler=strategies.DEFAULT, seed=0,
-                    budget_trials=max(budgets.values()), request=request, device_selector=slug)
+                    keys=[st.key for st in keys], key_hashes=[st.key_hash for st in keys], sampler=request.sampler,
+                    seed=request.seed, budget_trials=request.trials, request=request.to_json(), device_selector=slug)
                 job = s.get(models.Job, job_id)
                 for key_id in key_ids:
                     messages += [batch_message(job, s.get(models.JobKey, key_id))] * parallel
@@ -191,12 +190,4 @@ def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: 
         if not dry_run:
             with session_scope(db_url) as s:
                 store.release_lock(s, LOCK, holder)
-
-
-def warm_seeds(job_request: dict, key_hash: str) -> list[dict]:
-    """The retune's first configurations: the old best, then the old top-k."""
-    warm = (job_request or {}).get("warm", {}).get(key_hash)
-    if not warm:
-        return []
-    return [warm["old_config"], *warm.get("top", [])]
 

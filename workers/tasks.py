@@ -16,6 +16,8 @@ from workers.faults import Backoff, infrastructure
 from workers.queues import BATCH_TASK, RETUNE_TASK
 
 log = logging.getLogger("tuner.worker")
+# what a nightly retune message carries, every one of them: tuner.scheduler.retune_args sends them
+RETUNE_FIELDS = ("dead_after_s", "budget_fraction", "batch_trials", "misses", "misses_max_jobs", "misses_trials")
 
 
 def register(app: Celery, service) -> None:
@@ -59,22 +61,19 @@ def register(app: Celery, service) -> None:
         return {"outcome": outcome}
 
     @app.task(name=RETUNE_TASK, bind=True)
-    def retune_stale(task, dead_after_s=60.0, budget_fraction=0.25, batch_trials=4, misses=False,
-                     misses_max_jobs=0, misses_trials=20, **unknown):
-        """The nightly retune, sent by `tuner scheduler`: stale keys, then (when `misses`) up to
-        `misses_max_jobs` jobs for the most frequent runtime misses; idempotent and safe to run
-        twice at once."""
+    def retune_stale(task, *args, **fields):
+        """The nightly retune, sent by `tuner scheduler` with every field (tuner.scheduler.retune_args,
+        from the settings: a field missing is refused, never defaulted here): stale keys, then (when
+        `misses`) up to `misses_max_jobs` jobs for the most frequent runtime misses; idempotent and
+        safe to run twice at once."""
         from workers.miss_jobs import enqueue_misses
         from workers.stale_jobs import enqueue_stale
 
         try:
-            if unknown:
-                raise ValueError(f"unexpected fields {sorted(unknown)}")
-            dead_after_s, budget_fraction = float(dead_after_s), float(budget_fraction)
-            batch_trials, misses_max_jobs, misses_trials = int(batch_trials), int(misses_max_jobs), int(misses_trials)
-            if not (0 < budget_fraction <= 1 and dead_after_s > 0 and 0 < batch_trials <= 1000
-                    and isinstance(misses, bool) and 0 <= misses_max_jobs <= 10000 and 0 < misses_trials <= 100000):
-                raise ValueError("values out of range")
+            if args:
+                raise ValueError(f"{len(args)} positional argument(s): the fields go by name")
+            dead_after_s, budget_fraction, batch_trials, misses, misses_max_jobs, misses_trials = (
+                retune_fields(fields).values())
         except (TypeError, ValueError) as exc:
             log.error("rejected message %s: malformed retune message: %s", task.request.id, exc)
             return {"rejected": str(exc)}
@@ -95,6 +94,23 @@ def register(app: Celery, service) -> None:
             jobs += [j.get("job") for j in found["jobs"]]
             skipped += found["skipped"]
         return {"run": result["run"], "jobs": jobs, "skipped": skipped}
+
+
+def retune_fields(fields: dict) -> dict:
+    """A nightly retune message's fields, in RETUNE_FIELDS' order, checked: every one must be there
+    (none is defaulted here: TUNER_* settings decide them where the message is sent); ValueError
+    or TypeError says what is wrong."""
+    missing, unknown = set(RETUNE_FIELDS) - set(fields), set(fields) - set(RETUNE_FIELDS)
+    if missing or unknown:
+        raise ValueError(f"fields: missing {sorted(missing)}, unexpected {sorted(unknown)}")
+    out = {"dead_after_s": float(fields["dead_after_s"]), "budget_fraction": float(fields["budget_fraction"]),
+           "batch_trials": int(fields["batch_trials"]), "misses": fields["misses"],
+           "misses_max_jobs": int(fields["misses_max_jobs"]), "misses_trials": int(fields["misses_trials"])}
+    if not (0 < out["budget_fraction"] <= 1 and out["dead_after_s"] > 0 and 0 < out["batch_trials"] <= 1000
+            and isinstance(out["misses"], bool) and 0 <= out["misses_max_jobs"] <= 10000
+            and 0 < out["misses_trials"] <= 100000):
+        raise ValueError("values out of range")
+    return out
 
 
 def _log_skipped(what: str, result: dict) -> None:

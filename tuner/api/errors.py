@@ -1,6 +1,6 @@
 """Every error the API answers with: one line in a JSON body {"error": ...} (an HTML page for the
 dashboard's paths), with the status its kind calls for. Bad input is 400 (422 for a body that does
-not fit the schema, 413 for one over MAX_BODY); a name that finds nothing 404; a state that forbids
+not fit the schema or a tuning request no job may hold, 413 for one over MAX_BODY); a name that finds nothing 404; a state that forbids
 the action 409; no token 401; a token whose scope does not cover it, or a form posted from
 another site, 403; an unknown Host header 400; a database or broker that cannot be used 503. Nothing a caller sends
 gets a 500; an unexpected exception is logged and answered 500 without its details.
@@ -20,7 +20,7 @@ from db.urls import redact, scrub
 from keys import SpecError
 from tuner.api.auth import Forbidden, Unauthorized
 from tuner.api.render import error_page
-from tuner.errors import Conflict, NotFound, Unavailable, UserError
+from tuner.errors import Conflict, InvalidRequest, NotFound, Unavailable, UserError
 
 log = logging.getLogger("tuner.api")
 MAX_BODY = 1 << 20  # 1 MiB: a job request is a few hundred bytes
@@ -31,7 +31,7 @@ API_PREFIXES = ("/v1/", "/metrics", "/healthz", "/docs", "/openapi.json")
 
 def status_of(exc: Exception) -> int:
     for kind, code in ((Unauthorized, 401), (Forbidden, 403), (NotFound, 404), (Conflict, 409), (Unavailable, 503),
-                       (DatabaseError, 503), (UserError, 400), (SpecError, 400)):
+                       (DatabaseError, 503), (InvalidRequest, 422), (UserError, 400), (SpecError, 400)):
         if isinstance(exc, kind):
             return code
     return 500

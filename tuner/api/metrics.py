@@ -35,6 +35,7 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from db import lifecycle
 from db.session import session_scope
 from tuner import fleet
 from tuner.db_open import open_for_read
@@ -107,7 +108,7 @@ class FleetCollector:
             return
         yield gauge("tuner_database_up", "1 if the database answered this scrape", [], {(): 1})
         yield gauge("tuner_jobs", "Jobs by state", ["state"],
-                    {(state,): jobs.get(state, 0) for state in ("queued", "running", "done", "failed", "cancelled")})
+                    {(state,): jobs.get(state, 0) for state in lifecycle.JOB_STATES})
         depths = fleet.queue_depths(settings, names)
         yield gauge("tuner_broker_up", "1 if the broker answered this scrape", [], {(): 0 if depths is None else 1})
         if depths is not None:

@@ -13,15 +13,18 @@ from typing import Optional
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import ValidationError
 
+from db import lifecycle
 from db.session import session_scope
 from tuner import coordinator, display, fleet
 from tuner.api import auth
 from tuner.api.errors import MAX_BODY, status_of, validation_message
 from tuner.api.render import page, plot
-from tuner.api.routes import JobIn, build, key_view, settings_of
+from tuner.api.submit_form import form_fields, request_of, typed_values
+from tuner.api.routes import key_view, settings_of
 from tuner.db_open import open_for_read
 from tuner.errors import UserError
 from tuner.reports.held import held
@@ -79,7 +82,7 @@ def _filters(state: Optional[str], kernel: Optional[str], device_class: Optional
 def _listed(request: Request, filters: dict) -> tuple[dict, float]:
     """The jobs list's context, and how soon it changes: soon while a listed job runs."""
     rows = coordinator.jobs(settings_of(request), 100, **filters)
-    running = any(r["state"] not in coordinator.FINAL for r in rows)
+    running = any(r["state"] not in lifecycle.END_STATES for r in rows)
     query = urlencode({k: v for k, v in filters.items() if v})
     # nothing listed runs: asked again less often (a job submitted elsewhere still shows up)
     return {"jobs": rows, "query": f"?{query}" if query else ""}, REFRESH_S if running else REFRESH_S * 5
@@ -108,31 +111,28 @@ def _jobs(request: Request, error: str | None = None, status: int = 200, form: d
             raise
         # the form's own error first (no database yet, say); the list when there is one
         listed, refresh = {"jobs": [], "query": ""}, REFRESH_S
-    return page(request, "jobs.html", status=status, error=error, form=form or {}, filters=filters,
-                states=coordinator.JOB_STATES, refresh=refresh, **listed)
+    return page(request, "jobs.html", status=status, error=error, fields=form_fields(form or {}),
+                filters=filters,
+                states=lifecycle.JOB_STATES, refresh=refresh, **listed)
 
 
 @router.post("/jobs", response_class=HTMLResponse)
-def submit_form(request: Request, kernel: str = Form(..., max_length=100), shapes: str = Form(..., max_length=2000),
-                dtype: str = Form("float32", max_length=16), device_class: str = Form(..., max_length=80),
-                trials: int = Form(20)):
-    """The jobs page's form: one shape per line (a logged-in session's; guard.py checked its Origin)."""
-    form = {"kernel": kernel, "shapes": shapes, "dtype": dtype, "device_class": device_class, "trials": trials}
+async def submit_form(request: Request):
+    """The jobs page's form, the fields of `tuner submit` (tuner/api/submit_form.py; a logged-in
+    session's, guard.py checked its Origin); a --model's several jobs: the first one's page."""
+    typed = typed_values(await request.form())
     try:
-        settings = settings_of(request)
-        job = JobIn(kernel=kernel, shapes=[s.strip() for s in shapes.splitlines() if s.strip()] or [""],
-                    dtypes=[dtype], device_class=device_class, trials=trials)
-        job_id = coordinator.submit(settings, build(job), job.device_class, job.parallel)
+        job_ids = await run_in_threadpool(coordinator.submit_all, settings_of(request), request_of(typed))
     except UserError as exc:
-        return _jobs(request, error=str(exc), status=status_of(exc), form=form)
+        return await run_in_threadpool(_jobs, request, str(exc), status_of(exc), typed)
     except ValidationError as exc:
-        return _jobs(request, error=validation_message(exc), status=422, form=form)
-    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+        return await run_in_threadpool(_jobs, request, validation_message(exc), 422, typed)
+    return RedirectResponse(f"/jobs/{job_ids[0]}", status_code=303)
 
 
 def _job(request: Request, job_id: str) -> tuple[dict, float | None]:
     st = coordinator.status(settings_of(request), job_id[:64])
-    return {"job": st, "measurement": _measurement(st)}, REFRESH_S if st["state"] not in coordinator.FINAL else None
+    return {"job": st, "measurement": _measurement(st)}, REFRESH_S if st["state"] not in lifecycle.END_STATES else None
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
@@ -180,8 +180,8 @@ def _key_running(settings, kernel: str, key_hash: str) -> bool:
     J, K = models.Job, models.JobKey
     with session_scope(open_for_read(settings)) as s:
         return s.scalar(select(K.id).join(J, J.id == K.job_id).where(
-            K.key_hash == key_hash, J.kernel == kernel, K.state.in_(("running", "finalizing")),
-            J.state.not_in(coordinator.FINAL)).limit(1)) is not None
+            K.key_hash == key_hash, J.kernel == kernel, K.state.in_(lifecycle.OPEN_KEY_STATES),
+            J.state.not_in(lifecycle.END_STATES)).limit(1)) is not None
 
 
 @router.get("/keys/{kernel}/{key_hash}", response_class=HTMLResponse)

@@ -9,14 +9,13 @@ from functools import lru_cache
 from typing import Annotated, Optional, Union
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from db.session import session_scope
-from search import strategies
 from tuner import coordinator, fleet, queries
 from tuner.api.errors import MAX_BODY
 from tuner.db_open import open_for_read
-from tuner.errors import NotFound, UserError
+from tuner.errors import InvalidRequest, NotFound, UserError
 from tuner.runtime.miss_tally import POST_BATCH
 from tuner.settings import Settings
 
@@ -32,33 +31,42 @@ def settings_of(request: Request) -> Settings:
     return request.app.state.settings
 
 
-class JobIn(BaseModel):
-    """A tuning job, as `tuner submit` takes it: shapes written `M=4096,N=4096,K=4096` (or as an
-    object {"M": 4096, ...}), one key per shape and dtype."""
-    model_config = ConfigDict(extra="forbid")
-    kernel: Text
-    shapes: list[Shape] = Field(min_length=1, max_length=256)
-    dtypes: list[Text] = Field(default=["float32"], max_length=8)
-    device_class: Text
-    trials: int = 20
-    sampler: Text = strategies.DEFAULT
-    seed: Optional[int] = None
-    parallel: int = 2
-    rotate_buffers: int = 1
-    cuda_graph: bool = False
-    max_cv: Optional[float] = None
+def _job_schema() -> type[BaseModel]:
+    """The body of POST /v1/jobs, derived from the request's fields (tuner/request_fields.py) as
+    `tuner submit`'s options are: a field declared there is a field here. Shapes may also be
+    written as objects ({"M": 4096, ...}); strings and lists are bounded so a body stays small."""
+    from tuner.request_fields import fields_of
+
+    def field(f):
+        kind = Shape if f.name == "shapes" else (Text if f.kind is str else f.kind)
+        kind = list[kind] if f.many else kind
+        kind = Optional[kind] if f.optional else kind
+        extra = {k: v for k, v in (("minimum", f.lo), ("maximum", f.hi)) if v is not None}
+        return kind, Field(default=f.default, description=f.help, max_length=f.max_items,
+                           json_schema_extra=extra or None)
+
+    return create_model("JobIn", __config__=ConfigDict(extra="forbid"),
+                        __doc__="A tuning job, as `tuner submit` takes it: one key per shape and dtype, or a "
+                                "--model's layers.",
+                        **{f.name: field(f) for f in fields_of("submit")})
+
+
+JobIn = _job_schema()
 
 
 def shape_text(shape) -> str:
     return shape if isinstance(shape, str) else ",".join(f"{k}={v}" for k, v in shape.items())
 
 
-def build(job: JobIn):
-    """The job's request, checked as the CLI checks `tuner submit` (UserError: 400)."""
-    from tuner.request import build_measurement, build_request
-
-    return build_request(job.kernel, [shape_text(s) for s in job.shapes], job.dtypes, job.trials, job.sampler,
-                         job.seed, build_measurement(job.rotate_buffers, job.cuda_graph, job.max_cv))
+def request_values(job: BaseModel) -> dict:
+    """The request fields' values of a body (or a form), as `tuner submit` passes them on."""
+    values = job.model_dump()
+    model = values.get("model")
+    if model is not None and (model.endswith(".toml") or "/" in model or "\\" in model):
+        # a model file is read where the command runs: the server's files are not the caller's to name
+        raise InvalidRequest(f"model {model[:80]!r}: the API takes a model preset by name (`tuner models` lists "
+                             "them); a model file goes to `tuner submit --model` on your own host")
+    return {**values, "shapes": [shape_text(s) for s in values["shapes"]]}
 
 
 # ---- writes ---------------------------------------------------------------------------------
@@ -66,9 +74,10 @@ def build(job: JobIn):
 @router.post("/jobs", status_code=201, tags=["jobs"])
 def submit_job(job: JobIn, request: Request) -> dict:
     """Queue a tuning job for a device class (needs the token). 201 with the job id."""
-    settings = settings_of(request)
-    job_id = coordinator.submit(settings, build(job), job.device_class, job.parallel)
-    return {"job": job_id, "url": f"/v1/jobs/{job_id}"}
+    job_ids = coordinator.submit_all(settings_of(request), request_values(job))
+    # one job, as before --model; a --model's several: every id, the first one's as `job`
+    return {"job": job_ids[0], "url": f"/v1/jobs/{job_ids[0]}",
+            **({"jobs": job_ids} if len(job_ids) > 1 else {})}
 
 
 @router.post("/jobs/{job_id}/cancel", tags=["jobs"])

@@ -3,14 +3,15 @@ results are printed (JSON, or tables that read at 80 columns). The commands live
 module, one module per kind of work; tuner/cli/__init__.py registers them and runs the app."""
 from __future__ import annotations
 
+import inspect
 import json
 import sys
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from search import strategies
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Tune Triton kernels per device class and stack; look the results up at load time.")
@@ -24,29 +25,46 @@ err = Console(stderr=True)
 ShapeOpt = typer.Option(..., "--shape", help="Key dims, e.g. M=4096,N=4096,K=4096 (repeatable).")
 DtypeOpt = typer.Option(["float32"], "--dtype", help="float16 | bfloat16 | float32 (repeatable).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
-RotateOpt = typer.Option(1, "--rotate-buffers", help="Input sets to cycle through, one per timed repetition, "
-                         "so that no cache keeps the inputs between repetitions (1 to 16).")
-GraphOpt = typer.Option(False, "--cuda-graph", help="Time replays of a captured CUDA graph, which leaves out "
-                        "the host's launch cost (GPU only): for kernels of a few microseconds.")
-MaxCvOpt = typer.Option(None, "--max-cv", help="Measure a trial again, with twice the repetitions, when its "
-                        "coefficient of variation exceeds this (e.g. 0.05).")
-# tune and submit: a kernel and its shapes, or a model's layers
-TuneShapeOpt = typer.Option([], "--shape", help="Key dims, e.g. M=4096,N=4096,K=4096 (repeatable; not with --model).")
-TuneDtypeOpt = typer.Option([], "--dtype", help="float16 | bfloat16 | float32 (repeatable; default float32, "
-                            "with --model the model's dtype).")
-ModelOpt = typer.Option(None, "--model", help="A model preset (`tuner models`) or a model TOML file: tune every "
-                        "layer it serves, MoE layers on fused_moe, dense ones on matmul.")
-TpOpt = typer.Option(None, "--tp", help="With --model: the tensor-parallel size (default 1).")
-BatchOpt = typer.Option(None, "--batch-sizes", help="With --model: tokens per batch, e.g. 1,16,256 "
-                        "(default vLLM's 1,2,4,...,4096).")
-LoraRanksOpt = typer.Option(None, "--lora-ranks", help="With --model: also the LoRA shrink and expand keys of "
-                            "every dense layer at these adapter ranks, e.g. 8,16,64.")
-MaxLorasOpt = typer.Option(None, "--max-loras", help="With --lora-ranks: adapters a batch holds (vLLM's "
-                           "--max-loras; default 1).")
-RoutingOpt = typer.Option("uniform", "--routing", help="How a MoE kernel's tokens are routed while timed: "
-                          "uniform, or skewed (expert popularity 1/rank); a skewed job keeps a study of its own.")
-SamplerOpt = typer.Option(strategies.DEFAULT, "--sampler", help=f"The search strategy: {', '.join(strategies.BUILTIN)}, "
-                          "or one registered with TUNER_STRATEGY_MODULES.")
+
+
+def option_of(name: str):
+    """The typer parameter of a request field, as tuner/request_fields.py declares it."""
+    from tuner.request_fields import REQUEST_FIELDS, REQUIRED
+
+    (f,) = [f for f in REQUEST_FIELDS if f.name == name]
+    default = ... if f.default is REQUIRED else f.default
+    if f.flag is None:
+        return typer.Argument(default, help=f.help)
+    return typer.Option(default, f.flag, help=f.help)
+
+
+def request_options(command: str):
+    """A command that takes the request fields of `command` (tuner/request_fields.py) as its
+    arguments and options, derived from their declaration; the function receives their values
+    as one dict, its first parameter, and declares its own other options after it."""
+    from tuner.request_fields import fields_of
+
+    def wrap(func):
+        fields = fields_of(command)
+        own = list(inspect.signature(func, eval_str=True).parameters.values())[1:]
+        declared = [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option_of(f.name),
+                                      annotation=_annotation(f)) for f in fields]
+
+        def command_function(**kwargs):
+            return func({f.name: kwargs.pop(f.name) for f in fields}, **kwargs)
+
+        params = [*declared, *own]
+        command_function.__signature__ = inspect.Signature(params)
+        command_function.__annotations__ = {p.name: p.annotation for p in params}
+        command_function.__name__, command_function.__doc__ = func.__name__, func.__doc__
+        command_function.__module__, command_function.__qualname__ = func.__module__, func.__qualname__
+        return command_function
+    return wrap
+
+
+def _annotation(f):
+    kind = list[f.kind] if f.many else f.kind
+    return Optional[kind] if f.optional else kind
 
 
 def print_json(value) -> None:

@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from tuner import settings as settings_mod
-from tuner.cli.common import DtypeOpt, JsonOpt, SamplerOpt, app, err, key_cell, out, print_json, report_app, show, table
+from tuner.cli.common import DtypeOpt, JsonOpt, app, err, key_cell, option_of, out, print_json, report_app, show, table
 from tuner.display import config_word, dims_word
 from tuner.display import ms as _ms
 
@@ -127,10 +127,9 @@ def sweep_shapes(kernel: str = typer.Argument(...),
                                           "(start:stop:step, stop included) or N=4000,4096."),
                  shape: Optional[str] = typer.Option(None, "--shape", help="The fixed dims, e.g. M=4096,K=4096."),
                  dtype: list[str] = DtypeOpt,
-                 device_class: str = typer.Option(..., "--device-class", help="h100 | mi300x | cpu | a slug"),
-                 trials: int = typer.Option(20, "--trials", help="Measured trials per point."),
-                 sampler: str = SamplerOpt, seed: Optional[int] = typer.Option(None, "--seed"),
-                 parallel: int = typer.Option(2, "--parallel"), as_json: bool = JsonOpt) -> None:
+                 device_class: str = option_of("device_class"), trials: int = option_of("trials"),
+                 sampler: str = option_of("sampler"), seed: Optional[int] = option_of("seed"),
+                 parallel: int = option_of("parallel"), as_json: bool = JsonOpt) -> None:
     """Queue one tuning job per value of one dim, the others fixed; then `tuner report shapes`."""
     from tuner.request import build_measurement
     from tuner.sweep import requests, submit_sweep

@@ -8,24 +8,13 @@ import typer
 
 from tuner import settings as settings_mod
 from tuner.cli.common import (
-    BatchOpt,
-    GraphOpt,
     JsonOpt,
-    LoraRanksOpt,
-    MaxCvOpt,
-    MaxLorasOpt,
-    ModelOpt,
-    RotateOpt,
-    RoutingOpt,
-    SamplerOpt,
-    TpOpt,
-    TuneDtypeOpt,
-    TuneShapeOpt,
     app,
     err,
     key_cell,
     out,
     print_json,
+    request_options,
     show,
     table,
     when,
@@ -98,16 +87,9 @@ def models(as_json: bool = JsonOpt) -> None:
 
 
 @app.command()
-def tune(kernel: Optional[str] = typer.Argument(None, help="A registered kernel (see `tuner kernels`); with "
-                                                "--model, only the model's layers on it."),
-         shape: list[str] = TuneShapeOpt, dtype: list[str] = TuneDtypeOpt,
-         trials: int = typer.Option(20, "--trials", help="Measured trials per key."),
-         sampler: str = SamplerOpt, seed: Optional[int] = typer.Option(None, "--seed"),
+@request_options("tune")
+def tune(request: dict,
          device: Optional[str] = typer.Option(None, "--device", help="cpu (Triton interpreter) | cuda | cuda:N"),
-         rotate_buffers: int = RotateOpt, cuda_graph: bool = GraphOpt, max_cv: Optional[float] = MaxCvOpt,
-         routing: str = RoutingOpt, model: Optional[str] = ModelOpt, tp: Optional[int] = TpOpt,
-         batch_sizes: Optional[str] = BatchOpt, lora_ranks: Optional[str] = LoraRanksOpt,
-         max_loras: Optional[int] = MaxLorasOpt,
          from_misses: bool = typer.Option(False, "--from-misses", help="Tune the keys model processes on this "
                                           "device class missed (a drop-in kernel's inputs rebuilt from its "
                                           "recorded launches); not with --shape or --model."),
@@ -115,19 +97,18 @@ def tune(kernel: Optional[str] = typer.Argument(None, help="A registered kernel 
     """Tune KERNEL (or every layer of --model) here, in-process (no broker); re-running continues the same studies."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tuner.request import build_measurement, build_requests
+    from tuner.request_fields import requests_from
     from tuner.tune import prepare, tune_local
 
+    kernel, trials, model = request["kernel"], request["trials"], request["model"]
     if from_misses:
         from tuner.miss_intake import request_from_misses
 
-        if shape or model is not None:
+        if request["shapes"] or model is not None:
             raise UserError("--from-misses takes its keys from the recorded misses: drop --shape and --model")
-        reqs = [request_from_misses(settings_mod.get(), kernel, trials, sampler, seed, device)]
+        reqs = [request_from_misses(settings_mod.get(), kernel, trials, request["sampler"], request["seed"], device)]
     else:
-        reqs = build_requests(kernel, shape, dtype, trials, sampler, seed,
-                              build_measurement(rotate_buffers, cuda_graph, max_cv, routing), model, tp, batch_sizes,
-                              lora_ranks, max_loras)
+        reqs = requests_from(request)
     if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UserError(f"unknown --device {device[:40]!r}; use cpu, cuda or cuda:N")
     plans = [prepare(req, settings_mod.get(), device) for req in reqs]
@@ -177,33 +158,20 @@ def _show_tune(doc: dict, result) -> None:
 
 
 @app.command()
-def submit(kernel: Optional[str] = typer.Argument(None, help="A registered kernel; with --model, only the "
-                                                  "model's layers on it."),
-           shape: list[str] = TuneShapeOpt, dtype: list[str] = TuneDtypeOpt,
-           device_class: str = typer.Option(..., "--device-class", help="h100 | mi300x | cpu | a slug"),
-           trials: int = typer.Option(20, "--trials", help="Measured trials per key, across all workers."),
-           sampler: str = SamplerOpt, seed: Optional[int] = typer.Option(None, "--seed"),
-           parallel: int = typer.Option(2, "--parallel", help="Batches in flight per key (workers that cooperate)."),
-           rotate_buffers: int = RotateOpt, cuda_graph: bool = GraphOpt, max_cv: Optional[float] = MaxCvOpt,
-           routing: str = RoutingOpt, model: Optional[str] = ModelOpt, tp: Optional[int] = TpOpt,
-           batch_sizes: Optional[str] = BatchOpt, lora_ranks: Optional[str] = LoraRanksOpt,
-           max_loras: Optional[int] = MaxLorasOpt,
+@request_options("submit")
+def submit(request: dict,
            wait_: bool = typer.Option(False, "--wait", help="Wait until the job ends and print its status."),
            timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to --wait at most."),
            as_json: bool = JsonOpt) -> None:
     """Queue a tuning job (one per kernel of --model) for a device class; prints the job ids. Needs the broker and database only."""
-    from tuner.coordinator import submit as do_submit
-    from tuner.request import build_measurement, build_requests, check_fanout
+    from tuner.coordinator import submit_all
 
-    reqs = build_requests(kernel, shape, dtype, trials, sampler, seed,
-                          build_measurement(rotate_buffers, cuda_graph, max_cv, routing), model, tp, batch_sizes,
-                          lora_ranks, max_loras)
-    check_fanout(reqs, parallel, settings_mod.get().batch_trials)  # every job's, before the first is queued
-    job_ids = [do_submit(settings_mod.get(), req, device_class, parallel) for req in reqs]
+    job_ids = submit_all(settings_mod.get(), request)
     if not wait_:
         if as_json:
             return print_json({"job": job_ids[0]} if len(job_ids) == 1 else {"jobs": job_ids})
         return print("\n".join(job_ids))
+    from db import lifecycle
     from tuner.coordinator import wait
     states = []
     for job_id in job_ids:
@@ -211,7 +179,7 @@ def submit(kernel: Optional[str] = typer.Argument(None, help="A registered kerne
         st = wait(settings_mod.get(), job_id, timeout)
         _show_status(st, as_json)
         states.append(st["state"])
-    if any(state != "done" for state in states):
+    if any(state != lifecycle.DONE for state in states):
         raise typer.Exit(1)
 
 

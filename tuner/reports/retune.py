@@ -12,6 +12,7 @@ from tuner.db_open import open_for_read
 from tuner.display import time_axis, timing_label
 from tuner.errors import NotFound
 from tuner.settings import Settings
+from workers.job_request import JobRequest
 
 
 def report(settings: Settings, run: str | None) -> dict:
@@ -22,15 +23,16 @@ def report(settings: Settings, run: str | None) -> dict:
                          .order_by(models.Job.created_at.desc())).all()
         if not jobs:
             raise NotFound("no retune has run yet: `tuner retune --stale-only` queues one")
-        run = run or jobs[0].request.get("retune_run")
-        jobs = [j for j in jobs if j.request.get("retune_run") == run or j.id.startswith(run)]
+        requests = {j.id: JobRequest.of(j) for j in jobs}
+        run = run or requests[jobs[0].id].retune_run
+        jobs = [j for j in jobs if requests[j.id].retune_run == run or j.id.startswith(run)]
         if not jobs:
             raise NotFound(f"no retune run {run[:80]!r}; `tuner report retune` shows the latest")
         rows = []
         for job in jobs:
             for key in s.scalars(select(models.JobKey).where(models.JobKey.job_id == job.id)).all():
-                warm = job.request.get("warm", {}).get(key.key_hash, {})
-                old_hash = config_hash(warm["old_config"]) if warm.get("old_config") else None
+                warm = requests[job.id].warm.get(key.key_hash)
+                old_hash = config_hash(warm.old_config) if warm and warm.old_config else None
                 trials = s.execute(select(models.TuningTrial.config_hash, models.TuningTrial.median_ms,
                                           models.TuningTrial.status)
                                    .where(models.TuningTrial.job_key_id == key.id)).all()
@@ -44,11 +46,11 @@ def report(settings: Settings, run: str | None) -> dict:
                                  default=None)
                 new = s.scalar(select(models.BestConfig).where(models.BestConfig.job_id == job.id,
                                                                models.BestConfig.key_hash == key.key_hash))
-                old_ms = warm.get("old_ms")
+                old_ms = warm.old_ms if warm else None
                 new_ms = new.median_ms if new else None
                 # the stack the retune ran on; before it ends, those it was queued for
                 new_fp = (s.get(models.StackFingerprint, new.fingerprint_id).hash if new else
-                          ",".join(warm.get("new_fingerprints") or [warm.get("new_fingerprint") or ""]))
+                          ",".join(warm.new_fingerprints if warm else ()))
                 flags = []
                 slower = bool(old_ms and new_ms and new_ms > old_ms * (1 + threshold))
                 # a regression is the search settling on another configuration that is slower; the
@@ -63,11 +65,11 @@ def report(settings: Settings, run: str | None) -> dict:
                 rows.append({"job": job.id, "kernel": job.kernel, "device_class": job.device_selector,
                              "key": key.key["dims"], "dtype": key.key["dtype"], "key_hash": key.key_hash,
                              "state": key.state,
-                             "old_fingerprint": warm.get("old_fingerprint"), "new_fingerprint": new_fp or None,
+                             "old_fingerprint": warm.old_fingerprint if warm else None, "new_fingerprint": new_fp or None,
                              "old_best_ms_old_stack": old_ms, "old_best_ms_new_stack": old_on_new,
                              "new_best_ms_new_stack": new_ms, "new_config": new.config if new else None,
                              "trials_spent": sum(1 for _, _, st in trials if st != "invalid"),
-                             "original_trials": warm.get("old_trials"),
+                             "original_trials": warm.old_trials if warm else None,
                              "regression": bool(flags and flags[0].startswith("regression")), "flags": flags})
     return {"run": run, "threshold": threshold, "timing": timing_label(r["device_class"] for r in rows), "keys": rows}
 

@@ -1,0 +1,71 @@
+"""db/lifecycle.py owns the life of jobs and job keys: the source tree is read (AST) for a change of
+a job's or a key's row, or a state name written as a literal, anywhere else."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from db import lifecycle
+
+ROOT = Path(__file__).resolve().parents[1]
+OWNER = ROOT / "db" / "lifecycle.py"
+STATES = set(lifecycle.JOB_STATES) | set(lifecycle.KEY_STATES)
+ROWS = {"Job", "JobKey"}
+
+
+def _sources() -> list[Path]:
+    skip = {"tests", ".venv", "site", "build"}
+    return [p for p in ROOT.rglob("*.py") if not skip & set(p.relative_to(ROOT).parts) and p != OWNER]
+
+
+def _state_literal(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and node.value in STATES
+
+
+def _names_state(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "state" or isinstance(node, ast.Name) and node.id == "state"
+
+
+def _row_type(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Attribute) and node.attr in ROWS) or (isinstance(node, ast.Name) and node.id in ROWS)
+
+
+def offences(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "update" \
+                and node.args and _row_type(node.args[0]):
+            found.append((node.lineno, f"update({ast.unparse(node.args[0])})"))
+        elif isinstance(node, ast.Assign) and any(_names_state(t) and isinstance(t, ast.Attribute) for t in node.targets):
+            found.append((node.lineno, f"assignment {ast.unparse(node)}"))
+        elif isinstance(node, ast.Compare) and any(_names_state(x) for x in [node.left, *node.comparators]) \
+                and any(_state_literal(x) for x in [node.left, *node.comparators]):
+            found.append((node.lineno, f"comparison {ast.unparse(node)}"))
+        elif isinstance(node, ast.keyword) and node.arg == "state" and _state_literal(node.value):
+            found.append((node.value.lineno, f"state={node.value.value!r}"))
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) >= 2 \
+                and all(_state_literal(e) for e in node.elts):
+            found.append((node.lineno, f"state names {ast.unparse(node)}"))
+    return found
+
+
+def test_no_job_state_change_or_state_literal_outside_the_lifecycle_module():
+    bad = [f"{p.relative_to(ROOT)}:{line}: {what}" for p in _sources()
+           for line, what in offences(ast.parse(p.read_text(), str(p)))]
+    assert not bad, "write a job's or a key's state through db/lifecycle.py:\n" + "\n".join(bad)
+
+
+def test_the_scan_finds_what_it_looks_for():
+    """Each kind of offence is caught (so an empty scan means something)."""
+    src = '''
+s.execute(update(models.Job).where(models.Job.id == j).values(error="x"))
+s.execute(update(JobKey).values(error="x"))
+row.state = "done"
+if job.state == "queued": pass
+q.values(state="failed")
+q.where(models.Job.state.in_(("queued", "running")))
+ok = ("done", "failed", "cancelled")
+'''
+    assert sorted(line for line, _ in offences(ast.parse(src))) == [2, 3, 4, 5, 6, 7, 8]
+    # an origin, a trial's outcome, another table's update are not a job's state
+    assert not offences(ast.parse('create(origin="queued")\nupdate(models.Worker)\nx = {"failed": 1}\n'))
