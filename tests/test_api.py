@@ -713,3 +713,15 @@ def test_a_database_that_goes_away_after_its_first_check_is_503(tmp_path):
             assert r.status_code == 503, r.text
             assert "cannot use database" in r.json()["error"] and "does not exist" in r.json()["error"]
         dispose_all()
+
+
+def test_the_server_imports_the_kernel_modules_as_it_starts(tmp_path):
+    """A drop-in kernel's module (torch, triton: seconds) imported by the first POST /v1/misses
+    naming its kernel held that request past the runtime's 5 s timeout, and the batch was dropped:
+    the app imports the configured modules when it is made, before any request."""
+    code = ("import sys\nfrom tuner import settings\nfrom tuner.api.app import create_app\n"
+            "settings.configure_plugins(settings.get())\nassert 'tests.kernels.tiles' not in sys.modules\n"
+            "create_app(settings.get())\nprint('tests.kernels.tiles' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=tuner_env(tmp_path / "home", TUNER_KERNEL_MODULES="tests.kernels.tiles"))
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr[-2000:]

@@ -112,9 +112,6 @@ class Server:
             assert self.proc.poll() is None, self.proc.communicate()[0]
             assert time.monotonic() < end, "tuner serve did not come up"
             time.sleep(0.3)
-        # the kernel modules imported now (the drop-in's imports torch: seconds on a busy machine), not
-        # by a runtime's first POST /v1/misses, which gives up after 5 s
-        self.get("/v1/kernels")
 
     def healthy(self) -> bool:
         import urllib.request

@@ -6,6 +6,7 @@ container's healthcheck (no token, so it says only ok or not; the reason to an o
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -24,6 +25,21 @@ def policy_of(settings: Settings) -> auth.Policy:
     return auth.Policy(settings.api_token, settings.runtime_token, settings.api_open_reads)
 
 
+def import_kernel_modules() -> None:
+    """The configured kernel modules (TUNER_KERNEL_MODULES) imported as the server starts, not by
+    the first request that names one of their kernels: a drop-in kernel's module imports torch and
+    triton (seconds), which held a runtime's first POST /v1/misses past its 5 s timeout, and the
+    batch, a reported winner with it, was dropped. A module that fails to import costs only its
+    own kernels: one warning, and the requests that name them get the registry's error."""
+    from search_spaces import registry
+    from keys import SpecError
+
+    try:
+        registry.names()
+    except SpecError as exc:
+        logging.getLogger("tuner.api").warning("%s", exc)
+
+
 def create_app(settings: Settings, host: str = "127.0.0.1") -> FastAPI:
     """The app as served on `host` (a Host header must name it, the loopback or
     TUNER_API_ALLOWED_HOSTS)."""
@@ -34,6 +50,7 @@ def create_app(settings: Settings, host: str = "127.0.0.1") -> FastAPI:
                                      "reports. Send `Authorization: Bearer <TUNER_API_TOKEN>`; inference hosts' "
                                      "`TUNER_RUNTIME_TOKEN` may only GET /v1/bundle and POST /v1/misses.")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    import_kernel_modules()
     app.state.settings = settings
     app.state.sessions = auth.Sessions()
     app.state.metrics = metrics.registry_for(settings)
