@@ -16,7 +16,7 @@ SKIP = {"tests", ".venv", "site", "build"}
 # the settings' values as workers/ names its parameters (dead_after_s: TUNER_WORKER_DEAD_AFTER_S, ...);
 # but the device, which each worker process is given (`tuner worker --device`), not defaulted
 SETTING_NAMES = ({f.name for f in dataclasses.fields(Settings)} - {"device"}) | {
-    "dead_after_s", "budget_fraction", "misses_trials", "misses_max_jobs"}
+    "dead_after_s", "budget_fraction", "misses_trials", "misses_max_jobs", "parallel"}
 
 
 def sources(*under: str) -> list[Path]:
@@ -49,7 +49,9 @@ def test_the_scan_finds_a_shadow_default():
     src = "def f(url, *, batch_trials: int = 4): pass\ndef g(dead_after_s=60.0, budget_fraction=0.25, x=1): pass\n"
     assert [what for _, what in shadow_defaults(ast.parse(src))] == ["batch_trials=4", "dead_after_s=60.0",
                                                                      "budget_fraction=0.25"]
-    assert not shadow_defaults(ast.parse("def f(url, *, batch_trials: int, parallel=2): pass\n"))
+    assert not shadow_defaults(ast.parse("def f(url, *, batch_trials: int, width=2): pass\n"))
+    # a retune's batches in flight per key: TUNER_RETUNE_PARALLEL, not a copy of the request's default
+    assert shadow_defaults(ast.parse("def f(url, *, parallel=2): pass\n")) == [(1, "parallel=2")]
 
 
 def test_the_default_strategy_is_named_by_the_registry_only():
@@ -86,9 +88,10 @@ def test_a_nightly_retune_message_carries_every_field_and_no_default_fills_one(t
     from tuner.scheduler import retune_args
     from workers import tasks
 
-    settings = settings_mod.from_env({"TUNER_HOME": str(tmp_path), "TUNER_BATCH_TRIALS": "7"})
+    settings = settings_mod.from_env({"TUNER_HOME": str(tmp_path), "TUNER_BATCH_TRIALS": "7",
+                                      "TUNER_RETUNE_PARALLEL": "3"})
     args = retune_args(settings)
-    assert set(args) == set(tasks.RETUNE_FIELDS) and args["batch_trials"] == 7
+    assert set(args) == set(tasks.RETUNE_FIELDS) and args["batch_trials"] == 7 and args["parallel"] == 3
 
     missing = {k: v for k, v in args.items() if k != "batch_trials"}
     with pytest.raises(ValueError, match=r"missing \['batch_trials'\]"):

@@ -312,7 +312,7 @@ def test_misses_become_jobs_only_where_a_worker_can_tune_them(tmp_path):
 
     def run(**kw):
         return enqueue_misses(url, sent.append, holder="test", dead_after_s=60, trials=6, top=10, min_count=2,
-                              batch_trials=4, **kw)
+                              batch_trials=4, parallel=2, **kw)
 
     out = run()
     assert [(j["key"]["N"], j["count"], j["device_class"]) for j in out["jobs"]] == [(10, 9, "h100-sxm-80gb")]

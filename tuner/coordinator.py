@@ -162,7 +162,8 @@ def retune(settings: Settings, device_class: str | None, kernel: str | None, sta
     return enqueue_stale(url, send, holder=holder,
                          dead_after_s=settings.worker_dead_after_s,
                          budget_fraction=settings.retune_budget_fraction, device_class=match, kernel=kernel,
-                         stale_only=stale_only, dry_run=dry_run, batch_trials=settings.batch_trials)
+                         stale_only=stale_only, dry_run=dry_run, batch_trials=settings.batch_trials,
+                         parallel=settings.retune_parallel)
 
 
 def cancel(settings: Settings, job_id: str) -> str:

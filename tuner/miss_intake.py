@@ -141,7 +141,7 @@ def retune_misses(settings: Settings, device_class: str | None, kernel: str | No
     return enqueue_misses(url, send, holder=holder,
                           dead_after_s=settings.worker_dead_after_s, trials=settings.retune_misses_trials,
                           top=top, min_count=min_count, device_class=match, kernel=kernel, dry_run=dry_run,
-                          batch_trials=settings.batch_trials)
+                          batch_trials=settings.batch_trials, parallel=settings.retune_parallel)
 
 
 def lookup_rows(settings: Settings, kernel: str, shapes: list[str], dtypes: list[str], device_class: str | None,

@@ -36,7 +36,8 @@ def parse_cron(expr: str):
 def retune_args(settings: Settings) -> dict:
     return {"dead_after_s": settings.worker_dead_after_s, "budget_fraction": settings.retune_budget_fraction,
             "batch_trials": settings.batch_trials, "misses": settings.retune_misses,
-            "misses_max_jobs": settings.retune_misses_max_jobs, "misses_trials": settings.retune_misses_trials}
+            "misses_max_jobs": settings.retune_misses_max_jobs, "misses_trials": settings.retune_misses_trials,
+            "parallel": settings.retune_parallel}
 
 
 SCHEDULE_FILE = "beat-schedule.json"

@@ -49,6 +49,7 @@ class Settings:
     retune_misses: bool = True  # the nightly scheduler also queues the most frequent misses
     retune_misses_max_jobs: int = 20  # at most this many miss jobs a night
     retune_misses_trials: int = 20  # trials of a miss job
+    retune_parallel: int = 2  # batches in flight per key of a retune job (stale keys or misses)
     misses_keep_days: float = 30.0  # runtime miss rows not seen for this long are pruned (the janitor)
     workers_keep_days: float = 7.0  # rows of workers gone (stopped or silent) this long are pruned (the janitor)
     # the HTTP API and metrics (tuner/api/, workers/metrics.py)
@@ -202,6 +203,7 @@ def from_env(env: dict[str, str] | None = None, on_error=None) -> Settings:
         retune_misses=_flag(env, "TUNER_RETUNE_MISSES", DEFAULTS["retune_misses"], on_error),
         retune_misses_max_jobs=int(num("TUNER_RETUNE_MISSES_MAX_JOBS", DEFAULTS["retune_misses_max_jobs"], 0)),
         retune_misses_trials=int(num("TUNER_RETUNE_MISSES_TRIALS", DEFAULTS["retune_misses_trials"], 1)),
+        retune_parallel=int(num("TUNER_RETUNE_PARALLEL", DEFAULTS["retune_parallel"], 1)),
         misses_keep_days=num("TUNER_MISSES_KEEP_DAYS", DEFAULTS["misses_keep_days"], 0),
         workers_keep_days=num("TUNER_WORKERS_KEEP_DAYS", DEFAULTS["workers_keep_days"], 0),
         api_token=env.get("TUNER_API_TOKEN", ""),

@@ -94,7 +94,7 @@ def _why_not(mk: MissedKey, stacks: dict[str, set[str]], active: list, current: 
 def enqueue_misses(db_url: str, send: Callable[[BatchMessage], None] | None, *, holder: str, dead_after_s: float,
                    trials: int, top: int, min_count: int = 1, max_jobs: int | None = None,
                    device_class: Callable[[str], bool] | None = None, kernel: str | None = None,
-                   dry_run: bool = False, parallel: int = 2, batch_trials: int) -> dict:
+                   dry_run: bool = False, parallel: int, batch_trials: int) -> dict:
     """Queue a tuning job for each of the `top` most frequent missed keys of every class with live
     workers (at most `max_jobs` in all, the most frequent first); returns what was (or would be)
     queued and what was skipped, and why."""

@@ -27,6 +27,7 @@ from workers.job_request import JobRequest, WarmStart
 
 LOCK = "retune"
 TOP_K = 3
+MIN_BUDGET = 4  # trials a retune key gets at least, whatever TUNER_RETUNE_BUDGET_FRACTION leaves
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def top_configs(s, stale: StaleKey, k: int = TOP_K) -> list[dict]:
 def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: str, dead_after_s: float,
                   budget_fraction: float, device_class: Callable[[str], bool] | None = None,
                   kernel: str | None = None, stale_only: bool = True, dry_run: bool = False,
-                  batch_trials: int, min_budget: int = 4, parallel: int = 2,
+                  batch_trials: int, parallel: int,
                   run_id: str | None = None) -> dict:
     """Queue one retune job per (kernel, device class); returns what was (or would be) queued, and
     the stale keys skipped because their trial does not fit the class, with the reason.
@@ -161,7 +162,7 @@ def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: 
                 groups.setdefault((st.kernel, st.kernel_version, st.device_class, st.measurement), []).append(st)
             planned, messages = [], []
             for (kern, version, slug, measurement), keys in groups.items():
-                budgets = {st.key_hash: max(min_budget, int(round(st.old_trials * budget_fraction))) for st in keys}
+                budgets = {st.key_hash: max(MIN_BUDGET, int(round(st.old_trials * budget_fraction))) for st in keys}
                 warm = {st.key_hash: WarmStart(st.old_best_id, st.old_config, st.old_ms, st.old_fingerprint,
                                                tuple(st.new_fingerprints), st.old_trials, tuple(top_configs(s, st)))
                         for st in keys}

@@ -17,7 +17,8 @@ from workers.queues import BATCH_TASK, RETUNE_TASK
 
 log = logging.getLogger("tuner.worker")
 # what a nightly retune message carries, every one of them: tuner.scheduler.retune_args sends them
-RETUNE_FIELDS = ("dead_after_s", "budget_fraction", "batch_trials", "misses", "misses_max_jobs", "misses_trials")
+RETUNE_FIELDS = ("dead_after_s", "budget_fraction", "batch_trials", "misses", "misses_max_jobs", "misses_trials",
+                 "parallel")
 
 
 def register(app: Celery, service) -> None:
@@ -72,14 +73,14 @@ def register(app: Celery, service) -> None:
         try:
             if args:
                 raise ValueError(f"{len(args)} positional argument(s): the fields go by name")
-            dead_after_s, budget_fraction, batch_trials, misses, misses_max_jobs, misses_trials = (
+            dead_after_s, budget_fraction, batch_trials, misses, misses_max_jobs, misses_trials, parallel = (
                 retune_fields(fields).values())
         except (TypeError, ValueError) as exc:
             log.error("rejected message %s: malformed retune message: %s", task.request.id, exc)
             return {"rejected": str(exc)}
         result = enqueue_stale(service.cfg.db_url, service.send, holder=service.cfg.name,
                                dead_after_s=dead_after_s, budget_fraction=budget_fraction,
-                               batch_trials=batch_trials)
+                               batch_trials=batch_trials, parallel=parallel)
         log.info("nightly retune %s: %d job(s)%s", result["run"], len(result["jobs"]),
                  " (another scheduler holds the lease)" if result.get("locked_by_other") else "")
         _log_skipped("nightly retune", result)
@@ -87,7 +88,8 @@ def register(app: Celery, service) -> None:
         if misses and misses_max_jobs > 0:
             found = enqueue_misses(service.cfg.db_url, service.send, holder=service.cfg.name,
                                    dead_after_s=dead_after_s, trials=misses_trials, top=misses_max_jobs,
-                                   max_jobs=misses_max_jobs, batch_trials=batch_trials)
+                                   max_jobs=misses_max_jobs, batch_trials=batch_trials,
+                                   parallel=parallel)
             log.info("nightly retune of runtime misses %s: %d job(s)%s", found["run"], len(found["jobs"]),
                      " (another scheduler holds the lease)" if found.get("locked_by_other") else "")
             _log_skipped("nightly retune of runtime misses", found)
@@ -105,10 +107,11 @@ def retune_fields(fields: dict) -> dict:
         raise ValueError(f"fields: missing {sorted(missing)}, unexpected {sorted(unknown)}")
     out = {"dead_after_s": float(fields["dead_after_s"]), "budget_fraction": float(fields["budget_fraction"]),
            "batch_trials": int(fields["batch_trials"]), "misses": fields["misses"],
-           "misses_max_jobs": int(fields["misses_max_jobs"]), "misses_trials": int(fields["misses_trials"])}
+           "misses_max_jobs": int(fields["misses_max_jobs"]), "misses_trials": int(fields["misses_trials"]),
+           "parallel": int(fields["parallel"])}
     if not (0 < out["budget_fraction"] <= 1 and out["dead_after_s"] > 0 and 0 < out["batch_trials"] <= 1000
             and isinstance(out["misses"], bool) and 0 <= out["misses_max_jobs"] <= 10000
-            and 0 < out["misses_trials"] <= 100000):
+            and 0 < out["misses_trials"] <= 100000 and 0 < out["parallel"] <= 64):
         raise ValueError("values out of range")
     return out
 
