@@ -142,3 +142,23 @@ def database_outage(db_url: str):
         with admin.connect() as c:
             c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
         admin.dispose()
+
+
+@contextmanager
+def fleet_world(home: Path, **env: str):
+    """A one-machine fleet's parts for a test module: a fresh PostgreSQL database at the schema, a
+    Redis database of its own, the service environment (plus `env`), an engine, and a list the
+    test appends its WorkerProcs to (stopped at the end)."""
+    from sqlalchemy import create_engine
+
+    with pg_database() as db_url:
+        service = service_env(home, db_url, redis_url(), **env)
+        assert run_cli(service, "db", "upgrade").returncode == 0
+        engine = create_engine(db_url)
+        workers: list = []
+        try:
+            yield {"env": service, "engine": engine, "home": home, "workers": workers}
+        finally:
+            for w in workers:
+                w.stop()
+            engine.dispose()

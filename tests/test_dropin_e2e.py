@@ -10,11 +10,11 @@ import subprocess
 import sys
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from tests.cli_helpers import ROOT
 from tests.kernels.dropin import LAYER_NORM, MATMUL
-from tests.services import WorkerProc, pg_database, redis_url, run_cli, service_env, wait_for
+from tests.services import WorkerProc, fleet_world, run_cli, wait_for
 from tests.test_runtime_loop import tuner_json
 
 pytestmark = pytest.mark.integration
@@ -62,17 +62,9 @@ def first_config(kernel) -> dict:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    home = tmp_path_factory.mktemp("dropin")
-    with pg_database() as db_url:
-        env = service_env(home, db_url, redis_url(), TUNER_KERNEL_MODULES="tests.kernels.dropin",
-                          TUNER_RETUNE_MISSES_TRIALS="3")
-        assert run_cli(env, "db", "upgrade").returncode == 0
-        engine = create_engine(db_url)
-        workers = []
-        yield {"env": env, "engine": engine, "home": home, "workers": workers}
-        for w in workers:
-            w.stop()
-        engine.dispose()
+    with fleet_world(tmp_path_factory.mktemp("dropin"), TUNER_KERNEL_MODULES="tests.kernels.dropin",
+                     TUNER_RETUNE_MISSES_TRIALS="3") as world:
+        yield world
 
 
 def _signature(engine, kernel: str) -> dict:

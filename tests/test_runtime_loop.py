@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from tests.cli_helpers import ROOT
-from tests.services import WorkerProc, pg_database, redis_url, run_cli, service_env, wait_for
+from tests.services import WorkerProc, fleet_world, run_cli, wait_for
 
 pytestmark = pytest.mark.integration
 KERNELS = "tests.kernels.tutorial"
@@ -51,16 +51,9 @@ def serve(env, m: int, n: int) -> dict:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    home = tmp_path_factory.mktemp("loop")
-    with pg_database() as db_url:
-        env = service_env(home, db_url, redis_url(), TUNER_KERNEL_MODULES=KERNELS, TUNER_RETUNE_MISSES_TRIALS="4")
-        assert run_cli(env, "db", "upgrade").returncode == 0
-        engine = create_engine(db_url)
-        workers = []
-        yield {"env": env, "engine": engine, "home": home, "workers": workers}
-        for w in workers:
-            w.stop()
-        engine.dispose()
+    with fleet_world(tmp_path_factory.mktemp("loop"), TUNER_KERNEL_MODULES=KERNELS,
+                     TUNER_RETUNE_MISSES_TRIALS="4") as world:
+        yield world
 
 
 def _best(engine, m: int, n: int):
