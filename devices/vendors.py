@@ -41,7 +41,7 @@ class Vendor:
         raise NotImplementedError
 
     def generic_target(self, arch: str, compute_units: int) -> Target:
-        """Limits that every device of the vendor meets, for an architecture search_spaces/base.py
+        """Limits that every device of the vendor meets, for an architecture devices/targets.py
         has no row for yet: invalid configurations are pruned too eagerly rather than sent to crash."""
         raise NotImplementedError
 
