@@ -1,0 +1,92 @@
+"""Reads that a fleet-sized database made slow, answered from what was computed before while what
+they read stands (issue 33, point 6; bench/api_latency.py --scale): a finished key's tally of
+trials (its job's status) and count (its page), the compare and shapes reports, and the compare
+page's tables cut to a page each. Each held answer must change as soon as what it reads does.
+
+The rows are written straight through db.store (tests/rows.py, tests/test_job_status.py's job:
+five trials of one key, one of each outcome and two correct)."""
+import warnings
+
+import pytest
+
+from db import models, store
+from db.session import session_scope
+from keys import config_hash
+from tests import rows
+from tests.test_job_status import DIMS, SLUG, a_job, settings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+
+@pytest.fixture
+def url(tmp_path):
+    return rows.schema(f"sqlite:///{tmp_path}/tuner.db")
+
+
+def a_later_trial(url, job: str, ms: float) -> int:
+    """A trial stored after its key finished (a straggler of the batch): its row id."""
+    with session_scope(url) as s:
+        jk = s.query(models.JobKey).filter_by(job_id=job).one()
+        t = s.query(models.TuningTrial).filter_by(job_key_id=jk.id).first()
+        config = {**rows.CONFIG, "BLOCK_M": 16}
+        row = store.record_trial(s, job_id=job, job_key_id=jk.id, kernel="matmul", key_hash=jk.key_hash,
+                                 device_class_id=t.device_class_id, fingerprint_id=t.fingerprint_id, study_name="s",
+                                 config=config, config_hash=config_hash(config), status="ok", median_ms=ms)
+        s.flush()
+        return row.id
+
+
+def test_compare_and_shapes_reports_stand_until_a_best_or_a_class_is_stored(url, tmp_path):
+    """They read best rows and device classes only: a trial or a job changing state leaves them
+    held (counting jobs' and keys' states took most of a compare page's time at fleet scale); a new
+    best or a new class (a family name may now name it too) computes them again."""
+    from tuner.reports.held import held
+
+    st = settings(url, tmp_path)
+    calls = []
+
+    def report(settings, *args):
+        calls.append(args)
+        return len(calls)
+
+    rows.best(url, SLUG, DIMS, 0.5)
+    assert [held(kind, report, st, "x") for kind in ("compare", "shapes", "compare")] == [1, 2, 1]
+    job = a_job(url, stored=False)  # a job with trials, its state changed
+    a_later_trial(url, job, 0.4)
+    assert (held("compare", report, st, "x"), held("shapes", report, st, "x")) == (1, 2)
+    assert held("retune", report, st, "x") == 3  # the retune report reads jobs: computed
+    rows.best(url, SLUG, {**DIMS, "M": 64}, 0.5)  # a new best
+    assert held("compare", report, st, "x") == 4
+    with session_scope(url) as s:
+        rows.identity(s, "mi300x-192gb")  # a new class
+    assert held("compare", report, st, "x") == 5 and held("compare", report, st, "x") == 5
+
+
+def test_the_compare_page_shows_a_page_of_each_table(url, tmp_path):
+    """A class holds thousands of keys the other lacks: rendering them all took 130 ms a request.
+    The page shows each table's first rows and says how many more are in /v1/compare, which
+    answers every one."""
+    from tuner.api.app import create_app
+    from tuner.api.pages import COMPARE_ROWS
+
+    with session_scope(url) as s:
+        ids = rows.identity(s, SLUG)
+        rows.identity(s, "mi300x-192gb")
+        for m in range(COMPARE_ROWS + 3):
+            key = rows.registry.get("matmul").make_key({**DIMS, "M": 16 * (m + 1)}, "float16")
+            store.write_best(s, kernel="matmul", kernel_version=key.version, key_hash=key.stable_hash,
+                             key=key.to_json(), dtype="float16", device_class_id=ids[0], fingerprint_id=ids[1],
+                             config=rows.CONFIG, config_hash=config_hash(rows.CONFIG), median_ms=0.5,
+                             default_ms=None, speedup=None, cv=0.01, trials=10, job_id=None)
+    rows.best(url, "mi300x-192gb", {**DIMS, "M": 16}, 0.4)  # one key on both
+    client = TestClient(create_app(settings(url, tmp_path)), base_url="http://localhost",
+                        headers={"authorization": f"Bearer {'t' * 40}"}, raise_server_exceptions=False)
+    full = client.get("/v1/compare", params={"device_class": ["h100", "mi300x"]}).json()
+    assert len(full["only_a"]) == COMPARE_ROWS + 2 and len(full["keys"]) == 1
+    html = client.get("/compare?a=h100&b=mi300x").text
+    only_a = html.split('id="only-a"')[1].split("</table>")[0]
+    assert only_a.count("<tr>") == 1 + COMPARE_ROWS  # the header and a page
+    assert "2 more on h100 only" in html and 'href="/v1/compare?device_class=h100&amp;device_class=mi300x"' in html
+    assert html.split('id="compare"')[1].split("</table>")[0].count("<tr>") == 2  # a short table: whole
