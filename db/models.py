@@ -134,10 +134,12 @@ class TuningTrial(Base):
         Index("ix_trials_progress", "job_key_id", "status", "median_ms",
               postgresql_include=["device_class_id", "worker_id", "config_hash"]),
         Index("ix_trials_created", "created_at"),
+        # a finished job key's newest trial, the token its held tally stands on (revision 0007)
+        Index("ix_trials_job_key_order", "job_key_id", "id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    job_key_id: Mapped[int | None] = mapped_column(ForeignKey("job_keys.id", ondelete="CASCADE"), index=True)
+    job_key_id: Mapped[int | None] = mapped_column(ForeignKey("job_keys.id", ondelete="CASCADE"))
     kernel: Mapped[str] = mapped_column(String(100))
     key_hash: Mapped[str] = mapped_column(String(16), index=True)
     device_class_id: Mapped[int] = mapped_column(ForeignKey("device_classes.id"))
