@@ -324,6 +324,10 @@ def scale_main(args) -> None:
     load = os.getloadavg()[0]
     with (contextlib.nullcontext(args.db) if args.db else scratch_postgres(args.pg_admin)) as url:
         t = time.perf_counter()
+        if args.ids:  # a database filled before: brought to this tree's schema (a new index, say)
+            from db.session import upgrade
+
+            upgrade(url)
         ids = json.loads(args.ids) if args.ids else populate_scale(url)
         populate_s = time.perf_counter() - t
         print(f"database ready in {populate_s:.0f} s: {json.dumps(ids)}", flush=True)
@@ -380,8 +384,10 @@ def main() -> None:
     ap.add_argument("--scale", action="store_true", help="fill a fleet-sized database (2,000 workers, 10,000 jobs, "
                     "1,000,000 trials, 100,000 runtime misses) and time every page and read route under --clients "
                     "(default 8 here) concurrent clients; results in bench/results/api_scale.{json,md}")
-    ap.add_argument("--db", help="with --scale: a database filled before (keep it with --keep), instead of a scratch one")
-    ap.add_argument("--ids", help="with --db: the JSON of ids the fill printed")
+    ap.add_argument("--db", help="with --scale: fill this (empty, created beforehand) database and keep it, instead "
+                    "of a scratch one dropped afterwards; with --ids, time it as filled before")
+    ap.add_argument("--ids", help="with --db: the JSON of ids the fill printed (`database ready ...: {...}`); the "
+                    "database is upgraded to this tree's schema, not filled again")
     ap.add_argument("--only", help="with --scale: only the routes whose name contains this")
     args = ap.parse_args()
     if args.scale:
