@@ -321,7 +321,8 @@ def scale_main(args) -> None:
     from workers.local import scratch_postgres
 
     home = Path(tempfile.mkdtemp(prefix="tuner-api-scale-"))
-    load = os.getloadavg()[0]
+    loads = os.getloadavg()  # other work on the machine (1, 5, 15 min): recorded beside the figures
+    load = loads[0]
     with (contextlib.nullcontext(args.db) if args.db else scratch_postgres(args.pg_admin)) as url:
         t = time.perf_counter()
         if args.ids:  # a database filled before: brought to this tree's schema (a new index, say)
@@ -350,6 +351,7 @@ def scale_main(args) -> None:
     doc = {"benchmark": "api_latency --scale", "date": datetime.now(timezone.utc).isoformat(),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
            "load_average_1m": {"start": round(load, 1), "end": round(os.getloadavg()[0], 1)},
+           "load_average_1_5_15m": {"start": [round(x, 1) for x in loads], "end": [round(x, 1) for x in os.getloadavg()]},
            "server": "tuner serve: one uvicorn process, PostgreSQL 127.0.0.1", "rows": SCALE,
            "populate_s": round(populate_s, 1), "clients": args.clients, "requests_per_route": args.requests,
            "note": "clients and server share the machine's cores", "results": results}
@@ -365,6 +367,10 @@ def scale_main(args) -> None:
              f"{SCALE['big_key_trials']:,}), {SCALE['keys']:,} keys with bests, {SCALE['misses']:,} runtime-miss rows; "
              f"{args.clients} concurrent clients, {args.requests} requests a route, on the same machine. "
              f"Target p95 <= 200 ms (/metrics <= 1 s): met by {met} of {len(results)} routes.", "",
+             "Load averages (1, 5, 15 min) at the start {} and the end {}{}.".format(
+                 *(", ".join(map(str, doc["load_average_1_5_15m"][k])) for k in ("start", "end")),
+                 ": the machine was loaded by other parallel work on its cores, which every figure includes (/healthz, "
+                 "one query, shows how much)" if max(loads[0], os.getloadavg()[0]) > 1 else ""), "",
              "| route | first ms | p50 ms | p95 ms | kB | target met |", "|---|---:|---:|---:|---:|---|"]
     for name, r in results.items():
         lines.append(f"| `{name}` | {r['first_ms']} | {r['p50_ms']} | {r['p95_ms']} | {r['bytes'] / 1e3:.1f} | "
