@@ -110,7 +110,9 @@ class Job(Base):
 
 class JobKey(Base):
     __tablename__ = "job_keys"
-    __table_args__ = (UniqueConstraint("job_id", "key_hash"), Index("ix_job_keys_key_hash", "key_hash"))
+    # ix_job_keys_state: the retune report's token counts keys by state (revision 0007)
+    __table_args__ = (UniqueConstraint("job_id", "key_hash"), Index("ix_job_keys_key_hash", "key_hash"),
+                      Index("ix_job_keys_state", "state"))
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     key_hash: Mapped[str] = mapped_column(String(16))
