@@ -21,6 +21,12 @@ WHERE b.superseded_at IS NULL AND b.kernel = ? AND b.kernel_version = ? AND dc.s
 ORDER BY b.created_at DESC, b.id DESC
 """
 BY_KEY, BY_DTYPE = _CURRENT.format(column="key_hash"), _CURRENT.format(column="dtype")
+# the winners drop-in kernels reported for one key (db.reported; oldest first, as its reader)
+REPORTED = """
+SELECT key, config, fingerprint, reported_at FROM reported_configs
+WHERE kernel = ? AND kernel_version = ? AND device_class = ? AND key_hash = ?
+ORDER BY reported_at, id
+"""
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -33,23 +39,42 @@ def sqlite_file(url: str) -> Path | None:
 
 
 def current_rows(path: Path, kernel: str, version: str, slug: str, *, key_hash: str | None = None,
-                 dtype: str | None = None) -> list[tuple[Any, str, Any, str | None]]:
+                 dtype: str | None = None, _query: str | None = None) -> list[tuple[Any, str, Any, str | None]]:
     """(dims, fingerprint hash, config, tuned_at as ISO-8601) of the current bests of one key
     (key_hash) or one dtype, newest first. The file is opened read-only: a missing one raises
     FileNotFoundError instead of being created empty."""
     import json
-    import sqlite3
     from datetime import datetime, timezone
+
+    query = _query or (BY_KEY if key_hash is not None else BY_DTYPE)
+    found = _read(path, query, (kernel, version, slug, key_hash if key_hash is not None else dtype))
+    # SQLite keeps UTC wall-clock text: made aware as db.models.UTCDateTime makes it
+    return [(json.loads(key)["dims"], fp, json.loads(config),
+             datetime.fromisoformat(created).replace(tzinfo=timezone.utc).isoformat() if created else None)
+            for key, config, fp, created in found]
+
+
+def reported_rows(path: Path, kernel: str, version: str, slug: str,
+                  key_hash: str) -> list[tuple[Any, str, Any, str | None]]:
+    """(dims, fingerprint hash, config, reported_at) of the winners reported for one key, oldest
+    first; none from a database not yet upgraded to hold them (its bests are still served)."""
+    import sqlite3
+
+    try:
+        return current_rows(path, kernel, version, slug, key_hash=key_hash, _query=REPORTED)
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+
+
+def _read(path: Path, query: str, params: tuple) -> list[tuple]:
+    import sqlite3
 
     if not path.exists():
         raise FileNotFoundError(f"no tuning database at {path}")
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
     try:
-        found = conn.execute(BY_KEY if key_hash is not None else BY_DTYPE,
-                             (kernel, version, slug, key_hash if key_hash is not None else dtype)).fetchall()
+        return conn.execute(query, params).fetchall()
     finally:
         conn.close()
-    # SQLite keeps UTC wall-clock text: made aware as db.models.UTCDateTime makes it
-    return [(json.loads(key)["dims"], fp, json.loads(config),
-             datetime.fromisoformat(created).replace(tzinfo=timezone.utc).isoformat() if created else None)
-            for key, config, fp, created in found]

@@ -110,7 +110,7 @@ class Job(Base):
 
 class JobKey(Base):
     __tablename__ = "job_keys"
-    # ix_job_keys_state: the retune report's token counts keys by state (revision 0007)
+    # ix_job_keys_state: the retune report's token counts keys by state (revision 0009)
     __table_args__ = (UniqueConstraint("job_id", "key_hash"), Index("ix_job_keys_key_hash", "key_hash"),
                       Index("ix_job_keys_state", "state"))
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -136,7 +136,8 @@ class TuningTrial(Base):
         Index("ix_trials_progress", "job_key_id", "status", "median_ms",
               postgresql_include=["device_class_id", "worker_id", "config_hash"]),
         Index("ix_trials_created", "created_at"),
-        # a finished job key's newest trial, the token its held tally stands on (revision 0007)
+        Index("ix_trials_worker", "worker_id"),  # pruning gone workers (revision 0007)
+        # a finished job key's newest trial, the token its held tally stands on (revision 0009)
         Index("ix_trials_job_key_order", "job_key_id", "id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -169,6 +170,7 @@ class TrialClaim(Base):
     of a trial that Optuna's heartbeat found dead is deleted, so the configuration can be proposed
     again and a late result of a stopped worker is dropped, never stored twice."""
     __tablename__ = "trial_claims"
+    __table_args__ = (Index("ix_claims_worker", "worker_id"),)  # pruning gone workers (revision 0007)
     study_name: Mapped[str] = mapped_column(String(200), primary_key=True)
     config_hash: Mapped[str] = mapped_column(String(16), primary_key=True)
     trial_number: Mapped[int] = mapped_column(Integer)  # the claimant's Optuna trial in the study
@@ -241,6 +243,24 @@ class RuntimeMiss(TuningKeyColumns, Base):
     count: Mapped[int] = mapped_column(BigInteger)
     first_seen: Mapped[datetime]
     last_seen: Mapped[datetime]
+
+
+class ReportedConfig(TuningKeyColumns, Base):
+    """The winner a drop-in kernel (@autotune with on_miss="autotune") timed in a model process for
+    a key nothing measured was stored for, as the FIRST process to report it reported it: one row
+    per kernel version, key, class and stack, never overwritten (db.reported.record_reported
+    inserts or does nothing), so every process and rank that asks later is served this one and
+    they agree. The runtime serves it below measured bests (level "reported"); a measured best of
+    the key always outranks it. Class and stack as the runtime names them (slug, hash)."""
+    __tablename__ = "reported_configs"
+    __table_args__ = (UniqueConstraint("kernel", "kernel_version", "key_hash", "device_class", "fingerprint",
+                                       name="uq_reported_config"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_class: Mapped[str] = mapped_column(String(80))
+    fingerprint: Mapped[str] = mapped_column(String(80))
+    config: Mapped[dict[str, Any]]
+    median_ms: Mapped[float] = mapped_column(Float)  # as the reporting process timed it
+    reported_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ImportedConfig(Base):

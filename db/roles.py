@@ -7,13 +7,14 @@ The roles (cluster-wide: created once by an administrator, with the SQL in the R
     ours and Optuna's, and is the only role that may create, alter or drop one;
   - WORKER (`tuner_worker`): workers, the scheduler and the CLI. Reads and writes the rows of the
     service (jobs, trials, bests, leases, the Optuna studies); deletes only leases, claims, old
-    miss rows (the janitor's prune) and Optuna's rows; never creates, alters, truncates or drops a
-    table, nor deletes a job, a trial or a best configuration;
+    miss rows and the rows of long-gone workers (the janitor's prunes) and Optuna's rows; never
+    creates, alters, truncates or drops a table, nor deletes a job, a trial or a best configuration;
   - API (`tuner_api`): `tuner serve`. Reads every table; writes only jobs and their keys (submit,
-    cancel) and adds miss counts to `runtime_misses` (POST /v1/misses); never a trial, a best, a
-    worker or a device name, and deletes nothing;
+    cancel), adds miss counts to `runtime_misses` and reported winners to `reported_configs`
+    (POST /v1/misses); never a trial, a best, a worker or a device name, and deletes nothing;
   - RUNTIME (`tuner_runtime`): inference hosts (`tuner.runtime`). Reads the best configurations
-    and the identity rows they join, nothing else; adds miss counts to `runtime_misses`.
+    and the identity rows they join, nothing else; adds miss counts to `runtime_misses`, and reads
+    and adds (never changes: the first stays) the winners drop-in kernels timed, `reported_configs`.
 Grants go only to roles that exist; a role this database does not know is skipped.
 """
 from __future__ import annotations
@@ -24,20 +25,25 @@ WORKER, API, RUNTIME = "tuner_worker", "tuner_api", "tuner_runtime"
 # our tables, and what the worker role may do with each (Optuna's tables: all but DDL)
 WORKER_TABLES = {
     "device_classes": "SELECT, INSERT, UPDATE", "stack_fingerprints": "SELECT, INSERT, UPDATE",
-    "workers": "SELECT, INSERT, UPDATE", "jobs": "SELECT, INSERT, UPDATE", "job_keys": "SELECT, INSERT, UPDATE",
+    "workers": "SELECT, INSERT, UPDATE, DELETE",  # the janitor deletes those gone for TUNER_WORKERS_KEEP_DAYS
+    "jobs": "SELECT, INSERT, UPDATE", "job_keys": "SELECT, INSERT, UPDATE",
     "tuning_trials": "SELECT, INSERT, UPDATE", "best_configs": "SELECT, INSERT, UPDATE",
     "tuner_locks": "SELECT, INSERT, UPDATE, DELETE", "trial_claims": "SELECT, INSERT, UPDATE, DELETE",
     "tuner_alembic_version": "SELECT",
     # the runtime's miss counts (`tuner misses`, `retune --misses` read them; the janitor prunes the
     # old ones) and imported seed configurations (added and updated, never deleted)
     "runtime_misses": "SELECT, INSERT, UPDATE, DELETE", "imported_configs": "SELECT, INSERT, UPDATE",
+    # winners drop-in kernels reported (`tuner misses import`): first wins, so never updated
+    "reported_configs": "SELECT, INSERT",
 }
 OPTUNA_READ_ONLY = ("version_info", "alembic_version")  # Optuna's schema version: `tuner db upgrade` writes it
 API_WRITES = {"jobs": "SELECT, INSERT, UPDATE", "job_keys": "SELECT, INSERT, UPDATE",
-              "runtime_misses": "SELECT, INSERT, UPDATE"}  # every other table: SELECT
+              "runtime_misses": "SELECT, INSERT, UPDATE",
+              "reported_configs": "SELECT, INSERT"}  # every other table: SELECT
 RUNTIME_TABLES = {"best_configs": "SELECT", "device_classes": "SELECT", "stack_fingerprints": "SELECT",
                   "tuner_alembic_version": "SELECT",
-                  "runtime_misses": "SELECT, INSERT, UPDATE"}  # the runtime's miss counts
+                  "runtime_misses": "SELECT, INSERT, UPDATE",  # the runtime's miss counts
+                  "reported_configs": "SELECT, INSERT"}  # drop-ins' winners: read, and added, never changed
 
 
 def _q(name: str) -> str:

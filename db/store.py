@@ -315,6 +315,8 @@ def record_misses(s: Session, records: Iterable[dict[str, Any]], chunk: int = 50
     now = utcnow()
     merged: dict[tuple, dict[str, Any]] = {}
     for r in records:
+        if not r["count"]:  # a record carrying only a drop-in's reported winner (db.reported)
+            continue
         k = tuple(r[f] for f in _MISS_KEY)
         last = min(r["last_seen"], now)
         first = min(r["first_seen"], last)

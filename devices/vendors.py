@@ -1,7 +1,8 @@
 """What the service must know of each GPU vendor, in one place: adding a vendor is one class here
-and one line in VENDORS (plus its architectures' limits in search_spaces/base.py).
+and one line in VENDORS (plus its architectures' limits in devices/targets.py).
 
 A vendor decides: whether a device's properties are its own and which architecture they name;
+whether a launch on a torch device is its backend's (`launch_vendor`, which every kernel asks);
 the limits of an architecture nobody has entered yet; the driver and GPU runtime versions of the
 stack fingerprint; and the Triton backend that builds for it. Nothing here imports torch or triton
 at module level: the runtime lookup imports this module.
@@ -50,6 +51,11 @@ class Vendor:
     def runtime(self) -> str:
         return "none"
 
+    def runs(self, device_type: str, hip: str | None, cuda: str | None) -> bool:
+        """Whether this vendor's Triton backend runs a launch on tensors of torch's `device_type`
+        ("cpu", "cuda", ...) under a torch built for `hip` and `cuda` (torch.version's fields)."""
+        return False
+
     def triton_target(self, target: Target):
         """Triton's GPUTarget for one of this vendor's architectures (for builds without the device)."""
         raise SpecError(f"{target.arch} has no binary to build; name a GPU architecture such as sm_90")
@@ -66,6 +72,9 @@ class Cpu(Vendor):
 
     def generic_target(self, arch, compute_units):
         return target_for("interpreter", compute_units)
+
+    def runs(self, device_type, hip, cuda):
+        return device_type == "cpu"  # the Triton interpreter, whatever torch was built for
 
 
 class Amd(Vendor):
@@ -85,6 +94,9 @@ class Amd(Vendor):
         # gfx9 (GCN/CDNA) runs 64-wide wavefronts; RDNA (gfx10+) is compiled wave32 by Triton
         warp = 64 if re.fullmatch(r"gfx9[0-9a-f]{1,2}", arch) else 32
         return Target("amd", arch, 65536, warp, 512, compute_units)
+
+    def runs(self, device_type, hip, cuda):
+        return device_type == "cuda" and hip is not None  # ROCm torch names its GPUs "cuda" too
 
     def driver(self):
         version = _read("/sys/module/amdgpu/version").strip()
@@ -119,6 +131,9 @@ class Nvidia(Vendor):
         # 48 KiB is the per-block shared memory every CUDA GPU grants without the opt-in
         return Target("nvidia", arch, 49152, 32, 255, compute_units)
 
+    def runs(self, device_type, hip, cuda):
+        return device_type == "cuda" and hip is None and cuda is not None
+
     def driver(self):
         # the kernel module's version, e.g. 555.42.06: a point release changes it but not the CUDA
         # driver API version (12.5), and point releases do change code generation and timing
@@ -151,6 +166,18 @@ _BY_NAME = {v.name: v for v in VENDORS}
 
 def for_props(props: Mapping[str, Any]) -> Vendor:
     return next(v for v in VENDORS if v.claims(props))
+
+
+def launch_vendor(device_type: str, hip: str | None, cuda: str | None) -> str:
+    """The vendor whose backend runs a launch on a tensor of `device_type` under a torch built for
+    `hip` and `cuda` (torch.version.hip, .cuda): the one rule every kernel's launch splits its
+    configuration by (KernelSpec.vendor_of). A device no vendor here runs (an XPU, a torch built for
+    neither) is refused rather than launched with another vendor's options."""
+    for vendor in VENDORS:
+        if vendor.runs(device_type, hip, cuda):
+            return vendor.name
+    raise SpecError(f"no vendor here launches Triton kernels on {str(device_type)[:20]} tensors (torch built for "
+                    f"hip={hip}, cuda={cuda}); add one to devices/vendors.py")
 
 
 def get(name: str) -> Vendor:

@@ -68,16 +68,12 @@ def error_message(exc: BaseException) -> str:
 
 def _inputs_for(spec, key, device: str, seed: int, keep: int = 4, reference: bool = True,
                 routing: str = DEFAULT_ROUTING, signature: dict | None = None):
-    """(inputs, reference or None) for one seed, cached: the last `keep` input sets stay. A routing
-    other than the default is handed to a kernel that routes tokens (its make_inputs takes it), a
-    launch signature to a drop-in kernel."""
+    """(inputs, reference or None) for one seed, cached: the last `keep` input sets stay. What a
+    routing or a launch signature means for the inputs is the kernel's (`KernelSpec.trial_inputs`)."""
     k = (key.kernel, key.version, key.stable_hash, device, seed, routing,
          None if signature is None else canonical_json(signature))
     if k not in _inputs:
-        extra = {} if routing == DEFAULT_ROUTING else {"routing": routing}
-        if signature is not None:
-            extra["signature"] = signature
-        _inputs[k] = (spec.make_inputs(key, device, seed, **extra), None)
+        _inputs[k] = (spec.trial_inputs(key, device, seed, routing, signature), None)
     _inputs.move_to_end(k)
     inputs, ref = _inputs[k]
     if reference and ref is None:

@@ -8,6 +8,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from search_spaces.base import DEFAULT_ROUTING  # the kernels' default routing, named in requests
+
 STATUSES = ("ok", "invalid", "compile_error", "out_of_resources", "wrong_result", "timeout", "crashed")
 
 
@@ -20,7 +22,6 @@ def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-DEFAULT_ROUTING = "uniform"
 MAX_ROTATE_BUFFERS = 16  # input sets kept at once: 16 sets of a 4096x14336 bf16 matmul take 4.3 GB
 
 
@@ -32,7 +33,7 @@ class Measurement:
     rotate_buffers: int = 1  # input sets cycled through, one per repetition, so no cache keeps them
     cuda_graph: bool = False  # time replays of a captured CUDA graph (GPU only; ignored on the CPU)
     max_cv: float | None = None  # above this cv, measure once more with twice the reps; keep the steadier
-    # how the inputs route tokens, for a kernel that routes them (fused_moe: uniform or skewed top-k)
+    # how the inputs route tokens, for a kernel that routes them (one of its KernelSpec.routings)
     routing: str = DEFAULT_ROUTING
 
     def __post_init__(self) -> None:
@@ -98,7 +99,7 @@ class TrialRequest:
     cuda_graph: bool = False
     max_cv: float | None = None
     routing: str = DEFAULT_ROUTING
-    # the launch signature a drop-in kernel's inputs are rebuilt from (search_spaces/dropin.py)
+    # the launch signature a kernel's inputs are rebuilt from (KernelSpec.trial_inputs: the drop-ins')
     signature: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:

@@ -7,18 +7,19 @@ spaces without a GPU stack. Kernel modules import those themselves.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import itertools
 import json
 import math
-import re
-import sys
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 from devices.targets import ANY_LAUNCH_OPTION, Target, launch_options
 from keys import DTYPES, Config, SpecError, TuningKey, canonical_json, config_hash, nearest
+
+
+# how a routing kernel's inputs route tokens unless a job names another of its `routings`
+DEFAULT_ROUTING = "uniform"
 
 
 class LazyTorch:
@@ -95,55 +96,6 @@ def require_launchable(on_cpu: bool) -> None:
                            "environment before the first import of triton")
 
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_PLAIN = (int, float, str, bytes, bool, type(None))
-
-
-def _plain(value: Any) -> bool:
-    if isinstance(value, (tuple, list, frozenset, set)):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(_plain(k) and _plain(v) for k, v in value.items())
-    return isinstance(value, _PLAIN)
-
-
-def kernel_source(cls: type) -> str:
-    """The code a kernel class stands for: its own source and that of its bases in the same module,
-    then, transitively, every function, class and @triton.jit kernel of that module the code names
-    (a jit function by its Python source), and the plain constants it names (by repr). What
-    another kernel of the module alone uses is left out, so editing it changes nothing here."""
-    module = sys.modules.get(cls.__module__)
-    names = vars(module) if module is not None else {}
-
-    def source(obj: Any) -> str | None:
-        if isinstance(obj, LazyTorch):  # asking it for .fn would import torch
-            return None
-        fn = getattr(obj, "fn", None)  # a JITFunction (or the interpreter's) wraps the Python function
-        target = fn if callable(fn) and not inspect.isclass(obj) else obj
-        if (inspect.isfunction(target) or inspect.isclass(target)) and target.__module__ == cls.__module__:
-            try:
-                return inspect.getsource(target)
-            except (OSError, TypeError):
-                return target.__qualname__
-        return None
-
-    own = [c for c in reversed(cls.__mro__) if c.__module__ == cls.__module__]
-    parts = [source(c) or c.__qualname__ for c in own]
-    seen, todo = {c.__name__ for c in own}, list(parts)
-    while todo:
-        for name in sorted(set(_NAME.findall(todo.pop(0))) - seen):
-            if name not in names:
-                continue
-            seen.add(name)
-            text = source(names[name])
-            if text is not None:
-                parts.append(text)
-                todo.append(text)
-            elif _plain(names[name]):
-                parts.append(f"{name} = {names[name]!r}")
-    return "\n".join(parts)
-
-
 @dataclass(frozen=True)
 class Specialization:
     """A launch's exact specialization without inputs, in the form Triton's `warmup` takes:
@@ -178,12 +130,21 @@ class KernelSpec:
     # how a kernel that routes tokens (a mixture of experts) may draw the routing of its inputs, the
     # default first; make_inputs takes `routing=` for the others. Empty: the kernel routes nothing.
     routings: ClassVar[tuple[str, ...]] = ()
+    # the export formats (tuner/formats/: "vllm", "sglang", "vllm-lora") that write this kernel's
+    # bests for a server to read: a format writes the kernels that declare it, and refuses others
+    exports: ClassVar[tuple[str, ...]] = ()
+    # the smallest (dims, dtype) that still runs every part of the kernel: where the conformance
+    # test (tests/test_conformance.py) runs it on the interpreter. None: every dim 16, the first dtype
+    tiny_shape: ClassVar[tuple[dict[str, int], str] | None] = None
 
     # ---- identity -------------------------------------------------------------------
     @cached_property
     def version(self) -> str:
-        """A hash of this kernel's own code (see `kernel_source`): an edit to it gets a new version,
-        and an edit to another kernel of the same module does not."""
+        """A hash of the code that decides what this kernel does (search_spaces/versions.py
+        `kernel_source`): an edit to it gets a new version; a comment, a docstring or an edit to
+        another kernel's code does not."""
+        from search_spaces.versions import kernel_source  # here: that module reads this one's classes
+
         return hashlib.sha256(kernel_source(type(self)).encode()).hexdigest()[:12]
 
     def example_dims(self) -> dict[str, int]:
@@ -227,6 +188,19 @@ class KernelSpec:
         options = launch_options(vendor)
         args = {k: v for k, v in config.items() if k not in ANY_LAUNCH_OPTION and k not in self.grid_only}
         return args, {k: v for k, v in config.items() if k in options}
+
+    @staticmethod
+    def vendor_of(where: Any) -> str:
+        """The vendor whose Triton backend runs a launch on `where` (a tensor, a torch.device or a
+        device string such as "cuda:0"): devices/vendors.py's `launch_vendor`, the one rule every
+        kernel splits its launch by ("cpu" for the interpreter). A kernel never decides it itself,
+        so a new vendor is one class there, not an `else` in every kernel."""
+        import torch
+
+        from devices.vendors import launch_vendor
+
+        device = where.device if isinstance(where, torch.Tensor) else torch.device(where)
+        return launch_vendor(device.type, torch.version.hip, torch.version.cuda)
 
     def triton_config(self, config: Config, vendor: str):
         """The configuration as @triton.autotune takes it (for comparisons with it)."""
@@ -292,6 +266,20 @@ class KernelSpec:
     # ---- running --------------------------------------------------------------------
     def make_inputs(self, key: TuningKey, device: str, seed: int) -> Any:
         raise NotImplementedError
+
+    def trial_inputs(self, key: TuningKey, device: str, seed: int, routing: str = DEFAULT_ROUTING,
+                     signature: Mapping[str, Any] | None = None) -> Any:
+        """The inputs of one trial as its request describes them: the routing it names, for a
+        kernel that routes tokens (`routings`; SpecError for one it does not have), and the launch
+        signature a miss recorded, for a kernel whose inputs are rebuilt from one (a drop-in
+        overrides this; others have no use for it). The harness asks only this, so a kernel whose
+        inputs take something new says so here, not in harness/."""
+        if routing == DEFAULT_ROUTING:
+            return self.make_inputs(key, device, seed)
+        if routing not in self.routings:
+            have = f"use one of {', '.join(self.routings)}" if self.routings else "it routes no tokens"
+            raise SpecError(f"{self.name} has no routing {str(routing)[:40]!r}; {have}")
+        return self.make_inputs(key, device, seed, routing=routing)
 
     def launch(self, config: Config, inputs: Any) -> Any:
         raise NotImplementedError

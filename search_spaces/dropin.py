@@ -24,7 +24,8 @@ from typing import Any, Mapping
 
 from keys import DTYPES, Config, TuningKey, canonical_json
 from devices.targets import Target
-from search_spaces.base import KernelSpec, LazyTorch
+from search_spaces.base import DEFAULT_ROUTING, KernelSpec, LazyTorch
+from search_spaces.versions import normalized_source
 
 torch = LazyTorch(globals())
 
@@ -156,9 +157,9 @@ class DropinSpec(KernelSpec):
     @property
     def version(self) -> str:
         k = self.kernel
-        try:
-            source = inspect.getsource(k.base_fn)
-        except (OSError, TypeError):
+        try:  # normalized: a comment or docstring edited in the kernel is no new version
+            source = normalized_source(inspect.getsource(k.base_fn))
+        except (OSError, TypeError, SyntaxError):
             source = k.base_fn.__qualname__
         data = canonical_json({"configs": [config_dict(c) for c in k.configs], "key": list(k.keys)})
         return hashlib.sha256((source + data).encode()).hexdigest()[:12]
@@ -197,6 +198,13 @@ class DropinSpec(KernelSpec):
                              f"({'none recorded for this key' if signature is None else 'not a tensor or scalar'}); "
                              "give @autotune an inputs= function that makes them")
         return DropinInputs(args, sig)
+
+    def trial_inputs(self, key: TuningKey, device: str, seed: int, routing: str = DEFAULT_ROUTING,
+                     signature: Mapping[str, Any] | None = None) -> DropinInputs:
+        """Rebuilt from the launch signature the request carries (no routing: a drop-in routes nothing)."""
+        if routing != DEFAULT_ROUTING:
+            return super().trial_inputs(key, device, seed, routing)  # refused there, with the reason
+        return self.make_inputs(key, device, seed, signature)
 
     def launch(self, config: Config, inputs: DropinInputs) -> list:
         k = self.kernel

@@ -162,6 +162,7 @@ def _grid(config: Config, d: Mapping[str, int]) -> tuple[int, int]:
 class FlashAttention(KernelSpec):
     name = "flash_attention"
     key_names = ("BH", "N_CTX", "HEAD_DIM", "STAGE")
+    tiny_shape = ({"BH": 1, "N_CTX": 32, "HEAD_DIM": 16, "STAGE": 3}, "float32")  # causal: both loops
     # outputs are convex combinations of v ~ N(0, 1); fp32 uses tl.dot's TF32 on GPUs, and p is
     # rounded to the input dtype before the second dot (as the tutorial does)
     tolerances = {"float16": (1e-2, 1e-2), "bfloat16": (3e-2, 2e-2), "float32": (1e-2, 1e-2)}
@@ -309,7 +310,7 @@ class FlashAttention(KernelSpec):
         o = torch.empty_like(q)  # fresh per launch, so no config passes on an earlier one's output
         require_launchable(on_cpu=q.device.type == "cpu")
         interpret = bool(triton.knobs.runtime.interpret)
-        vendor = "amd" if q.is_cuda and torch.version.hip is not None else "nvidia"
+        vendor = self.vendor_of(q)
         d = {"BH": bh, "N_CTX": n, "HEAD_DIM": hd, "STAGE": 3 if causal else 1}
         flash_attention_kernel[_grid(config, d)](
             q, k, v, o, 1.0 / math.sqrt(hd), *q.stride(), *k.stride(), *v.stride(), *o.stride(), bh, n,

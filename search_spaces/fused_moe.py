@@ -185,6 +185,8 @@ class FusedMoe(KernelSpec):
     # ulp where the two round differently
     tolerances = {"float16": (1e-2, 1e-2), "bfloat16": (3e-2, 2e-2), "float32": (1e-4, 1e-3)}
     routings = ROUTINGS
+    exports = ("vllm", "sglang")  # vLLM's and SGLang's fused_moe_kernel files (E, N, M, dtype)
+    tiny_shape = ({"E": 4, "N": 32, "K": 32, "topk": 2, "M": 4}, "float32")
 
     def make_key(self, dims, dtype: str) -> TuningKey:
         key = super().make_key(dims, dtype)
@@ -304,7 +306,7 @@ class FusedMoe(KernelSpec):
         topk = ids.shape[1]
         require_launchable(on_cpu=x.device.type == "cpu")
         al = self._aligned(inputs, config["BLOCK_SIZE_M"])
-        vendor = "amd" if x.is_cuda and torch.version.hip is not None else "nvidia"
+        vendor = self.vendor_of(x)
         meta = self._meta(config, vendor, str(x.dtype).removeprefix("torch."), bool(triton.knobs.runtime.interpret))
         em = _em(config, m, e, topk)
         pairs = m * topk

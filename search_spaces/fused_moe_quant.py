@@ -21,8 +21,6 @@ unquantized per-expert computation, so what the kernel must get right is the sca
 """
 from __future__ import annotations
 
-import hashlib
-from functools import cached_property
 from typing import Any, NamedTuple
 
 import triton
@@ -32,7 +30,7 @@ from search_spaces import fused_moe_vllm as vllm_data
 from search_spaces.fused_moe_vllm import SCHEMES, Scheme
 from keys import Config, SpecError, TuningKey
 from devices.targets import Target
-from search_spaces.base import LazyTorch, Specialization, kernel_source, require_launchable
+from search_spaces.base import LazyTorch, Specialization, require_launchable
 from search_spaces.fused_moe import FusedMoe, _em, _grid, align, draw, grouped_block
 from search_spaces.gemm import AMD_ACC_LIMIT, REGISTERS, mma_path, tile_refusal
 
@@ -121,9 +119,10 @@ class QuantInputs(NamedTuple):
     aligned: dict
 
 
-def fp8_dtype(hip: bool):
-    """The fp8 type the GPU computes in: e4m3fn on NVIDIA (and the interpreter), e4m3fnuz on gfx942."""
-    return torch.float8_e4m3fnuz if hip else torch.float8_e4m3fn
+def fp8_dtype(vendor: str):
+    """The fp8 type the vendor's GPU computes in: e4m3fnuz on AMD's (gfx942), e4m3fn on NVIDIA's
+    and in the interpreter (a vendor's fact, by the vendor's name: devices/vendors.py)."""
+    return torch.float8_e4m3fnuz if vendor == "amd" else torch.float8_e4m3fn
 
 
 def quantize_groups(x: torch.Tensor, group: int, dtype) -> Quantized:
@@ -178,13 +177,8 @@ def dequantize_weights(w: Quantized, scheme: Scheme) -> torch.Tensor:
 class FusedMoeQuant(FusedMoe):
     name = "fused_moe_quant"
 
-    @cached_property
-    def version(self) -> str:
-        """A hash of this kernel's code and of FusedMoe's (the alignment, grid, limits and space it
-        runs on live there): an edit to either gets a new version."""
-        return hashlib.sha256((kernel_source(type(self)) + kernel_source(FusedMoe)).encode()).hexdigest()[:12]
-
     dtypes = tuple(SCHEMES)
+    tiny_shape = ({"E": 4, "N": 256, "K": 256, "topk": 2, "M": 2}, "fp8_w8a8_block128")  # one 128 block a side
     # outputs ~N(0, 0.3); the kernel and the reference quantize the same activations, so what
     # differs is fp32 summation order, one bf16 ulp of h where the two round it differently, and
     # the fp8 step that ulp may move an activation across: up to max|a| / 14 per tensor, ~0.03
@@ -269,7 +263,7 @@ class FusedMoeQuant(FusedMoe):
     def make_inputs(self, key: TuningKey, device: str, seed: int, routing: str = "uniform") -> QuantInputs:
         scheme = SCHEMES[key.dtype]
         x, w1, w2, ids, weights = draw(key, seed, routing)
-        f8 = fp8_dtype(device.startswith("cuda") and torch.version.hip is not None)
+        f8 = fp8_dtype(self.vendor_of(device))
         q1, q2 = quantize_weights(w1, scheme, f8), quantize_weights(w2, scheme, f8)
         on = lambda w: Quantized(w.q.to(device), w.scale.to(device))  # noqa: E731
         return QuantInputs(x.to(device=device, dtype=getattr(torch, COMPUTE)), on(q1), on(q2), weights.to(device),
@@ -305,9 +299,9 @@ class FusedMoeQuant(FusedMoe):
         e, n2, _ = w1.q.shape
         topk = ids.shape[1]
         require_launchable(on_cpu=x.device.type == "cpu")
-        hip = x.is_cuda and torch.version.hip is not None
-        scheme, f8 = SCHEMES[dtype], fp8_dtype(hip)
-        meta = self._meta(config, "amd" if hip else "nvidia", dtype, bool(triton.knobs.runtime.interpret))
+        vendor = self.vendor_of(x)
+        scheme, f8 = SCHEMES[dtype], fp8_dtype(vendor)
+        meta = self._meta(config, vendor, dtype, bool(triton.knobs.runtime.interpret))
         em, pairs = _em(config, m, e, topk), m * topk
         # the activations' quantization is vLLM's separate op before each GEMM, timed with the layer
         h = torch.empty((pairs, n2), device=x.device, dtype=x.dtype)
@@ -321,7 +315,7 @@ class FusedMoeQuant(FusedMoe):
         """Weights and quantized activations dequantized to fp32, then the unquantized layer expert
         by expert, rounding h, a and y to bf16 where the kernel stores them."""
         x, w1, w2, weights, ids, dtype, _ = inputs
-        scheme, f8 = SCHEMES[dtype], fp8_dtype(x.is_cuda and torch.version.hip is not None)
+        scheme, f8 = SCHEMES[dtype], fp8_dtype(self.vendor_of(x))
         m, k = x.shape
         n = w2.q.shape[2]
         d1, d2 = dequantize_weights(w1, scheme), dequantize_weights(w2, scheme)
@@ -359,8 +353,8 @@ class FusedMoeQuant(FusedMoe):
         meta = self._meta(config, target.vendor, key.dtype, interpreted=False)
         em, pairs, i32, f32 = _em(config, m, e, topk), m * topk, torch.int32, torch.float32
         bf = getattr(torch, COMPUTE)
-        act = fp8_dtype(target.is_hip) if scheme.act_quant else bf
-        weight = torch.int8 if scheme.weight == "int8" else fp8_dtype(target.is_hip)
+        act = fp8_dtype(target.vendor) if scheme.act_quant else bf
+        weight = torch.int8 if scheme.weight == "int8" else fp8_dtype(target.vendor)
         specs = []
         for rows, cols, mul, tk in ((2 * n, k, False, topk), (k, n, True, 1)):
             groups = -(-cols // scheme.block[1]) if scheme.block else 0

@@ -19,10 +19,6 @@ bench/results/constraints-lora_*.md).
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
-import sys
-from functools import cached_property
 from typing import NamedTuple
 
 import triton
@@ -132,19 +128,14 @@ def tile_resources(config: Config, target: Target, a_bytes: int, b_bytes: int, o
 
 class LoraSpec(KernelSpec):
     """The two kernels' common part: key validation, the block limits, vLLM's default as the
-    default, and a version that covers this module too."""
+    default. Its code, and what of this module it names, counts in both kernels' versions
+    (search_spaces/versions.py follows it)."""
 
     hidden: str  # "K" (shrink) or "N" (expand): the key's hidden-size dim
     blocks: dict[str, str]  # block -> the key dim it tiles
     # outputs are ~N(0, 1); fp32 uses tl.dot's TF32 on GPUs (as matmul.py does); bf16 and fp16
     # round the inputs, both kernels accumulate in fp32
     tolerances = {"float16": (2e-2, 1e-2), "bfloat16": (5e-2, 2e-2), "float32": (1e-2, 1e-2)}
-
-    @cached_property
-    def version(self) -> str:
-        """A hash of the kernel's module and this one: both decide what a configuration does."""
-        source = "".join(inspect.getsource(sys.modules[m]) for m in (type(self).__module__, __name__))
-        return hashlib.sha256(source.encode()).hexdigest()[:12]
 
     def example_dims(self) -> dict[str, int]:
         return {"M": 64, self.hidden: 4096, "RANK": 16, "SLICES": 1, "LORAS": 4}
@@ -184,7 +175,3 @@ class LoraSpec(KernelSpec):
     def known_good_from(self, configs: list[Config], key: TuningKey, target: Target) -> list[Config]:
         """configs shrunk to the problem, the valid ones, without repeats: a known-good list."""
         return self.valid_unique((self.shrunk(c, key, target) for c in configs), key, target)
-
-    @staticmethod
-    def vendor_of(t: torch.Tensor) -> str:
-        return "amd" if t.is_cuda and torch.version.hip is not None else "nvidia"

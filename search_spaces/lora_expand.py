@@ -103,6 +103,10 @@ class LoraExpand(LoraSpec):
     key_names = ("M", "N", "RANK", "SLICES", "LORAS")
     hidden = "N"
     blocks = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "RANK"}
+    exports = ("vllm-lora",)
+    # vLLM's file of this op (it adds into the output: add_inputs=True), the dims of its k and n levels
+    vllm_lora_op = ("EXPAND_TRUE", "RANK", "N")
+    tiny_shape = ({"M": 8, "N": 64, "RANK": 16, "SLICES": 2, "LORAS": 2}, "float32")
 
     def space(self, target: Target) -> dict[str, tuple]:
         if target.is_interpreter:

@@ -122,6 +122,9 @@ class LoraShrink(LoraSpec):
     key_names = ("M", "K", "RANK", "SLICES", "LORAS")
     hidden = "K"
     blocks = {"BLOCK_M": "M", "BLOCK_N": "RANK", "BLOCK_K": "K"}
+    exports = ("vllm-lora",)
+    vllm_lora_op = ("SHRINK", "K", "RANK")  # vLLM's file of this op, and the dims of its k and n levels
+    tiny_shape = ({"M": 8, "K": 64, "RANK": 16, "SLICES": 2, "LORAS": 2}, "float32")
 
     def space(self, target: Target) -> dict[str, tuple]:
         if target.is_interpreter:

@@ -559,6 +559,10 @@ BAD_MISSES = {
     "a family for a class": ({"records": [miss(device_class="h100")]}, 400, "is not a device-class slug"),
     "bad fingerprint": ({"records": [miss(fingerprint="x" * 80)]}, 400, "fingerprint must be a stack hash"),
     "count past the bound": ({"records": [miss(count=2**63 - 1)]}, 400, "count must be an integer from 1 to 1000000000"),
+    # a drop-in's reported winner is served to every process of the class: checked as a stored row
+    "a winner outside the space": ({"records": [miss(), miss(reported={"config": {"BLOCK_M": 1}, "median_ms": 1.0})]},
+                                   400, "records[1] is not a miss record (the reported configuration is refused"),
+    "a winner of another form": ({"records": [miss(reported=[1])]}, 400, "reported must be {config"),
 }
 
 

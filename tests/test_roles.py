@@ -107,9 +107,13 @@ def refused(url: str, sql: str) -> bool:
 def test_the_worker_role_writes_rows_and_nothing_else(roles):
     import optuna
 
-    from db import store
+    from datetime import timedelta
+
+    from db import models, store
+    from db.clock import utcnow
     from db.session import session_scope
     from search.studies import Heartbeats, storage
+    from workers.janitor import prune_workers
 
     url = roles["worker"]
     with session_scope(url) as s:
@@ -132,6 +136,10 @@ def test_the_worker_role_writes_rows_and_nothing_else(roles):
         store.release_lock(s, "l", "me")
         assert store.release_claims(s, "s", [1]) == 0
         assert store.finish_job(s, job) is None
+        s.add(models.Worker(name="gone@test", started_at=utcnow() - timedelta(days=30),
+                            heartbeat_at=utcnow() - timedelta(days=30), stopped_at=utcnow() - timedelta(days=30)))
+    with session_scope(url) as s:
+        assert prune_workers(s, 7, 60) == 1  # the janitor prunes the rows of workers long gone
     st = storage(url, 1, 2)  # the study storage: ask, heartbeat, tell
     study = optuna.create_study(study_name="s", storage=st)
     trial = study.ask()
@@ -150,6 +158,7 @@ def test_the_worker_role_writes_rows_and_nothing_else(roles):
 def test_the_runtime_role_reads_bests_and_writes_miss_counts_only(roles):
     from db import store
     from db.clock import utcnow
+    from db.reported import record_reported, reported_configs
     from db.session import session_scope
 
     url = roles["runtime"]
@@ -157,14 +166,21 @@ def test_the_runtime_role_reads_bests_and_writes_miss_counts_only(roles):
     miss = {"kernel": "trivial", "kernel_version": "v", "key_hash": "k" * 16, "device_class": "cpu-interpreter",
             "fingerprint": "f" * 16, "level": "default", "key": {"N": 1}, "dtype": "float32", "count": 1,
             "first_seen": now, "last_seen": now}
+    won = {**miss, "reported": {"config": {"P": 1}, "median_ms": 1.0}}  # a drop-in's winner, first wins
     with session_scope(url) as s:
         assert store.best_configs(s, kernel="trivial") == []
         assert store.record_misses(s, [miss]) == 1  # an insert
         assert store.record_misses(s, [miss]) == 1  # then an update of the same row
+        assert record_reported(s, [won]) == 1
+        assert record_reported(s, [{**won, "reported": {"config": {"P": 2}, "median_ms": 0.5}}]) == 1  # ignored
+        (row,) = reported_configs(s, kernel="trivial", kernel_version="v", key_hash="k" * 16,
+                                  device_class="cpu-interpreter")
+        assert row.config == {"P": 1}
     for sql in ("SELECT * FROM jobs", "SELECT * FROM tuning_trials", "SELECT * FROM workers", "SELECT * FROM trials",
                 "INSERT INTO device_classes (slug, vendor, arch, name, compute_units, memory_gb, created_at) "
                 "VALUES ('x', 'x', 'x', 'x', 1, 1, now())", "UPDATE best_configs SET median_ms = 0",
-                "DELETE FROM runtime_misses", "CREATE TABLE mine (x integer)"):
+                "DELETE FROM runtime_misses", "CREATE TABLE mine (x integer)",
+                "UPDATE reported_configs SET config = '{}'", "DELETE FROM reported_configs"):
         assert refused(url, sql), sql
 
 
@@ -188,6 +204,17 @@ def test_the_api_role_serves_the_api_and_cannot_write_bests(roles, tmp_path):
     assert job.status_code == 201, job.text
     assert api.post(f"{job.json()['url']}/cancel", headers=AUTH).json()["state"] == "cancelled"
     assert api.post("/v1/misses", json={"records": [miss()]}, headers=AUTH).json() == {"records": 1, "rows": 1}
+    from devices.classes import class_for
+    from search_spaces import registry
+    from tests.test_api import MISS_DIMS
+
+    spec = registry.get("matmul")  # a drop-in's winner posted alone (its launches went out before)
+    won = spec.default(spec.make_key(MISS_DIMS, "float16"), class_for("h100-sxm-80gb").target)
+    posted = api.post("/v1/misses", json={"records": [miss(count=0, reported={"config": won, "median_ms": 0.1})]},
+                      headers=AUTH)
+    assert posted.json() == {"records": 1, "rows": 0}, posted.text
+    assert [e["config"] for e in api.get("/v1/bundle?device_class=h100-sxm-80gb", headers=AUTH).json()["reported"]
+            ] == [won]
     for path in ("/v1/jobs", job.json()["url"], "/v1/workers", "/v1/device-classes", "/v1/best?kernel=matmul",
                  "/v1/runtime-misses", "/v1/bundle?device_class=h100-sxm-80gb", "/metrics", "/healthz", "/"):
         r = api.get(path, headers=AUTH)
@@ -200,7 +227,8 @@ def test_the_api_role_serves_the_api_and_cannot_write_bests(roles, tmp_path):
                 "UPDATE tuning_trials SET median_ms = 0", "UPDATE workers SET name = 'x'",
                 "UPDATE device_classes SET device_names = '[]'", "INSERT INTO stack_fingerprints (id) VALUES (999)",
                 "DELETE FROM jobs", "DELETE FROM runtime_misses", "UPDATE tuner_locks SET holder = 'x'",
-                "UPDATE trials SET state = 'FAIL'", "CREATE TABLE mine (x integer)"):
+                "UPDATE trials SET state = 'FAIL'", "CREATE TABLE mine (x integer)",
+                "UPDATE reported_configs SET config = '{}'", "DELETE FROM reported_configs"):
         assert refused(roles["api"], sql), sql
 
 

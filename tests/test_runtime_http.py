@@ -103,7 +103,8 @@ class Server:
                                       self.tls["key"]],
                                      # the server takes misses of the kernels it has registered only
                                      env=tuner_env(home, TUNER_DB_URL=db_url, TUNER_API_TOKEN=TOKEN,
-                                                   TUNER_KERNEL_MODULES="tests.kernels.tiles"), cwd=ROOT,
+                                                   TUNER_KERNEL_MODULES="tests.kernels.tiles,tests.kernels.reported"),
+                                     cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
         end = time.monotonic() + 120
@@ -111,6 +112,9 @@ class Server:
             assert self.proc.poll() is None, self.proc.communicate()[0]
             assert time.monotonic() < end, "tuner serve did not come up"
             time.sleep(0.3)
+        # the kernel modules imported now (the drop-in's imports torch: seconds on a busy machine), not
+        # by a runtime's first POST /v1/misses, which gives up after 5 s
+        self.get("/v1/kernels")
 
     def healthy(self) -> bool:
         import urllib.request
@@ -201,6 +205,25 @@ def test_a_miss_reaches_the_database_through_the_api(server, database, tmp_path)
     assert listed == [({"N": 100}, "nearest", 2)]  # the lookup and the explain
     api = [(r["key"], r["level"], r["count"]) for r in server.get("/v1/runtime-misses?kernel=tiles")]
     assert api == listed
+
+
+@pytest.mark.integration
+def test_a_drop_ins_reported_winner_is_served_over_http_to_the_next_process(server, database, tmp_path):
+    """@autotune(on_miss="autotune") behind a config server: the first process times and reports
+    (POST /v1/misses), and is served the stored winner once the bundle is fetched again; the next
+    process is served it from the bundle without timing (tests/test_dropin_reported.py, over HTTP)."""
+    from tests.test_dropin_reported import launch
+
+    env = tuner_env(tmp_path / "model", TUNER_CONFIG_URL=server.url, TUNER_API_TOKEN=TOKEN, TUNER_DEVICE="cpu",
+                    SSL_CERT_FILE=server.tls["ca"], TUNER_KERNEL_MODULES="tests.kernels.reported",
+                    TUNER_MISS_FLUSH_S="3600", TRITON_INTERPRET="1")
+    first = launch(env, 64, 700)
+    assert sorted(first["timed"]) == [32, 64, 128] and (first["block"], first["level"]) == (64, "reported")
+    second = launch({**env, "TUNER_HOME": str(tmp_path / "second")}, 128, 700)  # its own timing: 128
+    assert second == {"timed": [], "first": 64, "block": 64, "level": "reported"}
+    bundle = server.get("/v1/bundle?device_class=cpu-interpreter")
+    (entry,) = [e for e in bundle["reported"] if e["key"]["dims"] == {"N": 700}]
+    assert (entry["config"]["BLOCK"], entry["median_ms"]) == (64, 0.5)
 
 
 @pytest.mark.integration

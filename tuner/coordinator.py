@@ -295,10 +295,26 @@ def _default_hash(s, kernel: str, key: dict, device_class_id: int) -> str | None
         return None
 
 
-def jobs(settings: Settings, limit: int = 50) -> list[dict]:
+JOB_STATES = ("queued", "running", *FINAL)
+
+
+def jobs(settings: Settings, limit: int = 50, state: str | None = None, kernel: str | None = None,
+         device_class: str | None = None) -> list[dict]:
+    """The newest jobs, of a state, kernel and device class when given (the class as the job named
+    it, a family like h100, or the exact class it ran on)."""
+    if state and state not in JOB_STATES:
+        raise UserError(f"unknown job state {state[:40]!r}; one of {', '.join(JOB_STATES)}")
     url = open_for_read(settings)
     with session_scope(url) as s:
-        rows = s.execute(select(models.Job).order_by(models.Job.created_at.desc()).limit(limit)).scalars().all()
+        q = select(models.Job)
+        if state:
+            q = q.where(models.Job.state == state)
+        if kernel:
+            q = q.where(models.Job.kernel == kernel)
+        if device_class:
+            slug = select(models.DeviceClass.id).where(models.DeviceClass.slug == device_class).scalar_subquery()
+            q = q.where((models.Job.device_selector == device_class) | (models.Job.device_class_id == slug))
+        rows = s.execute(q.order_by(models.Job.created_at.desc()).limit(limit)).scalars().all()
         counts = dict(s.execute(select(models.TuningTrial.job_id, func.count())
                                 .where(models.TuningTrial.status != "invalid",
                                        models.TuningTrial.job_id.in_([j.id for j in rows]))

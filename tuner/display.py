@@ -22,8 +22,30 @@ def config_word(config: Mapping[str, Any] | None) -> str:
     return " ".join(["x".join(tile)] * bool(tile) + rest)
 
 
+MICRO_BELOW_MS = 0.1  # a time under this many milliseconds is written in µs
+
+
+def duration(value: float | None) -> str:
+    """A time given in milliseconds, in the unit that keeps its digits: '8.00 µs' below 0.1 ms
+    (written in ms it was '0.008', two digits lost), '0.250 ms', '1250.000 ms'. The one function
+    every table and page prints a time with."""
+    if value is None:
+        return "-"
+    if abs(value) < MICRO_BELOW_MS:
+        return f"{value * 1000:.2f} µs"
+    return f"{value:.3f} ms"
+
+
 def ms(value: float | None) -> str:
-    return f"{value:.3f}" if value is not None else "-"
+    """A time in milliseconds with its unit chosen (duration)."""
+    return duration(value)
+
+
+def time_axis(values) -> tuple[float, str]:
+    """(factor, unit) a plot of these times (in ms) draws them in: µs when every one is under
+    0.1 ms, so an axis of a fast kernel does not read 0.000 to 0.010."""
+    top = max((v for v in values if v is not None), default=None)
+    return (1000.0, "µs") if top is not None and top < MICRO_BELOW_MS else (1.0, "ms")
 
 
 def dims_word(dims: Mapping[str, Any], dtype: str | None = None) -> str:

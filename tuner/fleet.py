@@ -6,6 +6,7 @@ Every function but `queue_depths` works in the caller's session; `queue_depths` 
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from datetime import timedelta
@@ -16,8 +17,10 @@ from db import models, store
 from db.clock import utcnow
 from devices.classes import ALIASES
 from tuner import coordinator
+from tuner.db_open import open_for_read
+from tuner.errors import UserError
 from tuner.settings import Settings
-from workers.queues import QUEUE_PREFIX
+from workers.queues import QUEUE_PREFIX, is_class_queue
 
 RATE_WINDOW_S = 60.0  # trials per minute: counted over the last minute
 _apps: dict[str, object] = {}  # broker URL -> Celery app (building one costs ~50 ms)
@@ -35,20 +38,44 @@ def is_alive(worker: models.Worker, dead_after_s: float) -> bool:
 
 def workers(s, dead_after_s: float, limit: int | None = None) -> list[dict]:
     """Registered workers, live ones first, newest heartbeat first: at most `limit` (a fleet keeps
-    the rows of every worker that ever ran, thousands, which a page must not list whole)."""
-    W = models.Worker
+    the rows of every worker that ever ran until TUNER_WORKERS_KEEP_DAYS, thousands, which a page
+    must not list whole). `state`: live, crashed (silent past the grace without deregistering) or
+    stopped (deregistered); `job`, `kernel`, `key`: the job key it holds (workers.holding_key_id,
+    rewritten with every heartbeat; a crashed worker's is what it ran when it went silent)."""
+    W, K = models.Worker, models.JobKey
     cutoff = utcnow() - timedelta(seconds=dead_after_s)
     live = and_(W.stopped_at.is_(None), W.heartbeat_at >= cutoff)
-    q = (select(W, models.DeviceClass.slug, models.StackFingerprint)
+    q = (select(W, models.DeviceClass.slug, models.StackFingerprint, K, models.Job.kernel)
          .outerjoin(models.DeviceClass, models.DeviceClass.id == W.device_class_id)
          .outerjoin(models.StackFingerprint, models.StackFingerprint.id == W.fingerprint_id)
+         .outerjoin(K, K.id == W.holding_key_id).outerjoin(models.Job, models.Job.id == K.job_id)
          .order_by(case((live, 0), else_=1), W.heartbeat_at.desc().nulls_last(), W.id).limit(limit))
     return [{"name": w.name, "hostname": w.hostname, "pid": w.pid, "device": w.device, "device_class": slug,
              "fingerprint": fp.hash if fp else None,
              "stack": {k: getattr(fp, k) for k in ("driver", "runtime", "triton", "torch")} if fp else None,
-             "alive": is_alive(w, dead_after_s),
+             "alive": is_alive(w, dead_after_s), "state": worker_state(w, dead_after_s),
+             "job": held.job_id if held else None, "kernel": kernel if held else None,
+             "key_hash": held.key_hash if held else None,
+             "key": held.key.get("dims") if held and isinstance(held.key, dict) else None,
+             "dtype": held.key.get("dtype") if held and isinstance(held.key, dict) else None,
              "started_at": _iso(w.started_at), "heartbeat_at": _iso(w.heartbeat_at), "stopped_at": _iso(w.stopped_at)}
-            for w, slug, fp in s.execute(q).all()]
+            for w, slug, fp, held, kernel in s.execute(q).all()]
+
+
+def worker_state(w: models.Worker, dead_after_s: float) -> str:
+    """live, stopped (it deregistered: a clean stop) or crashed (its heartbeat lapsed)."""
+    if w.stopped_at is not None:
+        return "stopped"
+    return "live" if is_alive(w, dead_after_s) else "crashed"
+
+
+def prune(settings: Settings, keep_days: float) -> int:
+    """`tuner workers prune`: the janitor's pruning of gone workers' rows, now and under no lease."""
+    from workers.janitor import prune_in_batches  # Optuna's import, for this command only
+
+    if not math.isfinite(keep_days) or keep_days < 0:
+        raise UserError(f"--keep-days {keep_days:g} is not a number of days >= 0")
+    return prune_in_batches(open_for_read(settings), keep_days, settings.worker_dead_after_s)
 
 
 def worker_counts(s, dead_after_s: float) -> dict[str, int]:
@@ -86,8 +113,28 @@ def device_classes(s, dead_after_s: float, depths: dict[str, int] | None = None)
                     "compute_units": dc.compute_units, "memory_gb": dc.memory_gb, "aliases": aliases_of(dc.slug),
                     "live_workers": sum(live.get(dc.slug, {}).values()), "live_by_fingerprint": live.get(dc.slug, {}),
                     "trials_per_minute": rate.get(dc.slug, 0),
-                    "queues": {q: (depths or {}).get(q) for q in queues}})
+                    "queues": {q: (depths or {}).get(q) for q in queues}, "registered": True})
+    # work queued for a class that no worker ever registered (no stored class consumes its queue):
+    # listed too, else it sits unseen while /metrics counts its messages
+    covered = {q for c in out for q in c["queues"]}
+    for q, n in sorted((depths or {}).items()):
+        if q not in covered and n and is_class_queue(q):
+            out.append({"slug": q[len(QUEUE_PREFIX):], "vendor": None, "arch": None, "name": None,
+                        "compute_units": None, "memory_gb": None, "aliases": [], "live_workers": 0,
+                        "live_by_fingerprint": {}, "trials_per_minute": 0, "queues": {q: n}, "registered": False})
+    for c in out:
+        waiting = sum(n for n in c["queues"].values() if n)
+        c["waiting"], c["no_live_worker"] = waiting, bool(waiting) and not c["live_workers"]
     return out
+
+
+def queues(s, dead_after_s: float, depths: dict[str, int] | None) -> list[dict]:
+    """Every class queue with messages waiting, with the live workers that consume it; `unserved`:
+    messages and no live worker to take them (a class whose workers all went, or never came)."""
+    waiting = {q: n for q, n in (depths or {}).items() if n and is_class_queue(q)}
+    consumers = queue_consumers(s, dead_after_s, list(waiting))
+    return [{"queue": q, "messages": n, "live_workers": consumers.get(q, 0), "unserved": not consumers.get(q, 0)}
+            for q, n in sorted(waiting.items())]
 
 
 def queue_names(s) -> list[str]:
@@ -96,9 +143,19 @@ def queue_names(s) -> list[str]:
     names = set()
     for slug in s.scalars(select(models.DeviceClass.slug)).all():
         names.update(QUEUE_PREFIX + n for n in (slug, *aliases_of(slug)))
-    names.update(QUEUE_PREFIX + sel for sel in s.scalars(select(models.Job.device_selector).distinct().where(
+    names.update(_queue_of(sel) for sel in s.scalars(select(models.Job.device_selector).distinct().where(
         models.Job.state.not_in(coordinator.FINAL), models.Job.device_selector.is_not(None))).all())
     return sorted(names)
+
+
+def _queue_of(selector: str) -> str:
+    """The queue the coordinator sent a job of this selector to (workers.queues.queue_for)."""
+    from workers.queues import queue_for
+
+    try:
+        return queue_for(selector)
+    except Exception:  # a selector no class answers to any more: its raw name is the queue
+        return QUEUE_PREFIX + selector
 
 
 DEPTHS_S = 2.0  # queue depths a read of the broker stays good for (every page and scrape asks)
@@ -196,8 +253,6 @@ def queue_consumers(s, dead_after_s: float, names: list[str]) -> dict[str, int]:
 def queue_oldest(s) -> dict[str, float]:
     """Per class queue, the age in seconds of the oldest batch still waiting for a worker: the
     earliest enqueue of a key of a job no worker has started (the broker's messages carry no time)."""
-    from workers.queues import queue_for
-
     now = utcnow()
     rows = s.execute(select(models.Job.device_selector, func.min(models.JobKey.enqueued_at))
                      .join(models.JobKey, models.JobKey.job_id == models.Job.id)
@@ -205,10 +260,7 @@ def queue_oldest(s) -> dict[str, float]:
                      .group_by(models.Job.device_selector)).all()
     out: dict[str, float] = {}
     for selector, first in rows:
-        try:
-            queue = queue_for(selector)
-        except Exception:  # a selector no class answers to any more: its raw name is the queue
-            queue = QUEUE_PREFIX + selector
+        queue = _queue_of(selector)
         if first is not None:
             out[queue] = max(out.get(queue, 0.0), (now - first).total_seconds())
     return out

@@ -78,10 +78,14 @@ def record_posted(settings: Settings, posted: list) -> tuple[int, int]:
 def _store(settings: Settings, records: list[dict]) -> int:
     from sqlalchemy.exc import DataError
 
+    from db.reported import record_reported
+
     url = open_for_write(settings)
     try:
         with session_scope(url) as s:
-            return store.record_misses(s, records)
+            rows = store.record_misses(s, records)
+            record_reported(s, records)  # first wins: a key's earlier winner stays
+            return rows
     except DataError as exc:  # a value the checks let through and the database's types do not
         reason = str(exc.orig).strip().splitlines()[0][:120] if exc.orig is not None else "a value out of range"
         raise UserError(f"the database refused a miss record ({reason}); nothing recorded") from None

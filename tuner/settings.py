@@ -50,6 +50,7 @@ class Settings:
     retune_misses_max_jobs: int = 20  # at most this many miss jobs a night
     retune_misses_trials: int = 20  # trials of a miss job
     misses_keep_days: float = 30.0  # runtime miss rows not seen for this long are pruned (the janitor)
+    workers_keep_days: float = 7.0  # rows of workers gone (stopped or silent) this long are pruned (the janitor)
     # the HTTP API and metrics (tuner/api/, workers/metrics.py)
     api_token: str = ""  # the operators' bearer token: every read and write
     runtime_token: str = ""  # the inference hosts' bearer token: GET /v1/bundle and POST /v1/misses only
@@ -198,6 +199,7 @@ def from_env(env: dict[str, str] | None = None, on_error=None) -> Settings:
         retune_misses_max_jobs=int(num("TUNER_RETUNE_MISSES_MAX_JOBS", 20, 0)),
         retune_misses_trials=int(num("TUNER_RETUNE_MISSES_TRIALS", 20, 1)),
         misses_keep_days=num("TUNER_MISSES_KEEP_DAYS", 30.0, 0),
+        workers_keep_days=num("TUNER_WORKERS_KEEP_DAYS", 7.0, 0),
         api_token=env.get("TUNER_API_TOKEN", ""),
         runtime_token=env.get("TUNER_RUNTIME_TOKEN", ""),
         api_open_reads=_flag(env, "TUNER_API_OPEN_READS", False, on_error),

@@ -61,4 +61,4 @@ def worker_config(settings: Settings, db_url: str, device: str, name: str):
     return WorkerConfig(db_url=db_url, device=device, name=name, heartbeat_s=settings.heartbeat_s,
                         stall_s=settings.stall_s, trial_timeout_s=settings.trial_timeout_s,
                         dead_after_s=settings.worker_dead_after_s, batch_trials=settings.batch_trials,
-                        misses_keep_days=settings.misses_keep_days)
+                        misses_keep_days=settings.misses_keep_days, workers_keep_days=settings.workers_keep_days)

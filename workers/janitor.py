@@ -15,6 +15,8 @@ lease): what a crash, a lost message or a stopped process left behind is found a
   - Runtime miss rows not seen for TUNER_MISSES_KEEP_DAYS are deleted, once an hour across the
     fleet (the lease `prune-misses`, left to expire): the writers (the API, `tuner misses import`,
     a runtime's database sink) may only add and update rows, and stop adding at a row cap.
+  - Rows of workers gone (stopped, or silent past the grace) for TUNER_WORKERS_KEEP_DAYS are
+    deleted alike (the lease `prune-workers`), so the fleet's pages do not grow with every restart.
 Budgets are re-read before every trial and finalization is claimed once, so a duplicate message
 costs nothing.
 """
@@ -23,11 +25,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from datetime import timedelta
 from typing import Callable
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 
 from db import models, store
 from db.clock import utcnow
@@ -44,7 +47,8 @@ PRUNE_EVERY_S = 3600.0
 
 
 def sweep(db_url: str, slug: str, send: Callable[[BatchMessage], None], *, holder: str, stall_s: float,
-          dead_after_s: float, heartbeat_s: float, abandon_s: float, misses_keep_days: float = 30.0) -> None:
+          dead_after_s: float, heartbeat_s: float, abandon_s: float, misses_keep_days: float = 30.0,
+          workers_keep_days: float = 7.0) -> None:
     """One round of the janitor for a worker of class `slug`, if it holds the class's lease."""
     with session_scope(db_url) as s:
         if not store.acquire_lock(s, f"janitor:{slug}", holder, ttl_s=max(0.5, 0.9 * heartbeat_s)):
@@ -53,6 +57,7 @@ def sweep(db_url: str, slug: str, send: Callable[[BatchMessage], None], *, holde
     end_jobs(db_url, abandon_s)
     recover_all(db_url, heartbeat_s, dead_after_s)
     prune_misses(db_url, misses_keep_days)
+    prune_gone_workers(db_url, workers_keep_days, dead_after_s, budget_s=heartbeat_s)
 
 
 def prune_misses(db_url: str, keep_days: float) -> int:
@@ -65,6 +70,54 @@ def prune_misses(db_url: str, keep_days: float) -> int:
     if pruned:
         log.info("pruned %d runtime miss row(s) not seen for %g days", pruned, keep_days)
     return pruned
+
+
+PRUNE_WORKERS_BATCH = 50  # workers per transaction: each one's trials and claims are rewritten
+
+
+def prune_gone_workers(db_url: str, keep_days: float, dead_after_s: float, budget_s: float | None = None) -> int:
+    """Delete the rows of workers gone for keep_days, if no worker did within PRUNE_EVERY_S."""
+    with session_scope(db_url) as s:
+        if not store.acquire_lock(s, "prune-workers", f"prune-{uuid.uuid4().hex}", ttl_s=PRUNE_EVERY_S):
+            return 0
+    pruned = prune_in_batches(db_url, keep_days, dead_after_s, budget_s)
+    if pruned:
+        log.info("pruned %d worker row(s) gone for %g days", pruned, keep_days)
+    return pruned
+
+
+def prune_in_batches(db_url: str, keep_days: float, dead_after_s: float, budget_s: float | None = None) -> int:
+    """prune_workers, PRUNE_WORKERS_BATCH workers a transaction, until none is left or budget_s has
+    been spent. The janitor runs in the heartbeat thread, so it stops within its budget (a fleet's
+    first prune rewrites a million trials: two minutes on PostgreSQL with 2 cores) and its next
+    round an hour later goes on; the CLI has no budget."""
+    start, total = time.monotonic(), 0
+    while True:
+        with session_scope(db_url) as s:
+            n = prune_workers(s, keep_days, dead_after_s, limit=PRUNE_WORKERS_BATCH)
+        total += n
+        if n < PRUNE_WORKERS_BATCH or (budget_s is not None and time.monotonic() - start >= budget_s):
+            return total
+
+
+def prune_workers(s, keep_days: float, dead_after_s: float, limit: int | None = None) -> int:
+    """Delete the rows of workers gone (stopped, or silent past the grace) for keep_days, never a
+    live one, at most `limit` (oldest first): a fleet that restarts its workers under new names
+    would otherwise keep thousands of dead rows. Their trials keep their results without the
+    worker's name (tuning_trials.worker_id set to NULL first: that foreign key has no ON DELETE;
+    revision 0007's indexes find them, and the trial claims the DELETE sets to NULL). Returns how
+    many rows went."""
+    W = models.Worker
+    cutoff = utcnow() - timedelta(days=keep_days)
+    last_seen = func.coalesce(W.stopped_at, W.heartbeat_at, W.started_at)
+    # not live, written out: NOT of a comparison with a NULL heartbeat would be NULL, not true
+    dead = or_(W.stopped_at.is_not(None), W.heartbeat_at.is_(None),
+               W.heartbeat_at < utcnow() - timedelta(seconds=dead_after_s))
+    gone = s.scalars(select(W.id).where(dead, last_seen < cutoff).order_by(last_seen, W.id).limit(limit)).all()
+    if not gone:
+        return 0
+    s.execute(update(models.TuningTrial).where(models.TuningTrial.worker_id.in_(gone)).values(worker_id=None))
+    return s.execute(delete(W).where(W.id.in_(gone))).rowcount
 
 
 def live_holders(s, dead_after_s: float) -> set[int]:

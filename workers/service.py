@@ -60,6 +60,7 @@ class WorkerConfig:
     dead_after_s: float  # a worker whose heartbeat is older is gone
     batch_trials: int
     misses_keep_days: float  # the janitor prunes runtime miss rows not seen for this long
+    workers_keep_days: float  # and the rows of workers gone this long
 
 
 class WorkerService:
@@ -116,7 +117,7 @@ class WorkerService:
                 sweep(self.cfg.db_url, self.dc.slug, self.send, holder=self.cfg.name, stall_s=self.cfg.stall_s,
                       dead_after_s=self.cfg.dead_after_s, heartbeat_s=self.cfg.heartbeat_s,
                       abandon_s=longest_batch_s(self.cfg.batch_trials, self.cfg.trial_timeout_s),
-                      misses_keep_days=self.cfg.misses_keep_days)
+                      misses_keep_days=self.cfg.misses_keep_days, workers_keep_days=self.cfg.workers_keep_days)
             except Exception as exc:  # a database blip must not end the heartbeat thread
                 if infrastructure(exc):
                     log.warning("heartbeat failed: %s", str(exc).splitlines()[0][:300])

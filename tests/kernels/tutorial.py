@@ -150,7 +150,7 @@ class SoftmaxTutorial(KernelSpec):
         require_launchable(on_cpu=x.device.type == "cpu")
         n_rows, n_cols = x.shape
         y = torch.empty_like(x)
-        args, options = self.split_config(config, "amd" if x.is_cuda and torch.version.hip else "nvidia")
+        args, options = self.split_config(config, self.vendor_of(x))
         softmax_kernel[(min(config["PROGRAMS"], n_rows), 1, 1)](y, x, x.stride(0), y.stride(0), n_rows, n_cols,
                                                                  **args, **options)
         return y
@@ -205,7 +205,7 @@ class LayerNormTutorial(KernelSpec):
         m, n = x.shape
         mean = torch.empty((m, ), dtype=torch.float32, device=x.device)
         rstd = torch.empty((m, ), dtype=torch.float32, device=x.device)
-        args, options = self.split_config(config, "amd" if x.is_cuda and torch.version.hip else "nvidia")
+        args, options = self.split_config(config, self.vendor_of(x))
         _layer_norm_fwd_fused[(m, )](x, y, weight, bias, mean, rstd, x.stride(0), n, self.eps, **args, **options)
         return y
 

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from tuner.api import auth, errors, metrics, pages, routes
+from tuner.api import auth, browse_pages, errors, metrics, pages, routes
 from tuner.api.guard import Guard
 from tuner.settings import Settings
 
@@ -42,6 +42,7 @@ def create_app(settings: Settings, host: str = "127.0.0.1") -> FastAPI:
     app.include_router(routes.router)
     app.include_router(metrics.router)
     app.include_router(pages.router)
+    app.include_router(browse_pages.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz(request: Request):

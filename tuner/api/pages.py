@@ -1,12 +1,16 @@
 """The dashboard: server-rendered pages (Jinja2 templates in tuner/api/templates/, CSS in
-static/), no JavaScript but /docs' Swagger UI. Pages that show running work reload themselves
-every few seconds (<meta http-equiv="refresh">). Each page reads through the same functions as its
-/v1 endpoint; plots are the reports' own figures, inlined as SVG (render.plot). A browser logs in
+static/). The parts of a page that show running work (the jobs list, a job's keys, the fleet, a
+running key's plot) are templates of their own, each also answered alone by a `/fragment` route
+that static/refresh.js fetches every few seconds and swaps in, so a form being filled beside them
+is never reloaded; without JavaScript a page is complete and a reload link refreshes it. The
+fragment's X-Refresh-After header says when to ask again (0: what it shows has ended). Each page
+reads through the same functions as its /v1 endpoint; plots are the reports' own figures, inlined as SVG (render.plot). A browser logs in
 with the operators' token for a session (auth.py); guard.py checks every form's Origin.
 """
 from __future__ import annotations
 
 from typing import Optional
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -23,7 +27,7 @@ from tuner.errors import UserError
 from tuner.reports.held import held
 
 router = APIRouter(include_in_schema=False, max_body_size=MAX_BODY)
-REFRESH_S = 3  # how often a page with running work reloads
+REFRESH_S = 3  # how often the parts of a page that show running work are fetched again
 
 
 def _attempt(fn, *args):
@@ -37,34 +41,75 @@ def _attempt(fn, *args):
 FLEET_WORKERS = 100  # workers the fleet page lists (live first); the rest are counted
 
 
-@router.get("/", response_class=HTMLResponse)
-def fleet_page(request: Request):
+def fragment(request: Request, name: str, refresh: float | None, **context) -> HTMLResponse:
+    """A part of a page alone, for static/refresh.js: when to ask again in X-Refresh-After."""
+    response = page(request, name, **context)
+    response.headers["X-Refresh-After"] = f"{refresh or 0:g}"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _fleet(request: Request) -> dict:
     settings = settings_of(request)
     with session_scope(open_for_read(settings)) as s:
         depths = fleet.queue_depths(settings, fleet.queue_names(s))
-        classes = fleet.device_classes(s, settings.worker_dead_after_s, depths)
-        workers = fleet.workers(s, settings.worker_dead_after_s, limit=FLEET_WORKERS)
-        counts = fleet.worker_counts(s, settings.worker_dead_after_s)
-        jobs = fleet.jobs_by_state(s)
-    return page(request, "fleet.html", classes=classes, workers=workers, counts=counts, jobs=jobs, depths=depths,
-                refresh=REFRESH_S * 3)
+        return {"classes": fleet.device_classes(s, settings.worker_dead_after_s, depths),
+                "queues": fleet.queues(s, settings.worker_dead_after_s, depths),
+                "workers": fleet.workers(s, settings.worker_dead_after_s, limit=FLEET_WORKERS),
+                "counts": fleet.worker_counts(s, settings.worker_dead_after_s), "jobs": fleet.jobs_by_state(s),
+                "depths": depths, "keep_days": settings.workers_keep_days}
+
+
+@router.get("/", response_class=HTMLResponse)
+def fleet_page(request: Request):
+    return page(request, "fleet.html", refresh=REFRESH_S * 3, **_fleet(request))
+
+
+@router.get("/fleet/fragment", response_class=HTMLResponse)
+def fleet_fragment(request: Request):
+    return fragment(request, "fleet_body.html", REFRESH_S * 3, **_fleet(request))
+
+
+def _filters(state: Optional[str], kernel: Optional[str], device_class: Optional[str]) -> dict:
+    """The jobs page's filters as given (an empty field: no filter)."""
+    return {"state": (state or "")[:16] or None, "kernel": (kernel or "")[:100] or None,
+            "device_class": (device_class or "")[:80] or None}
+
+
+def _listed(request: Request, filters: dict) -> tuple[dict, float]:
+    """The jobs list's context, and how soon it changes: soon while a listed job runs."""
+    rows = coordinator.jobs(settings_of(request), 100, **filters)
+    running = any(r["state"] not in coordinator.FINAL for r in rows)
+    query = urlencode({k: v for k, v in filters.items() if v})
+    # nothing listed runs: asked again less often (a job submitted elsewhere still shows up)
+    return {"jobs": rows, "query": f"?{query}" if query else ""}, REFRESH_S if running else REFRESH_S * 5
 
 
 @router.get("/jobs", response_class=HTMLResponse)
-def jobs_page(request: Request):
-    return _jobs(request)
+def jobs_page(request: Request, state: Optional[str] = None, kernel: Optional[str] = None,
+              device_class: Optional[str] = None):
+    return _jobs(request, filters=_filters(state, kernel, device_class))
 
 
-def _jobs(request: Request, error: str | None = None, status: int = 200, form: dict | None = None):
+@router.get("/jobs/fragment", response_class=HTMLResponse)
+def jobs_fragment(request: Request, state: Optional[str] = None, kernel: Optional[str] = None,
+                  device_class: Optional[str] = None):
+    listed, refresh = _listed(request, _filters(state, kernel, device_class))
+    return fragment(request, "jobs_list.html", refresh, **listed)
+
+
+def _jobs(request: Request, error: str | None = None, status: int = 200, form: dict | None = None,
+          filters: dict | None = None):
+    filters = filters or _filters(None, None, None)
     try:
-        rows = coordinator.jobs(settings_of(request), 100)
+        listed, refresh = _listed(request, filters)
     except UserError:
         if error is None:
             raise
-        rows = []  # the form's own error first (no database yet, say); the list when there is one
-    running = any(r["state"] not in coordinator.FINAL for r in rows)
-    return page(request, "jobs.html", status=status, jobs=rows, error=error, form=form or {},
-                refresh=REFRESH_S if running else None)
+        # the form's own error first (no database yet, say); the list when there is one
+        listed, refresh = {"jobs": [], "query": ""}, REFRESH_S
+    return page(request, "jobs.html", status=status, error=error, form=form or {}, filters=filters,
+                states=coordinator.JOB_STATES, refresh=refresh, **listed)
 
 
 @router.post("/jobs", response_class=HTMLResponse)
@@ -85,11 +130,30 @@ def submit_form(request: Request, kernel: str = Form(..., max_length=100), shape
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
 
+def _job(request: Request, job_id: str) -> tuple[dict, float | None]:
+    st = coordinator.status(settings_of(request), job_id[:64])
+    return {"job": st, "measurement": _measurement(st)}, REFRESH_S if st["state"] not in coordinator.FINAL else None
+
+
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: str):
-    st = coordinator.status(settings_of(request), job_id[:64])
-    return page(request, "job.html", job=st, measurement=_measurement(st),
-                refresh=REFRESH_S if st["state"] not in coordinator.FINAL else None)
+    shown, refresh = _job(request, job_id)
+    return page(request, "job.html", refresh=refresh, **shown)
+
+
+@router.get("/jobs/{job_id}/fragment", response_class=HTMLResponse)
+def job_fragment(request: Request, job_id: str):
+    shown, refresh = _job(request, job_id)
+    return fragment(request, "job_body.html", refresh, **shown)
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_form(request: Request, job_id: str):
+    """The job page's cancel button: a logged-in session's (guard.py checked its Origin), as
+    POST /v1/jobs/{id}/cancel with the token; a job that ended meanwhile is a 409 page."""
+    job = coordinator.status(settings_of(request), job_id[:64])["job"]
+    coordinator.cancel(settings_of(request), job)
+    return RedirectResponse(f"/jobs/{job}", status_code=303)
 
 
 def _measurement(st: dict) -> str:
@@ -98,13 +162,38 @@ def _measurement(st: dict) -> str:
     return Measurement.from_json(st.get("measurement")).describe()
 
 
-@router.get("/keys/{kernel}/{key_hash}", response_class=HTMLResponse)
-def key_page(request: Request, kernel: str, key_hash: str, device_class: Optional[str] = None):
+def _key(request: Request, kernel: str, key_hash: str, device_class: Optional[str]) -> tuple[dict, float | None]:
     settings = settings_of(request)
     view = key_view(settings, kernel[:100], key_hash[:32], device_class)
     classes = sorted({t["device_class"] for t in view["trials"]} | {b["device_class"] for b in view["history"]})
-    return page(request, "key.html", view=view, plot=_key_plot(settings, view, device_class),
-                timing=display.timing_label(classes), device_class=device_class)
+    shown = {"view": view, "plot": _key_plot(settings, view, device_class), "timing": display.timing_label(classes),
+             "device_class": device_class}
+    return shown, REFRESH_S if _key_running(settings, view["kernel"], view["key_hash"]) else None
+
+
+def _key_running(settings, kernel: str, key_hash: str) -> bool:
+    """Whether an unfinished job searches the key now (its plot then gains points)."""
+    from sqlalchemy import select
+
+    from db import models
+
+    J, K = models.Job, models.JobKey
+    with session_scope(open_for_read(settings)) as s:
+        return s.scalar(select(K.id).join(J, J.id == K.job_id).where(
+            K.key_hash == key_hash, J.kernel == kernel, K.state.in_(("running", "finalizing")),
+            J.state.not_in(coordinator.FINAL)).limit(1)) is not None
+
+
+@router.get("/keys/{kernel}/{key_hash}", response_class=HTMLResponse)
+def key_page(request: Request, kernel: str, key_hash: str, device_class: Optional[str] = None):
+    shown, refresh = _key(request, kernel, key_hash, device_class)
+    return page(request, "key.html", refresh=refresh, **shown)
+
+
+@router.get("/keys/{kernel}/{key_hash}/fragment", response_class=HTMLResponse)
+def key_fragment(request: Request, kernel: str, key_hash: str, device_class: Optional[str] = None):
+    shown, refresh = _key(request, kernel, key_hash, device_class)
+    return fragment(request, "key_live.html", refresh, **shown)
 
 
 _PLOTS: dict[tuple, str] = {}  # (page, hash of what a plot shows) -> its SVG
@@ -145,12 +234,15 @@ def _drawn(kind: str, state: dict, draw, *args) -> str:
 
 
 @router.get("/retune", response_class=HTMLResponse)
-def retune_page(request: Request, run: Optional[str] = None):
+def retune_page(request: Request, run: Optional[str] = None, offset: int = 0):
+    """A retune run's report (the latest by default), and every run as a list linking to its own."""
+    from tuner.browse import retune_runs
     from tuner.reports.retune import figure, report
 
     result, error = _attempt(held, "retune", report, settings_of(request), run[:64] if run else None)
     svg = _drawn("retune", result, figure) if result and result["keys"] else None
-    return page(request, "retune.html", result=result, error=error, plot=svg)
+    runs = retune_runs(settings_of(request), max(0, min(offset, 1_000_000)))
+    return page(request, "retune.html", result=result, error=error, plot=svg, runs=runs, offset=offset)
 
 
 @router.get("/compare", response_class=HTMLResponse)

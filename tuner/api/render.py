@@ -3,6 +3,7 @@ in the dashboard's own look, are rendered. Its own module so that the error hand
 (errors.py) and the pages (pages.py) both use it without importing each other."""
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -34,6 +35,24 @@ def _attributes(declarations: str) -> str:
     return "".join(f' {name.strip()}="{value.strip()}"' for name, value in pairs)
 
 
+USE = re.compile(r"<use ([^>]*?)/>")
+
+
+def _titled(text: str, titles: dict[str, list[str]]) -> str:
+    """Each point of a scatter (a <use> inside the <g id> its gid names, one per point in the
+    order drawn) given its <title>: the browser shows it on hover, no script needed."""
+    for gid, names in titles.items():
+        start = text.find(f'<g id="{gid}">')
+        if start < 0:
+            continue
+        head, tail = text[:start], text[start:]
+        it = iter(names)
+        tail = USE.sub(lambda m: f"<use {m.group(1)}><title>{html.escape(next(it))}</title></use>",
+                       tail, count=len(names))
+        text = head + tail
+    return text
+
+
 def plot(fig) -> str:
     """A report's figure as inline SVG that the Content-Security-Policy lets the browser draw:
     matplotlib writes its colours and strokes as style attributes and a <style> element, which
@@ -42,7 +61,7 @@ def plot(fig) -> str:
     of the root <svg>."""
     from tuner.reports import figures
 
-    text = figures.svg(fig)
+    text = _titled(figures.svg(fig), getattr(fig, "point_titles", {}))
     root = STYLE_ELEMENT.search(text)
     text = STYLE_ELEMENT.sub("", text)
     text = STYLE_ATTRIBUTE.sub(lambda m: _attributes(m.group(1)), text)

@@ -109,7 +109,9 @@ def kernels() -> list[dict]:
 
 @router.get("/device-classes", tags=["fleet"])
 def device_classes(request: Request, limit: Limit = DEFAULT_LIMIT) -> list[dict]:
-    """Stored device classes with their live workers, trials per minute and queue depths."""
+    """Stored device classes with their live workers, trials per minute and queue depths, then
+    the queues with messages that no stored class consumes (`registered` false: no worker of
+    theirs ever came); `no_live_worker`: messages wait and no live worker will take them."""
     settings = settings_of(request)
     with session_scope(open_for_read(settings)) as s:
         depths = fleet.queue_depths(settings, fleet.queue_names(s))
@@ -118,16 +120,21 @@ def device_classes(request: Request, limit: Limit = DEFAULT_LIMIT) -> list[dict]
 
 @router.get("/workers", tags=["fleet"])
 def workers(request: Request, limit: Limit = DEFAULT_LIMIT) -> list[dict]:
-    """Registered workers: alive, class, stack fingerprint, last heartbeat."""
+    """Registered workers: state (live, crashed: silent past the grace, stopped: deregistered),
+    class, stack fingerprint, last heartbeat, and the job and key each one runs now."""
     settings = settings_of(request)
     with session_scope(open_for_read(settings)) as s:
         return fleet.workers(s, settings.worker_dead_after_s, limit)
 
 
 @router.get("/jobs", tags=["jobs"])
-def jobs(request: Request, limit: Limit = DEFAULT_LIMIT) -> list[dict]:
-    """Recent jobs, newest first."""
-    return coordinator.jobs(settings_of(request), limit)
+def jobs(request: Request, limit: Limit = DEFAULT_LIMIT,
+         state: Annotated[Optional[str], Query(max_length=16, description="queued, running, done, failed "
+                                                "or cancelled")] = None,
+         kernel: Annotated[Optional[str], Query(max_length=100)] = None,
+         device_class: Annotated[Optional[str], Query(max_length=80)] = None) -> list[dict]:
+    """Recent jobs, newest first; of a state, kernel and device class when given."""
+    return coordinator.jobs(settings_of(request), limit, state, kernel, device_class)
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"])
@@ -224,18 +231,21 @@ MAX_CACHED_BUNDLES = 64  # (kernel, class) pairs whose last bundle an app keeps 
 @router.get("/bundle", tags=["results"], responses={304: {"description": "unchanged since the ETag given"}})
 def bundle(request: Request, device_class: Annotated[str, Query(max_length=80)],
            kernel: Annotated[Optional[str], Query(max_length=100)] = None):
-    """The bundle (tuner/formats/bundle.py) of a device class's current bests, for runtimes without
-    database access. Send its ETag back in If-None-Match: 304 while nothing changed."""
-    from tuner.formats import current_entries
+    """The bundle (tuner/formats/bundle.py) of a device class's current bests, and the winners
+    drop-in kernels reported, for runtimes without database access. Send its ETag back in
+    If-None-Match: 304 while nothing changed."""
+    from tuner.formats import current_entries, reported_entries
     from tuner.formats.bundle import digest, document
 
     settings, bundles = settings_of(request), request.app.state.bundles  # (kernel, class) -> (version, ETag, body)
-    version = current_entries(settings, kernel, device_class, version=True)
+    version = (current_entries(settings, kernel, device_class, version=True),
+               reported_entries(settings, kernel, device_class, version=True))
     cached = bundles.get((kernel, device_class))
     if cached is None or cached[0] != version:  # rebuilt only when a best was written since
         if len(bundles) >= MAX_CACHED_BUNDLES:
             bundles.clear()
-        doc = document(current_entries(settings, kernel, device_class))
+        doc = document(current_entries(settings, kernel, device_class),
+                       reported_entries(settings, kernel, device_class))
         # weak: two bundles with one ETag hold the same entries, made at different times
         cached = bundles[(kernel, device_class)] = (version, f'W/"{digest(doc)}"', json.dumps(doc).encode())
     _, tag, body = cached
@@ -253,3 +263,25 @@ def runtime_misses(request: Request, kernel: Annotated[Optional[str], Query(max_
     from tuner.miss_intake import list_misses
 
     return list_misses(settings_of(request), kernel, device_class, limit)
+
+
+@router.get("/seeds", tags=["results"])
+def seeds(request: Request, kernel: Annotated[Optional[str], Query(max_length=100)] = None,
+          device_class: Annotated[Optional[str], Query(max_length=80)] = None,
+          after: Annotated[Optional[int], Query(ge=0, description="the `next` of the page before")] = None,
+          limit: Limit = DEFAULT_LIMIT) -> dict:
+    """Imported configurations (`tuner import`), oldest first: seeds a search tries first, never
+    measured bests (the /seeds page)."""
+    from tuner import browse
+
+    return browse.seeds(settings_of(request), kernel, device_class, after, limit)
+
+
+@router.get("/retune-runs", tags=["reports"])
+def retune_runs(request: Request, offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+                limit: Limit = DEFAULT_LIMIT) -> dict:
+    """Every retune run, newest first, with its jobs and keys and how many have ended (the list of
+    /retune; `GET /v1/retune?run=RUN` is one run's report)."""
+    from tuner import browse
+
+    return browse.retune_runs(settings_of(request), offset, limit)

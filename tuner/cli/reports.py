@@ -24,7 +24,7 @@ def report_retune(run: Optional[str] = typer.Argument(None, help="Retune run id 
         draw(result, plot)
     if as_json:
         return print_json(result)
-    t = table("key", "class", "old best, old stack ms", "old best, new stack ms", "new best, new stack ms",
+    t = table("key", "class", "old best, old stack", "old best, new stack", "new best, new stack",
                "trials (orig)", "flags", title=f"retune run {result['run']}", caption=f"timings: {result['timing']}")
     for r in result["keys"]:
         t.add_row(key_cell(dims_word(r["key"], r["dtype"])), r["device_class"],
@@ -67,7 +67,7 @@ def report_compare(device_class: list[str] = typer.Option(..., "--device-class",
     if as_json:
         return print_json(result)
     priced = bool(result["prices"])
-    t = table("key", f"{result['a']} ms", "TFLOP/s", "GB/s", f"{result['b']} ms", "TFLOP/s", "GB/s", "A/B",
+    t = table("key", f"{result['a']}", "TFLOP/s", "GB/s", f"{result['b']}", "TFLOP/s", "GB/s", "A/B",
                *(["A $/1M", "B $/1M"] if priced else []),
                title=f"{result['a']} vs {result['b']}", caption=f"timings: {result['timing']}; A/B above 1: B is faster")
     for k in result["keys"]:
@@ -106,7 +106,7 @@ def report_shapes(kernel: str = typer.Argument(...),
     if as_json:
         return print_json(result)
     unit = "TFLOP/s" if result["speed"] == "tflops" else "1/ms"
-    t = table(result["vary"], "ms", unit, "pow2", "dip", "config",
+    t = table(result["vary"], "time", unit, "pow2", "dip", "config",
                title=f"{kernel} on {device_class}, {shape or ''} {dtype}".replace(",  ", ", "),
                caption=f"timings: {result['timing']}")
     for pt in result["points"]:

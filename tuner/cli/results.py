@@ -23,7 +23,7 @@ def best(kernel: str = typer.Argument(...), shape: list[str] = ShapeOpt, dtype: 
     rows = best_rows(settings_mod.get(), kernel, shape, dtype, device_class)
     if as_json:
         return print_json(rows)
-    t = table("key", "class / stack", "config", "ms", "speedup")
+    t = table("key", "class / stack", "config", "time", "speedup")
     for r in rows:
         t.add_row(key_cell(r["key"]), class_stack(r), config_word(r["config"]) if r["config"] else "none stored",
                   _ms(r["median_ms"]), speedup(r.get("speedup")))
@@ -39,7 +39,7 @@ def history(kernel: str = typer.Argument(...), shape: list[str] = ShapeOpt, dtyp
     rows = best_rows(settings_mod.get(), kernel, shape, dtype, device_class, current_only=False)
     if as_json:
         return print_json(rows)
-    t = table("key", "class / stack", "config", "ms", "tuned (UTC)")
+    t = table("key", "class / stack", "config", "time", "tuned (UTC)")
     for r in rows:
         t.add_row(key_cell(r["key"]), class_stack(r), config_word(r["config"]), _ms(r["median_ms"]),
                   f"{when(r['created_at'])[5:]}\n-> {when(r['superseded_at'])[5:] if r['superseded_at'] else 'current'}")

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from tuner import settings as settings_mod
-from tuner.cli.common import app, db_app, err
+from tuner.cli.common import JsonOpt, app, db_app, err, print_json
 from tuner.errors import UserError
 
 
@@ -100,3 +100,23 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     except DatabaseError as exc:
         raise UserError(str(exc)) from None
     err.print(f"database {redact(s.db_url)} is at {revision}" + (f"; granted to {', '.join(granted)}" if granted else ""))
+
+
+workers_app = typer.Typer(no_args_is_help=True, help="The fleet's worker rows (the dashboard's fleet page lists them).")
+app.add_typer(workers_app, name="workers")
+
+
+@workers_app.command("prune")
+def workers_prune(keep_days: Optional[float] = typer.Option(
+        None, "--keep-days", help="Rows of workers gone this many days (default TUNER_WORKERS_KEEP_DAYS, 7)."),
+        as_json: bool = JsonOpt) -> None:
+    """Delete the rows of workers gone (stopped, or silent past the heartbeat grace) for KEEP_DAYS,
+    never a live one: what every worker's janitor does once an hour."""
+    from tuner.fleet import prune
+
+    settings = settings_mod.get()
+    days = settings.workers_keep_days if keep_days is None else keep_days
+    pruned = prune(settings, days)
+    if as_json:
+        return print_json({"pruned": pruned, "keep_days": days})
+    err.print(f"pruned {pruned} worker row(s) gone for {days:g} days or more")

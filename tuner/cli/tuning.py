@@ -166,7 +166,7 @@ def _show_tune(doc: dict, result) -> None:
     how = Measurement.from_json(doc["measurement"]).describe()
     search_s = sum(r["search_s"] for r in rows)
     rate = f" ({sum(r['trials'] for r in rows) / search_s * 60:.0f} trials/min)" if search_s > 0 else ""
-    t = table("key", "trials", "best config", "best ms", "default ms", "speedup",
+    t = table("key", "trials", "best config", "best", "default", "speedup",
                title=f"job {result.job_id[:12]}: {doc['kernel']} on {result.device_class} (stack {result.fingerprint})",
                caption=f"timings: {timing}{'; ' + how if how else ''}; search {search_s:.1f} s{rate}, final "
                        f"re-measurement {sum(r['finalize_s'] for r in rows):.1f} s, harness start {result.startup_s:.1f} s")
@@ -216,11 +216,16 @@ def submit(kernel: Optional[str] = typer.Argument(None, help="A registered kerne
 
 
 @app.command()
-def jobs(limit: int = typer.Option(50, "--limit"), as_json: bool = JsonOpt) -> None:
-    """Recent jobs, newest first."""
+def jobs(limit: int = typer.Option(50, "--limit"),
+         state: Optional[str] = typer.Option(None, "--state", help="queued, running, done, failed or cancelled."),
+         kernel: Optional[str] = typer.Option(None, "--kernel"),
+         device_class: Optional[str] = typer.Option(None, "--device-class", help="As the job named it, or the class "
+                                                    "it ran on."),
+         as_json: bool = JsonOpt) -> None:
+    """Recent jobs, newest first (of a state, kernel and device class when given)."""
     from tuner.coordinator import jobs as list_jobs
 
-    rows = list_jobs(settings_mod.get(), limit)
+    rows = list_jobs(settings_mod.get(), limit, state, kernel, device_class)
     if as_json:
         return print_json(rows)
     t = table("job", "kind", "kernel", "class", "state", "trials", "keys", "created (UTC)")
@@ -244,7 +249,7 @@ def _show_status(st: dict, as_json: bool) -> None:
     from harness.protocol import Measurement
 
     how = Measurement.from_json(st.get("measurement")).describe()
-    t = table("key", "state", "trials", "best ms", "default", "best config", "workers",
+    t = table("key", "state", "trials", "best", "default", "best config", "workers",
                title=f"job {st['job'][:12]} {st['kernel']} on {st['device_class'] or 'this machine'}: {st['state']}",
                caption=f"timed with {how}" if how else None)
     kept = []

@@ -1,7 +1,8 @@
 """Export formats: the current best configurations written for those who read them. One module
-per format, each with DESCRIPTION, WRITES ("file" or "directory"), KERNELS (those it writes, None
-for all) and `write(entries, output, ask) -> Written` (ask: what the export was asked beyond the
-rows); adding a format is one module and one line in FORMATS. Entries are the bundle's
+per format, each with DESCRIPTION, WRITES ("file" or "directory") and `write(entries, output, ask)
+-> Written` (ask: what the export was asked beyond the rows); adding a format is one module and one
+line in FORMATS. A format writes the kernels that declare it (`KernelSpec.exports`, read by
+`declared`), or every kernel where its module says EVERY_KERNEL (the bundle). Entries are the bundle's
 (tuner/formats/bundle.py `entry`). A format others tune in as well (vLLM's) also has `read_file`,
 for `tuner import`. Importing this package loads no database code: the runtime imports
 tuner.formats.bundle.
@@ -41,6 +42,19 @@ def get(name: str):
     if name not in FORMATS:
         raise UserError(f"unknown export format {str(name)[:40]!r}; use one of {', '.join(FORMATS)}")
     return importlib.import_module(FORMATS[name])
+
+
+def declared(fmt: str) -> tuple[str, ...]:
+    """The registered kernels whose `exports` name fmt, in the registry's order: what the format
+    writes (and, for vLLM's, reads). A kernel is picked up by declaring it, no list here to edit."""
+    from search_spaces import registry
+
+    return tuple(n for n in registry.names() if fmt in registry.KERNELS.load(n).exports)
+
+
+def kernels_of(fmt: str) -> tuple[str, ...] | None:
+    """The kernels format fmt writes: those that declare it, or None for every kernel (the bundle)."""
+    return None if getattr(get(fmt), "EVERY_KERNEL", False) else declared(fmt)
 
 
 def inside(output: Path, names: Iterable[str]) -> dict[str, Path]:
@@ -94,6 +108,25 @@ def current_entries(settings, kernel: str | None, device_class: str | None, vers
     return entries if served is None else [e for e in entries if served(e["kernel"], e["key"]["dims"])]
 
 
+def reported_entries(settings, kernel: str | None, device_class: str | None, version: bool = False):
+    """The winners drop-in kernels reported (db.reported) of one kernel (or all) on the classes a
+    selector names (or all), as a bundle's "reported" entries: what GET /v1/bundle sends beside
+    the bests, so that a runtime reading a config server serves them too. version: a token that
+    changes whenever they do."""
+    from db.reported import reported_list, reported_version
+    from db.session import session_scope
+    from tuner.db_open import open_for_read
+    from tuner.formats.bundle import reported_entry
+    from tuner.queries import device_class_slugs
+
+    url = open_for_read(settings)
+    slugs = device_class_slugs(url, device_class, None) if device_class else None
+    with session_scope(url) as s:
+        if version:
+            return reported_version(s, kernel=kernel, device_classes=slugs)
+        return [reported_entry(r) for r in reported_list(s, kernel=kernel, device_classes=slugs)]
+
+
 def export(settings, fmt: str, output: str, kernel: str | None, device_class: str | None,
            model: str | None = None, ask: Ask = Ask()) -> Written:
     """`tuner export`: the current best rows (of one kernel, of the classes a selector names, of the
@@ -102,6 +135,10 @@ def export(settings, fmt: str, output: str, kernel: str | None, device_class: st
     from tuner.errors import UserError
 
     module = get(fmt)
+    kernels = kernels_of(fmt)
+    if kernel is not None and kernels is not None and kernel not in kernels:
+        raise UserError(f"kernel {kernel[:40]} does not export to {fmt} (its KernelSpec.exports does not name it); "
+                        f"{fmt} writes {', '.join(kernels) or 'no registered kernel'}. Nothing was written")
     out = Path(output)
     parent = out if module.WRITES == "directory" else out.parent
     if not parent.is_dir():
@@ -122,15 +159,15 @@ def export(settings, fmt: str, output: str, kernel: str | None, device_class: st
     except OSError as exc:
         raise UserError(f"cannot write {str(output)[:80]}: {exc.strerror or exc}; choose a writable place") from None
     if written.count == 0 and not (ask.shipped and fmt == "sglang"):
-        why = _nothing_to_write(settings, module, kernel, device_class, model, written.notes)
+        why = _nothing_to_write(settings, kernels, kernel, device_class, model, written.notes)
         if module.WRITES == "directory":  # no file at all: the server would read nothing of ours
             raise UserError(why)
         return Written(0, written.notes + (why.replace("nothing to export", "the bundle is empty", 1),))
     return written
 
 
-def _nothing_to_write(settings, module, kernel: str | None, device_class: str | None, model: str | None,
-                      notes: tuple[str, ...]) -> str:
+def _nothing_to_write(settings, written: tuple[str, ...] | None, kernel: str | None, device_class: str | None,
+                      model: str | None, notes: tuple[str, ...]) -> str:
     """Why an export found nothing: no current best of its kernels there; the imported seeds that
     wait to be measured, and how to measure them."""
     from db import store
@@ -138,9 +175,7 @@ def _nothing_to_write(settings, module, kernel: str | None, device_class: str | 
     from tuner.db_open import open_for_read
     from tuner.queries import device_class_slugs
 
-    if module.KERNELS and kernel is not None and kernel not in module.KERNELS:
-        return f"nothing to export: this format writes {' and '.join(module.KERNELS)}, not {kernel[:40]}"
-    kernels = [k for k in module.KERNELS if kernel in (None, k)] if module.KERNELS else [kernel]
+    kernels = [k for k in written if kernel in (None, k)] if written is not None else [kernel]
     what = " or ".join(k for k in kernels if k) or "any kernel"
     where = f"device class {device_class}" if device_class else "any device class"
     why = f"nothing to export: no current best of {what} on {where}" + (f" for {model}" if model else "")
@@ -154,10 +189,17 @@ def _nothing_to_write(settings, module, kernel: str | None, device_class: str | 
     if not seeds:
         how = f"--model {model}" if model else f"{kernels[0] or 'KERNEL'} --shape ..."
         return f"{why}; tune its keys first (tuner submit {how} --device-class C)"
+    from keys import SpecError
+    from search_spaces import registry
+
     r = seeds[0]
     shape = ",".join(f"{k}={v}" for k, v in r.dims.items())
+    try:  # a seed names only what its file does (vLLM's: E, N, M); the key's other dims are the user's
+        rest = "".join(f",{n}=..." for n in registry.KERNELS.load(r.kernel).key_names if n not in r.dims)
+    except SpecError:  # a seed of a kernel no longer registered
+        rest = ""
     return (f"{why}; {len(seeds)} imported configuration(s) are seeds, not measurements: tuning their keys "
-            f"measures them, e.g. tuner submit {r.kernel} --shape {shape}{',K=...,topk=...' if r.kernel in ('fused_moe', 'fused_moe_quant') else ''} "
+            f"measures them, e.g. tuner submit {r.kernel} --shape {shape}{rest} "
             f"--dtype {r.dtype} --device-class {r.device_selector} (or --model M for a preset's keys)")
 
 
@@ -185,7 +227,7 @@ def import_configs(settings, fmt: str, source: str, device_class: str | None) ->
     single = not path.is_dir()
     paths = [path] if single else sorted(p for p in path.rglob("*") if p.is_file())
     selector = resolve_device_class(device_class) if device_class else None
-    bounds = {k: module.seed_bounds(registry.get(k)) for k in module.KERNELS}  # files name their kernel
+    bounds = {k: module.seed_bounds(registry.get(k)) for k in declared(fmt)}  # files name their kernel
     known = _known_devices(settings)
     read, skipped = [], []
     for p in paths:

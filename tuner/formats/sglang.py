@@ -23,8 +23,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tuner.formats import Written
-from tuner.formats.vllm import KERNELS, block_shape, dtype_selector, files, write_files
+from tuner.formats import Written, declared
+from tuner.formats.vllm import block_shape, dtype_selector, files, write_files
 
 DESCRIPTION = "SGLang's fused-MoE config files under configs/triton_X_Y_Z/, for SGLANG_MOE_CONFIG_DIR"
 WRITES = "directory"
@@ -71,7 +71,7 @@ def write(entries: list[dict[str, Any]], output: Path, ask: Any = None) -> Writt
         return (f"{folder(e['stack']['triton'])}/"
                 f"{file_name(d['E'], d['N'], device, dtype_selector(e['dtype']), block_shape(e['dtype']))}")
 
-    ours = files(entries, name)
+    ours = files(entries, name, declared("sglang"))
     if ask is None or ask.shipped is None:
         return Written(write_files(ours, output))
     tables = shipped_tables(Path(ask.shipped))

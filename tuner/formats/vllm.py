@@ -23,14 +23,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from search_spaces.fused_moe_vllm import SCHEMES
-from tuner.formats import Written, inside
+from tuner.formats import Written, declared, inside
 from tuner.formats.bundle import write_atomic
 
 DESCRIPTION = "vLLM's fused-MoE config files, one per (E, N, device, dtype), for VLLM_TUNED_CONFIG_FOLDER"
 WRITES = "directory"
-KERNEL = "fused_moe"
-# the kernels whose bests vLLM's fused-MoE files hold: both run vLLM's fused_moe_kernel configuration
-KERNELS = (KERNEL, "fused_moe_quant")
+FORMAT = "vllm"  # what a kernel whose bests these files hold declares (KernelSpec.exports)
 # vLLM's key order (benchmark_moe.py sort_config): the ROCm knobs only where the config has them
 PARAMS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages",
           "waves_per_eu", "matrix_instr_nonkdim", "kpack")
@@ -69,12 +67,14 @@ def vllm_config(config: dict[str, Any]) -> dict[str, Any]:
     return {p: config[p] for p in PARAMS if p in config}
 
 
-def files(entries: list[dict[str, Any]], name: Callable[[dict[str, Any], str], str]) -> dict[str, dict[int, dict]]:
-    """path relative to the output -> {M: config} for the fused_moe entries, each written under every
-    device name its class has (`name(entry, device_name)`). Where two entries land on one file and M
-    (bf16 and fp16, or two models with the same E and N), the one tuned last wins."""
+def files(entries: list[dict[str, Any]], name: Callable[[dict[str, Any], str], str],
+          kernels: tuple[str, ...]) -> dict[str, dict[int, dict]]:
+    """path relative to the output -> {M: config} for the entries of `kernels` (those declaring the
+    format), each written under every device name its class has (`name(entry, device_name)`). Where
+    two entries land on one file and M (bf16 and fp16, or two models with the same E and N), the
+    one tuned last wins."""
     out: dict[str, dict[int, dict]] = {}
-    for e in sorted((e for e in entries if e["kernel"] in KERNELS), key=lambda e: e["tuned_at"]):
+    for e in sorted((e for e in entries if e["kernel"] in kernels), key=lambda e: e["tuned_at"]):
         for device in e.get("device_names", ()):
             out.setdefault(name(e, device), {})[int(e["key"]["dims"]["M"])] = vllm_config(e["config"])
     return out
@@ -95,7 +95,7 @@ def write(entries: list[dict[str, Any]], output: Path, ask: Any = None) -> Writt
         d = e["key"]["dims"]
         return file_name(d["E"], d["N"], device, dtype_selector(e["dtype"]), block_shape(e["dtype"]))
 
-    return Written(write_files(files(entries, name), output))
+    return Written(write_files(files(entries, name, declared(FORMAT)), output))
 
 
 # ---- reading: `tuner import --format vllm` ---------------------------------------------------
@@ -103,19 +103,22 @@ class Malformed(ValueError):
     """A file whose name says it is a vLLM config but whose content is not one."""
 
 
-QUANT_KERNEL = KERNELS[1]  # the quantized schemes' kernel (search_spaces/fused_moe_quant.py)
-
-
 def _kernel_dtypes(selector: str | None, block: tuple[int, int] | None) -> tuple[str, list[str]] | None:
     """(our kernel, the dtypes of its keys) a file's dtype selector and block shape serve, or None
-    for a scheme no kernel here runs: the plain selectors are fused_moe's, the quantized ones
-    (SCHEMES, as vLLM names them) fused_moe_quant's."""
+    for a scheme no kernel here runs: the first kernel declaring the format whose dtypes hold them
+    (the plain selectors' bf16, fp16 and fp32: fused_moe; the quantized schemes of SCHEMES, as
+    vLLM names them: fused_moe_quant)."""
+    from search_spaces import registry
+
     if selector is None and block is None:
-        return KERNEL, ["bfloat16", "float16"]
-    if selector == "float32" and block is None:
-        return KERNEL, ["float32"]
-    dtypes = [ours for ours, s in SCHEMES.items() if (s.vllm_dtype, s.block) == (selector, block)]
-    return (QUANT_KERNEL, dtypes) if dtypes else None
+        dtypes = ["bfloat16", "float16"]
+    elif selector == "float32" and block is None:
+        dtypes = ["float32"]
+    else:
+        dtypes = [ours for ours, s in SCHEMES.items() if (s.vllm_dtype, s.block) == (selector, block)]
+    kernel = next((k for k in declared(FORMAT) if dtypes and set(dtypes) <= set(registry.KERNELS.load(k).dtypes)),
+                  None)
+    return (kernel, dtypes) if kernel else None
 
 
 MAX_BYTES = 16 << 20  # vLLM's largest shipped file is ~20 kB: anything near this is not one

@@ -36,18 +36,33 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuner.formats import Written, inside
+from tuner.formats import Written, declared, inside
 from tuner.formats.bundle import write_atomic
 
 DESCRIPTION = "vLLM's LoRA shrink/expand files for VLLM_TUNED_CONFIG_FOLDER ({gpu}_SHRINK.json, {gpu}_EXPAND_TRUE.json)"
 WRITES = "directory"
 
-# kernel -> (the file's op part, the key dims of its k and n levels)
-OPS = {"lora_shrink": ("SHRINK", "K", "RANK"), "lora_expand": ("EXPAND_TRUE", "RANK", "N")}
-KERNELS = tuple(OPS)
+FORMAT = "vllm-lora"  # what a kernel whose bests these files hold declares (KernelSpec.exports)
 # our parameter -> vLLM's field (lora_shrink_op.py and lora_expand_op.py read these)
 FIELDS = {"BLOCK_M": "block_m", "BLOCK_N": "block_n", "BLOCK_K": "block_k", "SPLIT_K": "split_k",
           "num_warps": "num_warps", "num_stages": "num_stages"}
+def ops() -> dict[str, tuple[str, str, str]]:
+    """kernel -> (the file's op part, the key dims of its k and n levels) of every kernel declaring
+    this format, as its `vllm_lora_op` says (lora_shrink: SHRINK, K, RANK); UserError, one line,
+    for a kernel that declares the format but not its op (its keys are LoRA keys: M, SLICES, LORAS)."""
+    from search_spaces import registry
+    from tuner.errors import UserError
+
+    out = {}
+    for kernel in declared(FORMAT):
+        op = getattr(registry.KERNELS.load(kernel), "vllm_lora_op", None)
+        if not (isinstance(op, tuple) and len(op) == 3 and all(isinstance(p, str) for p in op)):
+            raise UserError(f"kernel {kernel[:40]} declares the {FORMAT} export but no vllm_lora_op "
+                            "(the file's op part, its k and n dims); nothing was written")
+        out[kernel] = op
+    return out
+
+
 def gpu_name(device_name: str) -> str:
     """The {gpu_name} of vLLM's LoRA file names for a device name as torch reports it."""
     return device_name.replace(" ", "_").replace("-", "_")
@@ -80,13 +95,14 @@ def files(entries: list[dict[str, Any]], slices: tuple[int, ...] = SLICES,
 
     newest: dict[tuple, dict] = {}
     old: dict[str, int] = {}
+    kernel_ops = ops()
     for e in entries:
-        if e["kernel"] not in OPS:
+        if e["kernel"] not in kernel_ops:
             continue
         if e["kernel_version"] != registry.get(e["kernel"]).version:
             old[e["kernel"]] = old.get(e["kernel"], 0) + 1
             continue
-        op, k_dim, n_dim = OPS[e["kernel"]]
+        op, k_dim, n_dim = kernel_ops[e["kernel"]]
         d = e["key"]["dims"]
         for gpu in _gpu_names(e):
             at = (f"{gpu}_{op}.json", slots(d["LORAS"]), d["SLICES"], d["M"], d[k_dim], d[n_dim])

@@ -9,7 +9,7 @@ from db import models
 from db.session import session_scope
 from keys import config_hash
 from tuner.db_open import open_for_read
-from tuner.display import timing_label
+from tuner.display import time_axis, timing_label
 from tuner.errors import NotFound
 from tuner.settings import Settings
 
@@ -50,10 +50,16 @@ def report(settings: Settings, run: str | None) -> dict:
                 new_fp = (s.get(models.StackFingerprint, new.fingerprint_id).hash if new else
                           ",".join(warm.get("new_fingerprints") or [warm.get("new_fingerprint") or ""]))
                 flags = []
-                if old_ms and new_ms and new_ms > old_ms * (1 + threshold):
+                slower = bool(old_ms and new_ms and new_ms > old_ms * (1 + threshold))
+                # a regression is the search settling on another configuration that is slower; the
+                # same configuration slower is the new stack's doing, said by the flag after
+                same = bool(new and old_hash and new.config_hash == old_hash)
+                if slower and not same:
                     flags.append(f"regression: new stack {new_ms / old_ms:.2f}x slower than the old")
                 if old_ms and old_on_new and old_on_new > old_ms * (1 + threshold):
                     flags.append(f"old config {old_on_new / old_ms:.2f}x slower on the new stack")
+                elif slower and same:
+                    flags.append(f"old config {new_ms / old_ms:.2f}x slower on the new stack (kept: still the best)")
                 rows.append({"job": job.id, "kernel": job.kernel, "device_class": job.device_selector,
                              "key": key.key["dims"], "dtype": key.key["dtype"], "key_hash": key.key_hash,
                              "state": key.state,
@@ -76,13 +82,16 @@ def figure(result: dict):
               ("new best, new stack", "new_best_ms_new_stack")]
     fig, ax = figures.new(max(6, 1.8 * len(rows)), 4)
     width = 0.27
+    factor, unit = time_axis([r[field] for r in rows for _, field in series])
     for i, (name, field) in enumerate(series):
-        ax.bar([x + (i - 1) * width for x in range(len(rows))], [r[field] or 0 for r in rows], width, label=name)
+        ax.bar([x + (i - 1) * width for x in range(len(rows))], [(r[field] or 0) * factor for r in rows], width,
+               label=name)
     for x, r in enumerate(rows):
         if r["regression"]:
-            ax.annotate("regression", (x, (r["new_best_ms_new_stack"] or 0)), ha="center", va="bottom", color="red")
+            ax.annotate("regression", (x, (r["new_best_ms_new_stack"] or 0) * factor), ha="center", va="bottom",
+                        color="red")
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
-    ax.set_ylabel("median ms")
+    ax.set_ylabel(f"median {unit}")
     ax.set_title(f"retune run {result['run']} ({result['timing']})")
     ax.legend()
     return fig

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-# the levels of the fallback order, best first; every level after the first is a miss
-EXACT, OTHER_FINGERPRINT, NEAREST, DEFAULT = "exact", "other_fingerprint", "nearest", "default"
-LEVELS = (EXACT, OTHER_FINGERPRINT, NEAREST, DEFAULT)
+# the levels of the fallback order, best first; every level after the first is a miss.
+# REPORTED: the winner a drop-in kernel timed in some process for this very key (first reported
+# wins), below any measured best, above another shape's
+EXACT, OTHER_FINGERPRINT, REPORTED, NEAREST, DEFAULT = "exact", "other_fingerprint", "reported", "nearest", "default"
+LEVELS = (EXACT, OTHER_FINGERPRINT, REPORTED, NEAREST, DEFAULT)
 MISS_LEVELS = LEVELS[1:]
 
 
@@ -58,7 +60,7 @@ class Identity:
 class Answer:
     """One lookup's configuration and where it came from.
 
-    level: exact | other_fingerprint | nearest | default; source: the source's name (database,
+    level: exact | other_fingerprint | reported | nearest | default; source: the source's name (database,
     bundle, ...) or "default"; fingerprint, tuned_at and dims: those of the stored row served;
     distance: the log2 distance of a nearest shape (a 2x change of one dim counts 1); reason:
     why a default was served (nothing stored, the source unreachable, still waiting for it, ...).
@@ -106,8 +108,8 @@ class Answer:
             where += f" (shape {','.join(f'{k}={v}' for k, v in self.dims.items())}, distance {self.distance:g})"
         if self.fingerprint and self.level != DEFAULT:
             where += f", fingerprint {self.fingerprint}"
-        if self.age_s is not None:
-            where += f", tuned {_age(self.age_s)} ago"
+        if self.age_s is not None:  # a reported winner was timed by one process, not tuned by the fleet
+            where += f", {'reported' if self.level == REPORTED else 'tuned'} {_age(self.age_s)} ago"
         return where + (f": {self.reason}" if self.reason else "")
 
 

@@ -143,7 +143,10 @@ class State:
             self.source = open_source(s, self.identity.target, self.warn)
             sink = open_sink(s, self.source) if s.miss_flush_s > 0 else None
             if sink is not None:
+                from tuner.runtime.reported import reask  # (it imports this module)
+
                 self.counter = MissCounter(sink, s.miss_flush_s, self.warn)
+                self.counter.on_reported = lambda cks: reask(self, cks)  # a drop-in's winner written: ask again
         self.errors: dict[str, str] = {}
         self.pending: dict[tuple, _Question] = {}
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -184,6 +187,8 @@ class State:
             if held is not None and type(held.tally) is Waiting:
                 tally.count += held.tally.count
                 tally.signature = tally.signature or held.tally.signature
+                if held.tally.reported is not None:  # a drop-in's winner, timed while this was asked
+                    self.counter.report(tally, held.tally.reported)
         entry = Entry(answer, spec.split_config(dict(answer.config), self.identity.target.vendor), tally)
         if not self.closed:
             CACHE[ck] = entry

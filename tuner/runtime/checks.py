@@ -50,14 +50,22 @@ def refusal(spec: Any, config: Any, key: Any, target: Any) -> Refusal | None:
 
 
 def screen_bundle(doc: dict, slug: str, target: Any, warn: Warn) -> dict:
-    """doc (a bundle as a server answered it) with only the entries of slug that this process could
-    serve: a registered kernel at its current version, a key that is what its hash says, and a
-    configuration that passes `refusal` for it. What is dropped is warned of once per cause."""
+    """doc (a bundle as a server answered it) with only the entries (and reported winners) of slug
+    that this process could serve: a registered kernel at its current version, a key that is what
+    its hash says, and a configuration that passes `refusal` for it. What is dropped is warned of
+    once per cause."""
+    specs: dict[str, Any] = {}
+    out = {**doc, "entries": _screen(doc["entries"], slug, target, warn, specs)}
+    if isinstance(doc.get("reported"), list):
+        out["reported"] = _screen(doc["reported"], slug, target, warn, specs)
+    return out
+
+
+def _screen(entries: list, slug: str, target: Any, warn: Warn, specs: dict[str, Any]) -> list:
     from tuner.runtime.keys import spec_for
 
-    specs: dict[str, Any] = {}
     kept = []
-    for e in doc["entries"]:
+    for e in entries:
         try:
             name = e["kernel"]
             if name not in specs:
@@ -79,7 +87,7 @@ def screen_bundle(doc: dict, slug: str, target: Any, warn: Warn) -> dict:
             kept.append(e)
         else:
             warn_refused(warn, name, bad, "dropped from the config server's bundle")
-    return {**doc, "entries": kept}
+    return kept
 
 
 def warn_refused(warn: Warn, kernel: str, bad: Refusal, what: str) -> None:

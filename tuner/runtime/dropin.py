@@ -15,9 +15,13 @@ module.function), `on_miss=` and `inputs=`. At launch the key is formed as trito
 it and looked up through the runtime (tuner.runtime.lookup's cache, sources, deadline and
 checks) under the kernel's name: dims are the key's arguments (positive integers), the dtype that
 of the first floating-point tensor. A stored row is launched. On a miss, on_miss="default"
-launches the first config at once; on_miss="autotune" times the list here as triton.autotune
-does (once per key per process). Every miss is counted with the launch's signature
-(search_spaces.dropin), so that `tuner tune NAME --from-misses` or `tuner retune --misses` tune
+launches the first config at once; on_miss="autotune" first waits for the source's answer (another
+process may have reported a winner for the key: level "reported", launched as any stored row),
+else times the list here as triton.autotune does (once per key per process) and reports the
+winner with the key's miss (tuner/runtime/reported.py): the service keeps the first winner
+reported per key, class and stack, and a process whose report lost adopts that one, so the ranks
+of a job agree. A measured best, once the fleet tunes the key, outranks it. Every miss is
+counted with the launch's signature (search_spaces.dropin), so that `tuner tune NAME --from-misses` or `tuner retune --misses` tune
 the keys production launched. A key the fleet cannot name (a key argument that is not a
 positive integer, no floating-point tensor) is served as on a miss, and not counted.
 
@@ -34,6 +38,7 @@ from triton.runtime.autotuner import Autotuner
 
 from search_spaces import dropin
 from keys import canonical_json
+from tuner.runtime import reported
 from tuner.runtime.answer import DEFAULT
 from tuner.runtime.cache import entry_for
 
@@ -112,8 +117,26 @@ class DropinKernel(Autotuner):
                 config = self._config(entry)
                 return self._launch(config, args, kwargs)
         if self.on_miss == "autotune":
-            return super().run(*args, **kwargs)  # timed once per key, kept in self.cache
+            timing = key not in self.cache and len(self.configs) > 1
+            if timing and entry is not None:  # a winner another process reported beats timing again
+                entry = reported.answered(self.name, rk[0], rk[1])
+                if entry is not None and entry.answer.level != DEFAULT:
+                    return self._launch(self._config(entry), args, kwargs)
+            ret = super().run(*args, **kwargs)  # timed once per key, kept in self.cache
+            if timing and entry is not None and key in self.cache:
+                self._report(rk, self.cache[key])
+            return ret
         return self._launch(self.configs[0], args, kwargs)
+
+    def _report(self, rk: tuple, winner: Config) -> None:
+        """Report the winner just timed (in the background: tuner/runtime/reported.py), where its
+        median is a timing (a list that failed everywhere has none)."""
+        import math
+
+        timing = (getattr(self, "configs_timings", None) or {}).get(winner)
+        median = timing[0] if isinstance(timing, (list, tuple)) else timing
+        if type(median) in (int, float) and math.isfinite(median) and 0 < median <= reported.MAX_REPORTED_MS:
+            reported.report(self.name, rk[0], rk[1], dropin.config_dict(winner), float(median))
 
     def _signature(self, args: dict, grid: Any) -> dict | None:
         try:

@@ -4,6 +4,9 @@ calls it directly.
 
   exact key on the live class and fingerprint
   -> the same key under another fingerprint of the class (newest first)
+  -> the winner a drop-in kernel (@autotune, on_miss="autotune") timed for this very key in some
+     process of the class and reported, the first reported (live fingerprint first): unmeasured by
+     the fleet, but what every rank is served alike
   -> the nearest stored shape of the class (log2 distance; the live fingerprint first among equals)
   -> the kernel's default.
 A row of any level is served only if it passes `checks.refusal` for the key asked on the live
@@ -15,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuner.runtime.answer import DEFAULT, EXACT, NEAREST, OTHER_FINGERPRINT, Answer, Identity, ReadOnlyConfig
+from tuner.runtime.answer import (DEFAULT, EXACT, NEAREST, OTHER_FINGERPRINT, REPORTED, Answer, Identity,
+                                  ReadOnlyConfig)
 from tuner.runtime.checks import Warn, refusal, warn_refused
 from tuner.runtime.sources import Source, Stored
 
@@ -52,6 +56,10 @@ def resolve(spec: Any, key: Any, identity: Identity, source: Source, warn: Warn 
         level = EXACT if row.fingerprint == fp else OTHER_FINGERPRINT
         if passes(row, level):
             return stored(row, level)
+    reported = source.reported(key.kernel, key.version, key.stable_hash, slug)
+    for row in sorted(reported, key=lambda r: r.fingerprint != fp):  # stable: the first reported first
+        if passes(row, REPORTED):
+            return stored(row, REPORTED)
     dims = key.dim_map
     for row, distance in source.shapes(key.kernel, key.version, key.dtype, slug).ranked(dims, fp, NEAREST_TRIED):
         if distance == 0:  # the same shape: an exact row, already seen above

@@ -9,6 +9,9 @@ write that fails is dropped, with one warning, never retried and never on a laun
 Sinks: TUNER_MISS_FILE when set; else the source's own kind: the database, the `tuner serve` of
 TUNER_CONFIG_URL (POST /v1/misses), or with a bundle TUNER_HOME/misses.jsonl.
 
+A drop-in kernel's locally timed winner (tuner/runtime/reported.py) rides on its key's tally
+(`MissCounter.report` wakes the flusher); once written, `on_reported` has the runtime ask again.
+
 Adding a sink is one class: subclass `MissSink` with `from_settings(settings, source)` (an
 instance when it should receive this process's misses, else None) and `write(records)`, and put
 it in `SINKS` before the kinds it should win over.
@@ -48,36 +51,43 @@ class MissKey:
 
 
 class Tally:
-    # signature: the launch a drop-in kernel (@autotune) missed with, for rebuilding its inputs
-    __slots__ = ("key", "count", "flushed", "first_seen", "signature")
+    # signature: the launch a drop-in kernel (@autotune) missed with, for rebuilding its inputs;
+    # reported: ({"config", "median_ms"}, the cache key asked again once written) not yet written
+    __slots__ = ("key", "count", "flushed", "first_seen", "signature", "reported")
 
     def __init__(self, key: MissKey):
         self.key, self.count, self.flushed = key, 0, 0
         self.first_seen = datetime.now(timezone.utc).isoformat()
         self.signature: dict[str, Any] | None = None
+        self.reported: tuple[dict[str, Any], tuple] | None = None
 
 
 class Waiting:
     """The launches of a default served while the source was asked: misses if the answer turns out
     to be a miss (added to its tally then), else not counted."""
 
-    __slots__ = ("count", "signature")
+    __slots__ = ("count", "signature", "reported")
 
     def __init__(self) -> None:
         self.count = 0
         self.signature: dict[str, Any] | None = None  # a drop-in's launch, kept for the tally it becomes
+        self.reported: tuple[dict[str, Any], tuple] | None = None  # and its winner, as Tally.reported
 
 
 def record(key: MissKey, count: int, first_seen: str, last_seen: str,
-           signature: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A miss record as sinks, files and db.store.record_misses take it (JSON); `signature` only
-    where a drop-in kernel recorded one, so a record without it reads as it always did."""
+           signature: dict[str, Any] | None = None, reported: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A miss record as sinks, files and db.store.record_misses take it (JSON); `signature` and
+    `reported` ({"config", "median_ms"}: the winner it timed) only where a drop-in kernel recorded
+    them, so a record without them reads as it always did. A record carrying a winner may count
+    no launch (they went out with an earlier flush)."""
     out = {"kernel": key.kernel, "kernel_version": key.kernel_version, "key_hash": key.key_hash,
            "key": {"kernel": key.kernel, "version": key.kernel_version, "dims": dict(key.dims), "dtype": key.dtype},
            "dtype": key.dtype, "device_class": key.device_class, "fingerprint": key.fingerprint,
            "level": key.level, "count": count, "first_seen": first_seen, "last_seen": last_seen}
     if signature is not None:
         out["signature"] = signature
+    if reported is not None:
+        out["reported"] = reported
     return out
 
 
@@ -87,7 +97,10 @@ def parse_record(data: Any) -> dict[str, Any]:
     known device-class slug and a stack hash are taken (anything else grows the table and /metrics
     with rows nobody can tune). The key hash is recomputed from the key, never taken from the line.
     A drop-in's launch signature (an optional field) is checked and kept in the stored key's JSON
-    as "signature", outside the key's identity and hash."""
+    as "signature", outside the key's identity and hash. A drop-in's reported winner (optional:
+    {"config", "median_ms"}) is checked as any stored row is before a runtime serves it (exactly
+    the kernel's parameters, plain ints, its check() on the record's device class), since every
+    process of the class is served it once stored; the median is a positive finite number."""
     import re
 
     from devices.classes import class_for
@@ -118,14 +131,15 @@ def parse_record(data: Any) -> dict[str, Any]:
         raise ValueError(f"key dims must be {spec.name}'s {', '.join(spec.key_names)}, each an integer below 2**63")
     if data["level"] not in MISS_LEVELS:
         raise ValueError(f"level must be one of {', '.join(MISS_LEVELS)}")
-    if type(data["count"]) is not int or not 1 <= data["count"] <= MAX_RECORD_COUNT:
-        raise ValueError(f"count must be an integer from 1 to {MAX_RECORD_COUNT}")
+    least = 0 if data.get("reported") is not None else 1  # a winner may follow its launches' count
+    if type(data["count"]) is not int or not least <= data["count"] <= MAX_RECORD_COUNT:
+        raise ValueError(f"count must be an integer from {least} to {MAX_RECORD_COUNT}")
     slug = data["device_class"]
     try:
-        known = isinstance(slug, str) and len(slug) <= 80 and class_for(slug).slug == slug
+        dc = class_for(slug) if isinstance(slug, str) and len(slug) <= 80 else None
     except SpecError:
-        known = False
-    if not known:
+        dc = None
+    if dc is None or dc.slug != slug:
         raise ValueError(f"device_class {str(slug)[:40]!r} is not a device-class slug (`tuner devices` prints them)")
     if not isinstance(data["fingerprint"], str) or not re.fullmatch("[0-9a-f]{16}", data["fingerprint"]):
         raise ValueError("fingerprint must be a stack hash: 16 hex digits")
@@ -142,8 +156,13 @@ def parse_record(data: Any) -> dict[str, Any]:
         if why is not None:
             raise ValueError(why)
         stored["signature"] = data["signature"]
-    return {**{f: data[f] for f in RECORD_FIELDS}, "key": stored, "key_hash": key.stable_hash,
-            "first_seen": seen[0], "last_seen": seen[1]}
+    out = {**{f: data[f] for f in RECORD_FIELDS}, "key": stored, "key_hash": key.stable_hash,
+           "first_seen": seen[0], "last_seen": seen[1]}
+    if data.get("reported") is not None:
+        from tuner.runtime.reported import parse_reported
+
+        out["reported"] = parse_reported(data["reported"], spec, made, dc.target)
+    return out
 
 
 class MissSink:
@@ -176,13 +195,16 @@ class DatabaseSink(MissSink):
 
     def write(self, records: list[dict[str, Any]]) -> None:
         from db import store
+        from db.reported import record_reported
         from db.session import session_scope, sqlite_path
 
         path = sqlite_path(self.url)
         if path is not None and not path.exists():
             raise FileNotFoundError(f"no tuning database at {path}")
+        parsed = [parse_record(r) for r in records]
         with session_scope(self.url) as s:
-            store.record_misses(s, [parse_record(r) for r in records])
+            store.record_misses(s, parsed)
+            record_reported(s, parsed)
 
     def describe(self) -> str:
         from db.urls import redact
@@ -277,8 +299,10 @@ class MissCounter:
         self._tallies: dict[MissKey, Tally] = {}
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
-        self._stop = threading.Event()
+        self._stop, self._wake = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
+        # called (in the flusher thread) with the cache keys whose reported winners were written
+        self.on_reported: Callable[[list[tuple]], None] | None = None
 
     def tally(self, key: MissKey) -> Tally:
         """The tally a cache entry adds its launches to (cold path)."""
@@ -291,9 +315,26 @@ class MissCounter:
                 self._thread.start()
             return t
 
+    def report(self, tally: Any, reported: tuple[dict[str, Any], tuple]) -> None:
+        """A drop-in's locally timed winner ({"config", "median_ms"}, its cache key) for the key of
+        tally (a Tally, or a Waiting that becomes one): written by the flusher, woken for it."""
+        tally.reported = reported
+        if type(tally) is Tally:
+            self.wake()
+
+    def wake(self) -> None:
+        """Flush now rather than at the end of the interval (a winner waits to be written)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tuner-misses", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
     def _run(self) -> None:
         while True:
-            stopping = self._stop.wait(self.flush_s)
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+            stopping = self._stop.is_set()
             self.flush()
             if stopping:
                 return
@@ -301,7 +342,7 @@ class MissCounter:
     def pending(self) -> Iterable[tuple[Tally, int]]:
         with self._lock:
             tallies = list(self._tallies.values())
-        return [(t, t.count - t.flushed) for t in tallies if t.count > t.flushed]
+        return [(t, t.count - t.flushed) for t in tallies if t.count > t.flushed or t.reported is not None]
 
     def flush(self) -> int:
         """Write what was counted since the last flush; returns the records written (0 when the
@@ -311,10 +352,13 @@ class MissCounter:
 
     def _flush(self) -> int:
         now = datetime.now(timezone.utc).isoformat()
-        batch = []
+        batch, asked = [], []
         for t, n in self.pending():
             t.flushed += n
-            batch.append(record(t.key, n, t.first_seen, now, t.signature))
+            reported, t.reported = t.reported, None  # sent once: lost with the batch if the write fails
+            if reported is not None:
+                asked.append(reported[1])
+            batch.append(record(t.key, n, t.first_seen, now, t.signature, reported and reported[0]))
         if not batch:
             return 0
         try:
@@ -324,11 +368,14 @@ class MissCounter:
             self.warn("misses", f"tuner: cannot write runtime misses to {self.sink.describe()} "
                                 f"({type(exc).__name__}: {text[0][:200] if text else ''}); dropped")
             return 0
+        if asked and self.on_reported is not None and not self._stop.is_set():  # at exit nobody asks again
+            self.on_reported(asked)
         return len(batch)
 
     def close(self, wait_s: float = EXIT_WAIT_S) -> None:
         """Flush once more in the flusher thread and wait for it at most wait_s (at exit)."""
         self._stop.set()
+        self._wake.set()
         thread = self._thread
         if thread is not None and thread.is_alive():
             thread.join(wait_s)
@@ -336,7 +383,7 @@ class MissCounter:
     def after_fork(self) -> None:
         """In a forked child: the flusher thread is gone; the parent's counts are the parent's."""
         self._lock, self._flushing = threading.Lock(), threading.Lock()
-        self._stop = threading.Event()
+        self._stop, self._wake = threading.Event(), threading.Event()
         self._thread = None
         for t in self._tallies.values():
-            t.flushed = t.count
+            t.flushed, t.reported = t.count, None

@@ -1,7 +1,8 @@
 """Where the runtime reads stored configurations: one small `Source` interface and its kinds.
 
 Adding a source is one class: subclass `Source`, give it a `name`, a `from_settings` that
-returns an instance when the settings ask for it (else None), `exact` and `shapes`; then put it
+returns an instance when the settings ask for it (else None), `exact` and `shapes` (and
+`reported`, where it can hold what drop-in kernels reported); then put it
 in `SOURCES`, before the kinds it should win over. The first kind whose `from_settings` answers
 is the process's source. Both questions are asked from the runtime's background thread, never
 on a launch; a source may raise (the runtime then serves defaults and asks again later) and
@@ -15,54 +16,12 @@ The kinds, in the order they win: a `tuner serve` (TUNER_CONFIG_URL; HttpSource)
 from __future__ import annotations
 
 import logging
-import math
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar
 
 from tuner.runtime.keys import first_line as _first_line
-
-
-@dataclass(frozen=True)
-class Stored:
-    """One current best configuration as a source returns it."""
-
-    dims: Mapping[str, int]
-    fingerprint: str
-    config: Mapping[str, Any]
-    tuned_at: str | None = None  # ISO-8601
-
-
-class ShapeSet:
-    """The stored shapes of one kernel version, dtype and class, with an index for nearest-shape
-    ranking built on first use (numpy, imported then)."""
-
-    def __init__(self, rows: list[Stored]):
-        self.rows = rows
-        self._index: dict[tuple[str, ...], tuple] = {}
-
-    def ranked(self, dims: Mapping[str, int], fingerprint: str, limit: int) -> list[tuple[Stored, float]]:
-        """Up to `limit` rows nearest to dims in log2 space (a 2x change of any dim counts 1),
-        nearest first; among equals the live fingerprint first. Rows lacking a dim are skipped."""
-        import numpy as np
-
-        names = tuple(dims)
-        index = self._index.get(names)
-        if index is None:  # a row whose dims are not positive ints (a damaged source) is never near
-            usable = [i for i, r in enumerate(self.rows)
-                      if all(type(r.dims.get(n)) is int and r.dims[n] > 0 for n in names)]
-            logs = np.array([[math.log2(self.rows[i].dims[n]) for n in names] for i in usable],
-                            dtype=np.float64).reshape(len(usable), len(names))
-            fps = np.array([self.rows[i].fingerprint for i in usable], dtype=object)
-            index = self._index[names] = (usable, logs, fps)
-        usable, logs, fps = index
-        if not usable:
-            return []
-        want = np.array([math.log2(max(1, dims[n])) for n in names])
-        dist = np.abs(logs - want).sum(axis=1)
-        order = np.lexsort(((fps != fingerprint), dist))[:limit]
-        return [(self.rows[usable[i]], float(dist[i])) for i in order]
+from tuner.runtime.rows import ShapeSet, Stored
 
 
 class Source:
@@ -86,6 +45,11 @@ class Source:
     def shapes(self, kernel: str, version: str, dtype: str, slug: str) -> ShapeSet:
         """Every stored shape of a kernel version and dtype on a device class."""
         raise NotImplementedError
+
+    def reported(self, kernel: str, version: str, key_hash: str, slug: str) -> list[Stored]:
+        """The winners drop-in kernels timed and reported for one key on a class, the first
+        reported first (one per fingerprint); none where the source holds none."""
+        return []
 
     def refresh(self) -> None:
         """Forget what was read, so the next questions see rows stored since."""
@@ -140,6 +104,19 @@ class DatabaseSource(Source):
     def exact(self, kernel: str, version: str, key_hash: str, slug: str) -> list[Stored]:
         return self._rows(kernel, version, slug, key_hash=key_hash)
 
+    def reported(self, kernel: str, version: str, key_hash: str, slug: str) -> list[Stored]:
+        if self.file is not None:
+            from db.best_rows import reported_rows
+
+            return [Stored(*row) for row in reported_rows(self.file, kernel, version, slug, key_hash)]
+        from db.reported import reported_configs
+        from db.session import session_scope
+
+        with session_scope(self.url) as s:
+            return [Stored(r.key["dims"], r.fingerprint, r.config, r.reported_at.isoformat())
+                    for r in reported_configs(s, kernel=kernel, kernel_version=version, key_hash=key_hash,
+                                              device_class=slug)]
+
     def shapes(self, kernel: str, version: str, dtype: str, slug: str) -> ShapeSet:
         k = (kernel, version, dtype, slug)
         if k not in self._shapes:  # one scan per kernel and dtype, then nearest lookups are in memory
@@ -162,6 +139,11 @@ class BundleRows:
         rows = [Stored(e["key"]["dims"], fp, config, e.get("tuned_at"))
                 for fp, config, e in self.bundle.exact(kernel, version, key_hash, slug)]
         return sorted(rows, key=lambda r: r.tuned_at or "", reverse=True)  # newest first, as the database
+
+    def reported(self, kernel: str, version: str, key_hash: str, slug: str) -> list[Stored]:
+        rows = [Stored(e["key"]["dims"], fp, config, e.get("reported_at"))
+                for fp, config, e in self.bundle.reported(kernel, version, key_hash, slug)]
+        return sorted(rows, key=lambda r: r.tuned_at or "")  # the first reported first, as the database
 
     def shapes(self, kernel: str, version: str, dtype: str, slug: str) -> ShapeSet:
         k = (kernel, version, dtype, slug)
@@ -205,6 +187,9 @@ class BundleSource(Source):
 
     def shapes(self, kernel: str, version: str, dtype: str, slug: str) -> ShapeSet:
         return self._load().shapes(kernel, version, dtype, slug)
+
+    def reported(self, kernel: str, version: str, key_hash: str, slug: str) -> list[Stored]:
+        return self._load().reported(kernel, version, key_hash, slug)
 
     def refresh(self) -> None:
         try:
@@ -270,6 +255,16 @@ class HttpSource(Source):
 
     def shapes(self, kernel: str, version: str, dtype: str, slug: str) -> ShapeSet:
         return self._rows(slug).shapes(kernel, version, dtype, slug)
+
+    def reported(self, kernel: str, version: str, key_hash: str, slug: str) -> list[Stored]:
+        return self._rows(slug).reported(kernel, version, key_hash, slug)
+
+    def fetch_now(self) -> None:
+        """Ask the server again now, in the calling thread, for every class held: after this process
+        reported a winner (tuner/runtime/reported.py), so that the answer it is served next is the
+        one the service kept. A failure is warned of once; what is held goes on being served."""
+        for slug in list(self._held):
+            self._refresh_one(slug)
 
     def refresh(self) -> None:
         for slug in list(self._held):

@@ -6,13 +6,13 @@ states, counted by the retune report's token (tuner/reports/held.py) from the in
 scan of every key. The index on job_key_id alone goes: ix_trials_job_key_order and
 ix_trials_progress both lead with it.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 """
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
