@@ -82,6 +82,27 @@ def test_a_finished_keys_tally_is_held_until_a_later_trial(url, tmp_path):
     assert [q for q in seen if "GROUP BY" in q]
 
 
+def test_a_finished_keys_workers_are_named_again_when_a_worker_is_pruned(url, tmp_path):
+    """Pruning a gone worker empties its trials' worker_id; on SQLite the next worker to register
+    takes the deleted row's id. The held tally must not name that newcomer as the key's worker."""
+    from db.clock import utcnow
+    from workers.janitor import prune_workers
+
+    st, job = settings(url, tmp_path), a_job(url)
+    rows.live_worker(url, "w-old", SLUG)
+    with session_scope(url) as s:
+        old = s.query(models.Worker).filter_by(name="w-old").one()
+        jk = s.query(models.JobKey).filter_by(job_id=job).one()
+        s.query(models.TuningTrial).filter_by(job_key_id=jk.id).update({"worker_id": old.id})
+        old.stopped_at = utcnow()
+    assert coordinator.status(st, job)["keys"][0]["workers"] == ["w-old"]
+    with session_scope(url) as s:
+        assert prune_workers(s, keep_days=0, dead_after_s=60) == 1
+    rows.live_worker(url, "w-new", SLUG)  # the id w-old had
+    (k,) = coordinator.status(st, job)["keys"]
+    assert k["workers"] == [] and k["trials_run"] == 5
+
+
 def test_a_finished_keys_page_counts_its_trials_once_until_a_later_trial(url, tmp_path):
     """The key page's count of 100,000 trials took 30 ms a read: held while no job runs the key."""
     st, job = settings(url, tmp_path), a_job(url)

@@ -214,9 +214,13 @@ def _key_status(s, job: models.Job, k: models.JobKey) -> dict:
     from workers.batch import key_budget
 
     if k.state in settled.SETTLED:  # its trials are grouped once, not at every read (tuner/settled.py)
-        T = models.TuningTrial
+        T, W = models.TuningTrial, models.Worker
         newest = s.scalar(select(func.max(T.id)).where(T.job_key_id == k.id))
-        tally = settled.held((str(s.get_bind().url), "job key", job.id, k.id, newest), lambda: _tally(s, job, k))
+        # pruning a worker empties its trials' worker_id, and SQLite gives the next worker the id
+        # of a deleted last one: the tally's workers stand while no worker went or came
+        workers = tuple(s.execute(select(func.count(W.id), func.max(W.started_at))).one())
+        tally = settled.held((str(s.get_bind().url), "job key", job.id, k.id, newest, workers),
+                             lambda: _tally(s, job, k))
     else:
         tally = _tally(s, job, k)
     outcomes, classes, worker_ids, best, default = dict(tally[0]), *tally[1:]
