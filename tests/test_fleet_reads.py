@@ -175,3 +175,29 @@ def test_the_compare_page_shows_a_page_of_each_table(url, tmp_path):
     assert html.split('id="only-a"')[1].split("</table>")[0].count("<tr>") == 2  # a short table: whole
     assert "2 more on both" in html and 'href="/v1/compare?device_class=h100&amp;device_class=mi300x"' in html
     assert "<svg" in html
+
+
+def test_the_retune_pages_list_of_runs_shows_a_run_queued_since(url, tmp_path):
+    """The list of retune runs is held per state like the report: a run queued since is listed."""
+    from tuner.api.app import create_app
+
+    key = rows.registry.get("matmul").make_key(DIMS, "float16")
+
+    def a_run(name: str) -> None:
+        with session_scope(url) as s:
+            store.create_job(s, kind="retune", origin="queued", kernel="matmul", kernel_version=key.version,
+                             keys=[key.to_json()], key_hashes=[key.stable_hash], sampler="auto", seed=0,
+                             budget_trials=4, request={"retune_run": name}, device_selector="h100")
+
+    client = TestClient(create_app(settings(url, tmp_path)), base_url="http://localhost",
+                        headers={"authorization": f"Bearer {'t' * 40}"}, raise_server_exceptions=False)
+    a_run("run-one")
+
+    def listed() -> str:
+        page = client.get("/retune")
+        assert page.status_code == 200
+        return page.text.split('<table id="runs">')[1].split("</table>")[0]
+
+    assert "run-one" in listed() and "run-two" not in listed()
+    a_run("run-two")
+    assert "run-two" in listed() and "run-one" in listed()

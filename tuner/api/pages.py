@@ -241,7 +241,9 @@ def retune_page(request: Request, run: Optional[str] = None, offset: int = 0):
 
     result, error = _attempt(held, "retune", report, settings_of(request), run[:64] if run else None)
     svg = _drawn("retune", result, figure) if result and result["keys"] else None
-    runs = retune_runs(settings_of(request), max(0, min(offset, 1_000_000)))
+    # held like the report (it reads the jobs and keys the report's state counts): grouping 1,000
+    # retune jobs' runs took 14 ms of every request at fleet scale, the state's counts 6
+    runs = held("retune-runs", retune_runs, settings_of(request), max(0, min(offset, 1_000_000)))
     return page(request, "retune.html", result=result, error=error, plot=svg, runs=runs, offset=offset)
 
 
