@@ -41,10 +41,11 @@ def state(settings, kind: str = "") -> tuple:
                                        .group_by(models.JobKey.state)).all())))
 
 
-def held(kind: str, report: Callable[..., Any], settings, *args) -> Any:
+def held(kind: str, report: Callable[..., Any], settings, *args, token: tuple | None = None) -> Any:
     """report(settings, *args), computed once per state of the database (and per settings: an
-    app's settings object is its own); an error is never held."""
-    key = (kind, id(settings), repr(args), state(settings, kind))
+    app's settings object is its own); an error is never held. `token`: state(settings, kind),
+    when the caller counted it already for another report of the same request."""
+    key = (kind, id(settings), repr(args), state(settings, kind) if token is None else token)
     if key not in _held:
         if len(_held) >= MAX_HELD:
             _held.clear()
