@@ -322,9 +322,14 @@ def scale_main(args) -> None:
     from workers.local import scratch_postgres
 
     home = Path(tempfile.mkdtemp(prefix="tuner-api-scale-"))
-    load = os.getloadavg()[0]
+    loads = os.getloadavg()  # other work on the machine (1, 5, 15 min): recorded beside the figures
+    load = loads[0]
     with (contextlib.nullcontext(args.db) if args.db else scratch_postgres(args.pg_admin)) as url:
         t = time.perf_counter()
+        if args.ids:  # a database filled before: brought to this tree's schema (a new index, say)
+            from db.session import upgrade
+
+            upgrade(url)
         ids = json.loads(args.ids) if args.ids else populate_scale(url)
         populate_s = time.perf_counter() - t
         print(f"database ready in {populate_s:.0f} s: {json.dumps(ids)}", flush=True)
@@ -347,6 +352,7 @@ def scale_main(args) -> None:
     doc = {"benchmark": "api_latency --scale", "date": datetime.now(timezone.utc).isoformat(),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
            "load_average_1m": {"start": round(load, 1), "end": round(os.getloadavg()[0], 1)},
+           "load_average_1_5_15m": {"start": [round(x, 1) for x in loads], "end": [round(x, 1) for x in os.getloadavg()]},
            "server": "tuner serve: one uvicorn process, PostgreSQL 127.0.0.1", "rows": SCALE,
            "populate_s": round(populate_s, 1), "clients": args.clients, "requests_per_route": args.requests,
            "note": "clients and server share the machine's cores", "results": results}
@@ -362,6 +368,10 @@ def scale_main(args) -> None:
              f"{SCALE['big_key_trials']:,}), {SCALE['keys']:,} keys with bests, {SCALE['misses']:,} runtime-miss rows; "
              f"{args.clients} concurrent clients, {args.requests} requests a route, on the same machine. "
              f"Target p95 <= 200 ms (/metrics <= 1 s): met by {met} of {len(results)} routes.", "",
+             "Load averages (1, 5, 15 min) at the start {} and the end {}{}.".format(
+                 *(", ".join(map(str, doc["load_average_1_5_15m"][k])) for k in ("start", "end")),
+                 ": the machine was loaded by other parallel work on its cores, which every figure includes (/healthz, "
+                 "one query, shows how much)" if max(loads[0], os.getloadavg()[0]) > 1 else ""), "",
              "| route | first ms | p50 ms | p95 ms | kB | target met |", "|---|---:|---:|---:|---:|---|"]
     for name, r in results.items():
         lines.append(f"| `{name}` | {r['first_ms']} | {r['p50_ms']} | {r['p95_ms']} | {r['bytes'] / 1e3:.1f} | "
@@ -381,8 +391,10 @@ def main() -> None:
     ap.add_argument("--scale", action="store_true", help="fill a fleet-sized database (2,000 workers, 10,000 jobs, "
                     "1,000,000 trials, 100,000 runtime misses) and time every page and read route under --clients "
                     "(default 8 here) concurrent clients; results in bench/results/api_scale.{json,md}")
-    ap.add_argument("--db", help="with --scale: a database filled before (keep it with --keep), instead of a scratch one")
-    ap.add_argument("--ids", help="with --db: the JSON of ids the fill printed")
+    ap.add_argument("--db", help="with --scale: fill this (empty, created beforehand) database and keep it, instead "
+                    "of a scratch one dropped afterwards; with --ids, time it as filled before")
+    ap.add_argument("--ids", help="with --db: the JSON of ids the fill printed (`database ready ...: {...}`); the "
+                    "database is upgraded to this tree's schema, not filled again")
     ap.add_argument("--only", help="with --scale: only the routes whose name contains this")
     args = ap.parse_args()
     if args.scale:

@@ -110,7 +110,9 @@ class Job(Base):
 
 class JobKey(Base):
     __tablename__ = "job_keys"
-    __table_args__ = (UniqueConstraint("job_id", "key_hash"), Index("ix_job_keys_key_hash", "key_hash"))
+    # ix_job_keys_state: the retune report's token counts keys by state (revision 0009)
+    __table_args__ = (UniqueConstraint("job_id", "key_hash"), Index("ix_job_keys_key_hash", "key_hash"),
+                      Index("ix_job_keys_state", "state"))
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     key_hash: Mapped[str] = mapped_column(String(16))
@@ -135,10 +137,12 @@ class TuningTrial(Base):
               postgresql_include=["device_class_id", "worker_id", "config_hash"]),
         Index("ix_trials_created", "created_at"),
         Index("ix_trials_worker", "worker_id"),  # pruning gone workers (revision 0007)
+        # a finished job key's newest trial, the token its held tally stands on (revision 0009)
+        Index("ix_trials_job_key_order", "job_key_id", "id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    job_key_id: Mapped[int | None] = mapped_column(ForeignKey("job_keys.id", ondelete="CASCADE"), index=True)
+    job_key_id: Mapped[int | None] = mapped_column(ForeignKey("job_keys.id", ondelete="CASCADE"))
     kernel: Mapped[str] = mapped_column(String(100))
     key_hash: Mapped[str] = mapped_column(String(16), index=True)
     device_class_id: Mapped[int] = mapped_column(ForeignKey("device_classes.id"))

@@ -20,6 +20,7 @@ from devices.classes import DeviceClass, matches, resolve_device_class
 from devices.fit import host_memory
 from search_spaces import registry
 from keys import SpecError, TuningKey, config_hash
+from tuner import settled
 from tuner.db_open import open_for_read, open_for_write
 from tuner.errors import Conflict, InvalidRequest, NotFound, Unavailable, UserError
 from tuner.request import TuneRequest, check_fanout, refuse_unfit
@@ -224,23 +225,18 @@ def _key_status(s, job: models.Job, k: models.JobKey) -> dict:
     its stored result (what the final re-measurement decided, which may differ from the best so far)."""
     from workers.batch import key_budget
 
-    # aggregates in SQL, read from ix_trials_progress: a key of a long search holds 100,000 trials,
-    # which a page must not load
-    T = models.TuningTrial
-    of_key = T.job_key_id == k.id
-    outcomes = dict.fromkeys(("ok", "invalid", "failed", "timeout"), 0)
-    classes, worker_ids = set(), set()
-    for status, dc, worker, n in s.execute(select(T.status, T.device_class_id, T.worker_id, func.count())
-                                           .where(of_key).group_by(T.status, T.device_class_id, T.worker_id)).all():
-        outcomes[OUTCOMES.get(status, "failed")] += n
-        classes |= {dc} if status == "ok" else set()
-        worker_ids.add(worker)
+    if k.state in settled.SETTLED:  # its trials are grouped once, not at every read (tuner/settled.py)
+        T, W = models.TuningTrial, models.Worker
+        newest = s.scalar(select(func.max(T.id)).where(T.job_key_id == k.id))
+        # pruning a worker empties its trials' worker_id, and SQLite gives the next worker the id
+        # of a deleted last one: the tally's workers stand while no worker went or came
+        workers = tuple(s.execute(select(func.count(W.id), func.max(W.started_at))).one())
+        tally = settled.held((str(s.get_bind().url), "job key", job.id, k.id, newest, workers),
+                             lambda: _tally(s, job, k))
+    else:
+        tally = _tally(s, job, k)
+    outcomes, classes, worker_ids, best, default = dict(tally[0]), *tally[1:]
     ran = sum(outcomes.values())
-    best = s.execute(select(T.config, T.median_ms).where(of_key, T.status == "ok", T.median_ms.is_not(None))
-                     .order_by(T.median_ms).limit(1)).first()
-    default = [s.scalar(select(func.min(T.median_ms)).where(of_key, T.status == "ok", T.device_class_id == c,
-                                                              T.config_hash == h))
-               for c, h in ((c, _default_hash(s, job.kernel, k.key, c)) for c in sorted(classes)) if h is not None]
     names = s.scalars(select(models.Worker.name).where(models.Worker.id.in_(worker_ids - {None})))
     return {
         "key": k.key["dims"], "dtype": k.key["dtype"], "key_hash": k.key_hash, "state": _key_state(job, k),
@@ -253,6 +249,28 @@ def _key_status(s, job: models.Job, k: models.JobKey) -> dict:
         "result": _stored_result(s, job, k, set(classes)) if k.state == lifecycle.DONE else None,
         "workers": sorted(names),
     }
+
+
+def _tally(s, job: models.Job, k: models.JobKey) -> tuple:
+    """A job key's trials: (runs by outcome, classes with a correct run, workers, the fastest
+    correct (config, median_ms), the default configuration's time per class). Aggregates in SQL,
+    read from ix_trials_progress: a key of a long search holds 100,000 trials, which a page must
+    not load."""
+    T = models.TuningTrial
+    of_key = T.job_key_id == k.id
+    outcomes = dict.fromkeys(("ok", "invalid", "failed", "timeout"), 0)
+    classes, worker_ids = set(), set()
+    for status, dc, worker, n in s.execute(select(T.status, T.device_class_id, T.worker_id, func.count())
+                                           .where(of_key).group_by(T.status, T.device_class_id, T.worker_id)).all():
+        outcomes[OUTCOMES.get(status, "failed")] += n
+        classes |= {dc} if status == "ok" else set()
+        worker_ids.add(worker)
+    best = s.execute(select(T.config, T.median_ms).where(of_key, T.status == "ok", T.median_ms.is_not(None))
+                     .order_by(T.median_ms).limit(1)).first()
+    default = [s.scalar(select(func.min(T.median_ms)).where(of_key, T.status == "ok", T.device_class_id == c,
+                                                              T.config_hash == h))
+               for c, h in ((c, _default_hash(s, job.kernel, k.key, c)) for c in sorted(classes)) if h is not None]
+    return outcomes, frozenset(classes), frozenset(worker_ids), best, default
 
 
 def _key_state(job: models.Job, k: models.JobKey) -> str:

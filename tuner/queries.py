@@ -9,6 +9,7 @@ from db.session import session_scope
 from devices.classes import matches, resolve_device_class
 from devices.probe import probe
 from search_spaces import registry
+from tuner import settled
 from tuner.db_open import open_for_read
 from tuner.request import build_request
 from tuner.settings import Settings
@@ -91,7 +92,7 @@ def key_page(s, kernel: str, key_hash: str, slugs: list[str] | None, limit: int 
     if key is None and not history:
         return None
     T = models.TuningTrial
-    total, last = s.execute(_of_key(select(func.count(), func.max(T.id)), kernel, key_hash, slugs)).one()
+    total, last = _count(s, kernel, key_hash, slugs)
     # the page's ids first, from ix_trials_key_order alone: asked for whole rows in id order,
     # PostgreSQL walks the primary key past every other key's trials to a late key's first
     page = _of_key(select(T.id), kernel, key_hash, slugs).order_by(T.id).limit(limit + 1)
@@ -114,6 +115,24 @@ def key_page(s, kernel: str, key_hash: str, slugs: list[str] | None, limit: int 
             "version": key.get("version"), "trials_total": total, "last_trial": last, "trials": trials,
             "next": trials[-1]["id"] if len(rows) > limit else None,
             "current": [b for b in bests if not b["superseded_at"]], "history": bests}
+
+
+def _count(s, kernel: str, key_hash: str, slugs: list[str] | None) -> tuple[int, int | None]:
+    """(trials, the newest one's id) of the key on the classes: counted once while no job runs the
+    key (tuner/settled.py), as counting a key of 100,000 took 30 ms of every read of its page."""
+    T, JK = models.TuningTrial, models.JobKey
+
+    def count() -> tuple[int, int | None]:
+        return tuple(s.execute(_of_key(select(func.count(), func.max(T.id)), kernel, key_hash, slugs)).one())
+
+    running = s.scalar(select(JK.id).join(models.Job, models.Job.id == JK.job_id)
+                       .where(models.Job.kernel == kernel, JK.key_hash == key_hash, JK.state.not_in(settled.SETTLED))
+                       .limit(1))
+    if running is not None:
+        return count()
+    newest = s.scalar(_of_key(select(func.max(T.id)), kernel, key_hash, slugs))
+    return settled.held((str(s.get_bind().url), "key", kernel, key_hash, tuple(slugs or ()), slugs is None, newest),
+                        count)
 
 
 def _of_key(q, kernel: str, key_hash: str, slugs: list[str] | None):

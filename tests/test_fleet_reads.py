@@ -1,0 +1,203 @@
+"""Reads that a fleet-sized database made slow, answered from what was computed before while what
+they read stands (issue 33, point 6; bench/api_latency.py --scale): a finished key's tally of
+trials (its job's status) and count (its page), the compare and shapes reports, and the compare
+page's tables cut to a page each. Each held answer must change as soon as what it reads does.
+
+The rows are written straight through db.store (tests/rows.py, tests/test_job_status.py's job:
+five trials of one key, one of each outcome and two correct)."""
+import contextlib
+import warnings
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from db import models, store
+from db.session import session_scope
+from keys import config_hash
+from tests import rows
+from tests.test_job_status import DIMS, SLUG, a_job, settings
+from tuner import coordinator
+from tuner.api.routes import key_view
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+
+@pytest.fixture
+def url(tmp_path):
+    return rows.schema(f"sqlite:///{tmp_path}/tuner.db")
+
+
+@contextlib.contextmanager
+def statements():
+    """The SQL statements run in the block."""
+    seen: list[str] = []
+
+    def listener(conn, cursor, statement, *args):
+        seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", listener)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", listener)
+
+
+def a_later_trial(url, job: str, ms: float) -> int:
+    """A trial stored after its key finished (a straggler of the batch): its row id."""
+    with session_scope(url) as s:
+        jk = s.query(models.JobKey).filter_by(job_id=job).one()
+        t = s.query(models.TuningTrial).filter_by(job_key_id=jk.id).first()
+        config = {**rows.CONFIG, "BLOCK_M": 16}
+        row = store.record_trial(s, job_id=job, job_key_id=jk.id, kernel="matmul", key_hash=jk.key_hash,
+                                 device_class_id=t.device_class_id, fingerprint_id=t.fingerprint_id, study_name="s",
+                                 config=config, config_hash=config_hash(config), status="ok", median_ms=ms)
+        s.flush()
+        return row.id
+
+
+def test_a_finished_keys_tally_is_held_until_a_later_trial(url, tmp_path):
+    """Grouping a key's 100,000 trials took 30 ms of every status read: once the key is finished
+    they are grouped once; a trial stored later is counted at the next read; a running key's are
+    grouped at every read."""
+    st, job = settings(url, tmp_path), a_job(url)
+    assert coordinator.status(st, job)["keys"][0]["trials_run"] == 5
+    with statements() as seen:
+        (k,) = coordinator.status(st, job)["keys"]
+    assert not [q for q in seen if "GROUP BY" in q]  # held
+    assert k["outcomes"] == {"ok": 2, "invalid": 1, "failed": 1, "timeout": 1} and k["best_ms_so_far"] == 1.0
+
+    a_later_trial(url, job, 0.5)
+    (k,) = coordinator.status(st, job)["keys"]
+    assert k["outcomes"] == {"ok": 3, "invalid": 1, "failed": 1, "timeout": 1} and k["trials_run"] == 6
+    assert k["best_ms_so_far"] == 0.5 and k["best_config_so_far"]["BLOCK_M"] == 16
+
+    # while workers store a key's trials they commit out of id order: nothing is held
+    running = a_job(url, job_state="running", key_state="running", stored=False)
+    coordinator.status(st, running)
+    with statements() as seen:
+        coordinator.status(st, running)
+    assert [q for q in seen if "GROUP BY" in q]
+
+
+def test_a_finished_keys_workers_are_named_again_when_a_worker_is_pruned(url, tmp_path):
+    """Pruning a gone worker empties its trials' worker_id; on SQLite the next worker to register
+    takes the deleted row's id. The held tally must not name that newcomer as the key's worker."""
+    from db.clock import utcnow
+    from workers.janitor import prune_workers
+
+    st, job = settings(url, tmp_path), a_job(url)
+    rows.live_worker(url, "w-old", SLUG)
+    with session_scope(url) as s:
+        old = s.query(models.Worker).filter_by(name="w-old").one()
+        jk = s.query(models.JobKey).filter_by(job_id=job).one()
+        s.query(models.TuningTrial).filter_by(job_key_id=jk.id).update({"worker_id": old.id})
+        old.stopped_at = utcnow()
+    assert coordinator.status(st, job)["keys"][0]["workers"] == ["w-old"]
+    with session_scope(url) as s:
+        assert prune_workers(s, keep_days=0, dead_after_s=60) == 1
+    rows.live_worker(url, "w-new", SLUG)  # the id w-old had
+    (k,) = coordinator.status(st, job)["keys"]
+    assert k["workers"] == [] and k["trials_run"] == 5
+
+
+def test_a_finished_keys_page_counts_its_trials_once_until_a_later_trial(url, tmp_path):
+    """The key page's count of 100,000 trials took 30 ms a read: held while no job runs the key."""
+    st, job = settings(url, tmp_path), a_job(url)
+    key_hash = coordinator.status(st, job)["keys"][0]["key_hash"]
+    assert key_view(st, "matmul", key_hash, None)["trials_total"] == 5
+    with statements() as seen:
+        view = key_view(st, "matmul", key_hash, None)
+    assert view["trials_total"] == 5 and not [q for q in seen if "count(" in q.lower()]
+
+    newest = a_later_trial(url, job, 0.5)
+    view = key_view(st, "matmul", key_hash, None)
+    assert (view["trials_total"], view["last_trial"]) == (6, newest)
+    assert key_view(st, "matmul", key_hash, SLUG)["trials_total"] == 6  # per class: its own count
+
+    # another job runs the key again: counted at every read while it runs
+    a_job(url, job_state="running", key_state="running", stored=False)
+    with statements() as seen:
+        assert key_view(st, "matmul", key_hash, None)["trials_total"] == 11
+    assert [q for q in seen if "count(" in q.lower()]
+
+
+def test_compare_and_shapes_reports_stand_until_a_best_or_a_class_is_stored(url, tmp_path):
+    """They read best rows and device classes only: a trial or a job changing state leaves them
+    held (counting jobs' and keys' states took most of a compare page's time at fleet scale); a new
+    best or a new class (a family name may now name it too) computes them again."""
+    from tuner.reports.held import held
+
+    st = settings(url, tmp_path)
+    calls = []
+
+    def report(settings, *args):
+        calls.append(args)
+        return len(calls)
+
+    rows.best(url, SLUG, DIMS, 0.5)
+    assert [held(kind, report, st, "x") for kind in ("compare", "shapes", "compare")] == [1, 2, 1]
+    job = a_job(url, stored=False)  # a job with trials, its state changed
+    a_later_trial(url, job, 0.4)
+    assert (held("compare", report, st, "x"), held("shapes", report, st, "x")) == (1, 2)
+    assert held("retune", report, st, "x") == 3  # the retune report reads jobs: computed
+    rows.best(url, SLUG, {**DIMS, "M": 64}, 0.5)  # a new best
+    assert held("compare", report, st, "x") == 4
+    with session_scope(url) as s:
+        rows.identity(s, "mi300x-192gb")  # a new class
+    assert held("compare", report, st, "x") == 5 and held("compare", report, st, "x") == 5
+
+
+def test_the_compare_page_shows_a_page_of_each_table(url, tmp_path):
+    """Classes hold thousands of keys: rendering them all took 130 ms a request, and hashing them
+    for the plot's cache 45 ms. The page shows each table's first rows, plots those, and says how
+    many more are in /v1/compare, which answers every one."""
+    from tuner.api.app import create_app
+    from tuner.api.pages import COMPARE_ROWS
+
+    with session_scope(url) as s:
+        for slug, n in (("h100-sxm-80gb", COMPARE_ROWS + 3), ("mi300x-192gb", COMPARE_ROWS + 2)):
+            dc_id, fp_id = rows.identity(s, slug)
+            for m in range(n):
+                key = rows.registry.get("matmul").make_key({**DIMS, "M": 16 * (m + 1)}, "float16")
+                store.write_best(s, kernel="matmul", kernel_version=key.version, key_hash=key.stable_hash,
+                                 key=key.to_json(), dtype="float16", device_class_id=dc_id, fingerprint_id=fp_id,
+                                 config=rows.CONFIG, config_hash=config_hash(rows.CONFIG), median_ms=0.5,
+                                 default_ms=None, speedup=None, cv=0.01, trials=10, job_id=None)
+    client = TestClient(create_app(settings(url, tmp_path)), base_url="http://localhost",
+                        headers={"authorization": f"Bearer {'t' * 40}"}, raise_server_exceptions=False)
+    full = client.get("/v1/compare", params={"device_class": ["h100", "mi300x"]}).json()
+    assert (len(full["keys"]), len(full["only_a"])) == (COMPARE_ROWS + 2, 1)
+    html = client.get("/compare?a=h100&b=mi300x").text
+    assert html.split('id="compare"')[1].split("</table>")[0].count("<tr>") == 1 + COMPARE_ROWS  # header, a page
+    assert html.split('id="only-a"')[1].split("</table>")[0].count("<tr>") == 2  # a short table: whole
+    assert "2 more on both" in html and 'href="/v1/compare?device_class=h100&amp;device_class=mi300x"' in html
+    assert "<svg" in html
+
+
+def test_the_retune_pages_list_of_runs_shows_a_run_queued_since(url, tmp_path):
+    """The list of retune runs is held per state like the report: a run queued since is listed."""
+    from tuner.api.app import create_app
+
+    key = rows.registry.get("matmul").make_key(DIMS, "float16")
+
+    def a_run(name: str) -> None:
+        with session_scope(url) as s:
+            store.create_job(s, kind="retune", origin="queued", kernel="matmul", kernel_version=key.version,
+                             keys=[key.to_json()], key_hashes=[key.stable_hash], sampler="auto", seed=0,
+                             budget_trials=4, request={"retune_run": name}, device_selector="h100")
+
+    client = TestClient(create_app(settings(url, tmp_path)), base_url="http://localhost",
+                        headers={"authorization": f"Bearer {'t' * 40}"}, raise_server_exceptions=False)
+    a_run("run-one")
+
+    def listed() -> str:
+        page = client.get("/retune")
+        assert page.status_code == 200
+        return page.text.split('<table id="runs">')[1].split("</table>")[0]
+
+    assert "run-one" in listed() and "run-two" not in listed()
+    a_run("run-two")
+    assert "run-two" in listed() and "run-one" in listed()
