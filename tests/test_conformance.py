@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import tests.kernels.dropin as dropins
+import tests.kernels.reported as reported
 from devices.targets import target_for
 from harness.benchmark import run_trial
 from harness.protocol import TrialRequest
@@ -50,8 +51,15 @@ def _layer_norm_launch():
     return args, (m,), {"N": n}, "float32"
 
 
+def _double_launch():
+    n = 100
+    args = {"x_ptr": torch.randn(n), "y_ptr": torch.empty(n), "N": n}
+    grid = lambda META: (-(-n // META["BLOCK"]),)  # noqa: E731
+    return args, grid, {"N": n}, "float32"
+
+
 # drop-in kernel -> a launch as its caller makes it: (arguments by name, grid, key dims, dtype)
-DROPINS = {dropins.MATMUL: _matmul_launch, dropins.LAYER_NORM: _layer_norm_launch}
+DROPINS = {dropins.MATMUL: _matmul_launch, dropins.LAYER_NORM: _layer_norm_launch, reported.NAME: _double_launch}
 
 
 def _registered() -> list[str]:

@@ -346,13 +346,13 @@ def sql_write(world, query: str, **params) -> None:
 
 def running_key(world) -> tuple[str, str]:
     """A running job of one matmul key on an H100 class, with one trial: (job id, key hash)."""
-    from db import store
+    from db import lifecycle
     from db.session import session_scope
     from search_spaces import registry
 
     key = registry.get("matmul").make_key({"M": 48, "N": 48, "K": 48}, "float16")
     with session_scope(world["db_url"]) as s:
-        job, _ = store.create_job(s, kind="tune", origin="queued", kernel="matmul", kernel_version=key.version,
+        job, _ = lifecycle.create_job(s, kind="tune", origin="queued", kernel="matmul", kernel_version=key.version,
                                   keys=[key.to_json()], key_hashes=[key.stable_hash], sampler="auto", seed=None,
                                   budget_trials=8, request={}, device_selector="h100-sxm-80gb", state="running")
     trial(world, job, key.stable_hash, 0.5)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from db import models, store
+from db import lifecycle, models, store
 from db.session import session_scope
 from keys import config_hash
 from tests import rows
@@ -185,7 +185,7 @@ def test_the_retune_pages_list_of_runs_shows_a_run_queued_since(url, tmp_path):
 
     def a_run(name: str) -> None:
         with session_scope(url) as s:
-            store.create_job(s, kind="retune", origin="queued", kernel="matmul", kernel_version=key.version,
+            lifecycle.create_job(s, kind="retune", origin="queued", kernel="matmul", kernel_version=key.version,
                              keys=[key.to_json()], key_hashes=[key.stable_hash], sampler="auto", seed=0,
                              budget_trials=4, request={"retune_run": name}, device_selector="h100")
 

@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from db import models, store
+from db import lifecycle, models, store
 from db.clock import utcnow
 from db.session import session_scope
 from tests import rows
@@ -28,7 +28,7 @@ def job(url: str, *, state: str = "running", kernel: str = "trivial", selector: 
         key_hash: str = "k" * 16, key: dict | None = None) -> tuple[str, int]:
     """A job of one key written as the coordinator writes it: (job id, its key's row id)."""
     with session_scope(url) as s:
-        job_id, (key_id,) = store.create_job(s, kind="tune", origin="queued", kernel=kernel, kernel_version="v",
+        job_id, (key_id,) = lifecycle.create_job(s, kind="tune", origin="queued", kernel=kernel, kernel_version="v",
                                              keys=[key or KEY], key_hashes=[key_hash], sampler="auto", seed=None,
                                              budget_trials=4, request={}, device_selector=selector, state=state)
     return job_id, key_id

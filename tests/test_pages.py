@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from db import models, store
+from db import lifecycle, models, store
 from db.session import session_scope
 from keys import config_hash
 from tests import rows
@@ -167,7 +167,7 @@ def retune_job(url: str, run: str, key_hash: str, old_config: dict, old_ms: floa
     with session_scope(url) as s:
         dc_id, fp_id = rows.identity(s, "h100-sxm-80gb", "999.1")
         warm = {key_hash: {"old_config": old_config, "old_ms": old_ms, "old_fingerprint": "abc", "old_trials": 10}}
-        job, _ = store.create_job(s, kind="retune", origin="queued", kernel="matmul", kernel_version=key.version,
+        job, _ = lifecycle.create_job(s, kind="retune", origin="queued", kernel="matmul", kernel_version=key.version,
                                   keys=[key.to_json()], key_hashes=[key_hash], sampler="tpe", seed=None,
                                   budget_trials=5, request={"retune_run": run, "warm": warm},
                                   device_selector="h100-sxm-80gb", state="done")
