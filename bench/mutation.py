@@ -57,8 +57,25 @@ MODULES = {
         "tests/test_runtime.py::test_a_tuned_launch_by_position_or_by_keyword_gets_one_entry",
         "tests/test_runtime.py::test_clear_cache_serves_the_new_source",
         "tests/test_misses.py::test_misses_are_counted_on_every_path")),
-    "tuner/runtime/cache.py": Module(("tests/test_runtime.py", "tests/test_runtime_safety.py", "tests/test_misses.py")),
-    "tuner/formats/bundle.py": Module(("tests/test_runtime.py", "tests/test_vllm_formats.py")),
+    # the in-process tests of the runtime (those that start a Python of their own cannot see a mutant;
+    # the 200 interpreted launches of the tiles test take minutes under mutation)
+    "tuner/runtime/cache.py": Module(("tests/test_runtime_cache.py", *(f"tests/test_runtime.py::test_{t}" for t in (
+        "fallback_order_with_a_bundle", "warm_lookup_is_a_cache_hit", "a_bound_lookup_is_lookup_without_keywords",
+        "unreadable_sources_serve_defaults_with_one_warning", "clear_cache_serves_the_new_source",
+        "a_returned_configuration_is_read_only", "the_cache_is_bounded_and_keeps_what_is_used",
+        "fallback_rows_are_served_only_if_the_kernel_accepts_them",
+        "a_failed_device_probe_serves_defaults_never_stored_rows",
+        "explain_says_which_level_answered_from_where_and_how_old", "a_late_answer_replaces_the_default_served_meanwhile",
+        "defaults_served_while_the_source_was_unreachable_are_asked_again")),
+        *(f"tests/test_runtime_safety.py::test_{t}" for t in (
+            "a_miss_never_waits_on_a_source_that_hangs", "a_warm_hit_while_another_thread_is_stuck_in_a_miss",
+            "a_database_that_accepts_and_never_answers", "what_the_model_did_not_get_wrong_never_raises",
+            "a_programming_error_is_one_clear_lookup_error")),
+        "tests/test_misses.py::test_misses_are_counted_on_every_path",
+        "tests/test_misses.py::test_a_sink_that_is_down_drops_the_batch_with_one_warning")),
+    "tuner/formats/bundle.py": Module(("tests/test_bundle_format.py",
+                                       "tests/test_runtime.py::test_fallback_order_with_a_bundle",
+                                       "tests/test_runtime.py::test_explain_says_which_level_answered_from_where_and_how_old")),
     "tuner/formats/vllm.py": Module(("tests/test_vllm_formats.py",)),
     "tuner/formats/sglang.py": Module(("tests/test_vllm_formats.py",)),
     "tuner/formats/vllm_lora.py": Module(("tests/test_llm_kernels.py",)),
@@ -127,6 +144,76 @@ EXPLAINED.update({
     ("workers/miss_jobs.py", "enqueue_misses", f"{_CURRENT} -> for b, slug, fp in store.best_configs(s, )}}"):
         _ONE_KERNEL,
 })
+
+_RECOVERED = 'if now - _recovered.get(key, float("-inf")) < grace_s:'
+_LOAD = "study = optuna.load_study(study_name=name, storage=storage(db_url, heartbeat_s, grace_s))"
+EXPLAINED.update({
+    ("search/studies.py", "recover_now", f'{_RECOVERED} -> if now - _recovered.get(key, float("-INF")) < grace_s:'):
+        'equivalent: float() reads "-INF" as "-inf" (case-insensitive): the same value',
+    ("search/studies.py", "recover_now", f'{_RECOVERED} -> if now - _recovered.get(key, float("-inf")) <= grace_s:'):
+        "equivalent: the two differ only when exactly grace_s has passed on the monotonic clock, a single instant "
+        "of a continuous clock that no caller can aim at (a period boundary, either side is right)",
+    ("search/studies.py", "recover_all", "continue -> break"):
+        "equivalent: the names come from Optuna's studies table (suspect_studies), so load_study raises KeyError "
+        "only for a study deleted between the two reads, and nothing in tuner deletes a study",
+})
+
+_NOW = "now = (datetime.fromisoformat(now) if isinstance(now, str) else now).replace(tzinfo=None)"
+_NOW_WHY = ("equivalent: func.now() is typed DateTime, so SQLAlchemy hands back a datetime on SQLite (it parses "
+            "the text) and PostgreSQL alike: the str branch is never taken")
+EXPLAINED.update({
+    ("search/studies.py", "suspect_studies", f"{_NOW} -> now = (datetime.fromisoformat(now) if (isinstance(now, str)) "
+                                             "and False else now).replace(tzinfo=None)"): _NOW_WHY,
+    ("search/studies.py", "suspect_studies", f"{_NOW} -> now = (datetime.fromisoformat(None) if isinstance(now, str) "
+                                             "else now).replace(tzinfo=None)"): _NOW_WHY,
+})
+
+EXPLAINED[("search/studies.py", "suspect_studies",
+           "if stored is not None or beat is None or beat.replace(tzinfo=None) < cutoff: -> if stored is not None or "
+           "beat is None or beat.replace(tzinfo=None) <= cutoff:")] = (
+    "equivalent: the two differ only for a heartbeat exactly grace_s old to the database clock's tick; either "
+    "side of that instant is right (a study read one sweep early or late is recovered the same)")
+
+_RUNNING = "running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))"
+_DEEPCOPY = ("equivalent: recover only reads the trials' numbers and start times, never changes them, so copies "
+             "of them (deepcopy) read the same")
+_OUTER = ".outerjoin(models.TuningTrial, models.TuningTrial.id == models.TrialClaim.trial_row_id)"
+_OUTER_WHY = ("equivalent: trial_claims has one foreign key to tuning_trials (TrialClaim.trial_row_id), so SQLAlchemy "
+              "infers this very ON clause when none is given")
+EXPLAINED.update({
+    ("search/studies.py", "recover", f"{_RUNNING} -> running = study.get_trials(deepcopy=None, "
+                                     "states=(optuna.trial.TrialState.RUNNING,))"): _DEEPCOPY,
+    ("search/studies.py", "recover", f"{_RUNNING} -> running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))"):
+        _DEEPCOPY,
+    ("search/studies.py", "recover", f"{_RUNNING} -> running = study.get_trials(deepcopy=True, "
+                                     "states=(optuna.trial.TrialState.RUNNING,))"): _DEEPCOPY,
+    ("search/studies.py", "recover", "models.TrialClaim.trial_number.in_(numbers))).all() -> )).all()"):
+        "equivalent: without the filter the other claims of the study are read too, but `claimed` is only asked "
+        "about the running trials' numbers, so the extra rows are never read",
+    ("search/studies.py", "recover", f"{_OUTER} -> .outerjoin(models.TuningTrial, None)"): _OUTER_WHY,
+    ("search/studies.py", "recover", f"{_OUTER} -> .outerjoin(models.TuningTrial, )"): _OUTER_WHY,
+    ("search/studies.py", "recover",
+     "elif t.number not in claimed and t.datetime_start is not None and t.datetime_start < started_before: -> elif "
+     "t.number not in claimed and t.datetime_start is not None and t.datetime_start <= started_before:"):
+        "equivalent: the two differ only for a trial started exactly grace_s ago to the microsecond; either side "
+        "of that instant is right (it is failed at this sweep or the next)",
+})
+
+# functions whose string constants are SQL text: a mutant that only changes the case of what is
+# outside '...' literals changes keywords, table names and aliases, which SQL reads without case
+SQL_TEXT = {("search/studies.py", "suspect_studies")}
+
+
+def sql_case(module: str, fn: str, mutation: str) -> str | None:
+    if (module, fn) not in SQL_TEXT or " -> " not in mutation:
+        return None
+    before, after = mutation.split(" -> ", 1)
+    if before == after or before.lower() != after.lower():
+        return None
+    if re.findall(r"'[^']*'", before) != re.findall(r"'[^']*'", after):
+        return None  # a literal changed case: 'RUNNING' is not 'running'
+    return ("equivalent: only the case of SQL keywords, unquoted table and column names and aliases changed, which "
+            "SQLite and PostgreSQL read without case (unquoted names fold), and every '...' literal is the same")
 
 KILLED = {"killed", "timeout"}  # a mutant that makes a guarding test fail, or hang past mutmut's limit
 
@@ -230,7 +317,7 @@ def run_module(module: str, spec: Module, budget_s: float, children: int) -> tup
                 continue
             fn = function_of(m)
             where, mutation = describe(sources, m, module, starts.get(fn, 1))
-            why = EXPLAINED.get((module, fn, mutation))
+            why = EXPLAINED.get((module, fn, mutation)) or sql_case(module, fn, mutation)
             if why is None:
                 why = {"no tests": f"not yet caught: no guarding test calls {fn} in the test process",
                        "not checked": "not yet caught: not run within the time budget"}.get(
@@ -274,6 +361,8 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=600, help="wall-clock seconds per module (default 600)")
     ap.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1: a shared machine)")
     ap.add_argument("--results", type=Path, default=RESULTS / "mutation.json")
+    ap.add_argument("--explain-only", action="store_true", help="run nothing: give the recorded survivors "
+                    "of the chosen modules their reasons from EXPLAINED again (after an entry was added)")
     args = ap.parse_args()
     chosen = [m.strip() for m in args.modules.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in MODULES]
@@ -284,6 +373,15 @@ def main() -> None:
     doc = json.loads(args.results.read_text()) if args.results.exists() else {}
     doc.setdefault("modules", {})
     doc.setdefault("runs", {})  # beside the issue's schema: which tests, how long, mutmut's statuses
+    if args.explain_only:
+        for module in (m for m in chosen if m in doc["modules"]):
+            for s in doc["modules"][module]["survivors"]:
+                why = [w for (mod, _, mutation), w in EXPLAINED.items() if (mod, mutation) == (module, s["mutation"])]
+                why += list(filter(None, (sql_case(mod, fn, s["mutation"]) for mod, fn in SQL_TEXT if mod == module)))
+                s["why"] = why[0] if why else ("not yet caught" if s["why"].startswith("equivalent") else s["why"])
+        args.results.write_text(json.dumps(doc, indent=1) + "\n")
+        args.results.with_suffix(".md").write_text(write_markdown(doc))
+        return
     for module in chosen:
         print(f"{module}: mutants against {', '.join(MODULES[module].tests)} (budget {args.budget_s:.0f} s)", flush=True)
         doc["modules"][module], doc["runs"][module] = run_module(module, MODULES[module], args.budget_s,

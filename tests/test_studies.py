@@ -89,12 +89,32 @@ def test_storage_of_an_older_optuna_schema_says_to_upgrade(tmp_path):
     assert str(err.value).endswith(" Run `tuner db upgrade`.") and "\n" not in str(err.value)
 
 
+def test_upgrade_storage_brings_an_older_optuna_schema_to_this_optunas(tmp_path):
+    """A database of the Optuna before this one's last revision (its index on trials.study_id not
+    yet made) is refused by storage() until upgrade_storage() has upgraded it."""
+    old = f"sqlite:///{tmp_path}/old.db"
+    upgrade(old)
+    studies.upgrade_storage(old)
+    with make_engine(old).begin() as conn:
+        conn.execute(text("DROP INDEX ix_trials_study_id"))
+        conn.execute(text("UPDATE alembic_version SET version_num = 'v3.0.0.d'"))
+    with pytest.raises(DatabaseError):
+        studies.storage(old)
+    studies.upgrade_storage(old)
+    st = studies.storage(old)
+    assert st.get_current_version() == st.get_head_version() == "v3.2.0.a"
+    with make_engine(old).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'trials'")
+                            ).scalar() == 1  # made again
+    st.engine.dispose()
+
+
 def test_recover_tells_stored_results_and_fails_trials_never_claimed_once_past_the_grace(url):
     st = studies.storage(url, heartbeat_s=1, grace_s=2)
     study = optuna.create_study(study_name="s1", storage=st)
     ok, bad, held, young = (study.ask() for _ in range(4))
     _stored(url, "s1", ok.number, "ok", 2.5, "c-ok")
-    _stored(url, "s1", bad.number, "error", None, "c-bad")
+    _stored(url, "s1", bad.number, "mismatch", 3.0, "c-bad")  # timed, but its output was wrong: failed
     _claim(url, "s1", held.number, "c-held")
     _stored(url, "other", young.number, "ok", 9.0, "c-other")  # another study's claim of the same number
     assert studies.recover(study, url, grace_s=3600) == 2
@@ -182,11 +202,13 @@ def test_heartbeats_beat_at_once_then_every_interval_until_discarded(url):
 
     hb = studies.Heartbeats(st)
     assert hb.interval == 1
+    # named in thread dumps, and never what keeps a finished worker's process alive
+    assert (hb._thread.name, hb._thread.daemon) == ("tuner-trial-heartbeat", True)
     hb.add(trial)
     first = beat()
     assert first is not None  # recorded at once, before any claim
     with hb:
-        wait_for(lambda: beat() != first, 30, "a second heartbeat", poll_s=0.2)
+        wait_for(lambda: beat() != first, 10, "a second heartbeat", poll_s=0.2)  # beats 1 s apart
         hb.discard(trial)
         assert studies.trial_id(trial) not in hb._ids
     assert not hb._thread.is_alive()
@@ -197,4 +219,45 @@ def test_heartbeats_beat_at_once_then_every_interval_until_discarded(url):
         assert not quiet._thread.is_alive()
     with make_engine(url).connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM trial_heartbeats")).scalar() == 1
+    st.engine.dispose()
+
+
+def test_recover_all_fails_a_trial_whose_heartbeat_stopped_within_the_grace_it_is_given(url):
+    """The janitor's sweep opens the storage with its own heartbeat and grace: a trial whose
+    worker beat once and died is failed (and enqueued again) about 2 s later, not after the
+    60 s default grace."""
+    st = studies.storage(url, heartbeat_s=1, grace_s=2)
+    study = optuna.create_study(study_name="s1", storage=st)
+    dead = study.ask()
+    st.record_heartbeat(studies.trial_id(dead))
+    _claim(url, "s1", dead.number, "c1")  # claimed: only its heartbeat says it is dead
+
+    def failed():
+        assert studies.recover_all(url, 1, 2) == 0  # Optuna's stale trials are not counted
+        return _state(study, dead.number) == FAIL
+    wait_for(failed, 30, "the dead trial to be failed", poll_s=0.5)
+    assert [t.state for t in study.trials][1:] == [optuna.trial.TrialState.WAITING]  # enqueued again
+    with session_scope(url) as s:
+        assert s.query(models.TrialClaim).count() == 0  # released
+    st.engine.dispose()
+
+
+def test_a_heartbeat_that_fails_is_logged_in_one_line_and_tried_again(url, caplog):
+    st = studies.storage(url, heartbeat_s=1, grace_s=2)
+    study = optuna.create_study(study_name="s1", storage=st)
+    trial = study.ask()
+    hb = studies.Heartbeats(st)
+    hb.add(trial)
+    with make_engine(url).begin() as conn:
+        conn.execute(text("DROP TABLE trial_heartbeats"))  # every beat from now on fails
+
+    def failures():
+        return [r.getMessage() for r in caplog.records if r.name == "search.studies"]
+    with caplog.at_level(logging.WARNING, logger="search.studies"), hb:
+        wait_for(lambda: len(failures()) >= 2, 10, "two failed beats", poll_s=0.2)
+    with pytest.raises(Exception) as err:  # what the storage raises, for the expected line
+        st.record_heartbeat(studies.trial_id(trial))
+    first = str(err.value).splitlines()[0]
+    assert 0 < len(first) <= 200
+    assert set(failures()) == {f"heartbeat of trial {studies.trial_id(trial)} failed: {first}"}
     st.engine.dispose()
