@@ -199,6 +199,20 @@ EXPLAINED.update({
         "of that instant is right (it is failed at this sweep or the next)",
 })
 
+_D = "tuner/runtime/decorator.py"
+_FAST = 'dtype = _DTYPES.get(getattr(values[-1], "dtype", None))'
+EXPLAINED.update({
+    (_D, "TunedKernel.entry", "has_dtype = False -> has_dtype = None"):
+        "equivalent: has_dtype is only read by `if not has_dtype`, and None is as false as False",
+    (_D, "TunedKernel.__init__", "self._key_args = itemgetter(*positions, self._dtype[0]) if positions else None -> "
+                                 "self._key_args = itemgetter(*positions, self._dtype[0]) if (positions) or True else None"):
+        "equivalent: without key positions _fast_after is sys.maxsize, so _key_args is never called",
+    (_D, "TunedKernel.entry", f"{_FAST} -> dtype = None"):
+        "equivalent in every answer: the positional fast path then never answers and each launch takes the keyword "
+        "path, which builds the same cache key (test_a_tuned_launch_by_position_or_by_keyword_gets_one_entry); "
+        "only a warm launch's cost changes",
+})
+
 # functions whose string constants are SQL text: a mutant that only changes the case of what is
 # outside '...' literals changes keywords, table names and aliases, which SQL reads without case
 SQL_TEXT = {("search/studies.py", "suspect_studies")}
