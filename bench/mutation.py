@@ -213,6 +213,22 @@ EXPLAINED.update({
         "only a warm launch's cost changes",
 })
 
+_C = "tuner/runtime/cache.py"
+_BIND_COLD = ("equivalent in every answer: bind()'s written-out warm path is then never taken, and entry_for, which "
+              "every call then goes through, finds the same entry in the cache, marks it hit and counts its miss "
+              "the same way; only a warm call's cost changes")
+_SETTLE = "if left <= 0 or not waiting[0].done.wait(left): -> "
+EXPLAINED.update({
+    (_C, "bind", "entry = CACHE.get((kernel, keys, values)) -> entry = None"): _BIND_COLD,
+    (_C, "bind", "entry = CACHE.get((kernel, keys, values)) -> entry = CACHE.get(None)"): _BIND_COLD,
+    (_C, "State.settle", _SETTLE + "if left <= 0 and not waiting[0].done.wait(left):"):
+        "equivalent: when the wait times out the loop comes round once more, now with left <= 0, and wait(left) "
+        "returns False at once: settle returns False as before, and True as before when the answer came",
+    (_C, "State.settle", _SETTLE + "if left < 0 or not waiting[0].done.wait(left):"):
+        "equivalent: with left == 0 exactly, wait(0) does not block and says whether the answer is there, which "
+        "is what settle returns either way",
+})
+
 # functions whose string constants are SQL text: a mutant that only changes the case of what is
 # outside '...' literals changes keywords, table names and aliases, which SQL reads without case
 SQL_TEXT = {("search/studies.py", "suspect_studies")}

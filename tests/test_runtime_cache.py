@@ -70,3 +70,84 @@ def test_a_cleared_state_is_closed_and_no_longer_fills_the_cache(live_env):  # n
                        default_answer(spec, key, old.identity, "test"))
     assert entry.config == spec.default(key, old.identity.target) and len(CACHE) == 0
     assert cache.state() is not old
+
+
+def test_a_key_hit_through_bind_gets_its_second_chance(live_env, monkeypatch):  # noqa: F811
+    """bind()'s warm path (its own code) marks a hit as lookup() does: the bound key outlives keys
+    not hit since."""
+    monkeypatch.setenv("TUNER_RUNTIME_CACHE_SIZE", "4")
+    live_env()
+    get = runtime.bind("tiles", "N", "dtype")
+    for n in (1, 2, 3, 4):
+        get(n, "float32")
+    get(1, "float32")  # a hit
+    for n in (5, 6, 7):
+        get(n, "float32")
+    kept = {values[0] for _, _, values in CACHE}
+    assert 1 in kept and {2, 3} & kept == set(), kept
+
+
+def test_settle_gives_up_at_its_timeout_while_a_question_is_stuck(live_env, monkeypatch, tmp_path):  # noqa: F811
+    import os
+    import threading
+    import time
+
+    fifo = tmp_path / "b.json"
+    os.mkfifo(fifo)  # a bundle whose read blocks until the test writes it
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(fifo))
+    monkeypatch.setenv("TUNER_RUNTIME_DEADLINE_MS", "0")
+    live_env()
+    assert runtime.explain("tiles", N=100, dtype="float32").level == "default"  # the question is in flight
+    t0 = time.monotonic()
+    assert runtime.settle(0.3) is False
+    assert time.monotonic() - t0 < 10  # not the question's own end
+    threading.Thread(target=lambda: fifo.write_text('{"format": "tuner-bundle", "entries": []}'), daemon=True).start()
+    assert runtime.settle(60) is True
+
+
+def test_counted_misses_are_written_at_exit(live_env, monkeypatch, tmp_path):  # noqa: F811
+    import json
+
+    misses = tmp_path / "m.jsonl"
+    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=64), {"BLOCK": 64, "num_warps": 4}, _live_fp())])
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
+    monkeypatch.setenv("TUNER_MISS_FILE", str(misses))
+    monkeypatch.setenv("TUNER_MISS_FLUSH_S", "3600")
+    live_env()
+    for _ in range(3):
+        runtime.lookup("tiles", N=100, dtype="float32")
+    cache._at_exit()  # what atexit runs
+    assert [json.loads(line)["count"] for line in misses.read_text().splitlines()] == [3]
+
+
+def test_a_forked_child_answers_new_keys_with_threads_of_its_own(live_env, monkeypatch, tmp_path):  # noqa: F811
+    """A model server that forks workers after a lookup: the child's resolver thread is gone, and
+    a new key in the child is answered (by a thread it starts), within the deadline."""
+    import json
+    import os
+
+    cfg = {"BLOCK": 32, "num_warps": 1}
+    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=200), cfg, _live_fp())])
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
+    monkeypatch.setenv("TUNER_MISS_FILE", str(tmp_path / "m.jsonl"))
+    monkeypatch.setenv("TUNER_MISS_FLUSH_S", "3600")
+    live_env()
+    runtime.lookup("tiles", N=100, dtype="float32")  # the parent's state, its threads started
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, never return into pytest
+        try:
+            out = {"level": runtime.explain("tiles", N=200, dtype="float32").level,
+                   "config": dict(runtime.lookup("tiles", N=200, dtype="float32")),
+                   "thread": cache._state.thread.is_alive(), "pending": len(cache._state.pending)}
+            runtime.lookup("tiles", N=150, dtype="float32")  # a miss of the child's own
+            out["flushed"] = runtime.flush_misses()  # that one record: the parent's counts are the parent's
+        except BaseException as exc:  # noqa: BLE001 - the parent asserts on it
+            out = {"error": repr(exc)}
+        os.write(write, json.dumps(out).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        got = json.loads(f.read() or '{"error": "no report"}')
+    os.waitpid(pid, 0)
+    assert got == {"level": "exact", "config": cfg, "thread": True, "pending": 0, "flushed": 1}, got
