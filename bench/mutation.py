@@ -225,8 +225,9 @@ EXPLAINED.update({
         "equivalent: when the wait times out the loop comes round once more, now with left <= 0, and wait(left) "
         "returns False at once: settle returns False as before, and True as before when the answer came",
     (_C, "State.settle", _SETTLE + "if left < 0 or not waiting[0].done.wait(left):"):
-        "equivalent: with left == 0 exactly, wait(0) does not block and says whether the answer is there, which "
-        "is what settle returns either way",
+        "equivalent: the two differ only when exactly no time is left (left == 0.0 on a float clock), where the "
+        "mutant still looks, without waiting, whether the answer came: an instant no caller can aim at, and "
+        "either result is right there",
 })
 
 # functions whose string constants are SQL text: a mutant that only changes the case of what is
