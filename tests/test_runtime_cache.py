@@ -151,3 +151,27 @@ def test_a_forked_child_answers_new_keys_with_threads_of_its_own(live_env, monke
         got = json.loads(f.read() or '{"error": "no report"}')
     os.waitpid(pid, 0)
     assert got == {"level": "exact", "config": cfg, "thread": True, "pending": 0, "flushed": 1}, got
+
+
+def test_a_kernel_whose_default_raises_is_one_clear_lookup_error(live_env, monkeypatch, caplog,  # noqa: F811
+                                                                 tmp_path):
+    import logging
+    import os
+
+    from search_spaces import registry
+
+    _write_bundle(tmp_path / "b.json", [])  # a source that answers: the default is the answer
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
+    monkeypatch.setenv("TUNER_KERNEL_MODULES", os.environ["TUNER_KERNEL_MODULES"] + ",tests.kernels.slow")
+    live_env()
+    with caplog.at_level(logging.WARNING, logger="tuner.runtime"):
+        for _ in range(2):
+            with pytest.raises(LookupError) as err:
+                runtime.lookup("nofinal", N=64, dtype="float32")
+            label = registry.get("nofinal").make_key({"N": 64}, "float32").label()
+            assert str(err.value) == (f"nofinal has no default for {label}: RuntimeError: nofinal has no default: "
+                                      "a staged finalization failure")
+    # (the bundle is also reported unreadable here: the kernel's exception reaches the source's handler,
+    # a separate fault of cache.State._resolve, left to its own fix and not pinned here)
+    assert [r.getMessage() for r in caplog.records if "cannot answer" in r.getMessage()] == [
+        f"tuner: cannot answer nofinal {label} (RuntimeError: nofinal has no default: a staged finalization failure)"]
