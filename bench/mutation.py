@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -292,13 +293,16 @@ def mutant_sources(mutated: Path) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "__mutmut_" in node.name:
-            out[node.name] = (ast.get_source_segment(text, node) or "").splitlines()[1:]  # the body, def left out
+            lines = (ast.get_source_segment(text, node) or "").splitlines()
+            if lines:  # the def line without the function's own name, so a mutated default shows
+                lines[0] = lines[0].replace(node.name, "f", 1)
+            out[node.name] = lines
     return out
 
 
 def describe(sources: dict[str, list[str]], mutant: str, module: str, start: int) -> tuple[str, str]:
     """(FILE:LINE, "before -> after") of a mutant: its function against mutmut's copy of
-    the original, line by line (mutmut keeps the formatting, so line i of the body is start + 1 + i)."""
+    the original, line by line (mutmut keeps the formatting, so line i of the function is start + i)."""
     name = mutant.rsplit(".", 1)[1]
     mutated, orig = sources.get(name, []), sources.get(re.sub(r"__mutmut_\d+$", "__mutmut_orig", name), [])
     changed = [i for i in range(max(len(orig), len(mutated)))
@@ -308,7 +312,7 @@ def describe(sources: dict[str, list[str]], mutant: str, module: str, start: int
     first, last = changed[0], changed[-1] + 1
     before = " ".join(line.strip() for line in orig[first:last])
     after = " ".join(line.strip() for line in mutated[first:last])
-    return f"{module}:{start + 1 + first}", f"{before} -> {after}"
+    return f"{module}:{start + first}", f"{before} -> {after}"
 
 
 def run_module(module: str, spec: Module, budget_s: float, children: int) -> tuple[dict, dict]:
@@ -320,11 +324,16 @@ def run_module(module: str, spec: Module, budget_s: float, children: int) -> tup
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNER_") or k.startswith("TUNER_TEST_")}
         env["TUNER_HOME"] = str(work / ".tuner")
         t0 = time.monotonic()
+        # its own process group: at the budget, mutmut's forked mutant runs end with it (an orphaned
+        # one would hold the output pipes open, and this script would wait for it)
+        proc = subprocess.Popen([str(MUTMUT), "run", "--max-children", str(children)], cwd=work, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
-            proc = subprocess.run([str(MUTMUT), "run", "--max-children", str(children)], cwd=work, env=env,
-                                  capture_output=True, text=True, timeout=budget_s)
-            complete, tail = proc.returncode == 0, proc.stdout[-400:] + proc.stderr[-400:]
+            out, err = proc.communicate(timeout=budget_s)
+            complete, tail = proc.returncode == 0, out[-400:] + err[-400:]
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
             complete, tail = False, f"stopped after the budget of {budget_s:.0f} s"
         elapsed = time.monotonic() - t0
         meta = work / "mutants" / (module + ".meta")
