@@ -101,3 +101,13 @@ def test_what_is_not_a_bundle_is_refused_naming_the_file(tmp_path, doc):
     with pytest.raises(ValueError) as err:
         bundle.Bundle(doc)
     assert str(err.value) == "bundle is not a tuner bundle (format tuner-bundle)"
+
+
+def test_the_temporary_file_is_made_beside_the_bundle(tmp_path, monkeypatch):
+    """In the bundle's own folder, never the system's temporary one (a rename across file systems
+    fails, and is not atomic): with no usable system folder the write still succeeds."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    bundle.write_atomic(tmp_path / "b.json", "{}")
+    assert (tmp_path / "b.json").read_text() == "{}" and sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]
