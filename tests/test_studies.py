@@ -109,6 +109,35 @@ def test_upgrade_storage_brings_an_older_optuna_schema_to_this_optunas(tmp_path)
     st.engine.dispose()
 
 
+def test_upgrade_storage_waits_for_a_writer_that_holds_the_database(tmp_path):
+    """Another process writing the SQLite file for longer than sqlite3's default wait of 5 s while
+    Optuna's tables are first made: their creation waits for it (30 s) instead of failing with
+    "database is locked"."""
+    import sqlite3
+    import threading
+    import time
+
+    old = f"sqlite:///{tmp_path}/old.db"
+    upgrade(old)  # tuner's tables only
+    held = threading.Event()
+
+    def writer():
+        c = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+        c.execute("BEGIN EXCLUSIVE")
+        held.set()
+        time.sleep(8)
+        c.execute("COMMIT")
+        c.close()
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    assert held.wait(30)
+    studies.upgrade_storage(old)
+    thread.join(30)
+    st = studies.storage(old)
+    assert st.get_current_version() == st.get_head_version()
+    st.engine.dispose()
+
+
 def test_recover_tells_stored_results_and_fails_trials_never_claimed_once_past_the_grace(url):
     st = studies.storage(url, heartbeat_s=1, grace_s=2)
     study = optuna.create_study(study_name="s1", storage=st)
