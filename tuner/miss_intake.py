@@ -151,7 +151,7 @@ def lookup_rows(settings: Settings, kernel: str, shapes: list[str], dtypes: list
     from devices.fingerprint import live_fingerprint
     from devices.probe import probe
     from tuner.runtime.answer import Identity
-    from tuner.runtime.levels import resolve
+    from tuner.runtime.levels import NoDefault, resolve
     from tuner.runtime.sources import open_source
 
     req = build_request(kernel, shapes, dtypes, trials=1)
@@ -167,6 +167,9 @@ def lookup_rows(settings: Settings, kernel: str, shapes: list[str], dtypes: list
     for key in req.keys:
         try:
             answer = resolve(spec, key, Identity(dc, fp, dc.target), source)
+        except NoDefault as exc:
+            raise UserError(f"{kernel} has no default for {key.label()}: {type(exc.cause).__name__}: "
+                            f"{str(exc.cause).strip()[:160]}") from None
         except Exception as exc:
             text = str(exc).strip().splitlines()
             raise UserError(f"cannot read {source.describe()}: {type(exc).__name__}: {text[0][:160] if text else ''}"

@@ -29,7 +29,7 @@ from typing import Any
 from tuner.runtime.answer import OTHER_FINGERPRINT, Answer, Identity
 from tuner.runtime.keys import first_line as _first_line
 from tuner.runtime.keys import key_for, probe_identity, spec_for, with_fingerprint
-from tuner.runtime.levels import default_answer, resolve
+from tuner.runtime.levels import NoDefault, default_answer, resolve
 from tuner.runtime.miss_tally import MissCounter, MissKey, Waiting, open_sink
 
 log = logging.getLogger("tuner.runtime")
@@ -240,7 +240,8 @@ class State:
         try:
             self._answer_one(ck, spec, key, q)
         except Exception as exc:  # the kernel's own default raised: the caller's thread says so
-            self.warn(f"answer:{spec.name}", f"tuner: cannot answer {spec.name} {key.label()} ({_first_line(exc)})")
+            self.warn(f"answer:{spec.name}", f"tuner: cannot answer {spec.name} {key.label()} "
+                                               f"({_first_line(getattr(exc, 'cause', exc))})")
             with _lock:
                 self.pending.pop(ck, None)
             if q is not None:
@@ -271,6 +272,8 @@ class State:
                 self.source.refresh()
                 self.refreshed_at = now
             answer = resolve(spec, key, self.identity, self.source, self.warn)
+        except NoDefault:  # the kernel's, not the source's: the source stays up for every other kernel
+            raise
         except Exception as exc:
             # don't pay a connection attempt for every new key while the source is down
             self.down_until, self.down_reason = time.monotonic() + self.retry_s, _first_line(exc)
@@ -359,7 +362,8 @@ def _default(spec: Any, key: Any, identity: Identity, reason: str) -> Answer:
     try:
         return default_answer(spec, key, identity, reason)
     except Exception as exc:  # the kernel's own default raised: nothing can be served
-        raise LookupError(f"{spec.name} has no default for {key.label()}: {_first_line(exc)}") from None
+        raise LookupError(f"{spec.name} has no default for {key.label()}: "
+                          f"{_first_line(getattr(exc, 'cause', exc))}") from None
 
 
 def settle(timeout_s: float = 10.0) -> bool:

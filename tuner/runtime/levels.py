@@ -27,10 +27,23 @@ from tuner.runtime.sources import Source, Stored
 NEAREST_TRIED = 8
 
 
+class NoDefault(Exception):
+    """The kernel's own default() raised for a key: the kernel's fault, never the source's (a source
+    reported unreadable for it would serve every kernel defaults for TUNER_RUNTIME_RETRY_S)."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 def default_answer(spec: Any, key: Any, identity: Identity, reason: str, unreachable: bool = False) -> Answer:
-    """The kernel's default for key on the identity's limits."""
-    return Answer(spec.name, ReadOnlyConfig(spec.default(key, identity.target)), DEFAULT, "default",
-                  identity.slug, reason=reason, unreachable=unreachable)
+    """The kernel's default for key on the identity's limits; NoDefault when the kernel's raises."""
+    try:
+        config = spec.default(key, identity.target)
+    except Exception as exc:
+        raise NoDefault(exc) from exc
+    return Answer(spec.name, ReadOnlyConfig(config), DEFAULT, "default", identity.slug, reason=reason,
+                  unreachable=unreachable)
 
 
 def resolve(spec: Any, key: Any, identity: Identity, source: Source, warn: Warn | None = None) -> Answer:
