@@ -201,3 +201,21 @@ def test_the_retune_pages_list_of_runs_shows_a_run_queued_since(url, tmp_path):
     assert "run-one" in listed() and "run-two" not in listed()
     a_run("run-two")
     assert "run-two" in listed() and "run-one" in listed()
+
+
+def test_the_jobs_list_is_held_until_a_trial_or_a_job_changes(url, tmp_path):
+    """Counting a hundred jobs' trials (one with 100,000) took most of every /jobs page, its
+    fragment and GET /v1/jobs: the list is held per state of the database, and a trial stored or a
+    job made since is in the next answer."""
+    from tests.test_api import make_client
+
+    job = a_job(url)
+    api = make_client(tmp_path / "home", db_url=url)
+    assert [j["trials"] for j in api.get("/v1/jobs").json()] == [4]  # the invalid one is not counted
+    with statements() as seen:
+        assert [j["trials"] for j in api.get("/v1/jobs").json()] == [4]
+    assert not [q for q in seen if "GROUP BY tuning_trials.job_id" in q]  # held
+    a_later_trial(url, job, 0.5)
+    assert [j["trials"] for j in api.get("/v1/jobs").json()] == [5]
+    a_job(url, job_state="running", key_state="running", stored=False)
+    assert len(api.get("/v1/jobs").json()) == 2 and "No jobs yet" not in api.get("/jobs").text

@@ -143,7 +143,10 @@ def jobs(request: Request, limit: Limit = DEFAULT_LIMIT,
          kernel: Annotated[Optional[str], Query(max_length=100)] = None,
          device_class: Annotated[Optional[str], Query(max_length=80)] = None) -> list[dict]:
     """Recent jobs, newest first; of a state, kernel and device class when given."""
-    return coordinator.jobs(settings_of(request), limit, state, kernel, device_class)
+    from tuner.reports.held import held
+
+    # held per state of the database, as the jobs page's list is: each job's trials are counted
+    return held("jobs", coordinator.jobs, settings_of(request), limit, state, kernel, device_class)
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"])
