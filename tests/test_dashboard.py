@@ -263,20 +263,11 @@ def test_the_dashboard_shows_a_job_submitted_through_its_page(world, browser, tm
     assert "needs the token" in page.inner_text("main")
 
 
-def log_in(world, browser):
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
-    page.goto(f"{world['base']}/login")
-    page.fill("input[name=token]", TOKEN)
-    page.click("#login button")
-    page.wait_for_url(f"{world['base']}/")
-    return page
-
-
 def test_from_the_form_to_the_stored_best_its_key_and_a_download(world, browser, tmp_path):
     base = world["base"]
     wait_for(lambda: sql(world, "select 1 from workers where stopped_at is null and device like 'cpu%' "
                                 "and heartbeat_at > now() - interval '5 seconds'"), 180, "a CPU worker")
-    page = log_in(world, browser)
+    page = login(browser, world["base"])
     blocked = []
     page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
     shape = "M=16,N=16,K=16"
