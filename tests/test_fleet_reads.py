@@ -150,6 +150,22 @@ def test_compare_and_shapes_reports_stand_until_a_best_or_a_class_is_stored(url,
     assert held("compare", report, st, "x") == 5 and held("compare", report, st, "x") == 5
 
 
+def test_the_current_bests_are_held_until_a_best_is_stored(url, tmp_path):
+    """GET /v1/best decoded a hundred best rows at every request: held on the best rows and classes,
+    a trial leaves it, a new best is in the next answer."""
+    from tests.test_api import make_client
+
+    rows.best(url, SLUG, DIMS, 0.5)
+    api = make_client(tmp_path / "home", db_url=url)
+    assert len(api.get("/v1/best").json()) == 1
+    a_later_trial(url, a_job(url, stored=False), 0.4)
+    with statements() as seen:
+        assert len(api.get("/v1/best").json()) == 1
+    assert not [q for q in seen if "ORDER BY best_configs.created_at DESC" in q]  # held
+    rows.best(url, SLUG, {**DIMS, "M": 64}, 0.25)
+    assert sorted(e["median_ms"] for e in api.get("/v1/best").json()) == [0.25, 0.5]
+
+
 def test_the_compare_page_shows_a_page_of_each_table(url, tmp_path):
     """Classes hold thousands of keys: rendering them all took 130 ms a request, and hashing them
     for the plot's cache 45 ms. The page shows each table's first rows, plots those, and says how

@@ -22,7 +22,7 @@ MAX_HELD = 64  # reports kept per process; all are dropped when it is reached
 _held: dict[tuple, Any] = {}
 
 
-BESTS_ONLY = ("compare", "shapes")  # reports that read best rows and device classes, nothing else
+BESTS_ONLY = ("compare", "shapes", "best")  # what reads best rows and device classes, nothing else
 
 
 def state(settings, kind: str = "") -> tuple:
