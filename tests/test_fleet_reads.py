@@ -235,3 +235,21 @@ def test_the_jobs_list_is_held_until_a_trial_or_a_job_changes(url, tmp_path):
     assert [j["trials"] for j in api.get("/v1/jobs").json()] == [5]
     a_job(url, job_state="running", key_state="running", stored=False)
     assert len(api.get("/v1/jobs").json()) == 2 and "No jobs yet" not in api.get("/jobs").text
+
+
+def test_healthz_checks_the_database_once_a_second(url, tmp_path, monkeypatch):
+    """A check (a connection and the schema's revision) answers the probes of the next second; an
+    older one is made again, so a database that went away is a 503 a second later."""
+    from tests.test_api import make_client
+    from tuner.api import app
+
+    api = make_client(tmp_path / "home", db_url=url, TUNER_METRICS_CACHE_S="60")
+    monkeypatch.setattr(app, "HEALTH_HELD_S", 60.0)
+    assert api.get("/healthz").json() == {"status": "ok"}
+    with statements() as seen:
+        assert api.get("/healthz").json() == {"status": "ok"}
+    assert seen == []  # the check a moment ago answers
+    monkeypatch.setattr(app, "HEALTH_HELD_S", 0.0)
+    with statements() as seen:
+        assert api.get("/healthz").status_code == 200
+    assert seen  # checked again
