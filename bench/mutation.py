@@ -82,7 +82,9 @@ MODULES = {
     "tuner/formats/vllm_lora.py": Module(("tests/test_llm_kernels.py",)),
 }
 
-# the explained equivalent mutants, and the SQL-case rule (bench/mutation_explained.py)
+# the explained equivalent mutants, and the SQL-case rule: data kept beside the recorded sweeps
+# (bench/data/mutation_explained.py), not a script of its own (bench scripts never import each other)
+sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
 from mutation_explained import EXPLAINED, SQL_TEXT, sql_case  # noqa: E402
 
 KILLED = {"killed", "timeout"}  # a mutant that makes a guarding test fail, or hang past mutmut's limit

@@ -3,7 +3,7 @@ with which rows and messages, and why the others are skipped. Written against th
 bench/mutation.py: each assertion holds a behaviour a mutant changed while every test passed."""
 from datetime import datetime, timedelta, timezone
 
-from db import models, store
+from db import lifecycle, models, store
 from db.session import session_scope
 from search_spaces import registry
 from tests import rows
@@ -34,7 +34,8 @@ def _db(tmp_path, misses, *, workers=(H100,)):
 
 
 def _run(url, sent, **kw):
-    return enqueue_misses(url, sent.append, holder="test", dead_after_s=60, **{"trials": 6, "top": 10, **kw})
+    return enqueue_misses(url, sent.append, holder="test", dead_after_s=60,
+                          **{"trials": 6, "top": 10, "parallel": 2, "batch_trials": 4, **kw})
 
 
 def test_missed_keys_sums_counts_and_levels_per_key_and_filters_by_kernel_class_and_count(tmp_path):
@@ -68,7 +69,7 @@ def test_queued_jobs_carry_the_defaults_their_rows_and_messages_say(tmp_path):
             expires = lock.expires_at if lock.expires_at.tzinfo else lock.expires_at.replace(tzinfo=timezone.utc)
             leases.append((lock.holder, expires - datetime.now(timezone.utc)))
 
-    out = enqueue_misses(url, send, holder="test", dead_after_s=60, trials=12, top=10)
+    out = enqueue_misses(url, send, holder="test", dead_after_s=60, trials=12, top=10, parallel=2, batch_trials=4)
     assert set(out) == {"run", "locked_by_other", "dry_run", "jobs", "skipped"}
     assert (out["locked_by_other"], out["dry_run"], out["skipped"]) == (False, False, [])
     assert len(out["run"]) == 12 and int(out["run"], 16) >= 0
@@ -102,7 +103,7 @@ def test_open_jobs_block_only_their_own_key_on_their_own_class(tmp_path):
     with session_scope(url) as s:
         for n, selector, state in ((10, H100, "running"), (20, H100, "queued"), (30, MI300, "queued"),
                                    (99, H100, "running")):
-            store.create_job(s, kind="miss", origin="queued", kernel="tiles", kernel_version=_key(n).version,
+            lifecycle.create_job(s, kind="miss", origin="queued", kernel="tiles", kernel_version=_key(n).version,
                              keys=[_key(n).to_json()], key_hashes=[_key(n).stable_hash], sampler="auto", seed=0,
                              budget_trials=6, request={}, device_selector=selector, state=state)
     rows.best(url, H100, {"N": 40}, 1.0, kernel="tiles", dtype="float32", config={"BLOCK": 32, "num_warps": 4})
