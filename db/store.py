@@ -283,22 +283,35 @@ def record_misses(s: Session, records: Iterable[dict[str, Any]], chunk: int = 50
         else:
             row["count"] = min(row["count"] + r["count"], MAX_MISS_COUNT)
             row["first_seen"], row["last_seen"] = min(row["first_seen"], first), max(row["last_seen"], last)
+            if _signed(r):
+                row["key"] = r["key"]
     rows = _within_cap(s, list(merged.values()), max_rows)
     dialect = s.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    for i in range(0, len(rows), chunk):
-        stmt = insert(RuntimeMiss).values(rows[i:i + chunk])
-        new = stmt.excluded
-        s.execute(stmt.on_conflict_do_update(index_elements=list(_MISS_KEY), set_={
-            # compared before added: the sum itself never exceeds the cap (nor int8, nor SQLite's int64)
-            "count": case((new.count > MAX_MISS_COUNT - RuntimeMiss.count, MAX_MISS_COUNT),
-                          else_=RuntimeMiss.count + new.count),
-            "first_seen": case((new.first_seen < RuntimeMiss.first_seen, new.first_seen), else_=RuntimeMiss.first_seen),
-            "last_seen": case((new.last_seen > RuntimeMiss.last_seen, new.last_seen), else_=RuntimeMiss.last_seen)}))
+    # a drop-in key's launch signature (its inputs are rebuilt from it) replaces the stored key, so a
+    # row first written without one (an imported record, an older runtime) becomes tunable; a record
+    # without one never erases it
+    for signed in (False, True):
+        part = [r for r in rows if _signed(r) == signed]
+        for i in range(0, len(part), chunk):
+            stmt = insert(RuntimeMiss).values(part[i:i + chunk])
+            new = stmt.excluded
+            s.execute(stmt.on_conflict_do_update(index_elements=list(_MISS_KEY), set_={
+                # compared before added: the sum itself never exceeds the cap (nor int8, nor SQLite's int64)
+                "count": case((new.count > MAX_MISS_COUNT - RuntimeMiss.count, MAX_MISS_COUNT),
+                              else_=RuntimeMiss.count + new.count),
+                "first_seen": case((new.first_seen < RuntimeMiss.first_seen, new.first_seen),
+                                   else_=RuntimeMiss.first_seen),
+                "last_seen": case((new.last_seen > RuntimeMiss.last_seen, new.last_seen), else_=RuntimeMiss.last_seen),
+                **({"key": new.key} if signed else {})}))
     return len(rows)
+
+
+def _signed(record: dict[str, Any]) -> bool:
+    return isinstance(record["key"], dict) and record["key"].get("signature") is not None
 
 
 def tuned_since(miss=RuntimeMiss):

@@ -89,6 +89,39 @@ def test_the_misses_table_takes_no_new_key_past_its_row_cap(tmp_path):
     assert counts(url) == {f"{1:016x}": 6, f"{2:016x}": 1}
 
 
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_a_launch_signature_fills_a_miss_row_written_without_one(tmp_path, db):
+    """A drop-in key's row first written without a signature (another rank's imported record) kept
+    its key JSON forever: `tuner tune --from-misses` could not rebuild its inputs and failed every
+    trial. A signed record fills it in; a later unsigned one leaves it."""
+    def keyed(sig):
+        r = row(7)
+        r["key"] = {**r["key"], **({"signature": sig} if sig else {})}
+        return r
+
+    def stored(url):
+        with session_scope(url) as s:
+            (m,) = store.misses(s, include_tuned=True)
+            return m.key.get("signature"), m.count
+
+    def run(url):
+        upgrade(url)
+        for sig, want in ((None, (None, 1)), ({"args": {"n": 1}}, ({"args": {"n": 1}}, 2)),
+                          (None, ({"args": {"n": 1}}, 3)), ({"args": {"n": 2}}, ({"args": {"n": 2}}, 4))):
+            with session_scope(url) as s:
+                store.record_misses(s, [keyed(sig)])
+            assert stored(url) == want
+        with session_scope(url) as s:  # merged in one batch: the signed record's key is kept
+            store.record_misses(s, [keyed({"args": {"n": 3}}), keyed(None)])
+        assert stored(url) == ({"args": {"n": 3}}, 6)
+
+    if db == "sqlite":
+        run(f"sqlite:///{tmp_path}/t.db")
+    else:
+        with pg_database() as url:
+            run(url)
+
+
 @pytest.mark.integration
 def test_a_worker_s_metrics_listen_on_the_loopback_only(tmp_path):
     """TUNER_METRICS_PORT bound every interface; now TUNER_METRICS_HOST, 127.0.0.1 by default."""

@@ -115,7 +115,8 @@ def request_from_misses(settings: Settings, kernel: str | None, trials: int, sam
     for key_json, version in rows:
         if version == spec.version:
             key = TuningKey.from_json(key_json)
-            found.setdefault(key.stable_hash, (key, key_json.get("signature")))
+            if found.get(key.stable_hash, (None, None))[1] is None:  # a row with a signature wins: inputs from it
+                found[key.stable_hash] = (key, key_json.get("signature"))
     if not found:
         raise UserError(f"no untuned misses of {kernel[:80]} (version {spec.version}) on {slug}; launch it in a "
                         "model process with TUNER_DB_URL set first, or tune given shapes with --shape")
