@@ -356,6 +356,33 @@ def test_check_bind():
             check_bind(host, policy)
 
 
+def test_serve_freezes_its_start_up_heap_with_the_lazily_imported_modules(tmp_path, monkeypatch):
+    """The garbage collector's full passes walked everything start-up made (torch, Triton, the
+    kernel modules) and stalled every request in flight for up to 183 ms: the p95 tail of whichever
+    route they hit at fleet scale (bench/api_latency.py --scale). `tuner serve` now freezes that heap,
+    after importing what pages import on first use, before it listens."""
+    import gc
+
+    import uvicorn
+
+    from tuner.api import app as app_mod
+
+    seen = {}
+
+    def listen(app, **kw):  # where uvicorn would start serving
+        seen.update(frozen=gc.get_freeze_count(), lazy=[m for m in app_mod.LAZY_HEAVY if m not in sys.modules])
+
+    monkeypatch.setattr(uvicorn, "run", listen)
+    for name in app_mod.LAZY_HEAVY:  # as a fresh server process has them: not imported yet
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    env = {**tuner_env(tmp_path / "home"), "TUNER_API_TOKEN": TOKEN}
+    try:
+        app_mod.serve(settings_mod.from_env(env), "127.0.0.1", 0)
+    finally:
+        gc.unfreeze()
+    assert seen["frozen"] > 10_000 and seen["lazy"] == [], seen
+
+
 # ---- jobs ----------------------------------------------------------------------------------
 
 def test_submit_status_cancel(api, tmp_path):

@@ -6,6 +6,8 @@ container's healthcheck (no token, so it says only ok or not; the reason to an o
 """
 from __future__ import annotations
 
+import gc
+import importlib
 import logging
 import threading
 import time
@@ -110,4 +112,25 @@ def serve(settings: Settings, host: str, port: int, log_level: str = "info") -> 
 
     auth.check_bind(host, policy_of(settings))
     open_for_write(settings)
-    uvicorn.run(create_app(settings, host), host=host, port=port, log_level=log_level.lower())
+    app = create_app(settings, host)
+    for name in LAZY_HEAVY:  # imported now: a first page never waits on them, and they are frozen too
+        importlib.import_module(name)
+    freeze_startup_heap()
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower())
+
+
+# what routes import on first use (the CLI needs none of them): matplotlib for the plots, Celery for
+# the queues' depths and submits, the reports; ~0.5 s each on a first page otherwise
+LAZY_HEAVY = ("matplotlib.figure", "tuner.reports.figures", "tuner.reports.compare", "tuner.reports.retune",
+              "tuner.reports.shapes", "tuner.reports.trials", "tuner.formats.bundle", "workers.app")
+
+
+def freeze_startup_heap() -> None:
+    """Keep what start-up made (torch, Triton, the kernel modules, SQLAlchemy's mappers: millions of
+    objects that live as long as the server) out of the garbage collector's full passes: each of
+    those passes walked all of it and stalled every request in flight for up to 183 ms, the p95
+    tail of whichever routes it hit (10 full passes, 1.1 s, in one bench/api_latency.py --scale
+    run). What requests make is still collected as before (gc.freeze, as CPython's docs advise
+    for long-lived servers)."""
+    gc.collect()
+    gc.freeze()
