@@ -190,20 +190,7 @@ def _key(request: Request, kernel: str, key_hash: str, device_class: Optional[st
     classes = sorted({t["device_class"] for t in view["trials"]} | {b["device_class"] for b in view["history"]})
     shown = {"view": view, "plot": _key_plot(settings, view, device_class), "timing": display.timing_label(classes),
              "device_class": device_class}
-    return shown, REFRESH_S if _key_running(settings, view["kernel"], view["key_hash"]) else None
-
-
-def _key_running(settings, kernel: str, key_hash: str) -> bool:
-    """Whether an unfinished job searches the key now (its plot then gains points)."""
-    from sqlalchemy import select
-
-    from db import models
-
-    J, K = models.Job, models.JobKey
-    with session_scope(open_for_read(settings)) as s:
-        return s.scalar(select(K.id).join(J, J.id == K.job_id).where(
-            K.key_hash == key_hash, J.kernel == kernel, K.state.in_(lifecycle.OPEN_KEY_STATES),
-            J.state.not_in(lifecycle.END_STATES)).limit(1)) is not None
+    return shown, REFRESH_S if view["searching"] else None  # an unfinished job's search adds points
 
 
 @router.get("/keys/{kernel}/{key_hash}", response_class=HTMLResponse)
