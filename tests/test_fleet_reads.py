@@ -202,6 +202,31 @@ def test_compare_and_shapes_reports_stand_until_a_best_or_a_class_is_stored(url,
     assert held("compare", report, st, "x") == 5 and held("compare", report, st, "x") == 5
 
 
+def test_a_held_report_asks_whether_anything_changed_in_one_statement(url, tmp_path):
+    """The jobs list's token took five round trips (bests, classes, newest trial, jobs and keys by
+    state), most of a held jobs page's reads at fleet scale: one statement now, and a job or a key
+    changing state still computes the report again."""
+    from tuner.reports.held import held
+
+    st, job = settings(url, tmp_path), a_job(url, job_state="running", key_state="running")
+    calls = []
+
+    def report(settings, *args):
+        calls.append(args)
+        return len(calls)
+
+    assert held("jobs", report, st) == 1
+    with statements() as seen:
+        assert held("jobs", report, st) == 1
+    assert len(seen) == 1, seen
+    with session_scope(url) as s:
+        s.get(models.Job, job).state = lifecycle.DONE  # the counts by state are the same but one
+    assert held("jobs", report, st) == 2
+    with session_scope(url) as s:
+        s.query(models.JobKey).filter_by(job_id=job).one().state = lifecycle.DONE
+    assert held("jobs", report, st) == 3
+
+
 def test_the_current_bests_are_held_until_a_best_is_stored(url, tmp_path):
     """GET /v1/best decoded a hundred best rows at every request: held on the best rows and classes,
     a trial leaves it, a new best is in the next answer."""
