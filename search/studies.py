@@ -44,8 +44,24 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 MAX_RETRY = 2  # times a configuration whose worker died is enqueued again
 
 
+SQLITE_WAIT_S = 30  # how long a write waits for another process's write to the embedded file
+
+
 def _engine_kwargs(db_url: str) -> dict:
-    return {"connect_args": {"timeout": 30}} if db_url.startswith("sqlite") else {"pool_pre_ping": True}
+    return {"connect_args": {"timeout": SQLITE_WAIT_S}} if db_url.startswith("sqlite") else {"pool_pre_ping": True}
+
+
+def _waiting_url(db_url: str) -> str:
+    """The URL with the SQLite wait in it: Optuna's schema upgrade runs through Alembic on an engine
+    made from the URL alone (optuna/storages/_rdb/storage.py, _VersionManager._create_alembic_config),
+    never with our engine arguments, and failed after sqlite3's default 5 s while another process
+    wrote the file. SQLAlchemy's pysqlite dialect reads `timeout` from the query string."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    if url.get_backend_name() != "sqlite" or "timeout" in url.query:
+        return db_url
+    return url.update_query_dict({"timeout": str(SQLITE_WAIT_S)}).render_as_string(hide_password=False)
 
 
 def upgrade_storage(db_url: str) -> None:
@@ -53,7 +69,8 @@ def upgrade_storage(db_url: str) -> None:
     `tuner db upgrade` (or the embedded default's first use), under a lock that a concurrent
     upgrade waits for."""
     with schema_lock(db_url):
-        st = optuna.storages.RDBStorage(db_url, engine_kwargs=_engine_kwargs(db_url), skip_compatibility_check=True)
+        st = optuna.storages.RDBStorage(_waiting_url(db_url), engine_kwargs=_engine_kwargs(db_url),
+                                        skip_compatibility_check=True)
         try:
             if st.get_current_version() != st.get_head_version():
                 st.upgrade()

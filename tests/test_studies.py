@@ -138,6 +138,41 @@ def test_upgrade_storage_waits_for_a_writer_that_holds_the_database(tmp_path):
     st.engine.dispose()
 
 
+def test_upgrading_an_older_optuna_schema_waits_for_a_writer_that_holds_the_database(tmp_path):
+    """Optuna runs its schema upgrade through Alembic on an engine of its own, made from the URL
+    alone (optuna/storages/_rdb/storage.py, _VersionManager._create_alembic_config): the 30 s wait
+    given to RDBStorage's engine never reached it, and an upgrade while another process wrote the
+    file failed after sqlite3's default 5 s with "database is locked". A writer holding its RESERVED
+    lock (readers go on, writers wait) for 8 s is now waited for."""
+    import sqlite3
+    import threading
+    import time
+
+    old = f"sqlite:///{tmp_path}/old.db"
+    upgrade(old)
+    studies.upgrade_storage(old)
+    with make_engine(old).begin() as conn:  # as an older Optuna left it: its last revision to run
+        conn.execute(text("DROP INDEX ix_trials_study_id"))
+        conn.execute(text("UPDATE alembic_version SET version_num = 'v3.0.0.d'"))
+    held = threading.Event()
+
+    def writer():
+        c = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+        c.execute("BEGIN IMMEDIATE")
+        held.set()
+        time.sleep(8)
+        c.execute("COMMIT")
+        c.close()
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    assert held.wait(30)
+    studies.upgrade_storage(old)
+    thread.join(30)
+    st = studies.storage(old)
+    assert st.get_current_version() == st.get_head_version() == "v3.2.0.a"
+    st.engine.dispose()
+
+
 def test_recover_tells_stored_results_and_fails_trials_never_claimed_once_past_the_grace(url):
     st = studies.storage(url, heartbeat_s=1, grace_s=2)
     study = optuna.create_study(study_name="s1", storage=st)
