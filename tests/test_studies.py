@@ -4,6 +4,7 @@ loads, the heartbeat thread and the stale-trial callback. Written against the su
 bench/mutation.py: each assertion holds a behaviour a mutant changed while every test passed."""
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import optuna
@@ -109,30 +110,38 @@ def test_upgrade_storage_brings_an_older_optuna_schema_to_this_optunas(tmp_path)
     st.engine.dispose()
 
 
-def test_upgrade_storage_waits_for_a_writer_that_holds_the_database(tmp_path):
-    """Another process writing the SQLite file for longer than sqlite3's default wait of 5 s while
-    Optuna's tables are first made: their creation waits for it (30 s) instead of failing with
-    "database is locked"."""
+@contextlib.contextmanager
+def another_writer(path, lock: str, hold_s: float = 8.0):
+    """Another process's write transaction on the SQLite file (BEGIN `lock`), held for hold_s from
+    the block's start: longer than sqlite3's default wait of 5 s, shorter than ours."""
     import sqlite3
     import threading
     import time
 
-    old = f"sqlite:///{tmp_path}/old.db"
-    upgrade(old)  # tuner's tables only
     held = threading.Event()
 
     def writer():
-        c = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
-        c.execute("BEGIN EXCLUSIVE")
+        c = sqlite3.connect(path, isolation_level=None)
+        c.execute(f"BEGIN {lock}")
         held.set()
-        time.sleep(8)
+        time.sleep(hold_s)
         c.execute("COMMIT")
         c.close()
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
     assert held.wait(30)
-    studies.upgrade_storage(old)
+    yield
     thread.join(30)
+
+
+def test_upgrade_storage_waits_for_a_writer_that_holds_the_database(tmp_path):
+    """Another process writing the SQLite file for longer than sqlite3's default wait of 5 s while
+    Optuna's tables are first made: their creation waits for it (30 s) instead of failing with
+    "database is locked"."""
+    old = f"sqlite:///{tmp_path}/old.db"
+    upgrade(old)  # tuner's tables only
+    with another_writer(tmp_path / "old.db", "EXCLUSIVE"):
+        studies.upgrade_storage(old)
     st = studies.storage(old)
     assert st.get_current_version() == st.get_head_version()
     st.engine.dispose()
@@ -144,30 +153,14 @@ def test_upgrading_an_older_optuna_schema_waits_for_a_writer_that_holds_the_data
     given to RDBStorage's engine never reached it, and an upgrade while another process wrote the
     file failed after sqlite3's default 5 s with "database is locked". A writer holding its RESERVED
     lock (readers go on, writers wait) for 8 s is now waited for."""
-    import sqlite3
-    import threading
-    import time
-
     old = f"sqlite:///{tmp_path}/old.db"
     upgrade(old)
     studies.upgrade_storage(old)
     with make_engine(old).begin() as conn:  # as an older Optuna left it: its last revision to run
         conn.execute(text("DROP INDEX ix_trials_study_id"))
         conn.execute(text("UPDATE alembic_version SET version_num = 'v3.0.0.d'"))
-    held = threading.Event()
-
-    def writer():
-        c = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
-        c.execute("BEGIN IMMEDIATE")
-        held.set()
-        time.sleep(8)
-        c.execute("COMMIT")
-        c.close()
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
-    assert held.wait(30)
-    studies.upgrade_storage(old)
-    thread.join(30)
+    with another_writer(tmp_path / "old.db", "IMMEDIATE"):
+        studies.upgrade_storage(old)
     st = studies.storage(old)
     assert st.get_current_version() == st.get_head_version() == "v3.2.0.a"
     st.engine.dispose()
