@@ -115,6 +115,7 @@ def serve(settings: Settings, host: str, port: int, log_level: str = "info") -> 
     app = create_app(settings, host)
     for name in LAZY_HEAVY:  # imported now: a first page never waits on them, and they are frozen too
         importlib.import_module(name)
+    routes.kernels()  # every kernel's space sizes, once per process (1.2 s): not on a first request
     freeze_startup_heap()
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower())
 
