@@ -111,3 +111,19 @@ def test_the_temporary_file_is_made_beside_the_bundle(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
     bundle.write_atomic(tmp_path / "b.json", "{}")
     assert (tmp_path / "b.json").read_text() == "{}" and sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]
+
+
+def test_the_file_in_writing_is_hidden_and_named_after_the_bundle(tmp_path, monkeypatch):
+    """Until the rename, the folder shows no new file to a listing or a glob (the temporary one is a
+    dot file), and one that a killed writer left behind says which file it was to become."""
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        seen.extend(sorted(p.name for p in tmp_path.iterdir()))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(bundle.os, "replace", replace)
+    bundle.write_atomic(tmp_path / "b.json", "{}")
+    assert len(seen) == 1 and seen[0].startswith(".b.json.") and len(seen[0]) > len(".b.json.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]
