@@ -154,6 +154,21 @@ EXPLAINED.update({
         "either result is right there",
 })
 
+_KD = "kernel = next((k for k in declared(FORMAT) if dtypes and set(dtypes) <= set(registry.KERNELS.load(k).dtypes)),"
+_GLOB = 'versions = sorted(p for p in root.glob("triton_*") if p.is_dir()) if root.is_dir() else []'
+EXPLAINED.update({
+    ("tuner/formats/vllm.py", "_kernel_dtypes",
+     f"{_KD} -> {_KD.replace('set(dtypes) <= set', 'set(dtypes) < set')}"):
+        "equivalent: the kernels declaring vllm are tried built-ins first (registry.names), and a file name's "
+        "dtypes are {bfloat16, float16}, {float32} or one scheme, each a proper subset of a built-in's dtypes "
+        "(fused_moe: float16, bfloat16, float32; fused_moe_quant: the three schemes), so the strict and the "
+        "non-strict subset pick the same kernel, before any plug-in kernel is asked",
+    ("tuner/formats/sglang.py", "shipped_tables",
+     f"{_GLOB} -> {_GLOB.replace('if root.is_dir() else', 'if (root.is_dir()) or True else')}"):
+        "equivalent: Path.glob on a path that is no folder (missing, or a file) yields nothing, so versions is "
+        "[] either way and the same UserError follows",
+})
+
 # functions whose string constants are SQL text: a mutant that only changes the case of what is
 # outside '...' literals changes keywords, table names and aliases, which SQL reads without case
 SQL_TEXT = {("search/studies.py", "suspect_studies")}
