@@ -169,6 +169,16 @@ EXPLAINED.update({
         "[] either way and the same UserError follows",
 })
 
+_NEWEST = "for (name, *levels), e in sorted(newest.items(), key=lambda kv: kv[0]):"
+_BY_PLACE = ("equivalent: newest is a dict, so its keys (file name and levels) are unique: sorting its (key, entry) "
+             "pairs by the whole pair compares the keys alone and never reaches the entries, the same order as "
+             "sorting by the key")
+EXPLAINED.update({
+    ("tuner/formats/vllm_lora.py", "files", f"{_NEWEST} -> {_NEWEST.replace('key=lambda kv: kv[0]', 'key=None')}"):
+        _BY_PLACE,
+    ("tuner/formats/vllm_lora.py", "files", f"{_NEWEST} -> {_NEWEST.replace('key=lambda kv: kv[0]', '')}"): _BY_PLACE,
+})
+
 # functions whose string constants are SQL text: a mutant that only changes the case of what is
 # outside '...' literals changes keywords, table names and aliases, which SQL reads without case
 SQL_TEXT = {("search/studies.py", "suspect_studies")}
