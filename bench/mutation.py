@@ -50,7 +50,8 @@ MODULES = {
     "search/studies.py": Module((
         "tests/test_studies.py",
         "tests/test_claims.py::test_a_dead_worker_s_trial_is_failed_and_its_configuration_proposed_again")),
-    "workers/service.py": Module(("tests/test_trust.py",)),
+    # test_service.py runs workers in processes of their own: only these tests call the service here
+    "workers/service.py": Module(("tests/test_trust.py", "tests/test_worker_service.py")),
     # in-process tests only (with the whole of test_runtime.py mutmut's first, clean run failed in
     # the copy), and not the tutorial kernels' interpreted launches (minutes under mutation)
     "tuner/runtime/decorator.py": Module((
