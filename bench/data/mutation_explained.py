@@ -179,6 +179,17 @@ EXPLAINED.update({
     ("tuner/formats/vllm_lora.py", "files", f"{_NEWEST} -> {_NEWEST.replace('key=lambda kv: kv[0]', '')}"): _BY_PLACE,
 })
 
+_HELD = 'held = {"entries": doc["entries"], "reported": doc["reported"]} if doc.get("reported") else doc["entries"]'
+_HELD_WHY = ("equivalent: the name of a key of the hashed object is the same for every bundle, and a digest is only "
+             "compared with digests this function made (the ETag of GET /v1/bundle, which a client sends back as "
+             "it got it): equal contents still hash alike and different contents apart, and a bundle without "
+             "reported winners hashes exactly as before")
+EXPLAINED.update({
+    ("tuner/formats/bundle.py", "digest", f"{_HELD} -> {_HELD.replace(old, new, 1)}"): _HELD_WHY
+    for old, new in (('{"entries":', '{"XXentriesXX":'), ('{"entries":', '{"ENTRIES":'),
+                     ('"reported": doc', '"XXreportedXX": doc'), ('"reported": doc', '"REPORTED": doc'))
+})
+
 # functions whose string constants are SQL text: a mutant that only changes the case of what is
 # outside '...' literals changes keywords, table names and aliases, which SQL reads without case
 SQL_TEXT = {("search/studies.py", "suspect_studies")}
