@@ -105,6 +105,23 @@ def test_settle_gives_up_at_its_timeout_while_a_question_is_stuck(live_env, monk
     assert runtime.settle(60) is True
 
 
+def test_settle_waits_within_its_timeout_for_an_answer_on_its_way(live_env, monkeypatch, tmp_path):  # noqa: F811
+    """A timeout under a second is a wait too: the answer that comes meanwhile is waited for."""
+    import os
+    import threading
+
+    fifo = tmp_path / "b.json"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(fifo))
+    monkeypatch.setenv("TUNER_RUNTIME_DEADLINE_MS", "0")
+    live_env()
+    assert runtime.explain("tiles", N=100, dtype="float32").level == "default"  # the question is in flight
+    answer = threading.Timer(0.05, lambda: fifo.write_text('{"format": "tuner-bundle", "entries": []}'))
+    answer.daemon = True
+    answer.start()
+    assert runtime.settle(0.99) is True
+
+
 def test_counted_misses_are_written_at_exit(live_env, monkeypatch, tmp_path):  # noqa: F811
     import json
 
