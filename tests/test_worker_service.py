@@ -82,14 +82,15 @@ def svc(url):
 
 
 def _job(url, trials=4, batch=2, kind="tune", selector="cpu-interpreter", warm=None, seed=0, sampler="random",
-         study=""):
-    request = {"kernel": "trivial", "keys": [KEY.to_json()], "trials": trials, "sampler": sampler, "seed": seed,
+         study="", signature=None):
+    key = {**KEY.to_json(), **({"signature": signature} if signature else {})}
+    request = {"kernel": "trivial", "keys": [key], "trials": trials, "sampler": sampler, "seed": seed,
                "measurement": Measurement().to_json(), "batch_trials": batch}
     if warm:
         request["warm"] = {KEY.stable_hash: warm.to_json()}
     with session_scope(url) as s:
         job, (key_id,) = lifecycle.create_job(
-            s, kind=kind, origin="queued", kernel="trivial", kernel_version=KEY.version, keys=[KEY.to_json()],
+            s, kind=kind, origin="queued", kernel="trivial", kernel_version=KEY.version, keys=[key],
             key_hashes=[KEY.stable_hash], sampler=sampler, seed=seed, budget_trials=trials, request=request,
             device_selector=selector, study_names=[study])
     with session_scope(url) as s:
@@ -164,6 +165,35 @@ def test_a_seeded_job_proposes_the_same_configurations_on_any_worker(url, tmp_pa
         finally:
             w.stop()
     assert len(seen[0]) == 6 and seen[0] == seen[1]
+
+
+def test_a_key_s_launch_signature_reaches_every_trial(url, svc):
+    service, _ = svc
+    signature = {"args": [{"kind": "tensor", "dtype": "float32", "shape": [16]}]}
+    service.handle(_job(url, trials=2, batch=2, signature=signature))
+    service.handle(_job(url, trials=1, batch=1))
+    assert [r.signature for r in service.harness.requests[:2]] == [signature, signature]
+    assert service.harness.requests[-1].signature is None
+
+
+def test_what_a_key_s_batches_measure_first_is_decided_once(url, svc, monkeypatch):
+    service, _ = svc
+    asked = []
+    real = service_mod.seed_configs
+    monkeypatch.setattr(service_mod, "seed_configs", lambda ctx, first=(): asked.append(ctx.job_key_id) or real(ctx, first))
+    msg = _job(url, trials=3, batch=1)
+    for _ in range(3):
+        service.handle(msg)
+    assert asked == [msg.job_key_id]
+
+
+def test_the_seeds_of_at_most_257_keys_are_kept(url, svc):
+    service, _ = svc
+    service._first.update({-n: [] for n in range(1, 257)})  # 256 keys' seeds
+    service.handle(_job(url, trials=2, batch=1))
+    assert len(service._first) == 257
+    service.handle(_job(url, trials=2, batch=1))  # one more: forgotten, all but the new key's
+    assert len(service._first) == 1
 
 
 def test_the_trials_of_a_batch_are_observed(url, svc):
