@@ -64,11 +64,27 @@ def _config(url, name="w@test", **change):
     return replace(worker_config(settings_mod.get(), url, "cpu", name), **change)
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """A database upgraded once; each test gets a copy (an upgrade per test is most of its time)."""
+    from db.session import dispose_all
+
+    path = tmp_path_factory.mktemp("template") / "t.db"
+    upgrade_schema(f"sqlite:///{path}")
+    dispose_all()  # its connections closed: the file holds every table (none left in a WAL beside it)
+    return path
+
+
+def _fresh(template, path):
+    import shutil
+
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
+
+
 @pytest.fixture
-def url(tmp_path):
-    u = f"sqlite:///{tmp_path}/t.db"
-    upgrade_schema(u)
-    return u
+def url(template, tmp_path):
+    return _fresh(template, tmp_path / "t.db")
 
 
 @pytest.fixture
@@ -150,12 +166,11 @@ def test_a_job_runs_batch_by_batch_and_the_worker_that_spends_the_budget_finaliz
     assert best.config == min((t.config for t in trials), key=lambda c: c["P"] + c["Q"])
 
 
-def test_a_seeded_job_proposes_the_same_configurations_on_any_worker(url, tmp_path):
+def test_a_seeded_job_proposes_the_same_configurations_on_any_worker(template, tmp_path):
     dc, _ = probe("cpu")
     seen = []
     for n in range(2):
-        u = f"sqlite:///{tmp_path}/seed{n}.db"
-        upgrade_schema(u)
+        u = _fresh(template, tmp_path / f"seed{n}.db")
         w = WorkerService(_config(u), dc, live_fingerprint(dc), lambda m: None)
         w.harness = Harness()
         try:
