@@ -483,6 +483,7 @@ NAME_HEAD = {"E": 8, "N": 64, "device": "NVIDIA_H100"}
     ("E=8,N=64,device_name=NVIDIA_H100,dtype=" + "q" * 40 + ".json",
      (None, "dtype=" + "q" * 30 + ": a quantization no kernel here runs")),
     ("E=8,N=64,device_name=NVIDIA_H100,dtype=float32,use_int4=1.json", (None, "use_int4=1: not a selector this kernel has")),
+    ("E=8,N=64,device_name=NVIDIA_H100,Xtra=1.json", (None, "Xtra=1: not a selector this kernel has")),  # only commas cut
     ("E=8,N=64,device_name=NVIDIA_H100,x=" + "a" * 50 + ".json", (None, "x=" + "a" * 38 + ": not a selector this kernel has")),
     ("README.md", (None, "not a fused-MoE config name (E=..,N=..,device_name=...json)")),
 ])
