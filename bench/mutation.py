@@ -50,7 +50,8 @@ MODULES = {
     "search/studies.py": Module((
         "tests/test_studies.py",
         "tests/test_claims.py::test_a_dead_worker_s_trial_is_failed_and_its_configuration_proposed_again")),
-    "workers/service.py": Module(("tests/test_trust.py",)),
+    # test_service.py runs workers in processes of their own: only these tests call the service here
+    "workers/service.py": Module(("tests/test_trust.py", "tests/test_worker_service.py")),
     # in-process tests only (with the whole of test_runtime.py mutmut's first, clean run failed in
     # the copy), and not the tutorial kernels' interpreted launches (minutes under mutation)
     "tuner/runtime/decorator.py": Module((
@@ -79,7 +80,14 @@ MODULES = {
                                        "tests/test_runtime.py::test_explain_says_which_level_answered_from_where_and_how_old")),
     "tuner/formats/vllm.py": Module(("tests/test_vllm_formats.py",)),
     "tuner/formats/sglang.py": Module(("tests/test_vllm_formats.py",)),
-    "tuner/formats/vllm_lora.py": Module(("tests/test_llm_kernels.py",)),
+    # the LoRA files' own tests (tests/test_llm_kernels.py never reaches the format; the end-to-end
+    # export tests of test_llm_kernels_e2e.py tune in a CLI process first, about a minute a mutant)
+    "tuner/formats/vllm_lora.py": Module((
+        "tests/test_vllm_lora_files.py",
+        "tests/test_llm_kernels_e2e.py::test_files_are_named_by_the_torch_device_name_and_nested_as_vllm_reads_them",
+        "tests/test_llm_kernels_e2e.py::test_gpu_names_are_torchs_with_vllms_replacements",
+        "tests/test_kernel_contract.py::test_a_kernel_declaring_an_export_is_written_by_it",
+        "tests/test_kernel_contract.py::test_a_kernel_declaring_an_export_without_what_it_needs_is_refused")),
 }
 
 # the explained equivalent mutants, and the SQL-case rule: data kept beside the recorded sweeps

@@ -111,3 +111,56 @@ def test_the_temporary_file_is_made_beside_the_bundle(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
     bundle.write_atomic(tmp_path / "b.json", "{}")
     assert (tmp_path / "b.json").read_text() == "{}" and sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]
+
+
+def test_the_file_in_writing_is_hidden_and_named_after_the_bundle(tmp_path, monkeypatch):
+    """Until the rename, the folder shows no new file to a listing or a glob (the temporary one is a
+    dot file), and one that a killed writer left behind says which file it was to become."""
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        seen.extend(sorted(p.name for p in tmp_path.iterdir()))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(bundle.os, "replace", replace)
+    bundle.write_atomic(tmp_path / "b.json", "{}")
+    assert len(seen) == 1 and seen[0].startswith(".b.json.") and len(seen[0]) > len(".b.json.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]
+
+
+def _r(kernel="tiles", key_hash="h1", device_class="cpu-interpreter", fingerprint="f1", block=32):
+    return {"kernel": kernel, "kernel_version": "v1", "key_hash": key_hash, "key": {"dims": {"N": 8}},
+            "dtype": "float32", "device_class": device_class, "fingerprint": fingerprint, "config": {"BLOCK": block},
+            "median_ms": 0.5, "reported_at": "2026-01-01T00:00:00+00:00"}
+
+
+def test_reported_winners_ride_beside_the_bests_in_a_stable_order_and_in_the_digest():
+    row = SimpleNamespace(kernel="tiles", kernel_version="v1", key_hash="h1", key={"dims": {"N": 8}}, dtype="float32",
+                          device_class="h100-sxm-80gb", fingerprint="f" * 16, config={"BLOCK": 16}, median_ms=0.5,
+                          reported_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+    assert bundle.reported_entry(row) == {
+        "kernel": "tiles", "kernel_version": "v1", "key_hash": "h1", "key": {"dims": {"N": 8}}, "dtype": "float32",
+        "device_class": "h100-sxm-80gb", "fingerprint": "f" * 16, "config": {"BLOCK": 16}, "median_ms": 0.5,
+        "reported_at": "2026-01-02T03:04:05+00:00"}
+    entries = [_e("tiles", "h1")]
+    reported = [_r("tiles", "h2"), _r("matmul", "h9"), _r("tiles", "h1", fingerprint="f2"), _r("tiles", "h1")]
+    doc = bundle.document(entries, reported)
+    assert doc["reported"] == [reported[1], reported[3], reported[2], reported[0]]
+    assert "reported" not in bundle.document(entries, []) and "reported" not in bundle.document(entries)
+    # a bundle without reported winners keeps the digest it had before there were any
+    assert bundle.digest(bundle.document(entries, [])) == bundle.digest(bundle.document(entries))
+    assert bundle.digest(doc) != bundle.digest(bundle.document(entries))
+    assert bundle.digest(bundle.document(entries, list(reversed(reported)))) == bundle.digest(doc)
+    assert bundle.digest(bundle.document(entries, reported[:-1])) != bundle.digest(doc)
+    assert bundle.digest(bundle.document([], reported)) != bundle.digest(doc)  # the bests count too
+
+
+def test_the_reader_indexes_reported_winners_by_key_and_class():
+    b = bundle.Bundle(bundle.document([_e()], [_r(block=32), _r(fingerprint="f2", block=64), _r(key_hash="h2")]))
+    assert b.reported("tiles", "v1", "h1", "cpu-interpreter") == [
+        ("f1", {"BLOCK": 32}, _r(block=32)), ("f2", {"BLOCK": 64}, _r(fingerprint="f2", block=64))]
+    assert [c for _, c, _ in b.reported("tiles", "v1", "h2", "cpu-interpreter")] == [{"BLOCK": 32}]
+    assert b.reported("tiles", "v2", "h1", "cpu-interpreter") == [] and b.reported("tiles", "v1", "h1", "a100") == []
+    assert b.reported("matmul", "v1", "h1", "cpu-interpreter") == []
+    assert bundle.Bundle(bundle.document([_e()])).reported("tiles", "v1", "h1", "cpu-interpreter") == []

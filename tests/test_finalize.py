@@ -361,3 +361,16 @@ def test_a_guard_that_refuses_writes_nothing(study):
     assert finalize.finalize(study, harness, "cpu-interpreter", guard=guard(True)).kept
     assert _current(study).id == done.best_id
     assert asked == [True] * 4
+
+
+def test_the_default_re_measured_is_the_kernel_s_for_this_key_and_target(study, monkeypatch):
+    """A kernel's default depends on the key and the target (tiles' does not, so this one stands in
+    for it): the default re-measured beside the leaders is the one for this key on this target."""
+    def default(key, target):
+        return DEFAULT if (key, target) == (study.key, study.target) else B[128]
+
+    monkeypatch.setattr(registry.get("tiles"), "default", default)
+    harness = TimedHarness({_h(32): [0.5], _h(64): [0.9], _h(128): [0.8], config_hash(DEFAULT): [1.0]})
+    done = finalize.finalize(study, harness, "cpu-interpreter")
+    assert done.config == B[32] and done.default_ms == 1.0 and done.speedup == 2.0
+    assert harness.runs[config_hash(DEFAULT)] == ROUNDS

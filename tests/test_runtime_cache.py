@@ -105,6 +105,23 @@ def test_settle_gives_up_at_its_timeout_while_a_question_is_stuck(live_env, monk
     assert runtime.settle(60) is True
 
 
+def test_settle_waits_within_its_timeout_for_an_answer_on_its_way(live_env, monkeypatch, tmp_path):  # noqa: F811
+    """A timeout under a second is a wait too: the answer that comes meanwhile is waited for."""
+    import os
+    import threading
+
+    fifo = tmp_path / "b.json"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(fifo))
+    monkeypatch.setenv("TUNER_RUNTIME_DEADLINE_MS", "0")
+    live_env()
+    assert runtime.explain("tiles", N=100, dtype="float32").level == "default"  # the question is in flight
+    answer = threading.Timer(0.05, lambda: fifo.write_text('{"format": "tuner-bundle", "entries": []}'))
+    answer.daemon = True
+    answer.start()
+    assert runtime.settle(0.99) is True
+
+
 def test_counted_misses_are_written_at_exit(live_env, monkeypatch, tmp_path):  # noqa: F811
     import json
 
@@ -151,6 +168,26 @@ def test_a_forked_child_answers_new_keys_with_threads_of_its_own(live_env, monke
         got = json.loads(f.read() or '{"error": "no report"}')
     os.waitpid(pid, 0)
     assert got == {"level": "exact", "config": cfg, "thread": True, "pending": 0, "flushed": 1}, got
+
+
+def test_what_a_forked_child_runs_starts_afresh_keeping_what_was_answered(live_env, monkeypatch,  # noqa: F811
+                                                                         tmp_path):
+    """cache._after_fork (what os.register_at_fork runs in a child), called here where mutmut sees it:
+    new locks, no question in flight, no resolver thread (the child's is gone) until a new key
+    starts one; the answers cached before stay."""
+    cfg = {"BLOCK": 32, "num_warps": 1}
+    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=200), cfg, _live_fp())])
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
+    live_env()
+    assert runtime.explain("tiles", N=100, dtype="float32").level == "nearest"  # answered, its thread started
+    st, lock, state_lock, parent = cache._state, cache._lock, cache._state_lock, cache._state.thread
+    assert parent is not None and parent.is_alive()
+    cache._after_fork()
+    assert cache._state is st and cache._lock is not lock and cache._state_lock is not state_lock
+    assert (st.thread, st.pending, st.later) == (None, {}, []) and st.queue.empty()
+    assert any(k[0] == "tiles" and k[2][0] == 100 for k in CACHE)  # what was answered stays
+    assert runtime.explain("tiles", N=200, dtype="float32").level == "exact"  # a thread of its own answers
+    assert st.thread is not None and st.thread is not parent and st.thread.is_alive()
 
 
 def test_a_kernel_whose_default_raises_is_one_clear_lookup_error(live_env, monkeypatch, caplog,  # noqa: F811

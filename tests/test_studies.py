@@ -318,3 +318,28 @@ def test_a_heartbeat_that_fails_is_logged_in_one_line_and_tried_again(url, caplo
     assert 0 < len(first) <= 200
     assert set(failures()) == {f"heartbeat of trial {studies.trial_id(trial)} failed: {first}"}
     st.engine.dispose()
+
+
+def test_a_failed_beat_logs_the_first_200_characters_of_the_error_s_first_line(caplog):
+    """A database error's first line can be long (a whole statement): the log line keeps 200 characters of it."""
+    from types import SimpleNamespace
+
+    class FailsAfterTheFirstBeat:
+        beats = 0
+
+        def get_heartbeat_interval(self):
+            return 0.01
+
+        def record_heartbeat(self, tid):
+            self.beats += 1
+            if self.beats > 1:
+                raise RuntimeError("a" * 199 + "bc" + "d" * 100 + "\nthe second line")
+
+    hb = studies.Heartbeats(FailsAfterTheFirstBeat())
+    hb.add(SimpleNamespace(_trial_id=7))
+
+    def failures():
+        return [r.getMessage() for r in caplog.records if r.name == "search.studies"]
+    with caplog.at_level(logging.WARNING, logger="search.studies"), hb:
+        wait_for(lambda: len(failures()) >= 1, 10, "a failed beat", poll_s=0.01)
+    assert failures()[0] == "heartbeat of trial 7 failed: " + "a" * 199 + "b"

@@ -2,6 +2,7 @@
 (tests/vllm_lora_lookup.py, which cites the vLLM lines it follows): every request a server started
 with --max-loras L makes is served the configuration tuned for exactly that request, and no file
 lacks a num_slices vLLM asks (it has no nearest num_slices: a KeyError in the server)."""
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -116,3 +117,79 @@ def test_servers_of_neighbouring_max_loras_each_find_their_own_level(tmp_path):
     for loras, config in by_l.items():
         got = get_lora_op_configs(str(tmp_path), GPU, "shrink", server_max_loras(loras), 16, 4096, 16, 1)
         assert got == vllm_lora.vllm_config(config), loras
+
+
+SHRINK_FILE = "NVIDIA_H100_80GB_HBM3_SHRINK.json"
+
+
+def _shrink(loras, slices, i, m=16, minutes=0, dtype=None):
+    e = entry("lora_shrink", {"M": m, "K": 256, "RANK": 16, "SLICES": slices, "LORAS": loras},
+              config_number(i, "lora_shrink"), minutes)
+    return {**e, "dtype": dtype} if dtype else e
+
+
+def test_each_level_lacking_a_num_slices_gets_it_from_the_nearest_tuned_one(tmp_path):
+    """max_loras 2 has every num_slices (nothing to fill); max_loras 3 lacks 3, which is nearer 2
+    than 1: filled from 2, and said so. Filling is what files() does unless told not to."""
+    entries = [_shrink(1, s, s) for s in (1, 2, 3)] + [_shrink(2, s, 10 + s) for s in (1, 2)]
+    docs, tuned, notes = vllm_lora.files(entries)
+    c = {i: vllm_lora.vllm_config(config_number(i, "lora_shrink")) for i in (1, 2, 3, 11, 12)}
+    assert docs == {SHRINK_FILE: {"2": {str(s): {"16": {"256": {"16": c[s]}}} for s in (1, 2, 3)},
+                                  "3": {"1": {"16": {"256": {"16": c[11]}}}, "2": {"16": {"256": {"16": c[12]}}},
+                                        "3": {"16": {"256": {"16": c[12]}}}}}}
+    assert tuned == 5
+    assert notes == [f"{SHRINK_FILE} max_loras 3: num_slices 3 filled from the configurations tuned at SLICES=2 "
+                     "(vLLM needs every num_slices its layers run); tune SLICES=3 to replace them"]
+
+
+def test_an_export_told_not_to_fill_lists_what_it_lacks_in_its_first_300_characters():
+    entries = [_shrink(loras, 1, loras) for loras in range(1, 7)]
+    with pytest.raises(UserError) as err:
+        vllm_lora.files(entries, fill=False)
+    lacking = "; ".join(f"{SHRINK_FILE} max_loras {loras + 1}: num_slices 2, 3" for loras in range(1, 7))
+    assert len(lacking) > 300
+    assert str(err.value) == (f"vLLM raises on a num_slices its file lacks, and this export would leave out "
+                              f"{lacking[:300]}: tune those SLICES, or export without --no-fill to fill them from "
+                              "the nearest tuned num_slices; nothing was written")
+
+
+def test_rows_of_other_kernels_are_passed_over_and_every_old_row_is_counted():
+    softmax = {"kernel": "softmax", "kernel_version": "v", "key": {"dims": {"M": 1, "N": 64}}, "dtype": "bfloat16",
+               "device_class": "h100-sxm-80gb", "device_names": [GPU], "config": {"BLOCK": 64}, "tuned_at": "x"}
+    old = [{**_shrink(1, 1, i, m=i), "kernel_version": "0123456789ab"} for i in (1, 2)]
+    docs, tuned, notes = vllm_lora.files([softmax, *old, _shrink(1, 1, 3)], slices=(1,))
+    assert tuned == 1 and list(docs) == [SHRINK_FILE]
+    assert notes == ["left out 2 lora_shrink row(s) of an older kernel version, whose LORAS was min(--max-loras, M): "
+                     "tune those keys again"]
+
+
+def test_only_a_newer_tuning_replaces_one_of_the_same_file_and_key():
+    """bf16 and fp16 share vLLM's file: the newer tuning is written; one tuned at the same instant
+    is not newer, and the one met first stays."""
+    for first, second, want in ((0, 5, 2), (5, 0, 1), (0, 0, 1)):
+        docs, _, _ = vllm_lora.files([_shrink(1, 1, 1, minutes=first, dtype="bfloat16"),
+                                      _shrink(1, 1, 2, minutes=second, dtype="float16")], slices=(1,))
+        assert docs[SHRINK_FILE]["2"]["1"]["16"]["256"]["16"] == \
+            vllm_lora.vllm_config(config_number(want, "lora_shrink")), (first, second)
+
+
+def test_a_kernel_declaring_the_format_without_an_op_is_refused_by_its_first_40_characters(monkeypatch):
+    from search_spaces import registry
+
+    name = "a_lora_kernel_whose_name_runs_past_forty_characters"
+    monkeypatch.setattr(vllm_lora, "declared", lambda fmt: (name,))
+    monkeypatch.setattr(registry.KERNELS, "load", lambda kernel: type("NoOp", (), {}))  # no vllm_lora_op at all
+    with pytest.raises(UserError) as err:
+        vllm_lora.ops()
+    assert str(err.value) == (f"kernel {name[:40]} declares the vllm-lora export but no vllm_lora_op (the file's "
+                              "op part, its k and n dims); nothing was written")
+
+
+def test_a_file_is_indented_json_with_every_level_in_numeric_order(tmp_path):
+    """One value a line, levels as numbers order them (10 after 2), a newline at the end: a file
+    reads, and diffs, level by level."""
+    written = vllm_lora.write([_shrink(1, 2, 1, m=16), _shrink(1, 2, 2, m=4)], tmp_path, Ask((2, 10)))
+    assert written.count == 2
+    c1, c2 = (vllm_lora.vllm_config(config_number(i, "lora_shrink")) for i in (1, 2))
+    level = {"4": {"256": {"16": c2}}, "16": {"256": {"16": c1}}}
+    assert (tmp_path / SHRINK_FILE).read_text() == json.dumps({"2": {"2": level, "10": level}}, indent=1) + "\n"

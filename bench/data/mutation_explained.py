@@ -154,6 +154,42 @@ EXPLAINED.update({
         "either result is right there",
 })
 
+_KD = "kernel = next((k for k in declared(FORMAT) if dtypes and set(dtypes) <= set(registry.KERNELS.load(k).dtypes)),"
+_GLOB = 'versions = sorted(p for p in root.glob("triton_*") if p.is_dir()) if root.is_dir() else []'
+EXPLAINED.update({
+    ("tuner/formats/vllm.py", "_kernel_dtypes",
+     f"{_KD} -> {_KD.replace('set(dtypes) <= set', 'set(dtypes) < set')}"):
+        "equivalent: the kernels declaring vllm are tried built-ins first (registry.names), and a file name's "
+        "dtypes are {bfloat16, float16}, {float32} or one scheme, each a proper subset of a built-in's dtypes "
+        "(fused_moe: float16, bfloat16, float32; fused_moe_quant: the three schemes), so the strict and the "
+        "non-strict subset pick the same kernel, before any plug-in kernel is asked",
+    ("tuner/formats/sglang.py", "shipped_tables",
+     f"{_GLOB} -> {_GLOB.replace('if root.is_dir() else', 'if (root.is_dir()) or True else')}"):
+        "equivalent: Path.glob on a path that is no folder (missing, or a file) yields nothing, so versions is "
+        "[] either way and the same UserError follows",
+})
+
+_NEWEST = "for (name, *levels), e in sorted(newest.items(), key=lambda kv: kv[0]):"
+_BY_PLACE = ("equivalent: newest is a dict, so its keys (file name and levels) are unique: sorting its (key, entry) "
+             "pairs by the whole pair compares the keys alone and never reaches the entries, the same order as "
+             "sorting by the key")
+EXPLAINED.update({
+    ("tuner/formats/vllm_lora.py", "files", f"{_NEWEST} -> {_NEWEST.replace('key=lambda kv: kv[0]', 'key=None')}"):
+        _BY_PLACE,
+    ("tuner/formats/vllm_lora.py", "files", f"{_NEWEST} -> {_NEWEST.replace('key=lambda kv: kv[0]', '')}"): _BY_PLACE,
+})
+
+_HELD = 'held = {"entries": doc["entries"], "reported": doc["reported"]} if doc.get("reported") else doc["entries"]'
+_HELD_WHY = ("equivalent: the name of a key of the hashed object is the same for every bundle, and a digest is only "
+             "compared with digests this function made (the ETag of GET /v1/bundle, which a client sends back as "
+             "it got it): equal contents still hash alike and different contents apart, and a bundle without "
+             "reported winners hashes exactly as before")
+EXPLAINED.update({
+    ("tuner/formats/bundle.py", "digest", f"{_HELD} -> {_HELD.replace(old, new, 1)}"): _HELD_WHY
+    for old, new in (('{"entries":', '{"XXentriesXX":'), ('{"entries":', '{"ENTRIES":'),
+                     ('"reported": doc', '"XXreportedXX": doc'), ('"reported": doc', '"REPORTED": doc'))
+})
+
 # functions whose string constants are SQL text: a mutant that only changes the case of what is
 # outside '...' literals changes keywords, table names and aliases, which SQL reads without case
 SQL_TEXT = {("search/studies.py", "suspect_studies")}
