@@ -53,7 +53,16 @@ def test_without_a_state_nothing_waits_and_nothing_is_written(live_env):  # noqa
     runtime.clear_cache()
     assert cache._state is None
     assert runtime.settle(0) is True and runtime.flush_misses() == 0
-    assert cache._state is None  # neither made one
+    cache._at_exit()  # what atexit runs: nothing to write, and nothing raised
+    assert cache._state is None  # none of them made one
+
+
+def test_settle_waits_ten_seconds_unless_told(live_env, monkeypatch):  # noqa: F811
+    live_env()
+    cache.state()
+    asked = []
+    monkeypatch.setattr(cache.State, "settle", lambda self, timeout_s: asked.append(timeout_s) or True)
+    assert runtime.settle() is True and asked == [10.0]
 
 
 def test_a_cleared_state_is_closed_and_no_longer_fills_the_cache(live_env):  # noqa: F811
