@@ -53,7 +53,16 @@ def test_without_a_state_nothing_waits_and_nothing_is_written(live_env):  # noqa
     runtime.clear_cache()
     assert cache._state is None
     assert runtime.settle(0) is True and runtime.flush_misses() == 0
-    assert cache._state is None  # neither made one
+    cache._at_exit()  # what atexit runs: nothing to write, and nothing raised
+    assert cache._state is None  # none of them made one
+
+
+def test_settle_waits_ten_seconds_unless_told(live_env, monkeypatch):  # noqa: F811
+    live_env()
+    cache.state()
+    asked = []
+    monkeypatch.setattr(cache.State, "settle", lambda self, timeout_s: asked.append(timeout_s) or True)
+    assert runtime.settle() is True and asked == [10.0]
 
 
 def test_a_cleared_state_is_closed_and_no_longer_fills_the_cache(live_env):  # noqa: F811
@@ -213,3 +222,15 @@ def test_a_kernel_whose_default_raises_is_one_clear_lookup_error(live_env, monke
     assert not [r for r in caplog.records if "cannot read" in r.getMessage()], caplog.text
     assert [r.getMessage() for r in caplog.records if "cannot answer" in r.getMessage()] == [
         f"tuner: cannot answer nofinal {label} (RuntimeError: nofinal has no default: a staged finalization failure)"]
+
+
+def test_a_default_that_is_no_configuration_is_one_clear_lookup_error(live_env, monkeypatch, tmp_path):  # noqa: F811
+    """Not only a default() that raises: one that returns what is no configuration names its own error."""
+    from search_spaces import registry
+
+    _write_bundle(tmp_path / "b.json", [])
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
+    live_env()
+    monkeypatch.setattr(registry.get("tiles"), "default", lambda key, target: None)
+    with pytest.raises(LookupError, match=r"^tiles has no default for .+: TypeError: 'NoneType' object is not iterable$"):
+        runtime.lookup("tiles", N=0, dtype="float32")  # a dim below 1: the default, asked of no source

@@ -91,17 +91,19 @@ def url(template, tmp_path):
 def svc(url):
     dc, _ = probe("cpu")
     sent: list = []
-    s = WorkerService(_config(url), dc, live_fingerprint(dc), sent.append)
+    # timings unlike SearchContext's defaults, so a context that drops one is told apart
+    s = WorkerService(_config(url, heartbeat_s=3.0, dead_after_s=45.0, trial_timeout_s=77.0), dc,
+                      live_fingerprint(dc), sent.append)
     s.harness = Harness()
     yield s, sent
     s.stop()
 
 
 def _job(url, trials=4, batch=2, kind="tune", selector="cpu-interpreter", warm=None, seed=0, sampler="random",
-         study="", signature=None):
+         study="", signature=None, measurement=Measurement()):
     key = {**KEY.to_json(), **({"signature": signature} if signature else {})}
     request = {"kernel": "trivial", "keys": [key], "trials": trials, "sampler": sampler, "seed": seed,
-               "measurement": Measurement().to_json(), "batch_trials": batch}
+               "measurement": measurement.to_json(), "batch_trials": batch}
     if warm:
         request["warm"] = {KEY.stable_hash: warm.to_json()}
     with session_scope(url) as s:
@@ -151,7 +153,7 @@ def test_a_job_runs_batch_by_batch_and_the_worker_that_spends_the_budget_finaliz
     msg = _job(url, trials=3, batch=2)
     assert service.handle(msg) == "ran 2, next batch sent"
     assert sent == [msg]  # the next batch: the same message
-    assert _key(url, msg) == (lifecycle.RUNNING, None, 0)
+    assert _key(url, msg) == (lifecycle.RUNNING, None, 0) and _job_state(url, msg) == lifecycle.RUNNING
     assert service.handle(msg) == "ran 1, finalized"  # the budget (3) bounds the second batch
     assert sent == [msg]
     assert _key(url, msg) == (lifecycle.DONE, None, 1) and _job_state(url, msg) == lifecycle.DONE
@@ -263,14 +265,18 @@ def test_the_finalization_ends_the_key_in_its_guard_with_this_worker_s_context(u
             assert guard(s)  # the key ends with the finalizer's write, while its attempt is the key's
         return Finalized({"P": 1, "Q": 1, "num_warps": 1}, 2.0, 64.0, 32.0, 0.01, 2, 1)
     calls = _finalizing(monkeypatch, done)
-    msg = _job(url, trials=2, batch=2)
+    rotating = Measurement(rotate_buffers=2, max_cv=0.05)
+    msg = _job(url, trials=2, batch=2, measurement=rotating)
     assert service.handle(msg) == "ran 2, finalized"
     (ctx, harness, slug), = calls
     assert harness is service.harness and slug == service.dc.slug
     assert (ctx.job_id, ctx.job_key_id, ctx.device, ctx.worker_id, ctx.budget_trials, ctx.seed, ctx.sampler) == \
         (msg.job_id, msg.job_key_id, "cpu", service.worker_id, 2, 0, "random")
-    assert (ctx.heartbeat_s, ctx.grace_s, ctx.trial_timeout_s) == \
-        (service.cfg.heartbeat_s, service.cfg.dead_after_s, service.cfg.trial_timeout_s)
+    assert (ctx.heartbeat_s, ctx.grace_s, ctx.trial_timeout_s) == (3.0, 45.0, 77.0)
+    assert ctx.measurement == rotating  # the job's, and its study of its own
+    assert ctx.study_name == study_name(KEY, service.dc.slug, service.fp.hash, rotating) and ctx.study_name.endswith("+rot2")
+    with session_scope(url) as s:
+        assert s.get(models.JobKey, msg.job_key_id).study_name == ctx.study_name
     assert _key(url, msg) == (lifecycle.DONE, None, 1) and _job_state(url, msg) == lifecycle.DONE
 
 
@@ -303,7 +309,9 @@ def test_a_failing_finalization_is_tried_again_then_fails_the_key_with_its_reaso
     msg = _job(url, trials=2, batch=2)
     with caplog.at_level(logging.ERROR, logger="tuner.worker"):
         assert service.handle(msg) == f"ran 2, finalization 1 of 3 failed ({reason}); tried again"
-    assert f"finalization 1 of job {msg.job_id} key {msg.job_key_id} failed" in caplog.text
+    logged = [r for r in caplog.records if r.name == "tuner.worker"]
+    assert [(r.getMessage(), r.levelno, r.exc_info[0]) for r in logged] == \
+        [(f"finalization 1 of job {msg.job_id} key {msg.job_key_id} failed", logging.ERROR, ValueError)]
     assert sent == [msg] and _key(url, msg) == (lifecycle.RUNNING, reason, 1)
     assert service.handle(msg) == f"ran 0, finalization 2 of 3 failed ({reason}); tried again"
     assert service.handle(msg) == f"ran 0, finalization failed 3 times; key failed: {reason}"
@@ -385,7 +393,7 @@ def test_a_retune_key_whose_stacks_are_all_gone_fails(url, svc):
     error = (f"no live worker runs stack {'b' * 16},{'c' * 16} any more; the next `tuner retune` queues the key "
              "again while it is stale")
     assert service.handle(msg) == f"failed: {error}"
-    assert sent == [] and _key(url, msg) == (lifecycle.FAILED, error, 0)
+    assert sent == [] and _key(url, msg) == (lifecycle.FAILED, error, 0) and _job_state(url, msg) == lifecycle.FAILED
 
 
 def test_a_retune_key_for_this_stack_or_a_tune_key_is_measured_here(url, svc):
@@ -393,7 +401,8 @@ def test_a_retune_key_for_this_stack_or_a_tune_key_is_measured_here(url, svc):
     _live_worker(url, "other@test", "b" * 16)
     warm = _warm(("b" * 16, service.fp.hash))
     retune, tune = _job(url, kind="retune", warm=warm, trials=2, batch=1), _job(url, trials=2, batch=1)
-    for msg in (retune, tune):
+    cold = _job(url, kind="retune", trials=2, batch=1)  # a retune key with no warm start: any stack
+    for msg in (retune, tune, cold):
         assert service.handle(msg) == "ran 1, next batch sent"
     assert _trials(url, retune)[0].config == warm.old_config  # a retune starts from the old best
 
@@ -402,8 +411,9 @@ def test_a_key_pinned_to_the_study_of_another_live_stack_is_left_to_it(url, svc,
     service, sent = svc
     monkeypatch.setattr(service_mod, "DEFER_S", 0.01)
     _live_worker(url, "other@test", "b" * 16)
-    theirs = study_name(KEY, service.dc.slug, "b" * 16, Measurement())
-    msg = _job(url, study=theirs)
+    rotating = Measurement(rotate_buffers=2)
+    theirs = study_name(KEY, service.dc.slug, "b" * 16, rotating)
+    msg = _job(url, study=theirs, measurement=rotating)
     assert service.handle(msg) == f"key measured in study {theirs} by live workers of another stack or class; re-sent"
     assert sent == [msg] and _trials(url, msg) == []
     gone = _job(url, study=study_name(KEY, service.dc.slug, "d" * 16, Measurement()), trials=2, batch=1)
@@ -456,8 +466,14 @@ def test_the_heartbeat_writes_what_the_worker_holds_and_sweeps_with_its_settings
     w = WorkerService(cfg, dc, live_fingerprint(dc), sent.append)
     w.harness = Harness()
     try:
+        started = _row(url).heartbeat_at
+        with session_scope(url) as s:  # a row whose stack was written by another process under this name
+            _, other_fp = store.store_identity(s, dc.to_json(), {**live_fingerprint(dc).to_json(), "hash": "e" * 16})
+            s.get(models.Worker, w.worker_id).fingerprint_id = other_fp
         w.start()
         assert (w._thread.name, w._thread.daemon, w.harness.started) == ("tuner-heartbeat", True, ["cpu"])
+        wait_for(lambda: (r := _row(url)).fingerprint_id == w.fp_id and r.heartbeat_at > started, 10,
+                 "a beat that stamps the time and this worker's stack", poll_s=0.02)
         wait_for(lambda: len(swept) >= 2, 10, "two beats", poll_s=0.02)
         assert _row(url).holding_key_id is None
         w.hold(7)
@@ -523,6 +539,7 @@ def test_wait_returns_at_once_once_stopped(url, svc):
     import time
 
     service, _ = svc
+    service.wait(0.01)  # a short wait ends by itself
     service.stop()
     t0 = time.monotonic()
     service.wait(30)
