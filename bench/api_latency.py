@@ -368,10 +368,11 @@ def scale_main(args) -> None:
              f"{SCALE['big_key_trials']:,}), {SCALE['keys']:,} keys with bests, {SCALE['misses']:,} runtime-miss rows; "
              f"{args.clients} concurrent clients, {args.requests} requests a route, on the same machine. "
              f"Target p95 <= 200 ms (/metrics <= 1 s): met by {met} of {len(results)} routes.", "",
-             "Load averages (1, 5, 15 min) at the start {} and the end {}{}.".format(
+             # the end's load is this benchmark's own (8 clients, the server, PostgreSQL); the start's is other work
+             "Load averages (1, 5, 15 min) at the start {} and the end {} (the end's is mostly this run's own){}.".format(
                  *(", ".join(map(str, doc["load_average_1_5_15m"][k])) for k in ("start", "end")),
-                 ": the machine was loaded by other parallel work on its cores, which every figure includes (/healthz, "
-                 "one query, shows how much)" if max(loads[0], os.getloadavg()[0]) > 1 else ""), "",
+                 ": the machine was loaded by other work on its cores at the start, which every figure includes "
+                 "(/healthz, one query, shows how much)" if loads[0] > 1 else ""), "",
              "| route | first ms | p50 ms | p95 ms | kB | target met |", "|---|---:|---:|---:|---:|---|"]
     for name, r in results.items():
         lines.append(f"| `{name}` | {r['first_ms']} | {r['p50_ms']} | {r['p95_ms']} | {r['bytes'] / 1e3:.1f} | "
