@@ -189,15 +189,28 @@ def _narrowed(q, *, kernel, kernel_version=None, key_hash=None, dtype=None, devi
     return q
 
 
+def best_rows_mark(*, kernel: str | None = None, key_hashes: Iterable[str] | None = None,
+                   device_classes: Iterable[str] | None = None) -> tuple:
+    """(highest id, count) of the best rows so narrowed, superseded ones included, as two scalar
+    subqueries for a caller's one statement: a best is never updated in place but superseded by a
+    newer row, so the pair changes whenever the current rows do (a bundle's 304, a held page)."""
+    q = select(func.max(BestConfig.id), func.count(BestConfig.id))
+    if kernel is not None:
+        q = q.where(BestConfig.kernel == kernel)
+    if key_hashes is not None:
+        q = q.where(BestConfig.key_hash.in_(list(key_hashes)))
+    if device_classes is not None:
+        q = q.where(BestConfig.device_class_id.in_(select(DeviceClass.id)
+                                                   .where(DeviceClass.slug.in_(list(device_classes)))))
+    return (q.with_only_columns(func.max(BestConfig.id)).scalar_subquery(),
+            q.with_only_columns(func.count(BestConfig.id)).scalar_subquery())
+
+
 def best_configs_version(s: Session, *, kernel: str | None = None,
                          device_classes: Iterable[str] | None = None) -> tuple[int, int]:
-    """(highest id, rows) of every best row, superseded ones included, that best_configs would
-    narrow to: a cheap token that changes whenever the current rows do, since a best is never
-    updated in place but superseded by a newer row (GET /v1/bundle answers 304 on it)."""
-    q = _narrowed(select(func.max(BestConfig.id), func.count())
-                  .join(DeviceClass, DeviceClass.id == BestConfig.device_class_id),
-                  kernel=kernel, device_classes=device_classes)
-    top, n = s.execute(q).one()
+    """(highest id, rows) of every best row that best_configs would narrow to (GET /v1/bundle
+    answers 304 on it)."""
+    top, n = s.execute(select(*best_rows_mark(kernel=kernel, device_classes=device_classes))).one()
     return (top or 0, n)
 
 

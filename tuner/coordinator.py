@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from db import lifecycle, models
+from db import lifecycle, models, store
 from db.clock import utcnow
 from db.session import DatabaseError, session_scope
 from db.urls import redact, scrub
@@ -227,14 +227,11 @@ def _ended_job_token(s, job: models.Job, keys) -> tuple:
     trials' worker_id; SQLite gives a newcomer a deleted row's id) and the key's best rows (a best is
     superseded by a newer row: highest id and count change whenever its stored result can). The
     five to eight statements per key it replaces were 8 ms of every read of a job at fleet scale."""
-    T, W, B = models.TuningTrial, models.Worker, models.BestConfig
-    bests = select(func.max(B.id), func.count(B.id)).where(B.kernel == job.kernel,
-                                                           B.key_hash.in_([k.key_hash for k in keys]))
+    T, W = models.TuningTrial, models.Worker
     return tuple(s.execute(select(
         *(select(func.max(T.id)).where(T.job_key_id == k.id).scalar_subquery() for k in keys),
         select(func.count(W.id)).scalar_subquery(), select(func.max(W.started_at)).scalar_subquery(),
-        bests.with_only_columns(func.max(B.id)).scalar_subquery(),
-        bests.with_only_columns(func.count(B.id)).scalar_subquery())).one())
+        *store.best_rows_mark(kernel=job.kernel, key_hashes=[k.key_hash for k in keys]))).one())
 
 
 # what a trial's status counts as in a job's progress: every trial run is one of these

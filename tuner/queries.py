@@ -102,18 +102,13 @@ def _key_token(s, kernel: str, key_hash: str, slugs: list[str] | None) -> dict:
     batch or a finalization may still store trials), whether an unfinished job searches it, its
     newest trial's id and its best rows' (highest id, count) on the classes (a best is superseded
     by a newer row, never replaced: the two change whenever its history does)."""
-    T, B, J, JK = models.TuningTrial, models.BestConfig, models.Job, models.JobKey
+    T, J, JK = models.TuningTrial, models.Job, models.JobKey
     open_keys = (select(JK.id).join(J, J.id == JK.job_id)
                  .where(J.kernel == kernel, JK.key_hash == key_hash, JK.state.in_(lifecycle.OPEN_KEY_STATES)))
-    bests = select(func.max(B.id), func.count(B.id)).where(B.kernel == kernel, B.key_hash == key_hash)
-    if slugs is not None:
-        bests = bests.where(B.device_class_id.in_(select(models.DeviceClass.id)
-                                                  .where(models.DeviceClass.slug.in_(slugs))))
     row = s.execute(select(
         open_keys.exists(), open_keys.where(J.state.not_in(lifecycle.END_STATES)).exists(),
         _of_key(select(func.max(T.id)), kernel, key_hash, slugs).scalar_subquery(),
-        bests.with_only_columns(func.max(B.id)).scalar_subquery(),
-        bests.with_only_columns(func.count(B.id)).scalar_subquery())).one()
+        *store.best_rows_mark(kernel=kernel, key_hashes=[key_hash], device_classes=slugs))).one()
     return dict(zip(("open", "searching", "newest", "best_id", "bests"), row))
 
 
