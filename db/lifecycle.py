@@ -25,6 +25,7 @@ END_STATES = (DONE, FAILED, CANCELLED)  # a job's: never left
 KEY_STATES = (RUNNING, FINALIZING, DONE, FAILED)
 OPEN_KEY_STATES = (RUNNING, FINALIZING)  # a key a batch or a finalization may still be run for
 KEY_END_STATES = (DONE, FAILED)
+NOTHING_RAN = "no configuration ran correctly"  # why a job whose every key failed without a reason failed
 
 
 # ---- jobs -----------------------------------------------------------------------------------
@@ -70,7 +71,7 @@ def finish_job(s: Session, job_id: str) -> str | None:
     elif any(st == DONE for st, _ in keys):
         state, error = DONE, None
     else:
-        state, error = FAILED, "no configuration ran correctly"
+        state, error = FAILED, NOTHING_RAN
     return state if _end_job(s, job_id, state, error) else None
 
 

@@ -184,10 +184,10 @@ class WorkerService:
         return f"ran {batch.ran}, " + self._finalize(ctx, msg, attempt)
 
     def _finalize(self, ctx: SearchContext, msg: BatchMessage, attempt: int) -> str:
-        def end(state: str, error: str | None = None):
+        def end(state: str):
             """The key's end, in the caller's transaction, only while this finalization is still
             the key's (its attempt number is the fence); the job's end with its last key."""
-            return lambda s: lifecycle.finish_key(s, msg.job_id, msg.job_key_id, attempt, state, error)
+            return lambda s: lifecycle.finish_key(s, msg.job_id, msg.job_key_id, attempt, state)
 
         try:
             result = finalize(ctx, self.harness, self.dc.slug, guard=end(lifecycle.DONE))
@@ -201,8 +201,8 @@ class WorkerService:
             return self._finalize_failed(msg, attempt, reason)
         if result is None:
             with session_scope(self.cfg.db_url) as s:
-                end(lifecycle.FAILED)(s)
-            return "finalized: no configuration ran correctly"
+                end(lifecycle.FAILED)(s)  # no error of its own: the job's end says it (lifecycle.finish_job)
+            return f"finalized: {lifecycle.NOTHING_RAN}"
         return "finalized" + (" (the current best stays)" if result.kept else "")
 
     def _finalize_failed(self, msg: BatchMessage, attempt: int, reason: str) -> str:

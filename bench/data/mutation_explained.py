@@ -190,16 +190,6 @@ EXPLAINED.update({
                      ('"reported": doc', '"XXreportedXX": doc'), ('"reported": doc', '"REPORTED": doc'))
 })
 
-_END = "return lambda s: lifecycle.finish_key(s, msg.job_id, msg.job_key_id, attempt, state, error)"
-_END_WHY = ("equivalent: _finalize's `end` is only ever called with a state, end(lifecycle.DONE) as the guard and "
-            "end(lifecycle.FAILED) when no configuration ran, so its error is always None, which is finish_key's "
-            "default too")
-EXPLAINED.update({
-    ("workers/service.py", "WorkerService._finalize", f"{_END} -> {_END.replace('state, error)', 'state, None)')}"):
-        _END_WHY,
-    ("workers/service.py", "WorkerService._finalize", f"{_END} -> {_END.replace('state, error)', 'state, )')}"): _END_WHY,
-})
-
 # functions whose string constants are SQL text: a mutant that only changes the case of what is
 # outside '...' literals changes keywords, table names and aliases, which SQL reads without case
 SQL_TEXT = {("search/studies.py", "suspect_studies")}
