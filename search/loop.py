@@ -50,14 +50,15 @@ class SearchContext:
     device_class_id: int
     fingerprint_id: int
     study_name: str
+    budget_trials: int
+    # the settings' values (tuner/settings.py), given by the worker or `tuner tune`, never defaulted here
+    trial_timeout_s: float
+    heartbeat_s: float  # how often Optuna's heartbeat of a trial in flight is recorded
+    grace_s: float  # a trial whose heartbeat is older is dead: failed, and enqueued again
     sampler: str = strategies.DEFAULT
     seed: int | None = None
-    budget_trials: int = 20
-    trial_timeout_s: float = 120.0
     worker_id: int | None = None
     measurement: Measurement = Measurement()
-    heartbeat_s: float = 10.0  # how often Optuna's heartbeat of a trial in flight is recorded
-    grace_s: float = 60.0  # a trial whose heartbeat is older is dead: failed, and enqueued again
     signature: dict | None = None  # a drop-in kernel's launch signature (the job key's "signature")
 
 

@@ -79,7 +79,7 @@ def upgrade_storage(db_url: str) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def storage(db_url: str, heartbeat_s: float = 10.0, grace_s: float = 60.0) -> optuna.storages.RDBStorage:
+def storage(db_url: str, heartbeat_s: float, grace_s: float) -> optuna.storages.RDBStorage:
     """The studies' storage, opened once per database and process (one connection pool: a worker
     opens a study per batch, and a new pool each time would leak connections until PostgreSQL
     refuses more). It never creates a table: DatabaseError when `tuner db upgrade` has not run."""

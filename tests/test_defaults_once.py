@@ -16,12 +16,21 @@ SKIP = {"tests", ".venv", "site", "build"}
 # the settings' values as workers/ names its parameters (dead_after_s: TUNER_WORKER_DEAD_AFTER_S, ...);
 # but the device, which each worker process is given (`tuner worker --device`), not defaulted
 SETTING_NAMES = ({f.name for f in dataclasses.fields(Settings)} - {"device"}) | {
-    "dead_after_s", "budget_fraction", "misses_trials", "misses_max_jobs", "parallel"}
+    "dead_after_s", "grace_s", "budget_fraction", "misses_trials", "misses_max_jobs", "parallel"}
+# the rooms that take settings from their callers: all but the settings module itself
+TAKERS = ("workers", "search", "harness", "db", "devices", "search_spaces", "tuner")
 
 
 def sources(*under: str) -> list[Path]:
     roots = [ROOT / u for u in under] or [ROOT]
     return [p for r in roots for p in r.rglob("*.py") if not SKIP & set(p.relative_to(ROOT).parts)]
+
+
+def _cli_option(default: ast.expr) -> bool:
+    """A CLI command's option (typer.Option(None, ...), the request fields' option_of(...)): declared
+    where the command is, its value the settings' when the user gives none."""
+    f = default.func if isinstance(default, ast.Call) else None
+    return (isinstance(f, ast.Attribute) and f.attr == "Option") or (isinstance(f, ast.Name) and f.id == "option_of")
 
 
 def shadow_defaults(tree: ast.AST) -> list[tuple[int, str]]:
@@ -35,12 +44,19 @@ def shadow_defaults(tree: ast.AST) -> list[tuple[int, str]]:
             pairs = list(zip(positional[len(positional) - len(a.defaults):], a.defaults))
             pairs += [(arg, d) for arg, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
             found += [(node.lineno, f"{arg.arg}={ast.unparse(d)}") for arg, d in pairs
-                      if arg.arg in SETTING_NAMES and not (isinstance(d, ast.Constant) and d.value is None)]
+                      if arg.arg in SETTING_NAMES and not (isinstance(d, ast.Constant) and d.value is None)
+                      and not _cli_option(d)]
+        elif isinstance(node, ast.ClassDef):  # a dataclass's field: `heartbeat_s: float = 10.0`
+            found += [(item.lineno, f"{item.target.id}={ast.unparse(item.value)}") for item in node.body
+                      if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and item.value is not None
+                      and item.target.id in SETTING_NAMES
+                      and not (isinstance(item.value, ast.Constant) and item.value.value is None)]
     return found
 
 
-def test_workers_take_the_settings_values_from_their_callers():
-    bad = [f"{p.relative_to(ROOT)}:{line}: {what}" for p in sources("workers")
+def test_the_rooms_take_the_settings_values_from_their_callers():
+    owner = ROOT / "tuner" / "settings.py"
+    bad = [f"{p.relative_to(ROOT)}:{line}: {what}" for p in sources(*TAKERS) if p != owner
            for line, what in shadow_defaults(ast.parse(p.read_text()))]
     assert not bad, "a setting's value is passed by the caller (tuner/settings.py), never defaulted:\n" + "\n".join(bad)
 
@@ -52,6 +68,8 @@ def test_the_scan_finds_a_shadow_default():
     assert not shadow_defaults(ast.parse("def f(url, *, batch_trials: int, width=2): pass\n"))
     # a retune's batches in flight per key: TUNER_RETUNE_PARALLEL, not a copy of the request's default
     assert shadow_defaults(ast.parse("def f(url, *, parallel=2): pass\n")) == [(1, "parallel=2")]
+    fields = "class C:\n    heartbeat_s: float = 10.0\n    grace_s: float\n    width: int = 2\n    stall_s: float | None = None\n"
+    assert shadow_defaults(ast.parse(fields)) == [(2, "heartbeat_s=10.0")]
 
 
 def test_the_default_strategy_is_named_by_the_registry_only():

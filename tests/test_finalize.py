@@ -57,7 +57,7 @@ def _ctx() -> SearchContext:
     spec = registry.get("tiles")
     return SearchContext(db_url="sqlite://", job_id="j", job_key_id=1, key=spec.make_key({"N": 64}, "float32"),
                          device="cpu", target=CPU_INTERPRETER.target, device_class_id=1, fingerprint_id=1,
-                         study_name="s")
+                         study_name="s", budget_trials=20, trial_timeout_s=120, heartbeat_s=10, grace_s=60)
 
 
 def test_each_round_starts_one_place_later():

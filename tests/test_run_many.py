@@ -127,7 +127,8 @@ def test_the_search_keeps_the_pool_busy(harness, tmp_path):
         ids = dc.id, fp.id, job_key.id
     ctx = SearchContext(db_url=url, job_id="j", job_key_id=ids[2], key=key, device="cpu",
                         target=target_for("interpreter"), device_class_id=ids[0], fingerprint_id=ids[1],
-                        study_name="s", sampler="grid", seed=0, budget_trials=4)
+                        study_name="s", sampler="grid", seed=0, budget_trials=4, trial_timeout_s=120,
+                        heartbeat_s=10, grace_s=60)
     events, stream = [], harness.stream
 
     def watched(take, depth, **kw):

@@ -66,7 +66,7 @@ def test_storage_refuses_a_database_without_optuna_tables_and_rounds_its_heartbe
     bare = f"sqlite:///{tmp_path}/bare.db"
     upgrade(bare)
     with pytest.raises(DatabaseError) as err:
-        studies.storage(bare)
+        studies.storage(bare, 10, 60)
     assert str(err.value).startswith(f"database {bare} has no Optuna tables (")
     assert str(err.value).endswith("): run `tuner db upgrade`")
     st = studies.storage(url, 3.4, 1.0)
@@ -85,7 +85,7 @@ def test_storage_of_an_older_optuna_schema_says_to_upgrade(tmp_path):
     with make_engine(old).begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = 'v3.0.0.a'"))
     with pytest.raises(DatabaseError) as err:
-        studies.storage(old)
+        studies.storage(old, 10, 60)
     assert str(err.value).startswith(f"database {old}: ")
     assert str(err.value).endswith(" Run `tuner db upgrade`.") and "\n" not in str(err.value)
 
@@ -100,9 +100,9 @@ def test_upgrade_storage_brings_an_older_optuna_schema_to_this_optunas(tmp_path)
         conn.execute(text("DROP INDEX ix_trials_study_id"))
         conn.execute(text("UPDATE alembic_version SET version_num = 'v3.0.0.d'"))
     with pytest.raises(DatabaseError):
-        studies.storage(old)
+        studies.storage(old, 10, 60)
     studies.upgrade_storage(old)
-    st = studies.storage(old)
+    st = studies.storage(old, 10, 60)
     assert st.get_current_version() == st.get_head_version() == "v3.2.0.a"
     with make_engine(old).connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'trials'")
@@ -142,7 +142,7 @@ def test_upgrade_storage_waits_for_a_writer_that_holds_the_database(tmp_path):
     upgrade(old)  # tuner's tables only
     with another_writer(tmp_path / "old.db", "EXCLUSIVE"):
         studies.upgrade_storage(old)
-    st = studies.storage(old)
+    st = studies.storage(old, 10, 60)
     assert st.get_current_version() == st.get_head_version()
     st.engine.dispose()
 
@@ -161,7 +161,7 @@ def test_upgrading_an_older_optuna_schema_waits_for_a_writer_that_holds_the_data
         conn.execute(text("UPDATE alembic_version SET version_num = 'v3.0.0.d'"))
     with another_writer(tmp_path / "old.db", "IMMEDIATE"):
         studies.upgrade_storage(old)
-    st = studies.storage(old)
+    st = studies.storage(old, 10, 60)
     assert st.get_current_version() == st.get_head_version() == "v3.2.0.a"
     st.engine.dispose()
 

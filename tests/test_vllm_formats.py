@@ -318,7 +318,8 @@ def test_auto_tries_imported_configs_first(db_url):
     def seeds(m):
         key = SPEC.make_key({"E": 8, "N": 14336, "K": 4096, "topk": 2, "M": m}, "bfloat16")
         ctx = SearchContext(db_url=db_url, job_id="j", job_key_id=1, key=key, device="cpu", target=interp,
-                            device_class_id=dc_id, fingerprint_id=1, study_name="s")
+                            device_class_id=dc_id, fingerprint_id=1, study_name="s", budget_trials=20,
+                            trial_timeout_s=120, heartbeat_s=10, grace_s=60)
         return key, seed_configs(ctx)
 
     key, before = seeds(1)

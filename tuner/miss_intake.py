@@ -17,8 +17,9 @@ from tuner.db_open import open_for_read, open_for_write
 from tuner.errors import UserError
 from tuner.request import TuneRequest, build_request
 from tuner.settings import Settings
+from workers.miss_jobs import MIN_COUNT
 
-DEFAULT_TOP, DEFAULT_MIN_COUNT = 10, 1
+DEFAULT_TOP = 10  # keys a `tuner retune --misses` queues unless `--top` says otherwise
 
 
 def list_misses(settings: Settings, kernel: str | None, device_class: str | None,
@@ -133,7 +134,7 @@ def retune_misses(settings: Settings, device_class: str | None, kernel: str | No
     from workers.miss_jobs import enqueue_misses
 
     top = DEFAULT_TOP if top is None else top
-    min_count = DEFAULT_MIN_COUNT if min_count is None else min_count
+    min_count = MIN_COUNT if min_count is None else min_count
     if top < 1:
         raise UserError(f"--top {top} is impossible: give the number of keys per device class to queue, e.g. 10")
     if min_count < 1:

@@ -52,8 +52,8 @@ class LocalPlan:
     dc: DeviceClass
     fp: StackFingerprint
     trial_timeout_s: float
-    heartbeat_s: float = 10.0
-    grace_s: float = 60.0
+    heartbeat_s: float
+    grace_s: float
 
 
 def prepare(req: TuneRequest, settings: Settings, device: str | None) -> LocalPlan:

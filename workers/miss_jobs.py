@@ -29,6 +29,7 @@ from workers.job_request import JobRequest, MissOrigin
 from workers.stale_jobs import live_stacks
 
 LOCK = "retune-misses"
+MIN_COUNT = 1  # the fewest misses that make a key worth a job, unless `--min-count` says otherwise
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class MissedKey:
 
 
 def missed_keys(s, *, kernel: str | None = None, device_class: Callable[[str], bool] | None = None,
-                min_count: int = 1) -> list[MissedKey]:
+                min_count: int = MIN_COUNT) -> list[MissedKey]:
     """Untuned missed keys, most frequent first (counts summed per key and class)."""
     summed: dict[tuple, list] = {}
     for m in store.misses(s, kernel=kernel):
@@ -92,7 +93,7 @@ def _why_not(mk: MissedKey, stacks: dict[str, set[str]], active: list, current: 
 
 
 def enqueue_misses(db_url: str, send: Callable[[BatchMessage], None] | None, *, holder: str, dead_after_s: float,
-                   trials: int, top: int, min_count: int = 1, max_jobs: int | None = None,
+                   trials: int, top: int, min_count: int = MIN_COUNT, max_jobs: int | None = None,
                    device_class: Callable[[str], bool] | None = None, kernel: str | None = None,
                    dry_run: bool = False, parallel: int, batch_trials: int) -> dict:
     """Queue a tuning job for each of the `top` most frequent missed keys of every class with live
