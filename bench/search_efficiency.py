@@ -198,6 +198,15 @@ def write_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def compared() -> list[str]:
+    """The default strategy (alone, at a compile pool's width and without the kernels' hints), then
+    every other registered one."""
+    from search import strategies
+
+    d = strategies.DEFAULT
+    return [d, f"{d}@8", f"{d}-cold", *(n for n in strategies.names() if n != d)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--record")
@@ -210,8 +219,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(DATA), help="the folder sweeps are written to and replayed from")
     ap.add_argument("--replay", action="store_true")
     ap.add_argument("--seeds", type=int, default=50)
-    ap.add_argument("--strategies", default="auto,auto@8,auto-cold,tpe,random,grid",
-                    help="NAME[@WIDTH]: WIDTH proposals asked for together, as on a GPU's compile pool")
+    ap.add_argument("--strategies", default=None, help="NAME[@WIDTH]: WIDTH proposals asked for together, as on a "
+                    "GPU's compile pool (default: the default strategy, at width 8 and cold, then every other one)")
     ap.add_argument("--sweeps", default="sweep-*.json.gz", help="comma-separated file patterns under --data; "
                     "given, their entries replace the old ones in the results file and the others are kept")
     ap.add_argument("--out", default=str(RESULTS / "search_efficiency"), help="results path, without .json/.md")
@@ -222,7 +231,8 @@ def main() -> None:
     if args.record:
         print(record(args.record, args.shape, args.dtype, args.device, args.rounds, args.refine, Path(args.data)))
     if args.replay:
-        result = replay(args.seeds, args.strategies.split(","), tuple(args.sweeps.split(",")), Path(args.data))
+        result = replay(args.seeds, args.strategies.split(",") if args.strategies else compared(),
+                        tuple(args.sweeps.split(",")), Path(args.data))
         out = Path(args.out)
         if args.sweeps != "sweep-*.json.gz" and out.with_suffix(".json").exists():
             kept = json.loads(out.with_suffix(".json").read_text())

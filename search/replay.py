@@ -21,11 +21,9 @@ from search import strategies
 from search.loop import Proposals
 from search_spaces import registry
 from keys import Config, TuningKey, config_hash
-from devices.targets import Target, target_for
+from devices.classes import class_for
+from devices.targets import Target
 from search_spaces.base import KernelSpec
-
-# the architecture a recorded device class's family was tuned on (the replay checks no limits)
-_FAMILY_ARCH = {"h100": "sm_90", "h200": "sm_90", "mi300x": "gfx942"}
 
 
 class SweepSpec(KernelSpec):
@@ -74,8 +72,8 @@ def load(path: Path) -> dict:
 
 
 def target_of(doc: dict) -> Target:
-    slug = doc["device_class"]
-    return target_for("interpreter" if slug.startswith("cpu") else _FAMILY_ARCH.get(slug.split("-")[0], "sm_90"))
+    """The target of the class a sweep was recorded on (devices/classes.py owns each class's)."""
+    return class_for(doc["device_class"]).target
 
 
 def replay_one(spec: SweepSpec, key: TuningKey, target: Target, strategy_name: str, seed: int, budget: int,

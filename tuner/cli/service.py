@@ -108,7 +108,7 @@ app.add_typer(workers_app, name="workers")
 
 @workers_app.command("prune")
 def workers_prune(keep_days: Optional[float] = typer.Option(
-        None, "--keep-days", help="Rows of workers gone this many days (default TUNER_WORKERS_KEEP_DAYS, 7)."),
+        None, "--keep-days", help="Rows of workers gone this many days (default: TUNER_WORKERS_KEEP_DAYS)."),
         as_json: bool = JsonOpt) -> None:
     """Delete the rows of workers gone (stopped, or silent past the heartbeat grace) for KEEP_DAYS,
     never a live one: what every worker's janitor does once an hour."""
