@@ -1,8 +1,10 @@
 """db/lifecycle.py owns the life of jobs and job keys: the source tree is read (AST) for a change of
-a job's or a key's row, or a state name written as a literal, anywhere else."""
+a job's or a key's row, or a state or origin name written as a literal, anywhere else; the
+dashboard's templates for a state name in their logic."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from db import lifecycle
@@ -20,6 +22,10 @@ def _sources() -> list[Path]:
 
 def _state_literal(node: ast.AST) -> bool:
     return isinstance(node, ast.Constant) and node.value in STATES
+
+
+def _origin_literal(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and node.value in (lifecycle.QUEUED_ORIGIN, lifecycle.LOCAL_ORIGIN)
 
 
 def _names_state(node: ast.AST) -> bool:
@@ -46,6 +52,12 @@ def offences(tree: ast.AST) -> list[tuple[int, str]]:
         elif isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) >= 2 \
                 and all(_state_literal(e) for e in node.elts):
             found.append((node.lineno, f"state names {ast.unparse(node)}"))
+        elif isinstance(node, ast.keyword) and node.arg == "origin" and _origin_literal(node.value):
+            found.append((node.value.lineno, f"origin={node.value.value!r}"))
+        elif isinstance(node, ast.Compare) and any(isinstance(x, ast.Attribute) and x.attr == "origin"
+                                                   for x in [node.left, *node.comparators]) \
+                and any(_origin_literal(x) for x in [node.left, *node.comparators]):
+            found.append((node.lineno, f"comparison {ast.unparse(node)}"))
     return found
 
 
@@ -65,7 +77,32 @@ if job.state == "queued": pass
 q.values(state="failed")
 q.where(models.Job.state.in_(("queued", "running")))
 ok = ("done", "failed", "cancelled")
+create_job(s, origin="queued")
+if job.origin == "local": pass
 '''
-    assert sorted(line for line, _ in offences(ast.parse(src))) == [2, 3, 4, 5, 6, 7, 8]
-    # an origin, a trial's outcome, another table's update are not a job's state
-    assert not offences(ast.parse('create(origin="queued")\nupdate(models.Worker)\nx = {"failed": 1}\n'))
+    assert sorted(line for line, _ in offences(ast.parse(src))) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+    # a trial's outcome, another table's update, an origin's constant are not a job's state
+    assert not offences(ast.parse('create(origin=lifecycle.QUEUED_ORIGIN)\nupdate(models.Worker)\nx = {"failed": 1}\n'))
+
+
+TEMPLATES = ROOT / "tuner" / "api" / "templates"
+_TAG = re.compile(r"\{[%{](.*?)[%}]\}", re.S)  # a Jinja statement or expression
+_QUOTED = re.compile(r"""["']([a-z]+)["']""")
+
+
+def template_offences(text: str) -> list[str]:
+    """State names written as literals in a template's logic (its markup's words are not states)."""
+    return [tag.strip() for tag in _TAG.findall(text) if any(w in STATES for w in _QUOTED.findall(tag))]
+
+
+def test_no_state_literal_in_the_dashboard_s_templates():
+    bad = [f"{p.name}: {tag}" for p in sorted(TEMPLATES.glob("*.html")) for tag in template_offences(p.read_text())]
+    assert not bad, "a template reads the states from JOB_STATES / END_STATES (tuner/api/render.py):\n" + "\n".join(bad)
+
+
+def test_the_template_scan_finds_a_state_literal():
+    assert template_offences('{% if job.state not in ("done", "failed") %}x{% endif %}') == [
+        'if job.state not in ("done", "failed")']
+    assert template_offences("{% for s in ['queued'] %}{% endfor %}{{ 'running' }}") == ["for s in ['queued']",
+                                                                                      "'running'"]
+    assert not template_offences('<p>queued work</p>{% if c.no_live_worker %}done{% endif %}{{ job.state }}')

@@ -11,11 +11,14 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from db import lifecycle
 from tuner import display
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 templates.env.filters.update(config=display.config_word, ms=display.ms, dims=display.dims_word,
                              speedup=display.speedup)
+# the job states as db/lifecycle.py names them: a template never writes one
+templates.env.globals.update(JOB_STATES=lifecycle.JOB_STATES, END_STATES=lifecycle.END_STATES)
 
 
 def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
