@@ -79,8 +79,9 @@ def populate(url: str, rows: int) -> str:
             for i in range(per_class):
                 write_best(s, ids[slug], i, 0.1 + i * 1e-4)
         keys = [spec.make_key({"M": 4096, "N": 4096 + 64 * i, "K": 4096}, "bfloat16") for i in range(4)]
-        job, key_ids = lifecycle.create_job(s, kind="tune", origin="queued", kernel="matmul", kernel_version=spec.version,
-                                        keys=[k.to_json() for k in keys], key_hashes=[k.stable_hash for k in keys],
+        job, key_ids = lifecycle.create_job(s, kind="tune", origin=lifecycle.QUEUED_ORIGIN, kernel="matmul",
+                                        kernel_version=spec.version, keys=[k.to_json() for k in keys],
+                                        key_hashes=[k.stable_hash for k in keys],
                                         sampler=strategies.DEFAULT, seed=0, budget_trials=50, request={"keys": []},
                                         device_selector="h100", state=lifecycle.RUNNING)
         dc_id, fp_id = ids["h100-sxm-80gb"]

@@ -25,6 +25,8 @@ END_STATES = (DONE, FAILED, CANCELLED)  # a job's: never left
 KEY_STATES = (RUNNING, FINALIZING, DONE, FAILED)
 OPEN_KEY_STATES = (RUNNING, FINALIZING)  # a key a batch or a finalization may still be run for
 KEY_END_STATES = (DONE, FAILED)
+# where a job runs: on the fleet's workers through the queue, or in the `tuner tune` process that made it
+QUEUED_ORIGIN, LOCAL_ORIGIN = "queued", "local"
 NOTHING_RAN = "no configuration ran correctly"  # why a job whose every key failed without a reason failed
 
 

@@ -100,7 +100,7 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
     request = req.job_request(batch_trials=min(settings.batch_trials, req.trials))
     with session_scope(url) as s:
         job_id, key_ids = lifecycle.create_job(
-            s, kind=kind, origin="queued", kernel=req.kernel, kernel_version=req.keys[0].version,
+            s, kind=kind, origin=lifecycle.QUEUED_ORIGIN, kernel=req.kernel, kernel_version=req.keys[0].version,
             keys=[k.to_json() for k in req.keys], key_hashes=[k.stable_hash for k in req.keys],
             sampler=req.sampler, seed=req.seed, budget_trials=req.trials, request=request.to_json(),
             device_selector=selector)
@@ -212,7 +212,7 @@ def status(settings: Settings, job_id: str) -> dict:
             out_keys = [_key_status(s, job, k) for k in keys]
         alive = live_workers(s, job.device_selector or "", settings.worker_dead_after_s) if job.device_selector else []
         note = None
-        if job.state not in lifecycle.END_STATES and job.origin == "queued" and not alive:
+        if job.state not in lifecycle.END_STATES and job.origin == lifecycle.QUEUED_ORIGIN and not alive:
             note = f"no worker of class {job.device_selector} is alive; start one with `tuner worker --device ...`"
         return {"job": job.id, "kind": job.kind, "kernel": job.kernel, "state": job.state,
                 "device_class": job.device_selector, "sampler": job.sampler, "budget_trials": job.budget_trials,

@@ -81,7 +81,7 @@ def tune_local(plan: LocalPlan, progress=None, finalizing=None) -> TuneOutcome:
     with session_scope(url) as s:
         dc_id, fp_id = store.store_identity(s, dc.to_json(), {**fp.to_json(), "hash": fp.hash})
         job_id, key_ids = lifecycle.create_job(
-            s, kind="tune", origin="local", kernel=req.kernel, kernel_version=spec.version,
+            s, kind="tune", origin=lifecycle.LOCAL_ORIGIN, kernel=req.kernel, kernel_version=spec.version,
             keys=req.key_rows(), key_hashes=[k.stable_hash for k in req.keys],
             sampler=req.sampler, seed=req.seed, budget_trials=req.trials,
             # who runs it: the janitor fails the job when this process is gone (workers/janitor.py)

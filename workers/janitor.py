@@ -139,7 +139,7 @@ def resend_stalled(db_url: str, slug: str, stall_s: float, dead_after_s: float,
         rows = s.execute(
             select(models.JobKey, models.Job)
             .join(models.Job, models.Job.id == models.JobKey.job_id)
-            .where(models.Job.state.in_(lifecycle.ACTIVE), models.Job.origin == "queued",
+            .where(models.Job.state.in_(lifecycle.ACTIVE), models.Job.origin == lifecycle.QUEUED_ORIGIN,
                    models.JobKey.state.in_(lifecycle.OPEN_KEY_STATES))).all()
         for key_row, job in rows:
             if not matches(job.device_selector, slug) or key_row.id in held:
@@ -185,7 +185,7 @@ def end_jobs(db_url: str, abandon_s: float) -> int:
                 log.warning("ended job %s, whose keys had all ended", job_id)
                 ended += 1
         cutoff = utcnow() - timedelta(seconds=abandon_s)
-        for job in s.scalars(select(models.Job).where(models.Job.origin == "local", models.Job.state == lifecycle.RUNNING)).all():
+        for job in s.scalars(select(models.Job).where(models.Job.origin == lifecycle.LOCAL_ORIGIN, models.Job.state == lifecycle.RUNNING)).all():
             runner = JobRequest.of(job).runner
             last = s.scalar(select(func.max(models.TuningTrial.created_at)).where(models.TuningTrial.job_id == job.id))
             touched = s.scalar(select(func.max(models.JobKey.enqueued_at)).where(models.JobKey.job_id == job.id))

@@ -132,7 +132,7 @@ def enqueue_misses(db_url: str, send: Callable[[BatchMessage], None] | None, *, 
                 request = JobRequest(mk.kernel, (mk.key,), trials, seed=0, batch_trials=min(batch_trials, trials),
                                      misses=MissOrigin(mk.count, mk.levels, run_id))
                 job_id, (key_id,) = lifecycle.create_job(
-                    s, kind="miss", origin="queued", kernel=mk.kernel, kernel_version=mk.kernel_version,
+                    s, kind="miss", origin=lifecycle.QUEUED_ORIGIN, kernel=mk.kernel, kernel_version=mk.kernel_version,
                     keys=[mk.key], key_hashes=[mk.key_hash], sampler=request.sampler, seed=request.seed,
                     budget_trials=trials, request=request.to_json(), device_selector=mk.device_class)
                 msg = batch_message(s.get(models.Job, job_id), s.get(models.JobKey, key_id))

@@ -177,7 +177,7 @@ def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: 
                                      measurement=measurement, batch_trials=batch_trials, budgets=budgets, warm=warm,
                                      retune_run=run_id)
                 job_id, key_ids = lifecycle.create_job(
-                    s, kind="retune", origin="queued", kernel=kern, kernel_version=version,
+                    s, kind="retune", origin=lifecycle.QUEUED_ORIGIN, kernel=kern, kernel_version=version,
                     keys=[st.key for st in keys], key_hashes=[st.key_hash for st in keys], sampler=request.sampler,
                     seed=request.seed, budget_trials=request.trials, request=request.to_json(), device_selector=slug)
                 job = s.get(models.Job, job_id)
