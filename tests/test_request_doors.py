@@ -131,3 +131,21 @@ def test_a_field_added_to_the_declaration_shows_in_all_three_doors(monkeypatch):
 
     assert CliRunner().invoke(app, ["--device-class", "cpu", "--note", "hello"]).exit_code == 0
     assert seen["note"] == "hello"
+
+
+def test_every_field_reaches_the_request_by_its_name():
+    """A declared field is passed to build_requests or build_measurement under its own name, or is
+    the queue's (the shapes and dtypes as lists): a field added to the declaration and to neither
+    would be taken by every door and reach no job."""
+    import inspect
+
+    from tuner import request_fields
+    from tuner.request import build_measurement, build_requests
+
+    takes = set(inspect.signature(build_requests).parameters)
+    assert set(request_fields.REQUEST_ARGUMENTS) <= takes
+    assert set(request_fields.MEASUREMENT_FIELDS) == set(inspect.signature(build_measurement).parameters)
+    reached = {*request_fields.REQUEST_ARGUMENTS, *request_fields.MEASUREMENT_FIELDS, "shapes", "dtypes"}
+    queue = {"parallel", "device_class"}
+    assert {f.name for f in REQUEST_FIELDS} == reached | queue
+    assert takes - reached == {"measurement"}  # every argument but the one built from fields

@@ -97,7 +97,7 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
     refuse_unfit(req, selector, f"device class {selector}", host_memory=host_memory())
     app = broker_app(settings)
     url = open_for_write(settings)
-    request = req.job_request(batch_trials=min(settings.batch_trials, req.trials))
+    request = req.job_request(batch_trials=settings.batch_trials)
     with session_scope(url) as s:
         job_id, key_ids = lifecycle.create_job(
             s, kind=kind, origin=lifecycle.QUEUED_ORIGIN, kernel=req.kernel, kernel_version=req.keys[0].version,

@@ -92,6 +92,12 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
 )
 
 
+# the fields build_requests takes as they are, and those build_measurement makes a Measurement of;
+# the rest (parallel, device_class) are the queue's, read by the submit
+REQUEST_ARGUMENTS = ("kernel", "trials", "sampler", "seed", "model", "tp", "batch_sizes", "lora_ranks", "max_loras")
+MEASUREMENT_FIELDS = ("rotate_buffers", "cuda_graph", "max_cv", "routing")
+
+
 def fields_of(command: str) -> tuple[RequestField, ...]:
     return tuple(f for f in REQUEST_FIELDS if command in f.commands)
 
@@ -106,9 +112,11 @@ def requests_from(values: dict[str, Any], batch_trials: int | None = None) -> li
     With `batch_trials` (TUNER_BATCH_TRIALS: a queued job's), every job's fan-out is checked
     too, before the first is queued."""
     v = values
-    reqs = build_requests(v["kernel"], list(v["shapes"]), list(v["dtypes"]), v["trials"], v["sampler"], v["seed"],
-                          build_measurement(v["rotate_buffers"], v["cuda_graph"], v["max_cv"], v["routing"]),
-                          v["model"], v["tp"], v["batch_sizes"], v["lora_ranks"], v["max_loras"])
+    # a field reaches build_requests by its name (the measurement's four through build_measurement):
+    # test_request_doors.py holds every field to one of the two
+    direct = {n: v[n] for n in REQUEST_ARGUMENTS}
+    reqs = build_requests(**direct, shapes=list(v["shapes"]), dtypes=list(v["dtypes"]),
+                          measurement=build_measurement(**{n: v[n] for n in MEASUREMENT_FIELDS}))
     if batch_trials is not None:
         check_fanout(reqs, v["parallel"], batch_trials)
     return reqs

@@ -81,7 +81,9 @@ class JobRequest:
     sampler: str = strategies.DEFAULT
     seed: int | None = None
     measurement: Measurement = Measurement()
-    batch_trials: int | None = None  # trials per batch message: a queued job's (None: a local job)
+    # trials per batch message, TUNER_BATCH_TRIALS when a queued job was made (None: a local job); a
+    # message asks at most its key's budget (workers/batch.py clamps it there, for every kind of job)
+    batch_trials: int | None = None
     budgets: Mapping[str, int] = field(default_factory=dict)  # key hash -> a retune key's budget
     warm: Mapping[str, WarmStart] = field(default_factory=dict)  # key hash -> a retune key's start
     retune_run: str | None = None

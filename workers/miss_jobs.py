@@ -129,7 +129,7 @@ def enqueue_misses(db_url: str, send: Callable[[BatchMessage], None] | None, *, 
                 planned.append(plan)
                 if dry_run:
                     continue
-                request = JobRequest(mk.kernel, (mk.key,), trials, seed=0, batch_trials=min(batch_trials, trials),
+                request = JobRequest(mk.kernel, (mk.key,), trials, seed=0, batch_trials=batch_trials,
                                      misses=MissOrigin(mk.count, mk.levels, run_id))
                 job_id, (key_id,) = lifecycle.create_job(
                     s, kind="miss", origin=lifecycle.QUEUED_ORIGIN, kernel=mk.kernel, kernel_version=mk.kernel_version,
