@@ -32,6 +32,9 @@ class Vendor:
     name: ClassVar[str]
     compute_unit: ClassVar[str] = "cu"  # how a generic slug counts compute units: "sm" or "cu"
     label: ClassVar[str] = ""  # how a device with no name is called
+    # torch's name of the fp8 type (e4m3) the vendor's devices compute in: OCP's e4m3fn, as the
+    # interpreter's (fp8 models' weights are converted to it where a vendor's differs)
+    fp8: ClassVar[str] = "float8_e4m3fn"
 
     def claims(self, props: Mapping[str, Any]) -> bool:
         """Whether the recorded properties (torch.cuda.get_device_properties' fields) are this vendor's."""
@@ -80,6 +83,9 @@ class Cpu(Vendor):
 class Amd(Vendor):
     name = "amd"
     label = "AMD"
+    # gfx942 (MI300X/MI325X) computes in the FNUZ variant (vLLM's current_platform.fp8_dtype());
+    # gfx950 moves to OCP's: a rule by architecture once a gfx950 class is added
+    fp8 = "float8_e4m3fnuz"
 
     def claims(self, props):
         # CUDA builds of torch fill gcnArchName with a sentence, so only a "gfx" prefix means AMD

@@ -29,6 +29,7 @@ import triton.language as tl
 from search_spaces import fused_moe_vllm as vllm_data
 from search_spaces.fused_moe_vllm import SCHEMES, Scheme
 from keys import Config, SpecError, TuningKey
+from devices import vendors
 from devices.targets import Target
 from search_spaces.base import LazyTorch, Specialization, require_launchable
 from search_spaces.fused_moe import FusedMoe, _em, _grid, align, draw, grouped_block
@@ -120,9 +121,9 @@ class QuantInputs(NamedTuple):
 
 
 def fp8_dtype(vendor: str):
-    """The fp8 type the vendor's GPU computes in: e4m3fnuz on AMD's (gfx942), e4m3fn on NVIDIA's
-    and in the interpreter (a vendor's fact, by the vendor's name: devices/vendors.py)."""
-    return torch.float8_e4m3fnuz if vendor == "amd" else torch.float8_e4m3fn
+    """The fp8 type the vendor's devices compute in (devices/vendors.py's fact: e4m3fnuz on AMD's
+    gfx942, e4m3fn on NVIDIA's and in the interpreter)."""
+    return getattr(torch, vendors.get(vendor).fp8)
 
 
 def quantize_groups(x: torch.Tensor, group: int, dtype) -> Quantized:

@@ -44,6 +44,22 @@ def test_a_kernel_asks_the_rule_for_its_tensors():
     assert KernelSpec.vendor_of(torch.zeros(1)) == KernelSpec.vendor_of("cpu") == "cpu"
 
 
+def test_the_fp8_type_a_kernel_computes_in_is_the_vendor_s_fact(monkeypatch):
+    """A third vendor brings its own fp8 type in devices/vendors.py; no kernel falls back to NVIDIA's."""
+    from devices import vendors
+    from search_spaces.fused_moe_quant import fp8_dtype
+
+    assert fp8_dtype("amd") is torch.float8_e4m3fnuz
+    assert fp8_dtype("nvidia") is fp8_dtype("cpu") is torch.float8_e4m3fn
+    assert all(isinstance(getattr(torch, v.fp8), torch.dtype) for v in VENDORS)
+
+    class Other(vendors.Nvidia):
+        name, fp8 = "other", "float8_e5m2"
+
+    monkeypatch.setitem(vendors._BY_NAME, "other", Other())
+    assert fp8_dtype("other") is torch.float8_e5m2
+
+
 def _kernel_module_files() -> list[Path]:
     """Every built-in kernel module, the test kernels, and the module of every registered kernel."""
     files = {p for p in (ROOT / "search_spaces").glob("*.py") if p.name not in ("base.py", "registry.py")}
