@@ -18,6 +18,7 @@ from sqlalchemy import Integer, func, select
 
 from db import lifecycle, models, store
 from db.session import session_scope
+from workers.job_request import RETUNE_RUN
 from tuner.db_open import open_for_read
 from tuner.errors import UserError
 from tuner.queries import device_class_slugs
@@ -179,7 +180,7 @@ def retune_runs(settings, offset: int = 0, limit: int = PAGE) -> dict:
     them have ended (`next`: the offset after)."""
     J, K = models.Job, models.JobKey
     # grouped by its label: PostgreSQL takes GROUP BY run, not two copies of ->> with their own parameters
-    run = J.request["retune_run"].as_string().label("run")
+    run = J.request[RETUNE_RUN].as_string().label("run")
     q = (select(run, func.min(J.created_at), func.max(J.finished_at), func.count(func.distinct(J.id)),
                 func.count(K.id), func.sum((K.state.in_(lifecycle.END_STATES)).cast(Integer)))
          .join(K, K.job_id == J.id).where(J.kind == "retune").group_by(run)

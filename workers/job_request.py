@@ -23,6 +23,10 @@ def _object(data: Any, what: str) -> Mapping[str, Any]:
     return data
 
 
+# the stored request's field that names a retune's run: the dashboard groups a run's jobs by it in SQL
+RETUNE_RUN = "retune_run"
+
+
 @dataclass(frozen=True)
 class WarmStart:
     """A retune key's start: the configuration that was best under the old stack, and its top-k."""
@@ -101,7 +105,7 @@ class JobRequest:
         out: dict[str, Any] = {"kernel": self.kernel, "keys": list(self.keys), "trials": self.trials,
                                "sampler": self.sampler, "seed": self.seed, "measurement": self.measurement.to_json()}
         optional = {"batch_trials": self.batch_trials, "budgets": dict(self.budgets) or None,
-                    "warm": {h: w.to_json() for h, w in self.warm.items()} or None, "retune_run": self.retune_run,
+                    "warm": {h: w.to_json() for h, w in self.warm.items()} or None, RETUNE_RUN: self.retune_run,
                     "misses": self.misses.to_json() if self.misses else None,
                     "runner": self.runner.to_json() if self.runner else None}
         return out | {k: v for k, v in optional.items() if v is not None}
@@ -119,7 +123,7 @@ class JobRequest:
                    batch_trials=int(d["batch_trials"]) if "batch_trials" in d else None,
                    budgets={str(h): int(n) for h, n in budgets.items()},
                    warm={str(h): WarmStart.from_json(w) for h, w in _object(d.get("warm"), "warm").items()},
-                   retune_run=d.get("retune_run"),
+                   retune_run=d.get(RETUNE_RUN),
                    misses=MissOrigin(misses["count"], tuple(misses["levels"]), misses["run"]) if misses else None,
                    runner=Runner(runner.get("host"), runner.get("pid")) if runner else None)
 
