@@ -85,9 +85,10 @@ def cross_compile(spec: KernelSpec, config: Config, key: TuningKey, target: Targ
     kernel = triton.compile(ASTSource(s.fn, signature, constexprs, attrs), target=backend.target,
                             options=options.__dict__)
     seconds = time.perf_counter() - t
-    if target.is_hip:
-        return kernel, _amd_build(kernel, target, seconds)
-    return kernel, _nvidia_build(kernel, target, seconds)
+    read = {"amd": _amd_build, "nvidia": _nvidia_build}.get(target.vendor)
+    if read is None:  # a vendor without a reader of its binaries is refused, never read as NVIDIA's
+        raise SpecError(f"no reader of {target.vendor} binaries' resource usage; add one to harness/cross_compile.py")
+    return kernel, read(kernel, target, seconds)
 
 
 def _nvidia_build(kernel, target: Target, seconds: float) -> Build:
