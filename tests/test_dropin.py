@@ -321,3 +321,90 @@ def test_the_fleet_launch_honours_reset_to_zero_and_inputs(served, tmp_path):
         o, t, xs, ix = spec.launch(config, inputs)
         spec.launch(config, inputs)  # a second launch adds nothing to the reset total
         assert torch.equal(o, xs[ix]) and torch.allclose(t, xs.sum().reshape(1), atol=1e-4)
+
+
+# ---- the key formed as triton.autotune forms it: every argument's dtype, the key's values ----
+
+def _cast_copy_kernel():
+    @autotune(configs=[triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 16})], key=["N"])
+    @triton.jit
+    def _cast_copy(x, out, N, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out + offs, tl.load(x + offs, mask=offs < N), mask=offs < N)
+    return _cast_copy
+
+
+def test_each_dtype_of_an_output_is_a_key_of_its_own_with_its_own_signature(served, tmp_path):
+    served()
+    kernel, n = _cast_copy_kernel(), 100
+    x = torch.randn(n)
+    for dt in (torch.float32, torch.float16):
+        out = torch.empty(n, dtype=dt)
+        kernel[lambda META: (triton.cdiv(n, META["BLOCK"]),)](x, out, n)
+        assert torch.equal(out, x.to(dt))
+    recs = sorted(_misses(tmp_path), key=lambda r: r["dtype"])
+    assert [r["dtype"] for r in recs] == ["f32/f16", "float32"]  # two keys, as triton.autotune has
+    assert [r["signature"]["args"]["out"]["dtype"] for r in recs] == ["float16", "float32"]
+    assert len({r["key_hash"] for r in recs}) == 2
+
+
+def test_a_row_stored_for_one_output_dtype_is_served_to_that_dtype_only(served, tmp_path):
+    kernel, n = _cast_copy_kernel(), 100
+    stored = {"BLOCK": 16, "num_warps": 4, "num_stages": 3}
+    served([_entry(_key(kernel.name, "f32/f16", N=n), stored, _live_fp())])
+    x, grid = torch.randn(n), (lambda META: (triton.cdiv(n, META["BLOCK"]),))
+    kernel[grid](x, torch.empty(n, dtype=torch.float16), n)
+    assert kernel.best_config.kwargs == {"BLOCK": 16}
+    kernel[grid](x, torch.empty(n), n)  # out float32: another key, a miss
+    assert kernel.best_config.kwargs == {"BLOCK": 64}
+    kernel[grid](x, torch.empty(n, dtype=torch.bfloat16), n)
+    assert kernel.best_config.kwargs == {"BLOCK": 64}
+    assert sorted(r["dtype"] for r in _misses(tmp_path)) == ["f32/bf16", "float32"]
+
+
+def test_bool_key_values_are_keys_and_a_string_one_is_launched_as_a_miss_with_one_warning(served, tmp_path):
+    served()
+
+    @autotune(configs=[triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 16})], key=["N", "NEG"])
+    @triton.jit
+    def _neg_copy(x, out, N, NEG: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        v = tl.load(x + offs, mask=offs < N)
+        tl.store(out + offs, -v if NEG else v, mask=offs < N)
+
+    n, x, out = 50, torch.randn(50), torch.empty(50)
+    grid = lambda META: (triton.cdiv(n, META["BLOCK"]),)
+    before = len(_misses(tmp_path))
+    for neg in (True, False):
+        _neg_copy[grid](x, out, n, neg)
+        assert torch.equal(out, -x if neg else x)
+    recs = _misses(tmp_path)[before:]
+    assert sorted(r["key"]["dims"]["NEG"] for r in recs) == [1, 2]  # False, True
+    with pytest.warns(UserWarning, match="NEG=yes is not a positive integer") as caught:
+        _neg_copy[grid](x, out, n, "yes")
+        _neg_copy[grid](x, out, n, "")
+    assert len(caught) == 1 and _neg_copy.best_config.kwargs == {"BLOCK": 64}
+    assert len(_misses(tmp_path)) == before + 2  # neither counted
+
+
+def test_dtype_cache_results(served):  # test_autotuner.py::test_dtype_cache_results: a tl dtype in key=
+    served()
+    M, N = 1024, 16
+    src, dst = torch.randn(M * N), torch.empty(M * N)
+    configs = [triton.Config(kwargs={'BLOCK_SIZE_M': 32}), triton.Config(kwargs={'BLOCK_SIZE_M': 128})]
+
+    @autotune(configs=configs, key=["DTYPE"], cache_results=True, do_bench=cpu_bench, on_miss="autotune")
+    @triton.jit
+    def _kernel(dst, src, stride_m: tl.constexpr, DTYPE: tl.constexpr, BLOCK_SIZE_N: tl.constexpr,
+                BLOCK_SIZE_M: tl.constexpr):
+        offsets_m = tl.program_id(0) * stride_m + tl.arange(0, BLOCK_SIZE_M)
+        offsets_n = tl.arange(0, BLOCK_SIZE_N)
+        x = tl.load(src + offsets_m[:, None] * BLOCK_SIZE_N + offsets_n[None, :])
+        x = x.to(DTYPE)
+        tl.store(dst + offsets_m[:, None] * BLOCK_SIZE_N + offsets_n[None, :], x)
+
+    grid = lambda META: (triton.cdiv(N, META['BLOCK_SIZE_M']), )
+    with pytest.warns(UserWarning, match="DTYPE=fp32 is not a positive integer"):  # no fleet key: timed here
+        _kernel[grid](dst, src, N, tl.float32, N)
+    assert len(_kernel.cache) == 1
+

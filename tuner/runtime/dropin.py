@@ -12,9 +12,12 @@
 Same arguments and meaning as triton.autotune (configs, key, prune_configs_by, reset_to_zero,
 restore_value, pre_hook, post_hook, warmup, rep, do_bench), plus `name=` (default
 module.function), `on_miss=` and `inputs=`. At launch the key is formed as triton.autotune forms
-it and looked up through the runtime (tuner.runtime.lookup's cache, sources, deadline and
-checks) under the kernel's name: dims are the key's arguments (positive integers), the dtype that
-of the first floating-point tensor. A stored row is launched. On a miss, on_miss="default"
+it (the key's values, every argument's dtype) and looked up through the runtime (tuner.runtime.lookup's
+cache, sources, deadline and checks) under the kernel's name: dims are the key's arguments
+(positive integers; a bool as 1 or 2), the dtype field every argument's dtype
+(search_spaces.dropin.dtype_key: "float16" where all are, else e.g. "f32/f16"), so each of
+triton.autotune's keys is one of the fleet's.
+A stored row is launched. On a miss, on_miss="default"
 launches the first config at once; on_miss="autotune" first waits for the source's answer (another
 process may have reported a winner for the key: level "reported", launched as any stored row),
 else times the list here as triton.autotune does (once per key per process) and reports the
@@ -23,7 +26,8 @@ reported per key, class and stack, and a process whose report lost adopts that o
 of a job agree. A measured best, once the fleet tunes the key, outranks it. Every miss is
 counted with the launch's signature (search_spaces.dropin), so that `tuner tune NAME --from-misses` or `tuner retune --misses` tune
 the keys production launched. A key the fleet cannot name (a key argument that is not a
-positive integer, no floating-point tensor) is served as on a miss, and not counted.
+positive integer or a bool, no float16/bfloat16/float32 tensor) is launched as on a miss, not
+counted, with one warning per cause.
 
 `inputs(signature, device, seed) -> {argument: value}` makes the arguments a tuning worker cannot
 rebuild from the signature (index tensors whose values must be valid); the signature holds the
@@ -31,6 +35,7 @@ recorded arguments, and "key", "dtype", "seed" and "device".
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 from triton import Config
@@ -61,6 +66,7 @@ class DropinKernel(Autotuner):
         self._listed = {canonical_json(dropin.config_dict(c)): c for c in reversed(self.configs)}
         self._runtime_keys: dict[tuple, Any] = {}  # triton's key -> (names, values) of the runtime's, or None
         self._configs: dict[int, tuple[Any, Config]] = {}  # id(cache entry) -> (entry, its Config)
+        self._warned: set[str] = set()
         self.spec_class = dropin.spec_class(self)
 
     def triton_config(self, config: dict) -> Config:
@@ -72,14 +78,28 @@ class DropinKernel(Autotuner):
         return Config({n: v for n, v in config.items() if n not in dropin.OPTIONS}, **options)
 
     def _runtime_key(self, args: dict) -> tuple | None:
+        """The fleet's key for triton.autotune's: the key's values as dims (a bool as 1 or 2:
+        dims are positive), the dtype field every argument's dtype (search_spaces.dropin.dtype_key);
+        None, with one warning per cause, where the fleet cannot name it."""
         dims = []
         for k in self.keys:
             v = args.get(k)
-            if type(v) is not int or v < 1:
-                return None
+            if type(v) is bool:
+                v = int(v) + 1
+            elif type(v) is not int or v < 1:
+                return self._unkeyed(f"key argument {k}={str(v)[:40]} is not a positive integer or a bool")
             dims.append(v)
-        dtype = dropin.dtype_of(args)
-        return None if dtype is None else (tuple(self.keys) + ("dtype",), tuple(dims) + (dtype,))
+        dtype = dropin.dtype_key(args)
+        if dtype is None:
+            return self._unkeyed("no floating-point tensor argument of float16, bfloat16 or float32")
+        return (tuple(self.keys) + ("dtype",), tuple(dims) + (dtype,))
+
+    def _unkeyed(self, why: str) -> None:
+        if why.split("=")[0] not in self._warned:
+            self._warned.add(why.split("=")[0])
+            warnings.warn(f"@autotune {self.name}: {why}, so the fleet has no key for the launch: launched "
+                          f"as on a miss (on_miss={self.on_miss!r}), locally, and not counted", stacklevel=6)
+        return None
 
     def _config(self, entry: Any) -> Config:
         hit = self._configs.get(id(entry))
