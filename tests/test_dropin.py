@@ -408,3 +408,48 @@ def test_dtype_cache_results(served):  # test_autotuner.py::test_dtype_cache_res
         _kernel[grid](dst, src, N, tl.float32, N)
     assert len(_kernel.cache) == 1
 
+
+# ---- prune_configs_by with Triton's meaning on every path ----
+
+def _pruned_kernel(on_miss, prune=lambda configs, named_args, **kw: [c for c in configs
+                                                                   if c.kwargs["BLOCK"] <= named_args["N"]]):
+    @autotune(configs=[triton.Config({"BLOCK": 256}), triton.Config({"BLOCK": 64})], key=["N"], on_miss=on_miss,
+              prune_configs_by={"early_config_prune": prune}, do_bench=cpu_bench)
+    @triton.jit
+    def _pruned_copy(x, out, N, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out + offs, tl.load(x + offs, mask=offs < N), mask=offs < N)
+    return _pruned_copy
+
+
+@pytest.mark.parametrize("on_miss", ["default", "autotune"])
+def test_a_miss_launches_a_config_the_prune_keeps(served, on_miss):
+    served()
+    kernel, n = _pruned_kernel(on_miss), 100  # the prune drops BLOCK=256 > N, as triton.autotune would
+    x, out = torch.randn(n), torch.empty(n)
+    kernel[lambda META: (triton.cdiv(n, META["BLOCK"]),)](x, out, n)
+    assert kernel.best_config.kwargs == {"BLOCK": 64} and torch.equal(out, x)
+
+
+@pytest.mark.parametrize("block, warps, launched", [(256, 4, 64), (256, 8, 64), (64, 8, 64)])
+def test_a_stored_row_the_prune_rejects_is_a_miss(served, block, warps, launched):
+    kernel, n = _pruned_kernel("default"), 100  # 8 warps: off the list, the prune asked of it alone
+    served([_entry(_key(kernel.name, N=n), {"BLOCK": block, "num_warps": warps, "num_stages": 3}, _live_fp())])
+    x, out = torch.randn(n), torch.empty(n)
+    kernel[lambda META: (triton.cdiv(n, META["BLOCK"]),)](x, out, n)
+    best = kernel.best_config
+    assert (best.kwargs, best.num_warps) == ({"BLOCK": launched}, warps if block == launched else 4)
+    assert torch.equal(out, x)
+
+
+@pytest.mark.parametrize("on_miss", ["default", "autotune"])
+def test_prune_all_configs(served, on_miss):  # test_autotuner.py::test_prune_all_configs
+    served()
+    N = 1024
+    src, dst = torch.randn(N), torch.empty(N)
+    _kernel = _pruned_kernel(on_miss, prune=lambda configs, named_args, **kwargs: [])
+    grid = lambda META: (triton.cdiv(N, META['BLOCK']), )
+    with pytest.raises(triton.TritonError) as e:
+        _kernel[grid](src, dst, N=N)
+    assert str(e.value) == ("Autotuner error: No valid autotuner configs after pruning. "
+                            "`early_config_prune` should return at least one config.")
