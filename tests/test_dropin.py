@@ -453,3 +453,23 @@ def test_prune_all_configs(served, on_miss):  # test_autotuner.py::test_prune_al
         _kernel[grid](src, dst, N=N)
     assert str(e.value) == ("Autotuner error: No valid autotuner configs after pruning. "
                             "`early_config_prune` should return at least one config.")
+
+
+def test_the_dtype_field_names_every_argument_s_dtype_readably_within_its_column():
+    from keys import SpecError
+    from search_spaces.dropin import DTYPE_CHARS, dtype_key
+
+    f16, f32 = torch.empty(1, dtype=torch.float16), torch.empty(1)
+    ln = dict(x=f16, y=f16, w=f16, b=f16, mean=f32, rstd=f32, stride=4, N=8)  # tutorial 05, fp16
+    assert dtype_key(dict(x=f16, y=f16, N=8)) == "float16"
+    assert dtype_key(ln) == "f16*4/f32*2"
+    assert dtype_key(dict(x=f16, bias=None, y=f16)) == "f16/-/f16"  # triton's key is shorter: another key
+    assert dtype_key(dict(x=f32, idx=torch.empty(1, dtype=torch.int64))) == "f32/i64"
+    many = dtype_key({f"a{i}": (f16, f32)[i % 2] for i in range(9)})
+    assert len(many) == DTYPE_CHARS and many.startswith("mix-")
+    assert dtype_key(dict(idx=torch.empty(1, dtype=torch.int32), N=8)) is None
+    spec = registry.get(kernels.LAYER_NORM)
+    key = spec.make_key({"N": 8}, "f16*4/f32*2")
+    assert key.label() == "N=8 f16*4/f32*2" and spec.tolerances.get(key.dtype) == spec.tolerances["float16"]
+    with pytest.raises(SpecError, match="not one of float16, bfloat16, float32 nor a drop-in's mixed dtype"):
+        spec.make_key({"N": 8}, "f16 f32")
