@@ -19,10 +19,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 import itertools
+import re
 import sys
 from typing import Any, Mapping
 
-from keys import DTYPES, Config, TuningKey, canonical_json
+from keys import DTYPES, Config, SpecError, TuningKey, canonical_json
 from devices.targets import Target
 from search_spaces.base import DEFAULT_ROUTING, KernelSpec, LazyTorch
 from search_spaces.versions import normalized_source
@@ -68,13 +69,61 @@ def _is_tensor(value: Any) -> bool:
     return hasattr(value, "data_ptr") and hasattr(value, "stride") and hasattr(value, "dtype")
 
 
-def dtype_of(args: Mapping[str, Any]) -> str | None:
-    """The key's dtype: that of the first floating-point tensor argument (None: no such tensor)."""
-    for v in args.values():
-        if _is_tensor(v) and v.dtype.is_floating_point:
-            name = str(v.dtype).removeprefix("torch.")
-            return name if name in DTYPES else None
-    return None
+DTYPE_CHARS = 16  # the most a key's dtype field holds (the database's column)
+_SHORT = (("bfloat", "bf"), ("float", "f"), ("uint", "u"), ("int", "i"), ("complex", "c"))
+
+
+def _short(dtype: str) -> str:
+    for long, short in _SHORT:
+        if dtype.startswith(long):
+            return short + dtype[len(long):]
+    return dtype
+
+
+def dtype_key(args: Mapping[str, Any]) -> str | None:
+    """The key's dtype field: what triton.autotune adds to its key (`str(arg.dtype)` of every
+    argument that has one, in argument order), readable and at most DTYPE_CHARS long.
+
+    - every such argument of the first floating-point tensor's dtype, none None: that dtype
+      ("float16"), the key every one-dtype kernel always had;
+    - otherwise each argument with a dtype, or None ("-", a tensor left out), in order, short
+      names run-length coded: x f32, out f16 -> "f32/f16"; x, w, b f16, mean, rstd f32 ->
+      "f16*3/f32*2"; past DTYPE_CHARS, "mix-" and a hash of that list.
+    None: no floating-point tensor of DTYPES (the key cannot be named)."""
+    listed = [("-" if v is None else str(v.dtype).removeprefix("torch."))
+              for v in args.values() if v is None or hasattr(v, "dtype")]
+    base = next((str(v.dtype).removeprefix("torch.") for v in args.values()
+                 if _is_tensor(v) and v.dtype.is_floating_point), None)
+    if base not in DTYPES:
+        return None
+    if all(d == base for d in listed):
+        return base
+    runs = [[_short(d), 1] for d in listed[:1]]
+    for d in map(_short, listed[1:]):
+        if d == runs[-1][0]:
+            runs[-1][1] += 1
+        else:
+            runs.append([d, 1])
+    mixed = "/".join(d if n == 1 else f"{d}*{n}" for d, n in runs)
+    return mixed if len(mixed) <= DTYPE_CHARS else "mix-" + hashlib.sha256(mixed.encode()).hexdigest()[:12]
+
+
+def dtype_parts(dtype: str) -> list[str]:
+    """The dtypes a key's dtype field names (dtype_key), DTYPES' names only; [] for a hashed one."""
+    if dtype in DTYPES:
+        return [dtype]
+    longs = {_short(d): d for d in DTYPES}
+    return [longs[p.split("*")[0]] for p in dtype.split("/") if p.split("*")[0] in longs]
+
+
+def _dtype_problem(dtype: Any) -> str | None:
+    if dtype in DTYPES:
+        return None
+    if (isinstance(dtype, str) and len(dtype) <= DTYPE_CHARS
+            and re.fullmatch(r"mix-[0-9a-f]{12}|[a-z0-9_\-]+(\*[0-9]+)?(/[a-z0-9_\-]+(\*[0-9]+)?)+", dtype)):
+        return None
+    return (f"dtype {str(dtype)[:40]!r} is not one of {', '.join(DTYPES)} nor a drop-in's mixed dtype "
+            "(each argument's dtype in order, e.g. f32/f16)")
 
 
 def signature_of(kernel: Any, args: Mapping[str, Any], grid: Any) -> dict[str, Any]:
@@ -146,6 +195,24 @@ def _tensor(a: Mapping[str, Any], device: str, gen: Any) -> Any:
     return base.to(device).as_strided(shape, strides)
 
 
+class _Dtypes(tuple):
+    """DTYPES, and `in` also true of a mixed dtype (dtype_key) where the runtime checks a key's."""
+
+    def __contains__(self, dtype: object) -> bool:
+        return _dtype_problem(dtype) is None
+
+
+class _Tolerances(dict):
+    """(atol, rtol) by dtype; a mixed dtype gets the loosest of the dtypes it names (all of them
+    where it names none: a hashed one)."""
+
+    def get(self, dtype: Any, default: Any = None) -> Any:
+        if dtype in self:
+            return self[dtype]
+        tols = [self[d] for d in (dtype_parts(dtype) if isinstance(dtype, str) else []) or list(self)]
+        return (max(t[0] for t in tols), max(t[1] for t in tols))
+
+
 class DropinSpec(KernelSpec):
     """The KernelSpec of one drop-in kernel; `spec_class` makes a subclass per kernel."""
 
@@ -153,6 +220,16 @@ class DropinSpec(KernelSpec):
     key_names: tuple[str, ...] = ()
     kernel: Any = None  # the DropinKernel (tuner.runtime.autotune)
     space_: dict[str, tuple] = {}
+    dtypes = _Dtypes(DTYPES)
+    tolerances = _Tolerances(KernelSpec.tolerances)
+
+    def make_key(self, dims: Mapping[str, Any], dtype: str) -> TuningKey:
+        """KernelSpec.make_key, the dtype also a mixed one (dtype_key: every argument's dtype)."""
+        problem = _dtype_problem(dtype)
+        if problem is not None:
+            raise SpecError(f"{self.name}: {problem}")
+        key = super().make_key(dims, DTYPES[0])
+        return TuningKey(key.kernel, key.version, key.dims, dtype)
 
     @property
     def version(self) -> str:

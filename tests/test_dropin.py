@@ -321,3 +321,155 @@ def test_the_fleet_launch_honours_reset_to_zero_and_inputs(served, tmp_path):
         o, t, xs, ix = spec.launch(config, inputs)
         spec.launch(config, inputs)  # a second launch adds nothing to the reset total
         assert torch.equal(o, xs[ix]) and torch.allclose(t, xs.sum().reshape(1), atol=1e-4)
+
+
+# ---- the key formed as triton.autotune forms it: every argument's dtype, the key's values ----
+
+def _cast_copy_kernel():
+    @autotune(configs=[triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 16})], key=["N"])
+    @triton.jit
+    def _cast_copy(x, out, N, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out + offs, tl.load(x + offs, mask=offs < N), mask=offs < N)
+    return _cast_copy
+
+
+def test_each_dtype_of_an_output_is_a_key_of_its_own_with_its_own_signature(served, tmp_path):
+    served()
+    kernel, n = _cast_copy_kernel(), 100
+    x = torch.randn(n)
+    for dt in (torch.float32, torch.float16):
+        out = torch.empty(n, dtype=dt)
+        kernel[lambda META: (triton.cdiv(n, META["BLOCK"]),)](x, out, n)
+        assert torch.equal(out, x.to(dt))
+    recs = sorted(_misses(tmp_path), key=lambda r: r["dtype"])
+    assert [r["dtype"] for r in recs] == ["f32/f16", "float32"]  # two keys, as triton.autotune has
+    assert [r["signature"]["args"]["out"]["dtype"] for r in recs] == ["float16", "float32"]
+    assert len({r["key_hash"] for r in recs}) == 2
+
+
+def test_a_row_stored_for_one_output_dtype_is_served_to_that_dtype_only(served, tmp_path):
+    kernel, n = _cast_copy_kernel(), 100
+    stored = {"BLOCK": 16, "num_warps": 4, "num_stages": 3}
+    served([_entry(_key(kernel.name, "f32/f16", N=n), stored, _live_fp())])
+    x, grid = torch.randn(n), (lambda META: (triton.cdiv(n, META["BLOCK"]),))
+    kernel[grid](x, torch.empty(n, dtype=torch.float16), n)
+    assert kernel.best_config.kwargs == {"BLOCK": 16}
+    kernel[grid](x, torch.empty(n), n)  # out float32: another key, a miss
+    assert kernel.best_config.kwargs == {"BLOCK": 64}
+    kernel[grid](x, torch.empty(n, dtype=torch.bfloat16), n)
+    assert kernel.best_config.kwargs == {"BLOCK": 64}
+    assert sorted(r["dtype"] for r in _misses(tmp_path)) == ["f32/bf16", "float32"]
+
+
+def test_bool_key_values_are_keys_and_a_string_one_is_launched_as_a_miss_with_one_warning(served, tmp_path):
+    served()
+
+    @autotune(configs=[triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 16})], key=["N", "NEG"])
+    @triton.jit
+    def _neg_copy(x, out, N, NEG: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        v = tl.load(x + offs, mask=offs < N)
+        tl.store(out + offs, -v if NEG else v, mask=offs < N)
+
+    n, x, out = 50, torch.randn(50), torch.empty(50)
+    grid = lambda META: (triton.cdiv(n, META["BLOCK"]),)
+    before = len(_misses(tmp_path))
+    for neg in (True, False):
+        _neg_copy[grid](x, out, n, neg)
+        assert torch.equal(out, -x if neg else x)
+    recs = _misses(tmp_path)[before:]
+    assert sorted(r["key"]["dims"]["NEG"] for r in recs) == [1, 2]  # False, True
+    with pytest.warns(UserWarning, match="NEG=yes is not a positive integer") as caught:
+        _neg_copy[grid](x, out, n, "yes")
+        _neg_copy[grid](x, out, n, "")
+    assert len(caught) == 1 and _neg_copy.best_config.kwargs == {"BLOCK": 64}
+    assert len(_misses(tmp_path)) == before + 2  # neither counted
+
+
+def test_dtype_cache_results(served):  # test_autotuner.py::test_dtype_cache_results: a tl dtype in key=
+    served()
+    M, N = 1024, 16
+    src, dst = torch.randn(M * N), torch.empty(M * N)
+    configs = [triton.Config(kwargs={'BLOCK_SIZE_M': 32}), triton.Config(kwargs={'BLOCK_SIZE_M': 128})]
+
+    @autotune(configs=configs, key=["DTYPE"], cache_results=True, do_bench=cpu_bench, on_miss="autotune")
+    @triton.jit
+    def _kernel(dst, src, stride_m: tl.constexpr, DTYPE: tl.constexpr, BLOCK_SIZE_N: tl.constexpr,
+                BLOCK_SIZE_M: tl.constexpr):
+        offsets_m = tl.program_id(0) * stride_m + tl.arange(0, BLOCK_SIZE_M)
+        offsets_n = tl.arange(0, BLOCK_SIZE_N)
+        x = tl.load(src + offsets_m[:, None] * BLOCK_SIZE_N + offsets_n[None, :])
+        x = x.to(DTYPE)
+        tl.store(dst + offsets_m[:, None] * BLOCK_SIZE_N + offsets_n[None, :], x)
+
+    grid = lambda META: (triton.cdiv(N, META['BLOCK_SIZE_M']), )
+    with pytest.warns(UserWarning, match="DTYPE=fp32 is not a positive integer"):  # no fleet key: timed here
+        _kernel[grid](dst, src, N, tl.float32, N)
+    assert len(_kernel.cache) == 1
+
+
+# ---- prune_configs_by with Triton's meaning on every path ----
+
+def _pruned_kernel(on_miss, prune=lambda configs, named_args, **kw: [c for c in configs
+                                                                   if c.kwargs["BLOCK"] <= named_args["N"]]):
+    @autotune(configs=[triton.Config({"BLOCK": 256}), triton.Config({"BLOCK": 64})], key=["N"], on_miss=on_miss,
+              prune_configs_by={"early_config_prune": prune}, do_bench=cpu_bench)
+    @triton.jit
+    def _pruned_copy(x, out, N, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out + offs, tl.load(x + offs, mask=offs < N), mask=offs < N)
+    return _pruned_copy
+
+
+@pytest.mark.parametrize("on_miss", ["default", "autotune"])
+def test_a_miss_launches_a_config_the_prune_keeps(served, on_miss):
+    served()
+    kernel, n = _pruned_kernel(on_miss), 100  # the prune drops BLOCK=256 > N, as triton.autotune would
+    x, out = torch.randn(n), torch.empty(n)
+    kernel[lambda META: (triton.cdiv(n, META["BLOCK"]),)](x, out, n)
+    assert kernel.best_config.kwargs == {"BLOCK": 64} and torch.equal(out, x)
+
+
+@pytest.mark.parametrize("block, warps, launched", [(256, 4, 64), (256, 8, 64), (64, 8, 64)])
+def test_a_stored_row_the_prune_rejects_is_a_miss(served, block, warps, launched):
+    kernel, n = _pruned_kernel("default"), 100  # 8 warps: off the list, the prune asked of it alone
+    served([_entry(_key(kernel.name, N=n), {"BLOCK": block, "num_warps": warps, "num_stages": 3}, _live_fp())])
+    x, out = torch.randn(n), torch.empty(n)
+    kernel[lambda META: (triton.cdiv(n, META["BLOCK"]),)](x, out, n)
+    best = kernel.best_config
+    assert (best.kwargs, best.num_warps) == ({"BLOCK": launched}, warps if block == launched else 4)
+    assert torch.equal(out, x)
+
+
+@pytest.mark.parametrize("on_miss", ["default", "autotune"])
+def test_prune_all_configs(served, on_miss):  # test_autotuner.py::test_prune_all_configs
+    served()
+    N = 1024
+    src, dst = torch.randn(N), torch.empty(N)
+    _kernel = _pruned_kernel(on_miss, prune=lambda configs, named_args, **kwargs: [])
+    grid = lambda META: (triton.cdiv(N, META['BLOCK']), )
+    with pytest.raises(triton.TritonError) as e:
+        _kernel[grid](src, dst, N=N)
+    assert str(e.value) == ("Autotuner error: No valid autotuner configs after pruning. "
+                            "`early_config_prune` should return at least one config.")
+
+
+def test_the_dtype_field_names_every_argument_s_dtype_readably_within_its_column():
+    from keys import SpecError
+    from search_spaces.dropin import DTYPE_CHARS, dtype_key
+
+    f16, f32 = torch.empty(1, dtype=torch.float16), torch.empty(1)
+    ln = dict(x=f16, y=f16, w=f16, b=f16, mean=f32, rstd=f32, stride=4, N=8)  # tutorial 05, fp16
+    assert dtype_key(dict(x=f16, y=f16, N=8)) == "float16"
+    assert dtype_key(ln) == "f16*4/f32*2"
+    assert dtype_key(dict(x=f16, bias=None, y=f16)) == "f16/-/f16"  # triton's key is shorter: another key
+    assert dtype_key(dict(x=f32, idx=torch.empty(1, dtype=torch.int64))) == "f32/i64"
+    many = dtype_key({f"a{i}": (f16, f32)[i % 2] for i in range(9)})
+    assert len(many) == DTYPE_CHARS and many.startswith("mix-")
+    assert dtype_key(dict(idx=torch.empty(1, dtype=torch.int32), N=8)) is None
+    spec = registry.get(kernels.LAYER_NORM)
+    key = spec.make_key({"N": 8}, "f16*4/f32*2")
+    assert key.label() == "N=8 f16*4/f32*2" and spec.tolerances.get(key.dtype) == spec.tolerances["float16"]
+    with pytest.raises(SpecError, match="not one of float16, bfloat16, float32 nor a drop-in's mixed dtype"):
+        spec.make_key({"N": 8}, "f16 f32")

@@ -12,10 +12,15 @@
 Same arguments and meaning as triton.autotune (configs, key, prune_configs_by, reset_to_zero,
 restore_value, pre_hook, post_hook, warmup, rep, do_bench), plus `name=` (default
 module.function), `on_miss=` and `inputs=`. At launch the key is formed as triton.autotune forms
-it and looked up through the runtime (tuner.runtime.lookup's cache, sources, deadline and
-checks) under the kernel's name: dims are the key's arguments (positive integers), the dtype that
-of the first floating-point tensor. A stored row is launched. On a miss, on_miss="default"
-launches the first config at once; on_miss="autotune" first waits for the source's answer (another
+it (the key's values, every argument's dtype) and looked up through the runtime (tuner.runtime.lookup's
+cache, sources, deadline and checks) under the kernel's name: dims are the key's arguments
+(positive integers; a bool as 1 or 2), the dtype field every argument's dtype
+(search_spaces.dropin.dtype_key: "float16" where all are, else e.g. "f32/f16"), so each of
+triton.autotune's keys is one of the fleet's. `prune_configs_by` is applied once per key as
+triton.autotune applies it: a miss with on_miss="default" launches the first config the prune keeps,
+a stored row it rejects is a miss, and a prune that keeps nothing raises Triton's AutotunerError.
+A stored row is launched. On a miss, on_miss="default"
+launches the first config (the prune kept) at once; on_miss="autotune" first waits for the source's answer (another
 process may have reported a winner for the key: level "reported", launched as any stored row),
 else times the list here as triton.autotune does (once per key per process) and reports the
 winner with the key's miss (tuner/runtime/reported.py): the service keeps the first winner
@@ -23,7 +28,8 @@ reported per key, class and stack, and a process whose report lost adopts that o
 of a job agree. A measured best, once the fleet tunes the key, outranks it. Every miss is
 counted with the launch's signature (search_spaces.dropin), so that `tuner tune NAME --from-misses` or `tuner retune --misses` tune
 the keys production launched. A key the fleet cannot name (a key argument that is not a
-positive integer, no floating-point tensor) is served as on a miss, and not counted.
+positive integer or a bool, no float16/bfloat16/float32 tensor) is launched as on a miss, not
+counted, with one warning per cause.
 
 `inputs(signature, device, seed) -> {argument: value}` makes the arguments a tuning worker cannot
 rebuild from the signature (index tensors whose values must be valid); the signature holds the
@@ -31,10 +37,12 @@ recorded arguments, and "key", "dtype", "seed" and "device".
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 from triton import Config
 from triton.runtime.autotuner import Autotuner
+from triton.runtime.errors import AutotunerError
 
 from search_spaces import dropin
 from keys import canonical_json
@@ -43,7 +51,6 @@ from tuner.runtime.answer import DEFAULT
 from tuner.runtime.cache import entry_for
 
 ON_MISS = ("default", "autotune")
-_UNKEYED = object()
 
 
 class DropinKernel(Autotuner):
@@ -59,8 +66,9 @@ class DropinKernel(Autotuner):
         self.best_config: Config | None = None
         # a config's dict form -> the user's own Config (its pre_hook kept)
         self._listed = {canonical_json(dropin.config_dict(c)): c for c in reversed(self.configs)}
-        self._runtime_keys: dict[tuple, Any] = {}  # triton's key -> (names, values) of the runtime's, or None
-        self._configs: dict[int, tuple[Any, Config]] = {}  # id(cache entry) -> (entry, its Config)
+        self._states: dict[tuple, tuple] = {}  # triton's key -> _key_state (the runtime's key, the prune's)
+        self._configs: dict[int, tuple[Any, Config, str]] = {}  # id(cache entry) -> (entry, Config, dict form)
+        self._warned: set[str] = set()
         self.spec_class = dropin.spec_class(self)
 
     def triton_config(self, config: dict) -> Config:
@@ -72,24 +80,72 @@ class DropinKernel(Autotuner):
         return Config({n: v for n, v in config.items() if n not in dropin.OPTIONS}, **options)
 
     def _runtime_key(self, args: dict) -> tuple | None:
+        """The fleet's key for triton.autotune's: the key's values as dims (a bool as 1 or 2:
+        dims are positive), the dtype field every argument's dtype (search_spaces.dropin.dtype_key);
+        None, with one warning per cause, where the fleet cannot name it."""
         dims = []
         for k in self.keys:
             v = args.get(k)
-            if type(v) is not int or v < 1:
-                return None
+            if type(v) is bool:
+                v = int(v) + 1
+            elif type(v) is not int or v < 1:
+                return self._unkeyed(f"key argument {k}={str(v)[:40]} is not a positive integer or a bool")
             dims.append(v)
-        dtype = dropin.dtype_of(args)
-        return None if dtype is None else (tuple(self.keys) + ("dtype",), tuple(dims) + (dtype,))
+        dtype = dropin.dtype_key(args)
+        if dtype is None:
+            return self._unkeyed("no floating-point tensor argument of float16, bfloat16 or float32")
+        return (tuple(self.keys) + ("dtype",), tuple(dims) + (dtype,))
 
-    def _config(self, entry: Any) -> Config:
+    def _unkeyed(self, why: str) -> None:
+        if why.split("=")[0] not in self._warned:
+            self._warned.add(why.split("=")[0])
+            warnings.warn(f"@autotune {self.name}: {why}, so the fleet has no key for the launch: launched "
+                          f"as on a miss (on_miss={self.on_miss!r}), locally, and not counted", stacklevel=6)
+        return None
+
+    def _key_state(self, args: dict, kwargs: dict) -> tuple:
+        """(runtime key, the first config the prune keeps, the kept configs' dict forms or None
+        where nothing is pruned, off-list configs judged so far): once per triton key, as
+        triton.autotune prunes once per key (early_config_prune only: perf_model and top_k choose
+        what is timed, on_miss="autotune"). Pruning everything raises as triton.autotune does."""
+        rk = self._runtime_key(args)
+        if self.early_config_prune is None or len(self.configs) < 2:
+            return rk, self.configs[0], None, {}
+        kept = self.early_config_prune(self.configs, self.nargs, **kwargs)
+        if not kept:
+            raise AutotunerError("No valid autotuner configs after pruning. "
+                                 "`early_config_prune` should return at least one config.")
+        return rk, kept[0], frozenset(canonical_json(dropin.config_dict(c)) for c in kept), {}
+
+    def _kept(self, state: tuple, config: Config, form: str, kwargs: dict) -> bool:
+        """Whether the prune keeps a served config for these arguments: a listed one where it kept it
+        from the list, one off the list where it keeps it alone (asked once per key)."""
+        if state[2] is None or form in state[2]:
+            return True
+        if form in self._listed:
+            return False
+        judged = state[3].get(form)
+        if judged is None:
+            judged = state[3][form] = bool(self.early_config_prune([config], self.nargs, **kwargs))
+        return judged
+
+    def _config(self, entry: Any) -> tuple[Config, str]:
         hit = self._configs.get(id(entry))
         if hit is not None and hit[0] is entry:
-            return hit[1]
+            return hit[1], hit[2]
         if len(self._configs) > 4096:  # entries replaced by refreshed answers
             self._configs.clear()
+        form = canonical_json(dict(entry.config))
         config = self.triton_config(dict(entry.config))
-        self._configs[id(entry)] = (entry, config)
-        return config
+        self._configs[id(entry)] = (entry, config, form)
+        return config, form
+
+    def _served(self, entry: Any, state: tuple, kwargs: dict) -> Config | None:
+        """The stored row's config, where it is one (not the default) and the prune keeps it."""
+        if entry is None or entry.answer.level == DEFAULT:
+            return None
+        config, form = self._config(entry)
+        return config if self._kept(state, config, form, kwargs) else None
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         self.nargs = nargs = dict(zip(self.arg_names, args))
@@ -100,10 +156,10 @@ class DropinKernel(Autotuner):
             if hasattr(arg, "dtype"):
                 key.append(str(arg.dtype))
         key = tuple(key)
-        rk = self._runtime_keys.get(key, _UNKEYED)
-        if rk is _UNKEYED:
-            rk = self._runtime_keys[key] = self._runtime_key(_args)
-        entry = None
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = self._key_state(_args, kwargs)
+        rk, entry = state[0], None
         if rk is not None:
             try:
                 entry = entry_for(self.name, rk[0], rk[1])
@@ -113,20 +169,20 @@ class DropinKernel(Autotuner):
             tally = entry.tally
             if tally is not None and tally.signature is None:
                 tally.signature = self._signature(_args, kwargs.get("grid"))
-            if entry.answer.level != DEFAULT or self.on_miss == "default":
-                config = self._config(entry)
+            config = self._served(entry, state, kwargs)
+            if config is not None:
                 return self._launch(config, args, kwargs)
         if self.on_miss == "autotune":
             timing = key not in self.cache and len(self.configs) > 1
             if timing and entry is not None:  # a winner another process reported beats timing again
-                entry = reported.answered(self.name, rk[0], rk[1])
-                if entry is not None and entry.answer.level != DEFAULT:
-                    return self._launch(self._config(entry), args, kwargs)
+                config = self._served(reported.answered(self.name, rk[0], rk[1]), state, kwargs)
+                if config is not None:
+                    return self._launch(config, args, kwargs)
             ret = super().run(*args, **kwargs)  # timed once per key, kept in self.cache
             if timing and entry is not None and key in self.cache:
                 self._report(rk, self.cache[key])
             return ret
-        return self._launch(self.configs[0], args, kwargs)
+        return self._launch(state[1], args, kwargs)  # the first config the prune keeps
 
     def _report(self, rk: tuple, winner: Config) -> None:
         """Report the winner just timed (in the background: tuner/runtime/reported.py), where its
