@@ -153,6 +153,7 @@ class DropinSpec(KernelSpec):
     key_names: tuple[str, ...] = ()
     kernel: Any = None  # the DropinKernel (tuner.runtime.autotune)
     space_: dict[str, tuple] = {}
+    needs_signature = True
 
     @property
     def version(self) -> str:
