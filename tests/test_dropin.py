@@ -278,6 +278,8 @@ def test_prune_configs(served, with_perf_model: bool):  # test_autotuner.py::tes
     (["tune", "--from-misses"], "name it, e.g. tuner tune KERNEL --from-misses"),
     (["tune", kernels.MATMUL, "--from-misses", "--shape", "M=64,N=64,K=64"], "drop --shape and --model"),
     (["tune", kernels.MATMUL, "--from-misses"], f"no untuned misses of {kernels.MATMUL}"),
+    (["tune", kernels.MATMUL, "--shape", "M=64,N=64,K=64", "--dtype", "float16"],
+     "no launch of M=64,N=64,K=64 float16 was recorded"),  # no trial could rebuild its inputs
 ])
 def test_tune_from_misses_refuses_in_one_line(tmp_path, args, says):
     from tests.cli_helpers import run_tuner

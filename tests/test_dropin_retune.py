@@ -88,3 +88,21 @@ def test_a_stale_drop_in_key_with_no_recorded_launch_is_skipped_with_the_reason(
     assert "no launch recorded" in result["skipped"][0]["reason"]
     assert result["jobs"][0]["keys"] == [{"N": 300, "dtype": "float32"}]
     assert [m.key["dims"] for m in sent] == [{"N": 300}] and sent[0].key["signature"] == _signature(300, 4)
+
+
+def test_tune_with_shapes_takes_the_keys_recorded_launch(url):
+    """`tuner tune DROPIN --shape` (and `tuner submit`): a key with a recorded launch is tuned with
+    its signature; one without is refused (the CLI's one line: tests/test_dropin.py)."""
+    from dataclasses import replace
+
+    from tuner.errors import UserError
+    from tuner.miss_intake import signed_request
+    from tuner.request import build_request
+    from tuner.settings import from_env
+
+    settings = replace(from_env(), db_url=url)
+    _miss(url, 300, _signature(300, 4))
+    req = signed_request(settings, build_request(kernels.LAYER_NORM, ["N=300"], ["float32"], 3))
+    assert req.signatures == (_signature(300, 4),) and req.key_rows()[0]["signature"] == _signature(300, 4)
+    with pytest.raises(UserError, match="no launch of N=200 float32 was recorded"):
+        signed_request(settings, build_request(kernels.LAYER_NORM, ["N=300", "N=200"], ["float32"], 3))
