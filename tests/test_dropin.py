@@ -323,3 +323,31 @@ def test_the_fleet_launch_honours_reset_to_zero_and_inputs(served, tmp_path):
         o, t, xs, ix = spec.launch(config, inputs)
         spec.launch(config, inputs)  # a second launch adds nothing to the reset total
         assert torch.equal(o, xs[ix]) and torch.allclose(t, xs.sum().reshape(1), atol=1e-4)
+
+
+def test_the_fleet_launch_honours_restore_value(served, tmp_path):
+    """What a worker runs for a recorded launch of a kernel that updates a tensor in place: the
+    tensor is restored after every launch (restore_value, as triton.autotune restores it between
+    timings), so each of several launches, whatever its configuration, starts from the same values."""
+    served()
+
+    @autotune(configs=[triton.Config({"BLOCK": 16}), triton.Config({"BLOCK": 64})], key=["N"],
+              restore_value=["acc"])
+    @triton.jit
+    def _accumulate(acc, out, x, N, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        a = tl.load(acc + offs, mask=offs < N, other=0.) + tl.load(x + offs, mask=offs < N, other=0.)
+        tl.store(acc + offs, a, mask=offs < N)
+        tl.store(out + offs, a, mask=offs < N)
+
+    n = 100
+    _accumulate[lambda META: (triton.cdiv(n, META["BLOCK"]),)](torch.randn(n), torch.empty(n), torch.randn(n), n)
+    (rec,) = _misses(tmp_path)
+    spec = registry.get(_accumulate.name)
+    inputs = spec.make_inputs(spec.make_key({"N": n}, "float32"), "cpu", 3, rec["signature"])
+    original = inputs.args["acc"].clone()
+    for config in ({"BLOCK": 64, "num_warps": 4, "num_stages": 3}, {"BLOCK": 16, "num_warps": 8, "num_stages": 2},
+                   {"BLOCK": 64, "num_warps": 4, "num_stages": 3}):
+        acc, out, x = spec.launch(config, inputs)
+        assert torch.allclose(out, original + x)  # this launch saw the original values
+        assert torch.equal(acc, original)  # and left them for the next
