@@ -30,12 +30,12 @@ def _signature(n: int, rows: int) -> dict:
                      "N": {"value": n}, "eps": {"value": 1e-5}}, "grid": [rows]}
 
 
-def _miss(url: str, n: int, signature: dict | None, driver: str = "999.1") -> None:
+def _miss(url: str, n: int, signature: dict | None, driver: str = "999.1", count: int = 3) -> None:
     spec = registry.get(kernels.LAYER_NORM)
     key = spec.make_key({"N": n}, "float32")
     now = utcnow().isoformat()
     rec = record(MissKey(spec.name, spec.version, key.stable_hash, (("N", n),), "float32", SLUG,
-                         stack(driver)["hash"], "default"), 3, now, now, signature)
+                         stack(driver)["hash"], "default"), count, now, now, signature)
     with session_scope(url) as s:
         store.record_misses(s, [parse_record(rec)])
 
@@ -106,3 +106,20 @@ def test_tune_with_shapes_takes_the_keys_recorded_launch(url):
     assert req.signatures == (_signature(300, 4),) and req.key_rows()[0]["signature"] == _signature(300, 4)
     with pytest.raises(UserError, match="no launch of N=200 float32 was recorded"):
         signed_request(settings, build_request(kernels.LAYER_NORM, ["N=300", "N=200"], ["float32"], 3))
+
+
+def test_a_missed_drop_in_key_is_queued_with_the_signature_another_of_its_rows_recorded(url):
+    """`tuner retune --misses` sums a key's rows over stacks, the most frequent first: a row with no
+    signature (an imported record, an older runtime) counted more than a signed one does not leave
+    the job without it; a key no row signed is skipped with the reason."""
+    from workers.miss_jobs import enqueue_misses
+
+    live_worker(url, "worker", SLUG, driver="999.1")
+    _miss(url, 200, None, driver="555.1", count=9)
+    _miss(url, 200, _signature(200, 6), count=1)
+    _miss(url, 300, None, count=1)
+    sent = []
+    result = enqueue_misses(url, sent.append, holder="test", dead_after_s=60, trials=3, top=10,
+                            kernel=kernels.LAYER_NORM, parallel=1, batch_trials=3)
+    assert [m.key["signature"] for m in sent] == [_signature(200, 6)]
+    assert [(s["key"], "no launch recorded" in s["reason"]) for s in result["skipped"]] == [({"N": 300}, True)]

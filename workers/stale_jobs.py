@@ -27,6 +27,9 @@ from workers.job_request import JobRequest, WarmStart
 
 LOCK = "retune"
 TOP_K = 3
+# why a drop-in kernel's key is not queued (here and workers/miss_jobs.py): no trial could make its inputs
+UNSIGNED = ("a drop-in kernel's key with no launch recorded: its inputs cannot be rebuilt "
+            "(launch it in a model process with TUNER_DB_URL set)")
 MIN_BUDGET = 4  # trials a retune key gets at least, whatever TUNER_RETUNE_BUDGET_FRACTION leaves
 
 
@@ -133,15 +136,15 @@ def signed(s, stale: list[StaleKey]) -> tuple[list[StaleKey], list[dict]]:
             continue
         group = (st.kernel, st.kernel_version)
         if group not in found:
+            hashes = [k.key_hash for k in stale if (k.kernel, k.kernel_version) == group]
             found[group] = store.launch_signatures(s, kernel=st.kernel, kernel_version=st.kernel_version,
-                                                   key_hashes=[k.key_hash for k in stale if (k.kernel, k.kernel_version) == group])
+                                                   key_hashes=hashes)
         sig = found[group].get(st.key_hash)
         if sig is not None:
             keep.append(replace(st, key={**st.key, "signature": sig}))
         else:
             skipped.append({"kernel": st.kernel, "device_class": st.device_class, "key": st.key["dims"],
-                            "dtype": st.key["dtype"], "reason": "a drop-in kernel's key with no launch recorded: "
-                            "its inputs cannot be rebuilt (launch it in a model process with TUNER_DB_URL set)"})
+                            "dtype": st.key["dtype"], "reason": UNSIGNED})
     return keep, skipped
 
 
