@@ -3,8 +3,8 @@
 and a `tuner worker` process: a model process launches a key nobody tuned (the first config,
 correct output, the miss and its launch signature reach the database), the key is tuned from the
 misses (`tuner tune NAME --from-misses` here, and `tuner retune --misses` with a CPU worker for
-the fleet: both chains for both kernels) with no KernelSpec written, and a fresh process launches the stored best (its best_config
-is `tuner best`'s), output still correct."""
+the fleet: both chains for both kernels) with no KernelSpec written, and a fresh process launches
+the stored best (its best_config is `tuner best`'s), output still correct."""
 import json
 import subprocess
 import sys
@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from tests.cli_helpers import ROOT
 from tests.kernels.dropin import LAYER_NORM, MATMUL
-from tests.services import WorkerProc, fleet_world, run_cli, wait_for
+from tests.services import WorkerProc, fleet_world, wait_for
 from tests.test_runtime_loop import tuner_json
 
 pytestmark = pytest.mark.integration
@@ -96,9 +96,11 @@ CASES = {
 def _check_signature(which: str, launched: tuple, sig: dict) -> None:
     if which == "matmul":
         m, n, k = launched
-        assert sig["args"]["a_ptr"] == _f(m, k, dtype="float16") and sig["args"]["b_ptr"] == _f(k, n, dtype="float16")
-        assert sig["args"]["c_ptr"] == _f(m, n, dtype="float16")
-        assert sig["args"]["ACTIVATION"] == {"value": ""} and len(sig["grids"]) == 24
+        args = sig["args"]
+        assert (args["a_ptr"], args["b_ptr"], args["c_ptr"]) == (_f(m, k, dtype="float16"), _f(k, n, dtype="float16"),
+                                                                 _f(m, n, dtype="float16"))
+        assert (args["stride_am"], args["stride_ak"]) == ({"value": k}, {"value": 1})
+        assert args["ACTIVATION"] == {"value": ""} and len(sig["grids"]) == 24
     else:
         rows, n = launched
         args = sig["args"]
