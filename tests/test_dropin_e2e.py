@@ -159,3 +159,26 @@ def test_a_tutorial_kernel_is_tuned_from_its_misses(world, which, chain):
     assert launch(env, which, *launched) == {"level": "exact", "best_config": best["config"]}
     if which == "layer_norm":  # keyed by N only: other rows are served the same best
         assert launch(env, which, launched[0] + 1, launched[1])["best_config"] == best["config"]
+
+
+@pytest.mark.slow
+def test_a_stack_change_retunes_a_drop_in_through_a_worker(world):
+    """A worker of another stack registers, and `tuner retune --stale-only` queues the drop-in's
+    bests: the job's keys carry their recorded launch signature (a best row's key has none), so the
+    worker rebuilds the inputs and the retune ends done, not with every trial failed."""
+    env, engine = world["env"], world["engine"]
+    launch(env, "layer_norm", 4, 160)
+    tuner_json(env, "tune", LAYER_NORM, "--from-misses", "--trials", "3", "--device", "cpu")
+    stack = dict(env, TUNER_FINGERPRINT_OVERRIDE="driver=999.1")
+    world["workers"].append(WorkerProc("dropin-new-stack", stack, world["home"]))
+    wait_for(lambda: tuner_json(env, "retune", "--stale-only", "--dry-run", "--kernel", LAYER_NORM)["jobs"], 180,
+             "the worker of the new stack to register")
+    queued = tuner_json(env, "retune", "--stale-only", "--kernel", LAYER_NORM)
+    assert queued["skipped"] == [] and {"N": 160, "dtype": "float32"} in queued["jobs"][0]["keys"]
+    job = queued["jobs"][0]["job"]
+    with engine.connect() as c:
+        keys = [json.loads(k) if isinstance(k, str) else k for k in c.execute(
+            text("select key from job_keys where job_id = :j"), {"j": job}).scalars().all()]
+    assert all(k["signature"]["args"]["X"]["shape"][1] == k["dims"]["N"] for k in keys)
+    wait_for(lambda: tuner_json(env, "status", job)["state"] in ("done", "failed"), 420, "the retune job")
+    assert tuner_json(env, "status", job)["state"] == "done"
