@@ -2,7 +2,7 @@
 bests, leases, runtime misses. Each kind of row has one writer here, and the current best
 rows one reader (`best_configs`), which the runtime, the export, the retune, the search's warm
 start and the CLI all use; the misses one reader (`misses`), which `tuner misses` and the miss
-retune use. Jobs and their keys are db/lifecycle.py's."""
+retune use; a drop-in key's launch signature one (`launch_signatures`). Jobs and their keys are db/lifecycle.py's."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -17,6 +17,8 @@ from db.models import (
     BestConfig,
     DeviceClass,
     ImportedConfig,
+    Job,
+    JobKey,
     Lock,
     RuntimeMiss,
     StackFingerprint,
@@ -325,6 +327,28 @@ def record_misses(s: Session, records: Iterable[dict[str, Any]], chunk: int = 50
 
 def _signed(record: dict[str, Any]) -> bool:
     return isinstance(record["key"], dict) and record["key"].get("signature") is not None
+
+
+def launch_signatures(s: Session, *, kernel: str, kernel_version: str, key_hashes: Iterable[str]) -> dict[str, dict]:
+    """key hash -> the launch signature a drop-in kernel recorded for the key (its trial inputs are
+    rebuilt from it): of the rows of this kernel version that carry one (runtime misses, job keys),
+    the newest. A key no row signed is left out. The one reader of which signature a key is tuned
+    with: `tuner tune`, `tuner submit` and the stale-key retune all take it from here."""
+    hashes = sorted(set(key_hashes))
+    if not hashes:
+        return {}
+    rows = [*s.execute(select(RuntimeMiss.key_hash, RuntimeMiss.key, RuntimeMiss.last_seen)
+                       .where(RuntimeMiss.kernel == kernel, RuntimeMiss.kernel_version == kernel_version,
+                              RuntimeMiss.key_hash.in_(hashes))).all(),
+            *s.execute(select(JobKey.key_hash, JobKey.key, Job.created_at).join(Job, Job.id == JobKey.job_id)
+                       .where(Job.kernel == kernel, Job.kernel_version == kernel_version,
+                              JobKey.key_hash.in_(hashes))).all()]
+    out: dict[str, tuple] = {}
+    for key_hash, key, at in rows:
+        sig = key.get("signature") if isinstance(key, dict) else None
+        if sig is not None and (key_hash not in out or at > out[key_hash][0]):
+            out[key_hash] = (at, sig)
+    return {h: sig for h, (_, sig) in out.items()}
 
 
 def tuned_since(miss=RuntimeMiss):

@@ -136,6 +136,9 @@ class KernelSpec:
     # the smallest (dims, dtype) that still runs every part of the kernel: where the conformance
     # test (tests/test_conformance.py) runs it on the interpreter. None: every dim 16, the first dtype
     tiny_shape: ClassVar[tuple[dict[str, int], str] | None] = None
+    # whether a trial's inputs are rebuilt from a launch signature a model process recorded (a
+    # drop-in kernel: search_spaces/dropin.py): a key with none recorded cannot be tuned
+    needs_signature: ClassVar[bool] = False
 
     # ---- identity -------------------------------------------------------------------
     @cached_property

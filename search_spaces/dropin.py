@@ -220,6 +220,7 @@ class DropinSpec(KernelSpec):
     key_names: tuple[str, ...] = ()
     kernel: Any = None  # the DropinKernel (tuner.runtime.autotune)
     space_: dict[str, tuple] = {}
+    needs_signature = True
     dtypes = _Dtypes(DTYPES)
     tolerances = _Tolerances(KernelSpec.tolerances)
 

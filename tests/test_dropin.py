@@ -278,6 +278,8 @@ def test_prune_configs(served, with_perf_model: bool):  # test_autotuner.py::tes
     (["tune", "--from-misses"], "name it, e.g. tuner tune KERNEL --from-misses"),
     (["tune", kernels.MATMUL, "--from-misses", "--shape", "M=64,N=64,K=64"], "drop --shape and --model"),
     (["tune", kernels.MATMUL, "--from-misses"], f"no untuned misses of {kernels.MATMUL}"),
+    (["tune", kernels.MATMUL, "--shape", "M=64,N=64,K=64", "--dtype", "float16"],
+     "no launch of M=64,N=64,K=64 float16 was recorded"),  # no trial could rebuild its inputs
 ])
 def test_tune_from_misses_refuses_in_one_line(tmp_path, args, says):
     from tests.cli_helpers import run_tuner
@@ -473,3 +475,31 @@ def test_the_dtype_field_names_every_argument_s_dtype_readably_within_its_column
     assert key.label() == "N=8 f16*4/f32*2" and spec.tolerances.get(key.dtype) == spec.tolerances["float16"]
     with pytest.raises(SpecError, match="not one of float16, bfloat16, float32 nor a drop-in's mixed dtype"):
         spec.make_key({"N": 8}, "f16 f32")
+
+
+def test_the_fleet_launch_honours_restore_value(served, tmp_path):
+    """What a worker runs for a recorded launch of a kernel that updates a tensor in place: the
+    tensor is restored after every launch (restore_value, as triton.autotune restores it between
+    timings), so each of several launches, whatever its configuration, starts from the same values."""
+    served()
+
+    @autotune(configs=[triton.Config({"BLOCK": 16}), triton.Config({"BLOCK": 64})], key=["N"],
+              restore_value=["acc"])
+    @triton.jit
+    def _accumulate(acc, out, x, N, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        a = tl.load(acc + offs, mask=offs < N, other=0.) + tl.load(x + offs, mask=offs < N, other=0.)
+        tl.store(acc + offs, a, mask=offs < N)
+        tl.store(out + offs, a, mask=offs < N)
+
+    n = 100
+    _accumulate[lambda META: (triton.cdiv(n, META["BLOCK"]),)](torch.randn(n), torch.empty(n), torch.randn(n), n)
+    (rec,) = _misses(tmp_path)
+    spec = registry.get(_accumulate.name)
+    inputs = spec.make_inputs(spec.make_key({"N": n}, "float32"), "cpu", 3, rec["signature"])
+    original = inputs.args["acc"].clone()
+    for config in ({"BLOCK": 64, "num_warps": 4, "num_stages": 3}, {"BLOCK": 16, "num_warps": 8, "num_stages": 2},
+                   {"BLOCK": 64, "num_warps": 4, "num_stages": 3}):
+        acc, out, x = spec.launch(config, inputs)
+        assert torch.allclose(out, original + x)  # this launch saw the original values
+        assert torch.equal(acc, original)  # and left them for the next

@@ -121,10 +121,11 @@ def submit(settings: Settings, req: TuneRequest, device_class: str, parallel: in
 def submit_all(settings: Settings, values: dict) -> list[str]:
     """`tuner submit`, POST /v1/jobs and the dashboard's form: the request fields' values
     (tuner/request_fields.py) checked, every job's fan-out too, then each job queued; the job ids."""
+    from tuner.miss_intake import signed_request
     from tuner.request_fields import requests_from
 
     try:
-        reqs = requests_from(values, settings.batch_trials)
+        reqs = [signed_request(settings, req) for req in requests_from(values, settings.batch_trials)]
         selector = resolve_device_class(values["device_class"])
         for req in reqs:  # what no worker of the class could hold: refused before any job is queued
             refuse_unfit(req, selector, f"device class {selector}", host_memory=host_memory())

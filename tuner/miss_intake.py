@@ -112,19 +112,38 @@ def request_from_misses(settings: Settings, kernel: str | None, trials: int, sam
     url = open_for_read(settings)
     with session_scope(url) as s:
         rows = [(m.key, m.kernel_version) for m in store.misses(s, kernel=kernel, device_classes=[slug])]
-    found: dict[str, tuple] = {}
+    found: dict[str, TuningKey] = {}
     for key_json, version in rows:
         if version == spec.version:
             key = TuningKey.from_json(key_json)
-            if found.get(key.stable_hash, (None, None))[1] is None:  # a row with a signature wins: inputs from it
-                found[key.stable_hash] = (key, key_json.get("signature"))
+            found.setdefault(key.stable_hash, key)
     if not found:
         raise UserError(f"no untuned misses of {kernel[:80]} (version {spec.version}) on {slug}; launch it in a "
                         "model process with TUNER_DB_URL set first, or tune given shapes with --shape")
-    keys, sigs = zip(*found.values())
-    first = keys[0]
-    req = build_request(kernel, [",".join(f"{n}={v}" for n, v in first.dims)], [first.dtype], trials, sampler, seed)
-    return replace(req, keys=tuple(keys), signatures=tuple(sigs))
+    keys = list(found.values())
+    req = build_request(kernel, [",".join(f"{n}={v}" for n, v in keys[0].dims)], [keys[0].dtype], trials, sampler,
+                        seed)
+    return signed_request(settings, replace(req, keys=tuple(keys)))
+
+
+def signed_request(settings: Settings, req: TuneRequest) -> TuneRequest:
+    """The request, a drop-in kernel's keys each with the newest launch signature recorded for it
+    (store.launch_signatures: a trial's inputs are rebuilt from it); UserError when a key has none,
+    since no trial of it could run. Any other kernel's request is returned as it is."""
+    from dataclasses import replace
+
+    spec = registry.get(req.kernel)
+    if not spec.needs_signature:
+        return req
+    with session_scope(open_for_read(settings)) as s:
+        sigs = store.launch_signatures(s, kernel=req.kernel, kernel_version=spec.version,
+                                       key_hashes=[k.stable_hash for k in req.keys])
+    lacking = [k for k in req.keys if k.stable_hash not in sigs]
+    if lacking:
+        raise UserError(f"{req.kernel[:80]} is a drop-in kernel, its inputs rebuilt from a recorded launch, and no "
+                        f"launch of {lacking[0].label()[:80]} was recorded: launch it in a model process with "
+                        "TUNER_DB_URL set, then use tuner tune KERNEL --from-misses")
+    return replace(req, signatures=tuple(sigs[k.stable_hash] for k in req.keys))
 
 
 def retune_misses(settings: Settings, device_class: str | None, kernel: str | None, top: int | None,

@@ -13,7 +13,7 @@ once queue each key once.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from sqlalchemy import select
@@ -26,7 +26,7 @@ from search_spaces import registry
 from keys import SpecError, TuningKey
 from workers.batch import BatchMessage, batch_message
 from workers.job_request import JobRequest, MissOrigin
-from workers.stale_jobs import live_stacks
+from workers.stale_jobs import UNSIGNED, live_stacks
 
 LOCK = "retune-misses"
 MIN_COUNT = 1  # the fewest misses that make a key worth a job, unless `--min-count` says otherwise
@@ -92,6 +92,19 @@ def _why_not(mk: MissedKey, stacks: dict[str, set[str]], active: list, current: 
                  host_bytes=host_bytes)
 
 
+def _signed(s, mk: MissedKey) -> tuple[MissedKey, str | None]:
+    """A drop-in kernel's key with the newest launch signature recorded for it (store.launch_signatures:
+    the key's rows are summed over stacks, and the most frequent may carry none), or why it is
+    not queued. Any other kernel's key as it is. The kernel is registered (_why_not checked it)."""
+    if not registry.get(mk.kernel).needs_signature:
+        return mk, None
+    sig = store.launch_signatures(s, kernel=mk.kernel, kernel_version=mk.kernel_version,
+                                  key_hashes=[mk.key_hash]).get(mk.key_hash)
+    if sig is None:
+        return mk, UNSIGNED
+    return replace(mk, key={**mk.key, "signature": sig}), None
+
+
 def enqueue_misses(db_url: str, send: Callable[[BatchMessage], None] | None, *, holder: str, dead_after_s: float,
                    trials: int, top: int, min_count: int = MIN_COUNT, max_jobs: int | None = None,
                    device_class: Callable[[str], bool] | None = None, kernel: str | None = None,
@@ -115,6 +128,8 @@ def enqueue_misses(db_url: str, send: Callable[[BatchMessage], None] | None, *, 
             chosen, host_bytes = [], host_memory()
             for mk in missed_keys(s, kernel=kernel, device_class=device_class, min_count=min_count):
                 why = _why_not(mk, stacks, active, current, host_bytes)
+                if why is None:
+                    mk, why = _signed(s, mk)
                 if why is None and per_class.get(mk.device_class, 0) >= top:
                     why = f"beyond the top {top} of its class"
                 if why is None and max_jobs is not None and len(chosen) >= max_jobs:

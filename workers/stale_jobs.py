@@ -9,7 +9,7 @@ first, then the old top-k, then searches with a fraction of the original budget.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Callable
 
@@ -27,6 +27,9 @@ from workers.job_request import JobRequest, WarmStart
 
 LOCK = "retune"
 TOP_K = 3
+# why a drop-in kernel's key is not queued (here and workers/miss_jobs.py): no trial could make its inputs
+UNSIGNED = ("a drop-in kernel's key with no launch recorded: its inputs cannot be rebuilt "
+            "(launch it in a model process with TUNER_DB_URL set)")
 MIN_BUDGET = 4  # trials a retune key gets at least, whatever TUNER_RETUNE_BUDGET_FRACTION leaves
 
 
@@ -118,6 +121,33 @@ def fitting(stale: list[StaleKey]) -> tuple[list[StaleKey], list[dict]]:
     return keep, skipped
 
 
+def signed(s, stale: list[StaleKey]) -> tuple[list[StaleKey], list[dict]]:
+    """(the stale keys, a drop-in kernel's each with the launch signature its trial inputs are
+    rebuilt from (store.launch_signatures: a best row's key carries none), the drop-in keys no
+    launch of which was recorded, with the reason): a key no trial could make inputs for is not queued."""
+    keep, skipped, found = [], [], {}
+    for st in stale:
+        try:
+            needs = registry.get(st.kernel).needs_signature
+        except SpecError:  # not loaded where the retune runs: its workers judge it, as before
+            needs = False
+        if not needs:
+            keep.append(st)
+            continue
+        group = (st.kernel, st.kernel_version)
+        if group not in found:
+            hashes = [k.key_hash for k in stale if (k.kernel, k.kernel_version) == group]
+            found[group] = store.launch_signatures(s, kernel=st.kernel, kernel_version=st.kernel_version,
+                                                   key_hashes=hashes)
+        sig = found[group].get(st.key_hash)
+        if sig is not None:
+            keep.append(replace(st, key={**st.key, "signature": sig}))
+        else:
+            skipped.append({"kernel": st.kernel, "device_class": st.device_class, "key": st.key["dims"],
+                            "dtype": st.key["dtype"], "reason": UNSIGNED})
+    return keep, skipped
+
+
 def top_configs(s, stale: StaleKey, k: int = TOP_K) -> list[dict]:
     """The old study's k fastest distinct configurations (ok trials), for the warm start."""
     rows = s.execute(select(models.TuningTrial.config, models.TuningTrial.config_hash, models.TuningTrial.median_ms)
@@ -156,6 +186,8 @@ def enqueue_stale(db_url: str, send: Callable[[BatchMessage], None], *, holder: 
         with session_scope(db_url) as s:
             stale, skipped = fitting(find_stale(s, dead_after_s=dead_after_s, device_class=device_class,
                                                 kernel=kernel, stale_only=stale_only))
+            stale, unsigned = signed(s, stale)
+            skipped += unsigned
             # a job times all its keys one way: keys tuned with other measurement options go apart
             groups: dict[tuple[str, str, str, Measurement], list[StaleKey]] = {}
             for st in stale:

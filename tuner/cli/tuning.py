@@ -108,7 +108,9 @@ def tune(request: dict,
             raise UserError("--from-misses takes its keys from the recorded misses: drop --shape and --model")
         reqs = [request_from_misses(settings_mod.get(), kernel, trials, request["sampler"], request["seed"], device)]
     else:
-        reqs = requests_from(request)
+        from tuner.miss_intake import signed_request
+
+        reqs = [signed_request(settings_mod.get(), req) for req in requests_from(request)]
     if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UserError(f"unknown --device {device[:40]!r}; use cpu, cuda or cuda:N")
     plans = [prepare(req, settings_mod.get(), device) for req in reqs]
