@@ -13,8 +13,10 @@ triton.autotune's cached path.
 
 Trials to best (`--trials-to-best`, minutes): one shape on the interpreter, every configuration of
 the list timed as triton.autotune times it (the list's best and its cost, in launches), then
-`tuner tune --from-misses` with growing budgets, the trials after which its stored best is at
-least as fast as the list's best, re-measured together.
+`tuner tune --from-misses` with growing budgets, with the default strategy (which starts from the
+list) and with random search (which knows nothing of it), the trials after which its stored best
+is at least as fast as the list's best, re-measured together. The interpreter ignores num_warps
+and num_stages: configurations that differ only there time alike.
 """
 from __future__ import annotations
 
@@ -131,8 +133,10 @@ def time_interleaved(spec, configs: list[dict], inputs, rounds: int) -> list[flo
     return [statistics.median(t) for t in times]
 
 
-def trials_to_best(home: Path, budgets: list[int], rounds: int) -> dict:
-    """The list timed whole (as triton.autotune does) against `tuner tune --from-misses` budgets."""
+def trials_to_best(home: Path, budgets: list[int], rounds: int, samplers: list[str]) -> dict:
+    """The list timed whole (as triton.autotune does) against `tuner tune --from-misses` budgets,
+    with each sampler (the default starts from the list, the kernel's known-good configurations;
+    random knows nothing of it)."""
     import subprocess
 
     import torch
@@ -147,8 +151,8 @@ def trials_to_best(home: Path, budgets: list[int], rounds: int) -> dict:
     spec = registry.get(dropin.MATMUL)
     key = spec.make_key({"M": m, "N": n, "K": k}, "float16")
     listed = [config_dict(c) for c in dropin.get_cuda_autotune_config()]
-    for budget in budgets:
-        h = home / f"t{budget}"
+    for sampler, budget in ((s, b) for s in samplers for b in budgets):
+        h = home / f"t-{sampler}-{budget}"
         h.mkdir()
         use(h, TUNER_MISS_FLUSH_S="3600")
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNER_KERNEL_MODULES": "tests.kernels.dropin"}
@@ -167,9 +171,10 @@ def trials_to_best(home: Path, budgets: list[int], rounds: int) -> dict:
         runtime.settle(60)
         runtime.flush_misses()
         t = time.perf_counter()
-        doc = json.loads(run("tune", dropin.MATMUL, "--from-misses", "--trials", str(budget), "--device", "cpu",
-                             "--json"))
-        out["budgets"][budget] = {"config": doc["keys"][0]["config"], "tune_s": round(time.perf_counter() - t, 1)}
+        doc = json.loads(run("tune", dropin.MATMUL, "--from-misses", "--trials", str(budget), "--sampler", sampler,
+                             "--seed", "0", "--device", "cpu", "--json"))
+        out["budgets"][f"{sampler}:{budget}"] = {"sampler": sampler, "trials": budget, "config": doc["keys"][0]["config"],
+                                                 "tune_s": round(time.perf_counter() - t, 1)}
         os.environ.pop("TUNER_DB_URL")
     inputs = spec.make_inputs(key, "cpu", 0, _signature(dropin))
     # the list whole and each budget's best, in the same interleaved rounds
@@ -207,6 +212,8 @@ def main() -> None:
     ap.add_argument("--trials-to-best", default="", metavar="BUDGETS",
                     help="also tune on the interpreter with these budgets, e.g. 8,16,24 (minutes)")
     ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds when comparing (default 9)")
+    ap.add_argument("--samplers", default="", help="with --trials-to-best: the strategies that tune, comma-separated "
+                    "(default: the default one, and random, which starts from nothing of the list)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     with tempfile.TemporaryDirectory() as tmp:
@@ -214,8 +221,11 @@ def main() -> None:
                   "python": platform.python_version(), "timing": "CPU, wrapper only (kernel run stubbed)",
                   "dispatch": dispatch(Path(tmp))}
         if args.trials_to_best:
+            from search import strategies
+
+            samplers = args.samplers.split(",") if args.samplers else [strategies.DEFAULT, "random"]
             result["trials_to_best"] = trials_to_best(Path(tmp), [int(b) for b in args.trials_to_best.split(",")],
-                                                      args.rounds)
+                                                      args.rounds, samplers)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     rows = ["| path | median | min | max | over triton.autotune |", "|---|---|---|---|---|"]
     for name, r in result["dispatch"].items():
@@ -236,10 +246,11 @@ def _trials_md(t: dict | None) -> str:
              "interleaved rounds)\n",
              f"Timing the whole list: {t['list']['trials']} configurations, best "
              f"{t['list']['best']} at {t['list']['best_ms']:.1f} ms.\n",
-             "| tuner tune --from-misses --trials | its best | ms | vs the list's best | tune wall s |",
-             "|---|---|---|---|---|"]
-    for budget, r in t["budgets"].items():
-        lines.append(f"| {budget} | {r['config']} | {r['ms']:.1f} | {r['vs_list_best']:.2f} | {r['tune_s']} |")
+             "| tuner tune --from-misses --sampler | --trials | its best | ms | vs the list's best | tune wall s |",
+             "|---|---|---|---|---|---|"]
+    for r in t["budgets"].values():
+        lines.append(f"| {r['sampler']} | {r['trials']} | {r['config']} | {r['ms']:.1f} | {r['vs_list_best']:.2f} | "
+                     f"{r['tune_s']} |")
     return "\n".join(lines) + "\n"
 
 

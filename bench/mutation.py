@@ -9,7 +9,8 @@ process (it traces them once first); a function reached only from a worker or CL
 
 Results go to bench/results/mutation.json, {"modules": {PATH: {"killed", "total", "survivors":
 [{"where": "FILE:LINE", "mutation", "why"}]}}} (a module that was not run keeps its last
-record), and a summary to bench/results/mutation.md. A survivor's "why" comes from EXPLAINED
+record), and a summary to bench/results/mutation.md. A mutant whose forked child crashed (mutmut's
+"segfault") is run again in a fresh process and judged there. A survivor's "why" comes from EXPLAINED
 (an equivalent mutant, and why it changes no behaviour), else "not yet caught".
 
     python bench/mutation.py --modules search/finalize.py,workers/miss_jobs.py --budget-s 600
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import re
@@ -39,6 +41,9 @@ MUTMUT = Path(sys.executable).parent / "mutmut"
 class Module:
     tests: tuple[str, ...]  # pytest arguments selecting the guarding tests
     functions: tuple[str, ...] = ()  # only these functions' mutants count (all when empty)
+    # mutmut's wall limit per mutant is (the tests' clean time + 1 s) x this / 2 x 2 (its default 15):
+    # a module whose mutants make the runtime wait out deadlines spends most of its budget there
+    timeout_multiplier: float = 15.0
 
 
 MODULES = {
@@ -74,7 +79,8 @@ MODULES = {
             "a_database_that_accepts_and_never_answers", "what_the_model_did_not_get_wrong_never_raises",
             "a_programming_error_is_one_clear_lookup_error")),
         "tests/test_misses.py::test_misses_are_counted_on_every_path",
-        "tests/test_misses.py::test_a_sink_that_is_down_drops_the_batch_with_one_warning")),
+        "tests/test_misses.py::test_a_sink_that_is_down_drops_the_batch_with_one_warning"),
+        timeout_multiplier=4.0),
     "tuner/formats/bundle.py": Module(("tests/test_bundle_format.py",
                                        "tests/test_runtime.py::test_fallback_order_with_a_bundle",
                                        "tests/test_runtime.py::test_explain_says_which_level_answered_from_where_and_how_old")),
@@ -109,7 +115,7 @@ def scratch_copy(work: Path, module: str, spec: Module) -> None:
     packages = sorted({Path(n).parts[0] for n in files.decode().split("\0") if n.endswith(".py") and "/" in n})
     config = {"source_paths": [module], "also_copy": packages,
               "pytest_add_cli_args": ["-p", "no:cacheprovider", "-p", "no:xdist", "-x", "-q"],
-              "pytest_add_cli_args_test_selection": list(spec.tests)}
+              "pytest_add_cli_args_test_selection": list(spec.tests), "timeout_multiplier": spec.timeout_multiplier}
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in config.items()]
     with open(work / "pyproject.toml", "a") as f:
         f.write("\n".join(lines) + "\n")
@@ -163,11 +169,59 @@ def describe(sources: dict[str, list[str]], mutant: str, module: str, start: int
     return f"{module}:{start + first}", f"{before} -> {after}"
 
 
-def run_module(module: str, spec: Module, budget_s: float, children: int) -> tuple[dict, dict]:
-    """The module's record in the issue's schema (killed, total, survivors), and how it was run."""
-    with tempfile.TemporaryDirectory(prefix="tuner-mutation-") as tmp:
+CRASHED = (-11, -9)  # mutmut's "segfault": its forked child died of SIGSEGV or SIGKILL
+RERUN_S = 60  # a crashed mutant's run of its own may take this plus 4x its tests' clean time, else a timeout
+
+
+def rerun_crashed(work: Path, env: dict, codes: dict) -> dict:
+    """Each mutant whose forked child crashed, run again in a Python of its own (MUTANT_UNDER_TEST,
+    the tests mutmut traced to its function): a crash in a child forked from a process that had
+    imported torch is the fork's, not the mutant's (one applied by hand passed without crashing),
+    so it is judged on a clean run, never counted as killed. Returns mutant -> mutmut's exit code:
+    pytest's (0 survived, 1 killed) or 36 (timeout)."""
+    crashed = [m for m, c in codes.items() if c in CRASHED]
+    if not crashed:
+        return {}
+    stats = json.loads((work / "mutants" / "mutmut-stats.json").read_text())
+    traced, durations = stats["tests_by_mangled_function_name"], stats["duration_by_test"]
+    def alone(mutant: str, tests: list[str]) -> int:
+        cmd = [sys.executable, "-m", "pytest", "--rootdir=.", "-x", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+               "-p", "no:xdist", *tests]
+        try:
+            done = subprocess.run(cmd, cwd=work / "mutants", env={**env, "MUTANT_UNDER_TEST": mutant},
+                                  capture_output=True, timeout=RERUN_S + 4 * sum(durations.get(x, 0) for x in tests))
+            return 0 if done.returncode == 0 else 1
+        except subprocess.TimeoutExpired:
+            return 36
+
+    clean: dict[tuple, bool] = {}  # the same tests without a mutant (""): a judgement needs them to pass
+    out = {}
+    for m in crashed:
+        tests = sorted(traced.get(m.partition("__mutmut_")[0], []))
+        if tests and tuple(tests) not in clean:
+            clean[tuple(tests)] = alone("", tests) == 0
+        if not tests or not clean[tuple(tests)]:
+            continue
+        out[m] = alone(m, tests)
+        print(f"  crashed under mutmut, alone: {m.rsplit('.', 1)[1]} -> {status_of(out[m])}", flush=True)
+    return out
+
+
+def status_of(code: int) -> str:
+    from mutmut.stats import status_by_exit_code
+    return status_by_exit_code[code]
+
+
+def run_module(module: str, spec: Module, budget_s: float, children: int,
+               resume: Path | None = None) -> tuple[dict, dict]:
+    """The module's record in the issue's schema (killed, total, survivors), and how it was run.
+    resume: the scratch copy of an earlier run of this module stopped before its end (mutmut keeps
+    each mutant's result there and runs only those without one); kept afterwards."""
+    kept = contextlib.nullcontext(str(resume)) if resume else None
+    with kept or tempfile.TemporaryDirectory(prefix="tuner-mutation-") as tmp:
         work = Path(tmp)
-        scratch_copy(work, module, spec)
+        if resume is None or not (work / "mutants").is_dir():
+            scratch_copy(work, module, spec)
         # the test services' own settings (e.g. TUNER_TEST_REDIS_PORT) pass; the runtime's do not
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNER_") or k.startswith("TUNER_TEST_")}
         env["TUNER_HOME"] = str(work / ".tuner")
@@ -195,6 +249,8 @@ def run_module(module: str, spec: Module, budget_s: float, children: int) -> tup
             # mutmut's clean run failed (e.g. a guarding test file not yet tracked by git, so not
             # in the copy): not a result to record as "0 killed"
             raise SystemExit(f"mutmut checked no mutant of {module}: {tail}")
+        alone = rerun_crashed(work, env, codes)
+        codes.update(alone)
         starts = def_lines(ROOT / module)
         sources = mutant_sources(work / "mutants" / module)
         counted = {m: c for m, c in codes.items() if not spec.functions or function_of(m) in spec.functions}
@@ -213,6 +269,7 @@ def run_module(module: str, spec: Module, budget_s: float, children: int) -> tup
             survivors.append({"where": where, "mutation": mutation, "why": why})
         result = {"killed": sum(s in KILLED for s in statuses.values()), "total": len(statuses), "survivors": survivors}
         run = {"tests": list(spec.tests), "seconds": round(elapsed), "complete": complete,
+               "crashed_run_alone": len(alone), "resumed": resume is not None,
                "statuses": {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}}
         return result, run
 
@@ -249,6 +306,8 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=600, help="wall-clock seconds per module (default 600)")
     ap.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1: a shared machine)")
     ap.add_argument("--results", type=Path, default=RESULTS / "mutation.json")
+    ap.add_argument("--resume", type=Path, help="the scratch copy (/tmp/tuner-mutation-*) of a run of one module that "
+                    "was stopped: go on where it was (e.g. with more --max-children), keeping its results")
     ap.add_argument("--explain-only", action="store_true", help="run nothing: give the recorded survivors "
                     "of the chosen modules their reasons from EXPLAINED again (after an entry was added)")
     args = ap.parse_args()
@@ -256,6 +315,8 @@ def main() -> None:
     unknown = [m for m in chosen if m not in MODULES]
     if unknown:
         ap.error(f"unknown module {unknown[0][:80]!r}: choose among {', '.join(MODULES)}")
+    if args.resume and len(chosen) != 1:
+        ap.error("--resume goes on with one module's run: name that module alone with --modules")
     if not MUTMUT.exists():
         ap.error(f"mutmut is not installed next to {sys.executable}: pip install 'mutmut>=3.8'")
     doc = json.loads(args.results.read_text()) if args.results.exists() else {}
@@ -273,7 +334,7 @@ def main() -> None:
     for module in chosen:
         print(f"{module}: mutants against {', '.join(MODULES[module].tests)} (budget {args.budget_s:.0f} s)", flush=True)
         doc["modules"][module], doc["runs"][module] = run_module(module, MODULES[module], args.budget_s,
-                                                                 args.max_children)
+                                                                 args.max_children, args.resume)
         r = doc["modules"][module]
         print(f"  killed {r['killed']} of {r['total']} in {doc['runs'][module]['seconds']} s", flush=True)
         args.results.write_text(json.dumps(doc, indent=1) + "\n")
