@@ -69,8 +69,9 @@ def upgrade_storage(db_url: str) -> None:
     `tuner db upgrade` (or the embedded default's first use), under a lock that a concurrent
     upgrade waits for."""
     with schema_lock(db_url):
-        st = optuna.storages.RDBStorage(_waiting_url(db_url), engine_kwargs=_engine_kwargs(db_url),
-                                        skip_compatibility_check=True)
+        # an engine for one check and upgrade, disposed at once: no pooled connection to pre-ping, and
+        # Optuna's Alembic makes its own from the URL alone, so the SQLite wait rides in the URL
+        st = optuna.storages.RDBStorage(_waiting_url(db_url), skip_compatibility_check=True)
         try:
             if st.get_current_version() != st.get_head_version():
                 st.upgrade()

@@ -147,6 +147,16 @@ def test_upgrade_storage_waits_for_a_writer_that_holds_the_database(tmp_path):
     st.engine.dispose()
 
 
+def test_the_sqlite_wait_rides_in_the_url_unless_the_user_gave_one(tmp_path):
+    """Optuna's Alembic upgrade opens its engine from the URL alone: the wait is put there, but a
+    timeout the user wrote in the URL is theirs to keep, and another database's URL is left alone."""
+    mine = f"sqlite:///{tmp_path}/a.db"
+    assert studies._waiting_url(mine) == f"{mine}?timeout={studies.SQLITE_WAIT_S}"
+    assert studies._waiting_url(f"{mine}?timeout=2") == f"{mine}?timeout=2"
+    pg = "postgresql+psycopg://u:secret@h/d"
+    assert studies._waiting_url(pg) == pg
+
+
 def test_upgrading_an_older_optuna_schema_waits_for_a_writer_that_holds_the_database(tmp_path):
     """Optuna runs its schema upgrade through Alembic on an engine of its own, made from the URL
     alone (optuna/storages/_rdb/storage.py, _VersionManager._create_alembic_config): the 30 s wait

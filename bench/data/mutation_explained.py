@@ -123,6 +123,14 @@ EXPLAINED.update({
         "of that instant is right (it is failed at this sweep or the next)",
 })
 
+_WAITING = 'return url.update_query_dict({"timeout": str(SQLITE_WAIT_S)}).render_as_string(hide_password=False)'
+EXPLAINED.update({
+    ("search/studies.py", "_waiting_url", f"{_WAITING} -> {_WAITING.replace('hide_password=False', h)}"):
+        "equivalent: only a SQLite URL gets here (every other backend's is returned before), and a SQLite URL "
+        "names a file, with no password for render_as_string to hide or show"
+    for h in ("hide_password=None", "hide_password=True")
+})
+
 _D = "tuner/runtime/decorator.py"
 _FAST = 'dtype = _DTYPES.get(getattr(values[-1], "dtype", None))'
 EXPLAINED.update({
