@@ -10,7 +10,7 @@ process (it traces them once first); a function reached only from a worker or CL
 Results go to bench/results/mutation.json, {"modules": {PATH: {"killed", "total", "survivors":
 [{"where": "FILE:LINE", "mutation", "why"}]}}} (a module that was not run keeps its last
 record), and a summary to bench/results/mutation.md. A mutant whose forked child crashed (mutmut's
-"segfault") is run again in a fresh process and judged there. A survivor's "why" comes from EXPLAINED
+"segfault") or timed out is run again in a fresh process and judged there. A survivor's "why" comes from EXPLAINED
 (an equivalent mutant, and why it changes no behaviour), else "not yet caught".
 
     python bench/mutation.py --modules search/finalize.py,workers/miss_jobs.py --budget-s 600
@@ -169,41 +169,45 @@ def describe(sources: dict[str, list[str]], mutant: str, module: str, start: int
     return f"{module}:{start + first}", f"{before} -> {after}"
 
 
-CRASHED = (-11, -9)  # mutmut's "segfault": its forked child died of SIGSEGV or SIGKILL
-RERUN_S = 60  # a crashed mutant's run of its own may take this plus 4x its tests' clean time, else a timeout
+# mutmut's "segfault" (its forked child died of SIGSEGV or SIGKILL) and "timeout" (SIGXCPU at its limit)
+ALONE = (-11, -9, -24, 24, 152, 255, 36)
+RERUN_S = 20  # a mutant's run of its own may take this plus 3x its tests' clean time, else it is a timeout
 
 
-def rerun_crashed(work: Path, env: dict, codes: dict) -> dict:
-    """Each mutant whose forked child crashed, run again in a Python of its own (MUTANT_UNDER_TEST,
-    the tests mutmut traced to its function): a crash in a child forked from a process that had
-    imported torch is the fork's, not the mutant's (one applied by hand passed without crashing),
-    so it is judged on a clean run, never counted as killed. Returns mutant -> mutmut's exit code:
-    pytest's (0 survived, 1 killed) or 36 (timeout)."""
-    crashed = [m for m, c in codes.items() if c in CRASHED]
-    if not crashed:
+def rerun_alone(work: Path, env: dict, codes: dict, parallel: int) -> dict:
+    """Each mutant whose forked child crashed or timed out, run again in a Python of its own
+    (MUTANT_UNDER_TEST, on the tests mutmut traced to its function), `parallel` at once: mutmut forks
+    its children from a process that has imported torch, and such a child can crash or hang on a
+    lock a thread held at the fork (cache.py: a mutant that timed out there passed its 32 tests
+    alone in 8 s), so neither is counted as caught until a clean run says so. Returns mutant ->
+    mutmut's exit code: pytest's (0 survived, 1 killed) or 36 (timeout, a hang alone too)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    judged = [m for m, c in codes.items() if c in ALONE]
+    if not judged:
         return {}
     stats = json.loads((work / "mutants" / "mutmut-stats.json").read_text())
     traced, durations = stats["tests_by_mangled_function_name"], stats["duration_by_test"]
-    def alone(mutant: str, tests: list[str]) -> int:
+
+    def alone(mutant: str, tests: tuple[str, ...]) -> int:
         cmd = [sys.executable, "-m", "pytest", "--rootdir=.", "-x", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
                "-p", "no:xdist", *tests]
         try:
             done = subprocess.run(cmd, cwd=work / "mutants", env={**env, "MUTANT_UNDER_TEST": mutant},
-                                  capture_output=True, timeout=RERUN_S + 4 * sum(durations.get(x, 0) for x in tests))
+                                  capture_output=True, timeout=RERUN_S + 3 * sum(durations.get(x, 0) for x in tests))
             return 0 if done.returncode == 0 else 1
         except subprocess.TimeoutExpired:
             return 36
 
-    clean: dict[tuple, bool] = {}  # the same tests without a mutant (""): a judgement needs them to pass
-    out = {}
-    for m in crashed:
-        tests = sorted(traced.get(m.partition("__mutmut_")[0], []))
-        if tests and tuple(tests) not in clean:
-            clean[tuple(tests)] = alone("", tests) == 0
-        if not tests or not clean[tuple(tests)]:
-            continue
-        out[m] = alone(m, tests)
-        print(f"  crashed under mutmut, alone: {m.rsplit('.', 1)[1]} -> {status_of(out[m])}", flush=True)
+    tests_of = {m: tuple(sorted(traced.get(m.partition("__mutmut_")[0], []))) for m in judged}
+    with ThreadPoolExecutor(parallel) as pool:
+        # the same tests without a mutant ("") first: a judgement needs them to pass alone
+        sets = sorted({t for t in tests_of.values() if t})
+        clean = dict(zip(sets, (code == 0 for code in pool.map(lambda t: alone("", t), sets))))
+        runnable = [m for m in judged if clean.get(tests_of[m])]
+        out = dict(zip(runnable, pool.map(lambda m: alone(m, tests_of[m]), runnable)))
+    for m in runnable:
+        print(f"  {status_of(codes[m])} under mutmut, alone: {m.rsplit('.', 1)[1]} -> {status_of(out[m])}", flush=True)
     return out
 
 
@@ -249,7 +253,8 @@ def run_module(module: str, spec: Module, budget_s: float, children: int,
             # mutmut's clean run failed (e.g. a guarding test file not yet tracked by git, so not
             # in the copy): not a result to record as "0 killed"
             raise SystemExit(f"mutmut checked no mutant of {module}: {tail}")
-        alone = rerun_crashed(work, env, codes)
+        alone = rerun_alone(work, env, codes, children)
+        elapsed = time.monotonic() - t0  # the runs alone included
         codes.update(alone)
         starts = def_lines(ROOT / module)
         sources = mutant_sources(work / "mutants" / module)
@@ -269,7 +274,7 @@ def run_module(module: str, spec: Module, budget_s: float, children: int,
             survivors.append({"where": where, "mutation": mutation, "why": why})
         result = {"killed": sum(s in KILLED for s in statuses.values()), "total": len(statuses), "survivors": survivors}
         run = {"tests": list(spec.tests), "seconds": round(elapsed), "complete": complete,
-               "crashed_run_alone": len(alone), "resumed": resume is not None,
+               "judged_alone": len(alone), "resumed": resume is not None,
                "statuses": {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}}
         return result, run
 
@@ -277,7 +282,8 @@ def run_module(module: str, spec: Module, budget_s: float, children: int,
 def write_markdown(doc: dict) -> str:
     lines = ["# Mutation testing (bench/mutation.py, mutmut)", "",
              "Each module's mutants run against its guarding tests only; killed = a guarding test failed "
-             "(or hung). A survivor is a change of the code that no guarding test notices: either a "
+             "(or hung: a crash or hang of mutmut's forked child is judged again by a run of its own). "
+             "A survivor is a change of the code that no guarding test notices: either a "
              "test to write, or an equivalent mutant (explained). \"no tests\": no guarding test calls the "
              "mutated function in the test process (only worker or CLI subprocesses do), counted as not caught.", "",
              "| module | killed / total | % | statuses | guarding tests | run |", "|---|---|---|---|---|---|"]
