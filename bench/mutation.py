@@ -48,7 +48,7 @@ class Module:
 
 MODULES = {
     "search/finalize.py": Module(("tests/test_finalize.py",)),
-    "workers/miss_jobs.py": Module(("tests/test_miss_jobs.py",
+    "workers/miss_jobs.py": Module(("tests/test_miss_jobs.py", "tests/test_dropin_retune.py",
                                     "tests/test_misses.py::test_retune_of_misses_queues_the_most_frequent_keys_first",
                                     "tests/test_misses.py::test_misses_become_jobs_only_where_a_worker_can_tune_them")),
     "db/store.py": Module(("tests/test_claims.py",), ("claim_config", "record_claimed_trial", "release_claims")),
