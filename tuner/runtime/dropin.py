@@ -38,7 +38,7 @@ recorded arguments, and "key", "dtype", "seed" and "device".
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from triton import Config
 from triton.runtime.autotuner import Autotuner
@@ -51,6 +51,14 @@ from tuner.runtime.answer import DEFAULT
 from tuner.runtime.cache import entry_for
 
 ON_MISS = ("default", "autotune")
+
+
+class _KeyState(NamedTuple):
+    """What a DropinKernel settles once per triton.autotune key."""
+    runtime_key: tuple | None  # (names, values) of the fleet's key; None where it cannot name it
+    first: Config  # the first config the prune keeps: a miss's launch with on_miss="default"
+    kept: frozenset | None  # the kept configs' dict forms; None where nothing is pruned
+    judged: dict  # off-list config's dict form -> whether the prune keeps it alone (asked once)
 
 
 class DropinKernel(Autotuner):
@@ -66,7 +74,7 @@ class DropinKernel(Autotuner):
         self.best_config: Config | None = None
         # a config's dict form -> the user's own Config (its pre_hook kept)
         self._listed = {canonical_json(dropin.config_dict(c)): c for c in reversed(self.configs)}
-        self._states: dict[tuple, tuple] = {}  # triton's key -> _key_state (the runtime's key, the prune's)
+        self._states: dict[tuple, _KeyState] = {}  # triton's key -> what it settled
         self._configs: dict[int, tuple[Any, Config, str]] = {}  # id(cache entry) -> (entry, Config, dict form)
         self._warned: set[str] = set()
         self.spec_class = dropin.spec_class(self)
@@ -97,36 +105,36 @@ class DropinKernel(Autotuner):
         return (tuple(self.keys) + ("dtype",), tuple(dims) + (dtype,))
 
     def _unkeyed(self, why: str) -> None:
-        if why.split("=")[0] not in self._warned:
-            self._warned.add(why.split("=")[0])
+        cause = why.split("=")[0]  # one warning per cause, not per value
+        if cause not in self._warned:
+            self._warned.add(cause)
             warnings.warn(f"@autotune {self.name}: {why}, so the fleet has no key for the launch: launched "
                           f"as on a miss (on_miss={self.on_miss!r}), locally, and not counted", stacklevel=6)
         return None
 
-    def _key_state(self, args: dict, kwargs: dict) -> tuple:
-        """(runtime key, the first config the prune keeps, the kept configs' dict forms or None
-        where nothing is pruned, off-list configs judged so far): once per triton key, as
+    def _key_state(self, args: dict, kwargs: dict) -> _KeyState:
+        """The key's runtime key and what the prune keeps: once per triton key, as
         triton.autotune prunes once per key (early_config_prune only: perf_model and top_k choose
         what is timed, on_miss="autotune"). Pruning everything raises as triton.autotune does."""
         rk = self._runtime_key(args)
         if self.early_config_prune is None or len(self.configs) < 2:
-            return rk, self.configs[0], None, {}
+            return _KeyState(rk, self.configs[0], None, {})
         kept = self.early_config_prune(self.configs, self.nargs, **kwargs)
         if not kept:
             raise AutotunerError("No valid autotuner configs after pruning. "
                                  "`early_config_prune` should return at least one config.")
-        return rk, kept[0], frozenset(canonical_json(dropin.config_dict(c)) for c in kept), {}
+        return _KeyState(rk, kept[0], frozenset(canonical_json(dropin.config_dict(c)) for c in kept), {})
 
-    def _kept(self, state: tuple, config: Config, form: str, kwargs: dict) -> bool:
+    def _kept(self, state: _KeyState, config: Config, form: str, kwargs: dict) -> bool:
         """Whether the prune keeps a served config for these arguments: a listed one where it kept it
         from the list, one off the list where it keeps it alone (asked once per key)."""
-        if state[2] is None or form in state[2]:
+        if state.kept is None or form in state.kept:
             return True
         if form in self._listed:
             return False
-        judged = state[3].get(form)
+        judged = state.judged.get(form)
         if judged is None:
-            judged = state[3][form] = bool(self.early_config_prune([config], self.nargs, **kwargs))
+            judged = state.judged[form] = bool(self.early_config_prune([config], self.nargs, **kwargs))
         return judged
 
     def _config(self, entry: Any) -> tuple[Config, str]:
@@ -140,7 +148,7 @@ class DropinKernel(Autotuner):
         self._configs[id(entry)] = (entry, config, form)
         return config, form
 
-    def _served(self, entry: Any, state: tuple, kwargs: dict) -> Config | None:
+    def _served(self, entry: Any, state: _KeyState, kwargs: dict) -> Config | None:
         """The stored row's config, where it is one (not the default) and the prune keeps it."""
         if entry is None or entry.answer.level == DEFAULT:
             return None
@@ -159,7 +167,7 @@ class DropinKernel(Autotuner):
         state = self._states.get(key)
         if state is None:
             state = self._states[key] = self._key_state(_args, kwargs)
-        rk, entry = state[0], None
+        rk, entry = state.runtime_key, None
         if rk is not None:
             try:
                 entry = entry_for(self.name, rk[0], rk[1])
@@ -182,7 +190,7 @@ class DropinKernel(Autotuner):
             if timing and entry is not None and key in self.cache:
                 self._report(rk, self.cache[key])
             return ret
-        return self._launch(state[1], args, kwargs)  # the first config the prune keeps
+        return self._launch(state.first, args, kwargs)
 
     def _report(self, rk: tuple, winner: Config) -> None:
         """Report the winner just timed (in the background: tuner/runtime/reported.py), where its
