@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import heapq
+import itertools
 import logging
 import os
 import queue
@@ -126,7 +127,7 @@ class State:
         self.warned: set[str] = set()
         self.settings, problems = settings_mod.lenient()
         for problem in problems:
-            self.warn(f"setting:{problem.split('=')[0]}", f"tuner: {problem}; using its default")
+            self.warn(f"setting:{problem}", f"tuner: {problem}; using its default")  # one per setting
         try:
             settings_mod.configure_plugins(self.settings)
         except Exception as exc:  # only names are recorded there; never let it stop a built-in
@@ -150,8 +151,8 @@ class State:
         self.errors: dict[str, str] = {}
         self.pending: dict[tuple, _Question] = {}
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.later: list[tuple] = []  # heap of (due, seq, ck, spec, key): answers to ask again
-        self.seq, self.closed = 0, False
+        self.later: list[tuple] = []  # heap of (due, order, ck, spec, key): answers to ask again
+        self.order, self.closed = itertools.count(), False  # order: ties of due never compare keys
         self.thread: threading.Thread | None = None
         self.down_until, self.down_reason, self.refreshed_at = 0.0, "", time.monotonic()
         if self.source is not None:
@@ -258,8 +259,11 @@ class State:
             due = (self.down_until if answer.unreachable
                    else time.monotonic() + self.refresh_s if answer.is_miss and self.refresh_s > 0 else None)
             if due is not None:
-                self.seq += 1
-                heapq.heappush(self.later, (due, self.seq, ck, spec, key))
+                self.ask_later(due, ck, spec, key)
+
+    def ask_later(self, due: float, ck: tuple, spec: Any, key: Any) -> None:
+        """Have the resolver thread ask for ck again at due (monotonic); _lock held."""
+        heapq.heappush(self.later, (due, next(self.order), ck, spec, key))
 
     def _resolve(self, spec: Any, key: Any) -> Answer:
         now = time.monotonic()

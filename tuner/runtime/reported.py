@@ -12,7 +12,6 @@ Where a record lands, `parse_reported` checks the winner it carries.
 """
 from __future__ import annotations
 
-import heapq
 import time
 from typing import Any
 
@@ -65,8 +64,7 @@ def reask(st: Any, cks: list[tuple]) -> None:
         due.append((ck, spec, key))
     with cache._lock:
         for ck, spec, key in due:
-            st.seq += 1
-            heapq.heappush(st.later, (time.monotonic(), st.seq, ck, spec, key))
+            st.ask_later(time.monotonic(), ck, spec, key)
     st.queue.put(None)  # wakes the resolver thread, which then finds them due
 
 
