@@ -66,7 +66,8 @@ MODULES = {
         "tests/test_misses.py::test_misses_are_counted_on_every_path")),
     # the in-process tests of the runtime (those that start a Python of their own cannot see a mutant;
     # the 200 interpreted launches of the tiles test take minutes under mutation)
-    "tuner/runtime/cache.py": Module(("tests/test_runtime_cache.py", *(f"tests/test_runtime.py::test_{t}" for t in (
+    "tuner/runtime/cache.py": Module(("tests/test_runtime_cache.py", "tests/test_runtime_state.py",
+                                      "tests/test_runtime_answers.py", *(f"tests/test_runtime.py::test_{t}" for t in (
         "fallback_order_with_a_bundle", "warm_lookup_is_a_cache_hit", "a_bound_lookup_is_lookup_without_keywords",
         "unreadable_sources_serve_defaults_with_one_warning", "clear_cache_serves_the_new_source",
         "a_returned_configuration_is_read_only", "the_cache_is_bounded_and_keeps_what_is_used",
