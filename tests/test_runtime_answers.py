@@ -3,18 +3,17 @@ asked becomes the real answer's miss record (its launches, a drop-in's signature
 what is asked again and when (and what is not), the cache's second chance on every path, and a
 key asked once however many callers ask. Written against the survivors of bench/mutation.py."""
 import json
-import os
 import threading
 import time
 
 from tests.services import wait_for
 from tests.test_runtime import _entry, _key, _live_fp, _write_bundle, live_env  # noqa: F401
+from tests.test_runtime_state import NEAR, _fifo_bundle, _near_row, _serving
 from tuner import runtime
 from tuner.runtime import cache
 from tuner.runtime.cache import CACHE
 
 NAMES = ("N", "dtype")
-NEAR = {"BLOCK": 64, "num_warps": 4}
 
 
 def _ck(n):
@@ -25,27 +24,27 @@ def _kept():
     return {values[0] for _, _, values in CACHE}
 
 
+def _asked_slowly(monkeypatch, live_env, tmp_path):  # noqa: F811
+    """A bundle that is a FIFO (its read waits until the test writes it), deadline 0: every first
+    lookup is served the default while the source is asked; misses counted into a file."""
+    misses = tmp_path / "m.jsonl"
+    return _fifo_bundle(monkeypatch, live_env, tmp_path, MISS_FILE=misses, MISS_FLUSH_S=3600, RUNTIME_DEADLINE_MS=0), misses
+
+
 def test_launches_served_while_the_source_was_asked_join_the_answers_miss_record(live_env, monkeypatch,  # noqa: F811
                                                                                   tmp_path):
     """Deadline 0: the default is served while the bundle is read; its launches, the signature a
     drop-in recorded meanwhile and the winner it reported all go to the nearest answer's record."""
     from tuner.runtime import reported
 
-    fifo, misses = tmp_path / "b.json", tmp_path / "m.jsonl"
-    os.mkfifo(fifo)
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(fifo))
-    monkeypatch.setenv("TUNER_MISS_FILE", str(misses))
-    monkeypatch.setenv("TUNER_MISS_FLUSH_S", "3600")
-    monkeypatch.setenv("TUNER_RUNTIME_DEADLINE_MS", "0")
-    live_env()
+    fifo, misses = _asked_slowly(monkeypatch, live_env, tmp_path)
     for _ in range(3):
         assert runtime.explain("tiles", N=50, dtype="float32").level == "default"  # waiting
     signature = {"args": [{"kind": "tensor", "dtype": "float32", "shape": [50]}]}
     CACHE[_ck(50)].tally.signature = signature  # as a drop-in's first launch records it
     winner = {"BLOCK": 32, "num_warps": 1}
     assert reported.report("tiles", NAMES, (50, "float32"), winner, 2.5) is True
-    threading.Thread(target=lambda: _write_bundle(fifo, [_entry(_key("tiles", N=100), NEAR, _live_fp())]),
-                     daemon=True).start()
+    threading.Thread(target=lambda: _write_bundle(fifo, _near_row()), daemon=True).start()
     assert runtime.settle(30) is True
     assert runtime.explain("tiles", N=50, dtype="float32").level == "nearest"  # one launch more
     runtime.flush_misses()  # (the winner woke the flusher: part may be written already)
@@ -61,13 +60,7 @@ def test_launches_served_while_the_source_was_asked_join_the_answers_miss_record
 
 
 def test_launches_served_while_waiting_for_an_exact_answer_are_no_misses(live_env, monkeypatch, tmp_path):  # noqa: F811
-    fifo, misses = tmp_path / "b.json", tmp_path / "m.jsonl"
-    os.mkfifo(fifo)
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(fifo))
-    monkeypatch.setenv("TUNER_MISS_FILE", str(misses))
-    monkeypatch.setenv("TUNER_MISS_FLUSH_S", "3600")
-    monkeypatch.setenv("TUNER_RUNTIME_DEADLINE_MS", "0")
-    live_env()
+    fifo, misses = _asked_slowly(monkeypatch, live_env, tmp_path)
     for _ in range(3):
         runtime.lookup("tiles", N=50, dtype="float32")
     assert _ck(50) in CACHE  # the default waits in the cache: the next launch is a hit
@@ -79,11 +72,7 @@ def test_launches_served_while_waiting_for_an_exact_answer_are_no_misses(live_en
 
 
 def test_a_key_the_caller_got_wrong_is_never_a_miss(live_env, monkeypatch, tmp_path):  # noqa: F811
-    _write_bundle(tmp_path / "b.json", [])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    monkeypatch.setenv("TUNER_MISS_FILE", str(tmp_path / "m.jsonl"))
-    monkeypatch.setenv("TUNER_MISS_FLUSH_S", "3600")
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, [], MISS_FILE=str(tmp_path / "m.jsonl"), MISS_FLUSH_S="3600")
     for _ in range(3):
         assert runtime.explain("tiles", N=0, dtype="float32").level == "default"  # a dim below 1
     assert runtime.flush_misses() == 0
@@ -125,9 +114,7 @@ def test_the_key_just_answered_stays_when_every_other_was_hit(live_env, monkeypa
 def test_a_key_asked_while_its_question_waits_is_the_same_question(live_env, monkeypatch, tmp_path):  # noqa: F811
     from search_spaces import registry
 
-    _write_bundle(tmp_path / "b.json", [])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, [])
     st, spec = cache.state(), registry.get("tiles")
     with cache._lock:
         asked = [st.ask(_ck(7), spec, _key("tiles", N=7)) for _ in range(2)]
@@ -136,9 +123,7 @@ def test_a_key_asked_while_its_question_waits_is_the_same_question(live_env, mon
 
 
 def test_a_miss_for_a_key_another_thread_just_answered_returns_that_answer(live_env, monkeypatch, tmp_path):  # noqa: F811
-    _write_bundle(tmp_path / "b.json", [])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, [])
     runtime.lookup("tiles", N=7, dtype="float32")
     held = CACHE[_ck(7)]
     assert cache.cold(_ck(7), "tiles", {"N": 7, "dtype": "float32"}) is held
@@ -152,9 +137,7 @@ def test_the_split_served_is_the_live_vendors(live_env, monkeypatch, tmp_path): 
     from search_spaces import registry
     from tuner.runtime.answer import Answer, ReadOnlyConfig
 
-    _write_bundle(tmp_path / "b.json", [])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, [])
     st, spec = cache.state(), registry.get("tiles")
     config = {"BLOCK": 32, "num_warps": 4, "waves_per_eu": 2}
     answer = Answer("tiles", ReadOnlyConfig(config), "exact", "bundle", "cpu-interpreter")
@@ -177,10 +160,7 @@ def _counting_resolve(monkeypatch):
 
 def test_exact_answers_are_not_asked_again_and_a_zero_refresh_asks_nothing_again(live_env, monkeypatch,  # noqa: F811
                                                                                 tmp_path):
-    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=100), NEAR, _live_fp())])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    monkeypatch.setenv("TUNER_RUNTIME_REFRESH_S", "0.05")
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, _near_row(), RUNTIME_REFRESH_S="0.05")
     asked = _counting_resolve(monkeypatch)
     assert runtime.explain("tiles", N=100, dtype="float32").level == "exact"
     time.sleep(0.5)  # ten refresh periods
@@ -194,11 +174,8 @@ def test_exact_answers_are_not_asked_again_and_a_zero_refresh_asks_nothing_again
 
 def test_a_key_dropped_from_the_cache_is_not_asked_again(live_env, monkeypatch, tmp_path):  # noqa: F811
     fp = _live_fp()
-    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=n), NEAR, fp) for n in (64, 200, 300, 400)])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    monkeypatch.setenv("TUNER_RUNTIME_CACHE_SIZE", "2")
-    monkeypatch.setenv("TUNER_RUNTIME_REFRESH_S", "0.2")
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, [_entry(_key("tiles", N=n), NEAR, fp) for n in (64, 200, 300, 400)],
+             RUNTIME_CACHE_SIZE="2", RUNTIME_REFRESH_S="0.2")
     assert runtime.explain("tiles", N=50, dtype="float32").level == "nearest"  # asked again in 0.2 s
     runtime.lookup("tiles", N=200, dtype="float32")
     runtime.lookup("tiles", N=300, dtype="float32")  # 50 is dropped
@@ -211,10 +188,7 @@ def test_a_key_dropped_from_the_cache_is_not_asked_again(live_env, monkeypatch, 
 def test_the_resolver_sleeps_until_its_next_refresh_is_due(live_env, monkeypatch, tmp_path):  # noqa: F811
     """A model server's runtime burns no CPU while it waits: with a refresh due in a minute, the
     resolver thread uses (almost) no CPU time for two seconds."""
-    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=100), NEAR, _live_fp())])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    monkeypatch.setenv("TUNER_RUNTIME_REFRESH_S", "60")
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, _near_row(), RUNTIME_REFRESH_S="60")
     assert runtime.explain("tiles", N=50, dtype="float32").level == "nearest"
     st = cache.state()
     assert st.later  # a refresh is due later
@@ -233,11 +207,7 @@ def test_a_waiting_default_s_launches_add_to_what_the_keys_tally_already_holds(l
     from tuner.runtime.levels import default_answer
 
     misses = tmp_path / "m.jsonl"
-    _write_bundle(tmp_path / "b.json", [])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    monkeypatch.setenv("TUNER_MISS_FILE", str(misses))
-    monkeypatch.setenv("TUNER_MISS_FLUSH_S", "3600")
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, [], MISS_FILE=str(misses), MISS_FLUSH_S="3600")
     st, spec, key = cache.state(), registry.get("tiles"), _key("tiles", N=50)
     nearest = Answer("tiles", ReadOnlyConfig(NEAR), "nearest", "bundle", "cpu-interpreter")
     with cache._lock:

@@ -5,6 +5,7 @@ import pytest
 
 from tests.services import wait_for
 from tests.test_runtime import _entry, _key, _live_fp, _write_bundle, live_env  # noqa: F401
+from tests.test_runtime_state import _fifo_bundle, _unblock
 from tuner import runtime
 from tuner.runtime import cache
 from tuner.runtime.cache import CACHE
@@ -97,33 +98,22 @@ def test_a_key_hit_through_bind_gets_its_second_chance(live_env, monkeypatch):  
 
 
 def test_settle_gives_up_at_its_timeout_while_a_question_is_stuck(live_env, monkeypatch, tmp_path):  # noqa: F811
-    import os
-    import threading
     import time
 
-    fifo = tmp_path / "b.json"
-    os.mkfifo(fifo)  # a bundle whose read blocks until the test writes it
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(fifo))
-    monkeypatch.setenv("TUNER_RUNTIME_DEADLINE_MS", "0")
-    live_env()
+    fifo = _fifo_bundle(monkeypatch, live_env, tmp_path, RUNTIME_DEADLINE_MS=0)  # its read blocks until written
     assert runtime.explain("tiles", N=100, dtype="float32").level == "default"  # the question is in flight
     t0 = time.monotonic()
     assert runtime.settle(0.3) is False
     assert time.monotonic() - t0 < 10  # not the question's own end
-    threading.Thread(target=lambda: fifo.write_text('{"format": "tuner-bundle", "entries": []}'), daemon=True).start()
+    _unblock(fifo)
     assert runtime.settle(60) is True
 
 
 def test_settle_waits_within_its_timeout_for_an_answer_on_its_way(live_env, monkeypatch, tmp_path):  # noqa: F811
     """A timeout under a second is a wait too: the answer that comes meanwhile is waited for."""
-    import os
     import threading
 
-    fifo = tmp_path / "b.json"
-    os.mkfifo(fifo)
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(fifo))
-    monkeypatch.setenv("TUNER_RUNTIME_DEADLINE_MS", "0")
-    live_env()
+    fifo = _fifo_bundle(monkeypatch, live_env, tmp_path, RUNTIME_DEADLINE_MS=0)
     assert runtime.explain("tiles", N=100, dtype="float32").level == "default"  # the question is in flight
     answer = threading.Timer(0.05, lambda: fifo.write_text('{"format": "tuner-bundle", "entries": []}'))
     answer.daemon = True

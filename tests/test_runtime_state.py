@@ -15,6 +15,37 @@ from tuner import runtime, settings
 from tuner.runtime import cache
 
 
+NEAR = {"BLOCK": 64, "num_warps": 4}
+
+
+def _near_row():
+    """The one stored row of most of these tests: tiles at N=100, so N=50 is answered "nearest"."""
+    return [_entry(_key("tiles", N=100), NEAR, _live_fp())]
+
+
+def _fifo_bundle(monkeypatch, live_env, tmp_path, **env):  # noqa: F811
+    """A runtime whose bundle is a FIFO: its read waits until the test writes it (_unblock), so a
+    question stays in flight as long as the test wants; TUNER_<NAME>=value for each of env."""
+    import os
+
+    fifo = tmp_path / "b.json"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(fifo))
+    for name, value in env.items():
+        monkeypatch.setenv(f"TUNER_{name}", str(value))
+    live_env()
+    return fifo
+
+
+def _serving(monkeypatch, live_env, tmp_path, entries, **env):  # noqa: F811
+    """A runtime reading a bundle of these entries, with TUNER_<NAME>=value for each of env."""
+    _write_bundle(tmp_path / "b.json", entries)
+    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
+    for name, value in env.items():
+        monkeypatch.setenv(f"TUNER_{name}", value)
+    live_env()
+
+
 def _messages(caplog):
     return [r.getMessage() for r in caplog.records if r.name == "tuner.runtime"]
 
@@ -33,7 +64,6 @@ def test_each_bad_setting_is_one_warning_of_its_own(live_env, monkeypatch, caplo
     assert len(problems) == 2
     with caplog.at_level(logging.WARNING, logger="tuner.runtime"):
         st = cache.state()
-        st.warn(f"setting:{problems[0]}", "told again")  # the same cause: not told twice
     assert _messages(caplog) == [f"tuner: {p}; using its default" for p in problems]
     assert (st.size, st.retry_s) == (settings.DEFAULTS["runtime_cache_size"], settings.DEFAULTS["runtime_retry_s"])
 
@@ -44,9 +74,7 @@ def test_plug_ins_that_cannot_be_configured_are_one_warning_and_built_ins_still_
         raise RuntimeError("no module named 'mine'\nTraceback ...")
 
     monkeypatch.setattr(settings, "configure_plugins", broken)
-    _write_bundle(tmp_path / "b.json", [])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, [])
     with caplog.at_level(logging.WARNING, logger="tuner.runtime"):
         answer = runtime.explain("matmul", M=64, N=64, K=64, dtype="float32")
     assert answer.config  # a built-in is served all the same
@@ -54,13 +82,7 @@ def test_plug_ins_that_cannot_be_configured_are_one_warning_and_built_ins_still_
 
 
 def test_a_default_served_at_the_deadline_says_the_deadline_in_milliseconds(live_env, monkeypatch, tmp_path):  # noqa: F811
-    import os
-
-    fifo = tmp_path / "b.json"
-    os.mkfifo(fifo)
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(fifo))
-    monkeypatch.setenv("TUNER_RUNTIME_DEADLINE_MS", "50")
-    live_env()
+    fifo = _fifo_bundle(monkeypatch, live_env, tmp_path, RUNTIME_DEADLINE_MS=50)
     try:
         answer = runtime.explain("tiles", N=100, dtype="float32")
         assert answer.reason == (f"waiting for bundle {fifo} (deadline 50 ms); the answer replaces this when it comes")
@@ -71,12 +93,8 @@ def test_a_default_served_at_the_deadline_says_the_deadline_in_milliseconds(live
 
 def test_an_unknown_device_opens_no_source_starts_no_thread_and_counts_nothing(live_env, monkeypatch,  # noqa: F811
                                                                                tmp_path):
-    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=64), {"BLOCK": 128, "num_warps": 4}, _live_fp())])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    monkeypatch.setenv("TUNER_MISS_FILE", str(tmp_path / "m.jsonl"))
-    monkeypatch.setenv("TUNER_MISS_FLUSH_S", "3600")
-    monkeypatch.setenv("TUNER_DEVICE", "cuda:7")  # no such GPU here
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, [_entry(_key("tiles", N=64), {"BLOCK": 128, "num_warps": 4}, _live_fp())],
+             MISS_FILE=str(tmp_path / "m.jsonl"), MISS_FLUSH_S="3600", DEVICE="cuda:7")  # no such GPU here
     st = cache.state()
     assert (st.identity.device_class, st.source, st.counter, st.thread) == (None, None, None, None)
     assert runtime.explain("tiles", N=64, dtype="float32").reason == "the device could not be probed"
@@ -85,9 +103,7 @@ def test_an_unknown_device_opens_no_source_starts_no_thread_and_counts_nothing(l
 
 def test_the_source_checks_rows_for_the_live_device_and_warns_through_the_state(live_env, monkeypatch,  # noqa: F811
                                                                                 tmp_path):
-    _write_bundle(tmp_path / "b.json", [])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, [])
     st = cache.state()
     assert st.source.target is st.identity.target and st.source.warn == st.warn
     assert st.thread.name == "tuner-runtime"  # what a thread dump of a model server shows
@@ -96,10 +112,7 @@ def test_the_source_checks_rows_for_the_live_device_and_warns_through_the_state(
 def test_a_bundle_deployment_counts_misses_into_the_homes_file_by_default(live_env, monkeypatch, tmp_path):  # noqa: F811
     import json
 
-    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=100), {"BLOCK": 64, "num_warps": 4}, _live_fp())])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    monkeypatch.setenv("TUNER_MISS_FLUSH_S", "3600")
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, _near_row(), MISS_FLUSH_S="3600")
     runtime.lookup("tiles", N=50, dtype="float32")
     assert runtime.flush_misses() == 1
     [record] = [json.loads(line) for line in (tmp_path / "misses.jsonl").read_text().splitlines()]
@@ -107,11 +120,7 @@ def test_a_bundle_deployment_counts_misses_into_the_homes_file_by_default(live_e
 
 
 def test_no_flush_interval_means_no_miss_counting(live_env, monkeypatch, tmp_path):  # noqa: F811
-    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=100), {"BLOCK": 64, "num_warps": 4}, _live_fp())])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    monkeypatch.setenv("TUNER_MISS_FILE", str(tmp_path / "m.jsonl"))
-    monkeypatch.setenv("TUNER_MISS_FLUSH_S", "0")
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, _near_row(), MISS_FILE=str(tmp_path / "m.jsonl"), MISS_FLUSH_S="0")
     for _ in range(3):
         runtime.lookup("tiles", N=50, dtype="float32")
     assert cache.state().counter is None and runtime.flush_misses() == 0
@@ -123,11 +132,7 @@ def test_misses_are_written_on_the_flush_interval_without_being_asked(live_env, 
     import json
 
     misses = tmp_path / "m.jsonl"
-    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=100), {"BLOCK": 64, "num_warps": 4}, _live_fp())])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    monkeypatch.setenv("TUNER_MISS_FILE", str(misses))
-    monkeypatch.setenv("TUNER_MISS_FLUSH_S", "0.2")
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, _near_row(), MISS_FILE=str(misses), MISS_FLUSH_S="0.2")
     runtime.lookup("tiles", N=50, dtype="float32")
     wait_for(lambda: misses.exists() and misses.read_text().strip(), 20, "the flusher's record", poll_s=0.05)
     assert [json.loads(line)["count"] for line in misses.read_text().splitlines()] == [1]
@@ -139,7 +144,7 @@ def test_a_written_winner_has_its_key_asked_again_at_once(live_env, monkeypatch,
     from tuner.runtime import reported
 
     bundle, exact = tmp_path / "b.json", {"BLOCK": 32, "num_warps": 1}
-    _write_bundle(bundle, [_entry(_key("tiles", N=100), {"BLOCK": 64, "num_warps": 4}, _live_fp())])
+    _write_bundle(bundle, _near_row())
     monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(bundle))
     monkeypatch.setenv("TUNER_MISS_FILE", str(tmp_path / "m.jsonl"))
     monkeypatch.setenv("TUNER_MISS_FLUSH_S", "3600")
@@ -169,10 +174,7 @@ def _refusing_split(monkeypatch, *kernels):
 
 def test_a_kernel_that_cannot_be_answered_is_told_once_per_kernel_and_nothing_waits_on_it(live_env, monkeypatch,  # noqa: F811
                                                                                          tmp_path, caplog):
-    _write_bundle(tmp_path / "b.json", [])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    monkeypatch.setenv("TUNER_RUNTIME_DEADLINE_MS", "3000")
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, [], RUNTIME_DEADLINE_MS="3000")
     _refusing_split(monkeypatch, "tiles", "matmul")
     with caplog.at_level(logging.WARNING, logger="tuner.runtime"):
         for kernel, dims in (("tiles", {"N": 64}), ("matmul", {"M": 64, "N": 64, "K": 64}), ("tiles", {"N": 65})):
@@ -187,11 +189,7 @@ def test_a_kernel_that_cannot_be_answered_is_told_once_per_kernel_and_nothing_wa
 
 def test_a_re_ask_that_cannot_be_answered_leaves_the_resolver_answering(live_env, monkeypatch, tmp_path):  # noqa: F811
     """A refresh of a cached key that raises (no caller waits on it) costs that refresh only."""
-    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=100), {"BLOCK": 64, "num_warps": 4}, _live_fp())])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    monkeypatch.setenv("TUNER_RUNTIME_REFRESH_S", "0.1")
-    monkeypatch.setenv("TUNER_RUNTIME_DEADLINE_MS", "5000")
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, _near_row(), RUNTIME_REFRESH_S="0.1", RUNTIME_DEADLINE_MS="5000")
     assert runtime.explain("tiles", N=50, dtype="float32").level == "nearest"  # asked again in 0.1 s
     st = cache.state()
     from search_spaces import registry
@@ -234,11 +232,9 @@ def test_configurations_of_another_stack_are_told_once_per_kernel_and_exact_ones
                                                                                        tmp_path, caplog):
     fp, old = _live_fp(), "0" * 16
     cfg = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 4, "num_stages": 1}
-    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=200), {"BLOCK": 32, "num_warps": 1}, fp),
+    _serving(monkeypatch, live_env, tmp_path, [_entry(_key("tiles", N=200), {"BLOCK": 32, "num_warps": 1}, fp),
                                         _entry(_key("tiles", N=100), {"BLOCK": 64, "num_warps": 4}, old),
                                         _entry(_key("matmul", M=64, N=64, K=64), cfg, old)])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    live_env()
     with caplog.at_level(logging.WARNING, logger="tuner.runtime"):
         assert runtime.explain("tiles", N=200, dtype="float32").level == "exact"
         assert _messages(caplog) == []
@@ -252,10 +248,8 @@ def test_configurations_of_another_stack_are_told_once_per_kernel_and_exact_ones
 
 def test_a_stored_row_the_kernel_refuses_is_told_and_the_source_stays_up(live_env, monkeypatch, tmp_path,  # noqa: F811
                                                                         caplog):
-    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=64), {"BLOCK": 48, "num_warps": 1}, _live_fp()),
+    _serving(monkeypatch, live_env, tmp_path, [_entry(_key("tiles", N=64), {"BLOCK": 48, "num_warps": 1}, _live_fp()),
                                         _entry(_key("tiles", N=200), {"BLOCK": 32, "num_warps": 1}, _live_fp())])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    live_env()
     with caplog.at_level(logging.WARNING, logger="tuner.runtime"):
         assert runtime.explain("tiles", N=64, dtype="float32").level == "nearest"  # 48 is not a BLOCK of tiles
     told = _messages(caplog)
@@ -270,10 +264,8 @@ def test_the_fingerprint_override_decides_which_rows_are_exact(live_env, monkeyp
     override = "driver=999.1"
     fp = live_fingerprint(probe("cpu")[0], override).hash
     assert fp != _live_fp()
-    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=64), {"BLOCK": 32, "num_warps": 1}, fp)])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    monkeypatch.setenv("TUNER_FINGERPRINT_OVERRIDE", override)
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, [_entry(_key("tiles", N=64), {"BLOCK": 32, "num_warps": 1}, fp)],
+             FINGERPRINT_OVERRIDE=override)
     with caplog.at_level(logging.WARNING, logger="tuner.runtime"):
         assert runtime.explain("tiles", N=64, dtype="float32").level == "exact"
     assert cache.state().identity.fingerprint == fp and _messages(caplog) == []
@@ -295,11 +287,7 @@ def test_clearing_the_cache_never_waits_for_a_sink_that_hangs(live_env, monkeypa
 
     fifo = tmp_path / "m.jsonl"
     os.mkfifo(fifo)
-    _write_bundle(tmp_path / "b.json", [_entry(_key("tiles", N=100), {"BLOCK": 64, "num_warps": 4}, _live_fp())])
-    monkeypatch.setenv("TUNER_CONFIG_BUNDLE", str(tmp_path / "b.json"))
-    monkeypatch.setenv("TUNER_MISS_FILE", str(fifo))
-    monkeypatch.setenv("TUNER_MISS_FLUSH_S", "3600")
-    live_env()
+    _serving(monkeypatch, live_env, tmp_path, _near_row(), MISS_FILE=str(fifo), MISS_FLUSH_S="3600")
     runtime.lookup("tiles", N=50, dtype="float32")  # a miss: the flusher thread starts
     counter = cache.state().counter
     t0 = time.monotonic()
