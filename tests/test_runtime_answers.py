@@ -172,6 +172,17 @@ def test_exact_answers_are_not_asked_again_and_a_zero_refresh_asks_nothing_again
     assert asked == [100, 50]
 
 
+def test_a_fallback_answer_is_asked_again_every_refresh_period_however_short(live_env, monkeypatch,  # noqa: F811
+                                                                             tmp_path):
+    """A nearest answer stays a miss, so it is asked again each period: a period of 50 ms is about
+    40 questions in two seconds (more than 6 however loaded the machine), never one a second."""
+    _serving(monkeypatch, live_env, tmp_path, _near_row(), RUNTIME_REFRESH_S="0.05")
+    asked = _counting_resolve(monkeypatch)
+    assert runtime.explain("tiles", N=50, dtype="float32").level == "nearest"
+    time.sleep(2)
+    assert asked.count(50) > 6, asked
+
+
 def test_a_key_dropped_from_the_cache_is_not_asked_again(live_env, monkeypatch, tmp_path):  # noqa: F811
     fp = _live_fp()
     _serving(monkeypatch, live_env, tmp_path, [_entry(_key("tiles", N=n), NEAR, fp) for n in (64, 200, 300, 400)],

@@ -162,6 +162,52 @@ EXPLAINED.update({
         "either result is right there",
 })
 
+_PLUGINS = 'self.warn("plugins", f"tuner: cannot configure plug-in modules ({_first_line(exc)})")'
+_SOURCE = 'self.warn("source", f"tuner: cannot read tuned configurations from {self.source.describe()} "'
+_TAG = ("equivalent: a warning's tag only keeps a cause from being told twice; no other warning of the process uses "
+        "this tag or the mutant's (every other tag is another word, or names its kernel or setting), so the same "
+        "warnings are told, each once")
+_DOWN = 'self.down_until, self.down_reason, self.refreshed_at = 0.0, "", time.monotonic()'
+_NOW = ("equivalent: the two differ only when two readings of the monotonic clock (nanoseconds, as a float) are "
+        "exactly equal, here a reading taken after the other was stored: an instant no caller can aim at, and "
+        "either result is right there (the question is answered as due or one pass of the loop later)")
+_NO_MISS_KEY = ("equivalent: insert reads the key only to build the miss tally's MissKey, which it never builds for "
+                "this call (count=False: a key the caller got wrong or an unprobed device; waiting=True: the "
+                "default waits with a Waiting tally)")
+_INSERT_BAD = "return st.insert(ck, spec, key, _default(spec, key, identity, reason), count=False) -> "
+EXPLAINED.update({
+    **{(_C, "State.__init__", _PLUGINS + " -> " + _PLUGINS.replace('"plugins"', new, 1)): _TAG
+       for new in ("None", '"XXpluginsXX"', '"PLUGINS"')},
+    **{(_C, "State._resolve", _SOURCE + " -> " + _SOURCE.replace('"source"', new, 1)): _TAG
+       for new in ("None", '"XXsourceXX"', '"SOURCE"')},
+    (_C, "State.__init__", f"{_DOWN} -> {_DOWN.replace('0.0, ', '1.0, ', 1)}"):
+        "equivalent: down_until is compared with time.monotonic(), the seconds since the machine booted, which "
+        "exceeds 1.0 in any process (the source is marked down only by setting down_until to a later time)",
+    (_C, "State.__init__", _DOWN + " -> " + _DOWN.replace('"", ', '"XXXX", ', 1)):
+        "equivalent: down_reason is read only while now < down_until, and both are set together when the source "
+        "fails (State._resolve); the initial reason is never read",
+    (_C, "State._answer_one", "self.pending.pop(ck, None) -> self.pending.pop(ck, )"):
+        "equivalent: a question's key is in pending from State.ask until this pop, the only one on the answered "
+        "path (State._answer pops only when _answer_one raised before it), so the default is never used",
+    (_C, "State._resolve", "if now < self.down_until: -> if now <= self.down_until:"): _NOW,
+    (_C, "State._resolve", "if now - self.refreshed_at >= self.retry_s: -> if now - self.refreshed_at > self.retry_s:"):
+        _NOW,
+    (_C, "State._run", "while self.later and self.later[0][0] <= time.monotonic() and not self.closed: -> "
+                       "while self.later and self.later[0][0] < time.monotonic() and not self.closed:"): _NOW,
+    (_C, "state", "st = _state -> st = None"):
+        "equivalent: the locked path below reads the same _state (double-checked locking) and returns it; only "
+        "the lock-free read of an existing state is skipped",
+    (_C, "cold", _INSERT_BAD + "return st.insert(ck, spec, None, _default(spec, key, identity, reason), count=False)"):
+        _NO_MISS_KEY,
+    (_C, "cold", _INSERT_BAD + "return st.insert(ck, spec, key, _default(spec, key, identity, reason), count=None)"):
+        "equivalent: insert tests count only for its truth, and None is false as False is",
+    (_C, "cold", "return st.insert(ck, spec, key, answer, waiting=True) -> "
+                 "return st.insert(ck, spec, None, answer, waiting=True)"): _NO_MISS_KEY,
+    (_C, "State.insert", "kept.used = False -> kept.used = None"):
+        "equivalent: used is only read for its truth (elif kept.used), and None is false as False is; a hit sets "
+        "it True again",
+})
+
 _KD = "kernel = next((k for k in declared(FORMAT) if dtypes and set(dtypes) <= set(registry.KERNELS.load(k).dtypes)),"
 _GLOB = 'versions = sorted(p for p in root.glob("triton_*") if p.is_dir()) if root.is_dir() else []'
 EXPLAINED.update({
