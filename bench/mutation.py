@@ -56,7 +56,7 @@ MODULES = {
         "tests/test_studies.py",
         "tests/test_claims.py::test_a_dead_worker_s_trial_is_failed_and_its_configuration_proposed_again")),
     # test_service.py runs workers in processes of their own: only these tests call the service here
-    "workers/service.py": Module(("tests/test_trust.py", "tests/test_worker_service.py")),
+    "workers/service.py": Module(("tests/test_trust.py", "tests/test_worker_service.py", "tests/test_worker_rows.py")),
     # in-process tests only (with the whole of test_runtime.py mutmut's first, clean run failed in
     # the copy), and not the tutorial kernels' interpreted launches (minutes under mutation)
     "tuner/runtime/decorator.py": Module((
@@ -85,8 +85,8 @@ MODULES = {
     "tuner/formats/bundle.py": Module(("tests/test_bundle_format.py",
                                        "tests/test_runtime.py::test_fallback_order_with_a_bundle",
                                        "tests/test_runtime.py::test_explain_says_which_level_answered_from_where_and_how_old")),
-    "tuner/formats/vllm.py": Module(("tests/test_vllm_formats.py",)),
-    "tuner/formats/sglang.py": Module(("tests/test_vllm_formats.py",)),
+    "tuner/formats/vllm.py": Module(("tests/test_vllm_formats.py", "tests/test_vllm_format_module.py")),
+    "tuner/formats/sglang.py": Module(("tests/test_vllm_formats.py", "tests/test_vllm_format_module.py")),
     # the LoRA files' own tests (tests/test_llm_kernels.py never reaches the format; the end-to-end
     # export tests of test_llm_kernels_e2e.py tune in a CLI process first, about a minute a mutant)
     "tuner/formats/vllm_lora.py": Module((
