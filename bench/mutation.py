@@ -173,6 +173,7 @@ def describe(sources: dict[str, list[str]], mutant: str, module: str, start: int
 # mutmut's "segfault" (its forked child died of SIGSEGV or SIGKILL) and "timeout" (SIGXCPU at its limit)
 ALONE = (-11, -9, -24, 24, 152, 255, 36)
 RERUN_S = 20  # a mutant's run of its own may take this plus 3x its tests' clean time, else it is a timeout
+UNJUDGED = 35  # mutmut's "suspicious": a crashed or hung mutant whose tests fail alone without it too
 
 
 def rerun_alone(work: Path, env: dict, codes: dict, parallel: int) -> dict:
@@ -181,7 +182,8 @@ def rerun_alone(work: Path, env: dict, codes: dict, parallel: int) -> dict:
     its children from a process that has imported torch, and such a child can crash or hang on a
     lock a thread held at the fork (cache.py: a mutant that timed out there passed its 32 tests
     alone in 8 s), so neither is counted as caught until a clean run says so. Returns mutant ->
-    mutmut's exit code: pytest's (0 survived, 1 killed) or 36 (timeout, a hang alone too)."""
+    mutmut's exit code: pytest's (0 survived, 1 killed), 36 (timeout, a hang alone too) or 35
+    ("suspicious", not caught: its tests do not pass alone even without it, so nothing can judge it)."""
     from concurrent.futures import ThreadPoolExecutor
 
     judged = [m for m, c in codes.items() if c in ALONE]
@@ -207,7 +209,8 @@ def rerun_alone(work: Path, env: dict, codes: dict, parallel: int) -> dict:
         clean = dict(zip(sets, (code == 0 for code in pool.map(lambda t: alone("", t), sets))))
         runnable = [m for m in judged if clean.get(tests_of[m])]
         out = dict(zip(runnable, pool.map(lambda m: alone(m, tests_of[m]), runnable)))
-    for m in runnable:
+    out.update({m: UNJUDGED for m in judged if m not in out})  # never mutmut's verdict of the fork
+    for m in judged:
         print(f"  {status_of(codes[m])} under mutmut, alone: {m.rsplit('.', 1)[1]} -> {status_of(out[m])}", flush=True)
     return out
 
@@ -270,7 +273,9 @@ def run_module(module: str, spec: Module, budget_s: float, children: int,
             why = EXPLAINED.get((module, fn, mutation)) or sql_case(module, fn, mutation)
             if why is None:
                 why = {"no tests": f"not yet caught: no guarding test calls {fn} in the test process",
-                       "not checked": "not yet caught: not run within the time budget"}.get(
+                       "not checked": "not yet caught: not run within the time budget",
+                       "suspicious": "not yet caught: crashed or hung under mutmut, and its guarding tests "
+                                     "fail alone without it, so no run can judge it"}.get(
                     status, "not yet caught" + ("" if status == "survived" else f" ({status})"))
             survivors.append({"where": where, "mutation": mutation, "why": why})
         result = {"killed": sum(s in KILLED for s in statuses.values()), "total": len(statuses), "survivors": survivors}
