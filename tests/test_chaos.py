@@ -21,6 +21,7 @@ import time
 import pytest
 from sqlalchemy import create_engine, text
 
+from db.clock import utcnow
 from tests.services import WorkerProc, key_audit, pg_database, run_cli, service_env, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -199,6 +200,12 @@ def chaos(tmp_path, db_url: str, redis: OwnRedis, workers: list, rng: random.Ran
         bests = dict(c.execute(text("SELECT job_id, count(*) FROM best_configs WHERE job_id = ANY(:ids) "
                                     "GROUP BY job_id"), {"ids": all_jobs}).all())
     assert set(states.values()) == {"done"}, states
+    # A batch begun before its job ended (a trial in flight at the budget, or the stopped worker's,
+    # resumed only now) may still ask for a trial: no trial is "left" RUNNING until no batch runs,
+    # i.e. every live worker has beaten since now holding no key (ended keys start no batch).
+    # A CI run counted one asked after a first check had found none (the test then took 51 s).
+    since = utcnow()
+    wait_for(lambda: idle(engine, {f"{w.name}@test" for w in alive()}, since), 120, "the live workers to end their batches")
     try:  # a dead worker's trials are failed once their heartbeat is 6 s old, by the next batch or the janitor
         wait_for(lambda: all(k["running"] == 0 for j in all_jobs for k in key_audit(engine, j)), 120, "")
     except AssertionError:
@@ -211,7 +218,7 @@ def chaos(tmp_path, db_url: str, redis: OwnRedis, workers: list, rng: random.Ran
         if key["duplicated"]:
             broken.append(f"job {job}: {key['duplicated']} configuration(s) measured twice")
         if key["running"]:
-            broken.append(f"job {job}: {key['running']} Optuna trial(s) left RUNNING")
+            broken.append(f"job {job}: {key['running']} Optuna trial(s) left RUNNING: {running(engine, key['study_name'])}")
         if key["current_bests"] != 1 or bests.get(job) != 1:
             broken.append(f"job {job}: {key['current_bests']} current best(s), {bests.get(job)} written by the job")
     logs = "".join(w.text() for w in workers)
@@ -222,6 +229,27 @@ def chaos(tmp_path, db_url: str, redis: OwnRedis, workers: list, rng: random.Ran
         broken.append("the broker's password is in a worker log")
     assert not broken, "\n".join(broken)
     engine.dispose()
+
+
+def idle(engine, names: set[str], since) -> bool:
+    """Every worker named has written its row after `since`, holding no key (workers/service.py
+    writes what it holds with every heartbeat, from receipt of a message to its end)."""
+    with engine.connect() as c:
+        rows = dict(c.execute(text("SELECT name, holding_key_id FROM workers WHERE heartbeat_at > :t"),
+                              {"t": since}).all())
+    return all(n in rows and rows[n] is None for n in names)
+
+
+def running(engine, study: str) -> list[dict]:
+    """A study's RUNNING trials, with what decides who ends them: their heartbeat's age, their claim
+    and the stored row that fills it (search/studies.py `recover`)."""
+    sql = text("SELECT t.number, t.datetime_start, now() - h.heartbeat AS beat_age, c.study_name IS NOT NULL AS "
+               "claimed, c.trial_row_id FROM trials t JOIN studies s ON s.study_id = t.study_id "
+               "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id LEFT JOIN trial_claims c "
+               "ON c.study_name = s.study_name AND c.trial_number = t.number "
+               "WHERE s.study_name = :s AND t.state = 'RUNNING'")
+    with engine.connect() as c:
+        return [dict(r) for r in c.execute(sql, {"s": study}).mappings()]
 
 
 def finished(engine, ids):
