@@ -1,7 +1,8 @@
 """`bench/api_latency.py --scale`: a fleet-sized PostgreSQL database (2,000 workers, 10,000 jobs,
 1,000,000 trials, 100,000 runtime misses), served by a real `tuner serve`, every page and read
-route timed under concurrent clients. Run through bench/api_latency.py, whose server, identities
-and best rows it shares; results in bench/results/api_scale.json and .md.
+route timed under concurrent clients. It shares api_latency.py's server, identities and best rows,
+and takes its options (run directly, this file is `api_latency.py --scale`); results in
+bench/results/api_scale.json and .md.
 """
 from __future__ import annotations
 
@@ -232,3 +233,12 @@ def scale_main(args) -> None:
                      f"{'yes' if r['met'] else 'no'} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+if __name__ == "__main__":  # run directly, it is `bench/api_latency.py --scale`, whose options it takes
+    import sys
+
+    from api_latency import main
+
+    sys.argv.insert(1, "--scale")
+    main()
